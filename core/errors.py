@@ -1,0 +1,31 @@
+"""Errors a user can cause and fix.
+
+Every exception raised for bad input (unknown plugin, wrong shapes, missing dataset, corrupt checkpoint)
+subclasses :class:`ModzooError`. The CLI prints ``str(err)`` as one line and exits non-zero, so the message
+must name the problem *and* the fix; a traceback is shown only with ``--debug``.
+"""
+from __future__ import annotations
+
+
+class ModzooError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug in modzoo."""
+
+
+class ConfigError(ModzooError):
+    """A config key, value or combination of options is wrong."""
+
+
+class PluginError(ModzooError):
+    """An unknown plugin, a plugin that failed to load, or an incompatible guidance/policy pair."""
+
+
+class DatasetError(ModzooError):
+    """A dataset is missing, corrupt, or does not match its environment."""
+
+
+class CheckpointError(ModzooError):
+    """A checkpoint is missing, corrupt, or does not fit what it is being loaded into."""
+
+
+class EnvError(ModzooError):
+    """An unknown task or environment name."""
