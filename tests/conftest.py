@@ -1,0 +1,19 @@
+"""Shared fixtures: a small real dataset collected once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def small_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~5k-transition bullet-hopper-medium file made by ``modzoo data collect`` (about 3 s).
+
+    Same layout and recipe as the full dataset, only shorter; seed 0 so it is the same every session.
+    """
+    from modzoo.collect import collect
+
+    out = tmp_path_factory.mktemp("data") / "bullet-hopper-medium-v0.hdf5"
+    collect("bullet-hopper-medium-v0", transitions=5000, seed=0, out=out, progress=False)
+    return out
