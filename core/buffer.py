@@ -1,0 +1,60 @@
+"""Offline batches sampled from tensors that already live on the training device.
+
+The whole dataset is moved to the device once; a batch is one ``randint`` and one gather per field, with the
+buffer's own generator, so each seed has its own data order and no host sync happens inside a step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "next_actions")
+
+
+def next_actions(observations: np.ndarray, actions: np.ndarray, next_observations: np.ndarray) -> np.ndarray:
+    """The dataset's own next action a'_i = a_{i+1} where row i+1 continues row i's episode.
+
+    Where it does not (episode ends, or the next row starts a new episode) a_i is repeated: such rows are either
+    terminal, where (1 - d) zeroes the target, or the last row of a truncated episode, whose true next action is
+    not in the data (SARSA-style critics then bootstrap from (s', a_i), a one-row approximation).
+    """
+    nxt = actions.copy()
+    if len(actions) > 1:
+        cont = np.all(np.isclose(next_observations[:-1], observations[1:], atol=1e-6), axis=1)
+        nxt[:-1][cont] = actions[1:][cont]
+    return nxt
+
+
+class ReplayBuffer:
+    """An offline dataset as device tensors, sampled uniformly with replacement."""
+
+    def __init__(self, dataset: Any, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        self.device = torch.device(device)
+        arrays = {
+            "observations": dataset.observations,
+            "actions": dataset.actions,
+            "rewards": dataset.rewards,
+            "next_observations": dataset.next_observations,
+            "terminals": dataset.terminals,
+        }
+        arrays["next_actions"] = next_actions(dataset.observations, dataset.actions, dataset.next_observations)
+        self.data = {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=self.device)
+                     for k, v in arrays.items()}
+        self.size = len(dataset.observations)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
+        return {k: v.index_select(0, idx) for k, v in self.data.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,138 @@
+"""Checkpoints of one half: metadata + state, written atomically, read with ``weights_only=True``.
+
+A checkpoint never holds pickled code: only tensors and plain values, so loading one cannot run anything. Its
+metadata (kind, algorithm, dims, dataset fingerprint, config, steps) is what lets a saved guidance be plugged
+into another policy safely: dims must match; a different dataset fingerprint gets a warning, because the
+swap result holds only on the same data distribution.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+from .interfaces import DiffusionPolicy, GuidanceModule, _Half
+
+FORMAT = "modzoo.half/1"
+REQUIRED = ("format", "kind", "algorithm", "obs_dim", "act_dim", "config", "state")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temp file in the same directory, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def half_payload(module: _Half, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild ``module`` in another process."""
+    kind = "guidance" if isinstance(module, GuidanceModule) else "policy"
+    from . import __version__
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "algorithm": type(module).algorithm,
+        "obs_dim": module.obs_dim,
+        "act_dim": module.act_dim,
+        "config": module.cfg,
+        "steps": module.steps,
+        "frozen": bool(getattr(module, "frozen", False)),
+        "dataset": dict(dataset or {}),
+        "modzoo_version": __version__,
+        "state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "extra": module.extra_state(),
+    }
+
+
+def save_half(module: _Half, path: str | Path, dataset: dict[str, Any] | None = None) -> Path:
+    atomic_torch_save(half_payload(module, dataset), path)
+    return Path(path)
+
+
+def read_payload(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint file's payload, with one clear error for every way it can be wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the guidance.pt/policy.pt of a run dir")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a modzoo checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); re-create it by training "
+                              f"again (modzoo train-guidance / modzoo run)") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a modzoo half checkpoint (format "
+                              f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r},"
+                              f" expected {FORMAT!r})")
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: it is truncated or from another tool")
+    return payload
+
+
+def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
+                       device: torch.device | str = "cpu") -> GuidanceModule | DiffusionPolicy:
+    from .plugins_api import load_registry
+    reg = load_registry()
+    spec = reg.guidance(payload["algorithm"]) if payload["kind"] == "guidance" else reg.policy(payload["algorithm"])
+    module = spec.cls(payload["obs_dim"], payload["act_dim"], payload["config"])
+    try:
+        module.load_state_dict(payload["state"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit {payload['kind']} {payload['algorithm']!r} as built "
+                              f"from its own config ({str(e).splitlines()[0][:160]}); it was written by an "
+                              f"incompatible version of that plugin") from None
+    module.to(device)
+    if payload.get("frozen") and isinstance(module, GuidanceModule):
+        module.freeze()
+    else:
+        module.load_extra_state(_to_device(payload.get("extra", {}), device))
+    module.dataset_meta = dict(payload.get("dataset", {}))  # type: ignore[attr-defined]
+    return module
+
+
+def _to_device(obj: Any, device: torch.device | str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
+                    kind: str | None = None) -> GuidanceModule | DiffusionPolicy:
+    """Rebuild a guidance or policy from its checkpoint; ``kind`` checks which one was expected."""
+    payload = read_payload(path)
+    if kind is not None and payload["kind"] != kind:
+        raise CheckpointError(f"checkpoint {path} holds a {payload['kind']} ({payload['algorithm']}), "
+                              f"but a {kind} was expected")
+    return build_from_payload(payload, path, device)
+
+
+def check_guidance_fits(guidance: GuidanceModule, obs_dim: int, act_dim: int, fingerprint: str | None = None,
+                        dataset_name: str | None = None, where: str = "the policy") -> None:
+    """Refuse a guidance with other dims; warn when it was trained on another dataset."""
+    if (guidance.obs_dim, guidance.act_dim) != (obs_dim, act_dim):
+        raise CheckpointError(f"guidance {guidance.algorithm!r} was trained for obs/act dims "
+                              f"{guidance.obs_dim}/{guidance.act_dim}, but {where} has {obs_dim}/{act_dim}: use a "
+                              f"guidance trained on the same task")
+    meta = getattr(guidance, "dataset_meta", {}) or {}
+    theirs = meta.get("fingerprint")
+    if fingerprint and theirs and theirs != fingerprint:
+        warnings.warn(f"guidance was trained on dataset {meta.get('name')!r} (fingerprint {theirs}) but is used with "
+                      f"{dataset_name!r} (fingerprint {fingerprint}): guidance swapping is only expected to work on "
+                      f"the same data distribution", stacklevel=2)

@@ -1,0 +1,75 @@
+"""``TwinCritic``: an ensemble Q with its Polyak target and optimizer, the part both papers' critics share."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .interfaces import GuidanceModule
+from .nets import EnsembleQ
+from .utils import clip_grad, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state, \
+    polyak_update
+
+
+class TwinCriticGuidance(GuidanceModule):
+    """Guidance built on E critics Q_i(s, a) (default 2) with a Polyak-averaged target copy.
+
+    Subclasses compute a TD target and call :meth:`fit_q`.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__(obs_dim, act_dim, cfg)
+        self.critic = EnsembleQ(obs_dim, act_dim, list(cfg.get("hidden", [256, 256])), cfg.get("num_q", 2),
+                                act=cfg.get("activation", "relu"), layer_norm=cfg.get("layer_norm", False))
+        self.critic_target = frozen_copy(self.critic)
+        self.q_opt: torch.optim.Optimizer | None = make_optimizer(self.critic.parameters(),
+                                                                  cfg.get("optimizer", "adam"),
+                                                                  cfg.get("lr", 3e-4))
+        self.q_sched = make_scheduler(self.q_opt, cfg.get("lr_schedule"), cfg.get("lr_decay_steps", 1))
+        self.gamma, self.polyak = cfg.get("gamma", 0.99), cfg.get("polyak", 0.005)
+        self.register_buffer("reward_scale", torch.ones(()))
+
+    def prepare(self, dataset: Any) -> None:
+        """``reward_norm: iql`` scales rewards by 1000 / (max - min episode return), IQL's locomotion rule."""
+        if self.cfg.get("reward_norm", "none") == "iql":
+            rets = dataset.episode_returns()
+            spread = float(rets.max() - rets.min()) if len(rets) > 1 else 0.0
+            self.reward_scale.fill_(1000.0 / spread if spread > 0 else 1.0)
+
+    def rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["rewards"] * self.reward_scale
+
+    def q_ensemble(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs, act)
+
+    def q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.target_q(obs, act)
+
+    def target_q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """min over the target ensemble: (B,)."""
+        return self.critic_target(obs, act).min(0).values
+
+    def fit_q(self, batch: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step of sum_i MSE(Q_i(s, a), target), then the Polyak target update."""
+        qs = self.critic(batch["observations"], batch["actions"])
+        loss = F.mse_loss(qs, target.detach().expand_as(qs), reduction="none").mean(1).sum()
+        assert self.q_opt is not None, "fit_q on a frozen guidance"
+        self.q_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad(self.critic.parameters(), self.cfg.get("grad_norm", 0.0))
+        self.q_opt.step()
+        if self.q_sched is not None:
+            self.q_sched.step()
+        if self.cfg.get("update_target", True):
+            polyak_update(self.critic_target, self.critic, self.polyak)
+        return {"critic_loss": loss.detach(), "q": qs.detach().mean()}
+
+    def drop_optimizers(self) -> None:
+        self.q_opt, self.q_sched = None, None
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"q": optim_state(self.q_opt, self.q_sched)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        load_optim_state(state.get("q", {}), self.q_opt, self.q_sched)

@@ -1,0 +1,203 @@
+"""Networks shared by every plugin: denoisers, value nets, time embeddings.
+
+They live once here so that a plugin file only names which net it uses and with which widths, as the paper's
+algorithm box does. Twin/ensemble critics are one module with batched weights (one ``baddbmm`` per layer), so
+a twin Q costs one forward instead of two.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "mish": nn.Mish,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+def activation(name: str) -> nn.Module:
+    """Look up an activation by its config name (``mish``, ``relu`` ...)."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}") from None
+
+
+def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, act: str = "mish",
+        layer_norm: bool = False) -> nn.Sequential:
+    """Plain MLP: Linear (+LayerNorm) + act for each hidden width, then a linear head."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers.append(nn.Linear(d, h))
+        if layer_norm:
+            layers.append(nn.LayerNorm(h))
+        layers.append(activation(act))
+        d = h
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Fixed sinusoidal embedding of the diffusion step (Diffusion-QL's time embedding)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(torch.arange(half) * -(math.log(10000) / (half - 1)))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        x = t.float()[:, None] * self.freqs[None, :]
+        return torch.cat([x.sin(), x.cos()], dim=-1)
+
+
+class FourierFeatures(nn.Module):
+    """Learnable Fourier features of the diffusion step (IDQL's time embedding)."""
+
+    def __init__(self, out_dim: int, in_dim: int = 1, std: float = 0.2) -> None:
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(out_dim // 2, in_dim) * std)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        f = 2 * math.pi * t.float().reshape(-1, 1) @ self.kernel.T
+        return torch.cat([f.cos(), f.sin()], dim=-1)
+
+
+class Denoiser(nn.Module):
+    """Interface of an epsilon-predicting denoiser: ``eps = net(x_t, t, obs)``."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class MLPDenoiser(Denoiser):
+    """Diffusion-QL's denoiser: input [a_t, emb(t), s] -> 3x256 Mish -> eps.
+
+    Time embedding: sinusoidal(t_dim) -> Linear(t_dim, 2 t_dim) -> Mish -> Linear(2 t_dim, t_dim), as in the
+    reference ``MLP`` of Diffusion-QL (t_dim 16).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, depth: int = 3, t_dim: int = 16,
+                 act: str = "mish") -> None:
+        super().__init__()
+        self.time_mlp = nn.Sequential(SinusoidalPosEmb(t_dim), nn.Linear(t_dim, t_dim * 2), activation(act),
+                                      nn.Linear(t_dim * 2, t_dim))
+        self.net = mlp(act_dim + t_dim + obs_dim, [hidden] * depth, act_dim, act=act)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, self.time_mlp(t), obs], dim=-1))
+
+
+class ResidualBlock(nn.Module):
+    """IDQL's MLPResNet block: x + W2 act(W1 LN(dropout(x))), inner width 4x."""
+
+    def __init__(self, dim: int, dropout: float, act: str, layer_norm: bool = True, expand: int = 4) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
+        self.fc1 = nn.Linear(dim, dim * expand)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(dim * expand, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.act(self.fc1(self.norm(self.dropout(x)))))
+
+
+class LNResNetDenoiser(Denoiser):
+    """IDQL's denoiser: Fourier(t) -> MLP(128,128) cond; [cond, s, a_t] -> Dense -> 3 LN-ResNet blocks -> eps."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, blocks: int = 3, dropout: float = 0.1,
+                 t_dim: int = 64, cond_hidden: int = 128, act: str = "mish") -> None:
+        super().__init__()
+        self.time_enc = FourierFeatures(t_dim)
+        self.cond = nn.Sequential(nn.Linear(t_dim, cond_hidden), activation(act),
+                                  nn.Linear(cond_hidden, cond_hidden))
+        self.inp = nn.Linear(cond_hidden + obs_dim + act_dim, hidden)
+        self.blocks = nn.Sequential(*[ResidualBlock(hidden, dropout, act) for _ in range(blocks)])
+        self.act = activation(act)
+        self.out = nn.Linear(hidden, act_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        h = self.inp(torch.cat([self.cond(self.time_enc(t)), obs, x], dim=-1))
+        return self.out(self.act(self.blocks(h)))
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers applied in one batched matmul: (E, B, in) -> (E, B, out)."""
+
+    def __init__(self, ensemble: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(ensemble, 1, out_dim))
+        bound = 1 / math.sqrt(in_dim)  # the same init as nn.Linear, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """E MLPs with the same shape evaluated together; input (B, in) or (E, B, in), output (E, B, out)."""
+
+    def __init__(self, ensemble: int, in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int,
+                 act: str = "mish", layer_norm: bool = False) -> None:
+        super().__init__()
+        self.ensemble = ensemble
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers.append(EnsembleLinear(ensemble, d, h))
+            if layer_norm:  # affine parameters per member, as E separate LayerNorms would have
+                layers.append(_EnsembleLayerNorm(ensemble, h))
+            layers.append(activation(act))
+            d = h
+        layers.append(EnsembleLinear(ensemble, d, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.ensemble, -1, -1)
+        return self.net(x)
+
+
+class _EnsembleLayerNorm(nn.Module):
+    def __init__(self, ensemble: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ensemble, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(ensemble, 1, dim))
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.dim,)) * self.weight + self.bias
+
+
+class EnsembleQ(nn.Module):
+    """E state-action critics Q_i(s, a) in one forward: returns (E, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int] | tuple[int, ...], ensemble: int = 2,
+                 act: str = "relu", layer_norm: bool = False) -> None:
+        super().__init__()
+        self.body = EnsembleMLP(ensemble, obs_dim + act_dim, hidden, 1, act=act, layer_norm=layer_norm)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+class ValueNet(nn.Module):
+    """State value V(s): returns (B,)."""
+
+    def __init__(self, obs_dim: int, hidden: list[int] | tuple[int, ...], act: str = "relu",
+                 layer_norm: bool = False) -> None:
+        super().__init__()
+        self.body = mlp(obs_dim, hidden, 1, act=act, layer_norm=layer_norm)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.body(obs).squeeze(-1)

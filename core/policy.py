@@ -1,0 +1,109 @@
+"""``DDPMPolicy``: the machinery every diffusion policy here shares, so plugins only write their loss.
+
+It builds the denoiser named in the config (``mlp``: Diffusion-QL's 3x256 Mish MLP; ``ln_resnet``: IDQL's
+LN-ResNet), wraps it in :class:`~modzoo.diffusion.GaussianDiffusion`, keeps an EMA copy for sampling, owns the
+optimizer and LR schedule, and implements ``sample``/``act`` (candidates from the EMA model, one chosen with any
+guidance by the configured rule).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .diffusion import GaussianDiffusion
+from .interfaces import DiffusionPolicy, GuidanceModule
+from .nets import LNResNetDenoiser, MLPDenoiser
+from .selection import select_with_guidance
+from .utils import EMA, clip_grad, frozen_copy, load_optim_state, make_optimizer, make_scheduler, \
+    module_generator, optim_state
+
+
+def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:
+    """Denoiser from ``cfg['denoiser']`` (``mlp`` or ``ln_resnet``) and its widths."""
+    kind = cfg.get("denoiser", "mlp")
+    if kind == "mlp":
+        return MLPDenoiser(obs_dim, act_dim, hidden=cfg.get("hidden", 256), depth=cfg.get("depth", 3),
+                           t_dim=cfg.get("t_dim", 16), act=cfg.get("activation", "mish"))
+    if kind == "ln_resnet":
+        return LNResNetDenoiser(obs_dim, act_dim, hidden=cfg.get("hidden", 256), blocks=cfg.get("blocks", 3),
+                                dropout=cfg.get("dropout", 0.1), t_dim=cfg.get("t_dim", 64),
+                                cond_hidden=cfg.get("cond_hidden", 128), act=cfg.get("activation", "mish"))
+    raise ValueError(f"unknown denoiser {kind!r}; known: mlp, ln_resnet")
+
+
+class DDPMPolicy(DiffusionPolicy):
+    """A DDPM actor with EMA, an optimizer and candidate selection; subclasses implement ``update``."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__(obs_dim, act_dim, cfg)
+        self.diffusion = GaussianDiffusion(build_denoiser(obs_dim, act_dim, cfg), act_dim, T=cfg.get("T", 5),
+                                           schedule=cfg.get("schedule", "vp"),
+                                           sampler=cfg.get("sampler", "posterior"))
+        self.ema_diffusion = frozen_copy(self.diffusion)
+        self.ema = EMA(cfg.get("ema_decay", 0.995), cfg.get("ema_every", 1), cfg.get("ema_start", 0))
+        self.opt = make_optimizer(self.diffusion.parameters(), cfg.get("optimizer", "adam"), cfg.get("lr", 3e-4),
+                                  cfg.get("weight_decay", 0.0))
+        self.sched = make_scheduler(self.opt, cfg.get("lr_schedule"), cfg.get("lr_decay_steps", 1))
+        self.generator: torch.Generator | None = None
+
+    # ---- helpers for subclasses ------------------------------------------------------------------------------
+    def gen(self) -> torch.Generator:
+        """This policy's own noise stream (seeded by ``cfg['seed']``), created lazily on its device."""
+        if self.generator is None or self.generator.device != self.device:
+            self.generator = module_generator(self.cfg.get("seed", 0), self.device)
+        return self.generator
+
+    def bc_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The diffusion behaviour-cloning loss (epsilon MSE), reduced over action dims by ``loss_reduce``
+        (IDQL sums, Diffusion-QL averages)."""
+        per = self.diffusion.loss(batch["actions"], batch["observations"], generator=self.gen(), reduce=False)
+        if self.cfg.get("loss_reduce", "mean") == "sum":
+            per = per * self.act_dim
+        return per.mean()
+
+    def optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """Backward, clip (``grad_norm``), step, LR schedule, EMA; returns the pre-clip grad norm."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = clip_grad(self.diffusion.parameters(), self.cfg.get("grad_norm", 0.0))
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        self.ema.step(self.ema_diffusion, self.diffusion, self.steps)
+        self._steps += 1
+        return norm
+
+    # ---- DiffusionPolicy -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, n: int = 1, model: str | None = None) -> torch.Tensor:
+        """Candidates from the model named by ``model`` or ``cfg['act_model']``: ``ema`` (IDQL acts with its
+        EMA score model) or ``live`` (Diffusion-QL's ``sample_action`` uses the live actor)."""
+        b = obs.shape[0]
+        rep = obs.repeat_interleave(n, dim=0)
+        diffusion = self.ema_diffusion if (model or self.cfg.get("act_model", "ema")) == "ema" else self.diffusion
+        was_training = diffusion.training
+        diffusion.eval()  # no dropout while sampling
+        out = diffusion.sample(rep, generator=self.gen()).reshape(b, n, self.act_dim)
+        diffusion.train(was_training)
+        return out
+
+    def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
+        """Diffusion-QL's TD-target action: one sample of the EMA actor."""
+        return self.sample(next_obs, 1, model="ema")[:, 0]
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
+        n = int(n or self.cfg.get("candidates", 50))
+        cands = self.sample(obs, n)
+        if guidance is None or n == 1:
+            return cands[:, 0]
+        return select_with_guidance(cands, obs, guidance, self.cfg.get("selection", "softmax"),
+                                    temperature=self.cfg.get("temperature", 1.0), tau=self.cfg.get("tau", 0.7),
+                                    generator=self.gen())
+
+    def extra_state(self) -> dict[str, Any]:
+        return optim_state(self.opt, self.sched)
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        load_optim_state(state, self.opt, self.sched)

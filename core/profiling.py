@@ -1,0 +1,51 @@
+"""Wall time and peak memory of a training phase, measured rather than inferred from parameter counts."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psutil
+import torch
+
+
+class PhaseMeter:
+    """Context manager: wall time, peak process RSS (sampled every ``interval`` s) and, on CUDA, peak allocated.
+
+    RSS includes the dataset and Python itself, so compare phases of the same process, or baseline-subtract
+    ``rss_start``; the CUDA figure counts only tensors.
+    """
+
+    def __init__(self, name: str, device: torch.device | str = "cpu", interval: float = 0.05) -> None:
+        self.name, self.device, self.interval = name, torch.device(device), interval
+        self.result: dict[str, Any] = {}
+        self._proc = psutil.Process()
+        self._stop = threading.Event()
+        self._peak = 0
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def __enter__(self) -> "PhaseMeter":
+        self._rss0 = self._proc.memory_info().rss
+        self._peak = self._rss0
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        wall = time.perf_counter() - self._t0
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._proc.memory_info().rss)
+        self.result = {"phase": self.name, "wall_s": wall, "rss_start_mb": self._rss0 / 2**20,
+                       "rss_peak_mb": self._peak / 2**20}
+        if self.device.type == "cuda":
+            self.result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20

@@ -1,0 +1,58 @@
+"""Choosing one action among a policy's candidates with a guidance's values.
+
+The three rules of the papers, written once so every policy and every guidance can use any of them:
+
+- ``argmax``: the highest Q (IDQL's default ``eval_actions``).
+- ``softmax``: sample i ~ softmax(temperature * Q) (Diffusion-QL: temperature 1 on raw Q; the GFDT authors'
+  code uses per-task temperatures).
+- ``expectile``: IDQL's implicit-policy weights w_i = tau if Q_i - V > 0 else 1 - tau, sample i ~ w / sum w.
+"""
+from __future__ import annotations
+
+import torch
+
+RULES = ("argmax", "softmax", "expectile")
+
+
+def select_index(rule: str, q: torch.Tensor, v: torch.Tensor | None = None, *, temperature: float = 1.0,
+                 tau: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Index of the chosen candidate per state. ``q``: (B, N) values; ``v``: (B,) for ``expectile``."""
+    if rule == "argmax":
+        return q.argmax(dim=1)
+    if rule == "softmax":
+        probs = torch.softmax(q * temperature, dim=1)
+    elif rule == "expectile":
+        if v is None:
+            raise ValueError("expectile selection needs V(s): use a guidance that provides 'v'")
+        adv = q - v[:, None]
+        probs = torch.where(adv > 0, tau, 1 - tau)
+        probs = probs / probs.sum(dim=1, keepdim=True)
+    else:
+        raise ValueError(f"unknown selection rule {rule!r}; known: {list(RULES)}")
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def gather_actions(candidates: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """candidates (B, N, A), idx (B,) -> (B, A)."""
+    return candidates[torch.arange(candidates.shape[0], device=candidates.device), idx]
+
+
+def select_with_guidance(candidates: torch.Tensor, obs: torch.Tensor, guidance, rule: str, *,
+                         temperature: float = 1.0, tau: float = 0.7,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Score (B, N, A) candidates with ``guidance`` and pick one per state with ``rule``.
+
+    A guidance without V cannot drive ``expectile``; then the greedy ``argmax`` is used (IDQL's own default
+    extraction), so a policy can be ranked by any guidance at inference.
+    """
+    b, n, a = candidates.shape
+    obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
+    q = guidance.q(obs_rep, candidates.reshape(b * n, a)).reshape(b, n)
+    v = None
+    if rule == "expectile":
+        if "v" in guidance.provides:
+            v = guidance.v(obs)
+        else:
+            rule = "argmax"
+    return gather_actions(candidates, select_index(rule, q, v, temperature=temperature, tau=tau,
+                                                   generator=generator))

@@ -1,0 +1,319 @@
+"""Training schedules (core, not plugin, code) and the run directory they write.
+
+- ``joint``: both halves updated every step, guidance first, as the original algorithms do.
+- ``guidance-first`` (GFDT): train the guidance for N steps, freeze it, then train the policy for M steps with it.
+- ``pretrained``: load a saved guidance, freeze it, train the policy.
+
+A run dir holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``guidance.pt``, ``policy.pt``, ``result.json``
+and, while a run is unfinished, ``train_state.pt`` from which ``resume=True`` continues.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from .buffer import ReplayBuffer
+from .checkpoint import atomic_torch_save, build_from_payload, check_guidance_fits, half_payload, load_checkpoint, \
+    save_half
+from .config import build_run_config, half_config, to_dict
+from .errors import CheckpointError, ConfigError, ModzooError
+from .interfaces import DiffusionPolicy, GuidanceModule
+from .plugins_api import load_registry
+from .profiling import PhaseMeter
+from .utils import seed_everything
+
+EVAL_SEED_OFFSET = 10_000  # evaluation episodes never share seeds with training noise
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA on a machine without it is a clear error."""
+    name = name or "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but torch sees no GPU; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or auto") from None
+
+
+# ---- building halves ----------------------------------------------------------------------------------------
+def default_config(kind: str, name: str, task: str | None = None) -> dict[str, Any]:
+    """A half's default config (with its task overrides applied) plus its ``name``."""
+    reg = load_registry()
+    spec = reg.guidance(name) if kind == "guidance" else reg.policy(name)
+    return {"name": name, **half_config(spec.default_config(), task)}
+
+
+def _build(kind: str, cfg: dict[str, Any], obs_dim: int, act_dim: int) -> Any:
+    reg = load_registry()
+    spec = reg.guidance(cfg["name"]) if kind == "guidance" else reg.policy(cfg["name"])
+    body = {k: v for k, v in cfg.items() if k != "name"}
+    try:
+        return spec.cls(obs_dim, act_dim, body)
+    except ModzooError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{kind} {cfg['name']!r} rejected its config: {e}") from None
+
+
+def make_guidance(name: str, obs_dim: int, act_dim: int, task: str | None = None, **overrides: Any
+                  ) -> GuidanceModule:
+    """Build a guidance half by plugin name with its defaults (for ``task``) and keyword overrides."""
+    cfg = _merge_kwargs(default_config("guidance", name, task), overrides, f"guidance {name!r}")
+    return _build("guidance", cfg, obs_dim, act_dim)
+
+
+def make_policy(name: str, obs_dim: int, act_dim: int, task: str | None = None, **overrides: Any
+                ) -> DiffusionPolicy:
+    """Build a policy half by plugin name with its defaults (for ``task``) and keyword overrides."""
+    cfg = _merge_kwargs(default_config("policy", name, task), overrides, f"policy {name!r}")
+    return _build("policy", cfg, obs_dim, act_dim)
+
+
+def _merge_kwargs(cfg: dict[str, Any], overrides: dict[str, Any], what: str) -> dict[str, Any]:
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ConfigError(f"{what} has no config keys {sorted(unknown)}; keys: {', '.join(sorted(cfg))}")
+    return {**cfg, **overrides}
+
+
+def run_config(guidance: str | None, policy: str | None, task: str, overrides: list[str] | tuple[str, ...] = (),
+               **run: Any) -> DictConfig:
+    """The full config of a run: both halves' defaults for ``task``, ``run`` settings, then ``overrides``."""
+    g = default_config("guidance", guidance, task) if guidance else {}
+    p = default_config("policy", policy, task) if policy else {}
+    return build_run_config(g, p, {"task": task, **{k: v for k, v in run.items() if v is not None}}, overrides)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------
+def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, task: str | None = None,
+             episodes: int = 10, seed: int = 0, progress: bool = False, candidates: int | None = None):
+    """Run ``episodes`` episodes in lockstep (one batched ``act`` per env step); returns an ``EvalResult``."""
+    from .evaluation import evaluate_policy
+    task = task or getattr(policy, "dataset_meta", {}).get("name")
+    if not task:
+        raise ConfigError("evaluate needs a task name (e.g. bullet-hopper-medium-v0)")
+    device = policy.device
+
+    def act_fn(obs):
+        with torch.inference_mode():
+            o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            return policy.act(o, guidance, n=candidates).cpu().numpy()
+
+    return evaluate_policy(act_fn, task, episodes=episodes, seed=EVAL_SEED_OFFSET + seed, progress=progress)
+
+
+# ---- the training loop --------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    guidance: GuidanceModule
+    policy: DiffusionPolicy | None
+    eval: Any = None
+    phases: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def normalized_score(self) -> float | None:
+        return None if self.eval is None else float(self.eval.normalized_mean)
+
+
+class _Logger:
+    def __init__(self, run_dir: Path | None) -> None:
+        self.path = run_dir / "metrics.jsonl" if run_dir else None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        clean = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+
+def _dataset_meta(dataset: Any) -> dict[str, Any]:
+    return {"name": dataset.name, "fingerprint": dataset.fingerprint, "path": str(dataset.path or "")}
+
+
+def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume: bool = False,
+          guidance: GuidanceModule | None = None,
+          on_eval: Callable[[int, Any], None] | None = None) -> RunResult:
+    """Train per ``cfg`` (see :func:`run_config`) and, if ``run.out`` is set, write the run dir.
+
+    ``dataset`` defaults to ``run.dataset`` (a path) or the task's file in the D4RL cache. ``guidance`` may be
+    passed in already built (library use of the ``pretrained`` schedule).
+    """
+    from .data import load_dataset
+    r = cfg.run
+    device = resolve_device(r.device)
+    seed_everything(int(r.seed))
+    if dataset is None:
+        dataset = load_dataset(r.dataset or r.task, task=r.task)
+    obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
+    meta = _dataset_meta(dataset)
+    has_policy = bool(cfg.policy) and cfg.policy.get("name")
+    schedule = r.schedule if has_policy else "guidance-first"
+    reg = load_registry()
+    for section in ("guidance", "policy"):
+        if cfg[section] and "seed" in cfg[section]:
+            cfg[section].seed = int(r.seed)  # one seed drives both halves' own noise streams
+    if has_policy and cfg.guidance:
+        reg.check_pair(cfg.guidance.name, cfg.policy.name)
+    if has_policy and cfg.policy.get("lr_decay_steps", "absent") is None:
+        cfg.policy.lr_decay_steps = int(r.policy_steps)
+    if cfg.guidance and cfg.guidance.get("lr_decay_steps", "absent") is None:
+        cfg.guidance.lr_decay_steps = int(r.policy_steps if schedule == "joint" else r.guidance_steps)
+
+    run_dir = Path(r.out) if r.out else None
+    state_path = run_dir / "train_state.pt" if run_dir else None
+    if run_dir is not None:
+        if (run_dir / "config.yaml").exists() and not resume:
+            raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it or choose "
+                              f"another --out (nothing was overwritten)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.yaml").exists():
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+
+    # ---- build or restore the halves ----
+    buffer = ReplayBuffer(dataset, device, seed=int(r.seed))
+    phase, start_step, phases_done = None, 0, []
+    policy: DiffusionPolicy | None = None
+    if resume and state_path is not None and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        guidance = build_from_payload(st["guidance"], state_path, device)
+        policy = build_from_payload(st["policy"], state_path, device) if st.get("policy") else None
+        buffer.load_state_dict(st["buffer"])
+        phase, start_step, phases_done = st["phase"], int(st["step"]), list(st.get("phases", []))
+    else:
+        if schedule == "pretrained":
+            if guidance is None:
+                if not r.guidance_ckpt:
+                    raise ConfigError("schedule 'pretrained' needs --guidance-ckpt PATH (a guidance.pt)")
+                guidance = load_checkpoint(r.guidance_ckpt, device, kind="guidance")
+            check_guidance_fits(guidance, obs_dim, act_dim, dataset.fingerprint, dataset.name)
+            guidance.freeze()
+        elif guidance is None:
+            guidance = _build("guidance", to_dict(cfg.guidance), obs_dim, act_dim).to(device)
+            guidance.prepare(dataset)
+        if has_policy:
+            policy = _build("policy", to_dict(cfg.policy), obs_dim, act_dim).to(device)
+            policy.prepare(dataset)
+    if schedule == "guidance-first" and guidance.requires_policy and not guidance.frozen:
+        raise ConfigError(f"guidance {guidance.algorithm!r} with this config samples the policy in its TD target, "
+                          f"so it can only train jointly; use --schedule joint, or a policy-independent guidance "
+                          f"(e.g. idql, or dql with guidance.target_actions=dataset)")
+
+    log = _Logger(run_dir)
+    plan: list[tuple[str, int]] = []
+    if schedule == "guidance-first" and not guidance.frozen:
+        plan.append(("guidance", int(r.guidance_steps)))
+    if has_policy:
+        plan.append(("policy", int(r.policy_steps)))
+    save_every, log_every = int(r.save_every or 0), max(1, int(r.log_every))
+    eval_every = int(r.eval_every or 0)
+    result = RunResult(run_dir, guidance, policy, phases=phases_done)
+
+    def save_state(ph: str, step: int) -> None:
+        if state_path is None:
+            return
+        atomic_torch_save({"phase": ph, "step": step, "guidance": half_payload(guidance, meta),
+                           "policy": half_payload(policy, meta) if policy is not None else None,
+                           "buffer": buffer.state_dict(), "phases": result.phases}, state_path)
+
+    order = [p for p, _ in plan]
+    for ph, total in plan:
+        if phase in order and order.index(ph) < order.index(phase):
+            continue  # finished before the interruption
+        first = start_step if ph == phase else 0
+        joint = ph == "policy" and schedule == "joint"
+        with PhaseMeter(ph if not joint else "joint", device) as meter:
+            bar = tqdm(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}", disable=not progress,
+                       initial=first, total=total, dynamic_ncols=True)
+            for step in bar:
+                if ph == "guidance":
+                    m = {f"guidance/{k}": v for k, v in guidance.update(
+                        buffer.sample(int(cfg.guidance.batch_size))).items()}
+                else:
+                    m = {}
+                    batch = buffer.sample(int(cfg.policy.batch_size))
+                    if joint and not guidance.frozen:
+                        m.update({f"guidance/{k}": v for k, v in guidance.update(batch, policy).items()})
+                    m.update({f"policy/{k}": v for k, v in policy.update(batch, guidance).items()})
+                if (step + 1) % log_every == 0 or step + 1 == total:
+                    rec = {"phase": ph, "step": step + 1, **{k: float(v) for k, v in m.items()}}
+                    log.log(rec)
+                    bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in list(m.items())[:3]})
+                if ph == "policy" and eval_every and (step + 1) % eval_every == 0 and step + 1 < total:
+                    ev = evaluate(policy, guidance, r.task, int(r.eval_episodes), int(r.seed))
+                    log.log({"phase": "eval", "step": step + 1, "normalized_mean": ev.normalized_mean,
+                             "normalized_std": ev.normalized_std, "return_mean": ev.mean})
+                    if on_eval:
+                        on_eval(step + 1, ev)
+                if save_every and (step + 1) % save_every == 0 and step + 1 < total:
+                    save_state(ph, step + 1)
+            bar.close()
+        result.phases.append({**meter.result, "steps": total - first})
+        if ph == "guidance" or (joint and run_dir is not None):
+            if run_dir is not None:
+                save_half(guidance, run_dir / "guidance.pt", meta)
+        if ph == "guidance":
+            guidance.freeze()
+        save_state(ph, total)
+        phase, start_step = None, 0
+
+    if run_dir is not None:
+        if not (run_dir / "guidance.pt").exists() or schedule == "pretrained":
+            save_half(guidance, run_dir / "guidance.pt", meta)
+        if policy is not None:
+            save_half(policy, run_dir / "policy.pt", meta)
+
+    if policy is not None and r.final_eval and int(r.eval_episodes) > 0:
+        with PhaseMeter("eval", device) as meter:
+            result.eval = evaluate(policy, guidance, r.task, int(r.eval_episodes), int(r.seed), progress=progress)
+        result.phases.append({**meter.result, "episodes": int(r.eval_episodes)})
+        log.log({"phase": "eval", "step": int(r.policy_steps), "normalized_mean": result.eval.normalized_mean,
+                 "normalized_std": result.eval.normalized_std, "return_mean": result.eval.mean})
+    if run_dir is not None:
+        summary = {"task": r.task, "guidance": cfg.guidance.get("name") if cfg.guidance else None,
+                   "policy": cfg.policy.get("name") if has_policy else None, "schedule": schedule,
+                   "seed": int(r.seed), "dataset": meta, "phases": result.phases,
+                   "guidance_steps": guidance.steps, "policy_steps": policy.steps if policy else 0,
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if result.eval is not None:
+            summary["eval"] = result.eval.to_dict()
+            summary["normalized_score"] = float(result.eval.normalized_mean)
+        tmp = run_dir / ".result.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(run_dir / "result.json")
+        if state_path is not None:
+            state_path.unlink(missing_ok=True)
+    return result
+
+
+def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path | None = None,
+                             device: str | torch.device = "cpu") -> tuple[DiffusionPolicy, GuidanceModule | None]:
+    """For ``modzoo eval``: a policy checkpoint and the guidance that ranks its candidates.
+
+    Without ``guidance_ckpt`` the run's own ``guidance.pt`` beside the policy is used when present.
+    """
+    device = resolve_device(str(device))
+    policy = load_checkpoint(policy_ckpt, device, kind="policy")
+    gpath = Path(guidance_ckpt) if guidance_ckpt else Path(policy_ckpt).with_name("guidance.pt")
+    guidance = None
+    if guidance_ckpt or gpath.exists():
+        guidance = load_checkpoint(gpath, device, kind="guidance")
+        missing = policy.needs - guidance.provides
+        if missing:
+            raise CheckpointError(f"guidance {gpath} ({guidance.algorithm}) lacks {sorted(missing)}, which policy "
+                                  f"{policy.algorithm!r} needs to select actions")
+        meta = getattr(policy, "dataset_meta", {})
+        check_guidance_fits(guidance, policy.obs_dim, policy.act_dim, meta.get("fingerprint"), meta.get("name"))
+        guidance.freeze()
+    return policy, guidance

@@ -1,0 +1,130 @@
+"""Diffusion-QL: Diffusion Policies as an Expressive Policy Class for Offline RL (Wang, Hunt, Zhou, 2023).
+
+Guidance (twin Q, Polyak target 0.005, gamma 0.99):
+    Q_i <- argmin E[ (Q_i(s, a) - (r + gamma (1 - d) min_j Qtarg_j(s', a')))^2 ],  a' ~ pi_EMA(. | s')
+    (``max_q_backup``: a' = the best of 10 EMA samples, per critic.) Because a' comes from the policy being
+    trained, this critic can only train jointly. Two policy-independent variants serve guidance-first runs:
+    ``target_actions: dataset`` (SARSA on the data's own next actions, i.e. fitted-Q evaluation of the
+    behaviour policy) and ``target_actions: untrained`` (the GFDT authors' literal pretraining recipe: a' from a
+    never-trained actor and a frozen target network; offered only to reproduce their numbers).
+Policy:
+    L(theta) = L_bc(theta) - eta * Q_i(s, a0_theta) / mean|Q_j(s, a0_theta)|,  (i, j) a random order of (1, 2),
+    where a0_theta is the policy's own denoised action, differentiated through the whole reverse chain.
+Action selection: 50 candidates from the live actor, one sampled from softmax(min_i Qtarg_i).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modzoo.critics import TwinCriticGuidance
+from modzoo.diffusion import GaussianDiffusion
+from modzoo.hookspecs import hookimpl
+from modzoo.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
+from modzoo.nets import MLPDenoiser
+from modzoo.plugins_api import HalfSpec
+from modzoo.policy import DDPMPolicy
+from modzoo.utils import frozen_copy, module_generator
+
+CONFIG = Path(__file__).with_name("dql.yaml")
+TARGET_ACTIONS = ("policy", "dataset", "untrained")
+
+
+def normalized_q_loss(qs: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Diffusion-QL's Q term: -Q_i.mean() / |Q_j|.mean().detach() for ``order`` = (i, j) of an ensemble (E, B).
+
+    Dividing by the other critic's mean magnitude makes eta scale-free across tasks and reward scales.
+    """
+    qa = qs.index_select(0, order[:1])
+    qb = qs.index_select(0, order[1:2])
+    return -qa.mean() / qb.abs().mean().detach()
+
+
+class DQLGuidance(TwinCriticGuidance):
+    """Diffusion-QL's twin-Q critic (3x256 Mish)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__(obs_dim, act_dim, cfg)
+        self.mode = cfg.get("target_actions", "policy")
+        if self.mode not in TARGET_ACTIONS:
+            raise ValueError(f"dql guidance: unknown target_actions {self.mode!r}; known: {list(TARGET_ACTIONS)}")
+        self.untrained_actor: GaussianDiffusion | None = None
+        if self.mode == "untrained":
+            # The authors' pretraining script samples a' from an actor that is built and never trained.
+            torch.manual_seed(cfg.get("seed", 0))
+            self.untrained_actor = frozen_copy(GaussianDiffusion(MLPDenoiser(obs_dim, act_dim), act_dim, T=5))
+        self._gen: torch.Generator | None = None
+
+    @property
+    def requires_policy(self) -> bool:
+        return self.mode == "policy"
+
+    def _next_actions(self, batch: Batch, policy: DiffusionPolicy | None) -> torch.Tensor:
+        nxt = batch["next_observations"]
+        if self.mode == "dataset":
+            return batch["next_actions"]
+        if self.mode == "untrained":
+            if self._gen is None:
+                self._gen = module_generator(self.cfg.get("seed", 0), nxt.device)
+            return self.untrained_actor.sample(nxt, generator=self._gen)
+        if policy is None:
+            raise RuntimeError("dql guidance with target_actions=policy needs the policy (joint training only)")
+        return policy.target_actions(nxt)
+
+    def update(self, batch: Batch, policy: DiffusionPolicy | None = None) -> Metrics:
+        nxt = batch["next_observations"]
+        with torch.no_grad():
+            if self.cfg.get("max_q_backup", False) and self.mode == "policy":
+                k = 10  # best of 10 EMA samples per critic, then the min over critics
+                rep = nxt.repeat_interleave(k, 0)
+                qn = self.critic_target(rep, policy.target_actions(rep)).view(-1, nxt.shape[0], k)
+                next_q = qn.max(-1).values.min(0).values
+            else:
+                next_q = self.target_q(nxt, self._next_actions(batch, policy))
+            target = self.rewards(batch) + self.gamma * (1 - batch["terminals"]) * next_q
+        metrics = self.fit_q(batch, target)
+        self._steps += 1
+        return metrics
+
+
+class DQLPolicy(DDPMPolicy):
+    """Diffusion-QL's actor: BC loss plus eta times the normalized Q of its own denoised action."""
+
+    needs = frozenset({"q"})
+    uses_guidance_in_training = True
+
+    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
+        self.train()
+        obs = batch["observations"]
+        bc = self.bc_loss(batch)
+        eta = float(self.cfg.get("eta", 1.0))
+        out: Metrics = {"bc_loss": bc.detach()}
+        loss = bc
+        if guidance is not None and eta > 0:
+            new_act = self.diffusion.sample(obs, generator=self.gen())  # live actor, grad through the chain
+            qs = guidance.q_ensemble(obs, new_act)
+            order = torch.randperm(qs.shape[0], device=obs.device, generator=self.gen())
+            if qs.shape[0] == 1:
+                order = torch.zeros(2, dtype=torch.long, device=obs.device)
+            q_loss = normalized_q_loss(qs, order)
+            loss = bc + eta * q_loss
+            out["q_loss"] = q_loss.detach()
+        self.optimize(loss)
+        out["actor_loss"] = loss.detach()
+        return out
+
+
+@hookimpl
+def modzoo_guidances() -> list[HalfSpec]:
+    return [HalfSpec("dql", DQLGuidance, CONFIG, "guidance",
+                     "Diffusion-QL twin Q; TD targets from the EMA policy (joint only) or, by config, SARSA",
+                     "Wang, Hunt, Zhou 2023, arXiv:2208.06193")]
+
+
+@hookimpl
+def modzoo_policies() -> list[HalfSpec]:
+    return [HalfSpec("dql", DQLPolicy, CONFIG, "policy",
+                     "diffusion actor (3x256 Mish MLP, T=5) with the normalized Q term through the chain",
+                     "Wang, Hunt, Zhou 2023, arXiv:2208.06193")]

@@ -1,0 +1,102 @@
+"""IDQL: Implicit Q-Learning as an Actor-Critic Method with Diffusion Policies (Hansen-Estruch et al., 2023).
+
+Guidance (IQL critic, trained on dataset actions only, so it never needs the policy):
+    V  <- argmin E[ L2_tau( min_i Qtarg_i(s, a) - V(s) ) ],   L2_tau(u) = |tau - 1(u < 0)| u^2
+    Q_i <- argmin E[ (Q_i(s, a) - (r + gamma (1 - d) V(s')))^2 ],   Qtarg <- Polyak(Q, 0.005)
+Policy (diffusion behaviour cloning, no Q term):
+    eps_theta <- argmin E[ || eps - eps_theta(sqrt(abar_t) a + sqrt(1 - abar_t) eps, t, s) ||^2 ]
+Action selection: N candidates from the EMA actor, resampled with w_i = |tau - 1(Q_i - V < 0)|.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modzoo.critics import TwinCriticGuidance
+from modzoo.hookspecs import hookimpl
+from modzoo.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
+from modzoo.nets import ValueNet
+from modzoo.plugins_api import HalfSpec
+from modzoo.policy import DDPMPolicy
+from modzoo.utils import load_optim_state, make_optimizer, optim_state
+
+CONFIG = Path(__file__).with_name("idql.yaml")
+
+
+def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
+    """Asymmetric L2: tau * u^2 for u > 0, (1 - tau) * u^2 otherwise (IQL eq. 1)."""
+    return torch.where(diff > 0, tau, 1 - tau) * diff**2
+
+
+class IQLGuidance(TwinCriticGuidance):
+    """IQL's twin Q + V critic: the policy-independent guidance."""
+
+    provides = frozenset({"q", "v"})
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__(obs_dim, act_dim, cfg)
+        self.value = ValueNet(obs_dim, list(cfg.get("hidden", [256, 256])), act=cfg.get("activation", "relu"),
+                              layer_norm=cfg.get("layer_norm", False))
+        self.v_opt: torch.optim.Optimizer | None = make_optimizer(self.value.parameters(), "adam",
+                                                                  cfg.get("value_lr", 3e-4))
+        self.tau = cfg.get("expectile", 0.7)
+
+    def v(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value(obs)
+
+    def update(self, batch: Batch, policy: DiffusionPolicy | None = None) -> Metrics:
+        # V step: expectile regression towards the target critics' minimum.
+        with torch.no_grad():
+            q_t = self.target_q(batch["observations"], batch["actions"])
+        v = self.value(batch["observations"])
+        v_loss = expectile_loss(q_t - v, self.tau).mean()
+        assert self.v_opt is not None, "update on a frozen guidance"
+        self.v_opt.zero_grad(set_to_none=True)
+        v_loss.backward()
+        self.v_opt.step()
+        # Q step: TD towards r + gamma (1 - d) V(s') with the freshly updated V.
+        with torch.no_grad():
+            target = self.rewards(batch) + self.gamma * (1 - batch["terminals"]) * self.value(
+                batch["next_observations"])
+        metrics = self.fit_q(batch, target)
+        self._steps += 1
+        return {**metrics, "value_loss": v_loss.detach(), "v": v.detach().mean()}
+
+    def drop_optimizers(self) -> None:
+        super().drop_optimizers()
+        self.v_opt = None
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "v": optim_state(self.v_opt)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        load_optim_state(state.get("v", {}), self.v_opt)
+
+
+class IDQLPolicy(DDPMPolicy):
+    """IDQL's actor: pure diffusion BC on an LN-ResNet; the guidance is used only to select actions."""
+
+    needs = frozenset({"q"})  # expectile selection also uses V when the guidance has it
+
+    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
+        self.train()
+        loss = self.bc_loss(batch)
+        self.optimize(loss)
+        return {"bc_loss": loss.detach()}
+
+
+@hookimpl
+def modzoo_guidances() -> list[HalfSpec]:
+    return [HalfSpec("idql", IQLGuidance, CONFIG, "guidance",
+                     "IQL critic: twin Q + V by expectile regression (policy-independent)",
+                     "Hansen-Estruch et al. 2023, arXiv:2304.10573")]
+
+
+@hookimpl
+def modzoo_policies() -> list[HalfSpec]:
+    return [HalfSpec("idql", IDQLPolicy, CONFIG, "policy",
+                     "diffusion BC actor (LN-ResNet, T=5), candidates resampled by expectile weights",
+                     "Hansen-Estruch et al. 2023, arXiv:2304.10573")]
