@@ -1,0 +1,206 @@
+"""D4RL-format loading: files made elsewhere, d4rl's transition rule, validation, writing, collection."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from modzoo.collect import DEFAULT_TRANSITIONS, collect, plan
+from modzoo.data import dataset_path, load_dataset, qlearning_transitions, write_d4rl_file
+from modzoo.errors import DatasetError
+
+OBS, ACT = 15, 3  # hopper
+
+
+def _hand_arrays() -> dict[str, np.ndarray]:
+    """7 rows: episode A = rows 0-2 ending in a timeout, episode B = rows 3-5 ending in a terminal,
+    row 6 = the start of an unfinished episode C. obs[i] is filled with i so rows are easy to follow."""
+    n = 7
+    obs = np.repeat(np.arange(n, dtype=np.float32)[:, None], OBS, axis=1)
+    act = np.repeat((np.arange(n, dtype=np.float32)[:, None] / 10), ACT, axis=1)
+    rew = np.arange(1, n + 1, dtype=np.float32)  # 1..7
+    term = np.array([0, 0, 0, 0, 0, 1, 0], bool)
+    tout = np.array([0, 0, 1, 0, 0, 0, 0], bool)
+    return {"observations": obs, "actions": act, "rewards": rew, "terminals": term, "timeouts": tout}
+
+
+def _write_plain(path: Path, arrays: dict[str, np.ndarray], **attrs: object) -> Path:
+    """Write a file the way someone else would: plain h5py, no modzoo."""
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    return path
+
+
+def test_foreign_d4rl_file_loads_with_d4rl_rule(tmp_path: Path) -> None:
+    path = _write_plain(tmp_path / "bullet-hopper_medium.hdf5", _hand_arrays())
+    ds = load_dataset(str(path))
+    assert ds.name == "bullet-hopper-medium-v0"  # from D4RL's file name
+    assert ds.path == str(path)
+    # d4rl.qlearning_dataset: i in 0..5; row 2 is a timeout -> dropped; row 6 has no successor.
+    kept = [0, 1, 3, 4, 5]
+    assert len(ds) == 5 and ds.obs_dim == OBS and ds.act_dim == ACT
+    np.testing.assert_array_equal(ds.observations[:, 0], kept)
+    np.testing.assert_array_equal(ds.next_observations[:, 0], [1, 2, 4, 5, 6])
+    np.testing.assert_array_equal(ds.rewards, [1, 2, 4, 5, 6])
+    np.testing.assert_array_equal(ds.terminals, [0, 0, 0, 0, 1])
+    np.testing.assert_allclose(ds.actions[:, 0], [0.0, 0.1, 0.3, 0.4, 0.5])
+    for a in (ds.observations, ds.actions, ds.rewards, ds.next_observations, ds.terminals):
+        assert a.dtype == np.float32
+    # raw episodes: A = 1+2+3, B = 4+5+6, unfinished C = 7
+    np.testing.assert_allclose(ds.episode_returns(), [6, 15, 7])
+    np.testing.assert_array_equal(ds.episode_lengths(), [3, 3, 1])
+    assert len(ds.fingerprint) == 16
+
+
+def test_fingerprint_tracks_content(tmp_path: Path) -> None:
+    arr = _hand_arrays()
+    a = load_dataset(str(_write_plain(tmp_path / "a.hdf5", arr)), task="bullet-hopper-medium-v0")
+    b = load_dataset(str(_write_plain(tmp_path / "b.hdf5", arr)), task="bullet-hopper-expert-v0")
+    arr["rewards"] = arr["rewards"] + 1
+    c = load_dataset(str(_write_plain(tmp_path / "c.hdf5", arr)), task="bullet-hopper-medium-v0")
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert b.name == "bullet-hopper-expert-v0"
+
+
+def test_without_timeouts_follows_d4rl_step_count() -> None:
+    """No 'timeouts' key: d4rl treats step max_episode_steps-1 of each episode as the timeout (and its
+    counter restarts at 1 right after a terminal; kept for equality with d4rl)."""
+    arr = _hand_arrays()
+    term = np.array([0, 0, 0, 1, 0, 0, 0], bool)
+    tr = qlearning_transitions(arr["observations"], arr["actions"], arr["rewards"], term, None, max_episode_steps=3)
+    # steps: i0 s0 keep, i1 s1 keep, i2 s2 -> final, drop, reset 0; i3 s0 terminal keep -> s=1;
+    # i4 s1 keep; i5 s2 final drop
+    np.testing.assert_array_equal(tr["observations"][:, 0], [0, 1, 3, 4])
+    np.testing.assert_array_equal(tr["terminals"], [0, 0, 1, 0])
+
+
+def test_load_by_task_name_from_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    assert dataset_path("bullet-hopper-medium-replay-v0") == tmp_path / "bullet-hopper_medium_replay.hdf5"
+    with pytest.raises(DatasetError, match="modzoo data collect bullet-hopper-medium-replay-v0"):
+        load_dataset("bullet-hopper-medium-replay-v0")
+    _write_plain(dataset_path("bullet-hopper-medium-replay-v0"), _hand_arrays())
+    ds = load_dataset("bullet-hopper-medium-replay-v0")
+    assert ds.name == "bullet-hopper-medium-replay-v0" and len(ds) == 5
+
+
+def test_unknown_name_is_dataset_error() -> None:
+    with pytest.raises(DatasetError, match="bullet-hopper-medium-v0"):
+        load_dataset("hopper-medium-v2")
+
+
+def _assert_refused(path: Path, match: str, task: str | None = "bullet-hopper-medium-v0") -> None:
+    with pytest.raises(DatasetError) as ei:
+        load_dataset(str(path), task=task)
+    msg = str(ei.value)
+    assert str(path) in msg, msg
+    assert "\n" not in msg, msg
+    assert match in msg, msg
+
+
+def test_refuses_truncated_file(tmp_path: Path, small_dataset_path: Path) -> None:
+    data = small_dataset_path.read_bytes()
+    bad = tmp_path / "truncated.hdf5"
+    bad.write_bytes(data[: len(data) // 2])
+    _assert_refused(bad, "corrupt")
+
+
+def test_refuses_not_hdf5(tmp_path: Path) -> None:
+    bad = tmp_path / "text.hdf5"
+    bad.write_text("this is not hdf5\n")
+    _assert_refused(bad, "corrupt")
+
+
+def test_refuses_missing_file(tmp_path: Path) -> None:
+    _assert_refused(tmp_path / "nope.hdf5", "does not exist")
+
+
+def test_refuses_missing_key(tmp_path: Path) -> None:
+    arr = _hand_arrays()
+    del arr["rewards"]
+    _assert_refused(_write_plain(tmp_path / "nokey.hdf5", arr), "no key 'rewards'")
+
+
+def test_refuses_nan(tmp_path: Path) -> None:
+    arr = _hand_arrays()
+    arr["observations"][4, 2] = np.nan
+    _assert_refused(_write_plain(tmp_path / "nan.hdf5", arr), "NaN or inf (first at row 4)")
+    arr = _hand_arrays()
+    arr["rewards"][1] = np.inf
+    _assert_refused(_write_plain(tmp_path / "inf.hdf5", arr), "'rewards' contains NaN or inf")
+
+
+def test_refuses_wrong_dims(tmp_path: Path) -> None:
+    path = _write_plain(tmp_path / "dims.hdf5", _hand_arrays())
+    _assert_refused(path, "needs (N, 28)", task="bullet-ant-medium-v0")  # hopper data, ant task
+    arr = _hand_arrays()
+    arr["actions"] = arr["actions"][:, :2]
+    _assert_refused(_write_plain(tmp_path / "act.hdf5", arr), "needs (N, 3)")
+
+
+def test_refuses_mismatched_lengths(tmp_path: Path) -> None:
+    arr = _hand_arrays()
+    arr["terminals"] = arr["terminals"][:5]
+    _assert_refused(_write_plain(tmp_path / "len.hdf5", arr), "'terminals' has 5 rows")
+
+
+def test_refuses_unknown_task(tmp_path: Path) -> None:
+    path = _write_plain(tmp_path / "anon.hdf5", _hand_arrays())
+    _assert_refused(path, "cannot tell which task", task=None)
+
+
+def test_write_roundtrip_atomic(tmp_path: Path) -> None:
+    arr = _hand_arrays()
+    out = tmp_path / "sub" / "w.hdf5"
+    write_d4rl_file(out, arr["observations"], arr["actions"], arr["rewards"], arr["terminals"], arr["timeouts"],
+                    {"task": "bullet-hopper-random-v0", "recipe": {"sigma": 0.3}, "seed": 3}, next_observations=arr["observations"])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["w.hdf5"]  # no temp file left
+    ds = load_dataset(str(out))
+    assert ds.name == "bullet-hopper-random-v0"
+    assert ds.attrs["recipe"] == {"sigma": 0.3} and ds.attrs["seed"] == 3
+    with h5py.File(out) as f:
+        assert f["terminals"].dtype == bool and f["observations"].dtype == np.float32
+        assert "next_observations" in f
+
+
+def test_small_dataset_fixture(small_dataset_path: Path) -> None:
+    ds = load_dataset(str(small_dataset_path))
+    assert ds.name == "bullet-hopper-medium-v0"
+    assert 4900 <= len(ds) < 5000 and ds.obs_dim == 15 and ds.act_dim == 3
+    assert ds.attrs["command"] == "modzoo data collect bullet-hopper-medium-v0 --transitions 5000 --seed 0"
+    assert ds.attrs["transitions"] == 5000
+    rets = ds.episode_returns()
+    assert len(rets) == ds.attrs["episodes"]
+    assert rets.mean() == pytest.approx(ds.attrs["mean_return"], rel=1e-5)
+    assert np.abs(ds.actions).max() <= 1.0
+    assert ds.terminals.sum() >= 1  # noisy hopper falls sometimes
+
+
+def test_collect_is_deterministic(tmp_path: Path) -> None:
+    a = collect("bullet-ant-random-v0", transitions=600, seed=5, out=tmp_path / "a.hdf5", progress=False)
+    b = collect("bullet-ant-random-v0", transitions=600, seed=5, out=tmp_path / "b.hdf5", progress=False)
+    c = collect("bullet-ant-random-v0", transitions=600, seed=6, out=tmp_path / "c.hdf5", progress=False)
+    fa, fb, fc = (load_dataset(str(r.path)).fingerprint for r in (a, b, c))
+    assert fa == fb != fc
+    with h5py.File(a.path) as f:
+        assert f["timeouts"][-1]  # the cut last episode is marked as a timeout
+        # stored next_observations are the env's true successors, equal to obs[i+1] within an episode
+        ends = f["terminals"][:] | f["timeouts"][:]
+        inside = np.flatnonzero(~ends[:-1])
+        np.testing.assert_array_equal(f["next_observations"][:][inside], f["observations"][:][inside + 1])
+
+
+def test_plans_follow_d4rl_levels() -> None:
+    assert DEFAULT_TRANSITIONS["medium-expert"] == 2 * DEFAULT_TRANSITIONS["medium"]
+    me = plan("bullet-hopper-medium-expert-v0", 1001)
+    assert [s.label for s in me] == ["medium", "expert"] and sum(s.transitions for s in me) == 1001
+    rp = plan("bullet-ant-medium-replay-v0", 100)
+    assert rp[0].sigma_start > rp[0].sigma_end
+    assert plan("bullet-hopper-random-v0", 10)[0].policy is None
+    with pytest.raises(DatasetError):
+        plan("bullet-hopper-random-v0", 1)
