@@ -367,3 +367,36 @@ def committed_actor(robot: str, which: str) -> Path:
     if not p.is_file():
         raise EnvError(f"no committed {which} behaviour policy for {robot} ({p}): train one with `modzoo data train-behaviour {robot}`")
     return p
+
+
+#: Mean episode returns of d4rl-pybullet's medium datasets (takuseno): the target for "medium".
+D4RL_PYBULLET_MEDIUM_RETURN = {"hopper": 1078.4, "halfcheetah": 787.4, "walker2d": 1106.7, "ant": 570.8}
+
+
+def export_choice(
+    robot: str, run_dir: str | os.PathLike[str], export_dir: str | os.PathLike[str],
+    medium_return: float | None = None, episodes: int = 10,
+) -> dict[str, Path]:
+    """Pick a run's expert (best evaluated snapshot) and medium (evaluation return nearest
+    ``medium_return``, default d4rl-pybullet's medium return) snapshots, re-evaluate each on ``episodes``
+    episodes, and write them as ``<robot>-expert.pt`` / ``<robot>-medium.pt`` in ``export_dir`` with the
+    evaluation in their metadata (collection records it in the dataset's recipe)."""
+    import torch
+
+    robot = robot_of(robot)
+    target = D4RL_PYBULLET_MEDIUM_RETURN[robot] if medium_return is None else medium_return
+    picks = {"expert": best_snapshot(run_dir), "medium": snapshot_near(run_dir, target)}
+    out: dict[str, Path] = {}
+    export_dir = Path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    for which, snap in picks.items():
+        rets = rollout_returns(TorchActorPolicy(snap), robot, episodes, seed=20_000)
+        blob = torch.load(snap, map_location="cpu", weights_only=True)
+        blob["meta"] = {**blob["meta"], "which": which, "eval_mean": float(rets.mean()), "eval_std": float(rets.std()),
+                        "eval_episodes": episodes, "source": str(snap)}
+        dst = export_dir / f"{robot}-{which}.pt"
+        tmp = dst.with_name(dst.name + ".tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, dst)
+        out[which] = dst
+    return out

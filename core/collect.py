@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .behaviour import PYBULLET_EXPERTS, ASSET_DIR, Policy, TorchActorPolicy, load_pybullet_expert
+from .behaviour import ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy, load_pybullet_expert
 from .data import dataset_path, write_d4rl_file
 from .envs import env_dims, env_id, make_env, parse_task
 from .errors import DatasetError, EnvError
@@ -46,8 +46,6 @@ DEFAULT_TRANSITIONS = {
     "medium-expert": 2_000_000,
     "medium-replay": 200_000,
 }
-#: Mean episode returns of d4rl-pybullet's medium datasets (takuseno), the target for our medium.
-D4RL_PYBULLET_MEDIUM_RETURN = {"hopper": 1078.4, "halfcheetah": 787.4, "walker2d": 1106.7, "ant": 570.8}
 #: Gaussian action-noise sigma of the medium policy, chosen by measurement (docs/datasets.md). For
 #: hopper/ant it degrades pybullet's expert; for the SAC robots the medium snapshot itself is the
 #: medium policy and only the expert-level jitter is added.
@@ -175,23 +173,41 @@ def collect(
     progress: bool = True,
     behaviour_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
+    reuse: bool = True,
 ) -> CollectResult:
-    """Generate ``task``'s dataset and write it (atomically) to ``out`` or the D4RL cache path."""
+    """Generate ``task``'s dataset and write it (atomically) to ``out`` or the D4RL cache path.
+
+    With ``reuse``, a medium-expert segment whose standalone file (same seed, size and recipe) is in the
+    cache is read from it rather than simulated again; the result is bit-identical either way.
+    """
     from tqdm.auto import tqdm
 
     robot, level = parse_task(task)
     segments = plan(task, transitions, behaviour_dir)
     total = sum(s.transitions for s in segments)
     path = Path(out).expanduser() if out else dataset_path(task)
-    env = make_env(task, seed=seed)
-    rng = np.random.default_rng(seed)
     arrays: dict[str, list[np.ndarray]] = {}
     seg_info = []
     all_returns: list[float] = []
     t0 = time.time()
     with tqdm(total=total, desc=f"collect {task}", unit="step", disable=not progress, mininterval=0.5, unit_scale=True) as bar:
         for seg in segments:
-            rets = _run_segment(env, seg, rng, bar, arrays)
+            # Each segment starts from the same seeds as the standalone file of its level, so
+            # medium-expert is exactly medium + expert concatenated (D4RL's definition), and a cached
+            # standalone file with the same recipe can be reused instead of simulated again.
+            reused = _reuse_cached(robot, seg, seed) if (reuse and len(segments) > 1) else None
+            if reused is not None:
+                src, rets = reused, _returns_of(reused)
+                for k, v in src.items():
+                    arrays.setdefault(k, []).append(v)
+                bar.update(seg.transitions)
+                source = f"reused {dataset_path(f'bullet-{robot}-{seg.label}-v0')}"
+            else:
+                env = make_env(task, seed=seed)
+                rng = np.random.default_rng(seed)
+                rets = _run_segment(env, seg, rng, bar, arrays)
+                env.close()
+                source = "simulated"
             all_returns += rets
             r = np.asarray(rets)
             seg_info.append({
@@ -199,9 +215,8 @@ def collect(
                 "noise": "gaussian, clipped to [-1, 1]" if seg.policy is not None else "none",
                 "sigma_start": seg.sigma_start, "sigma_end": seg.sigma_end, "episodes": len(rets),
                 "mean_return": float(r.mean()), "std_return": float(r.std()),
-                "normalized_score": float(normalized_score(task, r.mean())),
+                "normalized_score": float(normalized_score(task, r.mean())), "source": source,
             })
-    env.close()
     wall = time.time() - t0
     data = {k: np.concatenate(v) for k, v in arrays.items()}
     rets = np.asarray(all_returns)
@@ -225,6 +240,41 @@ def collect(
         log(f"wrote {path}: {total} transitions, {len(rets)} episodes, mean return {rets.mean():.1f} "
             f"(normalized {attrs['normalized_score']:.1f}), {attrs['steps_per_second']:.0f} steps/s")
     return CollectResult(path, attrs)
+
+
+_ARRAY_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+
+def _reuse_cached(robot: str, seg: Segment, seed: int) -> dict[str, np.ndarray] | None:
+    """Arrays of the cached standalone ``bullet-<robot>-<seg.label>-v0`` file if it was collected with
+    exactly this segment's recipe (seed, size, policy, noise); None otherwise."""
+    import h5py
+
+    from .data import _py
+
+    path = dataset_path(f"bullet-{robot}-{seg.label}-v0")
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            segs = _py(f.attrs.get("segments", ""))
+            if not (isinstance(segs, list) and len(segs) == 1 and _py(f.attrs.get("seed")) == seed):
+                return None
+            s0 = segs[0]
+            if (s0.get("label"), s0.get("policy"), s0.get("transitions"), s0.get("sigma_start"), s0.get("sigma_end")) != (
+                seg.label, seg.policy_desc, seg.transitions, seg.sigma_start, seg.sigma_end
+            ):
+                return None
+            return {k: f[k][()] for k in _ARRAY_KEYS}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _returns_of(arrays: dict[str, np.ndarray]) -> list[float]:
+    from .data import episode_returns_from_raw
+
+    rets, _ = episode_returns_from_raw(arrays["rewards"].astype(np.float64), arrays["terminals"] | arrays["timeouts"])
+    return [float(x) for x in rets]
 
 
 def _pkg_version(name: str) -> str:

@@ -204,3 +204,17 @@ def test_plans_follow_d4rl_levels() -> None:
     assert plan("bullet-hopper-random-v0", 10)[0].policy is None
     with pytest.raises(DatasetError):
         plan("bullet-hopper-random-v0", 1)
+
+
+def test_medium_expert_is_medium_plus_expert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D4RL's definition, bit for bit: simulated medium-expert == cached medium + cached expert."""
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "cache"))
+    sim = collect("bullet-hopper-medium-expert-v0", transitions=600, seed=1, out=tmp_path / "sim.hdf5", progress=False, reuse=False)
+    collect("bullet-hopper-medium-v0", transitions=300, seed=1, progress=False)
+    collect("bullet-hopper-expert-v0", transitions=300, seed=1, progress=False)
+    re = collect("bullet-hopper-medium-expert-v0", transitions=600, seed=1, out=tmp_path / "re.hdf5", progress=False)
+    assert [s["source"] for s in sim.attrs["segments"]] == ["simulated", "simulated"]
+    assert all(s["source"].startswith("reused") for s in re.attrs["segments"])
+    with h5py.File(sim.path) as a, h5py.File(re.path) as b:
+        for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
+            np.testing.assert_array_equal(a[k][()], b[k][()])
