@@ -44,6 +44,8 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--behaviour-dir", help="directory with exported SAC actors <robot>-{medium,expert}.pt (default: modzoo's bundled ones)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-reuse", action="store_true", help="medium-expert: simulate both halves even if the cached medium/expert files match")
+    p.add_argument("--from-run", help="medium-replay only: write the replay buffer of this train-behaviour run (D4RL's exact recipe)")
+    p.add_argument("--upto-step", type=int, help="with --from-run: last step to include (default: the run's medium snapshot)")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("info", help="summarize a dataset file or a cached dataset")
@@ -124,6 +126,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
         parse_task(args.name)
     except EnvError as exc:
         raise DatasetError(str(exc)) from exc
+    if args.from_run:
+        from .collect import collect_replay_from_run
+
+        res = collect_replay_from_run(args.name, args.from_run, out=args.out, upto_step=args.upto_step)
+        a = res.attrs
+        print(f"wrote {res.path}: {a['transitions']} transitions, {a['episodes']} episodes, mean return {a['mean_return']:.1f} (normalized {a['normalized_score']:.1f})")
+        return 0
     res = collect(args.name, transitions=args.transitions, seed=args.seed, out=args.out,
                   progress=not args.no_progress, behaviour_dir=args.behaviour_dir, reuse=not args.no_reuse)
     a = res.attrs

@@ -282,3 +282,60 @@ def _pkg_version(name: str) -> str:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def collect_replay_from_run(
+    task: str, run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, upto_step: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CollectResult:
+    """D4RL's exact medium-replay recipe from a ``train-behaviour`` run: every transition SAC saw (its
+    replay buffer, saved as ``replay/chunk_<step>.npz``) up to the step of the run's medium snapshot
+    (or ``upto_step``). No simulation: the file is written from the saved chunks."""
+    import json as _json
+
+    from .behaviour import _read_progress, snapshot_near
+
+    robot, level = parse_task(task)
+    if level != "medium-replay":
+        raise DatasetError(f"--from-run builds medium-replay datasets only, not {task}")
+    run = Path(run_dir)
+    if upto_step is None:
+        snap = snapshot_near(run, D4RL_PYBULLET_MEDIUM_RETURN[robot])
+        upto_step = int(snap.stem.split("_")[1])
+    chunks = sorted((run / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
+    chunks = [c for c in chunks if int(c.stem.split("_")[1]) <= upto_step]
+    if not chunks:
+        raise DatasetError(f"no replay chunks up to step {upto_step} in {run / 'replay'}: run `modzoo data train-behaviour {robot}` first")
+    parts = [np.load(c) for c in chunks]
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")}
+    timeouts = cat["timeouts"].astype(bool)
+    terminals = cat["dones"].astype(bool) & ~timeouts
+    # Episodes cut without a flag: the buffer's end, and a resumed run (SB3 resets the env on load), seen
+    # as a row whose stored successor is not the next row's observation. Mark them as timeouts.
+    ends = terminals | timeouts
+    broken = ~ends[:-1] & np.any(cat["next_observations"][:-1] != cat["observations"][1:], axis=1)
+    timeouts[:-1] |= broken
+    timeouts[-1] = timeouts[-1] or not terminals[-1]
+    from .data import episode_returns_from_raw
+
+    rets, _ = episode_returns_from_raw(cat["rewards"].astype(np.float64), terminals | timeouts)
+    prog = [r for r in _read_progress(run) if r["step"] == upto_step]
+    n = len(cat["rewards"])
+    attrs: dict[str, Any] = {
+        "task": task, "robot": robot, "level": level, "env_id": env_id(task), "seed": _json.loads((run / "config.json").read_text()).get("seed"),
+        "transitions": n, "episodes": len(rets), "mean_return": float(rets.mean()), "std_return": float(rets.std()),
+        "normalized_score": float(normalized_score(task, rets.mean())),
+        "segments": [{"label": "medium-replay", "policy": f"SB3 SAC replay buffer of {run} up to step {upto_step}",
+                      "transitions": n, "noise": "SAC's own exploration (gSDE)", "sigma_start": None, "sigma_end": None,
+                      "episodes": len(rets), "mean_return": float(rets.mean()), "std_return": float(rets.std()),
+                      "normalized_score": float(normalized_score(task, rets.mean())), "source": "replay chunks",
+                      "snapshot_eval_return": prog[0]["eval_mean"] if prog else None}],
+        "modzoo_version": _pkg_version("modzoo"), "command": f"modzoo data collect {task} --from-run {run} --upto-step {upto_step}",
+        "generator": "modzoo data collect --from-run", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet"),
+    }
+    path = Path(out).expanduser() if out else dataset_path(task)
+    write_d4rl_file(path, cat["observations"], cat["actions"], cat["rewards"], terminals, timeouts, attrs, cat["next_observations"])
+    if log:
+        log(f"wrote {path}: {n} transitions, {len(rets)} episodes, mean return {rets.mean():.1f}")
+    return CollectResult(path, attrs)

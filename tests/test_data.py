@@ -218,3 +218,32 @@ def test_medium_expert_is_medium_plus_expert(tmp_path: Path, monkeypatch: pytest
     with h5py.File(sim.path) as a, h5py.File(re.path) as b:
         for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
             np.testing.assert_array_equal(a[k][()], b[k][()])
+
+
+def test_medium_replay_from_training_run(tmp_path: Path) -> None:
+    """--from-run writes SAC's saved transitions up to the medium snapshot; episodes cut by a resume
+    (successor != next row) and by the end become timeouts, true terminals stay terminals."""
+    import json
+
+    from modzoo.collect import collect_replay_from_run
+
+    run = tmp_path / "run"
+    (run / "replay").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"seed": 4}))
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((9, OBS)).astype(np.float32)
+    nxt = np.roll(obs, -1, axis=0)
+    nxt[3] = 99.0  # resume after row 3: the env was reset, row 4 starts a fresh episode
+    dones = np.zeros(9, np.float32)
+    dones[1] = 1.0  # a real terminal
+    for lo, hi, step in ((0, 5, 5), (5, 9, 9)):
+        np.savez(run / "replay" / f"chunk_{step}.npz", observations=obs[lo:hi], actions=np.zeros((hi - lo, ACT), np.float32),
+                 rewards=np.ones(hi - lo, np.float32), next_observations=nxt[lo:hi], dones=dones[lo:hi], timeouts=np.zeros(hi - lo, np.float32))
+    (run / "progress.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "eval_mean": m, "snapshot": f"step_{s}.pt"}) for s, m in ((5, 1000.0), (9, 2000.0))) + "\n")
+    res = collect_replay_from_run("bullet-hopper-medium-replay-v0", run, out=tmp_path / "r.hdf5")  # medium ~1078 -> step 5
+    with h5py.File(res.path) as f:
+        np.testing.assert_array_equal(f["terminals"][()], [0, 1, 0, 0, 0])
+        np.testing.assert_array_equal(f["timeouts"][()], [0, 0, 0, 1, 1])
+    assert res.attrs["seed"] == 4 and "--upto-step 5" in res.attrs["command"]
+    np.testing.assert_allclose(load_dataset(str(res.path)).episode_returns(), [2, 2, 1])
