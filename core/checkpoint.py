@@ -61,6 +61,11 @@ def save_half(module: _Half, path: str | Path, dataset: dict[str, Any] | None = 
     return Path(path)
 
 
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else "no message"
+
+
 def read_payload(path: str | Path) -> dict[str, Any]:
     """Load and validate a checkpoint file's payload, with one clear error for every way it can be wrong."""
     path = Path(path)
@@ -70,7 +75,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a modzoo checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); re-create it by training "
+                              f"({type(e).__name__}: {_first_line(e)}); re-create it by training "
                               f"again (modzoo train-guidance / modzoo run)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a modzoo half checkpoint (format "
@@ -92,7 +97,7 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
         module.load_state_dict(payload["state"])
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit {payload['kind']} {payload['algorithm']!r} as built "
-                              f"from its own config ({str(e).splitlines()[0][:160]}); it was written by an "
+                              f"from its own config ({_first_line(e)}); it was written by an "
                               f"incompatible version of that plugin") from None
     module.to(device)
     if payload.get("frozen") and isinstance(module, GuidanceModule):

@@ -1,0 +1,100 @@
+"""Checkpoints: round trip, weights-only loading, and every way a bad one is refused."""
+import warnings
+
+import pytest
+import torch
+
+import modzoo
+from modzoo.checkpoint import check_guidance_fits, load_checkpoint, save_half
+from modzoo.errors import CheckpointError
+
+
+def test_round_trip_gives_the_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    g = modzoo.make_guidance("idql", 5, 2, hidden=[16, 16])
+    p = modzoo.make_policy("dql", 5, 2, hidden=16)
+    save_half(g, tmp_path / "g.pt", {"name": "x", "fingerprint": "abc"})
+    save_half(p, tmp_path / "p.pt")
+    g2 = load_checkpoint(tmp_path / "g.pt", kind="guidance")
+    p2 = load_checkpoint(tmp_path / "p.pt", kind="policy")
+    obs, act = torch.randn(7, 5), torch.rand(7, 2)
+    torch.testing.assert_close(g.q(obs, act), g2.q(obs, act))
+    torch.testing.assert_close(g.v(obs), g2.v(obs))
+    eps = p.diffusion.model(act, torch.zeros(7, dtype=torch.long), obs)
+    torch.testing.assert_close(eps, p2.diffusion.model(act, torch.zeros(7, dtype=torch.long), obs))
+    assert g2.dataset_meta["fingerprint"] == "abc"
+    # the file is loadable with weights_only=True: no pickled code inside
+    payload = torch.load(tmp_path / "g.pt", weights_only=True)
+    assert payload["algorithm"] == "idql" and payload["obs_dim"] == 5
+
+
+def test_optimizer_state_survives(tmp_path):
+    g = modzoo.make_guidance("dql", 3, 1, hidden=[8])
+    b = {"observations": torch.randn(4, 3), "actions": torch.zeros(4, 1), "rewards": torch.ones(4),
+         "next_observations": torch.randn(4, 3), "terminals": torch.zeros(4), "next_actions": torch.zeros(4, 1)}
+    g.cfg["target_actions"] = "dataset"
+    g.mode = "dataset"
+    g.update(b)
+    save_half(g, tmp_path / "g.pt")
+    g2 = load_checkpoint(tmp_path / "g.pt")
+    assert g2.steps == 1
+    s1, s2 = g.q_opt.state_dict()["state"], g2.q_opt.state_dict()["state"]
+    torch.testing.assert_close(s1[0]["exp_avg"], s2[0]["exp_avg"])
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_file_is_refused_clearly(tmp_path, content):
+    bad = tmp_path / "guidance.pt"
+    bad.write_bytes(content)
+    with pytest.raises(CheckpointError, match="corrupt or not a modzoo checkpoint"):
+        load_checkpoint(bad)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    g = modzoo.make_guidance("idql", 5, 2, hidden=[8])
+    save_half(g, tmp_path / "g.pt")
+    data = (tmp_path / "g.pt").read_bytes()
+    (tmp_path / "t.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "t.pt")
+
+
+def test_foreign_torch_file_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not a modzoo half checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_missing_and_wrong_kind(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    save_half(modzoo.make_guidance("idql", 5, 2, hidden=[8]), tmp_path / "g.pt")
+    with pytest.raises(CheckpointError, match="holds a guidance"):
+        load_checkpoint(tmp_path / "g.pt", kind="policy")
+
+
+def test_dims_mismatch_refused_and_dataset_mismatch_warned():
+    g = modzoo.make_guidance("idql", 5, 2, hidden=[8])
+    with pytest.raises(CheckpointError, match="5/2.*15/3"):
+        check_guidance_fits(g, 15, 3)
+    g.dataset_meta = {"name": "bullet-hopper-medium-v0", "fingerprint": "aaa"}
+    with pytest.warns(UserWarning, match="same data distribution"):
+        check_guidance_fits(g, 5, 2, "bbb", "bullet-hopper-expert-v0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_guidance_fits(g, 5, 2, "aaa", "bullet-hopper-medium-v0")
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    g = modzoo.make_guidance("idql", 5, 2, hidden=[8])
+    save_half(g, tmp_path / "g.pt")
+    before = (tmp_path / "g.pt").read_bytes()
+
+    def fail(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(OSError):
+        save_half(g, tmp_path / "g.pt")
+    assert (tmp_path / "g.pt").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["g.pt"]

@@ -1,0 +1,107 @@
+"""The CLI as a user drives it: list, run (originals and the mix), train-guidance, eval with a swapped guidance,
+and one clear line for each kind of bad input."""
+import subprocess
+import sys
+
+import pytest
+
+from modzoo.cli import main
+
+TASK = "bullet-hopper-medium-v0"
+TINY = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64"]
+
+
+def run_cli(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_list_shows_both_halves_of_idql_and_dql(capsys):
+    rc, out, _ = run_cli(capsys, "list")
+    assert rc == 0
+    for line_start in ("│ guidance │ dql", "│ guidance │ idql", "│ policy   │ dql", "│ policy   │ idql"):
+        assert line_start in out
+
+
+@pytest.mark.parametrize("pair", [("idql", "idql"), ("dql", "dql"), ("idql", "dql")])
+def test_run_trains_and_evaluates_each_pairing(capsys, small_dataset_path, tmp_path, pair):
+    g, p = pair
+    rc, out, err = run_cli(capsys, "run", "--guidance", g, "--policy", p, "--env", TASK, "--dataset",
+                           str(small_dataset_path), "--policy-steps", "8", "--eval-episodes", "2", "--device", "cpu",
+                           "--out", str(tmp_path / "r"), "--no-progress", *TINY)
+    assert rc == 0, err
+    assert "normalized score:" in out
+    assert (tmp_path / "r" / "policy.pt").exists()
+
+
+def test_saved_guidance_is_reused_at_training_and_at_inference(capsys, small_dataset_path, tmp_path):
+    data = str(small_dataset_path)
+    rc, out, err = run_cli(capsys, "train-guidance", "--guidance", "idql", "--env", TASK, "--dataset", data,
+                           "--steps", "10", "--out", str(tmp_path / "g"), "--no-progress", "--device", "cpu", *TINY[:2])
+    assert rc == 0, err
+    gpt = tmp_path / "g" / "guidance.pt"
+    assert gpt.exists() and not (tmp_path / "g" / "policy.pt").exists()
+    rc, out, err = run_cli(capsys, "run", "--guidance", "idql", "--policy", "dql", "--env", TASK, "--dataset", data,
+                           "--schedule", "pretrained", "--guidance-ckpt", str(gpt), "--policy-steps", "6",
+                           "--eval-episodes", "1", "--out", str(tmp_path / "p"), "--no-progress", "--device", "cpu",
+                           *TINY)
+    assert rc == 0, err
+    # a DQL policy trained with its own joint critic, then ranked at inference by the separately trained IQL critic
+    rc, _, err = run_cli(capsys, "run", "--guidance", "dql", "--policy", "dql", "--env", TASK, "--dataset", data,
+                         "--policy-steps", "6", "--eval-episodes", "0", "--out", str(tmp_path / "d"),
+                         "--no-progress", "--device", "cpu", *TINY)
+    assert rc == 0, err
+    rc, out, err = run_cli(capsys, "eval", "--policy", str(tmp_path / "d" / "policy.pt"), "--guidance", str(gpt),
+                           "--episodes", "2", "--no-progress", "--device", "cpu")
+    assert rc == 0, err
+    assert "guidance: idql" in out and "normalized score:" in out
+
+
+def _one_line_error(capsys, *argv):
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2
+    lines = [x for x in err.strip().splitlines() if x]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_bad_inputs_get_one_clear_line(capsys, small_dataset_path, tmp_path):
+    data = str(small_dataset_path)
+    base = ["--env", TASK, "--dataset", data, "--policy-steps", "2", "--no-progress", "--device", "cpu"]
+    msg = _one_line_error(capsys, "run", "--guidance", "iqll", "--policy", "dql", *base)
+    assert "known guidances: dql, idql" in msg
+    msg = _one_line_error(capsys, "run", "--guidance", "idql", "--policy", "dql", *base, "policy.etaa=1")
+    assert "policy.etaa" in msg
+    msg = _one_line_error(capsys, "run", "--guidance", "idql", "--policy", "dql", "--env", TASK, "--dataset",
+                          str(tmp_path / "missing.hdf5"), "--no-progress")
+    assert "missing.hdf5" in msg
+    bad = tmp_path / "policy.pt"
+    bad.write_bytes(b"garbage")
+    msg = _one_line_error(capsys, "eval", "--policy", str(bad), "--no-progress")
+    assert "corrupt" in msg
+    msg = _one_line_error(capsys, "run", "--guidance", "dql", "--policy", "dql", *base, "--schedule",
+                          "guidance-first")
+    assert "only train jointly" in msg
+    msg = _one_line_error(capsys, "run", "--guidance", "idql", "--policy", "dql", *base, "--schedule", "pretrained")
+    assert "--guidance-ckpt" in msg
+
+
+def test_existing_run_is_never_overwritten(capsys, small_dataset_path, tmp_path):
+    args = ["run", "--guidance", "idql", "--policy", "idql", "--env", TASK, "--dataset", str(small_dataset_path),
+            "--policy-steps", "3", "--eval-episodes", "0", "--out", str(tmp_path / "r"), "--no-progress",
+            "--device", "cpu", *TINY]
+    assert run_cli(capsys, *args)[0] == 0
+    before = (tmp_path / "r" / "policy.pt").read_bytes()
+    msg = _one_line_error(capsys, *args)
+    assert "--resume" in msg
+    assert (tmp_path / "r" / "policy.pt").read_bytes() == before
+
+
+def test_console_script_error_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "modzoo.cli", "run", "--guidance", "nope", "--policy", "dql",
+                           "--env", TASK], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown guidance 'nope'")
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,106 @@
+"""Plugin discovery, the registry file, pairing rules and config handling."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import modzoo
+from modzoo.config import build_run_config
+from modzoo.errors import ConfigError, PluginError
+from modzoo.plugins_api import HalfSpec, load_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_first_party_plugins_come_through_entry_points():
+    import importlib.metadata as md
+    names = {ep.name for ep in md.entry_points(group="modzoo")}
+    assert {"idql", "dql"} <= names
+    reg = load_registry(refresh=True)
+    assert {"idql", "dql"} <= set(reg.guidances) and {"idql", "dql"} <= set(reg.policies)
+    assert reg.guidances["idql"].plugin == "idql"
+
+
+def test_registry_yaml_is_current():
+    from modzoo.cli import registry_yaml_text
+    assert (ROOT / "registry.yaml").read_text() == registry_yaml_text(), \
+        "registry.yaml is stale: run `modzoo registry --write`"
+
+
+class NeedsV(modzoo.DiffusionPolicy):
+    needs = frozenset({"q", "v"})
+
+    def update(self, batch, guidance=None):
+        return {}
+
+    def sample(self, obs, n=1):
+        return torch.zeros(obs.shape[0], n, self.act_dim)
+
+    def act(self, obs, guidance=None, n=None):
+        return torch.zeros(obs.shape[0], self.act_dim)
+
+
+def test_incompatible_pair_is_refused_with_what_is_missing():
+    plugin = SimpleNamespace(modzoo_policies=modzoo.hookimpl(
+        lambda: [HalfSpec("needs_v", NeedsV, {"policy": {}}, "policy", "test policy")]))
+    modzoo.register_plugin(plugin, name="needs_v_plugin")
+    try:
+        reg = load_registry()
+        assert reg.compatible("needs_v") == ["idql"]
+        with pytest.raises(PluginError, match=r"missing \['v'\].*compatible guidances: idql"):
+            reg.check_pair("dql", "needs_v")
+        reg.check_pair("idql", "needs_v")
+    finally:
+        modzoo.unregister_plugin("needs_v_plugin")
+
+
+def test_broken_plugin_is_reported_and_does_not_stop_the_others():
+    def boom():
+        raise RuntimeError("kaboom")
+
+    modzoo.register_plugin(SimpleNamespace(modzoo_guidances=modzoo.hookimpl(boom)), name="broken_one")
+    modzoo.register_plugin(SimpleNamespace(modzoo_guidances=modzoo.hookimpl(
+        lambda: [HalfSpec("notaclass", int, {"guidance": {}}, "guidance")])), name="wrong_type")
+    try:
+        reg = load_registry()
+        errors = {b.name: b.error for b in reg.broken}
+        assert "kaboom" in errors["broken_one"]
+        assert "does not subclass" in errors["wrong_type"]
+        assert {"idql", "dql"} <= set(reg.guidances)
+    finally:
+        modzoo.unregister_plugin("broken_one")
+        modzoo.unregister_plugin("wrong_type")
+
+
+def test_unknown_plugin_lists_known_ones():
+    with pytest.raises(PluginError, match="known guidances: dql, idql"):
+        load_registry().guidance("iqll")
+
+
+def test_misspelt_key_is_an_error_naming_it():
+    cfg = modzoo.run_config("idql", "dql", "bullet-hopper-medium-v0")
+    assert cfg.policy.eta == 1.0
+    with pytest.raises(ConfigError, match="policy.etta"):
+        modzoo.run_config("idql", "dql", "bullet-hopper-medium-v0", ["policy.etta=2"])
+    with pytest.raises(ConfigError, match="key=value"):
+        modzoo.run_config("idql", "dql", "bullet-hopper-medium-v0", ["policy.eta"])
+    cfg = modzoo.run_config("idql", "dql", "bullet-hopper-medium-v0", ["policy.eta=2.5", "run.eval_every=7"])
+    assert cfg.policy.eta == 2.5 and cfg.run.eval_every == 7
+
+
+def test_task_overrides_apply_per_task():
+    """Diffusion-QL clips gradients per task (gn): walker2d-medium 1.0, hopper-medium-replay 4.0."""
+    assert modzoo.run_config("dql", "dql", "bullet-walker2d-medium-v0").policy.grad_norm == 1.0
+    assert modzoo.run_config("dql", "dql", "bullet-hopper-medium-replay-v0").guidance.grad_norm == 4.0
+    assert "task_overrides" not in modzoo.run_config("dql", "dql", "bullet-hopper-medium-v0").policy
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ConfigError, match="joint, guidance-first, pretrained"):
+        build_run_config({}, {}, {"schedule": "sideways"})
+
+
+def test_make_half_rejects_unknown_kwargs():
+    with pytest.raises(ConfigError, match="no config keys"):
+        modzoo.make_policy("dql", 3, 2, etaa=1.0)

@@ -1,0 +1,95 @@
+"""Schedules end to end on a small collected Bullet dataset: joint, guidance-first, pretrained, resume."""
+import json
+
+import pytest
+import torch
+
+import modzoo
+from modzoo.errors import ConfigError
+
+TASK = "bullet-hopper-medium-v0"
+TINY = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64",
+        "run.log_every=5"]
+
+
+def cfg(g, p, data, out=None, **run):
+    run = {"policy_steps": 12, "guidance_steps": 10, "eval_episodes": 2, "device": "cpu", "dataset": str(data),
+           "out": str(out) if out else None, **run}
+    return modzoo.run_config(g, p, TASK, TINY, **run)
+
+
+def test_joint_idql_writes_a_complete_run_dir(small_dataset_path, tmp_path):
+    res = modzoo.train(cfg("idql", "idql", small_dataset_path, tmp_path / "r"), progress=False)
+    d = tmp_path / "r"
+    for f in ["config.yaml", "metrics.jsonl", "guidance.pt", "policy.pt", "result.json"]:
+        assert (d / f).exists(), f
+    assert not (d / "train_state.pt").exists()
+    result = json.loads((d / "result.json").read_text())
+    assert result["schedule"] == "joint" and result["guidance_steps"] == 12 and result["policy_steps"] == 12
+    ev = result["eval"]
+    assert len(ev["returns"]) == 2
+    # the reported normalized score is the D4RL formula of the reported returns
+    assert result["normalized_score"] == pytest.approx(
+        sum(modzoo.normalized_score(TASK, r) for r in ev["returns"]) / 2, rel=1e-6)
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert any("guidance/value_loss" in x for x in lines) and any("policy/bc_loss" in x for x in lines)
+    assert res.normalized_score == pytest.approx(result["normalized_score"])
+
+
+def test_guidance_first_freezes_guidance_before_policy(small_dataset_path):
+    res = modzoo.train(cfg("idql", "dql", small_dataset_path, eval_episodes=0, schedule="guidance-first"),
+                       progress=False)
+    assert res.guidance.steps == 10 and res.policy.steps == 12
+    assert res.guidance.frozen
+    assert [p["phase"] for p in res.phases] == ["guidance", "policy"]
+
+
+def test_policy_dependent_guidance_cannot_go_first(small_dataset_path):
+    with pytest.raises(ConfigError, match="only train jointly"):
+        modzoo.train(cfg("dql", "dql", small_dataset_path, schedule="guidance-first"), progress=False)
+    # the SARSA variant is policy-independent and may
+    c = cfg("dql", "dql", small_dataset_path, schedule="guidance-first", eval_episodes=0)
+    c.guidance.target_actions = "dataset"
+    assert modzoo.train(c, progress=False).guidance.frozen
+
+
+def test_pretrained_reuses_a_saved_guidance(small_dataset_path, tmp_path):
+    modzoo.train(cfg("idql", "idql", small_dataset_path, tmp_path / "g", schedule="guidance-first",
+                     policy_steps=1, eval_episodes=0), progress=False)
+    saved = modzoo.load_checkpoint(tmp_path / "g" / "guidance.pt")
+    res = modzoo.train(cfg("idql", "dql", small_dataset_path, tmp_path / "p", schedule="pretrained",
+                           guidance_ckpt=str(tmp_path / "g" / "guidance.pt"), eval_episodes=0), progress=False)
+    obs, act = torch.randn(4, 15), torch.rand(4, 3)
+    torch.testing.assert_close(res.guidance.q(obs, act), saved.q(obs, act))  # unchanged: it was frozen
+    assert res.policy.steps == 12
+
+
+def test_resume_continues_an_interrupted_run(small_dataset_path, tmp_path):
+    out = tmp_path / "r"
+    c = cfg("idql", "idql", small_dataset_path, out, schedule="guidance-first", save_every=4, eval_every=6,
+            eval_episodes=1)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, ev):
+        raise Stop
+
+    with pytest.raises(Stop):
+        modzoo.train(c, progress=False, on_eval=interrupt)  # dies at policy step 6, after the save at step 4
+    st = torch.load(out / "train_state.pt", weights_only=True)
+    assert (st["phase"], st["step"]) == ("policy", 4)
+    with pytest.raises(ConfigError, match="--resume"):
+        modzoo.train(c, progress=False)  # refuses to overwrite
+    res = modzoo.train(c, progress=False, resume=True)
+    assert res.guidance.steps == 10 and res.policy.steps == 12
+    assert json.loads((out / "result.json").read_text())["policy_steps"] == 12
+
+
+def test_runs_are_reproducible_under_a_seed(small_dataset_path):
+    a = modzoo.train(cfg("idql", "dql", small_dataset_path, eval_episodes=0), progress=False)
+    b = modzoo.train(cfg("idql", "dql", small_dataset_path, eval_episodes=0), progress=False)
+    for x, y in zip(a.policy.parameters(), b.policy.parameters()):
+        torch.testing.assert_close(x, y)
+    c = modzoo.train(cfg("idql", "dql", small_dataset_path, eval_episodes=0, seed=1), progress=False)
+    assert any(not torch.equal(x, y) for x, y in zip(a.policy.parameters(), c.policy.parameters()))
