@@ -108,7 +108,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 h.update(chunk)
                 bar.update(len(chunk))
         # D4RL publishes no checksums: the check is that the file parses and validates for its task.
-        ds = load_dataset(str(tmp), task=args.name)
+        try:
+            ds = load_dataset(str(tmp), task=args.name)
+        except DatasetError as exc:
+            raise DatasetError(f"the download from {url} is not a valid {args.name} dataset, nothing was written to {out} ({exc}); retry later or build it with `modzoo data collect {args.name}`") from exc
         os.replace(tmp, out)
     finally:
         if tmp.exists():

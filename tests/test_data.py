@@ -247,3 +247,51 @@ def test_medium_replay_from_training_run(tmp_path: Path) -> None:
         np.testing.assert_array_equal(f["timeouts"][()], [0, 0, 0, 1, 1])
     assert res.attrs["seed"] == 4 and "--upto-step 5" in res.attrs["command"]
     np.testing.assert_allclose(load_dataset(str(res.path)).episode_returns(), [2, 2, 1])
+
+
+def _cli(*argv: str) -> int:
+    import argparse
+
+    from modzoo.cli_data import add_data_commands
+
+    parser = argparse.ArgumentParser(prog="modzoo")
+    add_data_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))
+
+
+def test_cli_collect_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.hdf5"
+    assert _cli("data", "collect", "bullet-walker2d-random-v0", "--transitions", "300", "--seed", "2", "--out", str(out), "--no-progress") == 0
+    assert "300 transitions" in capsys.readouterr().out
+    assert _cli("data", "info", str(out), "--json") == 0
+    import json
+
+    info = json.loads(capsys.readouterr().out)
+    assert info["task"] == "bullet-walker2d-random-v0" and info["obs_dim"] == 22 and info["act_dim"] == 6
+    assert info["recipe"]["command"] == "modzoo data collect bullet-walker2d-random-v0 --transitions 300 --seed 2"
+    assert _cli("data", "info", str(out)) == 0
+    assert "normalized score" in capsys.readouterr().out
+
+
+def test_cli_fetch_without_network_fails_fast(tmp_path: Path) -> None:
+    import time
+
+    t0 = time.time()
+    with pytest.raises(DatasetError, match="modzoo data collect bullet-hopper-medium-v0") as ei:
+        _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(tmp_path / "f.hdf5"), "--timeout", "2",
+             "--url", "http://127.0.0.1:9/bullet-hopper_medium.hdf5")
+    assert time.time() - t0 < 5 and "\n" not in str(ei.value)
+    assert list(tmp_path.iterdir()) == []  # no partial file left
+
+
+def test_cli_fetch_validates_download(tmp_path: Path, small_dataset_path: Path) -> None:
+    """A (local) download is hashed, validated as the named task, and renamed into place."""
+    out = tmp_path / "got.hdf5"
+    assert _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(out), "--url", small_dataset_path.as_uri()) == 0
+    assert load_dataset(str(out)).fingerprint == load_dataset(str(small_dataset_path)).fingerprint
+    bad = tmp_path / "bad.hdf5"
+    bad.write_text("<html>not found</html>")
+    with pytest.raises(DatasetError, match="corrupt"):
+        _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(tmp_path / "x.hdf5"), "--url", bad.as_uri())
+    assert not (tmp_path / "x.hdf5").exists()
