@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
                          guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
                          eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=args.seed,
-                         device=args.device, out=out)
+                         device=args.device, threads=args.threads, out=out)
     result = train(cfg, progress=not args.no_progress, resume=args.resume)
     _report(result)
     return 0
@@ -109,7 +109,8 @@ def cmd_train_guidance(args: argparse.Namespace) -> int:
     from .training import run_config, train
     out = args.out or _default_out("guidance", args.env, [args.guidance], args.seed)
     cfg = run_config(args.guidance, None, args.env, args.overrides, dataset=args.dataset, schedule="guidance-first",
-                     guidance_steps=args.steps, seed=args.seed, device=args.device, out=out)
+                     guidance_steps=args.steps, seed=args.seed, device=args.device, threads=args.threads,
+                     out=out)
     result = train(cfg, progress=not args.no_progress)
     _report(result)
     print(f"guidance checkpoint: {Path(out) / 'guidance.pt'}")
@@ -117,7 +118,10 @@ def cmd_train_guidance(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
     from .training import evaluate, load_policy_and_guidance
+    if args.threads:
+        torch.set_num_threads(args.threads)
     policy, guidance = load_policy_and_guidance(args.policy, args.guidance, args.device)
     task = args.env or policy.dataset_meta.get("name")
     ev = evaluate(policy, guidance, task, episodes=args.episodes, seed=args.seed, progress=not args.no_progress,
@@ -141,7 +145,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = args.out or _default_out("demo", DEMO_TASK, [args.guidance, args.policy, "guidance-first"], args.seed)
     cfg = run_config(args.guidance, args.policy, DEMO_TASK, args.overrides, dataset=str(data),
                      schedule="guidance-first", guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
-                     eval_episodes=args.eval_episodes, seed=args.seed, device=args.device, out=out)
+                     eval_episodes=args.eval_episodes, seed=args.seed, device=args.device,
+                     threads=args.threads, out=out)
     result = train(cfg, progress=not args.no_progress)
     _report(result)
     return 0
@@ -151,6 +156,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; use 1 when other processes share the cores)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

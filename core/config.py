@@ -28,6 +28,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "final_eval": True,
     "seed": 0,
     "device": "auto",
+    "threads": None,          # torch intra-op threads; null: torch's default. Use 1 per process when several
+                              # processes share the cores: spinning thread pools slow a step down up to 50x.
     "out": None,
     "log_every": 100,
     "save_every": 0,          # 0: save training state only at phase ends

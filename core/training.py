@@ -153,6 +153,8 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
     from .data import load_dataset
     r = cfg.run
     device = resolve_device(r.device)
+    if r.get("threads"):
+        torch.set_num_threads(int(r.threads))
     seed_everything(int(r.seed))
     if dataset is None:
         dataset = load_dataset(r.dataset or r.task, task=r.task)
@@ -227,6 +229,8 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
                            "policy": half_payload(policy, meta) if policy is not None else None,
                            "buffer": buffer.state_dict(), "phases": result.phases}, state_path)
 
+    pbs = int(cfg.policy.batch_size) if has_policy else 0
+    gbs = int(cfg.guidance.batch_size) if cfg.guidance and "batch_size" in cfg.guidance else pbs
     order = [p for p, _ in plan]
     for ph, total in plan:
         if phase in order and order.index(ph) < order.index(phase):
@@ -242,9 +246,13 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
                         buffer.sample(int(cfg.guidance.batch_size))).items()}
                 else:
                     m = {}
-                    batch = buffer.sample(int(cfg.policy.batch_size))
+                    batch = buffer.sample(max(pbs, gbs) if joint else pbs)
                     if joint and not guidance.frozen:
-                        m.update({f"guidance/{k}": v for k, v in guidance.update(batch, policy).items()})
+                        # one batch per step; the critic takes its first gbs rows (IDQL slices 512 -> 256)
+                        gbatch = batch if gbs >= len(batch["rewards"]) else {k: v[:gbs] for k, v in batch.items()}
+                        m.update({f"guidance/{k}": v for k, v in guidance.update(gbatch, policy).items()})
+                        if pbs < gbs:
+                            batch = {k: v[:pbs] for k, v in batch.items()}
                     m.update({f"policy/{k}": v for k, v in policy.update(batch, guidance).items()})
                 if (step + 1) % log_every == 0 or step + 1 == total:
                     rec = {"phase": ph, "step": step + 1, **{k: float(v) for k, v in m.items()}}
