@@ -45,7 +45,18 @@ def cosine_beta_schedule(T: int, s: float = 0.008) -> torch.Tensor:
     return torch.clamp(1 - abar[1:] / abar[:-1], 0, 0.999).float()
 
 
-SCHEDULES = {"vp": vp_beta_schedule, "linear": linear_beta_schedule, "cosine": cosine_beta_schedule}
+def linear_scaled_beta_schedule(T: int) -> torch.Tensor:
+    """Ho et al.'s linear schedule rescaled to T steps (guided-diffusion's ``get_named_beta_schedule('linear')``,
+    which EDP uses): betas from 1e-4 * 1000/T to 0.02 * 1000/T, so abar_T is near 0 for any T."""
+    scale = 1000.0 / T
+    if scale * 2e-2 >= 1:
+        raise ValueError(f"schedule linear_scaled needs T > 20 (its last beta is 20/T), got T={T}; use vp for "
+                         f"short chains")
+    return torch.linspace(scale * 1e-4, scale * 2e-2, T, dtype=torch.float64).float()
+
+
+SCHEDULES = {"vp": vp_beta_schedule, "linear": linear_beta_schedule, "cosine": cosine_beta_schedule,
+             "linear_scaled": linear_scaled_beta_schedule}
 
 
 class GaussianDiffusion(nn.Module):
@@ -92,14 +103,32 @@ class GaussianDiffusion(nn.Module):
         """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
         return self.sqrt_abar[t, None] * x0 + self.sqrt_one_minus_abar[t, None] * noise
 
-    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: torch.Generator | None = None,
-             reduce: bool = True) -> torch.Tensor:
-        """Epsilon-prediction MSE with t ~ U{0..T-1}: the behaviour-cloning loss of both papers."""
+    def training_terms(self, x0: torch.Tensor, obs: torch.Tensor, generator: torch.Generator | None = None,
+                       **model_kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One noising draw and the denoiser's prediction: ``t`` ~ U{0..T-1}, ``noise``, ``x_t`` and ``eps``.
+
+        The pieces a loss is made of, for plugins whose loss uses more than the epsilon MSE (EDP reads the
+        one-step action approximation off the same prediction; classifier-free guidance passes ``cond``/``keep``
+        through ``model_kwargs``).
+        """
         b = x0.shape[0]
         t = torch.randint(0, self.T, (b,), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        err = (self.model(self.q_sample(x0, t, noise), t, obs) - noise) ** 2
+        x_t = self.q_sample(x0, t, noise)
+        return {"t": t, "noise": noise, "x_t": x_t, "eps": self.model(x_t, t, obs, **model_kwargs)}
+
+    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: torch.Generator | None = None,
+             reduce: bool = True) -> torch.Tensor:
+        """Epsilon-prediction MSE with t ~ U{0..T-1}: the behaviour-cloning loss of both papers."""
+        terms = self.training_terms(x0, obs, generator)
+        err = (terms["eps"] - terms["noise"]) ** 2
         return err.mean() if reduce else err.mean(-1)
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) per row (``t``: (B,) step indices), clipped to the
+        action range by default: the x0 the posterior sampler steps towards, and EDP's action approximation."""
+        x0 = self.sqrt_recip_abar[t, None] * x_t - self.sqrt_recipm1_abar[t, None] * eps
+        return x0.clamp(-self.max_action, self.max_action) if clip else x0
 
     # ---- sampling -------------------------------------------------------------------------------------------
     def p_step(self, x: torch.Tensor, t: int, obs: torch.Tensor, noise: torch.Tensor | None,

@@ -71,10 +71,35 @@ class FourierFeatures(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """Interface of an epsilon-predicting denoiser: ``eps = net(x_t, t, obs)``."""
+    """Interface of an epsilon-predicting denoiser: ``eps = net(x_t, t, obs)``; denoisers built with
+    ``cond_dim`` > 0 also take ``cond`` and ``keep`` keywords (classifier-free guidance)."""
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+class ConditionEmbedding(nn.Module):
+    """Embeds an extra condition c (e.g. a value label) for classifier-free guidance, with a learned null token.
+
+    ``forward(cond, keep)``: rows where ``keep`` is False (or every row when ``cond`` is None) get the null
+    embedding, a parameter of its own, so "no condition" is never confused with any value of c (zeroing c, or
+    its embedding, would make c = 0 and "unconditional" the same input). Shape (B, emb_dim).
+    """
+
+    def __init__(self, cond_dim: int, emb_dim: int = 32, act: str = "mish") -> None:
+        super().__init__()
+        self.cond_dim, self.emb_dim = cond_dim, emb_dim
+        self.mlp = nn.Sequential(nn.Linear(cond_dim, emb_dim * 2), activation(act), nn.Linear(emb_dim * 2, emb_dim))
+        self.null = nn.Parameter(torch.randn(emb_dim) * 0.02)
+
+    def forward(self, cond: torch.Tensor | None, keep: torch.Tensor | None, batch: int) -> torch.Tensor:
+        null = self.null.expand(batch, self.emb_dim)
+        if cond is None:
+            return null
+        emb = self.mlp(cond.reshape(batch, self.cond_dim))
+        if keep is None:
+            return emb
+        return torch.where(keep.reshape(batch, 1).bool(), emb, null)
 
 
 class MLPDenoiser(Denoiser):
@@ -82,17 +107,28 @@ class MLPDenoiser(Denoiser):
 
     Time embedding: sinusoidal(t_dim) -> Linear(t_dim, 2 t_dim) -> Mish -> Linear(2 t_dim, t_dim), as in the
     reference ``MLP`` of Diffusion-QL (t_dim 16).
+
+    ``cond_dim`` > 0 adds a :class:`ConditionEmbedding` of an extra condition (classifier-free guidance): the
+    input becomes [a_t, emb(t), s, emb(c)] and ``forward`` takes ``cond`` (B, cond_dim) and ``keep`` (B,) bool.
+    With ``cond_dim`` = 0 (the default) the module is exactly Diffusion-QL's, parameter names included.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, depth: int = 3, t_dim: int = 16,
-                 act: str = "mish") -> None:
+                 act: str = "mish", cond_dim: int = 0, cond_emb: int = 32) -> None:
         super().__init__()
         self.time_mlp = nn.Sequential(SinusoidalPosEmb(t_dim), nn.Linear(t_dim, t_dim * 2), activation(act),
                                       nn.Linear(t_dim * 2, t_dim))
-        self.net = mlp(act_dim + t_dim + obs_dim, [hidden] * depth, act_dim, act=act)
+        extra = cond_emb if cond_dim > 0 else 0
+        if cond_dim > 0:
+            self.label_emb = ConditionEmbedding(cond_dim, cond_emb, act)
+        self.net = mlp(act_dim + t_dim + obs_dim + extra, [hidden] * depth, act_dim, act=act)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([x, self.time_mlp(t), obs], dim=-1))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [x, self.time_mlp(t), obs]
+        if hasattr(self, "label_emb"):
+            parts.append(self.label_emb(cond, keep, x.shape[0]))
+        return self.net(torch.cat(parts, dim=-1))
 
 
 class ResidualBlock(nn.Module):
@@ -114,18 +150,26 @@ class LNResNetDenoiser(Denoiser):
     """IDQL's denoiser: Fourier(t) -> MLP(128,128) cond; [cond, s, a_t] -> Dense -> 3 LN-ResNet blocks -> eps."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, blocks: int = 3, dropout: float = 0.1,
-                 t_dim: int = 64, cond_hidden: int = 128, act: str = "mish") -> None:
+                 t_dim: int = 64, cond_hidden: int = 128, act: str = "mish", cond_dim: int = 0,
+                 cond_emb: int = 32) -> None:
         super().__init__()
         self.time_enc = FourierFeatures(t_dim)
         self.cond = nn.Sequential(nn.Linear(t_dim, cond_hidden), activation(act),
                                   nn.Linear(cond_hidden, cond_hidden))
-        self.inp = nn.Linear(cond_hidden + obs_dim + act_dim, hidden)
+        extra = cond_emb if cond_dim > 0 else 0
+        if cond_dim > 0:  # classifier-free guidance label, as in MLPDenoiser
+            self.label_emb = ConditionEmbedding(cond_dim, cond_emb, act)
+        self.inp = nn.Linear(cond_hidden + obs_dim + act_dim + extra, hidden)
         self.blocks = nn.Sequential(*[ResidualBlock(hidden, dropout, act) for _ in range(blocks)])
         self.act = activation(act)
         self.out = nn.Linear(hidden, act_dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        h = self.inp(torch.cat([self.cond(self.time_enc(t)), obs, x], dim=-1))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [self.cond(self.time_enc(t)), obs, x]
+        if hasattr(self, "label_emb"):
+            parts.append(self.label_emb(cond, keep, x.shape[0]))
+        h = self.inp(torch.cat(parts, dim=-1))
         return self.out(self.act(self.blocks(h)))
 
 

@@ -22,13 +22,16 @@ from .utils import EMA, clip_grad, frozen_copy, load_optim_state, make_optimizer
 def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:
     """Denoiser from ``cfg['denoiser']`` (``mlp`` or ``ln_resnet``) and its widths."""
     kind = cfg.get("denoiser", "mlp")
+    # cond_dim > 0: an extra condition input with a null token (classifier-free guidance, e.g. the cfg plugin)
+    label = {"cond_dim": int(cfg.get("cond_dim", 0)), "cond_emb": int(cfg.get("cond_emb", 32))}
     if kind == "mlp":
         return MLPDenoiser(obs_dim, act_dim, hidden=cfg.get("hidden", 256), depth=cfg.get("depth", 3),
-                           t_dim=cfg.get("t_dim", 16), act=cfg.get("activation", "mish"))
+                           t_dim=cfg.get("t_dim", 16), act=cfg.get("activation", "mish"), **label)
     if kind == "ln_resnet":
         return LNResNetDenoiser(obs_dim, act_dim, hidden=cfg.get("hidden", 256), blocks=cfg.get("blocks", 3),
                                 dropout=cfg.get("dropout", 0.1), t_dim=cfg.get("t_dim", 64),
-                                cond_hidden=cfg.get("cond_hidden", 128), act=cfg.get("activation", "mish"))
+                                cond_hidden=cfg.get("cond_hidden", 128), act=cfg.get("activation", "mish"),
+                                **label)
     raise ValueError(f"unknown denoiser {kind!r}; known: mlp, ln_resnet")
 
 
@@ -74,6 +77,14 @@ class DDPMPolicy(DiffusionPolicy):
         self._steps += 1
         return norm
 
+    def sampling_guide(self, diffusion: GaussianDiffusion, obs: torch.Tensor):
+        """A ``guide(x_t, t, obs) -> eps`` for :meth:`GaussianDiffusion.sample`, or None for the plain denoiser.
+
+        Override to steer sampling (classifier-free guidance combines a conditional and an unconditional
+        prediction here); ``diffusion`` is the model being sampled (EMA or live), ``obs`` the repeated states.
+        """
+        return None
+
     # ---- DiffusionPolicy -------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, n: int = 1, model: str | None = None) -> torch.Tensor:
@@ -84,9 +95,9 @@ class DDPMPolicy(DiffusionPolicy):
         diffusion = self.ema_diffusion if (model or self.cfg.get("act_model", "ema")) == "ema" else self.diffusion
         was_training = diffusion.training
         diffusion.eval()  # no dropout while sampling
-        out = diffusion.sample(rep, generator=self.gen()).reshape(b, n, self.act_dim)
+        out = diffusion.sample(rep, generator=self.gen(), guide=self.sampling_guide(diffusion, rep))
         diffusion.train(was_training)
-        return out
+        return out.reshape(b, n, self.act_dim)
 
     def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Diffusion-QL's TD-target action: one sample of the EMA actor."""
