@@ -1,0 +1,149 @@
+"""modzoo.testing: every first-party plugin passes the conformance suite, and the suite catches broken halves
+(each broken variant below violates one rule of the contract and must fail exactly that check)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import modzoo
+from modzoo.plugins.bc import DiffusionBCPolicy
+from modzoo.plugins.idql import IQLGuidance
+from modzoo.testing import ConformanceError, check_guidance, check_plugin, check_policy, synthetic_dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def first_party():
+    reg = modzoo.load_registry(refresh=True)
+    return sorted({s.plugin for s in [*reg.guidances.values(), *reg.policies.values()]
+                   if s.cls.__module__.startswith("modzoo.plugins.")})
+
+
+@pytest.mark.parametrize("plugin", first_party())
+def test_first_party_plugin_passes_the_suite(plugin, tmp_path):
+    reports = check_plugin(plugin, workdir=tmp_path)
+    assert reports
+    for r in reports.values():
+        expected = {"construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules"}
+        if r.kind == "policy":
+            expected.add("env")
+        assert set(r.passed) == expected
+
+
+def test_synthetic_dataset_is_a_valid_d4rl_file(tmp_path):
+    from modzoo.data import load_dataset
+    p = synthetic_dataset(tmp_path / "s.hdf5", transitions=500)
+    ds = load_dataset(str(p), task="bullet-hopper-medium-v0")
+    assert (ds.obs_dim, ds.act_dim) == (15, 3) and len(ds) == 490  # a timeout's last row is dropped, per episode
+    assert abs(ds.actions).max() <= 1
+
+
+# ---- the suite fails broken halves, naming the check ------------------------------------------------------------
+BC_CFG = {**modzoo.load_registry().policy("bc").default_config()}
+BC_CFG.pop("task_overrides")
+IQL_CFG = {**modzoo.load_registry().guidance("idql").default_config()}
+IQL_CFG.pop("task_overrides")
+
+
+class LyingPolicy(DiffusionBCPolicy):
+    """Says it does not use the guidance in training, then does."""
+
+    def update(self, batch, guidance=None):
+        out = super().update(batch, guidance)
+        guidance.q(batch["observations"], batch["actions"])
+        return out
+
+
+class LazyPolicy(DiffusionBCPolicy):
+    """Counts steps and reports a loss but never steps its optimizer."""
+
+    def update(self, batch, guidance=None):
+        loss = self.bc_loss(batch)
+        self._steps += 1
+        return {"bc_loss": loss.detach()}
+
+
+class FlatSamplePolicy(DiffusionBCPolicy):
+    """Returns (B, A) from sample instead of (B, n, A)."""
+
+    def sample(self, obs, n=1, model=None):
+        return super().sample(obs, n, model)[:, 0]
+
+
+class Opaque:
+    pass
+
+
+class PicklingGuidance(IQLGuidance):
+    """Puts an arbitrary object into its checkpoint, which weights_only loading refuses."""
+
+    def extra_state(self):
+        return {**super().extra_state(), "helper": Opaque()}
+
+
+class NoisyGuidance(IQLGuidance):
+    """Draws target noise from an unseeded generator: not reproducible under a seed."""
+
+    def rewards(self, batch):
+        g = torch.Generator()
+        g.seed()
+        return super().rewards(batch) + 0.1 * torch.randn(batch["rewards"].shape, generator=g)
+
+
+@pytest.mark.parametrize("cls, kind, cfg, check, message, unbroken", [
+    (LyingPolicy, "policy", BC_CFG, "update", "uses_guidance_in_training = False", ["construct", "checkpoint"]),
+    (LazyPolicy, "policy", BC_CFG, "learns", "did not lower 'bc_loss'", ["construct", "update", "checkpoint"]),
+    (FlatSamplePolicy, "policy", BC_CFG, "shapes", r"sample\(obs, 3\) has shape \(5, 3\), expected \(5, 3, 3\)",
+     ["construct", "update"]),
+    (PicklingGuidance, "guidance", IQL_CFG, "checkpoint", "weights_only", ["construct", "update", "determinism"]),
+    (NoisyGuidance, "guidance", IQL_CFG, "determinism", "same seed", ["construct", "update", "checkpoint"]),
+])
+def test_suite_fails_a_broken_half_on_the_right_check(tmp_path, cls, kind, cfg, check, message, unbroken):
+    run = check_policy if kind == "policy" else check_guidance
+    with pytest.raises(ConformanceError, match=rf"\[{check}\].*{message}"):
+        run(cls, config=cfg, checks=[check], workdir=tmp_path)
+    # the same class passes the checks it does not break, and the temporary registration is gone afterwards
+    assert run(cls, config=cfg, checks=unbroken, workdir=tmp_path / "ok").passed == unbroken
+    assert cls.__name__.lower() not in modzoo.load_registry().policies
+    assert cls.__name__.lower() not in modzoo.load_registry().guidances
+
+
+def test_unknown_plugin_names_the_known_ones():
+    with pytest.raises(ConformanceError, match="no plugin or half named 'nope'.*idql"):
+        check_plugin("nope")
+
+
+# ---- the pytest plugin ----------------------------------------------------------------------------------------
+def test_pytest_option_runs_the_suite_per_check(tmp_path):
+    """`pytest --modzoo-plugin=NAME` (the pytest11 entry point): one item per check; a failing check is reported
+    by name. conftest.py registers a broken plugin in the subprocess, as a plugin author's own tests might."""
+    (tmp_path / "conftest.py").write_text(textwrap.dedent("""
+        from types import SimpleNamespace
+        import modzoo
+        from modzoo.plugins.bc import CONFIG, DiffusionBCPolicy
+
+        class Lazy(DiffusionBCPolicy):
+            def update(self, batch, guidance=None):
+                self._steps += 1
+                return {"bc_loss": self.bc_loss(batch).detach()}
+
+        modzoo.register_plugin(SimpleNamespace(modzoo_policies=modzoo.hookimpl(
+            lambda: [modzoo.HalfSpec("lazy", Lazy, CONFIG, "policy")])), name="lazy")
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--modzoo-plugin=bc",
+                           "--modzoo-plugin=lazy", "-k", "not schedules and not env"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "1 failed, 11 passed, 4 deselected" in out, out
+    assert "modzoo[policy:lazy:learns]" in out and "did not lower 'bc_loss'" in out
