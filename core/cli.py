@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_data_commands(sub)
+    from .cli_plugin import add_plugin_commands
+    add_plugin_commands(sub)
     return ap
 
 
