@@ -143,13 +143,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"collecting {args.transitions} transitions of {DEMO_TASK} into {data} (offline, once)")
         collect(DEMO_TASK, transitions=args.transitions, seed=0, out=data, progress=not args.no_progress)
     out = args.out or _default_out("demo", DEMO_TASK, [args.guidance, args.policy, "guidance-first"], args.seed)
-    cfg = run_config(args.guidance, args.policy, DEMO_TASK, args.overrides, dataset=str(data),
+    # a short run: the actor batch is 256 (IDQL's own is 512) so the demo takes minutes on two CPU cores
+    overrides = ["policy.batch_size=256", *args.overrides]
+    cfg = run_config(args.guidance, args.policy, DEMO_TASK, overrides, dataset=str(data),
                      schedule="guidance-first", guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
                      eval_episodes=args.eval_episodes, seed=args.seed, device=args.device,
                      threads=args.threads, out=out)
     result = train(cfg, progress=not args.no_progress)
     _report(result)
     return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiment import load_experiment, run_experiment
+    if args.report_only:
+        from .report import write_report
+        path = write_report(load_experiment(args.name, args.overrides))
+        print(f"wrote {path}")
+        return 0
+    summary = run_experiment(args.name, args.overrides, backend=args.backend, workers=args.workers)
+    print(f"experiment {summary['experiment']}: {summary['runs']} runs, {summary['failed']} failed, "
+          f"{summary['seconds']:.0f} s")
+    return 1 if summary["failed"] else 0
 
 
 # ---- parser -----------------------------------------------------------------------------------------------
@@ -224,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("experiment", help="run (or resume) a grid from experiments/NAME.yaml and write its report")
+    p.add_argument("name", help="experiment name in ./experiments/ or a path to its YAML")
+    p.add_argument("--backend", choices=["local", "ray"], default=None, help="default: the experiment's (local)")
+    p.add_argument("--workers", type=int, default=None, help="parallel runs on the local pool")
+    p.add_argument("--report-only", action="store_true", help="regenerate the report from the run summaries")
+    p.add_argument("overrides", nargs="*", help="e.g. seeds=[0,1] budget.policy_steps=1000")
+    p.set_defaults(func=cmd_experiment)
 
     try:
         from .cli_data import add_data_commands

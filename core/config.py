@@ -23,6 +23,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "guidance_ckpt": None,    # for schedule=pretrained
     "guidance_steps": 1000,   # guidance-first: steps before freezing
     "policy_steps": 1000,     # policy steps (joint: steps of both halves)
+    "guidance_delay": 0,      # joint only: keep the critic frozen at its random init for the first K steps
+                              # (the GFDT paper's "random guidance" necessity variant)
     "eval_every": 0,          # evaluate every E policy steps (0: only at the end)
     "eval_episodes": 10,
     "final_eval": True,

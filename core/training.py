@@ -138,6 +138,12 @@ class _Logger:
             f.write(json.dumps(clean) + "\n")
 
 
+def n_params(module: torch.nn.Module) -> int:
+    """Trainable-architecture size: every parameter of the half (targets and EMA copies included, as they are
+    held in memory), counted once."""
+    return sum(p.numel() for p in module.parameters())
+
+
 def _dataset_meta(dataset: Any) -> dict[str, Any]:
     return {"name": dataset.name, "fingerprint": dataset.fingerprint, "path": str(dataset.path or "")}
 
@@ -229,6 +235,7 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
                            "policy": half_payload(policy, meta) if policy is not None else None,
                            "buffer": buffer.state_dict(), "phases": result.phases}, state_path)
 
+    delay = int(r.get("guidance_delay", 0) or 0)
     pbs = int(cfg.policy.batch_size) if has_policy else 0
     gbs = int(cfg.guidance.batch_size) if cfg.guidance and "batch_size" in cfg.guidance else pbs
     order = [p for p, _ in plan]
@@ -247,7 +254,7 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
                 else:
                     m = {}
                     batch = buffer.sample(max(pbs, gbs) if joint else pbs)
-                    if joint and not guidance.frozen:
+                    if joint and not guidance.frozen and step >= delay:
                         # one batch per step; the critic takes its first gbs rows (IDQL slices 512 -> 256)
                         gbatch = batch if gbs >= len(batch["rewards"]) else {k: v[:gbs] for k, v in batch.items()}
                         m.update({f"guidance/{k}": v for k, v in guidance.update(gbatch, policy).items()})
@@ -293,6 +300,7 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
                    "policy": cfg.policy.get("name") if has_policy else None, "schedule": schedule,
                    "seed": int(r.seed), "dataset": meta, "phases": result.phases,
                    "guidance_steps": guidance.steps, "policy_steps": policy.steps if policy else 0,
+                   "parameters": {"guidance": n_params(guidance), "policy": n_params(policy) if policy else 0},
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if result.eval is not None:
             summary["eval"] = result.eval.to_dict()

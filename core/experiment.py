@@ -1,0 +1,281 @@
+"""Experiment grids: tasks x arms x seeds, one run dir each, resumable, on a local process pool or on Ray.
+
+An experiment is a YAML file in ``experiments/`` (see ``experiments/gfdt-cpu.yaml``). Each arm names a guidance, a
+policy, a schedule, and optional config overrides; an arm may reuse another arm's guidance of the same task and
+seed (``guidance_from``), which is the GFDT way to spend compute: one guidance, many policies. After training,
+``swaps`` evaluate finished policies with a second, independently trained guidance ranking their candidates.
+
+Every finished run leaves a small summary (``result.json``, the evaluation curve as ``curve.csv``, ``swaps.json``)
+copied to the experiment's ``summaries`` folder; the report (:mod:`modzoo.report`) is built from those alone, so it
+can be regenerated from the repository without the checkpoints.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+
+EXPERIMENT_DIRS = (Path("experiments"),)
+
+
+@dataclass
+class RunSpec:
+    """One cell of the grid, as plain data (it crosses process and Ray boundaries)."""
+
+    task: str
+    arm: str
+    seed: int
+    out: str
+    guidance: str
+    policy: str
+    schedule: str
+    overrides: list[str] = field(default_factory=list)
+    run: dict[str, Any] = field(default_factory=dict)
+    guidance_from: str | None = None  # out dir of the run whose guidance.pt this one uses
+    summaries: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.arm}/seed{self.seed}"
+
+
+def find_experiment(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    for d in EXPERIMENT_DIRS:
+        for cand in (d / f"{name}.yaml", d / f"{name}.yml"):
+            if cand.exists():
+                return cand
+    known = sorted(q.stem for d in EXPERIMENT_DIRS if d.exists() for q in d.glob("*.yaml"))
+    raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(known) or 'none'} (in ./experiments/) or "
+                      f"give a path to a YAML file")
+
+
+def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The experiment config with ``key=value`` overrides (struct mode: a misspelt key is an error)."""
+    path = find_experiment(name)
+    cfg = OmegaConf.load(path)
+    OmegaConf.set_struct(cfg, True)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as e:  # omegaconf raises several types for unknown keys and bad values
+        raise ConfigError(f"experiment {name}: bad override ({str(e).splitlines()[0]})") from None
+    return cfg
+
+
+def plan(exp: DictConfig) -> list[RunSpec]:
+    """Every run of the grid, with ``guidance_from`` arms after the arms they depend on."""
+    arms = OmegaConf.to_container(exp.arms, resolve=True)
+    budget = OmegaConf.to_container(exp.budget, resolve=True)
+    out_root = Path(exp.out)
+    specs: list[RunSpec] = []
+    order = sorted(arms, key=lambda a: 1 if arms[a].get("guidance_from") else 0)
+    for a in order:
+        if arms[a].get("guidance_from") and arms[a]["guidance_from"] not in arms:
+            raise ConfigError(f"arm {a!r}: guidance_from {arms[a]['guidance_from']!r} is not an arm of this "
+                              f"experiment ({', '.join(arms)})")
+    for task in exp.tasks:
+        for a in order:
+            arm = arms[a]
+            for seed in exp.seeds:
+                out = out_root / task / a / f"seed{seed}"
+                src = arm.get("guidance_from")
+                specs.append(RunSpec(
+                    task=task, arm=a, seed=int(seed), out=str(out), guidance=arm["guidance"], policy=arm["policy"],
+                    schedule="pretrained" if src else arm.get("schedule", "joint"),
+                    overrides=list(arm.get("overrides", [])), run={**budget, **arm.get("run", {})},
+                    guidance_from=str(out_root / task / src / f"seed{seed}") if src else None,
+                    summaries=str(Path(exp.summaries) / task / a / f"seed{seed}")))
+    return specs
+
+
+def is_finished(out: str | Path) -> bool:
+    return (Path(out) / "result.json").exists()
+
+
+def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one run (or skip it when finished; resume it when interrupted). Runs in a worker process."""
+    from .training import run_config, train
+    s = RunSpec(**spec)
+    if is_finished(s.out):
+        write_summary(s)
+        return {"key": s.key, "status": "skipped"}
+    run = dict(s.run)
+    if s.guidance_from:
+        run["guidance_ckpt"] = str(Path(s.guidance_from) / "guidance.pt")
+    cfg = run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed, out=s.out, **run)
+    resume = (Path(s.out) / "config.yaml").exists()
+    t0 = time.time()
+    result = train(cfg, progress=False, resume=resume)
+    write_summary(s)
+    return {"key": s.key, "status": "ok", "seconds": time.time() - t0, "normalized": result.normalized_score}
+
+
+def write_summary(s: RunSpec) -> None:
+    """Copy the small files the report needs (never the checkpoints) into the summaries folder."""
+    if not s.summaries:
+        return
+    src, dst = Path(s.out), Path(s.summaries)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("result.json", "swaps.json"):
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
+    metrics = src / "metrics.jsonl"
+    if metrics.exists():
+        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        with (dst / "curve.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "normalized_mean", "normalized_std", "return_mean"])
+            for r in rows:
+                if r.get("phase") == "eval":
+                    w.writerow([r["step"], r["normalized_mean"], r["normalized_std"], r["return_mean"]])
+
+
+# ---- inference-time swaps ---------------------------------------------------------------------------------
+def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
+    """(policy run, guidance run, label) for every swap the experiment asks for."""
+    if "swaps" not in exp or exp.swaps is None:
+        return []
+    sw = OmegaConf.to_container(exp.swaps, resolve=True)
+    seeds = [int(s) for s in exp.seeds]
+    root = Path(exp.out)
+    jobs = []
+    for task in exp.tasks:
+        for arm in sw.get("other_seed", []) or []:
+            if len(seeds) < 2:
+                continue
+            for i, s in enumerate(seeds):
+                other = seeds[(i + 1) % len(seeds)]
+                jobs.append({"policy_run": str(root / task / arm / f"seed{s}"),
+                             "guidance_run": str(root / task / arm / f"seed{other}"), "label": "other_seed",
+                             "task": task, "seed": s, "episodes": int(exp.budget.eval_episodes),
+                             "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+        for arm, garm in (sw.get("other_algorithm", {}) or {}).items():
+            for s in seeds:
+                jobs.append({"policy_run": str(root / task / arm / f"seed{s}"),
+                             "guidance_run": str(root / task / garm / f"seed{s}"), "label": "other_algorithm",
+                             "guidance_arm": garm, "task": task, "seed": s,
+                             "episodes": int(exp.budget.eval_episodes),
+                             "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+    return jobs
+
+
+def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate a finished policy ranked by another run's guidance; results go to the policy run's swaps.json."""
+    import torch
+    from .training import evaluate, load_policy_and_guidance
+    torch.set_num_threads(1)
+    pdir = Path(job["policy_run"])
+    path = pdir / "swaps.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    key = job["label"]
+    if key in done:
+        return {"key": f"{pdir}:{key}", "status": "skipped"}
+    policy, guidance = load_policy_and_guidance(pdir / "policy.pt", Path(job["guidance_run"]) / "guidance.pt", "cpu")
+    ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"])
+    done[key] = {**ev.to_dict(), "guidance_run": job["guidance_run"], "guidance": guidance.algorithm}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(done, indent=2))
+    tmp.replace(path)
+    if job.get("summaries"):
+        Path(job["summaries"]).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(job["summaries"]) / "swaps.json")
+    return {"key": f"{pdir}:{key}", "status": "ok", "normalized": ev.normalized_mean}
+
+
+# ---- backends ---------------------------------------------------------------------------------------------
+def _safe(fn: Callable[[dict[str, Any]], dict[str, Any]], job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job; an exception becomes a "failed" result carrying the job, so it can be retried."""
+    try:
+        return {**fn(job), "job": job}
+    except Exception as e:
+        return {"key": f"{job.get('task')}/{job.get('arm', job.get('label'))}/seed{job.get('seed')}",
+                "status": "failed", "error": f"{type(e).__name__}: {e}", "detail": traceback.format_exc(),
+                "job": job}
+
+
+def _run_local(fn: Callable, jobs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+    if workers <= 1:
+        return [_safe(fn, j) for j in jobs]
+    import multiprocessing as mp
+    out: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+        futs = [ex.submit(_safe, fn, j) for j in jobs]
+        for f in as_completed(futs):
+            out.append(f.result())
+    return out
+
+
+def _run_ray(fn: Callable, jobs: list[dict[str, Any]], ray_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs ray: pip install 'modzoo[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=ray_cfg.get("address") or None, num_cpus=ray_cfg.get("num_cpus"),
+                 include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(num_cpus=float(ray_cfg.get("cpus_per_run", 1)),
+                        num_gpus=float(ray_cfg.get("gpus_per_run", 0)))(_safe)
+    return ray.get([remote.remote(fn, j) for j in jobs])
+
+
+def run_jobs(fn: Callable, jobs: list[dict[str, Any]], backend: str, workers: int,
+             ray_cfg: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run jobs on the backend; failed ones are retried once, then reported."""
+    def go(js):
+        if backend == "ray":
+            return _run_ray(fn, js, ray_cfg or {})
+        if backend == "local":
+            return _run_local(fn, js, workers)
+        raise ConfigError(f"unknown backend {backend!r}; use local or ray")
+    results = go(jobs)
+    failed = [r["job"] for r in results if r["status"] == "failed"]
+    if failed:
+        log(f"retrying {len(failed)} failed job(s) once")
+        results = [r for r in results if r["status"] != "failed"] + go(failed)
+    return results
+
+
+def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backend: str | None = None,
+                   workers: int | None = None, log: Callable[[str], None] = print,
+                   report: bool = True) -> dict[str, Any]:
+    """Run (or resume) the grid, then the swaps, then write the report."""
+    exp = load_experiment(name, overrides)
+    backend = backend or exp.get("backend", "local")
+    workers = int(workers or exp.get("workers", 1))
+    ray_cfg = OmegaConf.to_container(exp.ray, resolve=True) if "ray" in exp and exp.ray else {}
+    specs = plan(exp)
+    t0 = time.time()
+    waves = [[s for s in specs if not s.guidance_from], [s for s in specs if s.guidance_from]]
+    results: list[dict[str, Any]] = []
+    for wave in waves:
+        todo = [asdict(s) for s in wave]
+        if not todo:
+            continue
+        finished = sum(is_finished(s.out) for s in wave)
+        log(f"{len(todo)} runs ({finished} already finished, skipped)")
+        results += run_jobs(execute_run, todo, backend, workers, ray_cfg, log)
+    swaps = [j for j in swap_jobs(exp) if is_finished(j["policy_run"]) and is_finished(j["guidance_run"])]
+    if swaps:
+        log(f"{len(swaps)} inference-time swap evaluations")
+        results += run_jobs(execute_swap, swaps, backend, workers, ray_cfg, log)
+    failed = [r for r in results if r["status"] == "failed"]
+    for r in failed:
+        log(f"FAILED {r['key']}: {r['error']}")
+    summary = {"experiment": exp.name, "runs": len(specs), "failed": len(failed),
+               "seconds": round(time.time() - t0, 1), "results": results}
+    if report:
+        from .report import write_report
+        write_report(exp, grid_seconds=summary["seconds"])
+    return summary

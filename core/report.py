@@ -1,0 +1,248 @@
+"""The experiment report (``docs/results.md``), generated from committed run summaries, never typed.
+
+Two spreads are reported and named as such:
+- **across seeds**: one number per seed (the mean normalized score of that seed's final evaluation episodes);
+- **across episodes**: every final evaluation episode of every seed pooled (the GFDT authors' IQR is presumably
+  over episodes of one evaluation; ours pools seeds too, and says so).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+
+@dataclass
+class RunSummary:
+    task: str
+    arm: str
+    seed: int
+    result: dict[str, Any]
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    swaps: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_episodes(self) -> np.ndarray:
+        return np.asarray(self.result.get("eval", {}).get("normalized", []), dtype=float)
+
+    @property
+    def final_score(self) -> float:
+        return float(self.result["normalized_score"])
+
+
+def load_summaries(root: str | Path) -> list[RunSummary]:
+    """Read ``<root>/<task>/<arm>/seed<k>/{result.json,curve.csv,swaps.json}``."""
+    out = []
+    for res in sorted(Path(root).glob("*/*/seed*/result.json")):
+        d = res.parent
+        curve = []
+        if (d / "curve.csv").exists():
+            with (d / "curve.csv").open() as f:
+                curve = [(int(r["step"]), float(r["normalized_mean"])) for r in csv.DictReader(f)]
+        swaps = json.loads((d / "swaps.json").read_text()) if (d / "swaps.json").exists() else {}
+        result = json.loads(res.read_text())
+        if "normalized_score" not in result:
+            continue
+        out.append(RunSummary(d.parent.parent.name, d.parent.name, int(d.name[4:]), result, curve, swaps))
+    return out
+
+
+def spread(x: np.ndarray | list[float]) -> dict[str, float]:
+    """mean, std (population), median and IQR (75th - 25th percentile, numpy's linear interpolation)."""
+    a = np.asarray(x, dtype=float)
+    if a.size == 0:
+        return {"n": 0, "mean": float("nan"), "std": float("nan"), "median": float("nan"), "iqr": float("nan")}
+    q75, q25 = np.percentile(a, [75, 25])
+    return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std()), "median": float(np.median(a)),
+            "iqr": float(q75 - q25)}
+
+
+def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
+    seeds = spread([r.final_score for r in runs])
+    episodes = spread(np.concatenate([r.final_episodes for r in runs]) if runs else [])
+    phases: dict[str, dict[str, float]] = {}
+    for r in runs:
+        for ph in r.result.get("phases", []):
+            p = phases.setdefault(ph["phase"], {"wall_s": [], "rss_peak_mb": [], "steps": []})
+            p["wall_s"].append(ph["wall_s"])
+            p["rss_peak_mb"].append(ph["rss_peak_mb"])
+            p["steps"].append(ph.get("steps", ph.get("episodes", 0)))
+    phase_means = {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in phases.items()}
+    return {"seeds": seeds, "episodes": episodes, "phases": phase_means,
+            "parameters": runs[0].result.get("parameters", {}) if runs else {}}
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x != x else f"{x:.1f}"
+
+
+def _group(runs: list[RunSummary]) -> dict[str, dict[str, list[RunSummary]]]:
+    g: dict[str, dict[str, list[RunSummary]]] = {}
+    for r in runs:
+        g.setdefault(r.task, {}).setdefault(r.arm, []).append(r)
+    return g
+
+
+def _plots(task: str, arms: dict[str, list[RunSummary]], img_dir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    img_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, runs in sorted(arms.items()):
+        steps = sorted({s for r in runs for s, _ in r.curve})
+        if not steps:
+            continue
+        mat = np.array([[dict(r.curve).get(s, np.nan) for s in steps] for r in runs], dtype=float)
+        mean = np.nanmean(mat, 0)
+        ax.plot(steps, mean, label=arm)
+        ax.fill_between(steps, np.nanmin(mat, 0), np.nanmax(mat, 0), alpha=0.15)
+    ax.set_xlabel("policy steps")
+    ax.set_ylabel("D4RL-normalized score")
+    ax.set_title(f"{task}: mean over seeds, band = min..max across seeds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = f"curves_{task}.png"
+    fig.savefig(img_dir / name, dpi=90)
+    plt.close(fig)
+    names.append(name)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = sorted(arms)
+    ax.boxplot([[r.final_score for r in arms[a]] for a in labels])
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("final normalized score (one point per seed)")
+    ax.set_title(task)
+    fig.tight_layout()
+    name = f"box_{task}.png"
+    fig.savefig(img_dir / name, dpi=90)
+    plt.close(fig)
+    names.append(name)
+    return names
+
+
+def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
+           grid_seconds: float | None = None) -> str:
+    cmd = f"modzoo experiment {exp.name}"
+    rep = f"modzoo experiment {exp.name} --report-only"
+    lines = [f"# Results: experiment `{exp.name}`", "",
+             f"Generated by `{rep}` from the run summaries in `{exp.summaries}` (written by `{cmd}`). "
+             "Do not edit by hand: edit the findings file and regenerate.", ""]
+    if "description" in exp and exp.description:
+        lines += [str(exp.description).strip(), ""]
+    b = exp.budget
+    lines += ["## Budget", "",
+              f"- per run: guidance {b.get('guidance_steps')} steps (guidance-first arms), policy {b.get('policy_steps')}"
+              f" steps, evaluation every {b.get('eval_every')} policy steps with {b.get('eval_episodes')} episodes "
+              "in a vector of envs; the GFDT authors train 200k steps per run and evaluate 50 episodes "
+              "(`experiments/gfdt-paper.yaml` holds that budget).",
+              f"- tasks: {', '.join(exp.tasks)}; seeds: {', '.join(map(str, exp.seeds))}; arms: "
+              f"{', '.join(exp.arms.keys())}."]
+    if grid_seconds is not None:
+        lines.append(f"- the last `{cmd}` call took {grid_seconds:.0f} s of wall time (finished runs are skipped, "
+                     "so a resumed grid reports only its own part).")
+    lines.append("")
+    groups = _group(runs)
+    if not groups:
+        lines += ["No finished runs yet.", ""]
+    for task, arms in sorted(groups.items()):
+        lines += [f"## {task}", "", f"Final D4RL-normalized scores (×100). Command: `{cmd}`.", "",
+                  "| arm | guidance | policy | schedule | seeds | across seeds: mean | std | median | IQR | "
+                  "episodes | across episodes: mean | std | median | IQR |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        stats = {a: arm_stats(rs) for a, rs in arms.items()}
+        for a in sorted(arms):
+            s, e, r0 = stats[a]["seeds"], stats[a]["episodes"], arms[a][0].result
+            lines.append(f"| {a} | {r0.get('guidance')} | {r0.get('policy')} | {r0.get('schedule')} | {s['n']} | "
+                         f"{_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {_fmt(s['iqr'])} | {e['n']} | "
+                         f"{_fmt(e['mean'])} | {_fmt(e['std'])} | {_fmt(e['median'])} | {_fmt(e['iqr'])} |")
+        lines += ["", "Wall time and peak process RSS per phase (mean over seeds; RSS includes the dataset and "
+                  "Python, measured by sampling every 50 ms):", "",
+                  "| arm | phase | steps | wall s | peak RSS MB | parameters (guidance / policy) |",
+                  "|---|---|---|---|---|---|"]
+        for a in sorted(arms):
+            p = stats[a]["parameters"]
+            for ph, m in stats[a]["phases"].items():
+                lines.append(f"| {a} | {ph} | {m['steps']:.0f} | {m['wall_s']:.1f} | {m['rss_peak_mb']:.0f} | "
+                             f"{p.get('guidance', 'n/a')} / {p.get('policy', 'n/a')} |")
+        ratios = _gfdt_ratios(exp, stats)
+        if ratios:
+            lines += ["", "GFDT vs joint (training wall time of the policy's run, guidance phase included, and "
+                      "the largest peak RSS of any training phase):", "",
+                      "| GFDT arm | joint arm | time ratio | peak RSS ratio |", "|---|---|---|---|"]
+            lines += [f"| {g} | {j} | {t:.2f} | {m:.2f} |" for g, j, t, m in ratios]
+        sw = _swap_rows(arms)
+        if sw:
+            lines += ["", "Inference-time swap: the same final policies ranked by their own guidance, by the same "
+                      "arm's guidance from another seed, and by another algorithm's guidance (spread across seeds):",
+                      "", "| policy arm | ranked by | seeds | mean | median | IQR |", "|---|---|---|---|---|---|"]
+            lines += sw
+        for name in _plots(task, arms, img_dir):
+            lines += ["", f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)"]
+        lines.append("")
+    findings = Path(str(exp.get("findings", "") or ""))
+    lines += ["## Findings", ""]
+    if findings.is_file():
+        lines += [findings.read_text().strip(), ""]
+    else:
+        lines += ["(No findings written yet: read the tables above, then write them in "
+                  f"`{exp.get('findings', 'experiments/<name>.findings.md')}`.)", ""]
+    return "\n".join(lines)
+
+
+def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str, float, float]]:
+    pairs = exp.get("gfdt_pairs", {}) or {}
+    out = []
+    for g, j in pairs.items():
+        if g not in stats or j not in stats:
+            continue
+
+        def cost(a):
+            ph = {k: v for k, v in stats[a]["phases"].items() if k != "eval"}
+            extra = exp.arms[a].get("guidance_from") if a in exp.arms else None
+            t = sum(v["wall_s"] for v in ph.values())
+            mem = max((v["rss_peak_mb"] for v in ph.values()), default=float("nan"))
+            if extra and extra in stats:  # the shared guidance's training counts against this arm too
+                gph = stats[extra]["phases"].get("guidance")
+                if gph:
+                    t += gph["wall_s"]
+                    mem = max(mem, gph["rss_peak_mb"])
+            return t, mem
+        (tg, mg), (tj, mj) = cost(g), cost(j)
+        out.append((g, j, tg / tj if tj else float("nan"), mg / mj if mj else float("nan")))
+    return out
+
+
+def _swap_rows(arms: dict[str, list[RunSummary]]) -> list[str]:
+    rows = []
+    for a in sorted(arms):
+        runs = arms[a]
+        labels = sorted({k for r in runs for k in r.swaps})
+        if not labels:
+            continue
+        own = spread([r.final_score for r in runs])
+        rows.append(f"| {a} | own guidance | {own['n']} | {_fmt(own['mean'])} | {_fmt(own['median'])} | "
+                    f"{_fmt(own['iqr'])} |")
+        for lab in labels:
+            vals = [float(np.mean(r.swaps[lab]["normalized"])) for r in runs if lab in r.swaps]
+            s = spread(vals)
+            g = next(r.swaps[lab].get("guidance") for r in runs if lab in r.swaps)
+            rows.append(f"| {a} | {lab} ({g}) | {s['n']} | {_fmt(s['mean'])} | {_fmt(s['median'])} | "
+                        f"{_fmt(s['iqr'])} |")
+    return rows
+
+
+def write_report(exp: DictConfig, grid_seconds: float | None = None) -> Path:
+    runs = load_summaries(exp.summaries)
+    out = Path(exp.report)
+    img_dir = out.parent / "results" / str(exp.name)
+    text = render(exp, runs, img_dir, os.path.relpath(img_dir, out.parent), grid_seconds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return out

@@ -1,0 +1,105 @@
+"""A tiny grid end to end: runs, swaps, summaries and the report, checked against the run dirs independently."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from modzoo.experiment import load_experiment, plan, run_experiment
+
+TASK = "bullet-hopper-medium-v0"
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path, small_dataset_path):
+    exp = {
+        "name": "tiny", "out": str(tmp_path / "runs"), "summaries": str(tmp_path / "summaries"),
+        "report": str(tmp_path / "docs" / "results.md"), "findings": str(tmp_path / "findings.md"),
+        "backend": "local", "workers": 1, "tasks": [TASK], "seeds": [0, 1],
+        "budget": {"guidance_steps": 4, "policy_steps": 4, "eval_every": 2, "eval_episodes": 2, "threads": 1,
+                   "device": "cpu", "dataset": str(small_dataset_path), "log_every": 2},
+        "arms": {
+            "idql-joint": {"guidance": "idql", "policy": "idql", "schedule": "joint",
+                           "overrides": ["guidance.hidden=[16,16]", "policy.hidden=16", "policy.batch_size=32",
+                                         "guidance.batch_size=32", "policy.candidates=4"]},
+            "idql-gf": {"guidance": "idql", "policy": "idql", "schedule": "guidance-first",
+                        "overrides": ["guidance.hidden=[16,16]", "policy.hidden=16", "policy.batch_size=32",
+                                      "guidance.batch_size=32", "policy.candidates=4"]},
+            "dql-gf-iql": {"guidance": "idql", "policy": "dql", "guidance_from": "idql-gf",
+                           "overrides": ["guidance.hidden=[16,16]", "policy.hidden=16", "policy.batch_size=32",
+                                         "policy.candidates=4"]},
+        },
+        "swaps": {"other_seed": ["idql-joint"], "other_algorithm": {"dql-gf-iql": "idql-joint"}},
+        "gfdt_pairs": {"idql-gf": "idql-joint"},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    (tmp_path / "findings.md").write_text("Finding one: a sentence written after reading the numbers.")
+    return path
+
+
+def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
+    exp = load_experiment(str(tiny_experiment))
+    specs = plan(exp)
+    assert len(specs) == 6
+    # the dependent arm comes after the arm whose guidance it reuses
+    assert [s.arm for s in specs].index("dql-gf-iql") > [s.arm for s in specs].index("idql-gf")
+    summary = run_experiment(str(tiny_experiment), log=lambda m: None)
+    assert summary["failed"] == 0, summary
+    runs = tmp_path / "runs" / TASK
+    # the reused guidance really is idql-gf's, unchanged
+    r = json.loads((runs / "dql-gf-iql" / "seed0" / "result.json").read_text())
+    assert r["schedule"] == "pretrained" and r["guidance_steps"] == 4
+    # swaps were evaluated and recorded
+    sw = json.loads((runs / "idql-joint" / "seed0" / "swaps.json").read_text())
+    assert sw["other_seed"]["guidance_run"].endswith("idql-joint/seed1")
+    assert "other_algorithm" in json.loads((runs / "dql-gf-iql" / "seed1" / "swaps.json").read_text())
+
+    # the report's numbers, recomputed independently from the run dirs
+    text = (tmp_path / "docs" / "results.md").read_text()
+    for arm in ("idql-joint", "idql-gf", "dql-gf-iql"):
+        scores = [json.loads((runs / arm / f"seed{s}" / "result.json").read_text())["normalized_score"]
+                  for s in (0, 1)]
+        episodes = np.concatenate([json.loads((runs / arm / f"seed{s}" / "result.json").read_text())
+                                   ["eval"]["normalized"] for s in (0, 1)])
+        q75, q25 = np.percentile(scores, [75, 25])
+        e75, e25 = np.percentile(episodes, [75, 25])
+        row = next(line for line in text.splitlines() if line.startswith(f"| {arm} |") and "| 2 |" in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[5]) == pytest.approx(np.mean(scores), abs=0.051)
+        assert float(cells[8]) == pytest.approx(q75 - q25, abs=0.051)
+        assert int(cells[9]) == 4
+        assert float(cells[10]) == pytest.approx(episodes.mean(), abs=0.051)
+        assert float(cells[13]) == pytest.approx(e75 - e25, abs=0.051)
+    assert "Finding one" in text
+    assert re.search(r"\| idql-gf \| idql-joint \| [0-9.]+ \| [0-9.]+ \|", text)
+    imgs = list((tmp_path / "docs" / "results" / "tiny").glob("*.png"))
+    assert {p.name for p in imgs} == {f"curves_{TASK}.png", f"box_{TASK}.png"}
+    # summaries hold only small files, never checkpoints
+    assert not list((tmp_path / "summaries").rglob("*.pt"))
+    assert (tmp_path / "summaries" / TASK / "idql-gf" / "seed1" / "curve.csv").exists()
+
+
+def test_rerun_skips_finished_runs(tiny_experiment, tmp_path):
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    res = tmp_path / "runs" / TASK / "idql-joint" / "seed0" / "result.json"
+    before = res.stat().st_mtime_ns
+    again = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    statuses = [r["status"] for r in again["results"]]
+    assert statuses and set(statuses) == {"skipped"}
+    assert res.stat().st_mtime_ns == before
+
+
+def test_unknown_experiment_lists_known():
+    from modzoo.errors import ConfigError
+    with pytest.raises(ConfigError, match="gfdt-cpu"):
+        load_experiment("nope")
+
+
+def test_shipped_experiments_plan():
+    for name, n in (("gfdt-cpu", 4 * 8 * 5), ("gfdt-paper", 12 * 8 * 5)):
+        exp = load_experiment(name)
+        assert len(plan(exp)) == n
+    assert load_experiment("gfdt-paper").budget.policy_steps == 200000
