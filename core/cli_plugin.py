@@ -102,10 +102,13 @@ def cmd_plugin_new(args: argparse.Namespace) -> int:
     print(f"created {root}")
     for p in sorted(x for x in root.rglob("*") if x.is_file()):
         print(f"  {p.relative_to(root)}")
-    print("next:")
-    print(f"  pip install -e {root}        # registers entry point '{args.name}' in the 'modzoo' group")
-    print(f"  modzoo list                  # shows the {args.name} half/halves")
-    print(f"  pytest {root / 'tests'}      # the conformance suite (or: pytest --modzoo-plugin={args.name})")
+    steps = [(f"pip install -e {root}", f"registers the entry point '{args.name}' in the 'modzoo' group"),
+             ("modzoo list", f"shows the {args.name} half/halves and what they pair with"),
+             (f"pytest {root / 'tests'}", f"the conformance suite (or: pytest --modzoo-plugin={args.name})")]
+    width = max(len(c) for c, _ in steps)
+    print("next (see CONTRIBUTING.md, 'Writing a plugin in your own package'):")
+    for cmd, why in steps:
+        print(f"  {cmd:<{width}}  # {why}")
     return 0
 
 

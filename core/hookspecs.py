@@ -7,7 +7,9 @@ A plugin is any importable module (or object) with ``@hookimpl`` functions, adve
     myalgo = "my_package.my_module"
 
 First-party plugins (``idql``, ``dql`` ...) register through the very same group. Each hook returns a list of
-:class:`~modzoo.plugins_api.HalfSpec`; a plugin may implement one hook or both.
+:class:`~modzoo.plugins_api.HalfSpec`; a plugin may implement one hook or both. The contract the returned classes
+keep is in :mod:`modzoo.interfaces` and CONTRIBUTING.md; :mod:`modzoo.testing` checks it
+(``pytest --modzoo-plugin=NAME``), and ``modzoo plugin new NAME`` scaffolds a package that passes it.
 """
 from __future__ import annotations
 

@@ -87,19 +87,11 @@ class CFGPolicy(DDPMPolicy):
         The first batch sets them; later batches move them by ``stats_momentum`` (an EMA), which follows a
         critic that still trains (joint) and settles on a frozen one."""
         m = float(self.cfg.get("stats_momentum", 0.005))
-        mean, var = u.mean(), u.var(unbiased=False)
-        if not bool(self.label_seen):
-            self.label_mean.copy_(mean)
-            self.label_var.copy_(var)
-        else:
-            self.label_mean.lerp_(mean, m)
-            self.label_var.lerp_(var, m)
+        rate = torch.where(self.label_seen, m, 1.0)  # 1 on the first batch; a tensor, so no host sync
+        self.label_mean.lerp_(u.mean(), rate)
+        self.label_var.lerp_(u.var(unbiased=False), rate)
         z = (u - self.label_mean) / self.label_var.clamp_min(1e-12).sqrt()
-        qz = torch.quantile(z, float(self.cfg.get("target_quantile", 0.9)))
-        if not bool(self.label_seen):
-            self.label_target.copy_(qz)
-        else:
-            self.label_target.lerp_(qz, m)
+        self.label_target.lerp_(torch.quantile(z, float(self.cfg.get("target_quantile", 0.9))), rate)
         self.label_seen.fill_(True)
 
     def label(self, u: torch.Tensor, kind: str) -> torch.Tensor:
@@ -109,9 +101,15 @@ class CFGPolicy(DDPMPolicy):
             return ((u if kind == "advantage" else z) > 0).float().unsqueeze(-1)
         return z.unsqueeze(-1)
 
+    def target_tensor(self) -> torch.Tensor:
+        """c* as a 0-d tensor on the policy's device: the label sampling conditions on."""
+        if self.cfg.get("label", "normalized") == "optimality":
+            return torch.ones((), device=self.label_target.device)
+        return self.label_target
+
     def target_label(self) -> float:
-        """c*: the label sampling conditions on."""
-        return 1.0 if self.cfg.get("label", "normalized") == "optimality" else float(self.label_target)
+        """c* as a number (a host sync: for inspection, not inside sampling)."""
+        return float(self.target_tensor())
 
     # ---- training --------------------------------------------------------------------------------------------
     def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
@@ -142,7 +140,7 @@ class CFGPolicy(DDPMPolicy):
         """eps = eps_uncond + w (eps_cond - eps_uncond) at c*, both predictions in one batched forward."""
         w = float(self.cfg.get("guidance_weight", 1.2))
         b = obs.shape[0]
-        cond = torch.full((2 * b, 1), self.target_label(), device=obs.device)
+        cond = self.target_tensor().to(obs.device).reshape(1, 1).expand(2 * b, 1)
         keep = torch.cat([torch.ones(b, dtype=torch.bool, device=obs.device),
                           torch.zeros(b, dtype=torch.bool, device=obs.device)])
         obs2 = torch.cat([obs, obs])
