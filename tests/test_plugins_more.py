@@ -199,6 +199,33 @@ def test_cfg_warns_when_labels_come_from_a_moving_critic():
         p2.update(batch(), g.freeze())  # a frozen guidance: no warning
 
 
+@pytest.mark.parametrize("label", ["normalized", "optimality"])
+def test_cfg_guided_samples_favour_high_value_actions(label):
+    """Data: a = +0.5 or -0.5 with equal odds, advantage A = a. Unguided (w = 0) samples keep both modes; guided
+    at c* (w = 1) they come from the high-advantage mode: the policy improvement CFG is for."""
+
+    class AdvIsAction(FakeGuidance):
+        def q_ensemble(self, obs, act):
+            return act[:, 0].expand(2, -1)
+
+        def v(self, obs):
+            return torch.zeros(obs.shape[0])
+
+    torch.manual_seed(0)
+    p = modzoo.make_policy("cfg", OBS, 1, hidden=32, lr=3e-3, ema_decay=0.9, label=label)
+    g, gen = AdvIsAction(), torch.Generator().manual_seed(0)
+    for _ in range(150):
+        obs = torch.randn(128, OBS, generator=gen)
+        a = torch.where(torch.rand(128, 1, generator=gen) < 0.5, 0.5, -0.5)
+        p.update({"observations": obs, "actions": a}, g)
+    obs = torch.randn(400, OBS, generator=gen)
+    high = {}
+    for w in (0.0, 1.0):
+        p.cfg["guidance_weight"] = w
+        high[w] = float((p.sample(obs, 1)[:, 0, 0] > 0).float().mean())
+    assert high[1.0] > 0.9 and high[1.0] > high[0.0] + 0.3, high
+
+
 # ---- edp ------------------------------------------------------------------------------------------------------
 def test_edp_action_approximation_by_hand():
     d = GaussianDiffusion(MLPDenoiser(OBS, ACT, hidden=8), ACT, T=100, schedule="linear_scaled")
