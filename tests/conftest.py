@@ -4,6 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread: the nets under test are tiny, and when other processes share the cores torch's default
+# thread pool spins (README, "Threads on a shared CPU"); a tiny linear layer measured 11 ms with 2 threads and
+# 0.02 ms with 1 on this loaded 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -113,7 +113,7 @@ def test_dql_actor_gets_gradient_from_guidance():
     p2.load_state_dict(p1.state_dict())
     p1.update(batch(), g)
     p2.update(batch(), g)
-    diffs = [float((a - b).abs().max()) for a, b in zip(p1.diffusion.parameters(), p2.diffusion.parameters())]
+    diffs = [float((a - b).detach().abs().max()) for a, b in zip(p1.diffusion.parameters(), p2.diffusion.parameters())]
     assert max(diffs) > 0
 
 
