@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ModzooError
+from .errors import ConfigError, ModzooError
 
 DEMO_TASK = "bullet-hopper-medium-v0"
 
@@ -87,21 +87,39 @@ def _report(result: Any) -> None:
         print(f"normalized score: {ev.normalized_mean:.1f} +- {ev.normalized_std:.1f}")
 
 
+def _parse_seeds(text: str | None, default: int) -> list[int]:
+    if not text:
+        return [default]
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} is not a comma-separated list of integers (e.g. --seeds 0,1,2)") from None
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"--seeds {text!r} must list distinct seeds")
+    return seeds
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .training import run_config, train
     task = args.env
-    out = args.out or _default_out("run", task, [args.guidance, args.policy, args.schedule], args.seed)
-    if args.resume and args.out and (Path(args.out) / "config.yaml").exists():
-        from omegaconf import OmegaConf
-        cfg = OmegaConf.load(Path(args.out) / "config.yaml")
-    else:
-        cfg = run_config(args.guidance, args.policy, task, args.overrides, dataset=args.dataset,
-                         schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
-                         guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
-                         eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=args.seed,
-                         device=args.device, threads=args.threads, out=out)
-    result = train(cfg, progress=not args.no_progress, resume=args.resume)
-    _report(result)
+    seeds = _parse_seeds(args.seeds, args.seed)
+    base = args.out or _default_out("run", task, [args.guidance, args.policy, args.schedule], seeds[0])
+    for seed in seeds:
+        # several seeds: one run dir each, <out>/seed<k>, exactly as if each had been run alone
+        out = str(Path(base) / f"seed{seed}") if len(seeds) > 1 else base
+        if args.resume and (Path(out) / "config.yaml").exists():
+            from omegaconf import OmegaConf
+            cfg = OmegaConf.load(Path(out) / "config.yaml")
+        else:
+            cfg = run_config(args.guidance, args.policy, task, args.overrides, dataset=args.dataset,
+                             schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
+                             guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
+                             eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=seed,
+                             device=args.device, threads=args.threads, out=out)
+        if len(seeds) > 1:
+            print(f"seed {seed}:")
+        result = train(cfg, progress=not args.no_progress, resume=args.resume)
+        _report(result)
     return 0
 
 
@@ -203,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--out", help="run dir (default: runs/<task>/run-...)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    p.add_argument("--seeds", help="several seeds, e.g. 0,1,2,3,4: one run dir each under --out (seed<k>)")
     _common(p)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0 guidance.expectile=0.9")
     p.set_defaults(func=cmd_run)

@@ -105,3 +105,16 @@ def test_console_script_error_has_no_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown guidance 'nope'")
     assert "Traceback" not in proc.stderr
+
+
+def test_seeds_give_one_run_dir_each_equal_to_a_single_run(capsys, small_dataset_path, tmp_path):
+    common = ["run", "--guidance", "idql", "--policy", "dql", "--env", TASK, "--dataset", str(small_dataset_path),
+              "--policy-steps", "3", "--eval-episodes", "1", "--no-progress", "--device", "cpu", *TINY]
+    assert run_cli(capsys, *common, "--seeds", "0,1", "--out", str(tmp_path / "multi"))[0] == 0
+    assert run_cli(capsys, *common, "--seed", "1", "--out", str(tmp_path / "single"))[0] == 0
+    import json
+    multi = json.loads((tmp_path / "multi" / "seed1" / "result.json").read_text())
+    single = json.loads((tmp_path / "single" / "result.json").read_text())
+    assert multi["eval"]["returns"] == single["eval"]["returns"]
+    assert (tmp_path / "multi" / "seed0" / "policy.pt").exists()
+    assert "distinct" in _one_line_error(capsys, *common, "--seeds", "1,1", "--out", str(tmp_path / "x"))
