@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activations import FastMish
+
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "mish": nn.Mish,
+    "mish": FastMish,  # F.mish's values to float32 rounding, ~2x faster on CPU (core/activations.py)
+    "mish_torch": nn.Mish,
     "relu": nn.ReLU,
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
