@@ -68,7 +68,10 @@ class DDPMPolicy(DiffusionPolicy):
     def optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
         """Backward, clip (``grad_norm``), step, LR schedule, EMA; returns the pre-clip grad norm."""
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # Gradients only for the parameters this optimizer steps: a Q term backpropagates through the critic,
+        # and its weight gradients would be computed only to be discarded (the critic zeroes them before its own
+        # next step). The actor's gradients are the same either way.
+        loss.backward(inputs=[p for g in self.opt.param_groups for p in g["params"] if p.requires_grad])
         norm = clip_grad(self.diffusion.parameters(), self.cfg.get("grad_norm", 0.0))
         self.opt.step()
         if self.sched is not None:

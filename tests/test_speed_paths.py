@@ -1,0 +1,54 @@
+"""The speed work (docs/performance.md) must not change the maths: each fast path against the plain one."""
+from __future__ import annotations
+
+import copy
+import types
+
+import torch
+
+import modzoo
+from modzoo.interfaces import DiffusionPolicy
+
+OBS, ACT, B = 5, 2, 32
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"observations": torch.randn(B, OBS, generator=g), "actions": torch.rand(B, ACT, generator=g) * 2 - 1,
+            "rewards": torch.randn(B, generator=g), "next_observations": torch.randn(B, OBS, generator=g),
+            "terminals": torch.zeros(B), "next_actions": torch.rand(B, ACT, generator=g) * 2 - 1}
+
+
+def _plain_optimize(self: DiffusionPolicy, loss: torch.Tensor) -> None:
+    """DDPMPolicy.optimize as it was before: backward into every leaf the loss reaches."""
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    modzoo.utils.clip_grad(self.diffusion.parameters(), self.cfg.get("grad_norm", 0.0))
+    self.opt.step()
+    if self.sched is not None:
+        self.sched.step()
+    self.ema.step(self.ema_diffusion, self.diffusion, self.steps)
+    self._steps += 1
+
+
+def test_dql_actor_step_leaves_the_critic_grads_alone_and_equals_the_full_backward() -> None:
+    torch.manual_seed(0)
+    g1 = modzoo.make_guidance("dql", OBS, ACT, hidden=[16, 16])
+    p1 = modzoo.make_policy("dql", OBS, ACT, hidden=16, grad_norm=1.0)
+    g2, p2 = copy.deepcopy(g1), copy.deepcopy(p1)
+    p2.optimize = types.MethodType(_plain_optimize, p2)
+    for step in range(3):
+        batch = _batch(step)
+        g1.update(batch, p1)
+        g2.update(batch, p2)
+        critic_grads = [p.grad.clone() for p in g1.critic.parameters()]
+        p1.update(batch, g1)
+        p2.update(batch, g2)
+        # the Q term's backward no longer reaches the critic's weights ...
+        assert all(torch.equal(a, p.grad) for a, p in zip(critic_grads, g1.critic.parameters()))
+        assert not all(torch.equal(a, p.grad) for a, p in zip(critic_grads, g2.critic.parameters()))
+    # ... and the actor (and so the next critic targets) came out exactly as with the full backward
+    for a, b in zip(p1.state_dict().values(), p2.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(g1.state_dict().values(), g2.state_dict().values()):
+        assert torch.equal(a, b)
