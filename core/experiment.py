@@ -75,20 +75,23 @@ def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = ()) -> D
 
 
 def plan(exp: DictConfig) -> list[RunSpec]:
-    """Every run of the grid, with ``guidance_from`` arms after the arms they depend on."""
+    """Every run of the grid, seed-major (seed 0 of every arm first, so a partial grid already compares all
+    arms), with the ``guidance_from`` arms after the arms whose guidance they reuse."""
     arms = OmegaConf.to_container(exp.arms, resolve=True)
     budget = OmegaConf.to_container(exp.budget, resolve=True)
     out_root = Path(exp.out)
+    for a, arm in arms.items():
+        src = arm.get("guidance_from")
+        if src and (src not in arms or arms[src].get("guidance_from")):
+            raise ConfigError(f"arm {a!r}: guidance_from {src!r} must name an arm of this experiment that trains "
+                              f"its own guidance ({', '.join(a2 for a2 in arms if not arms[a2].get('guidance_from'))})")
+    # arms that reuse a guidance go last within their seed, so their source has usually finished by then
+    order = [a for a in arms if not arms[a].get("guidance_from")] + [a for a in arms if arms[a].get("guidance_from")]
     specs: list[RunSpec] = []
-    order = sorted(arms, key=lambda a: 1 if arms[a].get("guidance_from") else 0)
-    for a in order:
-        if arms[a].get("guidance_from") and arms[a]["guidance_from"] not in arms:
-            raise ConfigError(f"arm {a!r}: guidance_from {arms[a]['guidance_from']!r} is not an arm of this "
-                              f"experiment ({', '.join(arms)})")
-    for task in exp.tasks:
-        for a in order:
-            arm = arms[a]
-            for seed in exp.seeds:
+    for seed in exp.seeds:
+        for task in exp.tasks:
+            for a in order:
+                arm = arms[a]
                 out = out_root / task / a / f"seed{seed}"
                 src = arm.get("guidance_from")
                 specs.append(RunSpec(
@@ -98,6 +101,20 @@ def plan(exp: DictConfig) -> list[RunSpec]:
                     guidance_from=str(out_root / task / src / f"seed{seed}") if src else None,
                     summaries=str(Path(exp.summaries) / task / a / f"seed{seed}")))
     return specs
+
+
+def wait_for_guidance(run_dir: str | Path, poll: float = 5.0, timeout: float = 7 * 24 * 3600) -> Path:
+    """Block until the run whose guidance is reused has saved it (it was submitted earlier and is running in
+    another worker), or raise if that run failed."""
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    while not is_finished(run_dir):
+        if (run_dir / "FAILED").exists():
+            raise RuntimeError(f"the run whose guidance this one reuses failed: {run_dir}")
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"waited {timeout:.0f} s for {run_dir} to finish")
+        time.sleep(poll)
+    return run_dir / "guidance.pt"
 
 
 def is_finished(out: str | Path) -> bool:
@@ -112,12 +129,18 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
         write_summary(s)
         return {"key": s.key, "status": "skipped"}
     run = dict(s.run)
-    if s.guidance_from:
-        run["guidance_ckpt"] = str(Path(s.guidance_from) / "guidance.pt")
-    cfg = run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed, out=s.out, **run)
-    resume = (Path(s.out) / "config.yaml").exists()
+    (Path(s.out) / "FAILED").unlink(missing_ok=True)
     t0 = time.time()
-    result = train(cfg, progress=False, resume=resume)
+    try:
+        if s.guidance_from:
+            run["guidance_ckpt"] = str(wait_for_guidance(s.guidance_from))
+        cfg = run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed, out=s.out,
+                         **run)
+        result = train(cfg, progress=False, resume=(Path(s.out) / "config.yaml").exists())
+    except BaseException as e:  # leave a marker so runs waiting on this one stop waiting
+        Path(s.out).mkdir(parents=True, exist_ok=True)
+        (Path(s.out) / "FAILED").write_text(f"{type(e).__name__}: {e}\n")
+        raise
     write_summary(s)
     return {"key": s.key, "status": "ok", "seconds": time.time() - t0, "normalized": result.normalized_score}
 
@@ -257,15 +280,9 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     ray_cfg = OmegaConf.to_container(exp.ray, resolve=True) if "ray" in exp and exp.ray else {}
     specs = plan(exp)
     t0 = time.time()
-    waves = [[s for s in specs if not s.guidance_from], [s for s in specs if s.guidance_from]]
-    results: list[dict[str, Any]] = []
-    for wave in waves:
-        todo = [asdict(s) for s in wave]
-        if not todo:
-            continue
-        finished = sum(is_finished(s.out) for s in wave)
-        log(f"{len(todo)} runs ({finished} already finished, skipped)")
-        results += run_jobs(execute_run, todo, backend, workers, ray_cfg, log)
+    finished = sum(is_finished(s.out) for s in specs)
+    log(f"{len(specs)} runs ({finished} already finished, skipped)")
+    results = run_jobs(execute_run, [asdict(s) for s in specs], backend, workers, ray_cfg, log)
     swaps = [j for j in swap_jobs(exp) if is_finished(j["policy_run"]) and is_finished(j["guidance_run"])]
     if swaps:
         log(f"{len(swaps)} inference-time swap evaluations")
