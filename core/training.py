@@ -130,6 +130,22 @@ class _Logger:
     def __init__(self, run_dir: Path | None) -> None:
         self.path = run_dir / "metrics.jsonl" if run_dir else None
 
+    def truncate_after(self, phase: str | None, step: int) -> None:
+        """On resume, drop what was logged after the restored state (it will be logged again), so the curve
+        has no duplicate steps: everything when nothing was restored, else the restored phase's later steps
+        (evaluations belong to the policy phase)."""
+        if self.path is None or not self.path.exists():
+            return
+        keep = []
+        if phase is not None:
+            for line in self.path.read_text().splitlines():
+                rec = json.loads(line)
+                ph = "policy" if rec.get("phase") == "eval" else rec.get("phase")
+                if ph != phase or rec.get("step", 0) <= step:
+                    if not (phase == "guidance" and ph == "policy"):
+                        keep.append(line)
+        self.path.write_text("".join(x + "\n" for x in keep))
+
     def log(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
@@ -219,6 +235,8 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
                           f"(e.g. idql, or dql with guidance.target_actions=dataset)")
 
     log = _Logger(run_dir)
+    if resume:
+        log.truncate_after(phase, start_step)
     plan: list[tuple[str, int]] = []
     if schedule == "guidance-first" and not guidance.frozen:
         plan.append(("guidance", int(r.guidance_steps)))

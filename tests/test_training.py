@@ -83,6 +83,11 @@ def test_resume_continues_an_interrupted_run(small_dataset_path, tmp_path):
         modzoo.train(c, progress=False)  # refuses to overwrite
     res = modzoo.train(c, progress=False, resume=True)
     assert res.guidance.steps == 10 and res.policy.steps == 12
+    # the log has each step once: the lines written after the save at step 4 were dropped and written again
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["phase"], r["step"]) for r in recs]
+    assert len(keys) == len(set(keys))
+    assert ("eval", 6) in keys and ("policy", 12) in keys
     assert json.loads((out / "result.json").read_text())["policy_steps"] == 12
 
 
