@@ -55,13 +55,22 @@ class EMA:
 
 def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float = 3e-4,
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam or AdamW by config name."""
+    """Adam or AdamW by config name, with torch's fused kernel where this torch has one for the device.
+
+    The fused step is the same algorithm in one kernel over all tensors: measured about 3x faster than the
+    default per-tensor loop for a critic's or a denoiser's parameters on this CPU (docs/performance.md), equal
+    to it up to float rounding (tests/test_speed_paths.py).
+    """
     params = list(params)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; known: adam, adamw")
+    if name not in ("adam", "adamw"):
+        raise ValueError(f"unknown optimizer {name!r}; known: adam, adamw")
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # a torch without the fused kernel for this device
+            pass
+    return cls(params, lr=lr, weight_decay=weight_decay)
 
 
 DEFAULT_DECAY_STEPS = 2_000_000  # Diffusion-QL's 2000 epochs x 1000 steps; train() sets the run's real length

@@ -52,3 +52,23 @@ def test_dql_actor_step_leaves_the_critic_grads_alone_and_equals_the_full_backwa
         assert torch.equal(a, b)
     for a, b in zip(g1.state_dict().values(), g2.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_fused_optimizers_equal_the_per_tensor_loop() -> None:
+    """make_optimizer's fused Adam/AdamW: the same steps as torch's default implementation (float rounding)."""
+    for name, cls, wd in (("adam", torch.optim.Adam, 0.0), ("adamw", torch.optim.AdamW, 0.01)):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(7, 32), torch.nn.Mish(), torch.nn.Linear(32, 3))
+        ref, init = copy.deepcopy(net), copy.deepcopy(net)
+        opt = modzoo.utils.make_optimizer(net.parameters(), name, lr=1e-2, weight_decay=wd)
+        assert opt.defaults.get("fused")  # this torch (>= 2.4) has the CPU kernel
+        ref_opt = cls(ref.parameters(), lr=1e-2, weight_decay=wd, foreach=False)
+        for step in range(20):
+            x = torch.randn(16, 7, generator=torch.Generator().manual_seed(step))
+            for m, o in ((net, opt), (ref, ref_opt)):
+                o.zero_grad(set_to_none=True)
+                m(x).square().mean().backward()
+                o.step()
+        for a, b in zip(net.parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        assert (net[0].weight - init[0].weight).abs().max() > 1e-2  # the steps did move the weights
