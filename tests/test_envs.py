@@ -108,3 +108,32 @@ def test_short_expert_rollout(robot: str) -> None:
         total += r
         assert not term, f"{robot} expert fell"
     assert total > 300.0, f"{robot} expert earned only {total:.1f} in 300 steps"
+
+
+def test_behaviour_training_resumes_and_exports(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SAC behaviour training: checkpoints, resumes, and its exported actor (plain torch, loaded with
+    weights_only=True) acts exactly like SB3's deterministic policy."""
+    pytest.importorskip("stable_baselines3")
+    import json
+
+    from stable_baselines3 import SAC
+
+    from modzoo.behaviour import TorchActorPolicy, TrainConfig, export_choice, train_behaviour
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(total_steps=160, eval_every=80, eval_episodes=1, learning_starts=40)
+    train_behaviour("hopper", run, cfg, log=lambda s: None)
+    cfg.total_steps = 240
+    train_behaviour("hopper", run, cfg, log=lambda s: None)  # resumes from model.zip + replay chunks
+    steps = [json.loads(line)["step"] for line in (run / "progress.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] >= 240 and len(steps) == 3
+    n_chunks = sum(len(np.load(c)["rewards"]) for c in (run / "replay").glob("chunk_*.npz"))
+    assert n_chunks == steps[-1]
+    out = export_choice("hopper", run, tmp_path / "assets", medium_return=0.0, episodes=1)
+    assert set(out) == {"expert", "medium"}
+    pol = TorchActorPolicy(out["expert"])
+    assert pol.meta["which"] == "expert" and "eval_mean" in pol.meta
+    model = SAC.load(run / "model.zip", device="cpu")
+    last = TorchActorPolicy(run / "snapshots" / f"step_{steps[-1]}.pt")
+    obs = np.random.default_rng(0).standard_normal((4, 15)).astype(np.float32)
+    np.testing.assert_allclose(last(obs), model.predict(obs, deterministic=True)[0], atol=1e-5)
