@@ -7,6 +7,7 @@ terminates, so every episode is the full 1000 steps in both variants.
 
     pytest benchmarks/bench_eval.py --benchmark-only -p no:cacheprovider -o addopts=""
     python benchmarks/bench_eval.py            # prints both times and the ratio (docs/datasets.md)
+    python benchmarks/bench_eval.py --profile  # one act_fn call for 1 vs 10 states
 
 Environment: BENCH_EPISODES (default 10), BENCH_MAX_STEPS (default 1000), BENCH_THREADS (default 1).
 """
@@ -69,7 +70,29 @@ def test_eval_sequential(benchmark) -> None:  # type: ignore[no-untyped-def]
     assert (res.lengths == MAX_STEPS).all()
 
 
+def profile_calls(seconds: float = 3.0) -> None:
+    """Cost of one act_fn call for 1 state vs 10 states: bounds what batching can gain."""
+    act = make_act_fn()
+    obs_dim, _ = env_dims(TASK)
+    per = {}
+    for n in (1, 10):
+        o = np.random.default_rng(0).standard_normal((n, obs_dim)).astype(np.float32)
+        act(o)
+        t, k = time.perf_counter(), 0
+        while time.perf_counter() - t < seconds:
+            act(o)
+            k += 1
+        per[n] = (time.perf_counter() - t) / k
+        print(f"act_fn with {n:2d} states ({n * CANDIDATES} candidates): {per[n] * 1e3:.1f} ms per call")
+    print(f"batched cost per state / single-state cost = {per[10] / 10 / per[1]:.2f}")
+
+
 def main() -> None:
+    import sys
+
+    if "--profile" in sys.argv:
+        profile_calls()
+        return
     act = make_act_fn()
     t0 = time.perf_counter()
     evaluate_policy(act, TASK, episodes=EPISODES, seed=0, max_steps=MAX_STEPS)
