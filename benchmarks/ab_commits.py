@@ -3,7 +3,9 @@
 On a shared machine, figures from two separate runs compare the load more than the code. Here each revision
 is exported (``git archive``, no change to the repository) into a temporary directory, one worker process per
 revision imports *that* modzoo, and the driver asks them in turn for short timed blocks of each case
-(A, B, B, A, ...): the median of the per-round ratios is the speed-up.
+(A, B, B, A, ...): the median of the per-round ratios is the speed-up. Both wall time and the workers' CPU time
+(``time.process_time``) are reported: with one intra-op thread the CPU time excludes the time spent waiting
+for a core, so it is the steadier of the two on a loaded machine (it still sees cache and SMT contention).
 
     python benchmarks/ab_commits.py --a HEAD~1 --b HEAD
     python benchmarks/ab_commits.py --a HEAD --b WORKTREE --cases joint_dql,act_dql_1x50 --rounds 11
@@ -45,10 +47,10 @@ for line in sys.stdin:
     if name not in fns:
         fns[name] = case(name)
     f = fns[name]
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(n):
         f()
-    print(json.dumps({"s": (time.perf_counter() - t0) / n}), flush=True)
+    print(json.dumps({"s": (time.perf_counter() - t0) / n, "cpu": (time.process_time() - c0) / n}), flush=True)
 """
 
 
@@ -90,11 +92,13 @@ class Worker:
             raise RuntimeError(f"worker exited (code {self.p.wait()})")
         return line
 
-    def time(self, case: str, n: int) -> float:
+    def time(self, case: str, n: int) -> tuple[float, float]:
+        """(wall, CPU) seconds per call of ``case`` over ``n`` calls."""
         assert self.p.stdin is not None
         self.p.stdin.write(json.dumps({"case": case, "n": n}) + "\n")
         self.p.stdin.flush()
-        return float(json.loads(self._line())["s"])
+        out = json.loads(self._line())
+        return float(out["s"]), float(out["cpu"])
 
     def close(self) -> None:
         if self.p.stdin:
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         wb = Worker(export_revision(a.b, Path(tmp) / "b"), a.threads)
         try:
             for c in cases:
-                one = min(wa.time(c, 1), wb.time(c, 1))  # builds and warms up the case in both workers
+                one = min(wa.time(c, 1)[0], wb.time(c, 1)[0])  # builds and warms up the case in both workers
                 n = a.repeat or max(1, min(200, int(0.3 / max(one, 1e-6))))
                 ta, tb, loads = [], [], []
                 for r in range(a.rounds):
@@ -148,12 +152,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         tb.append(wb.time(c, n))
                         ta.append(wa.time(c, n))
                     loads.append(os.getloadavg()[0])
-                ratio = median([x / y for x, y in zip(ta, tb)])
-                results["cases"][c] = {"a_ms": median(ta) * 1e3, "b_ms": median(tb) * 1e3, "speedup": ratio,
-                                       "calls_per_block": n, "load_min": min(loads), "load_max": max(loads)}
-                print(f"{c:16s} A {median(ta) * 1e3:9.3f} ms  B {median(tb) * 1e3:9.3f} ms  speed-up "
-                      f"{ratio:5.2f}x  ({a.rounds} rounds x {n} calls, load {min(loads):.2f}-{max(loads):.2f})",
-                      flush=True)
+                wall = median([x[0] / y[0] for x, y in zip(ta, tb)])
+                cpu = median([x[1] / y[1] for x, y in zip(ta, tb)])
+                row = {"a_ms": median([x[0] for x in ta]) * 1e3, "b_ms": median([x[0] for x in tb]) * 1e3,
+                       "a_cpu_ms": median([x[1] for x in ta]) * 1e3, "b_cpu_ms": median([x[1] for x in tb]) * 1e3,
+                       "speedup": wall, "speedup_cpu": cpu, "rounds": a.rounds, "calls_per_block": n,
+                       "load_min": min(loads), "load_max": max(loads)}
+                results["cases"][c] = row
+                print(f"{c:16s} wall A {row['a_ms']:9.3f} B {row['b_ms']:9.3f} ms {wall:5.2f}x | CPU A "
+                      f"{row['a_cpu_ms']:9.3f} B {row['b_cpu_ms']:9.3f} ms {cpu:5.2f}x | {a.rounds}x{n} calls, "
+                      f"load {min(loads):.2f}-{max(loads):.2f}", flush=True)
         finally:
             wa.close()
             wb.close()

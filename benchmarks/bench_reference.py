@@ -20,7 +20,8 @@ What is timed, on the same synthetic hopper-shaped data (obs 15, act 3, batch 25
 
 Both agents' step counters start at 1000 so that both run in the EMA-updating regime the whole time. The
 variants take turns in short blocks (order reversed every round) and the medians over rounds are compared;
-the load average is printed with every round, because this is a shared machine.
+the load average is printed with every round, because this is a shared machine. Ratios are given on wall time
+and on process CPU time (``time.process_time``; with one thread it leaves out time spent waiting for a core).
 """
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for f in (ref_train, mz_train, ref_act, mz_act):  # warm-up (allocator, first-call costs)
         f()
     res: dict[str, list[float]] = {"ref_train": [], "mz_train": [], "ref_act": [], "mz_act": []}
+    cpu: dict[str, list[float]] = {k: [] for k in res}
     fns = {"ref_train": ref_train, "mz_train": mz_train, "ref_act": ref_act, "mz_act": mz_act}
     loads = []
     for r in range(a.rounds):
@@ -129,9 +131,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if r % 2:
             order = ["mz_train", "ref_train", "mz_act", "ref_act"]
         for k in order:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fns[k]()
             res[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
         loads.append(os.getloadavg()[0])
         n_t, n_a = a.train_iters, a.act_iters
         print(f"round {r}: train ref {n_t / res['ref_train'][-1]:6.2f} modzoo {n_t / res['mz_train'][-1]:6.2f} "
@@ -140,15 +143,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rate = {k: (a.train_iters if "train" in k else a.act_iters) / median(v) for k, v in res.items()}
     ratio_t = median([r / m for r, m in zip(res["ref_train"], res["mz_train"])])
     ratio_a = median([r / m for r, m in zip(res["ref_act"], res["mz_act"])])
+    cpu_t = median([r / m for r, m in zip(cpu["ref_train"], cpu["mz_train"])])
+    cpu_a = median([r / m for r, m in zip(cpu["ref_act"], cpu["mz_act"])])
+    per = {k: median(v) / (a.train_iters if "train" in k else a.act_iters) * 1e3 for k, v in cpu.items()}
     out = {**info, "rounds": a.rounds, "train_iters": a.train_iters, "act_iters": a.act_iters,
            "lr_decay": a.lr_decay, "load_per_round": loads,
            "ref_steps_per_s": rate["ref_train"], "modzoo_steps_per_s": rate["mz_train"],
            "ref_actions_per_s": rate["ref_act"], "modzoo_actions_per_s": rate["mz_act"],
-           "train_ratio": ratio_t, "act_ratio": ratio_a}
+           "train_ratio": ratio_t, "act_ratio": ratio_a, "train_ratio_cpu": cpu_t, "act_ratio_cpu": cpu_a,
+           "cpu_ms_per_call": per}
     print(f"median: training ref {rate['ref_train']:.2f} steps/s, modzoo {rate['mz_train']:.2f} steps/s, "
           f"ratio {ratio_t:.2f}x (median of per-round ratios)")
     print(f"median: selection ref {rate['ref_act']:.1f} actions/s, modzoo {rate['mz_act']:.1f} actions/s, "
           f"ratio {ratio_a:.2f}x; load average {min(loads):.2f}-{max(loads):.2f}")
+    print(f"CPU time per call: training ref {per['ref_train']:.1f} ms, modzoo {per['mz_train']:.1f} ms, ratio "
+          f"{cpu_t:.2f}x; selection ref {per['ref_act']:.2f} ms, modzoo {per['mz_act']:.2f} ms, ratio {cpu_a:.2f}x")
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     return out
