@@ -129,6 +129,9 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
         write_summary(s)
         return {"key": s.key, "status": "skipped"}
     run = dict(s.run)
+    Path(s.out).mkdir(parents=True, exist_ok=True)
+    if not _take_lock(Path(s.out)):
+        return {"key": s.key, "status": "busy"}
     (Path(s.out) / "FAILED").unlink(missing_ok=True)
     t0 = time.time()
     try:
@@ -141,8 +144,34 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
         Path(s.out).mkdir(parents=True, exist_ok=True)
         (Path(s.out) / "FAILED").write_text(f"{type(e).__name__}: {e}\n")
         raise
+    finally:
+        (Path(s.out) / "LOCK").unlink(missing_ok=True)
     write_summary(s)
     return {"key": s.key, "status": "ok", "seconds": time.time() - t0, "normalized": result.normalized_score}
+
+
+def _take_lock(run_dir: Path) -> bool:
+    """One process per run dir: a second grid (or an orphaned worker of an interrupted one) must not train into
+    the same directory. A lock whose process is gone is stale and taken over."""
+    import os
+    lock = run_dir / "LOCK"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+                return False  # alive: someone else is training this run
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
 
 
 def write_summary(s: RunSpec) -> None:

@@ -103,3 +103,21 @@ def test_shipped_experiments_plan():
         exp = load_experiment(name)
         assert len(plan(exp)) == n
     assert load_experiment("gfdt-paper").budget.policy_steps == 200000
+
+
+def test_a_run_dir_is_trained_by_one_process_at_a_time(tmp_path):
+    import os
+    from dataclasses import asdict
+
+    from modzoo.experiment import RunSpec, execute_run
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "LOCK").write_text(str(os.getpid()))  # a live process holds it
+    spec = RunSpec(task=TASK, arm="a", seed=0, out=str(out), guidance="idql", policy="idql", schedule="joint")
+    assert execute_run(asdict(spec))["status"] == "busy"
+    assert not (out / "config.yaml").exists()
+    (out / "LOCK").write_text("999999999")  # a dead process's lock is stale and taken over
+    from modzoo.errors import DatasetError
+    with pytest.raises(DatasetError):  # ... so the run starts, then fails on its missing dataset
+        execute_run(asdict(spec) | {"run": {"dataset": str(tmp_path / "missing.hdf5")}})
+    assert not (out / "LOCK").exists() and (out / "FAILED").exists()
