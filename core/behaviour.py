@@ -33,8 +33,14 @@ Policy = Callable[[np.ndarray], np.ndarray]
 
 #: pybullet's bundled experts that work on the gymnasium envs (measured, see docs/datasets.md).
 PYBULLET_EXPERTS = {"hopper": "HopperBulletEnv", "ant": "AntBulletEnv"}
-#: Where committed SAC actors live (package data), one file per robot and snapshot name.
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "behaviour"
+#: Where committed SAC actors live: package data, flat (``behaviour-<robot>-<which>.pt``) because the
+#: package-data glob ``assets/*`` does not descend into subdirectories.
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def actor_filename(robot: str, which: str) -> str:
+    """File name of an exported actor, in the assets and in any ``--behaviour-dir``/``--export-to``."""
+    return f"behaviour-{robot}-{which}.pt"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -363,7 +369,7 @@ def snapshot_near(run_dir: str | os.PathLike[str], target_return: float, max_ste
 def committed_actor(robot: str, which: str) -> Path:
     """Path of a committed SAC actor (``which`` in {"expert", "medium"}) in the package assets."""
     robot = robot_of(robot)
-    p = ASSET_DIR / f"{robot}-{which}.pt"
+    p = ASSET_DIR / actor_filename(robot, which)
     if not p.is_file():
         raise EnvError(f"no committed {which} behaviour policy for {robot} ({p}): train one with `modzoo data train-behaviour {robot}`")
     return p
@@ -379,7 +385,7 @@ def export_choice(
 ) -> dict[str, Path]:
     """Pick a run's expert (best evaluated snapshot) and medium (evaluation return nearest
     ``medium_return``, default d4rl-pybullet's medium return) snapshots, re-evaluate each on ``episodes``
-    episodes, and write them as ``<robot>-expert.pt`` / ``<robot>-medium.pt`` in ``export_dir`` with the
+    episodes, and write them as ``behaviour-<robot>-{expert,medium}.pt`` in ``export_dir`` with the
     evaluation in their metadata (collection records it in the dataset's recipe)."""
     import torch
 
@@ -394,7 +400,7 @@ def export_choice(
         blob = torch.load(snap, map_location="cpu", weights_only=True)
         blob["meta"] = {**blob["meta"], "which": which, "eval_mean": float(rets.mean()), "eval_std": float(rets.std()),
                         "eval_episodes": episodes, "source": str(snap)}
-        dst = export_dir / f"{robot}-{which}.pt"
+        dst = export_dir / actor_filename(robot, which)
         tmp = dst.with_name(dst.name + ".tmp")
         torch.save(blob, tmp)
         os.replace(tmp, dst)

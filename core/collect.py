@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .behaviour import ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy, load_pybullet_expert
+from .behaviour import ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy, actor_filename, load_pybullet_expert
 from .data import dataset_path, write_d4rl_file
 from .envs import env_dims, env_id, make_env, parse_task
 from .errors import DatasetError, EnvError
@@ -73,12 +73,13 @@ def behaviour_policy(robot: str, which: str, behaviour_dir: str | os.PathLike[st
     """The ``expert`` or ``medium`` base policy of ``robot`` and a description for the recipe.
 
     hopper/ant use pybullet's bundled expert for both (medium adds noise); halfcheetah/walker2d load
-    exported SAC actors ``<robot>-<which>.pt`` from ``behaviour_dir`` (default: the committed assets).
+    exported SAC actors ``behaviour-<robot>-<which>.pt`` from ``behaviour_dir`` (default: the committed
+    assets in ``modzoo/assets``).
     """
     if robot in PYBULLET_EXPERTS:
         return load_pybullet_expert(robot), f"pybullet enjoy_TF_{PYBULLET_EXPERTS[robot]}_v0_2017may expert (numpy MLP 128-64)"
     d = Path(behaviour_dir) if behaviour_dir else ASSET_DIR
-    p = d / f"{robot}-{which}.pt"
+    p = d / actor_filename(robot, which)
     if not p.is_file():
         raise EnvError(
             f"no {which} behaviour policy for {robot} at {p}: train one with `modzoo data train-behaviour {robot}` "

@@ -99,7 +99,7 @@ def test_short_expert_rollout(robot: str) -> None:
         try:
             policy, _ = behaviour_policy(robot, "expert")
         except EnvError:
-            pytest.skip(f"no committed SAC expert for {robot} yet (core/assets/behaviour/{robot}-expert.pt)")
+            pytest.skip(f"no committed SAC expert for {robot} yet (core/assets/behaviour-{robot}-expert.pt)")
     env = make_env(robot, seed=0)
     obs, _ = env.reset(seed=0)
     total = 0.0
