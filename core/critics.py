@@ -43,6 +43,15 @@ class TwinCriticGuidance(GuidanceModule):
     def q_ensemble(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return self.critic(obs, act)
 
+    @property
+    def num_q(self) -> int:
+        """Members in the critic ensemble."""
+        return self.critic.body.ensemble
+
+    def q_members(self, obs: torch.Tensor, act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``q_ensemble(obs, act)[idx]`` computing only those members (``idx``: 1-D index tensor): (len(idx), B)."""
+        return self.critic.members(obs, act, idx)
+
     def q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return self.target_q(obs, act)
 

@@ -214,6 +214,20 @@ class EnsembleMLP(nn.Module):
             x = x.unsqueeze(0).expand(self.ensemble, -1, -1)
         return self.net(x)
 
+    def forward_members(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``forward(x)[idx]`` for a 1-D index tensor, computing only those members: a loss that uses some
+        members (Diffusion-QL's Q term differentiates one critic) pays neither the others' forward nor their
+        backward. Indexing stays on the device (no host sync). Input (B, in); output (len(idx), B, out)."""
+        x = x.unsqueeze(0).expand(idx.shape[0], -1, -1)
+        for layer in self.net:
+            if isinstance(layer, EnsembleLinear):
+                x = torch.baddbmm(layer.bias.index_select(0, idx), x, layer.weight.index_select(0, idx))
+            elif isinstance(layer, _EnsembleLayerNorm):
+                x = F.layer_norm(x, (layer.dim,)) * layer.weight.index_select(0, idx) + layer.bias.index_select(0, idx)
+            else:
+                x = layer(x)
+        return x
+
 
 class _EnsembleLayerNorm(nn.Module):
     def __init__(self, ensemble: int, dim: int) -> None:
@@ -236,6 +250,10 @@ class EnsembleQ(nn.Module):
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return self.body(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+    def members(self, obs: torch.Tensor, act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Q of the members ``idx`` only: (len(idx), B), equal to ``forward(obs, act)[idx]``."""
+        return self.body.forward_members(torch.cat([obs, act], dim=-1), idx).squeeze(-1)
 
 
 class ValueNet(nn.Module):

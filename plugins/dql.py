@@ -104,11 +104,20 @@ class DQLPolicy(DDPMPolicy):
         loss = bc
         if guidance is not None and eta > 0:
             new_act = self.diffusion.sample(obs, generator=self.gen())  # live actor, grad through the chain
-            qs = guidance.q_ensemble(obs, new_act)
-            order = torch.randperm(qs.shape[0], device=obs.device, generator=self.gen())
-            if qs.shape[0] == 1:
-                order = torch.zeros(2, dtype=torch.long, device=obs.device)
-            q_loss = normalized_q_loss(qs, order)
+            if getattr(guidance, "q_members", None) is not None and guidance.num_q >= 2:
+                # Only critic i is differentiated and critic j only normalizes (detached), so evaluate just
+                # those two, and j without a graph: the same loss without the backward through j.
+                order = torch.randperm(guidance.num_q, device=obs.device, generator=self.gen())
+                qa = guidance.q_members(obs, new_act, order[:1])
+                with torch.no_grad():
+                    qb = guidance.q_members(obs, new_act, order[1:2])
+                q_loss = -qa.mean() / qb.abs().mean()
+            else:
+                qs = guidance.q_ensemble(obs, new_act)
+                order = torch.randperm(qs.shape[0], device=obs.device, generator=self.gen())
+                if qs.shape[0] == 1:
+                    order = torch.zeros(2, dtype=torch.long, device=obs.device)
+                q_loss = normalized_q_loss(qs, order)
             loss = bc + eta * q_loss
             out["q_loss"] = q_loss.detach()
         self.optimize(loss)

@@ -72,3 +72,23 @@ def test_fused_optimizers_equal_the_per_tensor_loop() -> None:
         for a, b in zip(net.parameters(), ref.parameters()):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
         assert (net[0].weight - init[0].weight).abs().max() > 1e-2  # the steps did move the weights
+
+
+def test_dql_q_term_on_two_members_equals_the_ensemble_loss() -> None:
+    """DQLPolicy's Q term through ``q_members`` (critic i with a graph, j without) gives the same update as
+    ``normalized_q_loss`` on the full ensemble forward; members() equals forward()[idx] also with LayerNorm."""
+    torch.manual_seed(0)
+    g1 = modzoo.make_guidance("dql", OBS, ACT, hidden=[16, 16], num_q=3, layer_norm=True)
+    p1 = modzoo.make_policy("dql", OBS, ACT, hidden=16)
+    g2, p2, p0 = copy.deepcopy(g1), copy.deepcopy(p1), copy.deepcopy(p1)
+    g2.q_members = None  # the generic path: q_ensemble + normalized_q_loss
+    batch = _batch(1)
+    obs, act = batch["observations"], batch["actions"]
+    idx = torch.tensor([2, 0])
+    torch.testing.assert_close(g1.q_members(obs, act, idx), g1.q_ensemble(obs, act)[idx])
+    for step in range(3):
+        m1, m2 = p1.update(_batch(step), g1), p2.update(_batch(step), g2)
+        torch.testing.assert_close(m1["q_loss"], m2["q_loss"])
+    for a, b in zip(p1.state_dict().values(), p2.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(p1.diffusion.model.net[0].weight, p0.diffusion.model.net[0].weight)  # it trained
