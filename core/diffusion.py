@@ -134,9 +134,8 @@ class GaussianDiffusion(nn.Module):
     def p_step(self, x: torch.Tensor, t: int, obs: torch.Tensor, noise: torch.Tensor | None,
                eps: torch.Tensor | None = None) -> torch.Tensor:
         """One reverse step x_t -> x_{t-1} (``noise`` is ignored at t = 0, as in DDPM)."""
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         if eps is None:
-            eps = self.model(x, tt, obs)
+            eps = self.model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), obs)
         if self.sampler == "posterior":
             x0 = (self.sqrt_recip_abar[t] * x - self.sqrt_recipm1_abar[t] * eps).clamp(-self.max_action,
                                                                                      self.max_action)
@@ -155,11 +154,17 @@ class GaussianDiffusion(nn.Module):
         energy guidance plug in here without a second sampler).
         """
         b = obs.shape[0]
+        # A denoiser may precompute what the T steps share (the state's part of its first layer, the T time
+        # embeddings): see MLPDenoiser.chain_context. Same function, less work per step.
+        chain_context = getattr(self.model, "chain_context", None) if guide is None else None
+        ctx = chain_context(obs, self.T) if chain_context is not None else None
         x = torch.randn((b, self.act_dim), device=obs.device, generator=generator)
         for t in reversed(range(self.T)):
             noise = torch.randn((b, self.act_dim), device=obs.device, generator=generator) if t > 0 else None
             eps = None
             if guide is not None:
                 eps = guide(x, torch.full((b,), t, device=obs.device, dtype=torch.long), obs)
+            elif ctx is not None:
+                eps = self.model.chain_step(x, t, ctx)
             x = self.p_step(x, t, obs, noise, eps=eps)
         return x.clamp(-self.max_action, self.max_action)

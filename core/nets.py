@@ -6,6 +6,7 @@ a twin Q costs one forward instead of two.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -133,6 +134,32 @@ class MLPDenoiser(Denoiser):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
         return self.net(torch.cat(parts, dim=-1))
 
+    def chain_context(self, obs: torch.Tensor, T: int) -> tuple[torch.Tensor, ...] | None:
+        """The state's and each step's share of the first layer, computed once for a whole reverse chain.
+
+        W [a; e_t; s] + b = W_a a + W_e e_t + (W_s s + b): the T steps of a chain share s, and e_t takes only T
+        values, so :meth:`chain_step` multiplies only the act_dim action columns per step and the time MLP runs
+        on T rows instead of T x B. The same function (float rounding of the split sum aside); gradients reach
+        every weight as through ``forward``. None with a condition input (that path keeps ``forward``).
+        """
+        if hasattr(self, "label_emb"):
+            return None
+        first = self.net[0]
+        t_dim = self.time_mlp[-1].out_features
+        a = first.in_features - t_dim - obs.shape[-1]
+        w = first.weight
+        state = F.linear(obs, w[:, a + t_dim:], first.bias)
+        steps = F.linear(self.time_mlp(torch.arange(T, device=obs.device)), w[:, a:a + t_dim])
+        return w[:, :a], state, steps
+
+    def chain_step(self, x: torch.Tensor, t: int, ctx: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``forward(x, full(t), obs)`` given ``chain_context(obs, T)``."""
+        w_a, state, steps = ctx
+        h = torch.addmm(state + steps[t], x, w_a.t())
+        for layer in itertools.islice(self.net, 1, None):
+            h = layer(h)
+        return h
+
 
 class ResidualBlock(nn.Module):
     """IDQL's MLPResNet block: x + W2 act(W1 LN(dropout(x))), inner width 4x."""
@@ -173,6 +200,21 @@ class LNResNetDenoiser(Denoiser):
         if hasattr(self, "label_emb"):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
         h = self.inp(torch.cat(parts, dim=-1))
+        return self.out(self.act(self.blocks(h)))
+
+    def chain_context(self, obs: torch.Tensor, T: int) -> tuple[torch.Tensor, ...] | None:
+        """As :meth:`MLPDenoiser.chain_context`: the time encoder on T rows, the state's share of the input
+        layer once per chain."""
+        if hasattr(self, "label_emb"):
+            return None
+        c = self.cond(self.time_enc(torch.arange(T, device=obs.device)))
+        ch, o, w = c.shape[-1], obs.shape[-1], self.inp.weight
+        return w[:, ch + o:], F.linear(obs, w[:, ch:ch + o], self.inp.bias), F.linear(c, w[:, :ch])
+
+    def chain_step(self, x: torch.Tensor, t: int, ctx: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``forward(x, full(t), obs)`` given ``chain_context(obs, T)``."""
+        w_a, state, steps = ctx
+        h = torch.addmm(state + steps[t], x, w_a.t())
         return self.out(self.act(self.blocks(h)))
 
 

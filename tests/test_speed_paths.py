@@ -92,3 +92,32 @@ def test_dql_q_term_on_two_members_equals_the_ensemble_loss() -> None:
     for a, b in zip(p1.state_dict().values(), p2.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert not torch.equal(p1.diffusion.model.net[0].weight, p0.diffusion.model.net[0].weight)  # it trained
+
+
+def test_chain_context_steps_equal_the_plain_denoiser_and_sampler() -> None:
+    """chain_context/chain_step (the state's and time's share of the first layer computed once per chain) give
+    forward()'s eps at every step, and the sampler the same actions and gradients as without them."""
+    from modzoo.diffusion import GaussianDiffusion
+    from modzoo.nets import LNResNetDenoiser, MLPDenoiser
+
+    torch.manual_seed(0)
+    obs = torch.randn(B, OBS) * 2
+    for net in (MLPDenoiser(OBS, ACT, hidden=32), LNResNetDenoiser(OBS, ACT, hidden=32, dropout=0.0)):
+        x = torch.randn(B, ACT)
+        ctx = net.chain_context(obs, 5)
+        for t in range(5):
+            torch.testing.assert_close(net.chain_step(x, t, ctx), net(x, torch.full((B,), t), obs))
+        d = GaussianDiffusion(net, ACT, T=5, sampler="posterior")
+        plain = copy.deepcopy(d)
+        plain.model.chain_context = lambda *a: None  # the per-step forward path
+        outs = []
+        for model in (d, plain):
+            model.zero_grad()
+            a = model.sample(obs, generator=torch.Generator().manual_seed(3))
+            a.square().sum().backward()
+            outs.append((a.detach(), [p.grad for p in model.parameters()]))
+        torch.testing.assert_close(outs[0][0], outs[1][0])
+        for ga, gb in zip(outs[0][1], outs[1][1]):
+            torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
+    cond = MLPDenoiser(OBS, ACT, hidden=32, cond_dim=1)
+    assert cond.chain_context(obs, 5) is None  # condition inputs keep the plain path
