@@ -121,3 +121,58 @@ def test_chain_context_steps_equal_the_plain_denoiser_and_sampler() -> None:
             torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
     cond = MLPDenoiser(OBS, ACT, hidden=32, cond_dim=1)
     assert cond.chain_context(obs, 5) is None  # condition inputs keep the plain path
+
+
+class _HostRead(RuntimeError):
+    pass
+
+
+def _no_host_reads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Make every way of reading a tensor's value on the host raise (on a GPU each would be a sync)."""
+    def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise _HostRead("host read of a tensor inside a training step")
+    for name in ("item", "tolist", "numpy", "__int__", "__float__", "__bool__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+
+
+def test_training_steps_read_nothing_back_to_the_host(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The joint DQL step and the IQL/IDQL updates run without host reads of tensors (the EMA schedule counts
+    steps on the host; metrics stay tensors), so on a GPU they queue without syncing."""
+    torch.manual_seed(0)
+    pairs = [(modzoo.make_guidance("dql", OBS, ACT, hidden=[16, 16]),
+              modzoo.make_policy("dql", OBS, ACT, hidden=16, ema_start=1, ema_every=2)),
+             (modzoo.make_guidance("idql", OBS, ACT, hidden=[16, 16], reward_norm="none"),
+              modzoo.make_policy("idql", OBS, ACT, hidden=16))]
+    for g, p in pairs:
+        g.update(_batch(0), p)
+        p.update(_batch(0), g)  # first step may read the counter once
+    with monkeypatch.context() as m:
+        _no_host_reads(m)
+        for g, p in pairs:
+            for step in range(4):
+                g.update(_batch(step), p)
+                p.update(_batch(step), g)
+    assert all(p.steps == 5 and g.steps == 5 for g, p in pairs)
+    # the check itself works: a host read does raise inside the context
+    with monkeypatch.context() as m:
+        _no_host_reads(m)
+        try:
+            int(torch.ones(()))
+        except _HostRead:
+            pass
+        else:
+            raise AssertionError("host reads are not intercepted")
+
+
+def test_host_step_count_follows_loads_and_fills() -> None:
+    """The host-side count the EMA schedule uses is re-read when the counter changes outside optimize."""
+    p = modzoo.make_policy("dql", OBS, ACT, hidden=16)
+    p.update(_batch(0))
+    assert p._host_steps() == 1
+    p._steps.fill_(1000)
+    assert p._host_steps() == 1000
+    q = modzoo.make_policy("dql", OBS, ACT, hidden=16)
+    q.update(_batch(0))
+    q.update(_batch(1))
+    q.load_state_dict(p.state_dict())
+    assert q._host_steps() == 1000
