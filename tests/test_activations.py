@@ -95,3 +95,16 @@ def test_config_mish_is_the_fast_one_and_nets_agree() -> None:
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_first_use_under_inference_mode_then_training() -> None:
+    """The cached constants made on first use inside inference mode still serve a later training step."""
+    from modzoo import activations
+    activations._CONSTS.clear()
+    with torch.inference_mode():
+        mish(torch.randn(8, 8, dtype=torch.float64))
+    x = torch.randn(8, 8, dtype=torch.float64, requires_grad=True)
+    mish(x).sum().backward()
+    xr = x.detach().clone().requires_grad_(True)
+    F.mish(xr).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
