@@ -22,7 +22,7 @@ def test_values_and_gradients_match_torch_mish(dtype: torch.dtype, tol: float) -
     x = _wide(dtype).requires_grad_(True)
     xr = x.detach().clone().requires_grad_(True)
     y = mish(x)
-    assert y.grad_fn is not None and "MishFunction" in type(y.grad_fn).__name__  # the hand-written backward
+    assert y.grad_fn is not None and "MishEager" in type(y.grad_fn).__name__  # the hand-written backward
     g = torch.randn(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
     y.backward(g)
     yr = F.mish(xr)
@@ -108,3 +108,15 @@ def test_first_use_under_inference_mode_then_training() -> None:
     xr = x.detach().clone().requires_grad_(True)
     F.mish(xr).sum().backward()
     torch.testing.assert_close(x.grad, xr.grad)
+
+
+def test_forward_mode_ad_outside_torch_func() -> None:
+    import torch.autograd.forward_ad as fwAD
+    x = torch.randn(50, dtype=torch.float64) * 6
+    t = torch.randn(50, dtype=torch.float64)
+    out = []
+    for fn in (mish, F.mish):
+        with fwAD.dual_level():
+            y = fn(fwAD.make_dual(x.clone().requires_grad_(True), t))
+            out.append(fwAD.unpack_dual(y).tangent)
+    torch.testing.assert_close(out[0], out[1])
