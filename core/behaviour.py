@@ -298,9 +298,8 @@ def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfi
         _save_chunk(model.replay_buffer, pos0, full0, run_dir / "replay" / f"chunk_{step}.npz")
         snap = run_dir / "snapshots" / f"step_{step}.pt"
         export_sb3_actor(model, snap, {"robot": robot, "step": step, "algo": "sb3-SAC", "seed": cfg.seed})
-        from .behaviour import TorchActorPolicy as _T  # local: same module, keeps the export round trip honest
-
-        rets = rollout_returns(_T(snap), robot, cfg.eval_episodes, seed=10_000)
+        # Evaluate the exported file, not the SB3 model: the numbers then describe the artifact collected from.
+        rets = rollout_returns(TorchActorPolicy(snap), robot, cfg.eval_episodes, seed=10_000)
         tmp = run_dir / "model.zip.tmp.zip"
         model.save(tmp)
         os.replace(tmp, model_path)

@@ -33,7 +33,7 @@ import numpy as np
 
 from .behaviour import ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy, actor_filename, load_pybullet_expert
 from .data import dataset_path, write_d4rl_file
-from .envs import env_dims, env_id, make_env, parse_task
+from .envs import env_id, make_env, parse_task
 from .errors import DatasetError, EnvError
 from .scores import normalized_score
 
