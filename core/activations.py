@@ -55,6 +55,37 @@ def _parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return s, d, w.div_(d)
 
 
+# Tensors of more than _SLICE_ABOVE elements are processed in slices of _CHUNK: each of the formula's passes
+# then works on operands that stay in the L2 cache (64k float32 = 256 KB), and no full-size temporaries are
+# allocated. Alone, on a 12800 x 256 tensor (50 states x 256 candidates), the unsliced form measured slower than
+# F.mish and the sliced one about 4x faster than unsliced; in that whole selection call 1.37x. At 2500 x 256 it
+# measured neutral, and up to ~256k elements no better (noise either way), so smaller tensors keep the plain path.
+_CHUNK = 1 << 16
+_SLICE_ABOVE = 1 << 18
+
+
+def _parts_into(x: torch.Tensor, s: torch.Tensor, d: torch.Tensor, r: torch.Tensor) -> None:
+    """``_parts`` written into given tensors shaped like x."""
+    two = _consts(x)[1]
+    torch.sigmoid(x, out=s)
+    torch.sub(two, s, out=r).mul_(s)
+    torch.sub(two, r, out=d)
+    r.div_(d)
+
+
+def _mish_nograd(x: torch.Tensor) -> torch.Tensor:
+    if x.numel() <= _SLICE_ABOVE:
+        _, _, r = _parts(x)
+        return r.mul_(x)
+    xf = x.reshape(-1)
+    y = torch.empty_like(xf)
+    for i in range(0, xf.numel(), _CHUNK):
+        xc = xf[i:i + _CHUNK]
+        _, _, r = _parts(xc)
+        torch.mul(r, xc, out=y[i:i + _CHUNK])
+    return y.view(x.shape)
+
+
 def _derivative(x: torch.Tensor) -> torch.Tensor:
     """mish'(x) from differentiable out-of-place ops (the path ``create_graph=True`` takes)."""
     s = torch.sigmoid(x)
@@ -65,11 +96,20 @@ def _derivative(x: torch.Tensor) -> torch.Tensor:
 
 
 def _backward(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, d: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """g mish'(x) from the forward's s, 2 - w and tanh(softplus)."""
+    """g mish'(x) from the forward's s, 2 - w and tanh(softplus) (flat, sliced, when x is large)."""
     if torch.is_grad_enabled():  # create_graph=True: keep the graph of the derivative itself
         return g * _derivative(x)
-    v = torch.sub(_consts(x)[0], s).div_(d)  # (1 - s) / (2 - w)
-    return torch.addcmul(r, v.mul_(v).mul_(s), x, value=4) * g
+    one = _consts(x)[0]
+    if x.numel() <= _SLICE_ABOVE:
+        v = torch.sub(one, s).div_(d)  # (1 - s) / (2 - w)
+        return torch.addcmul(r, v.mul_(v).mul_(s), x, value=4) * g
+    xf, gf = x.reshape(-1), g.reshape(-1)
+    out = torch.empty_like(xf)
+    for i in range(0, xf.numel(), _CHUNK):
+        sl = slice(i, i + _CHUNK)
+        v = torch.sub(one, s[sl]).div_(d[sl])
+        torch.mul(torch.addcmul(r[sl], v.mul_(v).mul_(s[sl]), xf[sl], value=4), gf[sl], out=out[sl])
+    return out.view(x.shape)
 
 
 class _MishEager(torch.autograd.Function):
@@ -79,10 +119,19 @@ class _MishEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def, override]
-        s, d, r = _parts(x)
-        ctx.save_for_backward(x, s, d, r)
         ctx.save_for_forward(x)
-        return x * r
+        if x.numel() <= _SLICE_ABOVE:
+            s, d, r = _parts(x)
+            ctx.save_for_backward(x, s, d, r)
+            return x * r
+        xf = x.reshape(-1)
+        y, s, d, r = (torch.empty_like(xf) for _ in range(4))
+        for i in range(0, xf.numel(), _CHUNK):
+            sl = slice(i, i + _CHUNK)
+            _parts_into(xf[sl], s[sl], d[sl], r[sl])
+            torch.mul(xf[sl], r[sl], out=y[sl])
+        ctx.save_for_backward(x, s, d, r)
+        return y.view(x.shape)
 
     @staticmethod
     def jvp(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def, override]
@@ -136,8 +185,7 @@ def mish(x: torch.Tensor) -> torch.Tensor:
         return F.mish(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return _MishFunction.apply(x)[0] if _functorch_active() else _MishEager.apply(x)
-    _, d, r = _parts(x)
-    return r.mul_(x)
+    return _mish_nograd(x)
 
 
 class FastMish(nn.Module):

@@ -120,3 +120,21 @@ def test_forward_mode_ad_outside_torch_func() -> None:
             y = fn(fwAD.make_dual(x.clone().requires_grad_(True), t))
             out.append(fwAD.unpack_dual(y).tangent)
     torch.testing.assert_close(out[0], out[1])
+
+
+def test_large_tensors_are_processed_in_slices_with_the_same_result() -> None:
+    """Above _SLICE_ABOVE elements the work is sliced (cache-sized passes): same values and gradients as
+    F.mish, including a size that is no multiple of the slice and a non-contiguous input."""
+    from modzoo.activations import _CHUNK, _SLICE_ABOVE
+    for x0 in (torch.randn(_SLICE_ABOVE + 3 * _CHUNK + 123) * 6, (torch.randn(500, 700) * 6).t()):
+        assert x0.numel() > _SLICE_ABOVE
+        x = x0.clone().requires_grad_(True) if x0.is_contiguous() else x0.detach().requires_grad_(True)
+        xr = x0.detach().clone().requires_grad_(True)
+        g = torch.randn(x0.shape)
+        y = mish(x)
+        y.backward(g)
+        F.mish(xr).backward(g)
+        torch.testing.assert_close(y, F.mish(xr.detach()), atol=1e-5, rtol=0)
+        torch.testing.assert_close(x.grad, xr.grad, atol=1e-5, rtol=0)
+        with torch.inference_mode():
+            torch.testing.assert_close(mish(x0), y.detach(), atol=0, rtol=0)
