@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"torch {out['torch']}, {out['threads']} thread(s), {out['cpu']} x{out['cores']}, load {out['loadavg']}")
     print(f"modzoo joint DQL step (hopper shapes, batch {BATCH}, T=5): {flops / 1e9:.3f} GFLOP "
           f"({', '.join(f'{k} {v / 1e9:.3f}' for k, v in split.items())})")
+    halves = {k: count_flops(case(k))[0] for k in ("guidance_dql", "policy_dql")}
+    out["step_flops_by_half"] = halves
+    print(f"  of which DQLGuidance.update (target chain + target Q + critic fit) {halves['guidance_dql'] / 1e9:.3f}, "
+          f"DQLPolicy.update (BC + chain + Q term) {halves['policy_dql'] / 1e9:.3f} GFLOP")
     if a.reference_dir:
         ref_flops, ref_split = count_flops(reference_step(a.reference_dir))
         out.update(ref_step_flops=ref_flops, ref_step_flops_by_op=ref_split)
