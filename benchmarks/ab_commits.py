@@ -47,6 +47,12 @@ for line in sys.stdin:
     if name not in fns:
         fns[name] = case(name)
     f = fns[name]
+    if cmd.get("flops"):
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as fc:
+            f()
+        print(json.dumps({"flops": fc.get_total_flops()}), flush=True)
+        continue
     c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(n):
         f()
@@ -100,6 +106,13 @@ class Worker:
         out = json.loads(self._line())
         return float(out["s"]), float(out["cpu"])
 
+    def flops(self, case: str) -> int:
+        """Matmul FLOPs of one call of ``case`` (torch.utils.flop_counter, forward and backward as executed)."""
+        assert self.p.stdin is not None
+        self.p.stdin.write(json.dumps({"case": case, "n": 1, "flops": True}) + "\n")
+        self.p.stdin.flush()
+        return int(json.loads(self._line())["flops"])
+
     def close(self) -> None:
         if self.p.stdin:
             self.p.stdin.close()
@@ -119,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeat", type=int, default=0, help="calls per block (0: about 0.3 s per block)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--count-flops", action="store_true", help="also count each case's matmul FLOPs on both sides")
     a = ap.parse_args(argv)
     cases = [c for c in a.cases.split(",") if c]
     unknown = set(cases) - set(CASES)
@@ -158,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "a_cpu_ms": median([x[1] for x in ta]) * 1e3, "b_cpu_ms": median([x[1] for x in tb]) * 1e3,
                        "speedup": wall, "speedup_cpu": cpu, "rounds": a.rounds, "calls_per_block": n,
                        "load_min": min(loads), "load_max": max(loads)}
+                if a.count_flops:
+                    row["a_gflop"], row["b_gflop"] = wa.flops(c) / 1e9, wb.flops(c) / 1e9
+                    print(f"{c:16s} matmul FLOPs per call: A {row['a_gflop']:.3f} GFLOP, B {row['b_gflop']:.3f} GFLOP")
                 results["cases"][c] = row
                 print(f"{c:16s} wall A {row['a_ms']:9.3f} B {row['b_ms']:9.3f} ms {wall:5.2f}x | CPU A "
                       f"{row['a_cpu_ms']:9.3f} B {row['b_cpu_ms']:9.3f} ms {cpu:5.2f}x | {a.rounds}x{n} calls, "
