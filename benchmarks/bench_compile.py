@@ -6,8 +6,8 @@ against eager, alternating in one process; and Mish alone, compiled into one ker
 
 What is compiled: ``torch.compile(module, dynamic=False, mode=...)`` on the live and EMA denoisers, the critic
 and the target critic (the nets, where the FLOPs and the elementwise work are); the rest of the step (sampling
-loop, losses, optimizers) stays eager, because its explicit ``torch.Generator`` arguments break graphs. Compile
-time is printed; the timed blocks start after warm-up, so it is not counted. CPU time per call, 1 thread.
+loop, losses, optimizers) stays eager. Compile time is printed; the timed blocks start after warm-up, so it is
+not counted. CPU time per call, 1 thread.
 Result on this machine (docs/performance.md): no mode was faster, so modzoo keeps eager and offers no compile
 switch.
 """

@@ -41,6 +41,24 @@ def cpu_alternate(fns: dict[str, Callable[[], Any]], rounds: int, repeat: int) -
     return {k: median(v) for k, v in out.items()}
 
 
+def accuracy() -> str:
+    """Max |difference| of FastMish's values and gradients from F.mish's (float32) and from float64 truth,
+    over -100..100."""
+    x64 = torch.linspace(-100, 100, 400_001, dtype=torch.float64).requires_grad_(True)
+    F.mish(x64).sum().backward()
+    out = {}
+    for name, fn in (("FastMish", mish), ("F.mish", F.mish)):
+        x = x64.detach().float().requires_grad_(True)
+        y = fn(x)
+        y.sum().backward()
+        out[name] = ((y.double() - F.mish(x64.detach())).abs().max().item(),
+                     (x.grad.double() - x64.grad).abs().max().item(), y.detach(), x.grad)
+    fm, tm = out["FastMish"], out["F.mish"]
+    return (f"accuracy over -100..100 (float32): FastMish vs F.mish: values {(fm[2] - tm[2]).abs().max():.2e}, "
+            f"gradients {(fm[3] - tm[3]).abs().max():.2e}; against float64: FastMish values {fm[0]:.2e}, gradients "
+            f"{fm[1]:.2e}; F.mish values {tm[0]:.2e}, gradients {tm[1]:.2e}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -49,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(a.threads)
     info = machine()
     print(f"torch {info['torch']}, {info['threads']} thread(s), {info['cpu']} x{info['cores']}, load {info['loadavg']}")
+    print(accuracy())
     for rows in (50, 256, 1024):
         x = torch.randn(rows, 256) * 3
         xg = x.clone().requires_grad_(True)
