@@ -6,6 +6,13 @@ different algorithms mix. See README.md.
 """
 from __future__ import annotations
 
+import os as _os
+
+# Before torch is imported: idle OpenMP threads sleep instead of spinning. With the default (active) policy a
+# training step on a CPU shared with other processes ran up to 65x slower (docs/performance.md); with PASSIVE
+# the slowdown is gone. Only takes effect when modzoo is imported before torch (the CLI always is).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 from .errors import CheckpointError, ConfigError, DatasetError, EnvError, ModzooError, PluginError  # noqa: E402
