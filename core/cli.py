@@ -179,7 +179,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         path = write_report(load_experiment(args.name, args.overrides))
         print(f"wrote {path}")
         return 0
-    summary = run_experiment(args.name, args.overrides, backend=args.backend, workers=args.workers)
+    summary = run_experiment(args.name, args.overrides, backend=args.backend, workers=args.workers,
+                             train=not args.swaps_only)
     print(f"experiment {summary['experiment']}: {summary['runs']} runs, {summary['failed']} failed, "
           f"{summary['seconds']:.0f} s")
     return 1 if summary["failed"] else 0
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["local", "ray"], default=None, help="default: the experiment's (local)")
     p.add_argument("--workers", type=int, default=None, help="parallel runs on the local pool")
     p.add_argument("--report-only", action="store_true", help="regenerate the report from the run summaries")
+    p.add_argument("--swaps-only", action="store_true",
+                   help="train nothing: evaluate the swaps whose runs have finished, then write the report")
     p.add_argument("overrides", nargs="*", help="e.g. seeds=[0,1] budget.policy_steps=1000")
     p.set_defaults(func=cmd_experiment)
 

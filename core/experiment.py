@@ -301,8 +301,9 @@ def run_jobs(fn: Callable, jobs: list[dict[str, Any]], backend: str, workers: in
 
 def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backend: str | None = None,
                    workers: int | None = None, log: Callable[[str], None] = print,
-                   report: bool = True) -> dict[str, Any]:
-    """Run (or resume) the grid, then the swaps, then write the report."""
+                   report: bool = True, train: bool = True) -> dict[str, Any]:
+    """Run (or resume) the grid, then the swaps, then write the report (``train=False``: only the swaps whose
+    runs have finished, and the report)."""
     exp = load_experiment(name, overrides)
     backend = backend or exp.get("backend", "local")
     workers = int(workers or exp.get("workers", 1))
@@ -310,8 +311,10 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     specs = plan(exp)
     t0 = time.time()
     finished = sum(is_finished(s.out) for s in specs)
-    log(f"{len(specs)} runs ({finished} already finished, skipped)")
-    results = run_jobs(execute_run, [asdict(s) for s in specs], backend, workers, ray_cfg, log)
+    results: list[dict[str, Any]] = []
+    if train:
+        log(f"{len(specs)} runs ({finished} already finished, skipped)")
+        results = run_jobs(execute_run, [asdict(s) for s in specs], backend, workers, ray_cfg, log)
     swaps = [j for j in swap_jobs(exp) if is_finished(j["policy_run"]) and is_finished(j["guidance_run"])]
     if swaps:
         log(f"{len(swaps)} inference-time swap evaluations")

@@ -121,3 +121,9 @@ def test_a_run_dir_is_trained_by_one_process_at_a_time(tmp_path):
     with pytest.raises(DatasetError):  # ... so the run starts, then fails on its missing dataset
         execute_run(asdict(spec) | {"run": {"dataset": str(tmp_path / "missing.hdf5")}})
     assert not (out / "LOCK").exists() and (out / "FAILED").exists()
+
+
+def test_swaps_only_trains_nothing(tiny_experiment, tmp_path):
+    out = run_experiment(str(tiny_experiment), log=lambda m: None, train=False)
+    assert out["results"] == [] and not (tmp_path / "runs").exists()
+    assert (tmp_path / "docs" / "results.md").exists()
