@@ -14,13 +14,6 @@ from modzoo.plugins.idql import IQLGuidance
 from modzoo.testing import ConformanceError, check_guidance, check_plugin, check_policy, synthetic_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def first_party():
     reg = modzoo.load_registry(refresh=True)

@@ -1,7 +1,6 @@
 """A tiny grid end to end: runs, swaps, summaries and the report, checked against the run dirs independently."""
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -22,13 +22,6 @@ from modzoo.testing import check_plugin
 TASK = "bullet-hopper-medium-v0"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def entry_points(monkeypatch):

@@ -19,14 +19,6 @@ OBS, ACT = 4, 2
 TASK = "bullet-hopper-medium-v0"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run far faster on one intra-op thread on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def batch(b=6, seed=0):
     g = torch.Generator().manual_seed(seed)
