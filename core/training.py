@@ -197,13 +197,9 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
 
     run_dir = Path(r.out) if r.out else None
     state_path = run_dir / "train_state.pt" if run_dir else None
-    if run_dir is not None:
-        if (run_dir / "config.yaml").exists() and not resume:
-            raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it or choose "
-                              f"another --out (nothing was overwritten)")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.yaml").exists():
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if run_dir is not None and (run_dir / "config.yaml").exists() and not resume:
+        raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it or choose "
+                          f"another --out (nothing was overwritten)")
 
     # ---- build or restore the halves ----
     buffer = ReplayBuffer(dataset, device, seed=int(r.seed))
@@ -234,6 +230,10 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
                           f"so it can only train jointly; use --schedule joint, or a policy-independent guidance "
                           f"(e.g. idql, or dql with guidance.target_actions=dataset)")
 
+    if run_dir is not None:  # only now that the input is known to be good: a refused run leaves no dir behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.yaml").exists():
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     log = _Logger(run_dir)
     if resume:
         log.truncate_after(phase, start_step)

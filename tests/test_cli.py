@@ -82,8 +82,9 @@ def test_bad_inputs_get_one_clear_line(capsys, small_dataset_path, tmp_path):
     msg = _one_line_error(capsys, "eval", "--policy", str(bad), "--no-progress")
     assert "corrupt" in msg
     msg = _one_line_error(capsys, "run", "--guidance", "dql", "--policy", "dql", *base, "--schedule",
-                          "guidance-first")
+                          "guidance-first", "--out", str(tmp_path / "refused"))
     assert "only train jointly" in msg
+    assert not (tmp_path / "refused").exists()  # a refused run leaves nothing behind
     msg = _one_line_error(capsys, "run", "--guidance", "idql", "--policy", "dql", *base, "--schedule", "pretrained")
     assert "--guidance-ckpt" in msg
 
