@@ -91,7 +91,7 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
                        device: torch.device | str = "cpu") -> GuidanceModule | DiffusionPolicy:
     from .plugins_api import load_registry
     reg = load_registry()
-    spec = reg.guidance(payload["algorithm"]) if payload["kind"] == "guidance" else reg.policy(payload["algorithm"])
+    spec = reg.half(payload["kind"], payload["algorithm"])
     module = spec.cls(payload["obs_dim"], payload["act_dim"], payload["config"])
     try:
         module.load_state_dict(payload["state"])

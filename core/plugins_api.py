@@ -74,6 +74,10 @@ class Registry:
                               + self._broken_hint())
         return self.policies[name]
 
+    def half(self, kind: str, name: str) -> HalfSpec:
+        """``guidance(name)`` or ``policy(name)`` by ``kind``."""
+        return self.guidance(name) if kind == "guidance" else self.policy(name)
+
     def _broken_hint(self) -> str:
         if not self.broken:
             return ""

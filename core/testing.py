@@ -232,7 +232,7 @@ class _Harness:
         self.kind, self.name, self.workdir, self.device, self.seed = kind, name, workdir, torch.device(device), seed
         self.learn_steps = learn_steps
         self.reg = load_registry()
-        self.spec = self.reg.guidance(name) if kind == "guidance" else self.reg.policy(name)
+        self.spec = self.reg.half(kind, name)
         self.defaults = self.spec.default_config()
         self.defaults.pop("task_overrides", None)
         self.overrides = {**tiny_overrides(self.defaults), **(overrides or {})}
@@ -245,7 +245,7 @@ class _Harness:
 
     # ---- building ----
     def cfg_of(self, kind: str, name: str, own: bool) -> dict[str, Any]:
-        spec = self.reg.guidance(name) if kind == "guidance" else self.reg.policy(name)
+        spec = self.reg.half(kind, name)
         d = spec.default_config()
         d.pop("task_overrides", None)
         over = self.overrides if own else tiny_overrides(d)
@@ -257,7 +257,7 @@ class _Harness:
     def build(self, kind: str | None = None, name: str | None = None) -> Any:
         kind, name = kind or self.kind, name or self.name
         own = (kind, name) == (self.kind, self.name)
-        spec = self.reg.guidance(name) if kind == "guidance" else self.reg.policy(name)
+        spec = self.reg.half(kind, name)
         torch.manual_seed(self.seed)
         module = spec.cls(self.obs_dim, self.act_dim, self.cfg_of(kind, name, own)).to(self.device)
         module.prepare(self.dataset)
@@ -504,7 +504,7 @@ class _Harness:
             if name is None:
                 continue
             kind_own = (section, name) == (self.kind, self.name)
-            spec = self.reg.guidance(name) if section == "guidance" else self.reg.policy(name)
+            spec = self.reg.half(section, name)
             d = spec.default_config()
             d.pop("task_overrides", None)
             vals = self.overrides if kind_own else tiny_overrides(d)

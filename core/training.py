@@ -49,13 +49,13 @@ def resolve_device(name: str | None) -> torch.device:
 def default_config(kind: str, name: str, task: str | None = None) -> dict[str, Any]:
     """A half's default config (with its task overrides applied) plus its ``name``."""
     reg = load_registry()
-    spec = reg.guidance(name) if kind == "guidance" else reg.policy(name)
+    spec = reg.half(kind, name)
     return {"name": name, **half_config(spec.default_config(), task)}
 
 
 def _build(kind: str, cfg: dict[str, Any], obs_dim: int, act_dim: int) -> Any:
     reg = load_registry()
-    spec = reg.guidance(cfg["name"]) if kind == "guidance" else reg.policy(cfg["name"])
+    spec = reg.half(kind, cfg["name"])
     body = {k: v for k, v in cfg.items() if k != "name"}
     try:
         return spec.cls(obs_dim, act_dim, body)
