@@ -8,14 +8,17 @@ import torch.nn.functional as F
 
 from .interfaces import GuidanceModule
 from .nets import EnsembleQ
-from .utils import clip_grad, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state, \
+from .stages import Stage, run_stages, step_stage
+from .utils import frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state, \
     polyak_update
 
 
 class TwinCriticGuidance(GuidanceModule):
     """Guidance built on E critics Q_i(s, a) (default 2) with a Polyak-averaged target copy.
 
-    Subclasses compute a TD target and call :meth:`fit_q`.
+    Subclasses implement :meth:`td_target`; the update is then one stage (``stages``): sum_i MSE(Q_i, target),
+    then the Polyak target update. Subclasses whose update has more stages (IQL's V step) extend ``stages``. Older
+    plugins may instead write ``update`` themselves and call :meth:`fit_q`.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
@@ -59,19 +62,43 @@ class TwinCriticGuidance(GuidanceModule):
         """min over the target ensemble: (B,)."""
         return self.critic_target(obs, act).min(0).values
 
-    def fit_q(self, batch: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One step of sum_i MSE(Q_i(s, a), target), then the Polyak target update."""
+    def td_target(self, batch: dict[str, torch.Tensor], policy: Any = None) -> torch.Tensor:
+        """The regression target of every critic member, (B,); computed without gradients."""
+        raise NotImplementedError(f"guidance {self.algorithm!r} implements update() directly, not td_target()")
+
+    def q_loss(self, batch: dict[str, torch.Tensor], policy: Any = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """sum_i MSE(Q_i(s, a), target), the critics' loss."""
+        with torch.no_grad():
+            target = self.td_target(batch, policy)
         qs = self.critic(batch["observations"], batch["actions"])
-        loss = F.mse_loss(qs, target.detach().expand_as(qs), reduction="none").mean(1).sum()
-        assert self.q_opt is not None, "fit_q on a frozen guidance"
-        self.q_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad(self.critic.parameters(), self.cfg.get("grad_norm", 0.0))
-        self.q_opt.step()
-        if self.q_sched is not None:
-            self.q_sched.step()
+        loss = F.mse_loss(qs, target.expand_as(qs), reduction="none").mean(1).sum()
+        return loss, {"critic_loss": loss.detach(), "q": qs.detach().mean()}
+
+    def update_target(self) -> None:
+        """Polyak-average the target critics (unless ``update_target`` is off: the GFDT authors' literal recipe)."""
         if self.cfg.get("update_target", True):
             polyak_update(self.critic_target, self.critic, self.polyak)
+
+    def critic_stage(self) -> Stage:
+        assert self.q_opt is not None, "update on a frozen guidance"
+        return Stage("q", self.critic, self.q_loss, self.q_opt, self.q_sched,
+                     float(self.cfg.get("grad_norm", 0.0) or 0.0), self.update_target)
+
+    def stages(self) -> list[Stage]:
+        return [self.critic_stage()]
+
+    def update(self, batch: dict[str, torch.Tensor], policy: Any = None) -> dict[str, Any]:
+        metrics = run_stages(self.stages(), batch, policy)
+        self._steps += 1
+        return metrics
+
+    def fit_q(self, batch: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """For subclasses that write ``update`` themselves: one step of sum_i MSE(Q_i(s, a), target), then the
+        Polyak target update."""
+        qs = self.critic(batch["observations"], batch["actions"])
+        loss = F.mse_loss(qs, target.detach().expand_as(qs), reduction="none").mean(1).sum()
+        step_stage(self.critic_stage(), loss)
         return {"critic_loss": loss.detach(), "q": qs.detach().mean()}
 
     def drop_optimizers(self) -> None:

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from . import rng
 from .nets import Denoiser
 
 SAMPLERS = ("posterior", "eps_clip")
@@ -103,7 +104,7 @@ class GaussianDiffusion(nn.Module):
         """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
         return self.sqrt_abar[t, None] * x0 + self.sqrt_one_minus_abar[t, None] * noise
 
-    def training_terms(self, x0: torch.Tensor, obs: torch.Tensor, generator: torch.Generator | None = None,
+    def training_terms(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
                        **model_kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
         """One noising draw and the denoiser's prediction: ``t`` ~ U{0..T-1}, ``noise``, ``x_t`` and ``eps``.
 
@@ -112,12 +113,12 @@ class GaussianDiffusion(nn.Module):
         through ``model_kwargs``).
         """
         b = x0.shape[0]
-        t = torch.randint(0, self.T, (b,), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        t = rng.randint(self.T, (b,), generator, x0.device)
+        noise = rng.randn(x0.shape, generator, x0.device)
         x_t = self.q_sample(x0, t, noise)
         return {"t": t, "noise": noise, "x_t": x_t, "eps": self.model(x_t, t, obs, **model_kwargs)}
 
-    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: torch.Generator | None = None,
+    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
              reduce: bool = True) -> torch.Tensor:
         """Epsilon-prediction MSE with t ~ U{0..T-1}: the behaviour-cloning loss of both papers."""
         terms = self.training_terms(x0, obs, generator)
@@ -146,7 +147,7 @@ class GaussianDiffusion(nn.Module):
             x = x + self.sqrt_beta[t] * noise
         return x.clamp(-self.max_action, self.max_action)
 
-    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
+    def sample(self, obs: torch.Tensor, generator: rng.Gen = None,
                guide=None) -> torch.Tensor:
         """Run the reverse chain from N(0, I) for each row of ``obs``: returns (B, act_dim).
 
@@ -158,9 +159,9 @@ class GaussianDiffusion(nn.Module):
         # embeddings): see MLPDenoiser.chain_context. Same function, less work per step.
         chain_context = getattr(self.model, "chain_context", None) if guide is None else None
         ctx = chain_context(obs, self.T) if chain_context is not None else None
-        x = torch.randn((b, self.act_dim), device=obs.device, generator=generator)
+        x = rng.randn((b, self.act_dim), generator, obs.device)
         for t in reversed(range(self.T)):
-            noise = torch.randn((b, self.act_dim), device=obs.device, generator=generator) if t > 0 else None
+            noise = rng.randn((b, self.act_dim), generator, obs.device) if t > 0 else None
             eps = None
             if guide is not None:
                 eps = guide(x, torch.full((b,), t, device=obs.device, dtype=torch.long), obs)

@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .nets import SeededDropout
+
 Batch = dict[str, torch.Tensor]
 Metrics = dict[str, Any]
 
@@ -31,10 +33,32 @@ class _Half(nn.Module):
     #: the plugin name the class is registered under (set by the registry); stored in checkpoints.
     algorithm: ClassVar[str] = ""
 
+    #: True when ``update`` is written as stages (:mod:`modzoo.stages`) whose losses draw every random number
+    #: through :mod:`modzoo.rng`: then several seeds can train as one stacked ensemble (:mod:`modzoo.stacked`).
+    stackable: ClassVar[bool] = False
+
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.cfg = int(obs_dim), int(act_dim), dict(cfg)
         self.register_buffer("_steps", torch.zeros((), dtype=torch.long))
+        self.generator: Any = None
+
+    def gen(self) -> torch.Generator:
+        """This half's own noise stream (seeded by ``cfg['seed']``), created lazily on its device; it also drives
+        dropout masks (:class:`~modzoo.nets.SeededDropout`)."""
+        if self.generator is None or self.generator.device != self.device:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(int(self.cfg.get("seed", 0)))
+            self.use_generator(g)
+        return self.generator
+
+    def use_generator(self, generator: Any) -> None:
+        """Make ``generator`` (a ``torch.Generator``, or the stacked trainer's ``StackedGenerator``) the source of
+        every random draw of this half, dropout included."""
+        self.generator = generator
+        for m in self.modules():
+            if isinstance(m, SeededDropout):
+                m.generator = generator
 
     @property
     def steps(self) -> int:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import rng
 from .activations import FastMish
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -161,12 +162,29 @@ class MLPDenoiser(Denoiser):
         return h
 
 
+class SeededDropout(nn.Module):
+    """Dropout (same maths as ``nn.Dropout``) whose mask comes from ``generator``, which the owning half sets to
+    its own noise stream, instead of torch's global RNG: a run's masks then depend on its seed alone, and each
+    seed of a stacked ensemble (:mod:`modzoo.stacked`) drops exactly the units it would drop alone."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.generator: rng.Gen = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = rng.rand(x.shape, self.generator, x.device) >= self.p
+        return x * keep / (1 - self.p)
+
+
 class ResidualBlock(nn.Module):
     """IDQL's MLPResNet block: x + W2 act(W1 LN(dropout(x))), inner width 4x."""
 
     def __init__(self, dim: int, dropout: float, act: str, layer_norm: bool = True, expand: int = 4) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = SeededDropout(dropout) if dropout > 0 else nn.Identity()
         self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
         self.fc1 = nn.Linear(dim, dim * expand)
         self.act = activation(act)

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from .diffusion import GaussianDiffusion
-from .interfaces import DiffusionPolicy, GuidanceModule
+from .interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
 from .nets import LNResNetDenoiser, MLPDenoiser
 from .selection import select_with_guidance
-from .utils import EMA, clip_grad, frozen_copy, load_optim_state, make_optimizer, make_scheduler, \
-    module_generator, optim_state
+from .stages import Stage, run_stages, step_stage
+from .utils import EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
 
 
 def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:
@@ -48,15 +48,8 @@ class DDPMPolicy(DiffusionPolicy):
         self.opt = make_optimizer(self.diffusion.parameters(), cfg.get("optimizer", "adam"), cfg.get("lr", 3e-4),
                                   cfg.get("weight_decay", 0.0))
         self.sched = make_scheduler(self.opt, cfg.get("lr_schedule"), cfg.get("lr_decay_steps", 1))
-        self.generator: torch.Generator | None = None
 
     # ---- helpers for subclasses ------------------------------------------------------------------------------
-    def gen(self) -> torch.Generator:
-        """This policy's own noise stream (seeded by ``cfg['seed']``), created lazily on its device."""
-        if self.generator is None or self.generator.device != self.device:
-            self.generator = module_generator(self.cfg.get("seed", 0), self.device)
-        return self.generator
-
     def bc_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The diffusion behaviour-cloning loss (epsilon MSE), reduced over action dims by ``loss_reduce``
         (IDQL sums, Diffusion-QL averages)."""
@@ -65,21 +58,36 @@ class DDPMPolicy(DiffusionPolicy):
             per = per * self.act_dim
         return per.mean()
 
-    def optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
-        """Backward, clip (``grad_norm``), step, LR schedule, EMA; returns the pre-clip grad norm."""
-        self.opt.zero_grad(set_to_none=True)
-        # Gradients only for the parameters this optimizer steps: a Q term backpropagates through the critic,
-        # and its weight gradients would be computed only to be discarded (the critic zeroes them before its own
-        # next step). The actor's gradients are the same either way.
-        loss.backward(inputs=[p for g in self.opt.param_groups for p in g["params"] if p.requires_grad])
-        norm = clip_grad(self.diffusion.parameters(), self.cfg.get("grad_norm", 0.0))
-        self.opt.step()
-        if self.sched is not None:
-            self.sched.step()
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
+        """The actor's training loss and its metrics. Subclasses that implement this (and draw randomness only
+        through :mod:`modzoo.rng`) get ``update`` for free and can be trained as stacked seeds."""
+        raise NotImplementedError(f"policy {self.algorithm!r} implements update() directly, not loss()")
+
+    def stages(self) -> list[Stage]:
+        """One stage: the denoiser's optimizer step (clipped to ``grad_norm``), then the EMA update."""
+        return [Stage("actor", self.diffusion, self.loss, self.opt, self.sched,
+                      float(self.cfg.get("grad_norm", 0.0) or 0.0), self._ema_step)]
+
+    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
+        self.train()
+        metrics = run_stages(self.stages(), batch, guidance)
+        self.count_step()
+        return metrics
+
+    def _ema_step(self) -> None:
+        self.ema.step(self.ema_diffusion, self.diffusion, self._host_steps())
+
+    def count_step(self) -> None:
+        """One update done: the step counter, and its host-side copy for the EMA schedule."""
         step = self._host_steps()
-        self.ema.step(self.ema_diffusion, self.diffusion, step)
         self._steps += 1
         self._host_count = (step + 1, self._steps, self._steps._version)
+
+    def optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """For subclasses that write ``update`` themselves: backward, clip (``grad_norm``), step, LR schedule, EMA;
+        returns the pre-clip grad norm."""
+        norm = step_stage(self.stages()[0], loss)
+        self.count_step()
         return norm
 
     def _host_steps(self) -> int:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from modzoo.hookspecs import hookimpl
 from modzoo.interfaces import Batch, GuidanceModule, Metrics
 from modzoo.plugins_api import HalfSpec
@@ -27,11 +29,11 @@ class DiffusionBCPolicy(DDPMPolicy):
 
     needs = frozenset()
 
-    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
-        self.train()
+    stackable = True
+
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         loss = self.bc_loss(batch)
-        self.optimize(loss)
-        return {"bc_loss": loss.detach()}
+        return loss, {"bc_loss": loss.detach()}
 
 
 @hookimpl

@@ -26,7 +26,8 @@ from modzoo.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
 from modzoo.nets import MLPDenoiser
 from modzoo.plugins_api import HalfSpec
 from modzoo.policy import DDPMPolicy
-from modzoo.utils import frozen_copy, module_generator
+from modzoo import rng
+from modzoo.utils import frozen_copy
 
 CONFIG = Path(__file__).with_name("dql.yaml")
 TARGET_ACTIONS = ("policy", "dataset", "untrained")
@@ -45,6 +46,8 @@ def normalized_q_loss(qs: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 class DQLGuidance(TwinCriticGuidance):
     """Diffusion-QL's twin-Q critic (3x256 Mish)."""
 
+    stackable = True
+
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
         self.mode = cfg.get("target_actions", "policy")
@@ -55,7 +58,6 @@ class DQLGuidance(TwinCriticGuidance):
             # The authors' pretraining script samples a' from an actor that is built and never trained.
             torch.manual_seed(cfg.get("seed", 0))
             self.untrained_actor = frozen_copy(GaussianDiffusion(MLPDenoiser(obs_dim, act_dim), act_dim, T=5))
-        self._gen: torch.Generator | None = None
 
     @property
     def requires_policy(self) -> bool:
@@ -66,27 +68,21 @@ class DQLGuidance(TwinCriticGuidance):
         if self.mode == "dataset":
             return batch["next_actions"]
         if self.mode == "untrained":
-            if self._gen is None:
-                self._gen = module_generator(self.cfg.get("seed", 0), nxt.device)
-            return self.untrained_actor.sample(nxt, generator=self._gen)
+            return self.untrained_actor.sample(nxt, generator=self.gen())
         if policy is None:
             raise RuntimeError("dql guidance with target_actions=policy needs the policy (joint training only)")
         return policy.target_actions(nxt)
 
-    def update(self, batch: Batch, policy: DiffusionPolicy | None = None) -> Metrics:
+    def td_target(self, batch: Batch, policy: DiffusionPolicy | None = None) -> torch.Tensor:
         nxt = batch["next_observations"]
-        with torch.no_grad():
-            if self.cfg.get("max_q_backup", False) and self.mode == "policy":
-                k = 10  # best of 10 EMA samples per critic, then the min over critics
-                rep = nxt.repeat_interleave(k, 0)
-                qn = self.critic_target(rep, policy.target_actions(rep)).view(-1, nxt.shape[0], k)
-                next_q = qn.max(-1).values.min(0).values
-            else:
-                next_q = self.target_q(nxt, self._next_actions(batch, policy))
-            target = self.rewards(batch) + self.gamma * (1 - batch["terminals"]) * next_q
-        metrics = self.fit_q(batch, target)
-        self._steps += 1
-        return metrics
+        if self.cfg.get("max_q_backup", False) and self.mode == "policy":
+            k = 10  # best of 10 EMA samples per critic, then the min over critics
+            rep = nxt.repeat_interleave(k, 0)
+            qn = self.critic_target(rep, policy.target_actions(rep)).view(-1, nxt.shape[0], k)
+            next_q = qn.max(-1).values.min(0).values
+        else:
+            next_q = self.target_q(nxt, self._next_actions(batch, policy))
+        return self.rewards(batch) + self.gamma * (1 - batch["terminals"]) * next_q
 
 
 class DQLPolicy(DDPMPolicy):
@@ -94,9 +90,9 @@ class DQLPolicy(DDPMPolicy):
 
     needs = frozenset({"q"})
     uses_guidance_in_training = True
+    stackable = True
 
-    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
-        self.train()
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         obs = batch["observations"]
         bc = self.bc_loss(batch)
         eta = float(self.cfg.get("eta", 1.0))
@@ -107,22 +103,21 @@ class DQLPolicy(DDPMPolicy):
             if getattr(guidance, "q_members", None) is not None and guidance.num_q >= 2:
                 # Only critic i is differentiated and critic j only normalizes (detached), so evaluate just
                 # those two, and j without a graph: the same loss without the backward through j.
-                order = torch.randperm(guidance.num_q, device=obs.device, generator=self.gen())
+                order = rng.randperm(guidance.num_q, self.gen(), obs.device)
                 qa = guidance.q_members(obs, new_act, order[:1])
                 with torch.no_grad():
                     qb = guidance.q_members(obs, new_act, order[1:2])
                 q_loss = -qa.mean() / qb.abs().mean()
             else:
                 qs = guidance.q_ensemble(obs, new_act)
-                order = torch.randperm(qs.shape[0], device=obs.device, generator=self.gen())
+                order = rng.randperm(qs.shape[0], self.gen(), obs.device)
                 if qs.shape[0] == 1:
                     order = torch.zeros(2, dtype=torch.long, device=obs.device)
                 q_loss = normalized_q_loss(qs, order)
             loss = bc + eta * q_loss
             out["q_loss"] = q_loss.detach()
-        self.optimize(loss)
         out["actor_loss"] = loss.detach()
-        return out
+        return loss, out
 
 
 @hookimpl

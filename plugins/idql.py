@@ -20,6 +20,7 @@ from modzoo.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
 from modzoo.nets import ValueNet
 from modzoo.plugins_api import HalfSpec
 from modzoo.policy import DDPMPolicy
+from modzoo.stages import Stage
 from modzoo.utils import load_optim_state, make_optimizer, optim_state
 
 CONFIG = Path(__file__).with_name("idql.yaml")
@@ -34,6 +35,7 @@ class IQLGuidance(TwinCriticGuidance):
     """IQL's twin Q + V critic: the policy-independent guidance."""
 
     provides = frozenset({"q", "v"})
+    stackable = True
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
@@ -46,23 +48,21 @@ class IQLGuidance(TwinCriticGuidance):
     def v(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value(obs)
 
-    def update(self, batch: Batch, policy: DiffusionPolicy | None = None) -> Metrics:
-        # V step: expectile regression towards the target critics' minimum.
+    def value_loss(self, batch: Batch, policy: DiffusionPolicy | None = None) -> tuple[torch.Tensor, Metrics]:
+        """Expectile regression of V(s) towards the target critics' minimum."""
         with torch.no_grad():
             q_t = self.target_q(batch["observations"], batch["actions"])
         v = self.value(batch["observations"])
         v_loss = expectile_loss(q_t - v, self.tau).mean()
+        return v_loss, {"value_loss": v_loss.detach(), "v": v.detach().mean()}
+
+    def td_target(self, batch: Batch, policy: DiffusionPolicy | None = None) -> torch.Tensor:
+        """r + gamma (1 - d) V(s'), with V as just updated by the value stage."""
+        return self.rewards(batch) + self.gamma * (1 - batch["terminals"]) * self.value(batch["next_observations"])
+
+    def stages(self) -> list[Stage]:
         assert self.v_opt is not None, "update on a frozen guidance"
-        self.v_opt.zero_grad(set_to_none=True)
-        v_loss.backward()
-        self.v_opt.step()
-        # Q step: TD towards r + gamma (1 - d) V(s') with the freshly updated V.
-        with torch.no_grad():
-            target = self.rewards(batch) + self.gamma * (1 - batch["terminals"]) * self.value(
-                batch["next_observations"])
-        metrics = self.fit_q(batch, target)
-        self._steps += 1
-        return {**metrics, "value_loss": v_loss.detach(), "v": v.detach().mean()}
+        return [Stage("v", self.value, self.value_loss, self.v_opt), self.critic_stage()]
 
     def drop_optimizers(self) -> None:
         super().drop_optimizers()
@@ -81,11 +81,11 @@ class IDQLPolicy(DDPMPolicy):
 
     needs = frozenset({"q"})  # expectile selection also uses V when the guidance has it
 
-    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
-        self.train()
+    stackable = True
+
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         loss = self.bc_loss(batch)
-        self.optimize(loss)
-        return {"bc_loss": loss.detach()}
+        return loss, {"bc_loss": loss.detach()}
 
 
 @hookimpl

@@ -53,11 +53,11 @@ class SfBCPolicy(DDPMPolicy):
 
     needs = frozenset({"q"})
 
-    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
-        self.train()
+    stackable = True
+
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         loss = self.bc_loss(batch)
-        self.optimize(loss)
-        return {"bc_loss": loss.detach()}
+        return loss, {"bc_loss": loss.detach()}
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:

@@ -43,7 +43,8 @@ def test_iql_td_target_uses_v_of_next_state(monkeypatch):
     g = modzoo.make_guidance("idql", OBS, ACT, hidden=[8, 8], reward_norm="none")
     b = batch()
     seen = {}
-    monkeypatch.setattr(g, "fit_q", lambda bt, target: seen.update(target=target) or {})
+    orig = g.td_target
+    monkeypatch.setattr(g, "td_target", lambda bt, pol=None: seen.setdefault("target", orig(bt, pol)))
     last = g.value.body[-1]
     with torch.no_grad():  # V(s') = 2 everywhere, and the V step (lr 0) leaves it so
         last.weight.zero_()
@@ -77,7 +78,8 @@ def test_dql_td_target(monkeypatch, mode):
             return policy_act[: nxt.shape[0]]
 
     seen = {}
-    monkeypatch.setattr(g, "fit_q", lambda bt, target: seen.update(target=target) or {})
+    orig = g.td_target
+    monkeypatch.setattr(g, "td_target", lambda bt, pol=None: seen.setdefault("target", orig(bt, pol)))
     g.update(b, P() if mode == "policy" else None)
     a_next = b["next_actions"] if mode == "dataset" else policy_act
     q_next = g.critic_target(b["next_observations"], a_next).min(0).values
