@@ -24,6 +24,10 @@ ops.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,9 +99,31 @@ def _derivative(x: torch.Tensor) -> torch.Tensor:
     return w / d + 4 * x * s * v * v
 
 
+class _FirstOrder(threading.local):
+    active = False
+
+
+_first_order = _FirstOrder()
+
+
+@contextlib.contextmanager
+def first_order() -> Iterator[None]:
+    """Within this block Mish's backward is never differentiated again, even under ``torch.func.grad`` (which
+    runs every backward with grad mode on): its gradient then reuses the forward's saved terms (about 3x less
+    elementwise work than recomputing a differentiable derivative)."""
+    prev, _first_order.active = _first_order.active, True
+    try:
+        yield
+    finally:
+        _first_order.active = prev
+
+
 def _backward(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, d: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """g mish'(x) from the forward's s, 2 - w and tanh(softplus) (flat, sliced, when x is large)."""
-    if torch.is_grad_enabled():  # create_graph=True: keep the graph of the derivative itself
+    if torch.is_grad_enabled() and not _first_order.active:
+        # create_graph=True: keep the graph of the derivative itself, for a higher derivative. torch.func.grad
+        # always runs its backward this way, so a caller that only ever takes first derivatives under it (the
+        # stacked-seed trainer) says so with ``first_order()`` and gets the fast formula.
         return g * _derivative(x)
     one = _consts(x)[0]
     if x.numel() <= _SLICE_ABOVE:
@@ -151,12 +177,19 @@ class _MishFunction(torch.autograd.Function):
     """Mish with a hand-written backward. ``forward`` also returns s, 2 - w and tanh(softplus) (marked
     non-differentiable) so that the backward reuses them; ``setup_context`` style so torch.func can vmap it."""
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         s, d, r = _parts(x)
         return x * r, s, d, r
+
+    @staticmethod
+    def vmap(info, in_dims, x):  # type: ignore[no-untyped-def, override]
+        """Elementwise, so a batched call is one call on the whole stacked tensor (stacked seeds: one pass over
+        all seeds' activations, with the in-place fast formula, instead of functorch's generic rule)."""
+        bd = in_dims[0]
+        if bd is None:
+            return _MishFunction.apply(x), (None, None, None, None)
+        return _MishFunction.apply(x), (bd, bd, bd, bd)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def, override]

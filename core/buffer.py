@@ -46,6 +46,15 @@ class ReplayBuffer:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
 
+    def with_seed(self, seed: int) -> "ReplayBuffer":
+        """A buffer over the same device tensors (no copy) with its own generator: several seeds trained in one
+        process hold the dataset once."""
+        other = object.__new__(ReplayBuffer)
+        other.device, other.data, other.size = self.device, self.data, self.size
+        other.generator = torch.Generator(device=self.device)
+        other.generator.manual_seed(int(seed))
+        return other
+
     def __len__(self) -> int:
         return self.size
 

@@ -104,21 +104,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     task = args.env
     seeds = _parse_seeds(args.seeds, args.seed)
     base = args.out or _default_out("run", task, [args.guidance, args.policy, args.schedule], seeds[0])
+    cfgs = []
     for seed in seeds:
         # several seeds: one run dir each, <out>/seed<k>, exactly as if each had been run alone
         out = str(Path(base) / f"seed{seed}") if len(seeds) > 1 else base
         if args.resume and (Path(out) / "config.yaml").exists():
             from omegaconf import OmegaConf
-            cfg = OmegaConf.load(Path(out) / "config.yaml")
+            cfgs.append(OmegaConf.load(Path(out) / "config.yaml"))
         else:
-            cfg = run_config(args.guidance, args.policy, task, args.overrides, dataset=args.dataset,
-                             schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
-                             guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
-                             eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=seed,
-                             device=args.device, threads=args.threads, out=out)
-        if len(seeds) > 1:
-            print(f"seed {seed}:")
-        result = train(cfg, progress=not args.no_progress, resume=args.resume)
+            cfgs.append(run_config(args.guidance, args.policy, task, args.overrides, dataset=args.dataset,
+                                   schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
+                                   guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
+                                   eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=seed,
+                                   device=args.device, threads=args.threads, out=out))
+    if len(seeds) == 1:
+        _report(train(cfgs[0], progress=not args.no_progress, resume=args.resume))
+        return 0
+    from .stacked import train_seeds
+    results = train_seeds(cfgs, mode=args.stack, progress=not args.no_progress, resume=args.resume, log=print)
+    for seed, result in zip(seeds, results):
+        print(f"seed {seed}:")
         _report(result)
     return 0
 
@@ -222,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--out", help="run dir (default: runs/<task>/run-...)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
-    p.add_argument("--seeds", help="several seeds, e.g. 0,1,2,3,4: one run dir each under --out (seed<k>)")
+    p.add_argument("--seeds", help="several seeds, e.g. 0,1,2,3,4: one run dir each under --out (seed<k>), "
+                                   "trained in one process (see --stack)")
+    p.add_argument("--stack", default="auto", choices=["auto", "vmap", "lockstep", "off"],
+                   help="how --seeds train together: vmap = one batched step for all seeds (torch.func); "
+                        "lockstep = seeds step in turn sharing one dataset copy; off = one after another; "
+                        "auto = vmap on a GPU, lockstep on a CPU (default)")
     _common(p)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0 guidance.expectile=0.9")
     p.set_defaults(func=cmd_run)

@@ -62,8 +62,9 @@ class _Half(nn.Module):
 
     @property
     def steps(self) -> int:
-        """Parameter updates done so far (read as a Python int: a host sync, so not inside a step)."""
-        return int(self._steps)
+        """Parameter updates done so far (read as a Python int: a host sync, so not inside a step). A stacked
+        ensemble's counter has a seed axis; every seed has done the same number of steps."""
+        return int(self._steps.reshape(-1)[0])
 
     @property
     def device(self) -> torch.device:

@@ -164,14 +164,43 @@ def _dataset_meta(dataset: Any) -> dict[str, Any]:
     return {"name": dataset.name, "fingerprint": dataset.fingerprint, "path": str(dataset.path or "")}
 
 
-def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume: bool = False,
-          guidance: GuidanceModule | None = None,
-          on_eval: Callable[[int, Any], None] | None = None) -> RunResult:
-    """Train per ``cfg`` (see :func:`run_config`) and, if ``run.out`` is set, write the run dir.
+@dataclass
+class _Run:
+    """One seed's run while it trains: its config, halves, data stream, run dir and progress."""
 
-    ``dataset`` defaults to ``run.dataset`` (a path) or the task's file in the D4RL cache. ``guidance`` may be
-    passed in already built (library use of the ``pretrained`` schedule).
-    """
+    cfg: DictConfig
+    device: torch.device
+    meta: dict[str, Any]
+    schedule: str
+    has_policy: bool
+    buffer: ReplayBuffer
+    guidance: GuidanceModule
+    policy: DiffusionPolicy | None
+    run_dir: Path | None
+    state_path: Path | None
+    log: _Logger
+    result: RunResult
+    plan: list[tuple[str, int]]
+    phase: str | None
+    start_step: int
+
+    @property
+    def r(self) -> DictConfig:
+        return self.cfg.run
+
+    def save_state(self, ph: str, step: int) -> None:
+        if self.state_path is None:
+            return
+        atomic_torch_save({"phase": ph, "step": step, "guidance": half_payload(self.guidance, self.meta),
+                           "policy": half_payload(self.policy, self.meta) if self.policy is not None else None,
+                           "buffer": self.buffer.state_dict(), "phases": self.result.phases}, self.state_path)
+
+
+def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule | None,
+           share: ReplayBuffer | None = None) -> _Run:
+    """Validate the config, build or restore the halves and create the run dir (only once the input is known to
+    be good: a refused run leaves no dir behind). ``share``: another run's buffer on the same data, whose device
+    tensors this run reuses (seeds trained in one process)."""
     from .data import load_dataset
     r = cfg.run
     device = resolve_device(r.device)
@@ -182,7 +211,7 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
         dataset = load_dataset(r.dataset or r.task, task=r.task)
     obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
     meta = _dataset_meta(dataset)
-    has_policy = bool(cfg.policy) and cfg.policy.get("name")
+    has_policy = bool(cfg.policy) and bool(cfg.policy.get("name"))
     schedule = r.schedule if has_policy else "guidance-first"
     reg = load_registry()
     for section in ("guidance", "policy"):
@@ -201,8 +230,10 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
         raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it or choose "
                           f"another --out (nothing was overwritten)")
 
-    # ---- build or restore the halves ----
-    buffer = ReplayBuffer(dataset, device, seed=int(r.seed))
+    if share is not None and share.device == device and share.size == len(dataset.observations):
+        buffer = share.with_seed(int(r.seed))
+    else:
+        buffer = ReplayBuffer(dataset, device, seed=int(r.seed))
     phase, start_step, phases_done = None, 0, []
     policy: DiffusionPolicy | None = None
     if resume and state_path is not None and state_path.exists():
@@ -230,7 +261,7 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
                           f"so it can only train jointly; use --schedule joint, or a policy-independent guidance "
                           f"(e.g. idql, or dql with guidance.target_actions=dataset)")
 
-    if run_dir is not None:  # only now that the input is known to be good: a refused run leaves no dir behind
+    if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").exists():
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -242,81 +273,131 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
         plan.append(("guidance", int(r.guidance_steps)))
     if has_policy:
         plan.append(("policy", int(r.policy_steps)))
+    result = RunResult(run_dir, guidance, policy, phases=phases_done)
+    return _Run(cfg, device, meta, schedule, bool(has_policy), buffer, guidance, policy, run_dir, state_path, log,
+                result, plan, phase, start_step)
+
+
+class Stepper:
+    """How a group of runs takes one training step. This one: each run alone, one after another (a group of one
+    is a plain run); :class:`modzoo.stacked.StackedStepper` takes the step for all seeds at once."""
+
+    mode = "lockstep"
+
+    def __init__(self, runs: list[_Run]) -> None:
+        self.runs = runs
+
+    def guidance_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        return [run.guidance.update(b) for run, b in zip(self.runs, batches)]
+
+    def joint_guidance_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        return [run.guidance.update(b, run.policy) for run, b in zip(self.runs, batches)]
+
+    def policy_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        return [run.policy.update(b, run.guidance) for run, b in zip(self.runs, batches)]
+
+    def sync(self) -> None:
+        """Bring each run's own halves up to date (a no-op here: they are the ones being trained)."""
+
+    def frozen_guidance(self) -> None:
+        """The guidance phase ended and each run's guidance was frozen."""
+
+
+def _train_group(runs: list[_Run], stepper: Stepper, progress: bool,
+                 on_eval: Callable[[int, Any], None] | None = None) -> list[RunResult]:
+    """The training loop for runs that share a config but their seeds (a lone run is a group of one).
+
+    Every run keeps its own run dir, log, checkpoints and evaluation; only the step itself goes through
+    ``stepper``. Before anything reads a run's halves (evaluation, a checkpoint) the stepper syncs them.
+    """
+    lead = runs[0]
+    r, cfg, schedule = lead.r, lead.cfg, lead.schedule
     save_every, log_every = int(r.save_every or 0), max(1, int(r.log_every))
     eval_every = int(r.eval_every or 0)
-    result = RunResult(run_dir, guidance, policy, phases=phases_done)
-
-    def save_state(ph: str, step: int) -> None:
-        if state_path is None:
-            return
-        atomic_torch_save({"phase": ph, "step": step, "guidance": half_payload(guidance, meta),
-                           "policy": half_payload(policy, meta) if policy is not None else None,
-                           "buffer": buffer.state_dict(), "phases": result.phases}, state_path)
-
     delay = int(r.get("guidance_delay", 0) or 0)
-    pbs = int(cfg.policy.batch_size) if has_policy else 0
+    pbs = int(cfg.policy.batch_size) if lead.has_policy else 0
     gbs = int(cfg.guidance.batch_size) if cfg.guidance and "batch_size" in cfg.guidance else pbs
-    order = [p for p, _ in plan]
-    for ph, total in plan:
+    order = [p for p, _ in lead.plan]
+    phase, start_step = lead.phase, lead.start_step
+    tag = f" x{len(runs)} seeds" if len(runs) > 1 else ""
+    for ph, total in lead.plan:
         if phase in order and order.index(ph) < order.index(phase):
             continue  # finished before the interruption
         first = start_step if ph == phase else 0
         joint = ph == "policy" and schedule == "joint"
-        with PhaseMeter(ph if not joint else "joint", device) as meter:
-            bar = tqdm(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}", disable=not progress,
+        with PhaseMeter(ph if not joint else "joint", lead.device) as meter:
+            bar = tqdm(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}", disable=not progress,
                        initial=first, total=total, dynamic_ncols=True)
             for step in bar:
                 if ph == "guidance":
-                    m = {f"guidance/{k}": v for k, v in guidance.update(
-                        buffer.sample(int(cfg.guidance.batch_size))).items()}
+                    gm = stepper.guidance_step([run.buffer.sample(gbs) for run in runs])
+                    ms = [{f"guidance/{k}": v for k, v in m.items()} for m in gm]
                 else:
-                    m = {}
-                    batch = buffer.sample(max(pbs, gbs) if joint else pbs)
-                    if joint and not guidance.frozen and step >= delay:
+                    ms = [{} for _ in runs]
+                    batches = [run.buffer.sample(max(pbs, gbs) if joint else pbs) for run in runs]
+                    if joint and not lead.guidance.frozen and step >= delay:
                         # one batch per step; the critic takes its first gbs rows (IDQL slices 512 -> 256)
-                        gbatch = batch if gbs >= len(batch["rewards"]) else {k: v[:gbs] for k, v in batch.items()}
-                        m.update({f"guidance/{k}": v for k, v in guidance.update(gbatch, policy).items()})
+                        gbatches = [b if gbs >= len(b["rewards"]) else {k: v[:gbs] for k, v in b.items()}
+                                    for b in batches]
+                        for m, gm in zip(ms, stepper.joint_guidance_step(gbatches)):
+                            m.update({f"guidance/{k}": v for k, v in gm.items()})
                         if pbs < gbs:
-                            batch = {k: v[:pbs] for k, v in batch.items()}
-                    m.update({f"policy/{k}": v for k, v in policy.update(batch, guidance).items()})
+                            batches = [{k: v[:pbs] for k, v in b.items()} for b in batches]
+                    for m, pm in zip(ms, stepper.policy_step(batches)):
+                        m.update({f"policy/{k}": v for k, v in pm.items()})
                 if (step + 1) % log_every == 0 or step + 1 == total:
-                    rec = {"phase": ph, "step": step + 1, **{k: float(v) for k, v in m.items()}}
-                    log.log(rec)
-                    bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in list(m.items())[:3]})
+                    for run, m in zip(runs, ms):
+                        run.log.log({"phase": ph, "step": step + 1, **{k: float(v) for k, v in m.items()}})
+                    bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in list(ms[0].items())[:3]})
                 if ph == "policy" and eval_every and (step + 1) % eval_every == 0 and step + 1 < total:
-                    ev = evaluate(policy, guidance, r.task, int(r.eval_episodes), int(r.seed))
-                    log.log({"phase": "eval", "step": step + 1, "normalized_mean": ev.normalized_mean,
-                             "normalized_std": ev.normalized_std, "return_mean": ev.mean})
-                    if on_eval:
-                        on_eval(step + 1, ev)
+                    stepper.sync()
+                    for run in runs:
+                        ev = evaluate(run.policy, run.guidance, run.r.task, int(run.r.eval_episodes),
+                                      int(run.r.seed))
+                        run.log.log({"phase": "eval", "step": step + 1, "normalized_mean": ev.normalized_mean,
+                                     "normalized_std": ev.normalized_std, "return_mean": ev.mean})
+                        if on_eval:
+                            on_eval(step + 1, ev)
                 if save_every and (step + 1) % save_every == 0 and step + 1 < total:
-                    save_state(ph, step + 1)
+                    stepper.sync()
+                    for run in runs:
+                        run.save_state(ph, step + 1)
             bar.close()
-        result.phases.append({**meter.result, "steps": total - first})
-        if ph == "guidance" or (joint and run_dir is not None):
-            if run_dir is not None:
-                save_half(guidance, run_dir / "guidance.pt", meta)
+        stepper.sync()
+        for run in runs:
+            run.result.phases.append({**meter.result, "steps": total - first,
+                                      **({"seeds_together": len(runs), "stack": stepper.mode} if len(runs) > 1 else {})})
+            if (ph == "guidance" or joint) and run.run_dir is not None:
+                save_half(run.guidance, run.run_dir / "guidance.pt", run.meta)
+            if ph == "guidance":
+                run.guidance.freeze()
         if ph == "guidance":
-            guidance.freeze()
-        save_state(ph, total)
+            stepper.frozen_guidance()
+        for run in runs:
+            run.save_state(ph, total)
         phase, start_step = None, 0
+    return [_finish(run, progress) for run in runs]
 
+
+def _finish(run: _Run, progress: bool) -> RunResult:
+    """Final checkpoints, the final evaluation and ``result.json``; removes the resume state."""
+    r, guidance, policy, run_dir, result = run.r, run.guidance, run.policy, run.run_dir, run.result
     if run_dir is not None:
-        if not (run_dir / "guidance.pt").exists() or schedule == "pretrained":
-            save_half(guidance, run_dir / "guidance.pt", meta)
+        if not (run_dir / "guidance.pt").exists() or run.schedule == "pretrained":
+            save_half(guidance, run_dir / "guidance.pt", run.meta)
         if policy is not None:
-            save_half(policy, run_dir / "policy.pt", meta)
-
+            save_half(policy, run_dir / "policy.pt", run.meta)
     if policy is not None and r.final_eval and int(r.eval_episodes) > 0:
-        with PhaseMeter("eval", device) as meter:
+        with PhaseMeter("eval", run.device) as meter:
             result.eval = evaluate(policy, guidance, r.task, int(r.eval_episodes), int(r.seed), progress=progress)
         result.phases.append({**meter.result, "episodes": int(r.eval_episodes)})
-        log.log({"phase": "eval", "step": int(r.policy_steps), "normalized_mean": result.eval.normalized_mean,
-                 "normalized_std": result.eval.normalized_std, "return_mean": result.eval.mean})
+        run.log.log({"phase": "eval", "step": int(r.policy_steps), "normalized_mean": result.eval.normalized_mean,
+                     "normalized_std": result.eval.normalized_std, "return_mean": result.eval.mean})
     if run_dir is not None:
+        cfg = run.cfg
         summary = {"task": r.task, "guidance": cfg.guidance.get("name") if cfg.guidance else None,
-                   "policy": cfg.policy.get("name") if has_policy else None, "schedule": schedule,
-                   "seed": int(r.seed), "dataset": meta, "phases": result.phases,
+                   "policy": cfg.policy.get("name") if run.has_policy else None, "schedule": run.schedule,
+                   "seed": int(r.seed), "dataset": run.meta, "phases": result.phases,
                    "guidance_steps": guidance.steps, "policy_steps": policy.steps if policy else 0,
                    "parameters": {"guidance": n_params(guidance), "policy": n_params(policy) if policy else 0},
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -326,9 +407,21 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
         tmp = run_dir / ".result.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(run_dir / "result.json")
-        if state_path is not None:
-            state_path.unlink(missing_ok=True)
+        if run.state_path is not None:
+            run.state_path.unlink(missing_ok=True)
     return result
+
+
+def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume: bool = False,
+          guidance: GuidanceModule | None = None,
+          on_eval: Callable[[int, Any], None] | None = None) -> RunResult:
+    """Train per ``cfg`` (see :func:`run_config`) and, if ``run.out`` is set, write the run dir.
+
+    ``dataset`` defaults to ``run.dataset`` (a path) or the task's file in the D4RL cache. ``guidance`` may be
+    passed in already built (library use of the ``pretrained`` schedule).
+    """
+    run = _setup(cfg, dataset, resume, guidance)
+    return _train_group([run], Stepper([run]), progress, on_eval)[0]
 
 
 def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path | None = None,
