@@ -5,6 +5,8 @@ each seed with its own halves, data stream and noise; timed alternately in one p
 
     python benchmarks/bench_stacked.py                      # DQL joint, K=5 (docs/performance.md)
     python benchmarks/bench_stacked.py --arm idql --seeds 5 # IDQL joint: IQL critic + LN-ResNet actor
+    python benchmarks/bench_stacked.py --matmul             # one (5,256,256) bmm vs five 256x256 mm
+    python benchmarks/bench_stacked.py --profile            # where the time goes: matmul vs elementwise
     pytest benchmarks/bench_stacked.py --benchmark-only -p no:cacheprovider -o addopts=""
 """
 from __future__ import annotations
@@ -62,6 +64,31 @@ def _copy(half: Any) -> Any:
     return h
 
 
+def matmul(k: int = 5, d: int = 256, n: int = 200) -> dict[str, float]:
+    """Microseconds for k seeds' d x d layer at batch d: one ``bmm`` against k ``mm``."""
+    import time
+    x, w = torch.randn(k, d, d), torch.randn(k, d, d)
+    fns = {"bmm": lambda: torch.bmm(x, w), "mm_each": lambda: [torch.mm(x[i], w[i]) for i in range(k)]}
+    t = sc.alternate(fns, rounds=5, repeat=n)
+    return {name: round(sc.median(v) * 1e6, 1) for name, v in t.items()}
+
+
+def profile(arm: str = "dql", k: int = 5) -> None:
+    """Self CPU time of matmuls against everything else, for 3 joint steps of each variant."""
+    from torch.profiler import profile as prof
+    fns = make_steps(arm, k)
+    for name, f in fns.items():
+        f()
+        with prof() as p:
+            for _ in range(3):
+                f()
+        ev = p.key_averages()
+        mat = sum(e.self_cpu_time_total for e in ev if e.key in ("aten::mm", "aten::bmm", "aten::addmm",
+                                                                 "aten::baddbmm"))
+        total = sum(e.self_cpu_time_total for e in ev)
+        print(f"{name}: {total / 3e3:.1f} ms per step, matmuls {mat / 3e3:.1f} ms, the rest {(total - mat) / 3e3:.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arm", default="dql", choices=["dql", "idql"])
@@ -69,7 +96,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--matmul", action="store_true")
+    ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
+    if a.matmul:
+        print(json.dumps({"machine": sc.machine(), "us": matmul(a.seeds)}, indent=1))
+        return
+    if a.profile:
+        profile(a.arm, a.seeds)
+        return
     fns = make_steps(a.arm, a.seeds, a.device)
     t = sc.alternate(fns, rounds=a.rounds, repeat=a.repeat)
     sep, stk = sc.median(t["separate"]), sc.median(t["stacked"])

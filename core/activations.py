@@ -126,7 +126,7 @@ def _backward(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, d: torch.Tensor
         # stacked-seed trainer) says so with ``first_order()`` and gets the fast formula.
         return g * _derivative(x)
     one = _consts(x)[0]
-    if x.numel() <= _SLICE_ABOVE:
+    if x.numel() <= _SLICE_ABOVE or _functorch_active():  # (slicing into ``out=`` does not compose with vmap)
         v = torch.sub(one, s).div_(d)  # (1 - s) / (2 - w)
         return torch.addcmul(r, v.mul_(v).mul_(s), x, value=4) * g
     xf, gf = x.reshape(-1), g.reshape(-1)

@@ -138,3 +138,23 @@ def test_large_tensors_are_processed_in_slices_with_the_same_result() -> None:
         torch.testing.assert_close(x.grad, xr.grad, atol=1e-5, rtol=0)
         with torch.inference_mode():
             torch.testing.assert_close(mish(x0), y.detach(), atol=0, rtol=0)
+
+
+def test_fast_backward_under_vmap_of_grad_matches_torch_mish_for_large_tensors() -> None:
+    """The stacked-seed trainer's path: vmap(grad(...)) inside first_order(), per-seed tensors above the
+    slicing threshold (IDQL's 4x-wide residual blocks at batch 256+)."""
+    from torch.func import grad, vmap
+
+    from modzoo.activations import _SLICE_ABOVE, first_order, mish
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, _SLICE_ABOVE // 512 + 8, 512, generator=g) * 3
+    w = torch.randn(2, 512, generator=g)
+
+    def f(xk: torch.Tensor, wk: torch.Tensor, act) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        return (act(xk * wk) * wk).sum()
+
+    with first_order():
+        fast = vmap(grad(lambda xk, wk: f(xk, wk, mish), argnums=1))(x, w)
+    ref = vmap(grad(lambda xk, wk: f(xk, wk, torch.nn.functional.mish), argnums=1))(x, w)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-3)
