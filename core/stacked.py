@@ -36,8 +36,17 @@ from .training import RunResult, Stepper, _Run, _setup, _train_group
 def stackable(guidance: GuidanceModule | None, policy: DiffusionPolicy | None) -> str | None:
     """None when these halves can train stacked, else the reason they cannot."""
     for kind, half in (("guidance", guidance), ("policy", policy)):
-        if half is not None and not type(half).stackable:
+        if half is None:
+            continue
+        if not type(half).stackable:
             return f"{kind} {half.algorithm!r} does not declare stackable=True (its update is not written as stages)"
+        # A subclass that rewrites update() inherits the claim but not its truth: the stacked step runs stages()
+        for cls in type(half).__mro__:
+            if "stackable" in cls.__dict__:
+                break
+            if "update" in cls.__dict__:
+                return (f"{kind} {half.algorithm!r}: {cls.__name__} overrides update(), which a stacked step would "
+                        f"skip (it runs stages()); set stackable = False there, or move the change into loss()")
     return None
 
 

@@ -29,6 +29,8 @@ What is checked (each a named check; :data:`GUIDANCE_CHECKS`, :data:`POLICY_CHEC
 - ``schedules``: :func:`modzoo.train` runs ``joint``, ``guidance-first`` and ``pretrained`` with a partner half
   and writes a complete run dir; a policy-dependent guidance must be *refused* by guidance-first.
 - ``env`` (policy): ``act`` drives the real Bullet env for a few steps.
+- ``stacked``: only for a half that declares ``stackable = True``: two seeds trained together with
+  ``--stack vmap`` (:mod:`modzoo.stacked`) log the same losses (to float rounding) as each seed trained alone.
 
 Checks run on tiny networks (widths 32, batches 64) and a synthetic D4RL-format dataset with the dims of
 ``bullet-hopper-medium-v0`` (:func:`synthetic_dataset`), so the whole suite for one plugin takes seconds.
@@ -36,6 +38,7 @@ Checks run on tiny networks (widths 32, batches 64) and a synthetic D4RL-format 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import tempfile
 import warnings
@@ -56,8 +59,9 @@ from .plugins_api import HalfSpec, load_registry, register_plugin, unregister_pl
 TASK = "bullet-hopper-medium-v0"
 OBS_DIM, ACT_DIM = 15, 3  # bullet-hopper's dims: the synthetic dataset and the env check use this task
 SCHEDULE_STEPS = 3
-GUIDANCE_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules")
-POLICY_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules", "env")
+GUIDANCE_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules", "stacked")
+POLICY_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules", "env",
+                 "stacked")
 
 #: keys the suite shrinks when a half's defaults have them (anything else keeps its default).
 TINY_WIDTH, TINY_BATCH, TINY_CANDIDATES = 32, 64, 4
@@ -498,7 +502,14 @@ class _Harness:
                                       f"of the first {w} {first:.4g}, of the last {w} {last:.4g}")
 
     def _run(self, guidance: str, policy: str | None, schedule: str, out: Path, **run: Any):
-        from .training import run_config, train
+        from .training import train
+        cfg = self._cfg(guidance, policy, schedule, out, **run)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return train(cfg, self.dataset, progress=False)
+
+    def _cfg(self, guidance: str, policy: str | None, schedule: str, out: Path, **run: Any) -> Any:
+        from .training import run_config
         over = []
         for section, name in (("guidance", guidance), ("policy", policy)):
             if name is None:
@@ -509,12 +520,51 @@ class _Harness:
             d.pop("task_overrides", None)
             vals = self.overrides if kind_own else tiny_overrides(d)
             over += [f"{section}.{k}={_yaml(v)}" for k, v in vals.items()]
-        cfg = run_config(guidance, policy, TASK, over, dataset=str(self.data_path), schedule=schedule,
-                         guidance_steps=SCHEDULE_STEPS, policy_steps=SCHEDULE_STEPS, eval_episodes=0,
-                         final_eval=False, seed=self.seed, device=str(self.device), out=str(out), log_every=1, **run)
+        run = {"seed": self.seed, **run}
+        return run_config(guidance, policy, TASK, over, dataset=str(self.data_path), schedule=schedule,
+                          guidance_steps=SCHEDULE_STEPS, policy_steps=SCHEDULE_STEPS, eval_episodes=0,
+                          final_eval=False, device=str(self.device), out=str(out), log_every=1, **run)
+
+    def check_stacked(self) -> None:
+        from .stacked import stackable, train_seeds
+        if not self.spec.cls.stackable:
+            return  # nothing claimed, nothing to check
+        why = stackable(self.build(), None) if self.kind == "guidance" else stackable(None, self.build())
+        if why:
+            raise self.fail("stacked", why)
+        from .training import train
+        if self.kind == "policy":
+            compat = self.reg.compatible(self.name)
+            guidance = next((g for g in compat if self.reg.guidances[g].cls.stackable), None)
+            policy: str | None = self.name
+            partner = guidance
+        else:
+            guidance = self.name
+            policy = next((p for p, sp in sorted(self.reg.policies.items())
+                           if sp.capabilities <= self.spec.capabilities and sp.cls.stackable), None)
+            partner = policy
+        if partner is None:
+            raise self.fail("stacked", "stackable = True, but no registered stackable half pairs with it")
+        seeds = (self.seed, self.seed + 1)
+        cfgs = lambda tag: [self._cfg(guidance, policy, "joint", self.workdir / f"{tag}{s}", seed=s)  # noqa: E731
+                            for s in seeds]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return train(cfg, self.dataset, progress=False)
+            train_seeds(cfgs("together"), self.dataset, mode="vmap", progress=False)
+            for cfg in cfgs("alone"):
+                train(cfg, self.dataset, progress=False)
+        for s in seeds:
+            logs = []
+            for tag in ("together", "alone"):
+                lines = (self.workdir / f"{tag}{s}" / "metrics.jsonl").read_text().splitlines()
+                logs.append([json.loads(line) for line in lines])
+            for a, b in zip(*logs):
+                for key, vb in b.items():
+                    va = a.get(key)
+                    if key not in ("phase", "step") and not math.isclose(va, vb, rel_tol=1e-4, abs_tol=1e-5):
+                        raise self.fail("stacked", f"seed {s} step {b['step']}: {key} is {va} stacked but {vb} "
+                                                   f"alone; draw every random number through modzoo.rng with "
+                                                   f"the half's gen(), and write the update as stages()")
 
     def _expect_run_dir(self, out: Path, files: tuple[str, ...], what: str) -> None:
         missing = [f for f in files if not (out / f).exists()]
