@@ -193,7 +193,18 @@ class _Run:
             return
         atomic_torch_save({"phase": ph, "step": step, "guidance": half_payload(self.guidance, self.meta),
                            "policy": half_payload(self.policy, self.meta) if self.policy is not None else None,
-                           "buffer": self.buffer.state_dict(), "phases": self.result.phases}, self.state_path)
+                           "buffer": self.buffer.state_dict(), "phases": self.result.phases,
+                           # the halves' own noise streams: a resumed run draws what the uninterrupted one would
+                           "generators": {k: _generator_state(h) for k, h in (("guidance", self.guidance),
+                                                                               ("policy", self.policy))
+                                          if h is not None}}, self.state_path)
+
+
+def _generator_state(half: Any) -> torch.Tensor:
+    gen = half.gen()
+    if not isinstance(gen, torch.Generator):  # a stacked twin's is not saved; the runs' own halves are
+        raise TypeError("resume state is written from each run's own halves")
+    return gen.get_state()
 
 
 def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule | None,
@@ -241,6 +252,10 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
         guidance = build_from_payload(st["guidance"], state_path, device)
         policy = build_from_payload(st["policy"], state_path, device) if st.get("policy") else None
         buffer.load_state_dict(st["buffer"])
+        for key, half in (("guidance", guidance), ("policy", policy)):
+            state = st.get("generators", {}).get(key)
+            if half is not None and state is not None:
+                half.gen().set_state(state)
         phase, start_step, phases_done = st["phase"], int(st["step"]), list(st.get("phases", []))
     else:
         if schedule == "pretrained":

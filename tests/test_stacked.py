@@ -156,3 +156,36 @@ def test_a_stacked_generator_refuses_to_draw_outside_the_trainer() -> None:
     sg = StackedGenerator([torch.Generator().manual_seed(0)])
     with pytest.raises(RuntimeError, match="vmapped step"):
         modzoo.rng.randn((2,), sg)
+
+
+def test_an_interrupted_stacked_group_resumes_stacked_and_ends_as_if_never_stopped(
+        small_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modzoo.stacked import StackedStepper
+
+    def cfgs(tag: str) -> list[Any]:
+        out = [_cfg("dql-joint", small_dataset_path, s, tmp_path / f"{tag}{s}") for s in SEEDS]
+        for c in out:
+            c.run.save_every = 3
+        return out
+    real, calls = StackedStepper.policy_step, []
+
+    def interrupted(self, batches):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 5:  # after 4 steps: the resume state of every seed is at step 3
+            raise KeyboardInterrupt
+        return real(self, batches)
+    monkeypatch.setattr(StackedStepper, "policy_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_seeds(cfgs("r"), mode="vmap", progress=False)
+    monkeypatch.setattr(StackedStepper, "policy_step", real)
+    assert all((tmp_path / f"r{s}" / "train_state.pt").exists() for s in SEEDS)
+    train_seeds(cfgs("r"), mode="vmap", progress=False, resume=True)
+    for s in SEEDS:
+        modzoo.train(_cfg("dql-joint", small_dataset_path, s, tmp_path / f"alone{s}"), progress=False)
+        resumed, alone = _metrics(tmp_path / f"r{s}"), _metrics(tmp_path / f"alone{s}")
+        assert [m["step"] for m in resumed] == [m["step"] for m in alone]  # no step logged twice
+        for mr, ma in zip(resumed, alone):
+            for key in ma:
+                if key not in ("phase", "step"):
+                    assert mr[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-5), (s, mr["step"], key)
+        assert _max_diff(tmp_path / f"r{s}", tmp_path / f"alone{s}") < 1e-4

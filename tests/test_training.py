@@ -89,6 +89,11 @@ def test_resume_continues_an_interrupted_run(small_dataset_path, tmp_path):
     assert len(keys) == len(set(keys))
     assert ("eval", 6) in keys and ("policy", 12) in keys
     assert json.loads((out / "result.json").read_text())["policy_steps"] == 12
+    # and it ends where the uninterrupted run ends: data order and the halves' noise streams were restored
+    whole = modzoo.train(cfg("idql", "idql", small_dataset_path, tmp_path / "whole", schedule="guidance-first",
+                             save_every=4, eval_every=6, eval_episodes=1), progress=False)
+    for x, y in zip(res.policy.state_dict().values(), whole.policy.state_dict().values()):
+        torch.testing.assert_close(x, y)
 
 
 def test_runs_are_reproducible_under_a_seed(small_dataset_path):
