@@ -380,22 +380,44 @@ D4RL_PYBULLET_MEDIUM_RETURN = {"hopper": 1078.4, "halfcheetah": 787.4, "walker2d
 
 def export_choice(
     robot: str, run_dir: str | os.PathLike[str], export_dir: str | os.PathLike[str],
-    medium_return: float | None = None, episodes: int = 10,
+    medium_return: float | None = None, episodes: int = 10, candidates: int = 12,
 ) -> dict[str, Path]:
-    """Pick a run's expert (best evaluated snapshot) and medium (evaluation return nearest
-    ``medium_return``, default d4rl-pybullet's medium return) snapshots, re-evaluate each on ``episodes``
-    episodes, and write them as ``behaviour-<robot>-{expert,medium}.pt`` in ``export_dir`` with the
+    """Pick a run's expert (best re-evaluated snapshot) and medium (re-evaluated return nearest
+    ``medium_return``, default d4rl-pybullet's medium return) snapshots among the ``candidates`` best by the
+    training-time evaluation, re-evaluating each on ``episodes`` episodes, and write them as ``behaviour-<robot>-{expert,medium}.pt`` in ``export_dir`` with the
     evaluation in their metadata (collection records it in the dataset's recipe)."""
     import torch
 
     robot = robot_of(robot)
     target = D4RL_PYBULLET_MEDIUM_RETURN[robot] if medium_return is None else medium_return
-    picks = {"expert": best_snapshot(run_dir), "medium": snapshot_near(run_dir, target)}
+    run_dir = Path(run_dir)
+    progress = _read_progress(run_dir)
+    if not progress:
+        raise ModzooError(f"no evaluated snapshots in {run_dir}: run `modzoo data train-behaviour` first")
+    # The training-time evaluation (5 episodes) is noisy: a SAC walker that falls now and then can score its
+    # best there by luck. Re-evaluate the `candidates` most promising snapshots on `episodes` fresh episodes
+    # and choose on those returns (walker2d: the 5-episode best, 922 at step 200k, re-evaluated at 550 +- 370).
+    cache: dict[Path, np.ndarray] = {}
+
+    def returns(snap: Path) -> np.ndarray:
+        if snap not in cache:
+            cache[snap] = rollout_returns(TorchActorPolicy(snap), robot, episodes, seed=20_000)
+        return cache[snap]
+
+    def snaps(order: list[dict[str, Any]]) -> list[Path]:
+        return [run_dir / "snapshots" / r["snapshot"] for r in order[:candidates]]
+    by_return = sorted(progress, key=lambda r: -r["eval_mean"])
+    expert = max(snaps(by_return), key=lambda p: returns(p).mean())
+    # medium comes from before the expert, as D4RL's medium policy is an earlier stage of the same training
+    step = {r["snapshot"]: r["step"] for r in progress}
+    earlier = [r for r in progress if r["step"] <= step[expert.name]]
+    by_target = sorted(earlier, key=lambda r: abs(r["eval_mean"] - target))
+    picks = {"expert": expert, "medium": min(snaps(by_target), key=lambda p: abs(returns(p).mean() - target))}
     out: dict[str, Path] = {}
     export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     for which, snap in picks.items():
-        rets = rollout_returns(TorchActorPolicy(snap), robot, episodes, seed=20_000)
+        rets = returns(snap)
         blob = torch.load(snap, map_location="cpu", weights_only=True)
         blob["meta"] = {**blob["meta"], "which": which, "eval_mean": float(rets.mean()), "eval_std": float(rets.std()),
                         "eval_episodes": episodes, "source": str(snap)}

@@ -285,6 +285,20 @@ def _pkg_version(name: str) -> str:
         return "unknown"
 
 
+def _exported_medium_source(robot: str, run: Path) -> Path | None:
+    """The snapshot of ``run`` that modzoo's exported medium actor came from (its recorded ``source``), if any:
+    medium-replay then ends exactly where the medium dataset's policy was taken."""
+    import torch
+
+    from .behaviour import ASSET_DIR, actor_filename
+    path = ASSET_DIR / actor_filename(robot, "medium")
+    if not path.is_file():
+        return None
+    source = Path(torch.load(path, map_location="cpu", weights_only=True)["meta"].get("source", ""))
+    snap = run / "snapshots" / source.name
+    return snap if source.name and snap.is_file() else None
+
+
 def collect_replay_from_run(
     task: str, run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, upto_step: int | None = None,
     log: Callable[[str], None] | None = None,
@@ -301,7 +315,7 @@ def collect_replay_from_run(
         raise DatasetError(f"--from-run builds medium-replay datasets only, not {task}")
     run = Path(run_dir)
     if upto_step is None:
-        snap = snapshot_near(run, D4RL_PYBULLET_MEDIUM_RETURN[robot])
+        snap = _exported_medium_source(robot, run) or snapshot_near(run, D4RL_PYBULLET_MEDIUM_RETURN[robot])
         upto_step = int(snap.stem.split("_")[1])
     chunks = sorted((run / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
     chunks = [c for c in chunks if int(c.stem.split("_")[1]) <= upto_step]
