@@ -111,10 +111,3 @@ def load_optim_state(state: dict[str, Any], opt: torch.optim.Optimizer | None, s
         opt.load_state_dict(state["opt"])
     if sched is not None and "sched" in state:
         sched.load_state_dict(state["sched"])
-
-
-def module_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator of a module's own: each seed gets its own noise stream, independent of global state."""
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
