@@ -236,13 +236,19 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
         return {"key": f"{pdir}:{key}", "status": "skipped"}
     policy, guidance = load_policy_and_guidance(pdir / "policy.pt", Path(job["guidance_run"]) / "guidance.pt", "cpu")
     ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"])
-    done[key] = {**ev.to_dict(), "guidance_run": job["guidance_run"], "guidance": guidance.algorithm}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(done, indent=2))
-    tmp.replace(path)
-    if job.get("summaries"):
-        Path(job["summaries"]).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, Path(job["summaries"]) / "swaps.json")
+    # Read, merge and write under a lock: two workers may finish two swaps of the same policy run together, and a
+    # plain read-modify-write would drop one of them.
+    import fcntl
+    with open(pdir / "swaps.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = json.loads(path.read_text()) if path.exists() else {}
+        done[key] = {**ev.to_dict(), "guidance_run": job["guidance_run"], "guidance": guidance.algorithm}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done, indent=2))
+        tmp.replace(path)
+        if job.get("summaries"):
+            Path(job["summaries"]).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, Path(job["summaries"]) / "swaps.json")
     return {"key": f"{pdir}:{key}", "status": "ok", "normalized": ev.normalized_mean}
 
 
