@@ -22,7 +22,8 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_common import build_halves, joint_step, machine, median, set_threads, synthetic_dataset  # noqa: E402
+from speed_common import activation_calls, build_halves, cpu_alternate, joint_step, machine, median, set_threads, \
+    synthetic_dataset  # noqa: E402
 
 
 def build(ds: Any, mode: str | None) -> tuple[Callable[[], Any], Callable[[], Any]]:
@@ -40,19 +41,6 @@ def build(ds: Any, mode: str | None) -> tuple[Callable[[], Any], Callable[[], An
         with torch.inference_mode():
             return p.act(obs, g, n=50)
     return (lambda: joint_step(buf, g, p)), act
-
-
-def cpu_alternate(fns: dict[str, tuple[Callable[[], Any], int]], rounds: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            f, n = fns[k]
-            c0 = time.process_time()
-            for _ in range(n):
-                f()
-            out[k].append((time.process_time() - c0) / n)
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,21 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         w = s * (2 - s)
         return x * w / (2 - w)
     compiled = torch.compile(formula, dynamic=False)
-    x = torch.randn(256, 256) * 3
-    xg = x.clone().requires_grad_(True)
-    gr = torch.randn(256, 256)
-
-    def fwd(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], Any]:
-        def run() -> None:
-            with torch.no_grad():
-                f(x)
-        return run
-
-    def fb(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], Any]:
-        def run() -> None:
-            f(xg).backward(gr)
-            xg.grad = None
-        return run
+    fwd, fb = activation_calls(torch.randn(256, 256) * 3, torch.randn(256, 256))
     for f in (fwd(compiled), fb(compiled)):
         f()
     r = cpu_alternate({"FastMish fwd": (fwd(mish), 100), "compiled fwd": (fwd(compiled), 100),

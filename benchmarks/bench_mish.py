@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,24 +20,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_common import machine, median, set_threads  # noqa: E402
+from speed_common import activation_calls, cpu_alternate, machine, median, set_threads  # noqa: E402
 
 from modzoo.activations import FastMish, mish  # noqa: E402
 
 
-def cpu_alternate(fns: dict[str, Callable[[], Any]], rounds: int, repeat: int) -> dict[str, float]:
+def cpu_medians(fns: dict[str, Callable[[], Any]], rounds: int, repeat: int) -> dict[str, float]:
     """Median CPU seconds per call of each function, the functions taking turns in blocks of ``repeat``."""
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for f in fns.values():
-        f()
-    for r in range(rounds):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            c0 = time.process_time()
-            for _ in range(repeat):
-                fns[k]()
-            out[k].append((time.process_time() - c0) / repeat)
-    return {k: median(v) for k, v in out.items()}
+    t = cpu_alternate({k: (f, repeat) for k, f in fns.items()}, rounds, warmup=1)
+    return {k: median(v) for k, v in t.items()}
 
 
 def accuracy() -> str:
@@ -69,25 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {info['torch']}, {info['threads']} thread(s), {info['cpu']} x{info['cores']}, load {info['loadavg']}")
     print(accuracy())
     for rows in (50, 256, 1024):
-        x = torch.randn(rows, 256) * 3
-        xg = x.clone().requires_grad_(True)
-        g = torch.randn(rows, 256)
-
-        def fwd(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], Any]:
-            def f() -> None:
-                with torch.no_grad():
-                    fn(x)
-            return f
-
-        def fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], Any]:
-            def f() -> None:
-                fn(xg).backward(g)
-                xg.grad = None
-            return f
-        r = cpu_alternate({"F.mish fwd": fwd(F.mish), "FastMish fwd": fwd(mish), "relu fwd": fwd(F.relu),
-                           "sigmoid fwd": fwd(torch.sigmoid), "F.mish fwd+bwd": fwd_bwd(F.mish),
-                           "FastMish fwd+bwd": fwd_bwd(mish), "relu fwd+bwd": fwd_bwd(F.relu)},
-                          a.rounds, max(20, 20_000 // rows))
+        fwd, fwd_bwd = activation_calls(torch.randn(rows, 256) * 3, torch.randn(rows, 256))
+        r = cpu_medians({"F.mish fwd": fwd(F.mish), "FastMish fwd": fwd(mish), "relu fwd": fwd(F.relu),
+                         "sigmoid fwd": fwd(torch.sigmoid), "F.mish fwd+bwd": fwd_bwd(F.mish),
+                         "FastMish fwd+bwd": fwd_bwd(mish), "relu fwd+bwd": fwd_bwd(F.relu)},
+                        a.rounds, max(20, 20_000 // rows))
         print(f"{rows}x256: " + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in r.items())
               + f"; FastMish/F.mish: fwd {r['F.mish fwd'] / r['FastMish fwd']:.2f}x, fwd+bwd "
               f"{r['F.mish fwd+bwd'] / r['FastMish fwd+bwd']:.2f}x")
@@ -104,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             m.zero_grad(set_to_none=True)
             m(inp).square().mean().backward()
         return f
-    r = cpu_alternate({k: train_call(m) for k, m in nets.items()}, a.rounds, 20)
+    r = cpu_medians({k: train_call(m) for k, m in nets.items()}, a.rounds, 20)
     with FlopCounterMode(display=False) as fc:  # matmul FLOPs of forward + backward as executed
         train_call(nets["ReLU"])()
     flops = fc.get_total_flops()

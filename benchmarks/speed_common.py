@@ -169,5 +169,45 @@ def alternate(fns: dict[str, Callable[[], Any]], rounds: int = 7, repeat: int = 
     return out
 
 
+def cpu_alternate(fns: dict[str, tuple[Callable[[], Any], int]], rounds: int, warmup: int = 0
+                  ) -> dict[str, list[float]]:
+    """Like :func:`alternate`, in process CPU seconds per call, each function with its own block size
+    (``{name: (fn, calls per block)}``): the steadier clock for one-thread micro-benchmarks on a loaded machine."""
+    for f, _ in fns.values():
+        for _ in range(warmup):
+            f()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            f, n = fns[k]
+            c0 = time.process_time()
+            for _ in range(n):
+                f()
+            out[k].append((time.process_time() - c0) / n)
+    return out
+
+
+def activation_calls(x: torch.Tensor, grad: torch.Tensor
+                     ) -> tuple[Callable[[Callable[[torch.Tensor], torch.Tensor]], Callable[[], None]],
+                                Callable[[Callable[[torch.Tensor], torch.Tensor]], Callable[[], None]]]:
+    """``(fwd, fwd_bwd)``: for an activation ``act``, ``fwd(act)`` is a call of ``act(x)`` without grad and
+    ``fwd_bwd(act)`` one forward and backward (with ``grad``) on a copy of ``x`` that requires grad."""
+    xg = x.clone().requires_grad_(True)
+
+    def fwd(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                act(x)
+        return run
+
+    def fwd_bwd(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            act(xg).backward(grad)
+            xg.grad = None
+        return run
+    return fwd, fwd_bwd
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
