@@ -71,6 +71,10 @@ class TwinCriticGuidance(GuidanceModule):
         """sum_i MSE(Q_i(s, a), target), the critics' loss."""
         with torch.no_grad():
             target = self.td_target(batch, policy)
+        return self._regression(batch, target)
+
+    def _regression(self, batch: dict[str, torch.Tensor], target: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         qs = self.critic(batch["observations"], batch["actions"])
         loss = F.mse_loss(qs, target.expand_as(qs), reduction="none").mean(1).sum()
         return loss, {"critic_loss": loss.detach(), "q": qs.detach().mean()}
@@ -96,10 +100,9 @@ class TwinCriticGuidance(GuidanceModule):
     def fit_q(self, batch: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
         """For subclasses that write ``update`` themselves: one step of sum_i MSE(Q_i(s, a), target), then the
         Polyak target update."""
-        qs = self.critic(batch["observations"], batch["actions"])
-        loss = F.mse_loss(qs, target.detach().expand_as(qs), reduction="none").mean(1).sum()
+        loss, metrics = self._regression(batch, target.detach())
         step_stage(self.critic_stage(), loss)
-        return {"critic_loss": loss.detach(), "q": qs.detach().mean()}
+        return metrics
 
     def drop_optimizers(self) -> None:
         self.q_opt, self.q_sched = None, None

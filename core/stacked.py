@@ -89,7 +89,6 @@ def make_twin(halves: list[_Half]) -> _Half:
     values stacked, with the optimizer state stacked the same way and each seed's generator kept."""
     lead = halves[0]
     twin = type(lead)(lead.obs_dim, lead.act_dim, lead.cfg).to(lead.device)
-    twin.load_state_dict(lead.state_dict())  # frozen-ness and non-tensor state follow below
     per_seed = [dict(h.named_parameters()) | dict(h.named_buffers()) for h in halves]
     for name in list(dict(twin.named_parameters())) + list(dict(twin.named_buffers())):
         _set_tensor(twin, name, torch.stack([p[name].detach() for p in per_seed]).clone())
@@ -138,13 +137,16 @@ class StackedStepper(Stepper):
         self.p_twin = make_twin([run.policy for run in runs]) if runs[0].policy is not None else None
         self.pair = _Pair(self.g_twin, self.p_twin)
         self.gens = [t.generator for t in (self.g_twin, self.p_twin) if t is not None]
+        # Every stacked tensor keeps its identity for the whole run (steps write into it), so its name is looked up
+        # once, not per stage.
+        self.named = list(self.pair.named_parameters()) + list(self.pair.named_buffers())
+        self.names = {id(t): n for n, t in self.named}
 
     # ---- one stage for all seeds ------------------------------------------------------------------------------
     def _stage(self, stage: Stage, batch: dict[str, torch.Tensor], other: Any) -> dict[str, torch.Tensor]:
-        names = {id(p): n for n, p in self.pair.named_parameters()}
+        names = self.names
         trained = {names[id(p)]: p.detach() for p in stage.params()}
-        rest = {n: t.detach() for n, t in list(self.pair.named_parameters()) + list(self.pair.named_buffers())
-                if n not in trained}
+        rest = {n: t.detach() for n, t in self.named if n not in trained}
 
         def seed_loss(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                       b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
