@@ -3,6 +3,7 @@ noise, as used to pick ``modzoo.collect.MEDIUM_SIGMA`` (figures in docs/datasets
 
     python benchmarks/measure_policies.py hopper --sigmas 0,0.1,0.25,0.3,0.35 --episodes 20
     python benchmarks/measure_policies.py halfcheetah --which medium --sigmas 0,0.1 --episodes 10
+    python benchmarks/measure_policies.py walker2d --gait runs/behaviour/walker2d --steps 90000,140000,150000,170000,200000 --episodes 4
 
 Episodes use seeds 0..episodes-1; noise is added after the policy's output is clipped to [-1, 1] and the
 result clipped again, exactly as ``modzoo data collect`` does.
@@ -17,6 +18,31 @@ from modzoo.collect import behaviour_policy
 from modzoo.scores import normalized_score
 
 
+def gait(robot: str, run_dir: str, steps: list[int], episodes: int) -> None:
+    """Per SAC snapshot and episode (seeds 20000+, as the export re-evaluates): return, length, and how far the
+    torso moved forward. Tells a walking policy from one that stands still for the alive bonus."""
+    from pathlib import Path
+
+    from modzoo.behaviour import TorchActorPolicy
+    from modzoo.envs import make_env
+
+    for step in steps:
+        pol = TorchActorPolicy(Path(run_dir) / "snapshots" / f"step_{step}.pt")
+        env = make_env(robot, seed=0)
+        rows = []
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=20_000 + ep)
+            body = env.unwrapped._inner.robot  # pybullet's robot: body_xyz is the torso position
+            x0, ret, n = body.body_xyz[0], 0.0, 0
+            for n in range(1, 1001):
+                obs, r, term, trunc, _ = env.step(pol(obs[None])[0])
+                ret += r
+                if term or trunc:
+                    break
+            rows.append(f"return {ret:.0f}, {n} steps, {body.body_xyz[0] - x0:.1f} m")
+        print(f"step {step}: " + "; ".join(rows), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("robot")
@@ -24,7 +50,13 @@ def main() -> None:
     ap.add_argument("--sigmas", default="0")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--behaviour-dir", default=None)
+    ap.add_argument("--gait", metavar="RUN_DIR", help="report return, length and forward distance of the snapshots "
+                                                      "--steps of a train-behaviour run instead")
+    ap.add_argument("--steps", default="", help="snapshot steps for --gait, e.g. 90000,170000")
     a = ap.parse_args()
+    if a.gait:
+        gait(a.robot, a.gait, [int(x) for x in a.steps.split(",") if x], a.episodes)
+        return
     pol, desc = behaviour_policy(a.robot, a.which, a.behaviour_dir)
     print(f"{a.robot} {a.which}: {desc}")
     for s in (float(x) for x in a.sigmas.split(",")):
