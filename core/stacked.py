@@ -28,24 +28,25 @@ from torch.func import functional_call, grad, vmap
 from .activations import first_order
 from .errors import ConfigError
 from .interfaces import DiffusionPolicy, GuidanceModule, _Half
+from .plugins_api import load_registry
 from .rng import StackedGenerator
 from .stages import Stage, clip_per_seed, finish_step
 from .training import RunResult, Stepper, _Run, _setup, _train_group
 
 
-def stackable(guidance: GuidanceModule | None, policy: DiffusionPolicy | None) -> str | None:
-    """None when these halves can train stacked, else the reason they cannot."""
-    for kind, half in (("guidance", guidance), ("policy", policy)):
-        if half is None:
+def stackable(guidance: type | None, policy: type | None) -> str | None:
+    """None when halves of these classes can train stacked, else the reason they cannot."""
+    for kind, cls in (("guidance", guidance), ("policy", policy)):
+        if cls is None:
             continue
-        if not type(half).stackable:
-            return f"{kind} {half.algorithm!r} does not declare stackable=True (its update is not written as stages)"
+        if not cls.stackable:
+            return f"{kind} {cls.algorithm!r} does not declare stackable=True (its update is not written as stages)"
         # A subclass that rewrites update() inherits the claim but not its truth: the stacked step runs stages()
-        for cls in type(half).__mro__:
-            if "stackable" in cls.__dict__:
+        for base in cls.__mro__:
+            if "stackable" in base.__dict__:
                 break
-            if "update" in cls.__dict__:
-                return (f"{kind} {half.algorithm!r}: {cls.__name__} overrides update(), which a stacked step would "
+            if "update" in base.__dict__:
+                return (f"{kind} {cls.algorithm!r}: {base.__name__} overrides update(), which a stacked step would "
                         f"skip (it runs stages()); set stackable = False there, or move the change into loss()")
     return None
 
@@ -239,6 +240,12 @@ def train_seeds(cfgs: list[Any], dataset: Any = None, *, mode: str = "auto", pro
         dataset = load_dataset(r0.dataset or r0.task, task=r0.task)
     if mode == "off" or len(cfgs) == 1:
         return [train(cfg, dataset, progress=progress, resume=resume) for cfg in cfgs]
+    reg = load_registry()
+    c0 = cfgs[0]
+    why = stackable(*(reg.half(kind, c0[kind].name).cls if c0[kind] and c0[kind].get("name") else None
+                      for kind in ("guidance", "policy")))
+    if mode == "vmap" and why:  # refused before any run dir is made
+        raise ConfigError(f"cannot stack seeds with vmap: {why}; use --stack lockstep or off")
     runs: list[_Run] = []
     for cfg in cfgs:
         runs.append(_setup(cfg, dataset, resume, None, share=runs[0].buffer if runs else None))
@@ -252,7 +259,8 @@ def train_seeds(cfgs: list[Any], dataset: Any = None, *, mode: str = "auto", pro
                               f"use --stack off to resume them one after another")
         say(f"seeds stopped at different points ({where}): resuming them one after another")
         return [_train_group([run], Stepper([run]), progress)[0] for run in runs]
-    why = stackable(lead.guidance, lead.policy)
+    # the halves actually built (a pretrained guidance comes from its checkpoint) decide as well
+    why = why or stackable(type(lead.guidance), type(lead.policy) if lead.policy is not None else None)
     if mode == "vmap" and why:
         raise ConfigError(f"cannot stack seeds with vmap: {why}; use --stack lockstep or off")
     if mode == "auto":

@@ -529,7 +529,7 @@ class _Harness:
         from .stacked import stackable, train_seeds
         if not self.spec.cls.stackable:
             return  # nothing claimed, nothing to check
-        why = stackable(self.build(), None) if self.kind == "guidance" else stackable(None, self.build())
+        why = stackable(self.spec.cls, None) if self.kind == "guidance" else stackable(None, self.spec.cls)
         if why:
             raise self.fail("stacked", why)
         from .training import train

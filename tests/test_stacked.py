@@ -132,6 +132,7 @@ def test_vmap_refuses_halves_that_cannot_stack(small_dataset_path: Path, tmp_pat
                               dataset=str(small_dataset_path), out=str(tmp_path / f"e{s}"), seed=s) for s in (0, 1)]
     with pytest.raises(ConfigError, match="stackable"):
         train_seeds(cfgs, mode="vmap", progress=False)
+    assert not any((tmp_path / f"e{s}").exists() for s in (0, 1))  # refused before any run dir was made
 
 
 def test_clip_per_seed_is_torch_clip_for_each_seed() -> None:
