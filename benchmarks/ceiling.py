@@ -3,6 +3,7 @@ matrices, and the fraction of that rate the step reaches.
 
     python benchmarks/ceiling.py                                  # modzoo's joint DQL step, 1 thread
     python benchmarks/ceiling.py --reference-dir /work/ref/dql    # also count the reference's step
+    python benchmarks/ceiling.py --profile                        # only: self CPU time per op over 20 steps
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` while one step runs (every mm/addmm/bmm/
 baddbmm of the forward and backward passes as executed, 2 FLOPs per multiply-add; elementwise ops are not
@@ -57,6 +58,26 @@ def reference_step(ref_dir: Path) -> Callable[[], Any]:
     return lambda: agent.train(sampler, iterations=1, batch_size=BATCH)
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def profile_step(step: Callable[[], Any], n: int = 20, rows: int = 12) -> None:
+    """Where one step's time goes: self CPU time per op (torch.profiler), matmuls against the rest."""
+    from torch.profiler import profile
+
+    for _ in range(3):
+        step()
+    with profile() as prof:
+        for _ in range(n):
+            step()
+    ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ev) / n / 1e3
+    mat = sum(e.self_cpu_time_total for e in ev if e.key in MATMULS) / n / 1e3
+    print(f"profiled: {total:.1f} ms self CPU per step, matmuls {mat:.1f} ms, the rest {total - mat:.1f} ms")
+    for e in ev[:rows]:
+        print(f"  {e.key[:40]:40s} {e.self_cpu_time_total / n / 1e3:7.2f} ms per step  {e.count // n:5d} calls")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -64,9 +85,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=5, help="training steps per timed block")
     ap.add_argument("--reference-dir", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", action="store_true", help="print a per-op profile of the step and stop")
     a = ap.parse_args(argv)
     set_threads(a.threads)
     step = case("joint_dql")
+    if a.profile:
+        profile_step(step)
+        return {}
     flops, split = count_flops(step)
     out: dict[str, Any] = {**machine(), "step_flops": flops, "step_flops_by_op": split}
     print(f"torch {out['torch']}, {out['threads']} thread(s), {out['cpu']} x{out['cores']}, load {out['loadavg']}")
@@ -84,8 +109,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     big = (torch.randn(2048, 2048), torch.randn(2048, 2048))
     small = (torch.randn(BATCH, 256), torch.randn(256, 256))
+    # bf16 is not what modzoo trains in: it is timed to show what the one lever left on the matmuls would give
+    small16 = tuple(x.bfloat16() for x in small)
     fns = {"mm2048": (lambda: big[0] @ big[1], 2, 2 * 2048**3),
            "mm256": (lambda: small[0] @ small[1], 200, 2 * BATCH * 256 * 256),
+           "mm256_bf16": (lambda: small16[0] @ small16[1], 200, 2 * BATCH * 256 * 256),
            "step": (step, a.steps, flops)}
     for f, n, _ in fns.values():
         f()
@@ -106,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 "cpu": s["gflops_cpu"] / m2["gflops_cpu"]}
     print(f"fp32 matmul 2048^3: {m['gflops_wall']:.1f} GFLOP/s wall, {m['gflops_cpu']:.1f} GFLOP/s CPU time")
     print(f"fp32 matmul {BATCH}x256x256: {m2['gflops_wall']:.1f} GFLOP/s wall, {m2['gflops_cpu']:.1f} GFLOP/s CPU")
+    m3 = rates["mm256_bf16"]
+    print(f"bf16 matmul {BATCH}x256x256: {m3['gflops_wall']:.1f} GFLOP/s wall, {m3['gflops_cpu']:.1f} GFLOP/s CPU "
+          f"(the step's matmuls at this rate: {flops / m3['gflops_cpu'] / 1e6:.1f} ms CPU)")
     print(f"DQL step: {s['wall_s'] * 1e3:.1f} ms wall, {s['cpu_s'] * 1e3:.1f} ms CPU -> {s['gflops_wall']:.1f} "
           f"GFLOP/s wall, {s['gflops_cpu']:.1f} GFLOP/s CPU")
     print(f"fraction of the 2048^3 matmul rate: {out['fraction_of_mm2048']['wall']:.2f} (wall), "
