@@ -80,9 +80,10 @@ def test_dql_td_target(monkeypatch, mode):
     seen = {}
     orig = g.td_target
     monkeypatch.setattr(g, "td_target", lambda bt, pol=None: seen.setdefault("target", orig(bt, pol)))
-    g.update(b, P() if mode == "policy" else None)
     a_next = b["next_actions"] if mode == "dataset" else policy_act
-    q_next = g.critic_target(b["next_observations"], a_next).min(0).values
+    with torch.no_grad():  # the target net as the TD target sees it: before this update's Polyak step moves it
+        q_next = g.critic_target(b["next_observations"], a_next).min(0).values
+    g.update(b, P() if mode == "policy" else None)
     expected = b["rewards"] + 0.99 * (1 - b["terminals"]) * q_next
     torch.testing.assert_close(seen["target"], expected)
     assert g.requires_policy == (mode == "policy")
