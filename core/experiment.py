@@ -121,10 +121,45 @@ def is_finished(out: str | Path) -> bool:
     return (Path(out) / "result.json").exists()
 
 
+# Filled in by training's setup whatever the defaults say (the halves' seed from run.seed, decay horizons from the
+# budget), or path-like: not settings a changed default can alter.
+_NOT_COMPARED = {"seed", "lr_decay_steps", "guidance_ckpt", "out"}
+
+
+def config_drift(s: RunSpec) -> list[str]:
+    """How a run dir's saved ``config.yaml`` differs from the config this grid would start it with now, as
+    ``"policy.selection: expectile -> argmax"`` lines (empty when it matches or the dir has none).
+
+    A finished or half-trained run made under other defaults or overrides must not be skipped or resumed into a
+    grid whose other runs use the new ones: the report would mix two configs without saying so.
+    """
+    from .training import run_config
+    path = Path(s.out) / "config.yaml"
+    if not path.exists():
+        return []
+    saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    now = OmegaConf.to_container(run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule,
+                                            seed=s.seed, out=s.out, **s.run), resolve=True)
+    out = []
+    for section in ("run", "guidance", "policy"):
+        old, new = saved.get(section) or {}, now.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            if key in _NOT_COMPARED or new.get(key) is None and section == "run":
+                continue
+            if old.get(key) != new.get(key):
+                out.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return out
+
+
 def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one run (or skip it when finished; resume it when interrupted). Runs in a worker process."""
+    """Train one run (or skip it when finished; resume it when interrupted). Runs in a worker process.
+
+    A run dir whose saved config differs from the current one is left untouched and reported as ``stale``."""
     from .training import run_config, train
     s = RunSpec(**spec)
+    drift = config_drift(s)
+    if drift:
+        return {"key": s.key, "status": "stale", "drift": drift, "out": s.out}
     if is_finished(s.out):
         write_summary(s)
         return {"key": s.key, "status": "skipped"}
@@ -328,7 +363,12 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
         log(f"FAILED {r['key']}: {r['error']}")
-    summary = {"experiment": exp.name, "runs": len(specs), "failed": len(failed),
+    stale = [r for r in results if r["status"] == "stale"]
+    for r in stale:
+        log(f"STALE {r['key']}: its run dir was made with another config ({'; '.join(r['drift'])}); it was neither "
+            f"resumed nor counted. To retrain it with the current config, delete {r['out']} and its summary under "
+            f"{exp.get('summaries') or 'the summaries folder'}; to keep it, restore the old setting.")
+    summary = {"experiment": exp.name, "runs": len(specs), "failed": len(failed), "stale": len(stale),
                "seconds": round(time.time() - t0, 1), "results": results}
     if report:
         from .report import write_report

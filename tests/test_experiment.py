@@ -91,6 +91,28 @@ def test_rerun_skips_finished_runs(tiny_experiment, tmp_path):
     assert res.stat().st_mtime_ns == before
 
 
+def test_a_run_made_under_another_config_is_reported_stale_not_mixed_in(tiny_experiment, tmp_path):
+    """A changed default (here: an arm's override) must not let the finished runs made before it count as runs of
+    the new config, nor let a rerun resume them with the old one."""
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    res = tmp_path / "runs" / TASK / "idql-joint" / "seed0" / "result.json"
+    before = res.read_bytes()
+    exp = yaml.safe_load(tiny_experiment.read_text())
+    exp["arms"]["idql-joint"]["overrides"] = [o.replace("policy.candidates=4", "policy.candidates=6")
+                                              for o in exp["arms"]["idql-joint"]["overrides"]]
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    lines: list[str] = []
+    again = run_experiment(str(tiny_experiment), log=lines.append, report=False)
+    by_key = {r["key"]: r for r in again["results"] if "drift" in r or r["status"] == "skipped"}
+    for seed in (0, 1):
+        r = by_key[f"{TASK}/idql-joint/seed{seed}"]
+        assert r["status"] == "stale" and r["drift"] == ["policy.candidates: 4 -> 6"]
+    assert {r["status"] for k, r in by_key.items() if "/idql-joint/" not in k} == {"skipped"}
+    assert again["stale"] == 2 and res.read_bytes() == before
+    msg = [m for m in lines if m.startswith(f"STALE {TASK}/idql-joint/seed0")]
+    assert msg and "policy.candidates: 4 -> 6" in msg[0] and "delete" in msg[0]
+
+
 def test_unknown_experiment_lists_known():
     from modzoo.errors import ConfigError
     with pytest.raises(ConfigError, match="gfdt-cpu"):
