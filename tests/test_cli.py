@@ -119,3 +119,17 @@ def test_seeds_give_one_run_dir_each_equal_to_a_single_run(capsys, small_dataset
     assert multi["eval"]["returns"] == single["eval"]["returns"]
     assert (tmp_path / "multi" / "seed0" / "policy.pt").exists()
     assert "distinct" in _one_line_error(capsys, *common, "--seeds", "1,1", "--out", str(tmp_path / "x"))
+
+
+def test_demo_resamples_for_idql_and_the_user_override_wins():
+    """The demo's short run uses IDQL's implicit-policy resampling (argmax over a half-trained critic collapses
+    it, README), any other policy keeps its own rule, and a user's override comes last and wins."""
+    from modzoo.cli import demo_overrides
+    from modzoo.training import run_config
+
+    def selection(policy: str, user: list[str]) -> str:
+        return run_config("idql", policy, "bullet-hopper-medium-v0", demo_overrides(policy, user)).policy.selection
+    assert selection("idql", []) == "expectile"
+    assert selection("idql", ["policy.selection=argmax"]) == "argmax"
+    assert selection("dql", []) == "softmax"
+    assert run_config("idql", "idql", "bullet-hopper-medium-v0").policy.selection == "argmax"  # library default
