@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .interfaces import GuidanceModule
-from .nets import EnsembleQ
+from .nets import EnsembleQ, init_
 from .stages import Stage, run_stages, step_stage
 from .utils import frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state, \
     polyak_update
@@ -25,6 +25,7 @@ class TwinCriticGuidance(GuidanceModule):
         super().__init__(obs_dim, act_dim, cfg)
         self.critic = EnsembleQ(obs_dim, act_dim, list(cfg.get("hidden", [256, 256])), cfg.get("num_q", 2),
                                 act=cfg.get("activation", "relu"), layer_norm=cfg.get("layer_norm", False))
+        init_(self.critic, cfg.get("init", "torch"))
         self.critic_target = frozen_copy(self.critic)
         self.q_opt: torch.optim.Optimizer | None = make_optimizer(self.critic.parameters(),
                                                                   cfg.get("optimizer", "adam"),

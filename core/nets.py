@@ -326,3 +326,43 @@ class ValueNet(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.body(obs).squeeze(-1)
+
+
+INITS = ("torch", "flax")
+_TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]: flax divides it out
+
+
+def init_(module: nn.Module, scheme: str = "torch") -> nn.Module:
+    """Re-initialise ``module``'s linear layers (in place) the way the method's own code does.
+
+    - ``torch``: leave torch's defaults, U(+-1/sqrt(fan_in)) for weights and biases (Diffusion-QL is a torch code).
+    - ``flax``: IDQL's jaxrl5 networks: xavier-uniform weights and zero biases for the MLPs, the critic and value
+      heads and the LN-ResNet's input and output layers; flax's default, a truncated lecun-normal, with zero biases
+      for the two layers inside each ResNet block.
+
+    Why it matters: a JAX method rebuilt in torch otherwise starts from another distribution (torch's output
+    layers are several times larger than xavier's for a 256 -> 3 head, and its biases are not zero), which
+    changes what the first thousands of steps do.
+    """
+    if scheme == "torch":
+        return module
+    if scheme != "flax":
+        raise ValueError(f"unknown init {scheme!r}; known: {list(INITS)}")
+    inner = {id(layer) for block in module.modules() if isinstance(block, ResidualBlock)
+             for layer in (block.fc1, block.fc2)}
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                if id(m) in inner:
+                    std = math.sqrt(1.0 / m.in_features) / _TRUNC_STD
+                    nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
+                else:
+                    nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, EnsembleLinear):  # weight (E, in, out): xavier per member
+                _, fan_in, fan_out = m.weight.shape
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                m.weight.uniform_(-bound, bound)
+                m.bias.zero_()
+    return module

@@ -13,7 +13,7 @@ import torch
 
 from .diffusion import GaussianDiffusion
 from .interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
-from .nets import LNResNetDenoiser, MLPDenoiser
+from .nets import LNResNetDenoiser, MLPDenoiser, init_
 from .selection import select_with_guidance
 from .stages import Stage, run_stages, step_stage
 from .utils import EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
@@ -40,7 +40,8 @@ class DDPMPolicy(DiffusionPolicy):
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
-        self.diffusion = GaussianDiffusion(build_denoiser(obs_dim, act_dim, cfg), act_dim, T=cfg.get("T", 5),
+        denoiser = init_(build_denoiser(obs_dim, act_dim, cfg), cfg.get("init", "torch"))
+        self.diffusion = GaussianDiffusion(denoiser, act_dim, T=cfg.get("T", 5),
                                            schedule=cfg.get("schedule", "vp"),
                                            sampler=cfg.get("sampler", "posterior"))
         self.ema_diffusion = frozen_copy(self.diffusion)

@@ -17,7 +17,7 @@ import torch
 from modzoo.critics import TwinCriticGuidance
 from modzoo.hookspecs import hookimpl
 from modzoo.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
-from modzoo.nets import ValueNet
+from modzoo.nets import ValueNet, init_
 from modzoo.plugins_api import HalfSpec
 from modzoo.policy import DDPMPolicy
 from modzoo.stages import Stage
@@ -41,6 +41,7 @@ class IQLGuidance(TwinCriticGuidance):
         super().__init__(obs_dim, act_dim, cfg)
         self.value = ValueNet(obs_dim, list(cfg.get("hidden", [256, 256])), act=cfg.get("activation", "relu"),
                               layer_norm=cfg.get("layer_norm", False))
+        init_(self.value, cfg.get("init", "torch"))
         self.v_opt: torch.optim.Optimizer | None = make_optimizer(self.value.parameters(), "adam",
                                                                   cfg.get("value_lr", 3e-4))
         self.tau = cfg.get("expectile", 0.7)

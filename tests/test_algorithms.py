@@ -164,3 +164,38 @@ def test_frozen_guidance_passes_action_gradients_only():
     a = torch.zeros(3, ACT, requires_grad=True)
     g.q_ensemble(torch.randn(3, OBS), a).sum().backward()
     assert a.grad is not None and all(p.grad is None for p in g.parameters())
+
+
+def test_idql_starts_from_jaxrl5s_initialisation():
+    """IDQL's nets start as its flax code's do: xavier-uniform kernels and zero biases, the ResNet blocks' inner
+    layers truncated lecun-normal; targets and EMA copies start equal to the live nets; DQL keeps torch's init."""
+    import math
+
+    from modzoo.nets import EnsembleLinear, ResidualBlock
+
+    torch.manual_seed(0)
+    g = modzoo.make_guidance("idql", OBS, ACT)
+    p = modzoo.make_policy("idql", OBS, ACT)
+    linears = [m for net in (g.critic, g.value, p.diffusion) for m in net.modules()
+               if isinstance(m, (torch.nn.Linear, EnsembleLinear))]
+    assert len(linears) > 10 and all(torch.count_nonzero(m.bias) == 0 for m in linears)
+    inner = {id(layer) for b in p.diffusion.modules() if isinstance(b, ResidualBlock) for layer in (b.fc1, b.fc2)}
+    assert len(inner) == 6
+    for m in linears:
+        w = m.weight
+        fan_in, fan_out = (w.shape[1], w.shape[2]) if w.dim() == 3 else (w.shape[1], w.shape[0])
+        if id(m) in inner:  # truncated at 2 std of sqrt(1/fan_in)/0.8796; its std is sqrt(1/fan_in)
+            std = math.sqrt(1 / fan_in) / 0.87962566103423978
+            assert w.abs().max() <= 2 * std + 1e-6
+            assert abs(w.std().item() - math.sqrt(1 / fan_in)) < 0.05 * math.sqrt(1 / fan_in)
+        else:
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            assert w.abs().max() <= bound + 1e-6 and w.abs().max() > 0.9 * bound
+    for live, copy in ((g.critic, g.critic_target), (p.diffusion, p.ema_diffusion)):
+        for a, b in zip(live.parameters(), copy.parameters()):
+            assert torch.equal(a, b)
+    dql = modzoo.make_guidance("dql", OBS, ACT)
+    assert all(torch.count_nonzero(m.bias) > 0 for m in dql.critic.modules() if isinstance(m, EnsembleLinear))
+    from modzoo.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown init 'xavier'; known: \\['torch', 'flax'\\]"):
+        modzoo.make_guidance("idql", OBS, ACT, init="xavier")
