@@ -356,7 +356,10 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     if train:
         log(f"{len(specs)} runs ({finished} already finished, skipped)")
         results = run_jobs(execute_run, [asdict(s) for s in specs], backend, workers, ray_cfg, log)
-    swaps = [j for j in swap_jobs(exp) if is_finished(j["policy_run"]) and is_finished(j["guidance_run"])]
+    # a stale run's policy or guidance is from another config: no swap pairs it with the current ones
+    stale_dirs = {str(Path(r["out"])) for r in results if r["status"] == "stale"}
+    swaps = [j for j in swap_jobs(exp) if is_finished(j["policy_run"]) and is_finished(j["guidance_run"])
+             and not {str(Path(j["policy_run"])), str(Path(j["guidance_run"]))} & stale_dirs]
     if swaps:
         log(f"{len(swaps)} inference-time swap evaluations")
         results += run_jobs(execute_swap, swaps, backend, workers, ray_cfg, log)

@@ -94,7 +94,8 @@ def test_rerun_skips_finished_runs(tiny_experiment, tmp_path):
 def test_a_run_made_under_another_config_is_reported_stale_not_mixed_in(tiny_experiment, tmp_path):
     """A changed default (here: an arm's override) must not let the finished runs made before it count as runs of
     the new config, nor let a rerun resume them with the old one."""
-    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    first = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    assert any(":" in r["key"] for r in first["results"])  # swap jobs ran (keyed "policy_run:label")
     res = tmp_path / "runs" / TASK / "idql-joint" / "seed0" / "result.json"
     before = res.read_bytes()
     exp = yaml.safe_load(tiny_experiment.read_text())
@@ -109,6 +110,8 @@ def test_a_run_made_under_another_config_is_reported_stale_not_mixed_in(tiny_exp
         assert r["status"] == "stale" and r["drift"] == ["policy.candidates: 4 -> 6"]
     assert {r["status"] for k, r in by_key.items() if "/idql-joint/" not in k} == {"skipped"}
     assert again["stale"] == 2 and res.read_bytes() == before
+    # every swap of the tiny grid pairs with idql-joint (as the policy or as the guidance): none may run now
+    assert not [r for r in again["results"] if ":" in r["key"]]
     msg = [m for m in lines if m.startswith(f"STALE {TASK}/idql-joint/seed0")]
     assert msg and "policy.candidates: 4 -> 6" in msg[0] and "delete" in msg[0]
 
