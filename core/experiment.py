@@ -151,6 +151,19 @@ def config_drift(s: RunSpec) -> list[str]:
     return out
 
 
+def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
+    """``config_drift`` of every run of a grid, by out dir, checked before any job starts; a run that reuses a
+    stale run's guidance (``guidance_from``) is stale too, even if its own settings did not change."""
+    out: dict[str, list[str]] = {}
+    for s in specs:  # plan() puts the runs that reuse a guidance after the run they take it from
+        drift = config_drift(s)
+        if s.guidance_from and s.guidance_from in out:
+            drift = [*drift, f"its guidance comes from {s.guidance_from}, which is stale"]
+        if drift:
+            out[s.out] = drift
+    return out
+
+
 def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one run (or skip it when finished; resume it when interrupted). Runs in a worker process.
 
@@ -351,11 +364,14 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     ray_cfg = OmegaConf.to_container(exp.ray, resolve=True) if "ray" in exp and exp.ray else {}
     specs = plan(exp)
     t0 = time.time()
-    finished = sum(is_finished(s.out) for s in specs)
-    results: list[dict[str, Any]] = []
+    stale = stale_runs(specs)
+    finished = sum(is_finished(s.out) and s.out not in stale for s in specs)
+    results: list[dict[str, Any]] = [{"key": s.key, "status": "stale", "drift": stale[s.out], "out": s.out}
+                                     for s in specs if s.out in stale]
     if train:
-        log(f"{len(specs)} runs ({finished} already finished, skipped)")
-        results = run_jobs(execute_run, [asdict(s) for s in specs], backend, workers, ray_cfg, log)
+        log(f"{len(specs)} runs ({finished} already finished, skipped; {len(stale)} stale, left alone)")
+        results += run_jobs(execute_run, [asdict(s) for s in specs if s.out not in stale], backend, workers,
+                            ray_cfg, log)
     # a stale run's policy or guidance is from another config: no swap pairs it with the current ones
     stale_dirs = {str(Path(r["out"])) for r in results if r["status"] == "stale"}
     swaps = [j for j in swap_jobs(exp) if is_finished(j["policy_run"]) and is_finished(j["guidance_run"])
@@ -366,10 +382,10 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
         log(f"FAILED {r['key']}: {r['error']}")
-    stale = [r for r in results if r["status"] == "stale"]
-    for r in stale:
-        log(f"STALE {r['key']}: its run dir was made with another config ({'; '.join(r['drift'])}); it was neither "
-            f"resumed nor counted. To retrain it with the current config, delete {r['out']} and its summary under "
+    for r in (r for r in results if r["status"] == "stale"):
+        log(f"STALE {r['key']}: its run dir was made with another config ({'; '.join(r['drift'])}); it was left "
+            f"alone (not trained, resumed or swapped), but a summary of it still feeds the report. To retrain it "
+            f"with the current config, delete {r['out']} and its summary under "
             f"{exp.get('summaries') or 'the summaries folder'}; to keep it, restore the old setting.")
     summary = {"experiment": exp.name, "runs": len(specs), "failed": len(failed), "stale": len(stale),
                "seconds": round(time.time() - t0, 1), "results": results}

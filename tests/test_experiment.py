@@ -116,6 +116,19 @@ def test_a_run_made_under_another_config_is_reported_stale_not_mixed_in(tiny_exp
     assert msg and "policy.candidates: 4 -> 6" in msg[0] and "delete" in msg[0]
 
 
+def test_a_run_reusing_a_stale_runs_guidance_is_stale_too(tiny_experiment, tmp_path):
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    exp = yaml.safe_load(tiny_experiment.read_text())
+    exp["arms"]["idql-gf"]["overrides"] = [*exp["arms"]["idql-gf"]["overrides"], "guidance.expectile=0.8"]
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    again = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    status = {r["key"]: r for r in again["results"]}
+    src, dep = status[f"{TASK}/idql-gf/seed0"], status[f"{TASK}/dql-gf-iql/seed0"]
+    assert src["status"] == "stale" and src["drift"] == ["guidance.expectile: 0.7 -> 0.8"]
+    assert dep["status"] == "stale" and dep["drift"] == [f"its guidance comes from {src['out']}, which is stale"]
+    assert status[f"{TASK}/idql-joint/seed0"]["status"] == "skipped"
+
+
 def test_unknown_experiment_lists_known():
     from modzoo.errors import ConfigError
     with pytest.raises(ConfigError, match="gfdt-cpu"):
