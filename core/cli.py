@@ -164,7 +164,7 @@ def demo_overrides(policy: str, user: list[str]) -> list[str]:
     if policy == "idql":
         # After 2000 critic steps the argmax over Q (IDQL's eval_actions, the library default) picks the actions the
         # half-trained critic overrates: normalized 0.3 at 2000 policy steps and 12.0 at 4000, against 80.3 and
-        # 121.3 with IDQL's implicit-policy resampling (README, "What it prints").
+        # 121.3 with IDQL's implicit-policy resampling (both with torch's init; README, "What it prints").
         out.append("policy.selection=expectile")
     return [*out, *user]
 
