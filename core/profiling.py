@@ -22,6 +22,7 @@ class PhaseMeter:
         self._proc = psutil.Process()
         self._stop = threading.Event()
         self._peak = 0
+        self._wall: float | None = None
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
@@ -38,6 +39,10 @@ class PhaseMeter:
         self._t0 = time.perf_counter()
         return self
 
+    def elapsed(self) -> float:
+        """Seconds since the phase began; once it has ended, its wall time."""
+        return self._wall if self._wall is not None else time.perf_counter() - self._t0
+
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -45,6 +50,7 @@ class PhaseMeter:
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, self._proc.memory_info().rss)
+        self._wall = wall
         self.result = {"phase": self.name, "wall_s": wall, "rss_start_mb": self._rss0 / 2**20,
                        "rss_peak_mb": self._peak / 2**20}
         if self.device.type == "cuda":

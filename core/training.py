@@ -183,15 +183,20 @@ class _Run:
     plan: list[tuple[str, int]]
     phase: str | None
     start_step: int
+    # time spent in ``phase`` before an interruption: {"train_s", "eval_s", "evals"} (empty for a fresh run)
+    phase_time: dict[str, float] = field(default_factory=dict)
 
     @property
     def r(self) -> DictConfig:
         return self.cfg.run
 
-    def save_state(self, ph: str, step: int) -> None:
+    def save_state(self, ph: str, step: int, phase_time: dict[str, float] | None = None) -> None:
+        """``phase_time``: the time spent so far in ``ph`` (training and interim evaluation, kept apart), so that
+        a resumed run reports the phase's whole cost rather than what ran after the interruption."""
         if self.state_path is None:
             return
-        atomic_torch_save({"phase": ph, "step": step, "guidance": half_payload(self.guidance, self.meta),
+        atomic_torch_save({"phase": ph, "step": step, "phase_time": dict(phase_time or {}),
+                           "guidance": half_payload(self.guidance, self.meta),
                            "policy": half_payload(self.policy, self.meta) if self.policy is not None else None,
                            "buffer": self.buffer.state_dict(), "phases": self.result.phases,
                            # the halves' own noise streams: a resumed run draws what the uninterrupted one would
@@ -246,6 +251,7 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
     else:
         buffer = ReplayBuffer(dataset, device, seed=int(r.seed))
     phase, start_step, phases_done = None, 0, []
+    phase_time: dict[str, float] = {}
     policy: DiffusionPolicy | None = None
     if resume and state_path is not None and state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -257,6 +263,7 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
             if half is not None and state is not None:
                 half.gen().set_state(state)
         phase, start_step, phases_done = st["phase"], int(st["step"]), list(st.get("phases", []))
+        phase_time = dict(st.get("phase_time") or {})
     else:
         if schedule == "pretrained":
             if guidance is None:
@@ -290,7 +297,7 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
         plan.append(("policy", int(r.policy_steps)))
     result = RunResult(run_dir, guidance, policy, phases=phases_done)
     return _Run(cfg, device, meta, schedule, bool(has_policy), buffer, guidance, policy, run_dir, state_path, log,
-                result, plan, phase, start_step)
+                result, plan, phase, start_step, phase_time)
 
 
 class Stepper:
@@ -339,7 +346,19 @@ def _train_group(runs: list[_Run], stepper: Stepper, progress: bool,
         if phase in order and order.index(ph) < order.index(phase):
             continue  # finished before the interruption
         first = start_step if ph == phase else 0
+        if first >= total:
+            continue  # finished before the interruption (which came after it); its record is in the phases
         joint = ph == "policy" and schedule == "joint"
+        # Interim evaluations run inside the phase but are not training: their time is kept apart, per run, so
+        # that a phase's wall_s is the cost of its updates (an IDQL evaluation can take as long as 2500 steps).
+        prior = [run.phase_time if ph == phase else {} for run in runs]
+        eval_s = [0.0 for _ in runs]
+        n_evals = 0
+
+        def phase_time(i: int) -> dict[str, float]:
+            return {"train_s": prior[i].get("train_s", 0.0) + meter.elapsed() - sum(eval_s),
+                    "eval_s": prior[i].get("eval_s", 0.0) + eval_s[i],
+                    "evals": prior[i].get("evals", 0) + n_evals}
         with PhaseMeter(ph if not joint else "joint", lead.device) as meter:
             bar = tqdm(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}", disable=not progress,
                        initial=first, total=total, dynamic_ncols=True)
@@ -366,21 +385,27 @@ def _train_group(runs: list[_Run], stepper: Stepper, progress: bool,
                     bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in list(ms[0].items())[:3]})
                 if ph == "policy" and eval_every and (step + 1) % eval_every == 0 and step + 1 < total:
                     stepper.sync()
-                    for run in runs:
+                    n_evals += 1
+                    for i, run in enumerate(runs):
+                        t_ev = time.perf_counter()
                         ev = evaluate(run.policy, run.guidance, run.r.task, int(run.r.eval_episodes),
                                       int(run.r.seed))
+                        eval_s[i] += time.perf_counter() - t_ev
                         run.log.log({"phase": "eval", "step": step + 1, "normalized_mean": ev.normalized_mean,
                                      "normalized_std": ev.normalized_std, "return_mean": ev.mean})
                         if on_eval:
                             on_eval(step + 1, ev)
                 if save_every and (step + 1) % save_every == 0 and step + 1 < total:
                     stepper.sync()
-                    for run in runs:
-                        run.save_state(ph, step + 1)
+                    for i, run in enumerate(runs):
+                        run.save_state(ph, step + 1, phase_time(i))
             bar.close()
         stepper.sync()
-        for run in runs:
-            run.result.phases.append({**meter.result, "steps": total - first,
+        for i, run in enumerate(runs):
+            t = phase_time(i)
+            run.result.phases.append({**meter.result, "wall_s": t["train_s"], "eval_wall_s": t["eval_s"],
+                                      "evals": int(t["evals"]), "steps": total,
+                                      **({"resumed_at": first} if first else {}),
                                       **({"seeds_together": len(runs), "stack": stepper.mode} if len(runs) > 1 else {})})
             if (ph == "guidance" or joint) and run.run_dir is not None:
                 save_half(run.guidance, run.run_dir / "guidance.pt", run.meta)

@@ -103,3 +103,71 @@ def test_runs_are_reproducible_under_a_seed(small_dataset_path):
         torch.testing.assert_close(x, y)
     c = modzoo.train(cfg("idql", "dql", small_dataset_path, eval_episodes=0, seed=1), progress=False)
     assert any(not torch.equal(x, y) for x, y in zip(a.policy.parameters(), c.policy.parameters()))
+
+
+def test_phase_time_leaves_out_interim_evaluations_and_survives_a_resume(small_dataset_path, tmp_path,
+                                                                         monkeypatch):
+    """A phase's wall_s is the cost of its updates: interim evaluations are timed apart (eval_wall_s, evals), and
+    a resumed run adds the time spent before the interruption instead of starting its clock again."""
+    import time
+
+    import modzoo.training as training
+    from modzoo.plugins.idql import IDQLPolicy
+
+    real_eval, real_update = training.evaluate, IDQLPolicy.update
+
+    def slow_eval(*a, **k):
+        time.sleep(0.5)
+        return real_eval(*a, **k)
+
+    def slow_update(self, *a, **k):
+        time.sleep(0.05)
+        return real_update(self, *a, **k)
+    monkeypatch.setattr(training, "evaluate", slow_eval)
+    monkeypatch.setattr(IDQLPolicy, "update", slow_update)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, ev):
+        if step == 8:
+            raise Stop
+    out = tmp_path / "r"
+    c = cfg("idql", "idql", small_dataset_path, out, schedule="guidance-first", save_every=6, eval_every=4,
+            eval_episodes=1)
+    with pytest.raises(Stop):
+        modzoo.train(c, progress=False, on_eval=interrupt)  # evals at 4 and 8, saved at 6, dies at 8
+    st = torch.load(out / "train_state.pt", weights_only=True)
+    assert (st["phase"], st["step"]) == ("policy", 6) and st["phase_time"]["evals"] == 1
+    assert st["phase_time"]["train_s"] >= 6 * 0.05 and st["phase_time"]["eval_s"] >= 0.5
+    modzoo.train(c, progress=False, resume=True)  # steps 7-12 again, with the eval at 8
+    policy = [p for p in json.loads((out / "result.json").read_text())["phases"] if p["phase"] == "policy"]
+    assert len(policy) == 1
+    p = policy[0]
+    assert p["steps"] == 12 and p["resumed_at"] == 6 and p["evals"] == 2
+    assert p["wall_s"] >= 12 * 0.05  # the 6 steps before the interruption are counted
+    assert p["eval_wall_s"] >= 2 * 0.5 and p["wall_s"] < p["eval_wall_s"]  # the sleeping evals are not training
+
+
+def test_a_run_killed_in_its_final_evaluation_resumes_without_a_second_phase_record(small_dataset_path, tmp_path,
+                                                                                      monkeypatch):
+    import modzoo.training as training
+    real_eval = training.evaluate
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def dies_in_the_final_eval(*a, **k):
+        calls.append(k)
+        if "progress" in k and len([c for c in calls if "progress" in c]) == 1:
+            raise Stop  # _finish's evaluation, the first time only
+        return real_eval(*a, **k)
+    monkeypatch.setattr(training, "evaluate", dies_in_the_final_eval)
+    out = tmp_path / "r"
+    c = cfg("idql", "idql", small_dataset_path, out, schedule="guidance-first", eval_episodes=1)
+    with pytest.raises(Stop):
+        modzoo.train(c, progress=False)
+    modzoo.train(c, progress=False, resume=True)
+    phases = [p["phase"] for p in json.loads((out / "result.json").read_text())["phases"]]
+    assert phases == ["guidance", "policy", "eval"]
