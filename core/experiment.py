@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import time
 import traceback
@@ -195,7 +196,8 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         (Path(s.out) / "LOCK").unlink(missing_ok=True)
     write_summary(s)
-    return {"key": s.key, "status": "ok", "seconds": time.time() - t0, "normalized": result.normalized_score}
+    return {"key": s.key, "status": "ok", "seconds": time.time() - t0, "normalized": result.normalized_score,
+            "pid": os.getpid()}
 
 
 def _take_lock(run_dir: Path) -> bool:
@@ -311,19 +313,24 @@ def _safe(fn: Callable[[dict[str, Any]], dict[str, Any]], job: dict[str, Any]) -
                 "job": job}
 
 
-def _run_local(fn: Callable, jobs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
-    if workers <= 1:
+def _run_local(fn: Callable, jobs: list[dict[str, Any]], workers: int, isolate: bool = False
+               ) -> list[dict[str, Any]]:
+    """``isolate``: every job in a fresh process (a pool worker serves one job), so what a job measures of its
+    process (peak RSS) is its own and not left over from the jobs before it."""
+    if workers <= 1 and not isolate:
         return [_safe(fn, j) for j in jobs]
     import multiprocessing as mp
     out: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp.get_context("spawn"),
+                             max_tasks_per_child=1 if isolate else None) as ex:
         futs = [ex.submit(_safe, fn, j) for j in jobs]
         for f in as_completed(futs):
             out.append(f.result())
     return out
 
 
-def _run_ray(fn: Callable, jobs: list[dict[str, Any]], ray_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def _run_ray(fn: Callable, jobs: list[dict[str, Any]], ray_cfg: dict[str, Any], isolate: bool = False
+             ) -> list[dict[str, Any]]:
     try:
         import ray
     except ImportError:
@@ -332,18 +339,21 @@ def _run_ray(fn: Callable, jobs: list[dict[str, Any]], ray_cfg: dict[str, Any]) 
         ray.init(address=ray_cfg.get("address") or None, num_cpus=ray_cfg.get("num_cpus"),
                  include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     remote = ray.remote(num_cpus=float(ray_cfg.get("cpus_per_run", 1)),
-                        num_gpus=float(ray_cfg.get("gpus_per_run", 0)))(_safe)
+                        num_gpus=float(ray_cfg.get("gpus_per_run", 0)),
+                        max_calls=1 if isolate else 0)(_safe)  # 1: a Ray worker process serves one run
     return ray.get([remote.remote(fn, j) for j in jobs])
 
 
 def run_jobs(fn: Callable, jobs: list[dict[str, Any]], backend: str, workers: int,
-             ray_cfg: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run jobs on the backend; failed ones are retried once, then reported."""
+             ray_cfg: dict[str, Any] | None = None, log: Callable[[str], None] = print,
+             isolate: bool = False) -> list[dict[str, Any]]:
+    """Run jobs on the backend (``isolate``: each in a fresh process); failed ones are retried once, then
+    reported."""
     def go(js):
         if backend == "ray":
-            return _run_ray(fn, js, ray_cfg or {})
+            return _run_ray(fn, js, ray_cfg or {}, isolate)
         if backend == "local":
-            return _run_local(fn, js, workers)
+            return _run_local(fn, js, workers, isolate)
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
     results = go(jobs)
     failed = [r["job"] for r in results if r["status"] == "failed"]
@@ -370,8 +380,9 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
                                      for s in specs if s.out in stale]
     if train:
         log(f"{len(specs)} runs ({finished} already finished, skipped; {len(stale)} stale, left alone)")
+        # a fresh process per run (isolate_runs, default on): a phase's peak RSS is then this run's alone
         results += run_jobs(execute_run, [asdict(s) for s in specs if s.out not in stale], backend, workers,
-                            ray_cfg, log)
+                            ray_cfg, log, isolate=bool(exp.get("isolate_runs", True)))
     # a stale run's policy or guidance is from another config: no swap pairs it with the current ones
     stale_dirs = {str(Path(r["out"])) for r in results if r["status"] == "stale"}
     swaps = [j for j in swap_jobs(exp) if is_finished(j["policy_run"]) and is_finished(j["guidance_run"])

@@ -16,7 +16,7 @@ def tiny_experiment(tmp_path, small_dataset_path):
     exp = {
         "name": "tiny", "out": str(tmp_path / "runs"), "summaries": str(tmp_path / "summaries"),
         "report": str(tmp_path / "docs" / "results.md"), "findings": str(tmp_path / "findings.md"),
-        "backend": "local", "workers": 1, "tasks": [TASK], "seeds": [0, 1],
+        "backend": "local", "workers": 1, "isolate_runs": False, "tasks": [TASK], "seeds": [0, 1],
         "budget": {"guidance_steps": 4, "policy_steps": 4, "eval_every": 2, "eval_episodes": 2, "threads": 1,
                    "device": "cpu", "dataset": str(small_dataset_path), "log_every": 2},
         "arms": {

@@ -44,6 +44,11 @@ def test_local_pool_and_ray_agree(tmp_path, small_dataset_path):
     a, b = scores(tmp_path, "local"), scores(tmp_path, "onray")
     assert a == b  # the same seeds give the same episodes, whichever backend ran them
     assert a["idql/0"] != a["idql/1"] or a["mix/0"] != a["mix/1"]
+    # isolate_runs (the default): every run had a process of its own, on either backend
+    import os
+    for res in (local, remote):
+        pids = [r["pid"] for r in res["results"] if r["status"] == "ok"]
+        assert len(pids) == 4 and len(set(pids)) == 4 and os.getpid() not in pids
 
 
 def test_failed_run_is_retried_once_and_reported(tmp_path, small_dataset_path):
