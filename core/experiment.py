@@ -282,7 +282,14 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
     path = pdir / "swaps.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     key = job["label"]
-    if key in done:
+    # the pair this swap evaluates, down to the checkpoint files: a cached result counts only for the same pair
+    # (a changed seed list pairs another guidance run; a retrained run writes new checkpoints)
+    pair = {"guidance_run": job["guidance_run"],
+            "checkpoints_ns": [(pdir / "policy.pt").stat().st_mtime_ns,
+                               (Path(job["guidance_run"]) / "guidance.pt").stat().st_mtime_ns]}
+    old = done.get(key, {})
+    if key in done and old.get("guidance_run") == pair["guidance_run"] and \
+            old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"]:
         return {"key": f"{pdir}:{key}", "status": "skipped"}
     policy, guidance = load_policy_and_guidance(pdir / "policy.pt", Path(job["guidance_run"]) / "guidance.pt", "cpu")
     ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"])
@@ -292,7 +299,7 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
     with open(pdir / "swaps.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = json.loads(path.read_text()) if path.exists() else {}
-        done[key] = {**ev.to_dict(), "guidance_run": job["guidance_run"], "guidance": guidance.algorithm}
+        done[key] = {**ev.to_dict(), **pair, "guidance": guidance.algorithm}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(done, indent=2))
         tmp.replace(path)

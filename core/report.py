@@ -59,6 +59,8 @@ def spread(x: np.ndarray | list[float]) -> dict[str, float]:
     if a.size == 0:
         return {"n": 0, "mean": float("nan"), "std": float("nan"), "median": float("nan"), "iqr": float("nan")}
     q75, q25 = np.percentile(a, [75, 25])
+    if a.size < 2:  # one value has no spread to measure: say n/a rather than print a measured-looking 0.0
+        return {"n": 1, "mean": float(a[0]), "std": float("nan"), "median": float(a[0]), "iqr": float("nan")}
     return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std()), "median": float(np.median(a)),
             "iqr": float(q75 - q25)}
 
@@ -69,11 +71,19 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
     phases: dict[str, dict[str, float]] = {}
     for r in runs:
         for ph in r.result.get("phases", []):
-            p = phases.setdefault(ph["phase"], {"wall_s": [], "rss_peak_mb": [], "steps": []})
+            p = phases.setdefault(ph["phase"], {"wall_s": [], "rss_peak_mb": [], "steps": [], "evals": [],
+                                                 "eval_wall_s": [], "cuda_peak_mb": []})
             p["wall_s"].append(ph["wall_s"])
             p["rss_peak_mb"].append(ph["rss_peak_mb"])
             p["steps"].append(ph.get("steps", ph.get("episodes", 0)))
-    phase_means = {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in phases.items()}
+            # summaries written before 2026-11-25 timed interim evaluations inside wall_s: n/a, not 0
+            p["evals"].append(ph.get("evals", float("nan")))
+            p["eval_wall_s"].append(ph.get("eval_wall_s", float("nan")))
+            if "cuda_peak_mb" in ph:
+                p["cuda_peak_mb"].append(ph["cuda_peak_mb"])
+    phase_means = {k: {"runs": len(d["wall_s"]),
+                       **{m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}}
+                   for k, d in phases.items()}
     return {"seeds": seeds, "episodes": episodes, "phases": phase_means,
             "parameters": runs[0].result.get("parameters", {}) if runs else {}}
 
@@ -162,21 +172,32 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
             lines.append(f"| {a} | {r0.get('guidance')} | {r0.get('policy')} | {r0.get('schedule')} | {s['n']} | "
                          f"{_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {_fmt(s['iqr'])} | {e['n']} | "
                          f"{_fmt(e['mean'])} | {_fmt(e['std'])} | {_fmt(e['median'])} | {_fmt(e['iqr'])} |")
-        lines += ["", "Wall time and peak process RSS per phase (mean over seeds; RSS includes the dataset and "
-                  "Python, measured by sampling every 50 ms):", "",
-                  "| arm | phase | steps | wall s | peak RSS MB | parameters (guidance / policy) |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "Wall time and peak memory per phase, mean over the runs counted in `runs` (each run in a "
+                  "process of its own; RSS includes the dataset and Python, sampled every 50 ms; CUDA: "
+                  "`torch.cuda.max_memory_allocated`, GPU runs only). `wall s` is the phase's updates alone: "
+                  "the evaluations every `eval_every` steps inside it are timed apart (`interim evals`, their "
+                  "`eval s`), and the final evaluation is the `eval` phase; `n/a` there marks summaries written "
+                  "before 2026-11-25, whose `wall s` still includes those evaluations. Command: "
+                  f"`{rep}`.", "",
+                  "| arm | phase | runs | steps | wall s | ms per step | interim evals | eval s | peak RSS MB | "
+                  "peak CUDA MB | parameters (guidance / policy) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for a in sorted(arms):
             p = stats[a]["parameters"]
             for ph, m in stats[a]["phases"].items():
-                lines.append(f"| {a} | {ph} | {m['steps']:.0f} | {m['wall_s']:.1f} | {m['rss_peak_mb']:.0f} | "
-                             f"{p.get('guidance', 'n/a')} / {p.get('policy', 'n/a')} |")
+                per = 1e3 * m["wall_s"] / m["steps"] if ph != "eval" and m["steps"] else float("nan")
+                evals = "n/a" if m["evals"] != m["evals"] else f"{m['evals']:.0f}"
+                lines.append(f"| {a} | {ph} | {m['runs']} | {m['steps']:.0f} | {m['wall_s']:.1f} | {_fmt(per)} | "
+                             f"{evals} | {_fmt(m['eval_wall_s'])} | {m['rss_peak_mb']:.0f} | "
+                             f"{_fmt(m['cuda_peak_mb'])} | {p.get('guidance', 'n/a')} / {p.get('policy', 'n/a')} |")
         ratios = _gfdt_ratios(exp, stats)
         if ratios:
-            lines += ["", "GFDT vs joint (training wall time of the policy's run, guidance phase included, and "
-                      "the largest peak RSS of any training phase):", "",
-                      "| GFDT arm | joint arm | time ratio | peak RSS ratio |", "|---|---|---|---|"]
-            lines += [f"| {g} | {j} | {t:.2f} | {m:.2f} |" for g, j, t, m in ratios]
+            lines += ["", "GFDT vs joint (training wall time of the policy's run, guidance phase included, "
+                      "interim evaluations left out, mean over each arm's runs; and the largest peak RSS of any "
+                      "training phase). `n/a` where a reused guidance's run has not finished:", "",
+                      "| GFDT arm | joint arm | runs (GFDT / joint) | time ratio | peak RSS ratio |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {g} | {j} | {n} | {t:.2f} | {m:.2f} |" for g, j, n, t, m in ratios]
         sw = _swap_rows(arms)
         if sw:
             lines += ["", "Inference-time swap: the same final policies ranked by their own guidance, by the same "
@@ -196,7 +217,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
     return "\n".join(lines)
 
 
-def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str, float, float]]:
+def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str, str, float, float]]:
     pairs = exp.get("gfdt_pairs", {}) or {}
     out = []
     for g, j in pairs.items():
@@ -208,14 +229,16 @@ def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str,
             extra = exp.arms[a].get("guidance_from") if a in exp.arms else None
             t = sum(v["wall_s"] for v in ph.values())
             mem = max((v["rss_peak_mb"] for v in ph.values()), default=float("nan"))
-            if extra and extra in stats:  # the shared guidance's training counts against this arm too
-                gph = stats[extra]["phases"].get("guidance")
-                if gph:
-                    t += gph["wall_s"]
-                    mem = max(mem, gph["rss_peak_mb"])
+            if extra:  # the shared guidance's training counts against this arm too
+                gph = stats[extra]["phases"].get("guidance") if extra in stats else None
+                if not gph:  # its source has no finished run yet: no ratio rather than one without that cost
+                    return float("nan"), float("nan")
+                t += gph["wall_s"]
+                mem = max(mem, gph["rss_peak_mb"])
             return t, mem
         (tg, mg), (tj, mj) = cost(g), cost(j)
-        out.append((g, j, tg / tj if tj else float("nan"), mg / mj if mj else float("nan")))
+        out.append((g, j, f"{stats[g]['seeds']['n']} / {stats[j]['seeds']['n']}",
+                    tg / tj if tj else float("nan"), mg / mj if mj else float("nan")))
     return out
 
 

@@ -68,12 +68,27 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
         row = next(line for line in text.splitlines() if line.startswith(f"| {arm} |") and "| 2 |" in line)
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[5]) == pytest.approx(np.mean(scores), abs=0.051)
+        assert float(cells[6]) == pytest.approx(np.std(scores), abs=0.051)  # population std, as the text says
+        assert float(cells[7]) == pytest.approx(np.median(scores), abs=0.051)
         assert float(cells[8]) == pytest.approx(q75 - q25, abs=0.051)
         assert int(cells[9]) == 4
         assert float(cells[10]) == pytest.approx(episodes.mean(), abs=0.051)
         assert float(cells[13]) == pytest.approx(e75 - e25, abs=0.051)
     assert "Finding one" in text
-    assert re.search(r"\| idql-gf \| idql-joint \| [0-9.]+ \| [0-9.]+ \|", text)
+    # GFDT/joint time: each arm's mean over runs of its training phases' wall time (updates only), recomputed
+    def train_s(arm):
+        return np.mean([sum(ph["wall_s"] for ph in json.loads((runs / arm / f"seed{s}" / "result.json").read_text())
+                            ["phases"] if ph["phase"] != "eval") for s in (0, 1)])
+    m = re.search(r"\| idql-gf \| idql-joint \| 2 / 2 \| ([0-9.]+) \| ([0-9.]+) \|", text)
+    assert m and float(m.group(1)) == pytest.approx(train_s("idql-gf") / train_s("idql-joint"), abs=0.006)
+    # the phase table: how many runs each mean is over, and the interim evaluations kept apart
+    gf_policy = [json.loads((runs / "idql-gf" / f"seed{s}" / "result.json").read_text())["phases"][1]
+                 for s in (0, 1)]
+    assert all(ph["phase"] == "policy" and ph["evals"] == 1 for ph in gf_policy)  # eval_every 2 of 4 steps
+    row = next(line for line in text.splitlines() if line.startswith("| idql-gf | policy |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "2" and cells[6] == "1"
+    assert float(cells[7]) == pytest.approx(np.mean([ph["eval_wall_s"] for ph in gf_policy]), abs=0.051)
     imgs = list((tmp_path / "docs" / "results" / "tiny").glob("*.png"))
     assert {p.name for p in imgs} == {f"curves_{TASK}.png", f"box_{TASK}.png"}
     # summaries hold only small files, never checkpoints
@@ -164,3 +179,20 @@ def test_swaps_only_trains_nothing(tiny_experiment, tmp_path):
     out = run_experiment(str(tiny_experiment), log=lambda m: None, train=False)
     assert out["results"] == [] and not (tmp_path / "runs").exists()
     assert (tmp_path / "docs" / "results.md").exists()
+
+
+def test_a_cached_swap_counts_only_for_the_same_pair_of_checkpoints(tiny_experiment, tmp_path):
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    path = tmp_path / "runs" / TASK / "idql-joint" / "seed0" / "swaps.json"
+    sw = json.loads(path.read_text())
+    assert sw["other_seed"]["guidance_run"].endswith("idql-joint/seed1") and len(sw["other_seed"]["checkpoints_ns"]) == 2
+    sw["other_seed"]["guidance_run"] = sw["other_seed"]["guidance_run"].replace("seed1", "seed7")  # an old pairing
+    sw["other_seed"]["mean"] = 12345.0
+    path.write_text(json.dumps(sw))
+    again = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    redone = [r for r in again["results"] if r["key"].endswith("idql-joint/seed0:other_seed")]
+    assert [r["status"] for r in redone] == ["ok"]
+    sw = json.loads(path.read_text())
+    assert sw["other_seed"]["guidance_run"].endswith("idql-joint/seed1") and sw["other_seed"]["mean"] != 12345.0
+    # the other cached swaps still count
+    assert {r["status"] for r in again["results"] if ":" in r["key"] and r not in redone} == {"skipped"}
