@@ -381,6 +381,10 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     ray_cfg = OmegaConf.to_container(exp.ray, resolve=True) if "ray" in exp and exp.ray else {}
     specs = plan(exp)
     t0 = time.time()
+    if backend == "ray" and str(exp.budget.get("device", "cpu")) in ("auto", "cuda") and \
+            not float(ray_cfg.get("gpus_per_run", 0) or 0):
+        log("note: ray.gpus_per_run is 0, so Ray hides the GPUs from every run and device auto trains on CPU; "
+            "set ray.gpus_per_run (e.g. 0.25) to use them")
     stale = stale_runs(specs)
     finished = sum(is_finished(s.out) and s.out not in stale for s in specs)
     results: list[dict[str, Any]] = [{"key": s.key, "status": "stale", "drift": stale[s.out], "out": s.out}

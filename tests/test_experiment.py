@@ -196,3 +196,14 @@ def test_a_cached_swap_counts_only_for_the_same_pair_of_checkpoints(tiny_experim
     assert sw["other_seed"]["guidance_run"].endswith("idql-joint/seed1") and sw["other_seed"]["mean"] != 12345.0
     # the other cached swaps still count
     assert {r["status"] for r in again["results"] if ":" in r["key"] and r not in redone} == {"skipped"}
+
+
+def test_ray_without_gpus_per_run_says_runs_will_train_on_cpu(tiny_experiment, monkeypatch):
+    import modzoo.experiment as experiment
+    monkeypatch.setattr(experiment, "run_jobs", lambda *a, **k: [])  # only the planning is under test
+    lines: list[str] = []
+    run_experiment(str(tiny_experiment), ["budget.device=auto"], backend="ray", log=lines.append, report=False)
+    assert any("gpus_per_run is 0" in m for m in lines)
+    lines.clear()
+    run_experiment(str(tiny_experiment), ["budget.device=cpu"], backend="ray", log=lines.append, report=False)
+    assert not any("gpus_per_run" in m for m in lines)
