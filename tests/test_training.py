@@ -171,3 +171,17 @@ def test_a_run_killed_in_its_final_evaluation_resumes_without_a_second_phase_rec
     modzoo.train(c, progress=False, resume=True)
     phases = [p["phase"] for p in json.loads((out / "result.json").read_text())["phases"]]
     assert phases == ["guidance", "policy", "eval"]
+
+
+def test_seeds_evaluate_from_disjoint_start_states(monkeypatch):
+    """Episodes pooled across a cell's seeds must be distinct starts: run seed s uses env seeds base(s) + i."""
+    import modzoo.evaluation as evaluation
+    from modzoo.training import evaluate
+    seen = {}
+    monkeypatch.setattr(evaluation, "evaluate_policy", lambda act, task, episodes, seed, progress: seen.setdefault(
+        seed, set(range(seed, seed + episodes))))
+    p = modzoo.make_policy("idql", 15, 3, hidden=16)
+    for s in range(5):
+        evaluate(p, None, TASK, episodes=50, seed=s)
+    starts = [x for v in seen.values() for x in v]
+    assert len(seen) == 5 and len(starts) == len(set(starts)) == 250
