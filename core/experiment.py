@@ -127,7 +127,7 @@ def is_finished(out: str | Path) -> bool:
 _NOT_COMPARED = {"seed", "lr_decay_steps", "guidance_ckpt", "out"}
 
 
-def config_drift(s: RunSpec) -> list[str]:
+def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
     """How a run dir's saved ``config.yaml`` differs from the config this grid would start it with now, as
     ``"policy.selection: expectile -> argmax"`` lines (empty when it matches or the dir has none).
 
@@ -135,7 +135,7 @@ def config_drift(s: RunSpec) -> list[str]:
     grid whose other runs use the new ones: the report would mix two configs without saying so.
     """
     from .training import run_config
-    path = Path(s.out) / "config.yaml"
+    path = Path(path) if path is not None else Path(s.out) / "config.yaml"  # (or a summary's copy of it)
     if not path.exists():
         return []
     saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
@@ -230,7 +230,7 @@ def write_summary(s: RunSpec) -> None:
         return
     src, dst = Path(s.out), Path(s.summaries)
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("result.json", "swaps.json"):
+    for name in ("result.json", "swaps.json", "config.yaml"):  # the config: which settings made these numbers
         if (src / name).exists():
             shutil.copyfile(src / name, dst / name)
     metrics = src / "metrics.jsonl"

@@ -261,11 +261,33 @@ def _swap_rows(arms: dict[str, list[RunSummary]]) -> list[str]:
     return rows
 
 
+def split_stale(exp: DictConfig, runs: list[RunSummary]) -> tuple[list[RunSummary], list[str]]:
+    """Summaries whose saved config differs from the one the grid would run now are left out of every number
+    (a changed default must not mix two configs in one cell); returns (kept, one line per left-out run)."""
+    from .experiment import config_drift, plan
+    specs = {(s.task, s.arm, s.seed): s for s in plan(exp)}
+    kept, left = [], []
+    for r in runs:
+        cfg = Path(exp.summaries) / r.task / r.arm / f"seed{r.seed}" / "config.yaml"
+        spec = specs.get((r.task, r.arm, r.seed))
+        drift = config_drift(spec, cfg) if spec is not None and cfg.exists() else []
+        if drift:
+            left.append(f"{r.task}/{r.arm}/seed{r.seed}: {'; '.join(drift)}")
+        else:
+            kept.append(r)
+    return kept, left
+
+
 def write_report(exp: DictConfig, grid_seconds: float | None = None) -> Path:
-    runs = load_summaries(exp.summaries)
+    runs, stale = split_stale(exp, load_summaries(exp.summaries))
     out = Path(exp.report)
     img_dir = out.parent / "results" / str(exp.name)
     text = render(exp, runs, img_dir, os.path.relpath(img_dir, out.parent), grid_seconds)
+    if stale:
+        text = text.replace("\n## Budget\n", "\n**Left out of every number below**: "
+                            f"{len(stale)} run summaries made under another config than this grid's current one "
+                            "(rerun them, or restore the setting):\n\n" + "\n".join(f"- {x}" for x in stale)
+                            + "\n\n## Budget\n", 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     return out

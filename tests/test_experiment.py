@@ -207,3 +207,19 @@ def test_ray_without_gpus_per_run_says_runs_will_train_on_cpu(tiny_experiment, m
     lines.clear()
     run_experiment(str(tiny_experiment), ["budget.device=cpu"], backend="ray", log=lines.append, report=False)
     assert not any("gpus_per_run" in m for m in lines)
+
+
+def test_the_report_leaves_out_summaries_made_under_another_config(tiny_experiment, tmp_path):
+    from modzoo.report import write_report
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    summary_cfg = tmp_path / "summaries" / TASK / "idql-joint" / "seed0" / "config.yaml"
+    assert summary_cfg.exists()  # the summary carries the config that made it
+    cfg = yaml.safe_load(summary_cfg.read_text())
+    cfg["policy"]["candidates"] = 6  # as if made before a default changed
+    summary_cfg.write_text(yaml.safe_dump(cfg))
+    text = write_report(load_experiment(str(tiny_experiment))).read_text()
+    assert "**Left out of every number below**: 1 run summaries" in text
+    assert f"- {TASK}/idql-joint/seed0: policy.candidates: 6 -> 4" in text
+    row = next(line for line in text.splitlines() if line.startswith("| idql-joint |") and "| joint |" in line
+               and line.count("|") > 12)
+    assert [c.strip() for c in row.strip("|").split("|")][4] == "1"  # one seed left in the cell
