@@ -156,8 +156,26 @@ def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
     """``config_drift`` of every run of a grid, by out dir, checked before any job starts; a run that reuses a
     stale run's guidance (``guidance_from``) is stale too, even if its own settings did not change."""
     out: dict[str, list[str]] = {}
+    fingerprints: dict[str, str | None] = {}
+
+    def current(s: RunSpec) -> str | None:
+        """The fingerprint of the data the run would load now (once per dataset; None if it cannot load)."""
+        from .data import load_dataset
+        key = str(s.run.get("dataset") or s.task)
+        if key not in fingerprints:
+            try:
+                fingerprints[key] = load_dataset(key, task=s.task).fingerprint
+            except Exception:
+                fingerprints[key] = None  # the run itself will say what is wrong with it
+        return fingerprints[key]
     for s in specs:  # plan() puts the runs that reuse a guidance after the run they take it from
         drift = config_drift(s)
+        res = Path(s.out) / "result.json"
+        if res.exists():  # a finished run made from other data (a re-collected dataset) is stale too
+            was = (json.loads(res.read_text()).get("dataset") or {}).get("fingerprint")
+            now = current(s)
+            if was and now and was != now:
+                drift.append(f"dataset: fingerprint {was} -> {now}")
         if s.guidance_from and s.guidance_from in out:
             drift = [*drift, f"its guidance comes from {s.guidance_from}, which is stale"]
         if drift:

@@ -260,6 +260,11 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
     policy: DiffusionPolicy | None = None
     if resume and state_path is not None and state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
+        was = (st["guidance"].get("dataset") or {}).get("fingerprint")
+        if was and was != dataset.fingerprint:
+            raise ConfigError(f"run dir {run_dir} was trained on other data than {dataset.path or dataset.name} "
+                              f"holds now (fingerprint {was} vs {dataset.fingerprint}); resuming would mix the two. "
+                              f"Start it again in another --out, or restore that dataset")
         guidance = build_from_payload(st["guidance"], state_path, device)
         policy = build_from_payload(st["policy"], state_path, device) if st.get("policy") else None
         buffer.load_state_dict(st["buffer"])

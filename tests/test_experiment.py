@@ -223,3 +223,17 @@ def test_the_report_leaves_out_summaries_made_under_another_config(tiny_experime
     row = next(line for line in text.splitlines() if line.startswith("| idql-joint |") and "| joint |" in line
                and line.count("|") > 12)
     assert [c.strip() for c in row.strip("|").split("|")][4] == "1"  # one seed left in the cell
+
+
+def test_a_finished_run_made_from_other_data_is_stale(tiny_experiment, tmp_path):
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    res = tmp_path / "runs" / TASK / "idql-gf" / "seed1" / "result.json"
+    r = json.loads(res.read_text())
+    fp = r["dataset"]["fingerprint"]
+    r["dataset"]["fingerprint"] = "deadbeef"  # as if the dataset was re-collected since
+    res.write_text(json.dumps(r))
+    again = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    status = {x["key"]: x for x in again["results"]}
+    assert status[f"{TASK}/idql-gf/seed1"]["drift"] == [f"dataset: fingerprint deadbeef -> {fp}"]
+    assert status[f"{TASK}/dql-gf-iql/seed1"]["status"] == "stale"  # it reuses that run's guidance
+    assert status[f"{TASK}/idql-gf/seed0"]["status"] == "skipped"

@@ -185,3 +185,23 @@ def test_seeds_evaluate_from_disjoint_start_states(monkeypatch):
         evaluate(p, None, TASK, episodes=50, seed=s)
     starts = [x for v in seen.values() for x in v]
     assert len(seen) == 5 and len(starts) == len(set(starts)) == 250
+
+
+def test_resume_refuses_data_that_changed_under_the_run(small_dataset_path, tmp_path):
+    out = tmp_path / "r"
+    c = cfg("idql", "idql", small_dataset_path, out, schedule="guidance-first", save_every=4, eval_every=6,
+            eval_episodes=1)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, ev):
+        raise Stop
+    with pytest.raises(Stop):
+        modzoo.train(c, progress=False, on_eval=interrupt)
+    st = torch.load(out / "train_state.pt", weights_only=True)
+    st["guidance"]["dataset"]["fingerprint"] = "deadbeef"  # as if the file was re-collected since
+    torch.save(st, out / "train_state.pt")
+    with pytest.raises(ConfigError, match=r"trained on other data .*\(fingerprint deadbeef vs "):
+        modzoo.train(c, progress=False, resume=True)
+    assert (out / "train_state.pt").exists()  # nothing saved was lost
