@@ -162,7 +162,11 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
     if not groups:
         lines += ["No finished runs yet.", ""]
     for task, arms in sorted(groups.items()):
-        lines += [f"## {task}", "", f"Final D4RL-normalized scores (×100). Command: `{cmd}`.", "",
+        lines += [f"## {task}", "", f"Final D4RL-normalized scores (×100). Command: `{cmd}`. *Across seeds*: "
+                  "one number per seed (the mean over that seed's final evaluation episodes), spread over the "
+                  "`seeds` of the cell; *across episodes*: every final episode of every seed pooled (each seed "
+                  "evaluates from its own start states). std is the population std; IQR is the 75th minus the "
+                  "25th percentile (numpy's linear interpolation); n/a where one value has no spread.", "",
                   "| arm | guidance | policy | schedule | seeds | across seeds: mean | std | median | IQR | "
                   "episodes | across episodes: mean | std | median | IQR |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
