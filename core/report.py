@@ -204,9 +204,11 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
             lines += [f"| {g} | {j} | {n} | {t:.2f} | {m:.2f} |" for g, j, n, t, m in ratios]
         sw = _swap_rows(arms)
         if sw:
-            lines += ["", "Inference-time swap: the same final policies ranked by their own guidance, by the same "
-                      "arm's guidance from another seed, and by another algorithm's guidance (spread across seeds):",
-                      "", "| policy arm | ranked by | seeds | mean | median | IQR |", "|---|---|---|---|---|---|"]
+            lines += ["", "Inference-time swap: the final policies ranked by the same arm's guidance from another "
+                      "seed, or by another algorithm's guidance, beside the same policies ranked by their own "
+                      f"guidance on the same seeds (IQR across seeds and across pooled episodes). Command: `{rep}`.",
+                      "", "| policy arm | ranked by | seeds | mean | std | median | IQR seeds | IQR episodes | "
+                      "own guidance: mean | IQR seeds | IQR episodes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += sw
         for name in _plots(task, arms, img_dir):
             lines += ["", f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)"]
@@ -247,21 +249,21 @@ def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str,
 
 
 def _swap_rows(arms: dict[str, list[RunSummary]]) -> list[str]:
+    """One row per policy arm and swap, beside the same policies ranked by their own guidance on the same seeds
+    (a swap missing for some seed must not be compared with an own-guidance figure over other seeds)."""
     rows = []
     for a in sorted(arms):
         runs = arms[a]
-        labels = sorted({k for r in runs for k in r.swaps})
-        if not labels:
-            continue
-        own = spread([r.final_score for r in runs])
-        rows.append(f"| {a} | own guidance | {own['n']} | {_fmt(own['mean'])} | {_fmt(own['median'])} | "
-                    f"{_fmt(own['iqr'])} |")
-        for lab in labels:
-            vals = [float(np.mean(r.swaps[lab]["normalized"])) for r in runs if lab in r.swaps]
-            s = spread(vals)
-            g = next(r.swaps[lab].get("guidance") for r in runs if lab in r.swaps)
-            rows.append(f"| {a} | {lab} ({g}) | {s['n']} | {_fmt(s['mean'])} | {_fmt(s['median'])} | "
-                        f"{_fmt(s['iqr'])} |")
+        for lab in sorted({k for r in runs for k in r.swaps}):
+            have = [r for r in runs if lab in r.swaps]
+            sw = spread([float(np.mean(r.swaps[lab]["normalized"])) for r in have])
+            sw_ep = spread(np.concatenate([np.asarray(r.swaps[lab]["normalized"], dtype=float) for r in have]))
+            own = spread([r.final_score for r in have])
+            own_ep = spread(np.concatenate([r.final_episodes for r in have]))
+            g = have[0].swaps[lab].get("guidance")
+            rows.append(f"| {a} | {lab} ({g}) | {sw['n']} | {_fmt(sw['mean'])} | {_fmt(sw['std'])} | "
+                        f"{_fmt(sw['median'])} | {_fmt(sw['iqr'])} | {_fmt(sw_ep['iqr'])} | {_fmt(own['mean'])} | "
+                        f"{_fmt(own['iqr'])} | {_fmt(own_ep['iqr'])} |")
     return rows
 
 

@@ -74,6 +74,15 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
         assert int(cells[9]) == 4
         assert float(cells[10]) == pytest.approx(episodes.mean(), abs=0.051)
         assert float(cells[13]) == pytest.approx(e75 - e25, abs=0.051)
+    # the swap table: the swap's per-seed means beside the own guidance on the same seeds
+    sws = [json.loads((runs / "idql-joint" / f"seed{s}" / "swaps.json").read_text())["other_seed"] for s in (0, 1)]
+    own = [json.loads((runs / "idql-joint" / f"seed{s}" / "result.json").read_text())["normalized_score"]
+           for s in (0, 1)]
+    row = next(line for line in text.splitlines() if line.startswith("| idql-joint | other_seed"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "2"
+    assert float(cells[3]) == pytest.approx(np.mean([np.mean(x["normalized"]) for x in sws]), abs=0.051)
+    assert float(cells[8]) == pytest.approx(np.mean(own), abs=0.051)
     assert "Finding one" in text
     # GFDT/joint time: each arm's mean over runs of its training phases' wall time (updates only), recomputed
     def train_s(arm):
