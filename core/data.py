@@ -242,6 +242,9 @@ def _validate(path: Path, raw: dict[str, np.ndarray], task: str) -> None:
     n = obs.shape[0]
     if n == 0:
         raise DatasetError(f"dataset file {path} holds no transitions: {fix}")
+    for k in ("rewards", "terminals", "timeouts", "next_observations"):
+        if k in raw and raw[k].ndim == 0:
+            raise DatasetError(f"dataset file {path}: {k!r} is a single value, expected one per row ({n}); {fix}")
     for k in ("actions", "rewards", "terminals", "timeouts", "next_observations"):
         if k in raw and raw[k].shape[0] != n:
             raise DatasetError(f"dataset file {path}: {k!r} has {raw[k].shape[0]} rows but observations have {n}; the file is inconsistent, {fix}")
@@ -250,15 +253,32 @@ def _validate(path: Path, raw: dict[str, np.ndarray], task: str) -> None:
             raise DatasetError(f"dataset file {path}: {k!r} has shape {raw[k].shape}, expected ({n},); {fix}")
     if "next_observations" in raw and raw["next_observations"].shape != obs.shape:
         raise DatasetError(f"dataset file {path}: next_observations have shape {raw['next_observations'].shape}, observations {obs.shape}; {fix}")
+    f32_max = float(np.finfo(np.float32).max)
     for k in ("observations", "actions", "rewards", "next_observations"):
         if k in raw:
             a = raw[k]
-            if not np.issubdtype(a.dtype, np.number):
-                raise DatasetError(f"dataset file {path}: {k!r} has non-numeric dtype {a.dtype}; {fix}")
+            if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+                raise DatasetError(f"dataset file {path}: {k!r} has dtype {a.dtype}, not real numbers; {fix}")
             bad = ~np.isfinite(a)
             if bad.any():
                 row = int(np.flatnonzero(bad.reshape(n, -1).any(axis=1))[0])
                 raise DatasetError(f"dataset file {path}: {k!r} contains NaN or inf (first at row {row}); {fix}")
+            if np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 4:
+                big = np.abs(a) > f32_max  # would load as inf: everything trains in float32
+                if big.any():
+                    row = int(np.flatnonzero(big.reshape(n, -1).any(axis=1))[0])
+                    raise DatasetError(f"dataset file {path}: {k!r} holds a value beyond float32 (first at row "
+                                       f"{row}); {fix}")
+    for k in ("terminals", "timeouts"):  # flags: d4rl reads them as booleans, so anything but 0/1 is a broken file
+        if k in raw:
+            a = raw[k]
+            if not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+                raise DatasetError(f"dataset file {path}: {k!r} has dtype {a.dtype}, expected 0/1 flags; {fix}")
+            bad = ~np.isin(a.astype(np.float64), (0.0, 1.0))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise DatasetError(f"dataset file {path}: {k!r} holds {a[row]!r} at row {row}; flags must be 0 or 1; "
+                                   f"{fix}")
 
 
 def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:

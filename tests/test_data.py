@@ -135,6 +135,31 @@ def test_refuses_nan(tmp_path: Path) -> None:
     _assert_refused(_write_plain(tmp_path / "inf.hdf5", arr), "'rewards' contains NaN or inf")
 
 
+def test_refuses_flags_that_are_not_0_or_1(tmp_path: Path) -> None:
+    """A terminal of 0.5, 2 or NaN would go straight into the critic's TD target."""
+    for i, bad in enumerate((0.5, 2.0, np.nan)):
+        arr = _hand_arrays()
+        arr["terminals"] = arr["terminals"].astype(np.float32)
+        arr["terminals"][3] = bad
+        _assert_refused(_write_plain(tmp_path / f"term{i}.hdf5", arr), "'terminals' holds")
+    arr = _hand_arrays()
+    arr["timeouts"] = np.array([b"0"] * 7)
+    _assert_refused(_write_plain(tmp_path / "str.hdf5", arr), "'timeouts' has dtype")
+
+
+def test_refuses_scalars_complex_and_float32_overflow(tmp_path: Path) -> None:
+    arr = _hand_arrays()
+    arr["rewards"] = np.float32(1.0)
+    _assert_refused(_write_plain(tmp_path / "scalar.hdf5", arr), "'rewards' is a single value")
+    arr = _hand_arrays()
+    arr["rewards"] = arr["rewards"].astype(np.complex64)
+    _assert_refused(_write_plain(tmp_path / "complex.hdf5", arr), "not real numbers")
+    arr = _hand_arrays()
+    arr["observations"] = arr["observations"].astype(np.float64)
+    arr["observations"][5, 0] = 1e300
+    _assert_refused(_write_plain(tmp_path / "big.hdf5", arr), "beyond float32 (first at row 5)")
+
+
 def test_refuses_wrong_dims(tmp_path: Path) -> None:
     path = _write_plain(tmp_path / "dims.hdf5", _hand_arrays())
     _assert_refused(path, "needs (N, 28)", task="bullet-ant-medium-v0")  # hopper data, ant task
