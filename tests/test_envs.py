@@ -47,7 +47,20 @@ def test_check_env_and_dims(robot: str) -> None:
     assert (env.observation_space.shape[0], env.action_space.shape[0]) == env_dims(robot)
     obs, _ = env.reset(seed=1)
     assert obs.dtype == np.float32 and obs.shape == (env_dims(robot)[0],)
+    inner = env.unwrapped._ensure_inner()  # pybullet's own env: the table's dims must be the robot's
+    assert (inner.observation_space.shape[0], inner.action_space.shape[0]) == env_dims(robot)
     env.close()
+
+
+def test_import_modzoo_registers_the_envs() -> None:
+    """In a fresh interpreter, `import modzoo` alone makes the ids available to gymnasium.make."""
+    import subprocess
+    import sys
+    code = ("import gymnasium, modzoo; "
+            "print(sorted(i for i in gymnasium.registry if i.startswith('modzoo/')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == str(sorted(f"modzoo/bullet-{r}-v0" for r in ROBOT_NAMES))
 
 
 @pytest.mark.parametrize("robot", ["hopper", "ant"])
