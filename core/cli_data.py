@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -34,6 +35,8 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", help="file to write (default: the D4RL cache path)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")
     p.add_argument("--url", help="download from this URL instead of D4RL's")
+    p.add_argument("--sha256", help="expected sha256 of the file (D4RL publishes none); a mismatch keeps nothing")
+    p.add_argument("--force", action="store_true", help="replace an existing file at the destination")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("collect", help="generate a dataset with modzoo's behaviour policies (no network)")
@@ -45,6 +48,7 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-reuse", action="store_true", help="medium-expert: simulate both halves even if the cached medium/expert files match")
     p.add_argument("--from-run", help="medium-replay only: write the replay buffer of this train-behaviour run (D4RL's exact recipe)")
+    p.add_argument("--force", action="store_true", help="replace an existing file at the destination")
     p.add_argument("--upto-step", type=int, help="with --from-run: last step to include (default: the run's medium snapshot)")
     p.set_defaults(func=cmd_collect)
 
@@ -83,13 +87,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         raise DatasetError(str(exc)) from exc
     url = args.url or DATASET_URLS[args.name]
     out = Path(args.out).expanduser() if args.out else dataset_path(args.name)
+    _refuse_overwrite(out, args.force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
     h = hashlib.sha256()
     try:
         try:
             resp = urllib.request.urlopen(url, timeout=args.timeout)
-        except (urllib.error.URLError, socket.timeout, OSError) as exc:
+        except (urllib.error.URLError, socket.timeout, OSError, ValueError) as exc:  # ValueError: a malformed URL
             reason = getattr(exc, "reason", exc)
             raise DatasetError(
                 f"cannot download {args.name} from {url} ({reason}); without network build it locally with "
@@ -100,24 +105,40 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             while True:
                 try:
                     chunk = resp.read(1 << 20)
-                except (socket.timeout, OSError) as exc:
+                except (socket.timeout, OSError, http.client.HTTPException) as exc:  # IncompleteRead is the latter
                     raise DatasetError(f"download of {url} broke off ({exc}); retry, or build it with `modzoo data collect {args.name}`") from exc
                 if not chunk:
                     break
                 f.write(chunk)
                 h.update(chunk)
                 bar.update(len(chunk))
-        # D4RL publishes no checksums: the check is that the file parses and validates for its task.
+        got = tmp.stat().st_size
+        if total is not None and got != total:
+            raise DatasetError(f"download of {url} is incomplete ({got} of {total} bytes), nothing was written to "
+                               f"{out}; retry, or build it with `modzoo data collect {args.name}`")
+        digest = h.hexdigest()
+        if args.sha256 and digest != args.sha256.lower():
+            raise DatasetError(f"download of {url} has sha256 {digest}, not the expected {args.sha256}; nothing was "
+                               f"written to {out}")
+        # D4RL publishes no checksums: beyond --sha256, the check is that the file parses and validates for its task,
+        # and the digest is kept beside the file (<file>.sha256) so a later copy can be compared with it.
         try:
             ds = load_dataset(str(tmp), task=args.name)
         except DatasetError as exc:
             raise DatasetError(f"the download from {url} is not a valid {args.name} dataset, nothing was written to {out} ({exc}); retry later or build it with `modzoo data collect {args.name}`") from exc
         os.replace(tmp, out)
+        out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
     finally:
         if tmp.exists():
             tmp.unlink()
-    print(f"{out}: {len(ds)} transitions, sha256 {h.hexdigest()}")
+    print(f"{out}: {len(ds)} transitions, sha256 {digest} (also in {out.name}.sha256)")
     return 0
+
+
+def _refuse_overwrite(out: Path, force: bool) -> None:
+    """A dataset already at the destination (perhaps a real D4RL download) is replaced only when asked."""
+    if out.exists() and not force:
+        raise DatasetError(f"{out} already exists; pass --force to replace it, or move it aside first")
 
 
 # ---------------------------------------------------------------------------------------------- collect
@@ -129,6 +150,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         parse_task(args.name)
     except EnvError as exc:
         raise DatasetError(str(exc)) from exc
+    from .data import dataset_path
+    _refuse_overwrite(Path(args.out).expanduser() if args.out else dataset_path(args.name), args.force)
     if args.from_run:
         from .collect import collect_replay_from_run
 

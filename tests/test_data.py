@@ -320,3 +320,50 @@ def test_cli_fetch_validates_download(tmp_path: Path, small_dataset_path: Path) 
     with pytest.raises(DatasetError, match="corrupt"):
         _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(tmp_path / "x.hdf5"), "--url", bad.as_uri())
     assert not (tmp_path / "x.hdf5").exists()
+
+
+def test_cli_fetch_checks_length_checksum_and_never_overwrites(tmp_path: Path, small_dataset_path: Path) -> None:
+    """A download cut short, or with another sha256 than asked for, leaves nothing; an existing file is replaced
+    only with --force; a good download keeps its sha256 beside it."""
+    import hashlib
+    import http.server
+    import threading
+
+    body = small_dataset_path.read_bytes()
+
+    class Short(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])  # then the connection closes
+
+        def log_message(self, *a: object) -> None:
+            pass
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Short)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DatasetError, match="broke off|incomplete"):
+            _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(tmp_path / "short.hdf5"), "--url",
+                 f"http://127.0.0.1:{srv.server_port}/f.hdf5")
+    finally:
+        srv.shutdown()
+    assert not (tmp_path / "short.hdf5").exists()
+    with pytest.raises(DatasetError, match="not the expected"):
+        _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(tmp_path / "sum.hdf5"), "--url",
+             small_dataset_path.as_uri(), "--sha256", "0" * 64)
+    assert not (tmp_path / "sum.hdf5").exists()
+    out = tmp_path / "ok.hdf5"
+    digest = hashlib.sha256(body).hexdigest()
+    assert _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(out), "--url", small_dataset_path.as_uri(),
+                "--sha256", digest) == 0
+    assert (tmp_path / "ok.hdf5.sha256").read_text().split()[0] == digest
+    before = out.read_bytes()
+    with pytest.raises(DatasetError, match="already exists; pass --force"):
+        _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(out), "--url", small_dataset_path.as_uri())
+    with pytest.raises(DatasetError, match="already exists; pass --force"):
+        _cli("data", "collect", "bullet-hopper-random-v0", "--transitions", "50", "--out", str(out), "--no-progress")
+    assert out.read_bytes() == before
+    assert _cli("data", "collect", "bullet-hopper-random-v0", "--transitions", "50", "--out", str(out),
+                "--no-progress", "--force") == 0
+    assert out.read_bytes() != before
