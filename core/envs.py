@@ -144,10 +144,11 @@ class BulletLocomotionEnv(gymnasium.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         inner = self._ensure_inner()
-        if seed is None and self._np_random is not None and inner.np_random is not self._np_random:
-            # Continue this env's own random stream rather than the warm-up's.
-            inner.np_random = self._np_random
-            inner.robot.np_random = self._np_random
+        if seed is None and inner.np_random is not self.np_random:
+            # Continue this env's own random stream rather than the warm-up's (``self.np_random`` is seeded from
+            # entropy if this env was never seeded: unseeded envs must not all replay the warm-up's seed 0).
+            inner.np_random = self.np_random
+            inner.robot.np_random = self.np_random
         obs, info = inner.reset(seed=seed)
         # Share one generator so gymnasium's seeding contract (same seed -> same RNG state) holds.
         self._np_random = inner.np_random

@@ -152,3 +152,13 @@ def test_behaviour_training_resumes_and_exports(tmp_path) -> None:  # type: igno
     last = TorchActorPolicy(run / "snapshots" / f"step_{steps[-1]}.pt")
     obs = np.random.default_rng(0).standard_normal((4, 15)).astype(np.float32)
     np.testing.assert_allclose(last(obs), model.predict(obs, deterministic=True)[0], atol=1e-5)
+
+
+def test_unseeded_envs_do_not_replay_one_stream() -> None:
+    """Never seeded, two envs start from different states (they used to replay the warm-up's seed-0 stream)."""
+    starts = []
+    for _ in range(2):
+        env = make_env("hopper")
+        starts.append(env.reset()[0])
+        env.close()
+    assert not np.allclose(starts[0], starts[1])
