@@ -16,9 +16,11 @@ FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals"
 def next_actions(observations: np.ndarray, actions: np.ndarray, next_observations: np.ndarray) -> np.ndarray:
     """The dataset's own next action a'_i = a_{i+1} where row i+1 continues row i's episode.
 
-    Where it does not (episode ends, or the next row starts a new episode) a_i is repeated: such rows are either
-    terminal, where (1 - d) zeroes the target, or the last row of a truncated episode, whose true next action is
-    not in the data (SARSA-style critics then bootstrap from (s', a_i), a one-row approximation).
+    "Continues" is read off the transitions: s'_i equals s_{i+1}. Where it does not, a_i is repeated (the last
+    row of a truncated episode, whose true next action is not in the data: SARSA-style critics then bootstrap
+    from (s', a_i), a one-row approximation). A terminal row gets the next episode's first action, because
+    d4rl's rule gives it the next episode's first observation as s' (``qlearning_transitions``); (1 - d)
+    zeroes that target, so neither value is ever used.
     """
     nxt = actions.copy()
     if len(actions) > 1:

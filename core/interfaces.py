@@ -4,8 +4,8 @@ Contract (checked by :mod:`modzoo.testing`):
 
 - Batches are dicts of float32 tensors on the module's device: ``observations (B, obs_dim)``,
   ``actions (B, act_dim)`` in [-1, 1], ``rewards (B,)``, ``next_observations (B, obs_dim)``, ``terminals (B,)``
-  (1.0 where the episode truly ended), and ``next_actions (B, act_dim)`` (the dataset's next action, zeros after
-  a terminal) for SARSA-style critics.
+  (1.0 where the episode truly ended), and ``next_actions (B, act_dim)`` (the dataset's next action; after a
+  terminal a placeholder that (1 - terminal) masks out) for SARSA-style critics.
 - ``update`` returns a flat ``dict[str, torch.Tensor | float]`` of scalar metrics. Values may stay tensors so that
   no host sync happens inside a step; the trainer converts them when it logs.
 - ``state_dict()``/``load_state_dict()`` hold everything needed to resume (nets, targets, optimizers, step count,
