@@ -113,8 +113,16 @@ def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, ta
             o = torch.as_tensor(obs, dtype=torch.float32, device=device)
             return policy.act(o, guidance, n=candidates).cpu().numpy()
 
-    return evaluate_policy(act_fn, task, episodes=episodes, seed=EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * seed,
-                           progress=progress)
+    base = EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * seed
+    # The policy samples its candidates (and picks among them) from a generator seeded like the episodes, not
+    # from its training stream: an evaluation is then reproducible, and how often a run evaluates does not
+    # change the noise its training draws.
+    training_gen = policy.generator
+    policy.use_generator(torch.Generator(device=device).manual_seed(base))
+    try:
+        return evaluate_policy(act_fn, task, episodes=episodes, seed=base, progress=progress)
+    finally:
+        policy.use_generator(training_gen)
 
 
 # ---- the training loop --------------------------------------------------------------------------------------

@@ -205,3 +205,14 @@ def test_resume_refuses_data_that_changed_under_the_run(small_dataset_path, tmp_
     with pytest.raises(ConfigError, match=r"trained on other data .*\(fingerprint deadbeef vs "):
         modzoo.train(c, progress=False, resume=True)
     assert (out / "train_state.pt").exists()  # nothing saved was lost
+
+
+def test_evaluation_is_reproducible_and_leaves_the_training_stream_alone(small_dataset_path):
+    from modzoo.training import evaluate
+    p = modzoo.make_policy("dql", 15, 3, hidden=16)
+    g = modzoo.make_guidance("dql", 15, 3, hidden=[16, 16])
+    before = p.gen().get_state()
+    a = evaluate(p, g, TASK, episodes=2, seed=3)
+    assert torch.equal(p.gen().get_state(), before)  # the policy's own stream did not move
+    b = evaluate(p, g, TASK, episodes=2, seed=3)
+    assert a.returns.tolist() == b.returns.tolist()  # same seed, same episodes, same candidates
