@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -291,6 +291,27 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
     return jobs
 
 
+def _swap_pair(job: dict[str, Any]) -> dict[str, Any]:
+    """The pair a swap evaluates, down to the checkpoint files: a cached result counts only for the same pair (a
+    changed seed list pairs another guidance run; a retrained run writes new checkpoints)."""
+    return {"guidance_run": job["guidance_run"],
+            "checkpoints_ns": [(Path(job["policy_run"]) / "policy.pt").stat().st_mtime_ns,
+                               (Path(job["guidance_run"]) / "guidance.pt").stat().st_mtime_ns]}
+
+
+def swap_cached(job: dict[str, Any]) -> bool:
+    """Whether the policy run's ``swaps.json`` already holds this swap for the same pair of checkpoints."""
+    path = Path(job["policy_run"]) / "swaps.json"
+    if not path.exists():
+        return False
+    old = json.loads(path.read_text()).get(job["label"])
+    if old is None:
+        return False
+    pair = _swap_pair(job)
+    return old.get("guidance_run") == pair["guidance_run"] and \
+        old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"]
+
+
 def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
     """Evaluate a finished policy ranked by another run's guidance; results go to the policy run's swaps.json."""
     import torch
@@ -298,17 +319,10 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     pdir = Path(job["policy_run"])
     path = pdir / "swaps.json"
-    done = json.loads(path.read_text()) if path.exists() else {}
     key = job["label"]
-    # the pair this swap evaluates, down to the checkpoint files: a cached result counts only for the same pair
-    # (a changed seed list pairs another guidance run; a retrained run writes new checkpoints)
-    pair = {"guidance_run": job["guidance_run"],
-            "checkpoints_ns": [(pdir / "policy.pt").stat().st_mtime_ns,
-                               (Path(job["guidance_run"]) / "guidance.pt").stat().st_mtime_ns]}
-    old = done.get(key, {})
-    if key in done and old.get("guidance_run") == pair["guidance_run"] and \
-            old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"]:
+    if swap_cached(job):
         return {"key": f"{pdir}:{key}", "status": "skipped"}
+    pair = _swap_pair(job)
     policy, guidance = load_policy_and_guidance(pdir / "policy.pt", Path(job["guidance_run"]) / "guidance.pt", "cpu")
     ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"])
     # Read, merge and write under a lock: two workers may finish two swaps of the same policy run together, and a
@@ -328,6 +342,9 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- backends ---------------------------------------------------------------------------------------------
+Job = tuple[Callable[[dict[str, Any]], dict[str, Any]], dict[str, Any]]
+
+
 def _safe(fn: Callable[[dict[str, Any]], dict[str, Any]], job: dict[str, Any]) -> dict[str, Any]:
     """Run one job; an exception becomes a "failed" result carrying the job, so it can be retried."""
     try:
@@ -338,61 +355,142 @@ def _safe(fn: Callable[[dict[str, Any]], dict[str, Any]], job: dict[str, Any]) -
                 "job": job}
 
 
-def _run_local(fn: Callable, jobs: list[dict[str, Any]], workers: int, isolate: bool = False
-               ) -> list[dict[str, Any]]:
-    """``isolate``: every job in a fresh process (a pool worker serves one job), so what a job measures of its
-    process (peak RSS) is its own and not left over from the jobs before it."""
-    if workers <= 1 and not isolate:
-        return [_safe(fn, j) for j in jobs]
-    import multiprocessing as mp
-    out: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp.get_context("spawn"),
-                             max_tasks_per_child=1 if isolate else None) as ex:
-        futs = [ex.submit(_safe, fn, j) for j in jobs]
-        for f in as_completed(futs):
-            out.append(f.result())
-    return out
+def job_ready(job: Job) -> bool:
+    """Whether a job can start now without waiting on another: a swap once both of its runs have finished, a run
+    that reuses a guidance once the run it takes it from has finished, any other run at once."""
+    fn, j = job
+    if "policy_run" in j:
+        return is_finished(j["policy_run"]) and is_finished(j["guidance_run"])
+    return not j.get("guidance_from") or is_finished(j["guidance_from"])
 
 
-def _run_ray(fn: Callable, jobs: list[dict[str, Any]], ray_cfg: dict[str, Any], isolate: bool = False
-             ) -> list[dict[str, Any]]:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--backend ray needs ray: pip install 'modzoo[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(address=ray_cfg.get("address") or None, num_cpus=ray_cfg.get("num_cpus"),
-                 include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(num_cpus=float(ray_cfg.get("cpus_per_run", 1)),
-                        num_gpus=float(ray_cfg.get("gpus_per_run", 0)),
-                        max_calls=1 if isolate else 0)(_safe)  # 1: a Ray worker process serves one run
-    return ray.get([remote.remote(fn, j) for j in jobs])
+class _Serial:
+    """Jobs in this process, one at a time (one worker, runs not isolated)."""
+    slots = 1
+
+    def submit(self, fn: Callable, job: dict[str, Any]) -> Any:
+        done = Future()  # already resolved: the job ran here
+        done.set_result(_safe(fn, job))
+        return done
+
+    def wait(self, handles: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        return [(h, h.result()) for h in handles]
+
+    def close(self) -> None:
+        pass
 
 
-def run_jobs(fn: Callable, jobs: list[dict[str, Any]], backend: str, workers: int,
-             ray_cfg: dict[str, Any] | None = None, log: Callable[[str], None] = print,
-             isolate: bool = False) -> list[dict[str, Any]]:
-    """Run jobs on the backend (``isolate``: each in a fresh process); failed ones are retried once, then
-    reported."""
-    def go(js):
-        if backend == "ray":
-            return _run_ray(fn, js, ray_cfg or {}, isolate)
-        if backend == "local":
-            return _run_local(fn, js, workers, isolate)
+class _Pool:
+    """A local process pool; ``isolate``: a worker serves one job, so a job's peak RSS is its own."""
+
+    def __init__(self, workers: int, isolate: bool):
+        import multiprocessing as mp
+        self.slots = max(1, workers)
+        self.ex = ProcessPoolExecutor(max_workers=self.slots, mp_context=mp.get_context("spawn"),
+                                      max_tasks_per_child=1 if isolate else None)
+
+    def submit(self, fn: Callable, job: dict[str, Any]) -> Any:
+        return self.ex.submit(_safe, fn, job)
+
+    def wait(self, handles: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        return [(h, h.result()) for h in done]
+
+    def close(self) -> None:
+        self.ex.shutdown()
+
+
+class _Ray:
+    """Ray tasks with their CPU/GPU needs declared; Ray queues what the cluster cannot place yet, so every ready
+    job is submitted at once."""
+    slots = 1 << 30
+
+    def __init__(self, ray_cfg: dict[str, Any], isolate: bool):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--backend ray needs ray: pip install 'modzoo[ray]'") from None
+        if not ray.is_initialized():
+            ray.init(address=ray_cfg.get("address") or None, num_cpus=ray_cfg.get("num_cpus"),
+                     include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+        self.ray = ray
+        self.remote = ray.remote(num_cpus=float(ray_cfg.get("cpus_per_run", 1)),
+                                 num_gpus=float(ray_cfg.get("gpus_per_run", 0)),
+                                 max_calls=1 if isolate else 0)(_safe)  # 1: a Ray worker process serves one job
+
+    def submit(self, fn: Callable, job: dict[str, Any]) -> Any:
+        return self.remote.remote(fn, job)
+
+    def wait(self, handles: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        done, _ = self.ray.wait(handles, num_returns=1)
+        return [(h, self.ray.get(h)) for h in done]
+
+    def close(self) -> None:
+        pass
+
+
+def _drain(pool: Any, jobs: list[Job], ready: Callable[[Job], bool]) -> tuple[list[dict[str, Any]], list[Job]]:
+    """Start each job as soon as it is ready and a slot is free, earlier-listed ready jobs first; return the
+    results and the jobs that never became ready (they wait on runs that did not finish)."""
+    pending, flight, results = list(jobs), {}, []
+    while pending or flight:
+        while len(flight) < pool.slots:
+            i = next((k for k, job in enumerate(pending) if ready(job)), None)
+            if i is None:
+                break
+            fn, j = pending.pop(i)
+            flight[pool.submit(fn, j)] = (fn, j)
+        if not flight:
+            break
+        for h, r in pool.wait(list(flight)):
+            fn, _ = flight.pop(h)
+            results.append({**r, "fn": fn})
+    return results, pending
+
+
+def run_jobs(jobs: list[Job], backend: str, workers: int, ray_cfg: dict[str, Any] | None = None,
+             log: Callable[[str], None] = print, isolate: bool = False) -> list[dict[str, Any]]:
+    """Run ``(fn, job)`` pairs on the backend, each as soon as what it needs has finished (``job_ready``), the
+    earlier-listed first; failed ones are retried once, then reported.
+
+    Scheduling by readiness rather than in waves means an interrupted grid holds the swaps of every pair of runs
+    that had finished, and no worker sits idle waiting on a guidance another worker is still training. A run still
+    not ready when nothing else can start (its guidance's run failed, or another process holds it) is started
+    anyway and waits or fails in ``wait_for_guidance``; a swap whose runs never finished is left out, with a line
+    saying so."""
+    if not jobs:
+        return []
+    if backend == "ray":
+        pool: Any = _Ray(ray_cfg or {}, isolate)
+    elif backend == "local":
+        pool = _Pool(workers, isolate) if workers > 1 or isolate else _Serial()
+    else:
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
-    results = go(jobs)
-    failed = [r["job"] for r in results if r["status"] == "failed"]
-    if failed:
-        log(f"retrying {len(failed)} failed job(s) once")
-        results = [r for r in results if r["status"] != "failed"] + go(failed)
+    try:
+        results, waiting = _drain(pool, jobs, job_ready)
+        failed = [(r.pop("fn"), r["job"]) for r in results if r["status"] == "failed"]
+        results = [r for r in results if r["status"] != "failed"]
+        if failed:
+            log(f"retrying {len(failed)} failed job(s) once")
+            more, waiting = _drain(pool, failed + waiting, job_ready)
+            results += more
+        runs = [job for job in waiting if "policy_run" not in job[1]]
+        if runs:
+            results += _drain(pool, runs, lambda job: True)[0]
+        if len(runs) < len(waiting):
+            log(f"{len(waiting) - len(runs)} swap evaluation(s) left out: a run they pair did not finish")
+    finally:
+        pool.close()
+    for r in results:
+        r.pop("fn", None)
     return results
 
 
 def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backend: str | None = None,
                    workers: int | None = None, log: Callable[[str], None] = print,
                    report: bool = True, train: bool = True) -> dict[str, Any]:
-    """Run (or resume) the grid, then the swaps, then write the report (``train=False``: only the swaps whose
-    runs have finished, and the report)."""
+    """Run (or resume) the grid and its swaps, each swap as soon as its two runs have finished, then write the
+    report (``train=False``: only the swaps whose runs have finished, and the report)."""
     exp = load_experiment(name, overrides)
     backend = backend or exp.get("backend", "local")
     workers = int(workers or exp.get("workers", 1))
@@ -404,21 +502,33 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
         log("note: ray.gpus_per_run is 0, so Ray hides the GPUs from every run and device auto trains on CPU; "
             "set ray.gpus_per_run (e.g. 0.25) to use them")
     stale = stale_runs(specs)
-    finished = sum(is_finished(s.out) and s.out not in stale for s in specs)
+    done = {s.out for s in specs if is_finished(s.out) and s.out not in stale}
     results: list[dict[str, Any]] = [{"key": s.key, "status": "stale", "drift": stale[s.out], "out": s.out}
                                      for s in specs if s.out in stale]
+    for s in specs:  # finished: nothing to train, but its summary is refreshed (as execute_run would)
+        if s.out in done:
+            write_summary(s)
+            results.append({"key": s.key, "status": "skipped"})
+    todo = [s for s in specs if s.out not in stale and s.out not in done] if train else []
     if train:
-        log(f"{len(specs)} runs ({finished} already finished, skipped; {len(stale)} stale, left alone)")
-        # a fresh process per run (isolate_runs, default on): a phase's peak RSS is then this run's alone
-        results += run_jobs(execute_run, [asdict(s) for s in specs if s.out not in stale], backend, workers,
-                            ray_cfg, log, isolate=bool(exp.get("isolate_runs", True)))
-    # a stale run's policy or guidance is from another config: no swap pairs it with the current ones
-    stale_dirs = {str(Path(r["out"])) for r in results if r["status"] == "stale"}
-    swaps = [j for j in swap_jobs(exp) if is_finished(j["policy_run"]) and is_finished(j["guidance_run"])
-             and not {str(Path(j["policy_run"])), str(Path(j["guidance_run"]))} & stale_dirs]
+        log(f"{len(specs)} runs ({len(done)} already finished, skipped; {len(stale)} stale, left alone)")
+    # A swap pairs runs that have finished or will in this grid; a stale run's policy or guidance is from another
+    # config, so no swap pairs it with the current ones. Swaps go first in the queue: each starts as soon as its
+    # two runs have finished, so an interrupted grid already holds the swaps of what it finished.
+    will_finish = done | {s.out for s in todo}
+    swaps: list[Job] = []
+    for j in swap_jobs(exp):
+        if not {j["policy_run"], j["guidance_run"]} <= will_finish:
+            continue
+        if {j["policy_run"], j["guidance_run"]} <= done and swap_cached(j):
+            results.append({"key": f"{j['policy_run']}:{j['label']}", "status": "skipped"})
+        else:
+            swaps.append((execute_swap, j))
     if swaps:
         log(f"{len(swaps)} inference-time swap evaluations")
-        results += run_jobs(execute_swap, swaps, backend, workers, ray_cfg, log)
+    # a fresh process per job (isolate_runs, default on): a phase's peak RSS is then its run's alone
+    results += run_jobs(swaps + [(execute_run, asdict(s)) for s in todo], backend, workers, ray_cfg, log,
+                        isolate=bool(exp.get("isolate_runs", True)))
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
         log(f"FAILED {r['key']}: {r['error']}")

@@ -246,3 +246,35 @@ def test_a_finished_run_made_from_other_data_is_stale(tiny_experiment, tmp_path)
     assert status[f"{TASK}/idql-gf/seed1"]["drift"] == [f"dataset: fingerprint deadbeef -> {fp}"]
     assert status[f"{TASK}/dql-gf-iql/seed1"]["status"] == "stale"  # it reuses that run's guidance
     assert status[f"{TASK}/idql-gf/seed0"]["status"] == "skipped"
+
+
+def test_a_swap_starts_as_soon_as_its_two_runs_have_finished(tiny_experiment, tmp_path):
+    """Not after the whole grid: an interrupted grid must already hold the swaps of the runs it finished."""
+    out = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    keys = [r["key"] for r in out["results"]]
+    seed0_mix_swap = next(i for i, k in enumerate(keys) if k.endswith("dql-gf-iql/seed0:other_algorithm"))
+    first_seed1_run = next(i for i, k in enumerate(keys) if k.endswith("/seed1") and ":" not in k)
+    assert seed0_mix_swap < first_seed1_run, keys
+    # the other-seed swaps of idql-joint need seed 1's idql-joint: they come right after it, before its idql-gf
+    seed1_idql = keys.index(f"{TASK}/idql-joint/seed1")
+    assert {k.rsplit("/", 1)[-1] for k in keys[seed1_idql + 1:seed1_idql + 3]} == \
+        {"seed0:other_seed", "seed1:other_seed"}, keys
+
+
+def test_the_scheduler_starts_a_job_only_once_what_it_needs_has_finished():
+    from modzoo.experiment import _drain, _Serial
+    finished: list[str] = []
+
+    def work(job):
+        finished.append(job["name"])
+        if job["name"] == "broken":
+            raise RuntimeError("boom")
+        return {"key": job["name"], "status": "ok"}
+
+    jobs = [(work, {"name": "needs-a", "after": "a"}), (work, {"name": "a"}), (work, {"name": "b"}),
+            (work, {"name": "needs-broken", "after": "broken"}), (work, {"name": "broken"})]
+    results, waiting = _drain(_Serial(), jobs, lambda job: job[1].get("after", "") in ("", *finished)
+                              and job[1].get("after") != "broken")
+    assert finished == ["a", "needs-a", "b", "broken"]  # listed first, but started once "a" had finished
+    assert [r["status"] for r in results] == ["ok", "ok", "ok", "failed"]
+    assert [j["name"] for _, j in waiting] == ["needs-broken"]  # never ready: left to the caller
