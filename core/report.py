@@ -154,6 +154,9 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
               "(`experiments/gfdt-paper.yaml` holds that budget).",
               f"- tasks: {', '.join(exp.tasks)}; seeds: {', '.join(map(str, exp.seeds))}; arms: "
               f"{', '.join(exp.arms.keys())}."]
+    cost = _grid_cost(runs)
+    if cost:
+        lines.append(cost)
     if grid_seconds is not None:
         lines.append(f"- the last `{cmd}` call took {grid_seconds:.0f} s of wall time (finished runs are skipped, "
                      "so a resumed grid reports only its own part).")
@@ -161,6 +164,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
     groups = _group(runs)
     if not groups:
         lines += ["No finished runs yet.", ""]
+    lines += _overview(groups, rep)
     for task, arms in sorted(groups.items()):
         lines += [f"## {task}", "", f"Final D4RL-normalized scores (×100). Command: `{cmd}`. *Across seeds*: "
                   "one number per seed (the mean over that seed's final evaluation episodes), spread over the "
@@ -221,6 +225,48 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
         lines += ["(No findings written yet: read the tables above, then write them in "
                   f"`{exp.get('findings', 'experiments/<name>.findings.md')}`.)", ""]
     return "\n".join(lines)
+
+
+def _grid_cost(runs: list[RunSummary]) -> str:
+    """What the finished runs cost, from their summaries alone: process time summed over runs (each run is one
+    process: its training phases, interim and final evaluations; swap evaluations are not in the summaries), and
+    the span from the first run's start to the last one's end (start = end minus that run's own time)."""
+    import datetime as dt
+    spans = []
+    for r in runs:
+        t = sum(ph.get("wall_s", 0.0) + ph.get("eval_wall_s", 0.0) for ph in r.result.get("phases", []))
+        end = r.result.get("finished")
+        spans.append((t, dt.datetime.fromisoformat(end) if end else None))
+    if not spans:
+        return ""
+    total = sum(t for t, _ in spans)
+    line = f"- cost: the {len(runs)} finished runs took {total / 3600:.1f} h of process time in all (training " \
+           "and evaluation; swap evaluations not counted)"
+    ends = [(e - dt.timedelta(seconds=t), e) for t, e in spans if e is not None]
+    if ends:
+        first, last = min(a for a, _ in ends), max(b for _, b in ends)
+        line += f", finishing between {first:%Y-%m-%d %H:%M} and {last:%Y-%m-%d %H:%M} (the machine's local time)"
+    return line + "."
+
+
+def _overview(groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[str]:
+    """Every task's final scores side by side (mean ± std across seeds, and the number of seeds), so that an arm's
+    standing across tasks is read in one place; the per-task sections below hold the full spreads."""
+    if len(groups) < 2:
+        return []
+    tasks = sorted(groups)
+    arms = sorted({a for t in tasks for a in groups[t]})
+    short = [t.removeprefix("bullet-").removesuffix("-v0") for t in tasks]
+    out = ["## All tasks", "", "Final D4RL-normalized score per arm and task: mean ± std across seeds (population "
+           f"std), seeds in brackets. Command: `{rep}`.", "",
+           "| arm | " + " | ".join(short) + " |", "|---|" + "---|" * len(tasks)]
+    for a in arms:
+        cells = []
+        for t in tasks:
+            s = spread([r.final_score for r in groups[t].get(a, [])])
+            cells.append("" if not s["n"] else f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({s['n']})")
+        out.append(f"| {a} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str, str, float, float]]:

@@ -278,3 +278,34 @@ def test_the_scheduler_starts_a_job_only_once_what_it_needs_has_finished():
     assert finished == ["a", "needs-a", "b", "broken"]  # listed first, but started once "a" had finished
     assert [r["status"] for r in results] == ["ok", "ok", "ok", "failed"]
     assert [j["name"] for _, j in waiting] == ["needs-broken"]  # never ready: left to the caller
+
+
+def test_the_report_puts_every_tasks_scores_side_by_side(tmp_path):
+    from omegaconf import OmegaConf
+
+    from modzoo.report import RunSummary, render
+    exp = OmegaConf.create({"name": "two", "summaries": "s", "budget": {"guidance_steps": 1, "policy_steps": 1},
+                            "tasks": ["bullet-hopper-medium-v0", "bullet-walker2d-medium-v0"], "seeds": [0, 1],
+                            "arms": {"a": {}, "b": {}}})
+
+    def run(task, arm, seed, score):
+        return RunSummary(task, arm, seed, {"normalized_score": score, "eval": {"normalized": [score]}})
+    runs = [run("bullet-hopper-medium-v0", "a", 0, 10.0), run("bullet-hopper-medium-v0", "a", 1, 20.0),
+            run("bullet-walker2d-medium-v0", "a", 0, 30.0), run("bullet-hopper-medium-v0", "b", 0, 5.0)]
+    text = render(exp, runs, tmp_path / "img", "img")
+    lines = text.splitlines()
+    head = lines.index("| arm | hopper-medium | walker2d-medium |")
+    assert lines[head + 2] == "| a | 15.0 ± 5.0 (2) | 30.0 ± n/a (1) |"
+    assert lines[head + 3] == "| b | 5.0 ± n/a (1) |  |"  # no run of b on walker2d: an empty cell, not a zero
+    assert text.index("## All tasks") < text.index("## bullet-hopper-medium-v0")
+
+
+def test_the_report_states_what_the_finished_runs_cost():
+    from modzoo.report import RunSummary, _grid_cost
+    phases = [{"phase": "joint", "wall_s": 3000.0, "eval_wall_s": 600.0}, {"phase": "eval", "wall_s": 0.0}]
+    runs = [RunSummary("t", "a", 0, {"phases": phases, "finished": "2026-11-27T12:00:00"}),
+            RunSummary("t", "a", 1, {"phases": [{"phase": "eval", "wall_s": 1800.0}],
+                                     "finished": "2026-11-27T14:00:00"})]
+    line = _grid_cost(runs)
+    assert "the 2 finished runs took 1.5 h of process time" in line  # 3600 s + 1800 s
+    assert "between 2026-11-27 11:00 and 2026-11-27 14:00" in line  # the first run started 3600 s before its end
