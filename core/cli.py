@@ -146,6 +146,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     policy, guidance = load_policy_and_guidance(args.policy, args.guidance, args.device)
+    if args.selection:
+        policy.cfg["selection"] = args.selection
     task = args.env or policy.dataset_meta.get("name")
     ev = evaluate(policy, guidance, task, episodes=args.episodes, seed=args.seed, progress=not args.no_progress,
                   candidates=args.candidates)
@@ -264,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", help="task (default: the policy's dataset)")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--candidates", type=int, default=None)
+    p.add_argument("--selection", choices=["argmax", "softmax", "expectile"], default=None,
+                   help="how the guidance picks among the candidates (default: the policy's own rule)")
     p.add_argument("--json", help="also write per-episode results here")
     _common(p)
     p.set_defaults(func=cmd_eval)

@@ -264,7 +264,9 @@ def write_summary(s: RunSpec) -> None:
 
 # ---- inference-time swaps ---------------------------------------------------------------------------------
 def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
-    """(policy run, guidance run, label) for every swap the experiment asks for."""
+    """(policy run, guidance run, label) for every swap the experiment asks for: the policy ranked by another
+    seed's guidance of the same arm, by another algorithm's, or by its own with another selection rule."""
+    from .selection import RULES
     if "swaps" not in exp or exp.swaps is None:
         return []
     sw = OmegaConf.to_container(exp.swaps, resolve=True)
@@ -287,6 +289,15 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
                              "guidance_run": str(root / task / garm / f"seed{s}"), "label": "other_algorithm",
                              "guidance_arm": garm, "task": task, "seed": s,
                              "episodes": int(exp.budget.eval_episodes),
+                             "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+        # the run's own guidance, another selection rule: what the rule, not the critic, does to the score
+        for arm, rule in (sw.get("selection", {}) or {}).items():
+            if rule not in RULES:
+                raise ConfigError(f"swaps.selection.{arm}: unknown rule {rule!r}; known: {', '.join(RULES)}")
+            for s in seeds:
+                run = str(root / task / arm / f"seed{s}")
+                jobs.append({"policy_run": run, "guidance_run": run, "label": f"selection={rule}",
+                             "selection": rule, "task": task, "seed": s, "episodes": int(exp.budget.eval_episodes),
                              "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
     return jobs
 
@@ -324,6 +335,8 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
         return {"key": f"{pdir}:{key}", "status": "skipped"}
     pair = _swap_pair(job)
     policy, guidance = load_policy_and_guidance(pdir / "policy.pt", Path(job["guidance_run"]) / "guidance.pt", "cpu")
+    if job.get("selection"):
+        policy.cfg["selection"] = job["selection"]
     ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"])
     # Read, merge and write under a lock: two workers may finish two swaps of the same policy run together, and a
     # plain read-modify-write would drop one of them.

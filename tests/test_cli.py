@@ -56,6 +56,25 @@ def test_saved_guidance_is_reused_at_training_and_at_inference(capsys, small_dat
                            "--episodes", "2", "--no-progress", "--device", "cpu")
     assert rc == 0, err
     assert "guidance: idql" in out and "normalized score:" in out
+    # --selection picks the rule the guidance ranks by, whatever the policy was trained with
+    import json
+
+    import torch
+
+    from modzoo.training import evaluate, load_policy_and_guidance
+    got = {}
+    for rule in ("argmax", "expectile"):
+        rc, out, err = run_cli(capsys, "eval", "--policy", str(tmp_path / "d" / "policy.pt"), "--guidance", str(gpt),
+                               "--episodes", "2", "--seed", "3", "--selection", rule, "--json",
+                               str(tmp_path / f"{rule}.json"), "--no-progress", "--device", "cpu", "--threads", "1")
+        assert rc == 0, err
+        got[rule] = json.loads((tmp_path / f"{rule}.json").read_text())["returns"]
+    policy, guidance = load_policy_and_guidance(tmp_path / "d" / "policy.pt", gpt, "cpu")
+    assert policy.cfg["selection"] == "softmax"  # DQL's own rule, overridden above
+    torch.set_num_threads(1)
+    policy.cfg["selection"] = "expectile"
+    assert list(evaluate(policy, guidance, TASK, episodes=2, seed=3).returns) == got["expectile"]
+    assert got["argmax"] != got["expectile"]
 
 
 def _one_line_error(capsys, *argv):

@@ -309,3 +309,30 @@ def test_the_report_states_what_the_finished_runs_cost():
     line = _grid_cost(runs)
     assert "the 2 finished runs took 1.5 h of process time" in line  # 3600 s + 1800 s
     assert "between 2026-11-27 11:00 and 2026-11-27 14:00" in line  # the first run started 3600 s before its end
+
+
+def test_a_selection_swap_evaluates_the_runs_own_guidance_with_another_rule(tiny_experiment, tmp_path):
+    import torch
+
+    from modzoo.errors import ConfigError
+    from modzoo.training import evaluate, load_policy_and_guidance
+    exp = yaml.safe_load(tiny_experiment.read_text())
+    exp["swaps"] = {"selection": {"idql-joint": "softmax"}}
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    out = run_experiment(str(tiny_experiment), log=lambda m: None, report=True)
+    assert out["failed"] == 0, out
+    run = tmp_path / "runs" / TASK / "idql-joint" / "seed1"
+    sw = json.loads((run / "swaps.json").read_text())["selection=softmax"]
+    assert sw["guidance_run"] == str(run)
+    policy, guidance = load_policy_and_guidance(run / "policy.pt", run / "guidance.pt", "cpu")
+    assert policy.cfg["selection"] == "argmax"  # the arm's own rule (IDQL's default) ...
+    torch.set_num_threads(1)
+    policy.cfg["selection"] = "softmax"  # ... and the swap's, recomputed here: the same episodes
+    assert list(evaluate(policy, guidance, TASK, episodes=2, seed=1).returns) == sw["returns"]
+    own = json.loads((run / "result.json").read_text())["eval"]["returns"]
+    assert own != sw["returns"]
+    assert "| idql-joint | selection=softmax (idql) | 2 |" in (tmp_path / "docs" / "results.md").read_text()
+    exp["swaps"] = {"selection": {"idql-joint": "best"}}
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    with pytest.raises(ConfigError, match="unknown rule 'best'; known: argmax, softmax, expectile"):
+        run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
