@@ -290,15 +290,19 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
                              "guidance_arm": garm, "task": task, "seed": s,
                              "episodes": int(exp.budget.eval_episodes),
                              "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
-        # the run's own guidance, another selection rule: what the rule, not the critic, does to the score
-        for arm, rule in (sw.get("selection", {}) or {}).items():
-            if rule not in RULES:
-                raise ConfigError(f"swaps.selection.{arm}: unknown rule {rule!r}; known: {', '.join(RULES)}")
-            for s in seeds:
-                run = str(root / task / arm / f"seed{s}")
-                jobs.append({"policy_run": run, "guidance_run": run, "label": f"selection={rule}",
-                             "selection": rule, "task": task, "seed": s, "episodes": int(exp.budget.eval_episodes),
-                             "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+        # the run's own guidance under another selection rule: what the rule, not the critic, does to the score;
+        # "none": no guidance at all, one sample of the policy (what the actor has learnt without a ranking)
+        for arm, rules in (sw.get("selection", {}) or {}).items():
+            for rule in [rules] if isinstance(rules, str) else rules:
+                if rule not in (*RULES, "none"):
+                    raise ConfigError(f"swaps.selection.{arm}: unknown rule {rule!r}; known: "
+                                      f"{', '.join((*RULES, 'none'))}")
+                for s in seeds:
+                    run = str(root / task / arm / f"seed{s}")
+                    jobs.append({"policy_run": run, "guidance_run": run, "label": f"selection={rule}",
+                                 "selection": rule, "task": task, "seed": s,
+                                 "episodes": int(exp.budget.eval_episodes),
+                                 "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
     return jobs
 
 
@@ -335,16 +339,20 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
         return {"key": f"{pdir}:{key}", "status": "skipped"}
     pair = _swap_pair(job)
     policy, guidance = load_policy_and_guidance(pdir / "policy.pt", Path(job["guidance_run"]) / "guidance.pt", "cpu")
-    if job.get("selection"):
-        policy.cfg["selection"] = job["selection"]
-    ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"])
+    rule = job.get("selection")
+    if rule == "none":  # one sample, nothing to rank (drawing N candidates to keep the first would cost N times)
+        guidance = None
+    elif rule:
+        policy.cfg["selection"] = rule
+    ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"],
+                  candidates=1 if rule == "none" else None)
     # Read, merge and write under a lock: two workers may finish two swaps of the same policy run together, and a
     # plain read-modify-write would drop one of them.
     import fcntl
     with open(pdir / "swaps.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = json.loads(path.read_text()) if path.exists() else {}
-        done[key] = {**ev.to_dict(), **pair, "guidance": guidance.algorithm}
+        done[key] = {**ev.to_dict(), **pair, "guidance": guidance.algorithm if guidance else "none"}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(done, indent=2))
         tmp.replace(path)

@@ -317,7 +317,7 @@ def test_a_selection_swap_evaluates_the_runs_own_guidance_with_another_rule(tiny
     from modzoo.errors import ConfigError
     from modzoo.training import evaluate, load_policy_and_guidance
     exp = yaml.safe_load(tiny_experiment.read_text())
-    exp["swaps"] = {"selection": {"idql-joint": "softmax"}}
+    exp["swaps"] = {"selection": {"idql-joint": ["softmax", "none"]}}
     tiny_experiment.write_text(yaml.safe_dump(exp))
     out = run_experiment(str(tiny_experiment), log=lambda m: None, report=True)
     assert out["failed"] == 0, out
@@ -331,8 +331,12 @@ def test_a_selection_swap_evaluates_the_runs_own_guidance_with_another_rule(tiny
     assert list(evaluate(policy, guidance, TASK, episodes=2, seed=1).returns) == sw["returns"]
     own = json.loads((run / "result.json").read_text())["eval"]["returns"]
     assert own != sw["returns"]
+    # "none": one sample of the policy, no guidance ranking it
+    bare = json.loads((run / "swaps.json").read_text())["selection=none"]
+    assert bare["guidance"] == "none"
+    assert list(evaluate(policy, None, TASK, episodes=2, seed=1, candidates=1).returns) == bare["returns"]
     assert "| idql-joint | selection=softmax (idql) | 2 |" in (tmp_path / "docs" / "results.md").read_text()
     exp["swaps"] = {"selection": {"idql-joint": "best"}}
     tiny_experiment.write_text(yaml.safe_dump(exp))
-    with pytest.raises(ConfigError, match="unknown rule 'best'; known: argmax, softmax, expectile"):
+    with pytest.raises(ConfigError, match="unknown rule 'best'; known: argmax, softmax, expectile, none"):
         run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
