@@ -217,6 +217,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
         for name in _plots(task, arms, img_dir):
             lines += ["", f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)"]
         lines.append("")
+    lines += _reference_check(exp, runs)
     findings = Path(str(exp.get("findings", "") or ""))
     lines += ["## Findings", ""]
     if findings.is_file():
@@ -225,6 +226,37 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
         lines += ["(No findings written yet: read the tables above, then write them in "
                   f"`{exp.get('findings', 'experiments/<name>.findings.md')}`.)", ""]
     return "\n".join(lines)
+
+
+def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
+    """The authors' own Diffusion-QL, trained on the same dataset for the same steps and scored on the same
+    episodes (``benchmarks/reference_score.py``), beside the grid's DQL arm of the same seed at the same steps.
+
+    Why it is in the report: a DQL arm that scores badly is only a finding about Diffusion-QL if the authors' code
+    does the same on the same data; otherwise it is a bug in modzoo's DQL."""
+    ref = exp.get("reference")
+    if not ref or not Path(str(ref.get("dir", ""))).is_dir():
+        return []
+    arm = str(ref.get("arm", "dql-joint"))
+    ours = {(r.task, r.seed): dict(r.curve) for r in runs if r.arm == arm}
+    rows = []
+    for f in sorted(Path(str(ref.dir)).glob("*.json")):
+        d = json.loads(f.read_text())
+        for pt in d.get("curve", []):
+            m = ours.get((d["task"], int(d["seed"])), {}).get(int(pt["step"]))
+            rows.append(f"| {d['task']} | {d['seed']} | {pt['step']} | {pt['normalized_mean']:.1f} ± "
+                        f"{pt['normalized_std']:.1f} | {pt['mean_length']:.0f} | {_fmt(m) if m is not None else 'n/a'} |")
+    if not rows:
+        return []
+    return ["## Reference check: the authors' Diffusion-QL on the same data", "",
+            f"The reference Diffusion-QL code (its own `Diffusion_QL.train` and `sample_action`, gn from its table, "
+            f"constant LR), trained on modzoo's dataset for the same number of steps and scored on the same episodes "
+            f"as modzoo's `{arm}` run of the same seed (normalized score, mean ± std over episodes; mean episode "
+            f"length). Command per row: `python benchmarks/reference_score.py --reference-dir <its checkout> "
+            f"--task TASK --steps {exp.budget.get('policy_steps')} --eval-every {exp.budget.get('eval_every')} "
+            f"--seed SEED --json {ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
+            f"| task | seed | step | reference | reference episode length | modzoo {arm} |", "|---|---|---|---|---|---|",
+            *rows, ""]
 
 
 def _grid_cost(runs: list[RunSummary]) -> str:
