@@ -74,7 +74,10 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
             p = phases.setdefault(ph["phase"], {"wall_s": [], "rss_peak_mb": [], "steps": [], "evals": [],
                                                  "eval_wall_s": [], "cuda_peak_mb": []})
             p["wall_s"].append(ph["wall_s"])
-            p["rss_peak_mb"].append(ph["rss_peak_mb"])
+            # a phase resumed after an interruption was metered by its last process only: its peak RSS misses
+            # whatever ran before the restart (an interim evaluation's envs, say), so it is left out of the mean
+            if "resumed_at" not in ph:
+                p["rss_peak_mb"].append(ph["rss_peak_mb"])
             p["steps"].append(ph.get("steps", ph.get("episodes", 0)))
             # summaries written before 2026-11-25 timed interim evaluations inside wall_s: n/a, not 0
             p["evals"].append(ph.get("evals", float("nan")))
@@ -90,6 +93,10 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
 
 def _fmt(x: float) -> str:
     return "n/a" if x != x else f"{x:.1f}"
+
+
+def _fmt0(x: float) -> str:
+    return "n/a" if x != x else f"{x:.0f}"
 
 
 def _group(runs: list[RunSummary]) -> dict[str, dict[str, list[RunSummary]]]:
@@ -185,7 +192,9 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
                   "`torch.cuda.max_memory_allocated`, GPU runs only). `wall s` is the phase's updates alone: "
                   "the evaluations every `eval_every` steps inside it are timed apart (`interim evals`, their "
                   "`eval s`), and the final evaluation is the `eval` phase; `n/a` there marks summaries written "
-                  "before 2026-11-25, whose `wall s` still includes those evaluations. Command: "
+                  "before 2026-11-25, whose `wall s` still includes those evaluations. `peak RSS MB` leaves out "
+                  "phases resumed after an interruption (their last process saw only the part after the restart). "
+                  "Command: "
                   f"`{rep}`.", "",
                   "| arm | phase | runs | steps | wall s | ms per step | interim evals | eval s | peak RSS MB | "
                   "peak CUDA MB | parameters (guidance / policy) |",
@@ -196,7 +205,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
                 per = 1e3 * m["wall_s"] / m["steps"] if ph != "eval" and m["steps"] else float("nan")
                 evals = "n/a" if m["evals"] != m["evals"] else f"{m['evals']:.0f}"
                 lines.append(f"| {a} | {ph} | {m['runs']} | {m['steps']:.0f} | {m['wall_s']:.1f} | {_fmt(per)} | "
-                             f"{evals} | {_fmt(m['eval_wall_s'])} | {m['rss_peak_mb']:.0f} | "
+                             f"{evals} | {_fmt(m['eval_wall_s'])} | {_fmt0(m['rss_peak_mb'])} | "
                              f"{_fmt(m['cuda_peak_mb'])} | {p.get('guidance', 'n/a')} / {p.get('policy', 'n/a')} |")
         ratios = _gfdt_ratios(exp, stats)
         if ratios:
@@ -312,13 +321,14 @@ def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str,
             ph = {k: v for k, v in stats[a]["phases"].items() if k != "eval"}
             extra = exp.arms[a].get("guidance_from") if a in exp.arms else None
             t = sum(v["wall_s"] for v in ph.values())
-            mem = max((v["rss_peak_mb"] for v in ph.values()), default=float("nan"))
+            mem = max((v["rss_peak_mb"] for v in ph.values() if v["rss_peak_mb"] == v["rss_peak_mb"]),
+                      default=float("nan"))
             if extra:  # the shared guidance's training counts against this arm too
                 gph = stats[extra]["phases"].get("guidance") if extra in stats else None
                 if not gph:  # its source has no finished run yet: no ratio rather than one without that cost
                     return float("nan"), float("nan")
                 t += gph["wall_s"]
-                mem = max(mem, gph["rss_peak_mb"])
+                mem = float(np.nanmax([mem, gph["rss_peak_mb"]]))
             return t, mem
         (tg, mg), (tj, mj) = cost(g), cost(j)
         out.append((g, j, f"{stats[g]['seeds']['n']} / {stats[j]['seeds']['n']}",

@@ -360,3 +360,17 @@ def test_the_reference_check_pairs_the_authors_code_with_the_same_seed_and_step(
     assert "| t | 1 | 10 | 52.9 ± 0.3 | 1000 | 50.0 |" in lines
     assert "| t | 1 | 20 | 8.9 ± 3.6 | 106 | 106.2 |" in lines
     assert _reference_check(OmegaConf.create({"budget": {}}), runs) == []  # no reference configured: no section
+
+
+def test_a_resumed_phases_peak_rss_is_left_out_of_the_memory_mean():
+    from modzoo.report import RunSummary, arm_stats
+
+    def run(seed, rss, **extra):
+        ph = {"phase": "policy", "wall_s": 10.0, "rss_peak_mb": rss, "steps": 5, **extra}
+        return RunSummary("t", "a", seed, {"normalized_score": 1.0, "eval": {"normalized": [1.0]}, "phases": [ph]})
+    # the resumed run's process started after the interim evaluation: 470 MB is not that phase's peak
+    st = arm_stats([run(0, 780.0), run(1, 770.0), run(2, 470.0, resumed_at=4000)])
+    assert st["phases"]["policy"]["rss_peak_mb"] == 775.0
+    assert st["phases"]["policy"]["wall_s"] == 10.0 and st["phases"]["policy"]["runs"] == 3  # time still counts
+    only = arm_stats([run(0, 470.0, resumed_at=4000)])
+    assert only["phases"]["policy"]["rss_peak_mb"] != only["phases"]["policy"]["rss_peak_mb"]  # nan: n/a
