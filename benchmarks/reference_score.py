@@ -34,7 +34,7 @@ from modzoo.config import half_config  # noqa: E402
 from modzoo.data import load_dataset  # noqa: E402
 from modzoo.evaluation import evaluate_policy  # noqa: E402
 from modzoo.plugins_api import load_registry  # noqa: E402
-from modzoo.training import EVAL_SEED_OFFSET, EVAL_SEED_STRIDE  # noqa: E402
+from modzoo.training import eval_seed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         k = min(a.eval_every or a.steps, a.steps - done)
         agent.train(sampler, iterations=k, batch_size=256)
         done += k
-        torch.manual_seed(EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * a.seed)  # its sampling draws from torch's stream
-        ev = evaluate_policy(act, a.task, episodes=a.episodes, seed=EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * a.seed)
+        torch.manual_seed(eval_seed(a.seed))  # its sampling draws from torch's stream
+        ev = evaluate_policy(act, a.task, episodes=a.episodes, seed=eval_seed(a.seed))
         curve.append({"step": done, "normalized_mean": ev.normalized_mean, "normalized_std": ev.normalized_std,
                       "return_mean": ev.mean, "mean_length": float(np.mean(ev.lengths))})
         print(f"reference Diffusion-QL, {a.task}, seed {a.seed}, gn {gn}: step {done}: normalized "

@@ -91,12 +91,13 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
             "parameters": runs[0].result.get("parameters", {}) if runs else {}}
 
 
-def _fmt(x: float) -> str:
-    return "n/a" if x != x else f"{x:.1f}"
+def _fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}"
 
 
-def _fmt0(x: float) -> str:
-    return "n/a" if x != x else f"{x:.0f}"
+def _nanmax(xs: list[float]) -> float:
+    """The largest of the values that are not nan (nan if none is): a phase with no trustworthy peak is skipped."""
+    return max((x for x in xs if x == x), default=float("nan"))
 
 
 def _group(runs: list[RunSummary]) -> dict[str, dict[str, list[RunSummary]]]:
@@ -205,7 +206,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
                 per = 1e3 * m["wall_s"] / m["steps"] if ph != "eval" and m["steps"] else float("nan")
                 evals = "n/a" if m["evals"] != m["evals"] else f"{m['evals']:.0f}"
                 lines.append(f"| {a} | {ph} | {m['runs']} | {m['steps']:.0f} | {m['wall_s']:.1f} | {_fmt(per)} | "
-                             f"{evals} | {_fmt(m['eval_wall_s'])} | {_fmt0(m['rss_peak_mb'])} | "
+                             f"{evals} | {_fmt(m['eval_wall_s'])} | {_fmt(m['rss_peak_mb'], 0)} | "
                              f"{_fmt(m['cuda_peak_mb'])} | {p.get('guidance', 'n/a')} / {p.get('policy', 'n/a')} |")
         ratios = _gfdt_ratios(exp, stats)
         if ratios:
@@ -321,14 +322,13 @@ def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str,
             ph = {k: v for k, v in stats[a]["phases"].items() if k != "eval"}
             extra = exp.arms[a].get("guidance_from") if a in exp.arms else None
             t = sum(v["wall_s"] for v in ph.values())
-            mem = max((v["rss_peak_mb"] for v in ph.values() if v["rss_peak_mb"] == v["rss_peak_mb"]),
-                      default=float("nan"))
+            mem = _nanmax([v["rss_peak_mb"] for v in ph.values()])
             if extra:  # the shared guidance's training counts against this arm too
                 gph = stats[extra]["phases"].get("guidance") if extra in stats else None
                 if not gph:  # its source has no finished run yet: no ratio rather than one without that cost
                     return float("nan"), float("nan")
                 t += gph["wall_s"]
-                mem = float(np.nanmax([mem, gph["rss_peak_mb"]]))
+                mem = _nanmax([mem, gph["rss_peak_mb"]])
             return t, mem
         (tg, mg), (tj, mj) = cost(g), cost(j)
         out.append((g, j, f"{stats[g]['seeds']['n']} / {stats[j]['seeds']['n']}",

@@ -36,6 +36,12 @@ EVAL_SEED_OFFSET = 10_000  # evaluation episodes never share seeds with training
 EVAL_SEED_STRIDE = 100_000
 
 
+def eval_seed(seed: int) -> int:
+    """The first env seed of a run's evaluations (and of its sampling generator there): one formula, so that
+    another code scored "on the same episodes" (benchmarks/reference_score.py) really is."""
+    return EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * seed
+
+
 def resolve_device(name: str | None) -> torch.device:
     """``auto`` picks CUDA when available; asking for CUDA on a machine without it is a clear error."""
     name = name or "auto"
@@ -113,7 +119,7 @@ def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, ta
             o = torch.as_tensor(obs, dtype=torch.float32, device=device)
             return policy.act(o, guidance, n=candidates).cpu().numpy()
 
-    base = EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * seed
+    base = eval_seed(seed)
     # The policy samples its candidates (and picks among them) from a generator seeded like the episodes, not
     # from its training stream: an evaluation is then reproducible, and how often a run evaluates does not
     # change the noise its training draws.
