@@ -87,7 +87,12 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
     phase_means = {k: {"runs": len(d["wall_s"]),
                        **{m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}}
                    for k, d in phases.items()}
-    return {"seeds": seeds, "episodes": episodes, "phases": phase_means,
+    # each run's training time (its phases but the final evaluation), kept per run for a median: on a shared
+    # machine one run slowed by other work moves a mean of a few seeds, not their median
+    train = [sum(ph["wall_s"] for ph in r.result.get("phases", []) if ph["phase"] != "eval") for r in runs]
+    return {"seeds": seeds, "episodes": episodes, "phases": phase_means, "train_wall_s": train,
+            "guidance_wall_s": [ph["wall_s"] for r in runs for ph in r.result.get("phases", [])
+                                if ph["phase"] == "guidance"],
             "parameters": runs[0].result.get("parameters", {}) if runs else {}}
 
 
@@ -211,11 +216,14 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
         ratios = _gfdt_ratios(exp, stats)
         if ratios:
             lines += ["", "GFDT vs joint (training wall time of the policy's run, guidance phase included, "
-                      "interim evaluations left out, mean over each arm's runs; and the largest peak RSS of any "
-                      "training phase). `n/a` where a reused guidance's run has not finished:", "",
-                      "| GFDT arm | joint arm | runs (GFDT / joint) | time ratio | peak RSS ratio |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {g} | {j} | {n} | {t:.2f} | {m:.2f} |" for g, j, n, t, m in ratios]
+                      "interim evaluations left out, as the ratio of each arm's mean over its runs and of its "
+                      "median run, which one run slowed by other work on the machine does not move; and the "
+                      "largest peak RSS of any training phase). `n/a` where a reused guidance's run has not "
+                      "finished:", "",
+                      "| GFDT arm | joint arm | runs (GFDT / joint) | time ratio (means) | time ratio (medians) | "
+                      "peak RSS ratio |", "|---|---|---|---|---|---|"]
+            lines += [f"| {g} | {j} | {n} | {_fmt(t, 2)} | {_fmt(tm, 2)} | {_fmt(m, 2)} |"
+                      for g, j, n, t, tm, m in ratios]
         sw = _swap_rows(arms)
         if sw:
             lines += ["", "Inference-time swap: the final policies ranked by the same arm's guidance from another "
@@ -311,7 +319,8 @@ def _overview(groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[
     return out + [""]
 
 
-def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str, str, float, float]]:
+def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str, str, float, float, float]]:
+    """(GFDT arm, joint arm, runs, time ratio of means, time ratio of medians, peak RSS ratio) per pair."""
     pairs = exp.get("gfdt_pairs", {}) or {}
     out = []
     for g, j in pairs.items():
@@ -322,17 +331,20 @@ def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str,
             ph = {k: v for k, v in stats[a]["phases"].items() if k != "eval"}
             extra = exp.arms[a].get("guidance_from") if a in exp.arms else None
             t = sum(v["wall_s"] for v in ph.values())
+            tm = float(np.median(stats[a]["train_wall_s"])) if stats[a]["train_wall_s"] else float("nan")
             mem = _nanmax([v["rss_peak_mb"] for v in ph.values()])
             if extra:  # the shared guidance's training counts against this arm too
                 gph = stats[extra]["phases"].get("guidance") if extra in stats else None
                 if not gph:  # its source has no finished run yet: no ratio rather than one without that cost
-                    return float("nan"), float("nan")
+                    return float("nan"), float("nan"), float("nan")
                 t += gph["wall_s"]
+                tm += float(np.median(stats[extra]["guidance_wall_s"]))
                 mem = _nanmax([mem, gph["rss_peak_mb"]])
-            return t, mem
-        (tg, mg), (tj, mj) = cost(g), cost(j)
+            return t, tm, mem
+        (tg, tmg, mg), (tj, tmj, mj) = cost(g), cost(j)
         out.append((g, j, f"{stats[g]['seeds']['n']} / {stats[j]['seeds']['n']}",
-                    tg / tj if tj else float("nan"), mg / mj if mj else float("nan")))
+                    tg / tj if tj else float("nan"), tmg / tmj if tmj else float("nan"),
+                    mg / mj if mj else float("nan")))
     return out
 
 

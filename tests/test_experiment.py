@@ -88,8 +88,10 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
     def train_s(arm):
         return np.mean([sum(ph["wall_s"] for ph in json.loads((runs / arm / f"seed{s}" / "result.json").read_text())
                             ["phases"] if ph["phase"] != "eval") for s in (0, 1)])
-    m = re.search(r"\| idql-gf \| idql-joint \| 2 / 2 \| ([0-9.]+) \| ([0-9.]+) \|", text)
+    m = re.search(r"\| idql-gf \| idql-joint \| 2 / 2 \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", text)
     assert m and float(m.group(1)) == pytest.approx(train_s("idql-gf") / train_s("idql-joint"), abs=0.006)
+    # with two runs an arm's median is its mean: the two ratios agree here (they part only with an outlier)
+    assert float(m.group(2)) == pytest.approx(float(m.group(1)), abs=0.011)
     # the phase table: how many runs each mean is over, and the interim evaluations kept apart
     gf_policy = [json.loads((runs / "idql-gf" / f"seed{s}" / "result.json").read_text())["phases"][1]
                  for s in (0, 1)]
@@ -374,3 +376,26 @@ def test_a_resumed_phases_peak_rss_is_left_out_of_the_memory_mean():
     assert st["phases"]["policy"]["wall_s"] == 10.0 and st["phases"]["policy"]["runs"] == 3  # time still counts
     only = arm_stats([run(0, 470.0, resumed_at=4000)])
     assert only["phases"]["policy"]["rss_peak_mb"] != only["phases"]["policy"]["rss_peak_mb"]  # nan: n/a
+
+
+def test_one_slowed_run_moves_the_mean_time_ratio_not_the_median():
+    from omegaconf import OmegaConf
+
+    from modzoo.report import RunSummary, _gfdt_ratios, arm_stats
+
+    def run(arm, seed, **walls):
+        phases = [{"phase": k, "wall_s": v, "rss_peak_mb": 800.0, "steps": 5} for k, v in walls.items()]
+        phases.append({"phase": "eval", "wall_s": 99.0, "rss_peak_mb": 800.0, "steps": 10})
+        return RunSummary("t", arm, seed, {"normalized_score": 1.0, "eval": {"normalized": [1.0]},
+                                           "phases": phases})
+    joint = [run("j", s, joint=100.0) for s in range(4)]
+    gf = [run("g", s, guidance=10.0, policy=60.0) for s in range(3)] + [run("g", 3, guidance=20.0, policy=120.0)]
+    reuse = [run("r", s, policy=50.0) for s in range(4)]
+    exp = OmegaConf.create({"gfdt_pairs": {"g": "j", "r": "j"},
+                            "arms": {"g": {}, "j": {}, "r": {"guidance_from": "g"}}})
+    stats = {a: arm_stats(rs) for a, rs in (("j", joint), ("g", gf), ("r", reuse))}
+    (_, _, n, t_mean, t_median, mem), (_, _, _, r_mean, r_median, _) = _gfdt_ratios(exp, stats)
+    assert n == "4 / 4" and mem == 1.0
+    assert t_mean == pytest.approx((3 * 70 + 140) / 4 / 100) and t_median == pytest.approx(0.70)
+    # a reused guidance's training counts against the arm that reuses it: its median guidance phase here
+    assert r_mean == pytest.approx((50 + 12.5) / 100) and r_median == pytest.approx((50 + 10) / 100)
