@@ -80,7 +80,8 @@ def _report(result: Any) -> None:
         print(f"run dir: {result.run_dir}")
     for ph in result.phases:
         extra = f", cuda peak {ph['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in ph else ""
-        print(f"phase {ph['phase']}: {ph['wall_s']:.1f} s, peak RSS {ph['rss_peak_mb']:.0f} MB{extra}")
+        cpu = f" ({ph['cpu_s']:.1f} s CPU)" if "cpu_s" in ph else ""
+        print(f"phase {ph['phase']}: {ph['wall_s']:.1f} s{cpu}, peak RSS {ph['rss_peak_mb']:.0f} MB{extra}")
     if result.eval is not None:
         ev = result.eval
         print(f"return: {ev.mean:.1f} +- {ev.std:.1f} over {len(ev.returns)} episodes")

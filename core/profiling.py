@@ -10,10 +10,12 @@ import torch
 
 
 class PhaseMeter:
-    """Context manager: wall time, peak process RSS (sampled every ``interval`` s) and, on CUDA, peak allocated.
+    """Context manager: wall time, process CPU time, peak process RSS (sampled every ``interval`` s) and, on CUDA,
+    peak allocated.
 
     RSS includes the dataset and Python itself, so compare phases of the same process, or baseline-subtract
-    ``rss_start``; the CUDA figure counts only tensors.
+    ``rss_start``; the CUDA figure counts only tensors. CPU time (all the process's threads) is what the phase
+    cost when the machine is shared: other work on the cores stretches wall time, hardly CPU time.
     """
 
     def __init__(self, name: str, device: torch.device | str = "cpu", interval: float = 0.05) -> None:
@@ -23,6 +25,7 @@ class PhaseMeter:
         self._stop = threading.Event()
         self._peak = 0
         self._wall: float | None = None
+        self._cpu: float | None = None
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
@@ -37,21 +40,27 @@ class PhaseMeter:
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
         return self
 
     def elapsed(self) -> float:
         """Seconds since the phase began; once it has ended, its wall time."""
         return self._wall if self._wall is not None else time.perf_counter() - self._t0
 
+    def cpu_elapsed(self) -> float:
+        """CPU seconds of this process since the phase began; once it has ended, the phase's CPU time."""
+        return self._cpu if self._cpu is not None else time.process_time() - self._c0
+
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         wall = time.perf_counter() - self._t0
+        self._cpu = time.process_time() - self._c0
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, self._proc.memory_info().rss)
         self._wall = wall
-        self.result = {"phase": self.name, "wall_s": wall, "rss_start_mb": self._rss0 / 2**20,
+        self.result = {"phase": self.name, "wall_s": wall, "cpu_s": self._cpu, "rss_start_mb": self._rss0 / 2**20,
                        "rss_peak_mb": self._peak / 2**20}
         if self.device.type == "cuda":
             self.result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20

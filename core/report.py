@@ -72,8 +72,11 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
     for r in runs:
         for ph in r.result.get("phases", []):
             p = phases.setdefault(ph["phase"], {"wall_s": [], "rss_peak_mb": [], "steps": [], "evals": [],
-                                                 "eval_wall_s": [], "cuda_peak_mb": []})
+                                                 "eval_wall_s": [], "cuda_peak_mb": [], "cpu_s": []})
             p["wall_s"].append(ph["wall_s"])
+            # summaries written before 2026-11-27 have no CPU time: left out, n/a when no run has it
+            if "cpu_s" in ph:
+                p["cpu_s"].append(ph["cpu_s"])
             # a phase resumed after an interruption was metered by its last process only: its peak RSS misses
             # whatever ran before the restart (an interim evaluation's envs, say), so it is left out of the mean
             if "resumed_at" not in ph:
@@ -87,6 +90,9 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
     phase_means = {k: {"runs": len(d["wall_s"]),
                        **{m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}}
                    for k, d in phases.items()}
+    for k, d in phases.items():  # a CPU mean over some of the runs would not compare with the wall mean over all
+        if len(d["cpu_s"]) != len(d["wall_s"]):
+            phase_means[k]["cpu_s"] = float("nan")
     # each run's training time (its phases but the final evaluation), kept per run for a median: on a shared
     # machine one run slowed by other work moves a mean of a few seeds, not their median
     train = [sum(ph["wall_s"] for ph in r.result.get("phases", []) if ph["phase"] != "eval") for r in runs]
@@ -200,30 +206,33 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
                   "`eval s`), and the final evaluation is the `eval` phase; `n/a` there marks summaries written "
                   "before 2026-11-25, whose `wall s` still includes those evaluations. `peak RSS MB` leaves out "
                   "phases resumed after an interruption (their last process saw only the part after the restart). "
-                  "Command: "
+                  "`CPU s` is the process's CPU time (all its threads) for what `wall s` times, which other "
+                  "work on a shared machine stretches far less than wall time; n/a for summaries written before "
+                  "2026-11-27. Command: "
                   f"`{rep}`.", "",
-                  "| arm | phase | runs | steps | wall s | ms per step | interim evals | eval s | peak RSS MB | "
-                  "peak CUDA MB | parameters (guidance / policy) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| arm | phase | runs | steps | wall s | ms per step | interim evals | eval s | CPU s | "
+                  "peak RSS MB | peak CUDA MB | parameters (guidance / policy) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for a in sorted(arms):
             p = stats[a]["parameters"]
             for ph, m in stats[a]["phases"].items():
                 per = 1e3 * m["wall_s"] / m["steps"] if ph != "eval" and m["steps"] else float("nan")
                 evals = "n/a" if m["evals"] != m["evals"] else f"{m['evals']:.0f}"
                 lines.append(f"| {a} | {ph} | {m['runs']} | {m['steps']:.0f} | {m['wall_s']:.1f} | {_fmt(per)} | "
-                             f"{evals} | {_fmt(m['eval_wall_s'])} | {_fmt(m['rss_peak_mb'], 0)} | "
+                             f"{evals} | {_fmt(m['eval_wall_s'])} | {_fmt(m['cpu_s'])} | "
+                             f"{_fmt(m['rss_peak_mb'], 0)} | "
                              f"{_fmt(m['cuda_peak_mb'])} | {p.get('guidance', 'n/a')} / {p.get('policy', 'n/a')} |")
         ratios = _gfdt_ratios(exp, stats)
         if ratios:
             lines += ["", "GFDT vs joint (training wall time of the policy's run, guidance phase included, "
                       "interim evaluations left out, as the ratio of each arm's mean over its runs and of its "
-                      "median run, which one run slowed by other work on the machine does not move; and the "
-                      "largest peak RSS of any training phase). `n/a` where a reused guidance's run has not "
-                      "finished:", "",
+                      "median run, which one run slowed by other work on the machine does not move; the same "
+                      "ratio of mean CPU time, n/a where a summary has none; and the largest peak RSS of any "
+                      "training phase). `n/a` where a reused guidance's run has not finished:", "",
                       "| GFDT arm | joint arm | runs (GFDT / joint) | time ratio (means) | time ratio (medians) | "
-                      "peak RSS ratio |", "|---|---|---|---|---|---|"]
-            lines += [f"| {g} | {j} | {n} | {_fmt(t, 2)} | {_fmt(tm, 2)} | {_fmt(m, 2)} |"
-                      for g, j, n, t, tm, m in ratios]
+                      "CPU time ratio (means) | peak RSS ratio |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| {g} | {j} | {n} | {_fmt(t, 2)} | {_fmt(tm, 2)} | {_fmt(c, 2)} | {_fmt(m, 2)} |"
+                      for g, j, n, t, tm, c, m in ratios]
         sw = _swap_rows(arms)
         if sw:
             lines += ["", "Inference-time swap: the final policies ranked by the same arm's guidance from another "
@@ -319,8 +328,9 @@ def _overview(groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[
     return out + [""]
 
 
-def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str, str, float, float, float]]:
-    """(GFDT arm, joint arm, runs, time ratio of means, time ratio of medians, peak RSS ratio) per pair."""
+def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]
+                 ) -> list[tuple[str, str, str, float, float, float, float]]:
+    """(GFDT arm, joint arm, runs, time ratio of means, of medians, CPU time ratio of means, peak RSS ratio)."""
     pairs = exp.get("gfdt_pairs", {}) or {}
     out = []
     for g, j in pairs.items():
@@ -332,19 +342,20 @@ def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]) -> list[tuple[str, str,
             extra = exp.arms[a].get("guidance_from") if a in exp.arms else None
             t = sum(v["wall_s"] for v in ph.values())
             tm = float(np.median(stats[a]["train_wall_s"])) if stats[a]["train_wall_s"] else float("nan")
+            cpu = sum(v["cpu_s"] for v in ph.values())  # nan if a phase has no CPU time
             mem = _nanmax([v["rss_peak_mb"] for v in ph.values()])
             if extra:  # the shared guidance's training counts against this arm too
                 gph = stats[extra]["phases"].get("guidance") if extra in stats else None
                 if not gph:  # its source has no finished run yet: no ratio rather than one without that cost
-                    return float("nan"), float("nan"), float("nan")
+                    return (float("nan"),) * 4
                 t += gph["wall_s"]
                 tm += float(np.median(stats[extra]["guidance_wall_s"]))
+                cpu += gph["cpu_s"]
                 mem = _nanmax([mem, gph["rss_peak_mb"]])
-            return t, tm, mem
-        (tg, tmg, mg), (tj, tmj, mj) = cost(g), cost(j)
+            return t, tm, cpu, mem
+        (tg, tmg, cg, mg), (tj, tmj, cj, mj) = cost(g), cost(j)
         out.append((g, j, f"{stats[g]['seeds']['n']} / {stats[j]['seeds']['n']}",
-                    tg / tj if tj else float("nan"), tmg / tmj if tmj else float("nan"),
-                    mg / mj if mj else float("nan")))
+                    *(x / y if y else float("nan") for x, y in ((tg, tj), (tmg, tmj), (cg, cj), (mg, mj)))))
     return out
 
 

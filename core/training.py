@@ -202,7 +202,8 @@ class _Run:
     plan: list[tuple[str, int]]
     phase: str | None
     start_step: int
-    # time spent in ``phase`` before an interruption: {"train_s", "eval_s", "evals"} (empty for a fresh run)
+    # time spent in ``phase`` before an interruption: {"train_s", "eval_s", "evals", "train_cpu_s",
+    # "eval_cpu_s"} (empty for a fresh run; no CPU keys in a state saved before 2026-11-27)
     phase_time: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -377,12 +378,18 @@ def _train_group(runs: list[_Run], stepper: Stepper, progress: bool,
         # that a phase's wall_s is the cost of its updates (an IDQL evaluation can take as long as 2500 steps).
         prior = [run.phase_time if ph == phase else {} for run in runs]
         eval_s = [0.0 for _ in runs]
+        eval_cpu = [0.0 for _ in runs]
         n_evals = 0
 
         def phase_time(i: int) -> dict[str, float]:
-            return {"train_s": prior[i].get("train_s", 0.0) + meter.elapsed() - sum(eval_s),
-                    "eval_s": prior[i].get("eval_s", 0.0) + eval_s[i],
-                    "evals": prior[i].get("evals", 0) + n_evals}
+            t = {"train_s": prior[i].get("train_s", 0.0) + meter.elapsed() - sum(eval_s),
+                 "eval_s": prior[i].get("eval_s", 0.0) + eval_s[i],
+                 "evals": prior[i].get("evals", 0) + n_evals}
+            # a state saved without CPU time cannot give the whole phase's: then none rather than a part
+            if not prior[i] or "train_cpu_s" in prior[i]:
+                t["train_cpu_s"] = prior[i].get("train_cpu_s", 0.0) + meter.cpu_elapsed() - sum(eval_cpu)
+                t["eval_cpu_s"] = prior[i].get("eval_cpu_s", 0.0) + eval_cpu[i]
+            return t
         with PhaseMeter(ph if not joint else "joint", lead.device) as meter:
             bar = tqdm(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}", disable=not progress,
                        initial=first, total=total, dynamic_ncols=True)
@@ -411,10 +418,11 @@ def _train_group(runs: list[_Run], stepper: Stepper, progress: bool,
                     stepper.sync()
                     n_evals += 1
                     for i, run in enumerate(runs):
-                        t_ev = time.perf_counter()
+                        t_ev, c_ev = time.perf_counter(), time.process_time()
                         ev = evaluate(run.policy, run.guidance, run.r.task, int(run.r.eval_episodes),
                                       int(run.r.seed))
                         eval_s[i] += time.perf_counter() - t_ev
+                        eval_cpu[i] += time.process_time() - c_ev
                         run.log.log({"phase": "eval", "step": step + 1, "normalized_mean": ev.normalized_mean,
                                      "normalized_std": ev.normalized_std, "return_mean": ev.mean})
                         if on_eval:
@@ -427,7 +435,9 @@ def _train_group(runs: list[_Run], stepper: Stepper, progress: bool,
         stepper.sync()
         for i, run in enumerate(runs):
             t = phase_time(i)
-            run.result.phases.append({**meter.result, "wall_s": t["train_s"], "eval_wall_s": t["eval_s"],
+            cpu = {"cpu_s": t["train_cpu_s"], "eval_cpu_s": t["eval_cpu_s"]} if "train_cpu_s" in t else {}
+            run.result.phases.append({**{k: v for k, v in meter.result.items() if k != "cpu_s"}, **cpu,
+                                      "wall_s": t["train_s"], "eval_wall_s": t["eval_s"],
                                       "evals": int(t["evals"]), "steps": total,
                                       **({"resumed_at": first} if first else {}),
                                       **({"seeds_together": len(runs), "stack": stepper.mode} if len(runs) > 1 else {})})

@@ -88,10 +88,16 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
     def train_s(arm):
         return np.mean([sum(ph["wall_s"] for ph in json.loads((runs / arm / f"seed{s}" / "result.json").read_text())
                             ["phases"] if ph["phase"] != "eval") for s in (0, 1)])
-    m = re.search(r"\| idql-gf \| idql-joint \| 2 / 2 \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", text)
+    m = re.search(r"\| idql-gf \| idql-joint \| 2 / 2 \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|",
+                  text)
     assert m and float(m.group(1)) == pytest.approx(train_s("idql-gf") / train_s("idql-joint"), abs=0.006)
     # with two runs an arm's median is its mean: the two ratios agree here (they part only with an outlier)
     assert float(m.group(2)) == pytest.approx(float(m.group(1)), abs=0.011)
+
+    def train_cpu(arm):
+        return np.mean([sum(ph["cpu_s"] for ph in json.loads((runs / arm / f"seed{s}" / "result.json").read_text())
+                            ["phases"] if ph["phase"] != "eval") for s in (0, 1)])
+    assert float(m.group(3)) == pytest.approx(train_cpu("idql-gf") / train_cpu("idql-joint"), abs=0.006)
     # the phase table: how many runs each mean is over, and the interim evaluations kept apart
     gf_policy = [json.loads((runs / "idql-gf" / f"seed{s}" / "result.json").read_text())["phases"][1]
                  for s in (0, 1)]
@@ -100,6 +106,8 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "2" and cells[6] == "1"
     assert float(cells[7]) == pytest.approx(np.mean([ph["eval_wall_s"] for ph in gf_policy]), abs=0.051)
+    assert all(ph["cpu_s"] > 0 for ph in gf_policy)
+    assert float(cells[8]) == pytest.approx(np.mean([ph["cpu_s"] for ph in gf_policy]), abs=0.051)
     imgs = list((tmp_path / "docs" / "results" / "tiny").glob("*.png"))
     assert {p.name for p in imgs} == {f"curves_{TASK}.png", f"box_{TASK}.png"}
     # summaries hold only small files, never checkpoints
@@ -232,7 +240,7 @@ def test_the_report_leaves_out_summaries_made_under_another_config(tiny_experime
     assert "**Left out of every number below**: 1 run summaries" in text
     assert f"- {TASK}/idql-joint/seed0: policy.candidates: 6 -> 4" in text
     row = next(line for line in text.splitlines() if line.startswith("| idql-joint |") and "| joint |" in line
-               and line.count("|") > 12)
+               and line.count("|") > 14)
     assert [c.strip() for c in row.strip("|").split("|")][4] == "1"  # one seed left in the cell
 
 
@@ -394,8 +402,9 @@ def test_one_slowed_run_moves_the_mean_time_ratio_not_the_median():
     exp = OmegaConf.create({"gfdt_pairs": {"g": "j", "r": "j"},
                             "arms": {"g": {}, "j": {}, "r": {"guidance_from": "g"}}})
     stats = {a: arm_stats(rs) for a, rs in (("j", joint), ("g", gf), ("r", reuse))}
-    (_, _, n, t_mean, t_median, mem), (_, _, _, r_mean, r_median, _) = _gfdt_ratios(exp, stats)
+    (_, _, n, t_mean, t_median, cpu, mem), (_, _, _, r_mean, r_median, _, _) = _gfdt_ratios(exp, stats)
     assert n == "4 / 4" and mem == 1.0
+    assert cpu != cpu  # these summaries carry no CPU time: n/a, not a ratio of zeros
     assert t_mean == pytest.approx((3 * 70 + 140) / 4 / 100) and t_median == pytest.approx(0.70)
     # a reused guidance's training counts against the arm that reuses it: its median guidance phase here
     assert r_mean == pytest.approx((50 + 12.5) / 100) and r_median == pytest.approx((50 + 10) / 100)

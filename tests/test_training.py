@@ -108,7 +108,8 @@ def test_runs_are_reproducible_under_a_seed(small_dataset_path):
 def test_phase_time_leaves_out_interim_evaluations_and_survives_a_resume(small_dataset_path, tmp_path,
                                                                          monkeypatch):
     """A phase's wall_s is the cost of its updates: interim evaluations are timed apart (eval_wall_s, evals), and
-    a resumed run adds the time spent before the interruption instead of starting its clock again."""
+    a resumed run adds the time spent before the interruption instead of starting its clock again. The same for
+    its CPU time (cpu_s), which counts computing, not waiting: the updates here spin, the evaluations sleep."""
     import time
 
     import modzoo.training as training
@@ -121,7 +122,9 @@ def test_phase_time_leaves_out_interim_evaluations_and_survives_a_resume(small_d
         return real_eval(*a, **k)
 
     def slow_update(self, *a, **k):
-        time.sleep(0.05)
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.05:  # 50 ms of this process's CPU, however busy the machine
+            pass
         return real_update(self, *a, **k)
     monkeypatch.setattr(training, "evaluate", slow_eval)
     monkeypatch.setattr(IDQLPolicy, "update", slow_update)
@@ -140,6 +143,7 @@ def test_phase_time_leaves_out_interim_evaluations_and_survives_a_resume(small_d
     st = torch.load(out / "train_state.pt", weights_only=True)
     assert (st["phase"], st["step"]) == ("policy", 6) and st["phase_time"]["evals"] == 1
     assert st["phase_time"]["train_s"] >= 6 * 0.05 and st["phase_time"]["eval_s"] >= 0.5
+    assert st["phase_time"]["train_cpu_s"] >= 6 * 0.05
     modzoo.train(c, progress=False, resume=True)  # steps 7-12 again, with the eval at 8
     policy = [p for p in json.loads((out / "result.json").read_text())["phases"] if p["phase"] == "policy"]
     assert len(policy) == 1
@@ -147,6 +151,8 @@ def test_phase_time_leaves_out_interim_evaluations_and_survives_a_resume(small_d
     assert p["steps"] == 12 and p["resumed_at"] == 6 and p["evals"] == 2
     assert p["wall_s"] >= 12 * 0.05  # the 6 steps before the interruption are counted
     assert p["eval_wall_s"] >= 2 * 0.5 and p["wall_s"] < p["eval_wall_s"]  # the sleeping evals are not training
+    assert p["cpu_s"] >= 12 * 0.05  # the spinning updates before the interruption count too
+    assert p["eval_cpu_s"] < p["eval_wall_s"] - 0.9  # a second of sleep in the evaluations is no CPU
 
 
 def test_a_run_killed_in_its_final_evaluation_resumes_without_a_second_phase_record(small_dataset_path, tmp_path,
