@@ -74,9 +74,9 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
             p = phases.setdefault(ph["phase"], {"wall_s": [], "rss_peak_mb": [], "steps": [], "evals": [],
                                                  "eval_wall_s": [], "cuda_peak_mb": [], "cpu_s": []})
             p["wall_s"].append(ph["wall_s"])
-            # summaries written before 2026-11-27 have no CPU time: left out, n/a when no run has it
-            if "cpu_s" in ph:
-                p["cpu_s"].append(ph["cpu_s"])
+            # summaries written before 2026-11-27 have no CPU time: nan, so a cell's mean is n/a unless every
+            # run has it (a CPU mean over some runs would not compare with the wall mean over all)
+            p["cpu_s"].append(ph.get("cpu_s", float("nan")))
             # a phase resumed after an interruption was metered by its last process only: its peak RSS misses
             # whatever ran before the restart (an interim evaluation's envs, say), so it is left out of the mean
             if "resumed_at" not in ph:
@@ -90,9 +90,6 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
     phase_means = {k: {"runs": len(d["wall_s"]),
                        **{m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}}
                    for k, d in phases.items()}
-    for k, d in phases.items():  # a CPU mean over some of the runs would not compare with the wall mean over all
-        if len(d["cpu_s"]) != len(d["wall_s"]):
-            phase_means[k]["cpu_s"] = float("nan")
     # each run's training time (its phases but the final evaluation), kept per run for a median: on a shared
     # machine one run slowed by other work moves a mean of a few seeds, not their median
     train = [sum(ph["wall_s"] for ph in r.result.get("phases", []) if ph["phase"] != "eval") for r in runs]

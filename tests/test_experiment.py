@@ -408,3 +408,14 @@ def test_one_slowed_run_moves_the_mean_time_ratio_not_the_median():
     assert t_mean == pytest.approx((3 * 70 + 140) / 4 / 100) and t_median == pytest.approx(0.70)
     # a reused guidance's training counts against the arm that reuses it: its median guidance phase here
     assert r_mean == pytest.approx((50 + 12.5) / 100) and r_median == pytest.approx((50 + 10) / 100)
+
+
+def test_a_cpu_mean_needs_every_runs_cpu_time():
+    from modzoo.report import RunSummary, arm_stats
+
+    def run(seed, **cpu):
+        ph = {"phase": "policy", "wall_s": 10.0, "rss_peak_mb": 800.0, "steps": 5, **cpu}
+        return RunSummary("t", "a", seed, {"normalized_score": 1.0, "eval": {"normalized": [1.0]}, "phases": [ph]})
+    assert arm_stats([run(0, cpu_s=8.0), run(1, cpu_s=6.0)])["phases"]["policy"]["cpu_s"] == 7.0
+    mixed = arm_stats([run(0, cpu_s=8.0), run(1)])["phases"]["policy"]  # one summary predates CPU time
+    assert mixed["cpu_s"] != mixed["cpu_s"] and mixed["wall_s"] == 10.0
