@@ -11,7 +11,10 @@ Two kinds, both usable without TensorFlow or stable-baselines3 at collection tim
   walker2d, exported as a plain torch state dict of the deterministic actor MLP
   (``tanh(mu(relu-MLP(obs)))``) that loads with ``torch.load(weights_only=True)`` and needs no SB3.
 
-A policy here is a callable ``obs (n, obs_dim) float32 -> actions (n, act_dim)`` in [-1, 1].
+A policy here is a callable ``policy(obs, t=None)``: ``obs (n, obs_dim) float32 -> actions (n, act_dim)`` in
+[-1, 1], where ``t`` (n,) is each row's step index in its episode. Only an actor trained with a time feature
+(rl-baselines3-zoo's ``TimeFeatureWrapper``) reads ``t``; the dataset still records the env's own observation,
+so D4RL's layout is kept whatever the behaviour policy saw.
 """
 from __future__ import annotations
 
@@ -24,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import gymnasium
 import numpy as np
 
 from .envs import ROBOTS, env_dims, make_env, robot_of
 from .errors import EnvError, ModzooError
 
-Policy = Callable[[np.ndarray], np.ndarray]
+Policy = Callable[..., np.ndarray]  # (obs, t=None) -> actions; see the module docstring
 
 #: pybullet's bundled experts that work on the gymnasium envs (measured, see docs/datasets.md).
 PYBULLET_EXPERTS = {"hopper": "HopperBulletEnv", "ant": "AntBulletEnv"}
@@ -79,7 +83,7 @@ class NumpyMLPPolicy:
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.layers = layers
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
         x = np.asarray(obs, dtype=np.float64)
         for i, (w, b) in enumerate(self.layers):
             x = x @ w + b
@@ -141,13 +145,50 @@ class TorchActorPolicy:
         except Exception as exc:  # corrupt/incompatible file: one clear line for the user
             raise ModzooError(f"behaviour policy {self.path} could not be loaded ({exc.__class__.__name__}: {exc}); re-export it with `modzoo data train-behaviour`") from exc
         self.meta = dict(meta)
+        #: episode length the actor's time feature counts down over (None: the actor sees only obs)
+        self.time_feature: int | None = int(meta["time_feature"]) if meta.get("time_feature") else None
         self.net.eval()
         self._torch = torch
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        x = np.asarray(obs, dtype=np.float32)
+        if self.time_feature:
+            if t is None:
+                raise ModzooError(f"behaviour policy {self.path.name} was trained with a time feature: pass each row's episode step t")
+            x = np.concatenate([x, time_feature(np.asarray(t), self.time_feature)[:, None]], axis=1)
         with self._torch.no_grad():
-            x = self._torch.as_tensor(np.asarray(obs, dtype=np.float32))
-            return self.net(x).numpy().astype(np.float32)
+            return self.net(self._torch.as_tensor(x)).numpy().astype(np.float32)
+
+
+def time_feature(t: np.ndarray, max_steps: int) -> np.ndarray:
+    """rl-baselines3-zoo's time feature (sb3-contrib ``TimeFeatureWrapper``): 1 at reset, falling linearly to 0
+    at the time limit. It lets a value function tell a timeout from a fall; only the behaviour actor sees it."""
+    return (1.0 - np.asarray(t, dtype=np.float32) / float(max_steps)).astype(np.float32)
+
+
+class TimeFeatureEnv(gymnasium.Wrapper):
+    """Appends :func:`time_feature` to the observation: what SAC trains on when ``TrainConfig.time_feature``."""
+
+    def __init__(self, env: gymnasium.Env, max_steps: int = 1000) -> None:
+        super().__init__(env)
+        low = np.append(env.observation_space.low, 0.0).astype(np.float32)
+        high = np.append(env.observation_space.high, 1.0).astype(np.float32)
+        self.observation_space = gymnasium.spaces.Box(low, high, dtype=np.float32)
+        self.max_steps = max_steps
+        self._t = 0
+
+    def _obs(self, obs: np.ndarray) -> np.ndarray:
+        return np.append(obs, time_feature(np.asarray(self._t), self.max_steps)).astype(np.float32)
+
+    def reset(self, **kw: Any) -> Any:
+        self._t = 0
+        obs, info = self.env.reset(**kw)
+        return self._obs(obs), info
+
+    def step(self, action: Any) -> Any:
+        self._t += 1
+        obs, r, term, trunc, info = self.env.step(action)
+        return self._obs(obs), r, term, trunc, info
 
 
 def export_sb3_actor(model: Any, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
@@ -170,7 +211,7 @@ def export_sb3_actor(model: Any, path: str | os.PathLike[str], extra: dict[str, 
     for s, d in zip(src, dst):
         d.weight.data.copy_(s.weight.data)
         d.bias.data.copy_(s.bias.data)
-    meta = {"obs_dim": obs_dim, "act_dim": mu_linear.out_features, "hidden": hidden, "clip_mean": clip_mean}
+    meta = {"obs_dim": obs_dim, "act_dim": mu_linear.out_features, "hidden": hidden, "clip_mean": clip_mean, "time_feature": None}
     meta.update(extra or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,28 +223,46 @@ def export_sb3_actor(model: Any, path: str | os.PathLike[str], extra: dict[str, 
 # ----------------------------------------------------------------------------------------------------
 # rollouts used for measuring policies
 # ----------------------------------------------------------------------------------------------------
-def rollout_returns(
-    policy: Policy, robot: str, episodes: int, seed: int, noise: float = 0.0, max_steps: int = 1000
-) -> np.ndarray:
-    """Returns of ``episodes`` episodes (seeds seed+i) of ``policy`` plus Gaussian action noise ``noise``
-    (clipped to [-1, 1]). Used to measure experts and tune the medium noise levels."""
+@dataclass
+class Rollouts:
+    """Per-episode outcome of :func:`rollout`. ``forward_m`` is how far the torso moved along x: a walker that
+    stands still for the alive bonus earns a return near 900 with well under a metre of it."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    forward_m: np.ndarray
+
+
+def rollout(policy: Policy, robot: str, episodes: int, seed: int, noise: float = 0.0, max_steps: int = 1000) -> Rollouts:
+    """``episodes`` episodes (seeds seed+i) of ``policy`` plus Gaussian action noise ``noise`` (clipped to
+    [-1, 1]). Used to measure experts, tune the medium noise levels and tell walking from standing."""
     env = make_env(robot)
     rng = np.random.default_rng(seed + 1_000_003)
-    out = []
+    rets, lens, fwd = [], [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
-        total = 0.0
-        for _ in range(max_steps):
-            a = policy(obs[None])[0]
+        body = env.unwrapped._inner.robot  # pybullet's robot: body_xyz is the torso position
+        x0, total, n = float(body.body_xyz[0]), 0.0, 0
+        for n in range(1, max_steps + 1):
+            a = policy(obs[None], np.asarray([n - 1]))[0]
             if noise > 0:
                 a = np.clip(a + noise * rng.standard_normal(a.shape), -1.0, 1.0).astype(np.float32)
             obs, r, term, trunc, _ = env.step(a)
             total += r
             if term or trunc:
                 break
-        out.append(total)
+        rets.append(total)
+        lens.append(n)
+        fwd.append(float(body.body_xyz[0]) - x0)
     env.close()
-    return np.asarray(out)
+    return Rollouts(np.asarray(rets), np.asarray(lens), np.asarray(fwd))
+
+
+def rollout_returns(
+    policy: Policy, robot: str, episodes: int, seed: int, noise: float = 0.0, max_steps: int = 1000
+) -> np.ndarray:
+    """Returns of :func:`rollout`'s episodes."""
+    return rollout(policy, robot, episodes, seed, noise, max_steps).returns
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -211,17 +270,37 @@ def rollout_returns(
 # ----------------------------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
-    """SAC settings: rl-baselines3-zoo's tuned values for the pybullet envs (lr 7.3e-4, gamma 0.98,
-    tau 0.02, 8 env steps / 8 gradient steps, gSDE), except a 256x256 net (zoo: 400x300) to keep the
-    committed actor small and training fast on 2 cores, and no TimeFeatureWrapper (it would change the
-    observation, which must match the dataset's)."""
+    """SAC settings. The defaults are rl-baselines3-zoo's tuned ones for ``Walker2DBulletEnv-v0``
+    (``hyperparams/sac.yml``: lr ``lin_7.3e-4``, buffer 300k, batch 256, gamma 0.98, tau 0.02, 8 env steps / 8
+    gradient steps, 10k warm-up steps, gSDE with ``log_std_init=-3``, net 400x300, ``TimeFeatureWrapper``).
+    The actor sees the time feature; the datasets collected from it record the env's own observation.
 
-    total_steps: int = 300_000
+    modzoo's committed halfcheetah actors predate these defaults: they were trained with ``net_arch=(256, 256)``,
+    a constant learning rate, a 1M buffer and no time feature (each run's ``config.json`` records its own).
+    """
+
+    total_steps: int = 1_000_000
     eval_every: int = 10_000
     eval_episodes: int = 5
     seed: int = 0
     learning_starts: int = 10_000
     threads: int = 1
+    net_arch: tuple[int, ...] = (400, 300)
+    learning_rate: float = 7.3e-4
+    #: "linear": learning_rate * (1 - step / total_steps), the zoo's ``lin_`` schedule over the whole run
+    #: (computed from the global step, so a resumed run continues the same schedule); "constant" otherwise
+    lr_schedule: str = "linear"
+    buffer_size: int = 300_000
+    #: episode length of the time feature appended to SAC's observation (0: none)
+    time_feature: int = 1000
+
+    #: keys that fix what the run's networks and buffer are: a resume with other values is refused
+    STRUCTURAL = ("net_arch", "buffer_size", "time_feature", "seed", "learning_starts")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["net_arch"] = list(self.net_arch)
+        return d
 
 
 def _sb3() -> Any:
@@ -239,15 +318,33 @@ def _read_progress(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def _check_resume(run_dir: Path, robot: str, cfg: TrainConfig) -> None:
+    """Refuse to continue a run under settings that would change its networks or buffer (one clear line)."""
+    p = run_dir / "config.json"
+    if not (run_dir / "model.zip").exists() or not p.exists():
+        return
+    old = json.loads(p.read_text())
+    # Runs written before these keys existed used 256x256, a 1M buffer and no time feature.
+    legacy = {"net_arch": [256, 256], "buffer_size": 1_000_000, "time_feature": 0}
+    new = cfg.as_dict()
+    diff = [k for k in TrainConfig.STRUCTURAL if old.get(k, legacy.get(k)) != new[k]]
+    if old.get("robot") != robot:
+        diff.insert(0, "robot")
+    if diff:
+        shown = ", ".join(f"{k}={old.get(k, legacy.get(k))!r} (asked {new.get(k, robot)!r})" for k in diff)
+        raise ModzooError(f"{run_dir} was trained with {shown}: resume it with those values or pass another --run-dir")
+
+
 def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfig | None = None, log: Callable[[str], None] = print) -> Path:
     """Train (or resume) SAC on ``robot`` in ``run_dir``; returns the path of the best exported actor.
 
-    Every ``eval_every`` env steps it evaluates the deterministic actor on ``eval_episodes`` episodes,
-    exports it to ``snapshots/step_<N>.pt`` (so datasets can be collected from any level reached, e.g.
-    "medium" at about a third of the expert's return), appends a line to ``progress.jsonl`` and saves the
-    SB3 model (``model.zip``). Every env transition SAC saw is appended to ``replay/chunk_<N>.npz``: that
-    is D4RL's medium-replay material, and on resume it refills SAC's replay buffer, so a killed run
-    continues where its last checkpoint left it without pickling the whole buffer each time.
+    Every ``eval_every`` env steps it evaluates the deterministic actor on ``eval_episodes`` episodes
+    (return, and the torso's forward distance, which tells walking from standing), exports it to
+    ``snapshots/step_<N>.pt`` (so datasets can be collected from any level reached, e.g. "medium" at about a
+    third of the expert's return), appends a line to ``progress.jsonl`` and saves the SB3 model
+    (``model.zip``). Every env transition SAC saw is appended to ``replay/chunk_<N>.npz``: that is D4RL's
+    medium-replay material, and on resume the last ``buffer_size`` of them refill SAC's replay buffer, so a
+    killed run continues where its last checkpoint left it without pickling the whole buffer each time.
     """
     import torch
 
@@ -256,36 +353,49 @@ def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfi
     sb3 = _sb3()
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    if cfg.lr_schedule not in ("linear", "constant"):
+        raise ModzooError(f"lr_schedule {cfg.lr_schedule!r} is not one of linear, constant")
     torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
+    _check_resume(run_dir, robot, cfg)
     (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
     (run_dir / "replay").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"robot": robot, **cfg.__dict__}, indent=1))
+    (run_dir / "config.json").write_text(json.dumps({"robot": robot, "algo": "sb3-SAC", **cfg.as_dict()}, indent=1))
 
     from .scores import normalized_score
 
     def make() -> Any:
         from stable_baselines3.common.monitor import Monitor
 
-        return Monitor(make_env(robot))
+        env = make_env(robot)
+        return Monitor(TimeFeatureEnv(env, cfg.time_feature) if cfg.time_feature else env)
 
     venv = DummyVecEnv([make])
     model_path = run_dir / "model.zip"
     if model_path.exists():
         model = sb3.SAC.load(model_path, env=venv, device="cpu")
-        # Refill the replay buffer from the saved transition chunks (in order).
+        # Refill the replay buffer from the saved transition chunks (in order; the oldest fall out).
         chunks = sorted((run_dir / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
-        for c in chunks:
-            z = np.load(c)
-            _buffer_extend(model.replay_buffer, z)
+        kept, size = [], 0
+        for c in reversed(chunks):
+            if size >= model.replay_buffer.buffer_size:
+                break
+            kept.append(c)
+            size += int(np.load(c)["rewards"].shape[0])
+        for c in reversed(kept):
+            _buffer_extend(model.replay_buffer, np.load(c))
         log(f"resumed {robot} at step {model.num_timesteps} with {model.replay_buffer.size()} transitions")
     else:
         model = sb3.SAC(
-            "MlpPolicy", venv, learning_rate=7.3e-4, buffer_size=1_000_000, batch_size=256, ent_coef="auto",
-            gamma=0.98, tau=0.02, train_freq=8, gradient_steps=8, learning_starts=cfg.learning_starts,
-            use_sde=True, policy_kwargs=dict(log_std_init=-3, net_arch=[256, 256]), seed=cfg.seed,
-            device="cpu", verbose=0,
+            "MlpPolicy", venv, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, batch_size=256,
+            ent_coef="auto", gamma=0.98, tau=0.02, train_freq=8, gradient_steps=8,
+            learning_starts=cfg.learning_starts, use_sde=True,
+            policy_kwargs=dict(log_std_init=-3, net_arch=list(cfg.net_arch)), seed=cfg.seed, device="cpu", verbose=0,
         )
+    if cfg.lr_schedule == "linear":
+        # SB3's own progress counter restarts with every learn() call; read the global step instead.
+        model.lr_schedule = lambda _progress: cfg.learning_rate * max(0.0, 1.0 - model.num_timesteps / cfg.total_steps)
+    meta = {"robot": robot, "algo": "sb3-SAC", "seed": cfg.seed, "time_feature": cfg.time_feature or None}
     progress = _read_progress(run_dir)
     t_start = time.time()
     wall_before = progress[-1]["wall_s"] if progress else 0.0
@@ -297,19 +407,22 @@ def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfi
         step = int(model.num_timesteps)
         _save_chunk(model.replay_buffer, pos0, full0, run_dir / "replay" / f"chunk_{step}.npz")
         snap = run_dir / "snapshots" / f"step_{step}.pt"
-        export_sb3_actor(model, snap, {"robot": robot, "step": step, "algo": "sb3-SAC", "seed": cfg.seed})
+        export_sb3_actor(model, snap, {**meta, "step": step})
         # Evaluate the exported file, not the SB3 model: the numbers then describe the artifact collected from.
-        rets = rollout_returns(TorchActorPolicy(snap), robot, cfg.eval_episodes, seed=10_000)
+        ev = rollout(TorchActorPolicy(snap), robot, cfg.eval_episodes, seed=10_000)
         tmp = run_dir / "model.zip.tmp.zip"
-        model.save(tmp)
+        model.save(tmp, exclude=["lr_schedule"])  # a closure over the model; rebuilt above on load
         os.replace(tmp, model_path)
         train_eps = [float(e["r"]) for e in model.ep_info_buffer] if model.ep_info_buffer else []
         rec = {
             "step": step,
-            "eval_mean": float(rets.mean()),
-            "eval_std": float(rets.std()),
-            "eval_normalized": float(normalized_score(f"bullet-{robot}-expert-v0", rets.mean())),
+            "eval_mean": float(ev.returns.mean()),
+            "eval_std": float(ev.returns.std()),
+            "eval_normalized": float(normalized_score(f"bullet-{robot}-expert-v0", ev.returns.mean())),
+            "eval_forward_m": float(ev.forward_m.mean()),
+            "eval_length": float(ev.lengths.mean()),
             "train_return_last100": float(np.mean(train_eps)) if train_eps else None,
+            "lr": float(model.lr_schedule(0.0)),
             "wall_s": wall_before + time.time() - t_start,
             "snapshot": snap.name,
         }

@@ -129,12 +129,12 @@ def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any, out
     TO = np.zeros(n, bool)
     returns: list[float] = []
     obs, _ = env.reset()
-    ep_ret = 0.0
+    ep_ret, t = 0.0, 0  # t: step index in the episode (a time-feature actor reads it; the data does not)
     for i in range(n):
         if seg.policy is None:
             a = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
         else:
-            a = seg.policy(obs[None])[0]
+            a = seg.policy(obs[None], np.asarray([t]))[0]
             sigma = seg.sigma_start + (seg.sigma_end - seg.sigma_start) * (i / max(n - 1, 1))
             if sigma > 0:
                 a = a + sigma * rng.standard_normal(act_dim)
@@ -147,9 +147,10 @@ def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any, out
             T[i] = True
         elif trunc or last:
             TO[i] = True
+        t += 1
         if term or trunc or last:
             returns.append(ep_ret)
-            ep_ret = 0.0
+            ep_ret, t = 0.0, 0
             if not last:
                 nxt, _ = env.reset()
             bar.set_postfix(episodes=len(returns), last_return=f"{returns[-1]:.0f}", refresh=False)
@@ -323,6 +324,9 @@ def collect_replay_from_run(
         raise DatasetError(f"no replay chunks up to step {upto_step} in {run / 'replay'}: run `modzoo data train-behaviour {robot}` first")
     parts = [np.load(c) for c in chunks]
     cat = {k: np.concatenate([p[k] for p in parts]) for k in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")}
+    if _json.loads((run / "config.json").read_text()).get("time_feature"):
+        # SAC's buffer holds the observation with the time feature appended; the dataset keeps the env's own.
+        cat["observations"], cat["next_observations"] = cat["observations"][:, :-1], cat["next_observations"][:, :-1]
     timeouts = cat["timeouts"].astype(bool)
     terminals = cat["dones"].astype(bool) & ~timeouts
     # Episodes cut without a flag: the buffer's end, and a resumed run (SB3 resets the env on load), seen
