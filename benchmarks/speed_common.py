@@ -73,8 +73,8 @@ def build_halves(guidance: str, policy: str, dataset: Any, seed: int = 0, **poli
     g = make_guidance(guidance, dataset.obs_dim, dataset.act_dim, task=TASK, seed=seed, lr_decay_steps=1_000_000)
     p = make_policy(policy, dataset.obs_dim, dataset.act_dim, task=TASK, seed=seed, lr_decay_steps=1_000_000,
                     **policy_overrides)
-    g.prepare(dataset)
-    p.prepare(dataset)
+    g.fit_data(dataset)
+    p.fit_data(dataset)
     return g, p, ReplayBuffer(dataset, "cpu", seed=seed)
 
 

@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
                                    guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
                                    eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=seed,
-                                   device=args.device, threads=args.threads, out=out))
+                                   device=args.device, threads=args.threads, out=out, preset=args.preset))
     if len(seeds) == 1:
         _report(train(cfgs[0], progress=not args.no_progress, resume=args.resume))
         return 0
@@ -134,7 +134,7 @@ def cmd_train_guidance(args: argparse.Namespace) -> int:
     out = args.out or _default_out("guidance", args.env, [args.guidance], args.seed)
     cfg = run_config(args.guidance, None, args.env, args.overrides, dataset=args.dataset, schedule="guidance-first",
                      guidance_steps=args.steps, seed=args.seed, device=args.device, threads=args.threads,
-                     out=out)
+                     out=out, preset=args.preset)
     result = train(cfg, progress=not args.no_progress)
     _report(result)
     print(f"guidance checkpoint: {Path(out) / 'guidance.pt'}")
@@ -214,6 +214,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _preset_arg(p: argparse.ArgumentParser) -> None:
+    from .config import preset_names
+    p.add_argument("--preset", help=f"settings merged over the halves' defaults, before the key=value overrides "
+                                    f"({', '.join(preset_names())}; see core/presets/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="modzoo", description="Offline RL with diffusion policies, as a plugin zoo.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -239,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-steps", type=int, default=None)
     p.add_argument("--eval-episodes", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
+    _preset_arg(p)
     p.add_argument("--out", help="run dir (default: runs/<task>/run-...)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.add_argument("--seeds", help="several seeds, e.g. 0,1,2,3,4: one run dir each under --out (seed<k>), "
@@ -256,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True)
     p.add_argument("--dataset")
     p.add_argument("--steps", type=int, default=None)
+    _preset_arg(p)
     p.add_argument("--out")
     _common(p)
     p.add_argument("overrides", nargs="*")

@@ -1,4 +1,5 @@
-"""Run configuration with omegaconf: plugin defaults, per-task overrides, then the user's ``key=value``.
+"""Run configuration with omegaconf: plugin defaults, per-task overrides, a named preset, then the user's
+``key=value``.
 
 Struct mode makes a misspelt key an error that names the key and the keys that do exist. The resolved config of
 a run is saved as ``config.yaml`` in its run dir, so the run can be repeated or resumed from it alone.
@@ -6,7 +7,10 @@ a run is saved as ``config.yaml`` in its run dir, so the run can be repeated or 
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 from typing import Any, Iterable
+
+import yaml
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -18,6 +22,7 @@ SCHEDULES = ("joint", "guidance-first", "pretrained")
 #: the ``run:`` section: everything about a run that is not an algorithm's hyperparameter.
 RUN_DEFAULTS: dict[str, Any] = {
     "task": "bullet-hopper-medium-v0",
+    "preset": None,           # a named preset (core/presets/NAME.yaml) merged over the halves' defaults
     "dataset": None,          # a path; null: the task's file in the D4RL cache dir
     "schedule": "joint",
     "guidance_ckpt": None,    # for schedule=pretrained
@@ -50,6 +55,50 @@ def half_config(defaults: dict[str, Any], task: str | None = None) -> dict[str, 
                     raise ConfigError(f"task_overrides[{pattern!r}] sets unknown keys {sorted(unknown)}")
                 cfg.update(values)
     return cfg
+
+
+#: Presets shipped with modzoo: one YAML each, its values cited key by key.
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset by name (``gfdt-authors``) or path to a YAML file of the same form: optional ``run:`` values and,
+    under ``guidance:`` and ``policy:``, values per plugin name (each may carry ``task_overrides``)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(preset_names()) or 'none'} (or a path to a "
+                          f"preset YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"preset {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    extra = set(data) - {"name", "description", "run", "guidance", "policy"}
+    if not isinstance(data, dict) or extra:
+        raise ConfigError(f"preset {path}: unknown sections {sorted(extra)}; a preset has run, guidance, policy")
+    return data
+
+
+def apply_preset(cfg: dict[str, Any], preset: dict[str, Any], kind: str, name: str | None, task: str | None
+                 ) -> dict[str, Any]:
+    """``cfg`` (a half's defaults, task overrides applied) with the preset's values for plugin ``name`` and their
+    task overrides for ``task``. A key the half does not have is an error that names the preset and the key."""
+    values = dict(((preset.get(kind) or {}).get(name) or {}) if name else {})
+    if not values:
+        return cfg
+    task_values = values.pop("task_overrides", None) or {}
+    layers = [values] + [v for pattern, v in task_values.items() if task and fnmatch.fnmatch(task, pattern)]
+    out = dict(cfg)
+    for layer in layers:
+        unknown = set(layer) - set(cfg)
+        if unknown:
+            raise ConfigError(f"preset {preset.get('name', '?')!r} sets {kind} {name!r} keys {sorted(unknown)} that "
+                              f"it does not have; keys: {', '.join(sorted(k for k in cfg if k != 'name'))}")
+        out.update(layer)
+    return out
 
 
 def parse_overrides(items: Iterable[str]) -> list[str]:

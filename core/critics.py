@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .interfaces import GuidanceModule
-from .nets import EnsembleQ, init_
+from .nets import EnsembleQ, init_, obs_norm_enabled
 from .stages import Stage, run_stages, step_stage
 from .utils import frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state, \
     polyak_update
@@ -24,7 +24,8 @@ class TwinCriticGuidance(GuidanceModule):
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
         self.critic = EnsembleQ(obs_dim, act_dim, list(cfg.get("hidden", [256, 256])), cfg.get("num_q", 2),
-                                act=cfg.get("activation", "relu"), layer_norm=cfg.get("layer_norm", False))
+                                act=cfg.get("activation", "relu"), layer_norm=cfg.get("layer_norm", False),
+                                obs_norm=obs_norm_enabled(cfg))
         init_(self.critic, cfg.get("init", "torch"))
         self.critic_target = frozen_copy(self.critic)
         self.q_opt: torch.optim.Optimizer | None = make_optimizer(self.critic.parameters(),
@@ -81,9 +82,17 @@ class TwinCriticGuidance(GuidanceModule):
         return loss, {"critic_loss": loss.detach(), "q": qs.detach().mean()}
 
     def update_target(self) -> None:
-        """Polyak-average the target critics (unless ``update_target`` is off: the GFDT authors' literal recipe)."""
-        if self.cfg.get("update_target", True):
+        """Polyak-average the target critics (unless ``update_target`` is off: the GFDT authors' literal recipe),
+        on every ``target_every``-th update (counted from 0, as CleanDiffuser's DQL pipeline does)."""
+        every = int(self.cfg.get("target_every", 1) or 1)
+        if self.cfg.get("update_target", True) and (every == 1 or self.steps % every == 0):
             polyak_update(self.critic_target, self.critic, self.polyak)
+
+    def updates_now(self) -> bool:
+        """False on the calls that ``update_every`` > 1 skips: then the call only counts a step, and the LR
+        schedule does not move (CleanDiffuser's IDQL pipeline trains its critic on every second step)."""
+        every = int(self.cfg.get("update_every", 1) or 1)
+        return every == 1 or self.steps % every == 0
 
     def critic_stage(self) -> Stage:
         assert self.q_opt is not None, "update on a frozen guidance"
@@ -91,12 +100,15 @@ class TwinCriticGuidance(GuidanceModule):
                      float(self.cfg.get("grad_norm", 0.0) or 0.0), self.update_target)
 
     def stages(self) -> list[Stage]:
-        return [self.critic_stage()]
+        return [self.critic_stage()] if self.updates_now() else []
 
     def update(self, batch: dict[str, torch.Tensor], policy: Any = None) -> dict[str, Any]:
         metrics = run_stages(self.stages(), batch, policy)
         self._steps += 1
-        return metrics
+        # a skipped call (update_every) reports the last real update's metrics, so logs stay complete
+        if metrics:
+            self._last_metrics = metrics
+        return metrics or dict(getattr(self, "_last_metrics", {}))
 
     def fit_q(self, batch: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
         """For subclasses that write ``update`` themselves: one step of sum_i MSE(Q_i(s, a), target), then the

@@ -148,11 +148,12 @@ class GaussianDiffusion(nn.Module):
         return x.clamp(-self.max_action, self.max_action)
 
     def sample(self, obs: torch.Tensor, generator: rng.Gen = None,
-               guide=None) -> torch.Tensor:
-        """Run the reverse chain from N(0, I) for each row of ``obs``: returns (B, act_dim).
+               guide=None, init_scale: float = 1.0) -> torch.Tensor:
+        """Run the reverse chain from N(0, init_scale^2 I) for each row of ``obs``: returns (B, act_dim).
 
         ``guide``, if given, maps (x_t, t, obs) -> eps and replaces the plain denoiser call (classifier-free or
-        energy guidance plug in here without a second sampler).
+        energy guidance plug in here without a second sampler). ``init_scale`` < 1 starts the chain nearer the
+        mode (CleanDiffuser's sampling ``temperature``: it scales x_T only, not the noise of each step).
         """
         b = obs.shape[0]
         # A denoiser may precompute what the T steps share (the state's part of its first layer, the T time
@@ -160,6 +161,8 @@ class GaussianDiffusion(nn.Module):
         chain_context = getattr(self.model, "chain_context", None) if guide is None else None
         ctx = chain_context(obs, self.T) if chain_context is not None else None
         x = rng.randn((b, self.act_dim), generator, obs.device)
+        if init_scale != 1.0:
+            x = x * init_scale
         for t in reversed(range(self.T)):
             noise = rng.randn((b, self.act_dim), generator, obs.device) if t > 0 else None
             eps = None

@@ -98,7 +98,8 @@ def plan(exp: DictConfig) -> list[RunSpec]:
                 specs.append(RunSpec(
                     task=task, arm=a, seed=int(seed), out=str(out), guidance=arm["guidance"], policy=arm["policy"],
                     schedule="pretrained" if src else arm.get("schedule", "joint"),
-                    overrides=list(arm.get("overrides", [])), run={**budget, **arm.get("run", {})},
+                    overrides=list(arm.get("overrides", [])),
+                    run={**budget, **({"preset": arm["preset"]} if arm.get("preset") else {}), **arm.get("run", {})},
                     guidance_from=str(out_root / task / src / f"seed{seed}") if src else None,
                     summaries=str(Path(exp.summaries) / task / a / f"seed{seed}")))
     return specs

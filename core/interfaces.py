@@ -70,6 +70,15 @@ class _Half(nn.Module):
     def device(self) -> torch.device:
         return self._steps.device
 
+    def fit_data(self, dataset: Any) -> None:
+        """Everything a half learns from the dataset before its first step: the observation statistics its
+        networks normalize with (when its config says ``obs_norm: gaussian``), then the plugin's :meth:`prepare`.
+        The trainer calls this; plugins override :meth:`prepare`, not this."""
+        from .normalization import fit_obs_norm
+
+        fit_obs_norm(self, dataset.observations)
+        self.prepare(dataset)
+
     def prepare(self, dataset: Any) -> None:
         """Called once with the whole :class:`~modzoo.data.Dataset` before training: compute dataset statistics
         (e.g. IQL's reward scale) here and keep them in buffers so they are saved with the module."""

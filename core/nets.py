@@ -34,6 +34,41 @@ def activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}") from None
 
 
+OBS_NORMS = ("none", "gaussian")
+
+
+def obs_norm_enabled(cfg: dict) -> bool:
+    """Whether a half's config asks its networks to z-score observations (``obs_norm: gaussian``)."""
+    name = cfg.get("obs_norm", "none") or "none"
+    if name not in OBS_NORMS:
+        raise ValueError(f"unknown obs_norm {name!r}; known: {', '.join(OBS_NORMS)}")
+    return name == "gaussian"
+
+
+class ObsNorm(nn.Module):
+    """z-scores observations with the dataset's mean and std (CleanDiffuser's ``GaussianNormalizer``).
+
+    It sits inside every network that reads a state, so a half always takes the env's raw observation: the
+    statistics travel in the half's own state dict (its checkpoint), training batches, TD targets, candidate
+    ranking and evaluation all see the same numbers, and two halves trained on differently normalized inputs
+    can be paired without any re-mapping, each applying its own. Filled by :func:`modzoo.normalization.fit`.
+    """
+
+    def __init__(self, obs_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(obs_dim))
+        self.register_buffer("std", torch.ones(obs_dim))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.mean) / self.std
+
+
+def _maybe_norm(obs_dim: int, enabled: bool) -> ObsNorm | None:
+    # None rather than an identity module: a net without normalization keeps its parameter names and state
+    # dict exactly, so checkpoints written before obs_norm existed still load.
+    return ObsNorm(obs_dim) if enabled else None
+
+
 def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, act: str = "mish",
         layer_norm: bool = False) -> nn.Sequential:
     """Plain MLP: Linear (+LayerNorm) + act for each hidden width, then a linear head."""
@@ -119,8 +154,9 @@ class MLPDenoiser(Denoiser):
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, depth: int = 3, t_dim: int = 16,
-                 act: str = "mish", cond_dim: int = 0, cond_emb: int = 32) -> None:
+                 act: str = "mish", cond_dim: int = 0, cond_emb: int = 32, obs_norm: bool = False) -> None:
         super().__init__()
+        self.obs_norm = _maybe_norm(obs_dim, obs_norm)
         self.time_mlp = nn.Sequential(SinusoidalPosEmb(t_dim), nn.Linear(t_dim, t_dim * 2), activation(act),
                                       nn.Linear(t_dim * 2, t_dim))
         extra = cond_emb if cond_dim > 0 else 0
@@ -130,6 +166,8 @@ class MLPDenoiser(Denoiser):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         parts = [x, self.time_mlp(t), obs]
         if hasattr(self, "label_emb"):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
@@ -145,6 +183,8 @@ class MLPDenoiser(Denoiser):
         """
         if hasattr(self, "label_emb"):
             return None
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         first = self.net[0]
         t_dim = self.time_mlp[-1].out_features
         a = first.in_features - t_dim - obs.shape[-1]
@@ -199,8 +239,9 @@ class LNResNetDenoiser(Denoiser):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, blocks: int = 3, dropout: float = 0.1,
                  t_dim: int = 64, cond_hidden: int = 128, act: str = "mish", cond_dim: int = 0,
-                 cond_emb: int = 32) -> None:
+                 cond_emb: int = 32, obs_norm: bool = False) -> None:
         super().__init__()
+        self.obs_norm = _maybe_norm(obs_dim, obs_norm)
         self.time_enc = FourierFeatures(t_dim)
         self.cond = nn.Sequential(nn.Linear(t_dim, cond_hidden), activation(act),
                                   nn.Linear(cond_hidden, cond_hidden))
@@ -214,6 +255,8 @@ class LNResNetDenoiser(Denoiser):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         parts = [self.cond(self.time_enc(t)), obs, x]
         if hasattr(self, "label_emb"):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
@@ -225,6 +268,8 @@ class LNResNetDenoiser(Denoiser):
         layer once per chain."""
         if hasattr(self, "label_emb"):
             return None
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         c = self.cond(self.time_enc(torch.arange(T, device=obs.device)))
         ch, o, w = c.shape[-1], obs.shape[-1], self.inp.weight
         return w[:, ch + o:], F.linear(obs, w[:, ch:ch + o], self.inp.bias), F.linear(c, w[:, :ch])
@@ -304,15 +349,20 @@ class EnsembleQ(nn.Module):
     """E state-action critics Q_i(s, a) in one forward: returns (E, B)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int] | tuple[int, ...], ensemble: int = 2,
-                 act: str = "relu", layer_norm: bool = False) -> None:
+                 act: str = "relu", layer_norm: bool = False, obs_norm: bool = False) -> None:
         super().__init__()
+        self.obs_norm = _maybe_norm(obs_dim, obs_norm)
         self.body = EnsembleMLP(ensemble, obs_dim + act_dim, hidden, 1, act=act, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         return self.body(torch.cat([obs, act], dim=-1)).squeeze(-1)
 
     def members(self, obs: torch.Tensor, act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Q of the members ``idx`` only: (len(idx), B), equal to ``forward(obs, act)[idx]``."""
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         return self.body.forward_members(torch.cat([obs, act], dim=-1), idx).squeeze(-1)
 
 
@@ -320,11 +370,14 @@ class ValueNet(nn.Module):
     """State value V(s): returns (B,)."""
 
     def __init__(self, obs_dim: int, hidden: list[int] | tuple[int, ...], act: str = "relu",
-                 layer_norm: bool = False) -> None:
+                 layer_norm: bool = False, obs_norm: bool = False) -> None:
         super().__init__()
+        self.obs_norm = _maybe_norm(obs_dim, obs_norm)
         self.body = mlp(obs_dim, hidden, 1, act=act, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         return self.body(obs).squeeze(-1)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from .diffusion import GaussianDiffusion
 from .interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
-from .nets import LNResNetDenoiser, MLPDenoiser, init_
+from .nets import LNResNetDenoiser, MLPDenoiser, init_, obs_norm_enabled
 from .selection import select_with_guidance
 from .stages import Stage, run_stages, step_stage
 from .utils import EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
@@ -23,7 +23,8 @@ def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.
     """Denoiser from ``cfg['denoiser']`` (``mlp`` or ``ln_resnet``) and its widths."""
     kind = cfg.get("denoiser", "mlp")
     # cond_dim > 0: an extra condition input with a null token (classifier-free guidance, e.g. the cfg plugin)
-    label = {"cond_dim": int(cfg.get("cond_dim", 0)), "cond_emb": int(cfg.get("cond_emb", 32))}
+    label = {"cond_dim": int(cfg.get("cond_dim", 0)), "cond_emb": int(cfg.get("cond_emb", 32)),
+             "obs_norm": obs_norm_enabled(cfg)}
     if kind == "mlp":
         return MLPDenoiser(obs_dim, act_dim, hidden=cfg.get("hidden", 256), depth=cfg.get("depth", 3),
                            t_dim=cfg.get("t_dim", 16), act=cfg.get("activation", "mish"), **label)
@@ -110,17 +111,26 @@ class DDPMPolicy(DiffusionPolicy):
 
     # ---- DiffusionPolicy -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, obs: torch.Tensor, n: int = 1, model: str | None = None) -> torch.Tensor:
+    def sample(self, obs: torch.Tensor, n: int = 1, model: str | None = None, init_scale: float = 1.0
+               ) -> torch.Tensor:
         """Candidates from the model named by ``model`` or ``cfg['act_model']``: ``ema`` (IDQL acts with its
-        EMA score model) or ``live`` (Diffusion-QL's ``sample_action`` uses the live actor)."""
+        EMA score model) or ``live`` (Diffusion-QL's ``sample_action`` uses the live actor). ``init_scale``: see
+        :meth:`GaussianDiffusion.sample`."""
         b = obs.shape[0]
         rep = obs.repeat_interleave(n, dim=0)
         diffusion = self.ema_diffusion if (model or self.cfg.get("act_model", "ema")) == "ema" else self.diffusion
         was_training = diffusion.training
         diffusion.eval()  # no dropout while sampling
-        out = diffusion.sample(rep, generator=self.gen(), guide=self.sampling_guide(diffusion, rep))
+        out = diffusion.sample(rep, generator=self.gen(), guide=self.sampling_guide(diffusion, rep),
+                               init_scale=init_scale)
         diffusion.train(was_training)
         return out.reshape(b, n, self.act_dim)
+
+    def candidates(self, obs: torch.Tensor, n: int) -> torch.Tensor:
+        """The n actions per state that acting chooses among: (B, n, act_dim). Only acting starts the chain at
+        ``act_temperature``; the samples inside losses and TD targets keep N(0, I), as in the GFDT authors'
+        pipelines (temperature 1.0 there, the config's temperature at inference)."""
+        return self.sample(obs, n, init_scale=float(self.cfg.get("act_temperature", 1.0)))
 
     def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Diffusion-QL's TD-target action: one sample of the EMA actor."""
@@ -129,7 +139,7 @@ class DDPMPolicy(DiffusionPolicy):
     @torch.inference_mode()  # actions for an environment never enter a graph; measured ~4% faster than no_grad
     def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
         n = int(n or self.cfg.get("candidates", 50))
-        cands = self.sample(obs, n)
+        cands = self.candidates(obs, n)
         if guidance is None or n == 1:
             return cands[:, 0]
         return select_with_guidance(cands, obs, guidance, self.cfg.get("selection", "softmax"),

@@ -264,7 +264,7 @@ class _Harness:
         spec = self.reg.half(kind, name)
         torch.manual_seed(self.seed)
         module = spec.cls(self.obs_dim, self.act_dim, self.cfg_of(kind, name, own)).to(self.device)
-        module.prepare(self.dataset)
+        module.fit_data(self.dataset)
         return module
 
     def batch(self, size: int | None = None) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, build_from_payload, check_guidance_fits, half_payload, load_checkpoint, \
     save_half
-from .config import build_run_config, half_config, to_dict
+from .config import apply_preset, build_run_config, half_config, load_preset, to_dict
 from .errors import CheckpointError, ConfigError, ModzooError
 from .interfaces import DiffusionPolicy, GuidanceModule
 from .plugins_api import load_registry
@@ -98,10 +98,17 @@ def _merge_kwargs(cfg: dict[str, Any], overrides: dict[str, Any], what: str) -> 
 
 def run_config(guidance: str | None, policy: str | None, task: str, overrides: list[str] | tuple[str, ...] = (),
                **run: Any) -> DictConfig:
-    """The full config of a run: both halves' defaults for ``task``, ``run`` settings, then ``overrides``."""
+    """The full config of a run: both halves' defaults for ``task``, the preset named by ``run['preset']`` (if
+    any), ``run`` settings, then ``overrides``."""
     g = default_config("guidance", guidance, task) if guidance else {}
     p = default_config("policy", policy, task) if policy else {}
-    return build_run_config(g, p, {"task": task, **{k: v for k, v in run.items() if v is not None}}, overrides)
+    run = {k: v for k, v in run.items() if v is not None}
+    if run.get("preset"):
+        preset = load_preset(str(run["preset"]))
+        g = apply_preset(g, preset, "guidance", guidance, task)
+        p = apply_preset(p, preset, "policy", policy, task)
+        run = {**(preset.get("run") or {}), **run}
+    return build_run_config(g, p, {"task": task, **run}, overrides)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------
@@ -299,10 +306,10 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
             guidance.freeze()
         elif guidance is None:
             guidance = _build("guidance", to_dict(cfg.guidance), obs_dim, act_dim).to(device)
-            guidance.prepare(dataset)
+            guidance.fit_data(dataset)
         if has_policy:
             policy = _build("policy", to_dict(cfg.policy), obs_dim, act_dim).to(device)
-            policy.prepare(dataset)
+            policy.fit_data(dataset)
     if schedule == "guidance-first" and guidance.requires_policy and not guidance.frozen:
         raise ConfigError(f"guidance {guidance.algorithm!r} with this config samples the policy in its TD target, "
                           f"so it can only train jointly; use --schedule joint, or a policy-independent guidance "

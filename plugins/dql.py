@@ -23,7 +23,7 @@ from modzoo.critics import TwinCriticGuidance
 from modzoo.diffusion import GaussianDiffusion
 from modzoo.hookspecs import hookimpl
 from modzoo.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
-from modzoo.nets import MLPDenoiser
+from modzoo.nets import MLPDenoiser, obs_norm_enabled
 from modzoo.plugins_api import HalfSpec
 from modzoo.policy import DDPMPolicy
 from modzoo import rng
@@ -57,7 +57,7 @@ class DQLGuidance(TwinCriticGuidance):
         if self.mode == "untrained":
             # The authors' pretraining script samples a' from an actor that is built and never trained.
             torch.manual_seed(cfg.get("seed", 0))
-            self.untrained_actor = frozen_copy(GaussianDiffusion(MLPDenoiser(obs_dim, act_dim), act_dim, T=5))
+            self.untrained_actor = frozen_copy(GaussianDiffusion(MLPDenoiser(obs_dim, act_dim, obs_norm=obs_norm_enabled(cfg)), act_dim, T=5))
 
     @property
     def requires_policy(self) -> bool:

@@ -17,11 +17,11 @@ import torch
 from modzoo.critics import TwinCriticGuidance
 from modzoo.hookspecs import hookimpl
 from modzoo.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
-from modzoo.nets import ValueNet, init_
+from modzoo.nets import ValueNet, init_, obs_norm_enabled
 from modzoo.plugins_api import HalfSpec
 from modzoo.policy import DDPMPolicy
 from modzoo.stages import Stage
-from modzoo.utils import load_optim_state, make_optimizer, optim_state
+from modzoo.utils import load_optim_state, make_optimizer, make_scheduler, optim_state
 
 CONFIG = Path(__file__).with_name("idql.yaml")
 
@@ -40,10 +40,12 @@ class IQLGuidance(TwinCriticGuidance):
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
         self.value = ValueNet(obs_dim, list(cfg.get("hidden", [256, 256])), act=cfg.get("activation", "relu"),
-                              layer_norm=cfg.get("layer_norm", False))
+                              layer_norm=cfg.get("layer_norm", False), obs_norm=obs_norm_enabled(cfg))
         init_(self.value, cfg.get("init", "torch"))
         self.v_opt: torch.optim.Optimizer | None = make_optimizer(self.value.parameters(), "adam",
                                                                   cfg.get("value_lr", 3e-4))
+        # V follows the critic's lr_schedule (IDQL: constant; the GFDT authors' pipeline: cosine for both)
+        self.v_sched = make_scheduler(self.v_opt, cfg.get("lr_schedule"), cfg.get("lr_decay_steps", 1))
         self.tau = cfg.get("expectile", 0.7)
 
     def v(self, obs: torch.Tensor) -> torch.Tensor:
@@ -63,18 +65,20 @@ class IQLGuidance(TwinCriticGuidance):
 
     def stages(self) -> list[Stage]:
         assert self.v_opt is not None, "update on a frozen guidance"
-        return [Stage("v", self.value, self.value_loss, self.v_opt), self.critic_stage()]
+        if not self.updates_now():
+            return []
+        return [Stage("v", self.value, self.value_loss, self.v_opt, self.v_sched), self.critic_stage()]
 
     def drop_optimizers(self) -> None:
         super().drop_optimizers()
-        self.v_opt = None
+        self.v_opt, self.v_sched = None, None
 
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "v": optim_state(self.v_opt)}
+        return {**super().extra_state(), "v": optim_state(self.v_opt, self.v_sched)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
-        load_optim_state(state.get("v", {}), self.v_opt)
+        load_optim_state(state.get("v", {}), self.v_opt, self.v_sched)
 
 
 class IDQLPolicy(DDPMPolicy):

@@ -62,7 +62,7 @@ class SfBCPolicy(DDPMPolicy):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
         m = int(n or self.cfg.get("candidates", 32))
-        cands = self.sample(obs, m)
+        cands = self.candidates(obs, m)
         if guidance is None or m == 1:
             return cands[:, 0]
         b = obs.shape[0]

@@ -7,7 +7,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from modzoo.envs import LEVELS, ROBOTS, TASKS, env_dims, env_id, make_env, parse_task, register_envs
-from modzoo.errors import EnvError
+from modzoo.errors import EnvError, ModzooError
 
 ROBOT_NAMES = list(ROBOTS)
 
@@ -151,7 +151,60 @@ def test_behaviour_training_resumes_and_exports(tmp_path) -> None:  # type: igno
     model = SAC.load(run / "model.zip", device="cpu")
     last = TorchActorPolicy(run / "snapshots" / f"step_{steps[-1]}.pt")
     obs = np.random.default_rng(0).standard_normal((4, 15)).astype(np.float32)
-    np.testing.assert_allclose(last(obs), model.predict(obs, deterministic=True)[0], atol=1e-5)
+    t = np.array([0, 1, 500, 999])
+    # SAC saw the env's 15 dims plus the time feature 1 - t/1000; the exported actor takes t beside the raw obs
+    seen = np.concatenate([obs, (1 - t / 1000)[:, None]], axis=1).astype(np.float32)
+    np.testing.assert_allclose(last(obs, t), model.predict(seen, deterministic=True)[0], atol=1e-5)
+    assert not np.allclose(last(obs, t), last(obs, t + 400), atol=1e-6)  # the feature reaches the actor
+    with pytest.raises(ModzooError, match="time feature"):
+        last(obs)
+    # the LR decays linearly from the global step (not SB3's per-learn() progress), also after a resume that
+    # extends the run: the record at step N of a run of total T holds 7.3e-4 * (1 - N / T)
+    cfg.total_steps = 480
+    train_behaviour("hopper", run, cfg, log=lambda s: None)
+    recs = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    totals = [160, 160, 240, 480, 480, 480]
+    np.testing.assert_allclose([r["lr"] for r in recs], [7.3e-4 * (1 - r["step"] / T) for r, T in zip(recs, totals)],
+                               rtol=1e-6, atol=1e-12)
+    # a resume under another network is refused before anything is touched
+    with pytest.raises(ModzooError, match="net_arch"):
+        train_behaviour("hopper", run, TrainConfig(total_steps=320, net_arch=(64, 64)), log=lambda s: None)
+
+
+def test_collection_feeds_time_feature_actors_their_episode_step(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A time-feature behaviour actor acts on (obs, t) during collection, while the dataset records the env's own
+    observation; medium-replay built from that run's buffer drops the feature column too."""
+    pytest.importorskip("stable_baselines3")
+    from modzoo.behaviour import TorchActorPolicy, TrainConfig, train_behaviour
+    from modzoo.collect import Segment, _run_segment, collect_replay_from_run
+
+    run = tmp_path / "run"
+    train_behaviour("hopper", run, TrainConfig(total_steps=120, eval_every=60, eval_episodes=1, learning_starts=40),
+                    log=lambda s: None)
+    actor = TorchActorPolicy(run / "snapshots" / "step_120.pt")
+    seen: list[np.ndarray] = []
+
+    def spy(obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        seen.append(np.asarray(t).copy())
+        return actor(obs, t)
+
+    out: dict[str, list[np.ndarray]] = {}
+    env = make_env("hopper", seed=0)
+    _run_segment(env, Segment("expert", spy, "spy", 300, 0.0, 0.0), np.random.default_rng(0), _NoBar(), out)
+    obs, ends = out["observations"][0], out["terminals"][0] | out["timeouts"][0]
+    assert obs.shape == (300, 15)
+    t = np.concatenate(seen)
+    first_end = int(np.argmax(ends))
+    assert list(t[:first_end + 2]) == list(range(first_end + 1)) + [0]  # counts the episode's steps, restarts at 0
+    replay = collect_replay_from_run("bullet-hopper-medium-replay-v0", run, out=tmp_path / "mr.hdf5", upto_step=120)
+    from modzoo.data import load_dataset
+    assert load_dataset(str(replay.path), task="bullet-hopper-medium-replay-v0").obs_dim == 15
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def set_postfix(self, *a: object, **k: object) -> None: ...
 
 
 def test_unseeded_envs_do_not_replay_one_stream() -> None:
