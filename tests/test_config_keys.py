@@ -1,0 +1,80 @@
+"""Every config key a first-party half reads is in its plugin YAML.
+
+A key read with ``cfg.get(key, default)`` but missing from the YAML cannot be overridden (struct mode refuses it),
+is not written to a run's ``config.yaml``, and a later session that adds it to the YAML turns every finished run
+of a grid stale. Each half is built, fitted, updated and asked to act with a config dict that records its reads.
+"""
+from __future__ import annotations
+
+import pytest
+
+from modzoo.buffer import ReplayBuffer
+from modzoo.config import half_config
+from modzoo.data import load_dataset
+from modzoo.plugins_api import load_registry
+
+TASK = "bullet-hopper-medium-v0"
+FIRST_PARTY = {"guidance": ["dql", "idql"], "policy": ["bc", "cfg", "dql", "edp", "idql", "sfbc"]}
+
+
+class Recording(dict):
+    """A config dict that notes every key looked up (``get``, ``[]``, ``in``)."""
+
+    def __init__(self, data: dict, read: set[str]) -> None:
+        super().__init__(data)
+        self.read = read
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:  # type: ignore[no-untyped-def]
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+@pytest.fixture
+def recording_halves(monkeypatch):  # type: ignore[no-untyped-def]
+    """Halves keep a recording copy of their config (``_Half.__init__`` copies it into a plain dict)."""
+    import modzoo.interfaces as interfaces
+    orig = interfaces._Half.__init__
+
+    def init(self, obs_dim, act_dim, cfg):  # type: ignore[no-untyped-def]
+        orig(self, obs_dim, act_dim, cfg)
+        if isinstance(cfg, Recording):
+            self.cfg = Recording(self.cfg, cfg.read)
+    monkeypatch.setattr(interfaces._Half, "__init__", init)
+
+
+def _build(kind: str, name: str, ds, overrides: dict | None = None):  # type: ignore[no-untyped-def]
+    spec = load_registry().half(kind, name)
+    cfg = {**half_config(spec.default_config(), TASK), **(overrides or {})}
+    read: set[str] = set()
+    half = spec.cls(ds.obs_dim, ds.act_dim, Recording(cfg, read))
+    half.fit_data(ds)
+    return half, set(cfg), read
+
+
+@pytest.mark.parametrize("kind,name", [(k, n) for k, names in FIRST_PARTY.items() for n in names])
+def test_every_key_a_half_reads_is_in_its_yaml(recording_halves, small_dataset_path, kind, name) -> None:
+    import warnings
+    ds = load_dataset(str(small_dataset_path), task=TASK)
+    batch = ReplayBuffer(ds, seed=0).sample(16)
+    small = {"hidden": [16, 16]} if kind == "guidance" else {"hidden": 16, "candidates": 4}
+    half, keys, read = _build(kind, name, ds, small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cfg warns that a joint critic moves under its labels
+        if kind == "guidance":
+            partner = _build("policy", "dql", ds, {"hidden": 16})[0]
+            half.update(batch, partner if half.requires_policy else None)
+            half.q(batch["observations"], batch["actions"])
+        else:
+            critic = _build("guidance", "idql", ds, {"hidden": [16, 16]})[0]
+            half.update(batch, critic)
+            half.act(batch["observations"][:2], critic)
+            half.target_actions(batch["observations"][:2])
+    assert not read - keys, f"{kind} {name!r} reads {sorted(read - keys)}, which its YAML lacks"
