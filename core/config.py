@@ -31,7 +31,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "guidance_delay": 0,      # joint only: keep the critic frozen at its random init for the first K steps
                               # (the GFDT paper's "random guidance" necessity variant)
     "eval_every": 0,          # evaluate every E policy steps (0: only at the end)
-    "eval_episodes": 10,
+    "eval_episodes": 10,      # episodes of each interim evaluation (and of the final one unless set below)
+    "final_eval_episodes": None,  # episodes of the final evaluation; null: eval_episodes
     "final_eval": True,
     "seed": 0,
     "device": "auto",

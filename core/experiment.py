@@ -126,6 +126,15 @@ def is_finished(out: str | Path) -> bool:
 # Filled in by training's setup whatever the defaults say (the halves' seed from run.seed, decay horizons from the
 # budget), or path-like: not settings a changed default can alter.
 _NOT_COMPARED = {"seed", "lr_decay_steps", "guidance_ckpt", "out"}
+# Keys added to the plugin YAMLs after runs had been made, each with the value that reproduces what the code did
+# before the key existed (it then read ``cfg.get(key, value)`` or had no such setting). A saved config without the
+# key matches a current one holding that value; any other value is drift. Add a key here only together with that
+# guarantee: a new key whose default changes behaviour must turn old runs stale.
+_ADDED_KEYS: dict[str, Any] = {
+    "guidance.obs_norm": "none", "policy.obs_norm": "none", "policy.act_temperature": 1.0,
+    "guidance.target_every": 1, "guidance.update_every": 1, "guidance.init": "torch", "policy.init": "torch",
+    "policy.cond_dim": 0, "policy.cond_emb": 32,
+}
 
 
 def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
@@ -148,8 +157,11 @@ def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
         for key in sorted(set(old) | set(new)):
             if key in _NOT_COMPARED or new.get(key) is None and section == "run":
                 continue
+            name = f"{section}.{key}"
+            if key not in old and name in _ADDED_KEYS and new.get(key) == _ADDED_KEYS[name]:
+                continue
             if old.get(key) != new.get(key):
-                out.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+                out.append(f"{name}: {old.get(key)!r} -> {new.get(key)!r}")
     return out
 
 
@@ -264,6 +276,18 @@ def write_summary(s: RunSpec) -> None:
 
 
 # ---- inference-time swaps ---------------------------------------------------------------------------------
+def swap_episodes(exp: DictConfig, arm: str) -> int:
+    """Episodes of each swap of ``arm``'s policies: ``swaps.episodes`` (a number, or per arm with an optional
+    ``default``), else the budget's final evaluation size. A swap is scored like a final evaluation."""
+    eps = exp.swaps.get("episodes") if exp.get("swaps") else None
+    if isinstance(eps, int):
+        return eps
+    if eps is not None and (arm in eps or "default" in eps):
+        return int(eps[arm] if arm in eps else eps["default"])
+    b = exp.budget
+    return int(b.eval_episodes if b.get("final_eval_episodes") is None else b.final_eval_episodes)
+
+
 def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
     """(policy run, guidance run, label) for every swap the experiment asks for: the policy ranked by another
     seed's guidance of the same arm, by another algorithm's, or by its own with another selection rule."""
@@ -282,14 +306,14 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
                 other = seeds[(i + 1) % len(seeds)]
                 jobs.append({"policy_run": str(root / task / arm / f"seed{s}"),
                              "guidance_run": str(root / task / arm / f"seed{other}"), "label": "other_seed",
-                             "task": task, "seed": s, "episodes": int(exp.budget.eval_episodes),
+                             "task": task, "seed": s, "episodes": swap_episodes(exp, arm),
                              "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
         for arm, garm in (sw.get("other_algorithm", {}) or {}).items():
             for s in seeds:
                 jobs.append({"policy_run": str(root / task / arm / f"seed{s}"),
                              "guidance_run": str(root / task / garm / f"seed{s}"), "label": "other_algorithm",
                              "guidance_arm": garm, "task": task, "seed": s,
-                             "episodes": int(exp.budget.eval_episodes),
+                             "episodes": swap_episodes(exp, arm),
                              "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
         # the run's own guidance under another selection rule: what the rule, not the critic, does to the score;
         # "none": no guidance at all, one sample of the policy (what the actor has learnt without a ranking)
@@ -302,7 +326,7 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
                     run = str(root / task / arm / f"seed{s}")
                     jobs.append({"policy_run": run, "guidance_run": run, "label": f"selection={rule}",
                                  "selection": rule, "task": task, "seed": s,
-                                 "episodes": int(exp.budget.eval_episodes),
+                                 "episodes": swap_episodes(exp, arm),
                                  "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
     return jobs
 
@@ -325,7 +349,8 @@ def swap_cached(job: dict[str, Any]) -> bool:
         return False
     pair = _swap_pair(job)
     return old.get("guidance_run") == pair["guidance_run"] and \
-        old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"]
+        old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"] and \
+        old.get("episodes", job["episodes"]) == job["episodes"]
 
 
 def execute_swap(job: dict[str, Any]) -> dict[str, Any]:

@@ -166,7 +166,8 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
     lines += ["## Budget", "",
               f"- per run: guidance {b.get('guidance_steps')} steps (guidance-first arms), policy {b.get('policy_steps')}"
               f" steps, evaluation every {b.get('eval_every')} policy steps with {b.get('eval_episodes')} episodes "
-              "in a vector of envs; the GFDT authors train 200k steps per run and evaluate 50 episodes "
+              + (f"({b.get('final_eval_episodes')} at the end) " if b.get("final_eval_episodes") is not None else "")
+              + "in a vector of envs; the GFDT authors train 200k steps per run and evaluate 50 episodes "
               "(`experiments/gfdt-paper.yaml` holds that budget).",
               f"- tasks: {', '.join(exp.tasks)}; seeds: {', '.join(map(str, exp.seeds))}; arms: "
               f"{', '.join(exp.arms.keys())}."]

@@ -460,6 +460,12 @@ def _train_group(runs: list[_Run], stepper: Stepper, progress: bool,
     return [_finish(run, progress) for run in runs]
 
 
+def final_episodes(r: Any) -> int:
+    """Episodes of a run's final evaluation: ``final_eval_episodes``, or ``eval_episodes`` when that is unset."""
+    n = r.get("final_eval_episodes")
+    return int(r.eval_episodes if n is None else n)
+
+
 def _finish(run: _Run, progress: bool) -> RunResult:
     """Final checkpoints, the final evaluation and ``result.json``; removes the resume state."""
     r, guidance, policy, run_dir, result = run.r, run.guidance, run.policy, run.run_dir, run.result
@@ -468,10 +474,11 @@ def _finish(run: _Run, progress: bool) -> RunResult:
             save_half(guidance, run_dir / "guidance.pt", run.meta)
         if policy is not None:
             save_half(policy, run_dir / "policy.pt", run.meta)
-    if policy is not None and r.final_eval and int(r.eval_episodes) > 0:
+    episodes = final_episodes(r)
+    if policy is not None and r.final_eval and episodes > 0:
         with PhaseMeter("eval", run.device) as meter:
-            result.eval = evaluate(policy, guidance, r.task, int(r.eval_episodes), int(r.seed), progress=progress)
-        result.phases.append({**meter.result, "episodes": int(r.eval_episodes)})
+            result.eval = evaluate(policy, guidance, r.task, episodes, int(r.seed), progress=progress)
+        result.phases.append({**meter.result, "episodes": episodes})
         run.log.log({"phase": "eval", "step": int(r.policy_steps), "normalized_mean": result.eval.normalized_mean,
                      "normalized_std": result.eval.normalized_std, "return_mean": result.eval.mean})
     if run_dir is not None:

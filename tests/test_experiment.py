@@ -419,3 +419,74 @@ def test_a_cpu_mean_needs_every_runs_cpu_time():
     assert arm_stats([run(0, cpu_s=8.0), run(1, cpu_s=6.0)])["phases"]["policy"]["cpu_s"] == 7.0
     mixed = arm_stats([run(0, cpu_s=8.0), run(1)])["phases"]["policy"]  # one summary predates CPU time
     assert mixed["cpu_s"] != mixed["cpu_s"] and mixed["wall_s"] == 10.0
+
+
+def test_final_and_swap_evaluations_take_their_own_episode_counts(tiny_experiment, tmp_path):
+    """A grid can evaluate cheaply along the curve and with many episodes at the end and in its swaps, per arm."""
+    import modzoo
+    from modzoo.experiment import swap_jobs
+    exp = yaml.safe_load(tiny_experiment.read_text())
+    exp["budget"]["final_eval_episodes"] = 3
+    exp["arms"]["idql-gf"]["run"] = {"eval_episodes": 1, "final_eval_episodes": 1}
+    exp["swaps"]["episodes"] = {"dql-gf-iql": 1, "default": 2}
+    exp["seeds"] = [0]
+    exp["swaps"]["other_seed"] = []
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    loaded = load_experiment(str(tiny_experiment))
+    assert {j["episodes"] for j in swap_jobs(loaded)} == {1}
+    loaded.swaps.episodes = 4
+    assert {j["episodes"] for j in swap_jobs(loaded)} == {4}
+    del exp["swaps"]["episodes"]
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    assert {j["episodes"] for j in swap_jobs(load_experiment(str(tiny_experiment)))} == {3}  # the final size
+    exp["swaps"]["episodes"] = {"dql-gf-iql": 1, "default": 2}
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    summary = run_experiment(str(tiny_experiment), log=lambda m: None)
+    assert summary["failed"] == 0, summary
+    runs = tmp_path / "runs" / TASK
+    joint = json.loads((runs / "idql-joint" / "seed0" / "result.json").read_text())
+    gf = json.loads((runs / "idql-gf" / "seed0" / "result.json").read_text())
+    assert joint["eval"]["episodes"] == 3 and gf["eval"]["episodes"] == 1
+    interim = [json.loads(x) for x in (runs / "idql-joint" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert any(x.get("phase") == "eval" and x["step"] == 2 for x in interim)
+    sw = json.loads((runs / "dql-gf-iql" / "seed0" / "swaps.json").read_text())
+    assert sw["other_algorithm"]["episodes"] == 1
+    # a cached swap of another size is not reused: asking for 2 episodes evaluates it again
+    from modzoo.experiment import swap_cached
+    job = next(j for j in swap_jobs(load_experiment(str(tiny_experiment))) if j["label"] == "other_algorithm")
+    assert swap_cached(job)
+    assert not swap_cached({**job, "episodes": 2})
+    cfg = modzoo.run_config("idql", "idql", TASK, final_eval_episodes=7)
+    assert cfg.run.final_eval_episodes == 7 and cfg.run.eval_episodes == 10
+
+
+def test_the_50k_grid_runs_every_arm_under_the_authors_preset():
+    import modzoo
+    exp = load_experiment("gfdt-50k")
+    specs = plan(exp)
+    assert len(specs) == len(exp.tasks) * 4 * 3
+    for s in specs:
+        c = modzoo.run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed, **s.run)
+        assert c.run.preset == "gfdt-authors" and c.policy.obs_norm == "gaussian" and c.guidance.obs_norm == "gaussian"
+        assert c.policy.act_temperature == 0.5 and c.run.policy_steps == 50000
+
+
+def test_a_key_added_with_the_old_behaviour_as_default_leaves_old_runs_valid(tmp_path):
+    """A run saved before ``obs_norm`` (and the other keys of _ADDED_KEYS) existed still matches a config that holds
+    the value reproducing the old code; a config asking for anything else is drift."""
+    from omegaconf import OmegaConf
+
+    import modzoo
+    from modzoo.experiment import RunSpec, config_drift
+    spec = RunSpec(task=TASK, arm="a", seed=0, out=str(tmp_path / "run"), guidance="dql", policy="dql",
+                   schedule="joint", run={"policy_steps": 10})
+    now = OmegaConf.to_container(modzoo.run_config("dql", "dql", TASK, schedule="joint", seed=0, out=spec.out,
+                                                   policy_steps=10))
+    for section, key in (("policy", "obs_norm"), ("guidance", "obs_norm"), ("policy", "act_temperature"),
+                         ("guidance", "target_every"), ("policy", "init")):
+        del now[section][key]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(OmegaConf.to_yaml(now))
+    assert config_drift(spec, saved) == []
+    spec.overrides = ["policy.obs_norm=gaussian"]
+    assert config_drift(spec, saved) == ["policy.obs_norm: None -> 'gaussian'"]
