@@ -23,23 +23,11 @@ def gait(robot: str, run_dir: str, steps: list[int], episodes: int) -> None:
     torso moved forward. Tells a walking policy from one that stands still for the alive bonus."""
     from pathlib import Path
 
-    from modzoo.behaviour import TorchActorPolicy
-    from modzoo.envs import make_env
+    from modzoo.behaviour import TorchActorPolicy, rollout
 
     for step in steps:
-        pol = TorchActorPolicy(Path(run_dir) / "snapshots" / f"step_{step}.pt")
-        env = make_env(robot, seed=0)
-        rows = []
-        for ep in range(episodes):
-            obs, _ = env.reset(seed=20_000 + ep)
-            body = env.unwrapped._inner.robot  # pybullet's robot: body_xyz is the torso position
-            x0, ret, n = body.body_xyz[0], 0.0, 0
-            for n in range(1, 1001):
-                obs, r, term, trunc, _ = env.step(pol(obs[None])[0])
-                ret += r
-                if term or trunc:
-                    break
-            rows.append(f"return {ret:.0f}, {n} steps, {body.body_xyz[0] - x0:.1f} m")
+        ev = rollout(TorchActorPolicy(Path(run_dir) / "snapshots" / f"step_{step}.pt"), robot, episodes, seed=20_000)
+        rows = [f"return {r:.0f}, {n} steps, {x:.1f} m" for r, n, x in zip(ev.returns, ev.lengths, ev.forward_m)]
         print(f"step {step}: " + "; ".join(rows), flush=True)
 
 

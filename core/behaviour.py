@@ -510,12 +510,15 @@ def export_choice(
     # The training-time evaluation (5 episodes) is noisy: a SAC walker that falls now and then can score its
     # best there by luck. Re-evaluate the `candidates` most promising snapshots on `episodes` fresh episodes
     # and choose on those returns (walker2d: the 5-episode best, 922 at step 200k, re-evaluated at 550 +- 370).
-    cache: dict[Path, np.ndarray] = {}
+    cache: dict[Path, Rollouts] = {}
+
+    def measured(snap: Path) -> Rollouts:
+        if snap not in cache:
+            cache[snap] = rollout(TorchActorPolicy(snap), robot, episodes, seed=20_000)
+        return cache[snap]
 
     def returns(snap: Path) -> np.ndarray:
-        if snap not in cache:
-            cache[snap] = rollout_returns(TorchActorPolicy(snap), robot, episodes, seed=20_000)
-        return cache[snap]
+        return measured(snap).returns
 
     def snaps(order: list[dict[str, Any]]) -> list[Path]:
         return [run_dir / "snapshots" / r["snapshot"] for r in order[:candidates]]
@@ -530,10 +533,11 @@ def export_choice(
     export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     for which, snap in picks.items():
-        rets = returns(snap)
+        ev = measured(snap)
         blob = torch.load(snap, map_location="cpu", weights_only=True)
-        blob["meta"] = {**blob["meta"], "which": which, "eval_mean": float(rets.mean()), "eval_std": float(rets.std()),
-                        "eval_episodes": episodes, "source": str(snap)}
+        blob["meta"] = {**blob["meta"], "which": which, "eval_mean": float(ev.returns.mean()),
+                        "eval_std": float(ev.returns.std()), "eval_forward_m": float(ev.forward_m.mean()),
+                        "eval_length": float(ev.lengths.mean()), "eval_episodes": episodes, "source": str(snap)}
         dst = export_dir / actor_filename(robot, which)
         tmp = dst.with_name(dst.name + ".tmp")
         torch.save(blob, tmp)
