@@ -432,6 +432,50 @@ def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfi
     return best_snapshot(run_dir)
 
 
+def pack_run(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], keep_transitions: int = 100_000,
+             snapshot_every: int = 20_000, best: int = 12) -> dict[str, int]:
+    """A compact copy of a training run that resumes with the same command (``--run-dir DEST``), for machines that
+    do not outlive a session: the model, its progress and config, the snapshots an export may choose (every
+    ``snapshot_every`` steps and the ``best`` by evaluation return) and the newest ``keep_transitions`` of the replay
+    chunks. Resumed from it, SAC's buffer starts with those transitions instead of its full size; the replay before
+    them (D4RL's medium-replay material) is not kept. Returns what was copied."""
+    import shutil
+
+    src, dest = Path(run_dir), Path(dest)
+    progress = _read_progress(src)
+    if not (src / "model.zip").exists() or not progress:
+        raise ModzooError(f"{src} holds no checkpointed training run (model.zip, progress.jsonl)")
+    (dest / "snapshots").mkdir(parents=True, exist_ok=True)
+    (dest / "replay").mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "progress.jsonl", "model.zip"):
+        shutil.copy2(src / name, dest / name)
+    buckets: dict[int, str] = {}  # the first snapshot in each snapshot_every-step span (steps need not be round)
+    for r in progress:
+        buckets.setdefault(int(r["step"]) // snapshot_every, r["snapshot"])
+    keep = set(buckets.values())
+    keep |= {r["snapshot"] for r in sorted(progress, key=lambda r: -r["eval_mean"])[:best]}
+    keep.add(progress[-1]["snapshot"])
+    for old in (dest / "snapshots").glob("*.pt"):
+        if old.name not in keep:
+            old.unlink()
+    for name in keep:
+        shutil.copy2(src / "snapshots" / name, dest / "snapshots" / name)
+    chunks = sorted((src / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
+    kept: list[Path] = []
+    total = 0
+    for c in reversed(chunks):
+        if total >= keep_transitions:
+            break
+        kept.append(c)
+        total += int(np.load(c)["rewards"].shape[0])
+    for old in (dest / "replay").glob("*.npz"):
+        if old.name not in {c.name for c in kept}:
+            old.unlink()
+    for c in kept:
+        shutil.copy2(c, dest / "replay" / c.name)
+    return {"step": int(progress[-1]["step"]), "snapshots": len(keep), "transitions": total}
+
+
 def _save_chunk(buf: Any, pos0: int, full0: bool, path: Path) -> None:
     pos1 = buf.pos
     if buf.full and not full0 and pos1 <= pos0:

@@ -71,6 +71,10 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--time-feature", type=int, default=1000, metavar="STEPS", help="append the zoo's time feature (1 - t/STEPS) to what SAC sees; 0: none. Datasets record the env's observation either way")
     p.add_argument("--export-to", help="after training, write behaviour-<robot>-expert.pt (best snapshot) and behaviour-<robot>-medium.pt here (modzoo's bundled ones: core/assets)")
     p.add_argument("--export-only", action="store_true", help="do not train; only export from the existing run")
+    p.add_argument("--pack-to", metavar="DIR", help="do not train; write a compact copy of the run to DIR that resumes "
+                                                    "with --run-dir DIR (model, progress, chosen snapshots, the newest "
+                                                    "--keep-transitions of its replay)")
+    p.add_argument("--keep-transitions", type=int, default=100_000)
     p.add_argument("--medium-return", type=float, default=None, help="target return for the medium snapshot (default: d4rl-pybullet's medium return)")
     p.set_defaults(func=cmd_train_behaviour)
     return data
@@ -227,6 +231,12 @@ def cmd_train_behaviour(args: argparse.Namespace) -> int:
 
     robot = robot_of(args.env)
     run_dir = Path(args.run_dir or Path("runs") / "behaviour" / robot)
+    if args.pack_to:
+        from .behaviour import pack_run
+        packed = pack_run(run_dir, args.pack_to, keep_transitions=args.keep_transitions)
+        print(f"packed {run_dir} at step {packed['step']} into {args.pack_to}: {packed['snapshots']} snapshots, "
+              f"{packed['transitions']} replay transitions; resume with --run-dir {args.pack_to}")
+        return 0
     if not args.export_only:
         try:
             net = tuple(int(h) for h in args.net_arch.split(","))

@@ -171,6 +171,34 @@ def test_behaviour_training_resumes_and_exports(tmp_path) -> None:  # type: igno
         train_behaviour("hopper", run, TrainConfig(total_steps=320, net_arch=(64, 64)), log=lambda s: None)
 
 
+def test_a_packed_run_resumes_from_its_newest_transitions(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """pack_run keeps what a resume and an export need and the newest replay only; training resumes from it."""
+    pytest.importorskip("stable_baselines3")
+    import json
+
+    from modzoo.behaviour import TrainConfig, pack_run, train_behaviour
+
+    run, pack = tmp_path / "run", tmp_path / "pack"
+    cfg = TrainConfig(total_steps=200, eval_every=50, eval_episodes=1, learning_starts=40)
+    train_behaviour("hopper", run, cfg, log=lambda s: None)
+    got = pack_run(run, pack, keep_transitions=100, snapshot_every=100, best=1)
+    sizes = {p.name: len(np.load(p)["rewards"]) for p in (run / "replay").glob("*.npz")}
+    kept = sorted((p.name for p in (pack / "replay").glob("*.npz")), key=lambda n: int(n[6:-4]))
+    newest = sorted(sizes, key=lambda n: int(n[6:-4]))[-len(kept):]
+    assert kept == newest and got["step"] == 200  # the newest chunks, just enough of them
+    assert got["transitions"] == sum(sizes[n] for n in kept) >= 100 > got["transitions"] - sizes[kept[0]]
+    snaps = {p.name for p in (pack / "snapshots").glob("*.pt")}
+    steps = [json.loads(x)["step"] for x in (run / "progress.jsonl").read_text().splitlines()]
+    first_per_100 = {f"step_{min(s for s in steps if s // 100 == b)}.pt" for b in {s // 100 for s in steps}}
+    assert first_per_100 | {f"step_{steps[-1]}.pt"} <= snaps <= {f"step_{s}.pt" for s in steps}
+    assert len(snaps) < len(steps)
+    logs: list[str] = []
+    cfg.total_steps = 250
+    train_behaviour("hopper", pack, cfg, log=logs.append)
+    assert logs[0].startswith(f"resumed hopper at step 200 with {got['transitions']} transitions")
+    assert json.loads((pack / "progress.jsonl").read_text().splitlines()[-1])["step"] >= 250
+
+
 def test_collection_feeds_time_feature_actors_their_episode_step(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A time-feature behaviour actor acts on (obs, t) during collection, while the dataset records the env's own
     observation; medium-replay built from that run's buffer drops the feature column too."""
