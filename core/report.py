@@ -171,6 +171,9 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
               "(`experiments/gfdt-paper.yaml` holds that budget).",
               f"- tasks: {', '.join(exp.tasks)}; seeds: {', '.join(map(str, exp.seeds))}; arms: "
               f"{', '.join(exp.arms.keys())}."]
+    special = _arm_settings(exp)
+    if special:
+        lines.append("- arms that depart from the budget or the plugin defaults: " + "; ".join(special) + ".")
     cost = _grid_cost(runs)
     if cost:
         lines.append(cost)
@@ -282,6 +285,20 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
             f"--seed SEED --json {ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
             f"| task | seed | step | reference | reference episode length | modzoo {arm} |", "|---|---|---|---|---|---|",
             *rows, ""]
+
+
+def _arm_settings(exp: DictConfig) -> list[str]:
+    """Each arm's preset, overrides and run settings, so that a row's score can be read with what made it."""
+    out = []
+    for name, arm in exp.arms.items():
+        parts = []
+        if arm.get("preset"):
+            parts.append(f"preset {arm.preset}")
+        parts += [str(o) for o in arm.get("overrides", []) or []]
+        parts += [f"run.{k}={v}" for k, v in (arm.get("run") or {}).items()]
+        if parts:
+            out.append(f"`{name}`: {', '.join(parts)}")
+    return out
 
 
 def _grid_cost(runs: list[RunSummary]) -> str:
