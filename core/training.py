@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, build_from_payload, check_guidance_fits, half_payload, load_checkpoint, \
@@ -27,6 +26,7 @@ from .errors import CheckpointError, ConfigError, ModzooError
 from .interfaces import DiffusionPolicy, GuidanceModule
 from .plugins_api import load_registry
 from .profiling import PhaseMeter
+from .progress import progress_bar
 from .utils import seed_everything
 
 EVAL_SEED_OFFSET = 10_000  # evaluation episodes never share seeds with training noise
@@ -398,7 +398,7 @@ def _train_group(runs: list[_Run], stepper: Stepper, progress: bool,
                 t["eval_cpu_s"] = prior[i].get("eval_cpu_s", 0.0) + eval_cpu[i]
             return t
         with PhaseMeter(ph if not joint else "joint", lead.device) as meter:
-            bar = tqdm(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}", disable=not progress,
+            bar = progress_bar(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}", disable=not progress,
                        initial=first, total=total, dynamic_ncols=True)
             for step in bar:
                 if ph == "guidance":
