@@ -27,7 +27,7 @@ from .selection import RULES
 
 @dataclass(frozen=True)
 class Rule:
-    """The values a key accepts: a closed (or left-open) interval, or a set of names."""
+    """The values a key accepts: an interval (each end closed or open, or absent), or a set of names."""
 
     low: float | None = None
     high: float | None = None
@@ -35,19 +35,19 @@ class Rule:
     high_open: bool = False
     choices: tuple[str, ...] | None = None
 
-    def problem(self, value: Any) -> str | None:
-        """Why ``value`` is refused (None: accepted); lists are checked element by element (``hidden``)."""
+    def problem(self, value: Any, name: str) -> str | None:
+        """What follows ``config key K`` in the refusal of ``value`` for the key named ``name`` (None: accepted);
+        lists are checked element by element (``hidden``). An unknown name is said the way the nets and samplers
+        themselves say it (``unknown obs_norm 'zscore'; known: ...``)."""
         if isinstance(value, (list, tuple)):
-            return next((p for p in map(self.problem, value) if p), None)
+            return next((p for p in (self.problem(v, name) for v in value) if p), None)
         if self.choices is not None:
-            return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
+            return None if value in self.choices else f": unknown {name} {value!r}; known: {', '.join(self.choices)}"
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return "must be a number"
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return self._range()
-        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-            return self._range()
-        return None
+            return f" must be a number, got {value!r}"
+        too_low = self.low is not None and (value < self.low or (self.low_open and value == self.low))
+        too_high = self.high is not None and (value > self.high or (self.high_open and value == self.high))
+        return f" {self._range()}, got {value!r}" if too_low or too_high else None
 
     def _range(self) -> str:
         if self.high is None:
@@ -139,16 +139,15 @@ def _check(key: str, value: Any, default: Any, rule: Rule | None, template: Any 
     """Refuse ``value`` with one line: the key, what it must be, what it got and the default to go back to.
     ``template``: a value of the key's type where its default (null) has none."""
     if value is None:
-        if default is None:
-            return
-        why: str | None = "must be set"
+        why = None if default is None else f" must be set, got {value!r}"
     else:
         why = _type_problem(value, default if default is not None else template)
-    if why is None and rule is not None:
-        why = rule.problem(value)
+        why = f" {why}, got {value!r}" if why else None
+        if why is None and rule is not None:
+            why = rule.problem(value, key.split(".")[-1])
     if why:
         hint = f"; its default is {default!r}" if default is not None else ""
-        raise ConfigError(f"config key {key_name(key)} {why}, got {value!r}{hint}")
+        raise ConfigError(f"config key {key_name(key)}{why}{hint}")
 
 
 def _check_section(section: str, values: Mapping[str, Any], defaults: Mapping[str, Any],
