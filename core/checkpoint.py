@@ -8,6 +8,7 @@ swap result holds only on the same data distribution.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, StorageError
 from .interfaces import DiffusionPolicy, GuidanceModule, _Half
 
 FORMAT = "modzoo.half/1"
@@ -23,17 +24,106 @@ REQUIRED = ("format", "kind", "algorithm", "obs_dim", "act_dim", "config", "stat
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temp file in the same directory, then rename: a crash never leaves a half-written file."""
+    """Write to a temp file in the same directory, then rename: a crash never leaves a half-written file, and a
+    failed write (a full disk) never touches the file already at ``path``. A failure is one
+    :class:`StorageError` line that names the file and the space the payload needs, because torch's own message for
+    a full disk (``[enforce fail at inline_container.cc] . unexpected pos``) says neither."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _save_error(path, obj, e) from None
     os.close(fd)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) or _is_write_failure(e):
+            raise _save_error(path, obj, e) from None
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text files of a run dir (``result.json``) the same way as checkpoints: temp file, then rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _save_error(path, text.encode(), e) from None
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files (``.<name>.*.tmp``) of saves that were killed mid-write (kill -9, a power cut);
+    returns them.
+
+    Such a file never became a checkpoint (the rename is the last step), so nothing reads it and it only takes
+    space. Call this only when the run that owns ``directory`` starts, when no save of its own is in flight.
+    """
+    gone = [f for f in Path(directory).glob(".*.tmp") if f.is_file()]
+    for f in gone:
+        f.unlink(missing_ok=True)
+    return gone
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """torch's zip writer reports a failed write (no space, an I/O error) as a RuntimeError, not an OSError."""
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(x in text for x in ("inline_container", "PytorchStreamWriter",
+                                                                 "unexpected pos", "file write failed"))
+
+
+def payload_bytes(obj: Any) -> int:
+    """About the bytes ``torch.save`` writes for ``obj``: its tensors' storages (each once), plus the text and
+    numbers around them (a rough allowance, small next to any network's weights)."""
+    seen: dict[int, int] = {}
+
+    def walk(x: Any) -> int:
+        if isinstance(x, torch.Tensor):
+            st = x.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+            return 0
+        if isinstance(x, dict):
+            return sum(walk(k) + walk(v) for k, v in x.items())
+        if isinstance(x, (list, tuple)):
+            return sum(walk(v) for v in x)
+        if isinstance(x, (bytes, str)):
+            return len(x)
+        return 16
+    rest = walk(obj)
+    return sum(seen.values()) + rest + 4096
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def _save_error(path: Path, obj: Any, e: BaseException) -> StorageError:
+    need = payload_bytes(obj) if not isinstance(obj, bytes) else len(obj)
+    if isinstance(e, OSError):
+        reason = e.strerror or _first_line(e)
+    else:
+        reason = f"the write stopped part-way, as on a full disk or an I/O error (torch: {_first_line(e, 80)})"
+    try:
+        free = f", {_size(shutil.disk_usage(_existing(path.parent)).free)} free now"
+    except OSError:
+        free = ""
+    return StorageError(f"could not save {path}: {reason}; it needs about {_size(need)} in {path.parent}{free}. "
+                        f"What was on disk is unchanged: free space (or fix the directory) and run again (a run "
+                        f"continues from its last saved state with --resume)")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def half_payload(module: _Half, dataset: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ConfigError, ModzooError
+from .errors import AlreadyFinished, ConfigError, ModzooError
 
 DEMO_TASK = "bullet-hopper-medium-v0"
 
@@ -104,27 +104,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .training import run_config, train
     task = args.env
     seeds = _parse_seeds(args.seeds, args.seed)
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR, the run dir to continue")
     base = args.out or _default_out("run", task, [args.guidance, args.policy, args.schedule], seeds[0])
     cfgs = []
     for seed in seeds:
         # several seeds: one run dir each, <out>/seed<k>, exactly as if each had been run alone
         out = str(Path(base) / f"seed{seed}") if len(seeds) > 1 else base
-        if args.resume and (Path(out) / "config.yaml").exists():
-            from omegaconf import OmegaConf
-            cfgs.append(OmegaConf.load(Path(out) / "config.yaml"))
-        else:
-            cfgs.append(run_config(args.guidance, args.policy, task, args.overrides, dataset=args.dataset,
-                                   schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
-                                   guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
-                                   eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=seed,
-                                   device=args.device, threads=args.threads, out=out, preset=args.preset))
-    if len(seeds) == 1:
+        if args.resume and (Path(out) / "result.json").exists():
+            print(f"run dir {out} holds a finished run (its result.json): nothing to resume, no file was changed")
+            continue
+        # a resumed run is built from the same arguments and checked against its config.yaml when it starts
+        cfgs.append(run_config(args.guidance, args.policy, task, args.overrides, dataset=args.dataset,
+                               schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
+                               guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
+                               eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=seed,
+                               device=args.device, threads=args.threads, out=out, preset=args.preset))
+    if not cfgs:
+        return 0
+    if len(cfgs) == 1:
         _report(train(cfgs[0], progress=not args.no_progress, resume=args.resume))
         return 0
     from .stacked import train_seeds
     results = train_seeds(cfgs, mode=args.stack, progress=not args.no_progress, resume=args.resume, log=print)
-    for seed, result in zip(seeds, results):
-        print(f"seed {seed}:")
+    for cfg, result in zip(cfgs, results):
+        print(f"seed {cfg.run.seed}:")
         _report(result)
     return 0
 
@@ -146,7 +150,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .training import evaluate, load_policy_and_guidance
     if args.threads:
         torch.set_num_threads(args.threads)
-    policy, guidance = load_policy_and_guidance(args.policy, args.guidance, args.device)
+    if args.candidates is not None and args.candidates < 1:
+        raise ConfigError(f"--candidates must be at least 1 (the actions sampled per state), got {args.candidates}")
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
+    policy, guidance = load_policy_and_guidance(args.policy, args.guidance, args.device, task=args.env)
     if args.selection:
         policy.cfg["selection"] = args.selection
     task = args.env or policy.dataset_meta.get("name")
@@ -247,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None)
     _preset_arg(p)
     p.add_argument("--out", help="run dir (default: runs/<task>/run-...)")
-    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out, with the same arguments (another setting is refused, "
+                        "a finished run is left as it is)")
     p.add_argument("--seeds", help="several seeds, e.g. 0,1,2,3,4: one run dir each under --out (seed<k>), "
                                    "trained in one process (see --stack)")
     p.add_argument("--stack", default="auto", choices=["auto", "vmap", "lockstep", "off"],
@@ -323,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         try:
             return int(args.func(args) or 0)
+        except AlreadyFinished as e:  # nothing to do is not a failure
+            print(e)
+            return 0
         except ModzooError as e:
             if args.debug:
                 raise

@@ -83,10 +83,9 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ fetch
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Download D4RL's file to a temp name, hash it, validate it loads, then rename into place."""
-    from tqdm.auto import tqdm
-
     from .data import dataset_path, load_dataset
     from .envs import parse_task
+    from .progress import progress_bar
     from .scores import DATASET_URLS
 
     try:
@@ -109,7 +108,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 f"`modzoo data collect {args.name}`"
             ) from exc
         total = int(resp.headers.get("Content-Length") or 0) or None
-        with resp, open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=f"fetch {args.name}") as bar:
+        with resp, open(tmp, "wb") as f, progress_bar(total=total, unit="B", unit_scale=True, desc=f"fetch {args.name}") as bar:
             while True:
                 try:
                     chunk = resp.read(1 << 20)

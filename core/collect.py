@@ -182,7 +182,7 @@ def collect(
     With ``reuse``, a medium-expert segment whose standalone file (same seed, size and recipe) is in the
     cache is read from it rather than simulated again; the result is bit-identical either way.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     robot, level = parse_task(task)
     segments = plan(task, transitions, behaviour_dir)
@@ -192,7 +192,7 @@ def collect(
     seg_info = []
     all_returns: list[float] = []
     t0 = time.time()
-    with tqdm(total=total, desc=f"collect {task}", unit="step", disable=not progress, mininterval=0.5, unit_scale=True) as bar:
+    with progress_bar(total=total, desc=f"collect {task}", unit="step", disable=not progress, mininterval=0.5, unit_scale=True) as bar:
         for seg in segments:
             # Each segment starts from the same seeds as the standalone file of its level, so
             # medium-expert is exactly medium + expert concatenated (D4RL's definition), and a cached

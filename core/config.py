@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -133,3 +133,36 @@ def build_run_config(guidance: dict[str, Any], policy: dict[str, Any], run: dict
 
 def to_dict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+# Keys added to the plugin YAMLs after runs had been made, each with the value that reproduces what the code did
+# before the key existed (it then read ``cfg.get(key, value)`` or had no such setting). A saved config without the
+# key matches a current one holding that value; any other value is a difference. Add a key here only together with
+# that guarantee: a new key whose default changes behaviour must make old runs differ.
+ADDED_KEYS: dict[str, Any] = {
+    "guidance.obs_norm": "none", "policy.obs_norm": "none", "policy.act_temperature": 1.0,
+    "guidance.target_every": 1, "guidance.update_every": 1, "guidance.init": "torch", "policy.init": "torch",
+    "policy.cond_dim": 0, "policy.cond_emb": 32,
+}
+
+_ABSENT = object()
+
+
+def config_diff(saved: Mapping[str, Any], now: Mapping[str, Any],
+                skip: Callable[[str, Any, Any], bool] = lambda name, old, new: False) -> list[str]:
+    """How config ``now`` differs from ``saved`` (both plain dicts of run/guidance/policy), as
+    ``"policy.lr: 0.0003 -> 0.001"`` lines; ``skip(name, old, new)`` leaves a key out. A key ``saved`` lacks is no
+    difference when ``now`` holds the value that reproduces the behaviour from before the key existed
+    (:data:`ADDED_KEYS`, or null)."""
+    out = []
+    for section in ("run", "guidance", "policy"):
+        old, new = saved.get(section) or {}, now.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            name = f"{section}.{key}"
+            if key not in old and new.get(key) in (None, ADDED_KEYS.get(name, _ABSENT)):
+                continue
+            if skip(name, old.get(key), new.get(key)):
+                continue
+            if old.get(key) != new.get(key):
+                out.append(f"{name}: {old.get(key)!r} -> {new.get(key)!r}")
+    return out

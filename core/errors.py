@@ -29,3 +29,15 @@ class CheckpointError(ModzooError):
 
 class EnvError(ModzooError):
     """An unknown task or environment name."""
+
+
+class StorageError(ModzooError, OSError):
+    """Writing a run's files failed (a full disk, an I/O error, a read-only file system): what was being written,
+    why, and how much space it needed, with the files already on disk left as they were. Also an ``OSError``, so
+    code that handles failed writes as such still does."""
+
+
+class AlreadyFinished(ModzooError):
+    """``resume`` found a finished run (its ``result.json`` exists): there is nothing to continue, and nothing was
+    changed. An exception rather than a silent return, because a caller asked for training that did not happen;
+    the CLI reports it as a notice and exits 0."""

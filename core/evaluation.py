@@ -15,6 +15,7 @@ import numpy as np
 
 from .envs import env_dims, make_env
 from .errors import ModzooError
+from .progress import progress_bar
 from .scores import normalized_score
 
 ActFn = Callable[[np.ndarray], np.ndarray]
@@ -79,8 +80,6 @@ def evaluate_policy(
     act_fn: ActFn, task: str, episodes: int = 10, seed: int = 0, max_steps: int = 1000, progress: bool = False
 ) -> EvalResult:
     """Run ``episodes`` episodes in lockstep, one batched ``act_fn`` call per time step."""
-    from tqdm.auto import tqdm
-
     if episodes < 1:
         raise ModzooError(f"episodes must be at least 1, got {episodes}")
     obs_dim, act_dim = env_dims(task)
@@ -90,7 +89,7 @@ def evaluate_policy(
         returns = np.zeros(episodes)
         lengths = np.zeros(episodes, dtype=np.int64)
         live = np.ones(episodes, dtype=bool)
-        with tqdm(total=episodes, desc=f"eval {task}", unit="ep", disable=not progress) as bar:
+        with progress_bar(total=episodes, desc=f"eval {task}", unit="ep", disable=not progress) as bar:
             while live.any():
                 idx = np.flatnonzero(live)
                 acts = _check_actions(act_fn(obs[idx]), len(idx), act_dim)
@@ -112,8 +111,6 @@ def evaluate_sequential(
     act_fn: ActFn, task: str, episodes: int = 10, seed: int = 0, max_steps: int = 1000, progress: bool = False
 ) -> EvalResult:
     """Run the same episodes as :func:`evaluate_policy` one after another, one state per ``act_fn`` call."""
-    from tqdm.auto import tqdm
-
     if episodes < 1:
         raise ModzooError(f"episodes must be at least 1, got {episodes}")
     _, act_dim = env_dims(task)
@@ -121,7 +118,7 @@ def evaluate_sequential(
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
     try:
-        for i in tqdm(range(episodes), desc=f"eval {task}", unit="ep", disable=not progress):
+        for i in progress_bar(range(episodes), desc=f"eval {task}", unit="ep", disable=not progress):
             o, _ = env.reset(seed=seed + i)
             while True:
                 a = _check_actions(act_fn(o[None].astype(np.float32)), 1, act_dim)[0]

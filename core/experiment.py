@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from .config import config_diff
 from .errors import ConfigError
 
 EXPERIMENT_DIRS = (Path("experiments"),)
@@ -126,15 +127,6 @@ def is_finished(out: str | Path) -> bool:
 # Filled in by training's setup whatever the defaults say (the halves' seed from run.seed, decay horizons from the
 # budget), or path-like: not settings a changed default can alter.
 _NOT_COMPARED = {"seed", "lr_decay_steps", "guidance_ckpt", "out"}
-# Keys added to the plugin YAMLs after runs had been made, each with the value that reproduces what the code did
-# before the key existed (it then read ``cfg.get(key, value)`` or had no such setting). A saved config without the
-# key matches a current one holding that value; any other value is drift. Add a key here only together with that
-# guarantee: a new key whose default changes behaviour must turn old runs stale.
-_ADDED_KEYS: dict[str, Any] = {
-    "guidance.obs_norm": "none", "policy.obs_norm": "none", "policy.act_temperature": 1.0,
-    "guidance.target_every": 1, "guidance.update_every": 1, "guidance.init": "torch", "policy.init": "torch",
-    "policy.cond_dim": 0, "policy.cond_emb": 32,
-}
 
 
 def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
@@ -142,7 +134,9 @@ def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
     ``"policy.selection: expectile -> argmax"`` lines (empty when it matches or the dir has none).
 
     A finished or half-trained run made under other defaults or overrides must not be skipped or resumed into a
-    grid whose other runs use the new ones: the report would mix two configs without saying so.
+    grid whose other runs use the new ones: the report would mix two configs without saying so. A ``pretrained``
+    run's guidance settings are not compared: its config records the checkpoint's own (what trained), and a change
+    to them shows as drift of the run that trained that guidance, which makes this one stale too (``stale_runs``).
     """
     from .training import run_config
     path = Path(path) if path is not None else Path(s.out) / "config.yaml"  # (or a summary's copy of it)
@@ -151,18 +145,9 @@ def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
     saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     now = OmegaConf.to_container(run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule,
                                             seed=s.seed, out=s.out, **s.run), resolve=True)
-    out = []
-    for section in ("run", "guidance", "policy"):
-        old, new = saved.get(section) or {}, now.get(section) or {}
-        for key in sorted(set(old) | set(new)):
-            if key in _NOT_COMPARED or new.get(key) is None and section == "run":
-                continue
-            name = f"{section}.{key}"
-            if key not in old and name in _ADDED_KEYS and new.get(key) == _ADDED_KEYS[name]:
-                continue
-            if old.get(key) != new.get(key):
-                out.append(f"{name}: {old.get(key)!r} -> {new.get(key)!r}")
-    return out
+    return config_diff(saved, now, lambda name, old, new: name.split(".")[1] in _NOT_COMPARED
+                       or new is None and name.startswith("run.")
+                       or s.schedule == "pretrained" and name.startswith("guidance.") and name != "guidance.name")
 
 
 def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:

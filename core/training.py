@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .buffer import ReplayBuffer
-from .checkpoint import atomic_torch_save, build_from_payload, check_guidance_fits, half_payload, load_checkpoint, \
-    save_half
-from .config import apply_preset, build_run_config, half_config, load_preset, to_dict
-from .errors import CheckpointError, ConfigError, ModzooError
+from .checkpoint import atomic_torch_save, atomic_write_text, build_from_payload, check_guidance_fits, half_payload, \
+    load_checkpoint, remove_stale_temp_files, save_half
+from .config import apply_preset, build_run_config, config_diff, half_config, load_preset, to_dict
+from .errors import AlreadyFinished, CheckpointError, ConfigError, ModzooError, StorageError
 from .interfaces import DiffusionPolicy, GuidanceModule
 from .plugins_api import load_registry
 from .profiling import PhaseMeter
+from .progress import progress_bar
 from .utils import seed_everything
+from .validation import check_out_dir, validate_config
 
 EVAL_SEED_OFFSET = 10_000  # evaluation episodes never share seeds with training noise
 # Run seed s evaluates episodes with env seeds OFFSET + STRIDE * s + i: the episodes of different seeds start from
@@ -108,7 +110,9 @@ def run_config(guidance: str | None, policy: str | None, task: str, overrides: l
         g = apply_preset(g, preset, "guidance", guidance, task)
         p = apply_preset(p, preset, "policy", policy, task)
         run = {**(preset.get("run") or {}), **run}
-    return build_run_config(g, p, {"task": task, **run}, overrides)
+    cfg = build_run_config(g, p, {"task": task, **run}, overrides)
+    validate_config(cfg)
+    return cfg
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------
@@ -119,6 +123,9 @@ def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, ta
     task = task or getattr(policy, "dataset_meta", {}).get("name")
     if not task:
         raise ConfigError("evaluate needs a task name (e.g. bullet-hopper-medium-v0)")
+    if candidates is not None and int(candidates) < 1:
+        raise ConfigError(f"candidates (--candidates) must be at least 1, got {candidates}")
+    check_policy_fits_env(policy, task)
     device = policy.device
 
     def act_fn(obs):
@@ -136,6 +143,18 @@ def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, ta
         return evaluate_policy(act_fn, task, episodes=episodes, seed=base, progress=progress)
     finally:
         policy.use_generator(training_gen)
+
+
+def check_policy_fits_env(policy: DiffusionPolicy, task: str) -> None:
+    """Refuse to act in an env of other dims with one line naming both, rather than a matmul shape error from
+    the policy's first layer: a checkpoint knows its dims and the task it was trained on."""
+    from .envs import env_dims
+    obs_dim, act_dim = env_dims(task)
+    if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
+        trained = getattr(policy, "dataset_meta", {}).get("name") or "another task"
+        raise CheckpointError(f"policy {policy.algorithm!r} was trained on {trained} (obs/act dims {policy.obs_dim}/"
+                              f"{policy.act_dim}), but {task} has obs/act dims {obs_dim}/{act_dim}: evaluate it on "
+                              f"its own robot's tasks (--env), or leave --env out to use its own task")
 
 
 # ---- the training loop --------------------------------------------------------------------------------------
@@ -170,14 +189,19 @@ class _Logger:
                 if ph != phase or rec.get("step", 0) <= step:
                     if not (phase == "guidance" and ph == "policy"):
                         keep.append(line)
-        self.path.write_text("".join(x + "\n" for x in keep))
+        atomic_write_text(self.path, "".join(x + "\n" for x in keep))
 
     def log(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
         clean = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+        line = json.dumps(clean) + "\n"
+        try:
+            with self.path.open("a") as f:
+                f.write(line)
+        except OSError as e:
+            raise StorageError(f"could not append to {self.path}: {e.strerror or e}; free space (or fix the "
+                               f"directory) and resume with --resume") from None
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -239,39 +263,36 @@ def _generator_state(half: Any) -> torch.Tensor:
     return gen.get_state()
 
 
+#: run keys a resume may change: where the run dir is named from, and the process's thread count
+RESUME_MAY_CHANGE = ("run.out", "run.threads")
+
+
 def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule | None,
            share: ReplayBuffer | None = None) -> _Run:
     """Validate the config, build or restore the halves and create the run dir (only once the input is known to
-    be good: a refused run leaves no dir behind). ``share``: another run's buffer on the same data, whose device
-    tensors this run reuses (seeds trained in one process)."""
+    be good: a refused run leaves no dir behind, and a refused resume changes no file). ``share``: another run's
+    buffer on the same data, whose device tensors this run reuses (seeds trained in one process)."""
     from .data import load_dataset
     r = cfg.run
+    run_dir = Path(r.out) if r.out else None
+    saved = _resumed_config(run_dir, resume) if run_dir is not None else None
+    validate_config(cfg, guidance_given=guidance is not None)
+    if run_dir is not None:
+        check_out_dir(run_dir)
     device = resolve_device(r.device)
     if r.get("threads"):
         torch.set_num_threads(int(r.threads))
     seed_everything(int(r.seed))
+    has_policy = bool(cfg.policy) and bool(cfg.policy.get("name"))
+    schedule = r.schedule if has_policy else "guidance-first"
+    _fill_from_run(cfg, has_policy, schedule)
+    if saved is not None:
+        _refuse_changes(saved, cfg, schedule, run_dir)
     if dataset is None:
         dataset = load_dataset(r.dataset or r.task, task=r.task)
     obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
     meta = _dataset_meta(dataset)
-    has_policy = bool(cfg.policy) and bool(cfg.policy.get("name"))
-    schedule = r.schedule if has_policy else "guidance-first"
-    reg = load_registry()
-    for section in ("guidance", "policy"):
-        if cfg[section] and "seed" in cfg[section]:
-            cfg[section].seed = int(r.seed)  # one seed drives both halves' own noise streams
-    if has_policy and cfg.guidance:
-        reg.check_pair(cfg.guidance.name, cfg.policy.name)
-    if has_policy and cfg.policy.get("lr_decay_steps", "absent") is None:
-        cfg.policy.lr_decay_steps = int(r.policy_steps)
-    if cfg.guidance and cfg.guidance.get("lr_decay_steps", "absent") is None:
-        cfg.guidance.lr_decay_steps = int(r.policy_steps if schedule == "joint" else r.guidance_steps)
-
-    run_dir = Path(r.out) if r.out else None
     state_path = run_dir / "train_state.pt" if run_dir else None
-    if run_dir is not None and (run_dir / "config.yaml").exists() and not resume:
-        raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it or choose "
-                          f"another --out (nothing was overwritten)")
 
     if share is not None and share.device == device and share.size == len(dataset.observations):
         buffer = share.with_seed(int(r.seed))
@@ -298,10 +319,7 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
         phase_time = dict(st.get("phase_time") or {})
     else:
         if schedule == "pretrained":
-            if guidance is None:
-                if not r.guidance_ckpt:
-                    raise ConfigError("schedule 'pretrained' needs --guidance-ckpt PATH (a guidance.pt)")
-                guidance = load_checkpoint(r.guidance_ckpt, device, kind="guidance")
+            guidance = _pretrained_guidance(cfg, guidance, device)
             check_guidance_fits(guidance, obs_dim, act_dim, dataset.fingerprint, dataset.name)
             guidance.freeze()
         elif guidance is None:
@@ -314,11 +332,11 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
         raise ConfigError(f"guidance {guidance.algorithm!r} with this config samples the policy in its TD target, "
                           f"so it can only train jointly; use --schedule joint, or a policy-independent guidance "
                           f"(e.g. idql, or dql with guidance.target_actions=dataset)")
+    if schedule == "pretrained" and saved is not None:
+        _keep_recorded_guidance(cfg, saved)
 
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.yaml").exists():
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        _open_run_dir(run_dir, cfg)
     log = _Logger(run_dir)
     if resume:
         log.truncate_after(phase, start_step)
@@ -330,6 +348,108 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
     result = RunResult(run_dir, guidance, policy, phases=phases_done)
     return _Run(cfg, device, meta, schedule, bool(has_policy), buffer, guidance, policy, run_dir, state_path, log,
                 result, plan, phase, start_step, phase_time)
+
+
+def _fill_from_run(cfg: DictConfig, has_policy: bool, schedule: str) -> None:
+    """Settings of the halves that follow from the run: one seed drives both halves' noise streams, and an LR
+    decay horizon left null is the length of the phase that half trains in; checks the pairing."""
+    r = cfg.run
+    for section in ("guidance", "policy"):
+        if cfg[section] and "seed" in cfg[section]:
+            cfg[section].seed = int(r.seed)
+    if has_policy and cfg.guidance:
+        load_registry().check_pair(cfg.guidance.name, cfg.policy.name)
+    if has_policy and cfg.policy.get("lr_decay_steps", "absent") is None:
+        cfg.policy.lr_decay_steps = int(r.policy_steps)
+    if cfg.guidance and cfg.guidance.get("lr_decay_steps", "absent") is None:
+        cfg.guidance.lr_decay_steps = int(r.policy_steps if schedule == "joint" else r.guidance_steps)
+
+
+def _resumed_config(run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The saved config of the run ``resume`` continues in ``run_dir`` (None: nothing saved there yet).
+
+    A finished run is refused with :class:`AlreadyFinished` before anything is read or written: resuming it
+    used to train it again from step 0 over its own results.
+    """
+    if resume and (run_dir / "result.json").exists():
+        raise AlreadyFinished(f"run dir {run_dir} holds a finished run (its result.json): --resume has nothing to "
+                              f"continue, and no file was changed")
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return None
+    if not resume:
+        raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it or choose "
+                          f"another --out (nothing was overwritten)")
+    return OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+
+
+def _refuse_changes(saved: dict[str, Any], cfg: DictConfig, schedule: str, run_dir: Path) -> None:
+    """A resume continues the run its ``config.yaml`` describes, so any other setting is refused with what
+    differs: resuming under it would train the rest of the run under values no record shows. Left out: the keys
+    of :data:`RESUME_MAY_CHANGE`, and a ``pretrained`` run's guidance settings, which its checkpoint fixed (the
+    record holds the checkpoint's own; the overrides never built it)."""
+    diff = config_diff(saved, to_dict(cfg), lambda name, old, new: name in RESUME_MAY_CHANGE or (
+        schedule == "pretrained" and name.startswith("guidance.") and name != "guidance.name"))
+    if diff:
+        raise ConfigError(f"--resume of run dir {run_dir} with another config than its config.yaml ({'; '.join(diff)})"
+                          f": resume with the run's own settings, or start a new run in another --out")
+
+
+def _pretrained_guidance(cfg: DictConfig, guidance: GuidanceModule | None, device: torch.device) -> GuidanceModule:
+    """The frozen guidance of a ``pretrained`` run (loaded from ``run.guidance_ckpt`` unless passed in), with the
+    run config made to record it.
+
+    A checkpoint of another algorithm than ``--guidance`` is refused, not renamed: that name chose the pairing
+    that was checked and labels the run (its default out dir, result.json), so accepting it would make the command
+    say one thing and the run do another. The guidance's config, though, is the checkpoint's own, whatever the
+    defaults and overrides for that name say: config.yaml and result.json record it, with the checkpoint's path,
+    steps and training data (:func:`_record_pretrained`).
+    """
+    r = cfg.run
+    source = None
+    if guidance is None:
+        if not r.guidance_ckpt:
+            raise ConfigError("schedule 'pretrained' needs --guidance-ckpt PATH (a guidance.pt)")
+        source = str(r.guidance_ckpt)
+        guidance = load_checkpoint(source, device, kind="guidance")
+    asked = cfg.guidance.get("name") if cfg.guidance else None
+    if asked and asked != guidance.algorithm:
+        raise ConfigError(f"--guidance {asked} does not match {source or 'the guidance passed in'}, which holds a "
+                          f"{guidance.algorithm!r} guidance: pass --guidance {guidance.algorithm} (or a {asked} "
+                          f"guidance.pt)")
+    _record_pretrained(cfg, guidance, source)
+    return guidance
+
+
+def _record_pretrained(cfg: DictConfig, guidance: GuidanceModule, source: str | None) -> None:
+    """The ``guidance`` section becomes the loaded guidance's own algorithm and config, and ``guidance_checkpoint``
+    says where it came from and on which data it trained (its dataset fingerprint)."""
+    with open_dict(cfg):
+        cfg.guidance = {"name": guidance.algorithm, **guidance.cfg}
+        cfg.guidance_checkpoint = {"path": source, "algorithm": guidance.algorithm, "steps": guidance.steps,
+                                   "dataset": dict(getattr(guidance, "dataset_meta", {}) or {})}
+
+
+def _keep_recorded_guidance(cfg: DictConfig, saved: dict[str, Any]) -> None:
+    """On resume, a ``pretrained`` run keeps the guidance its config.yaml records (the checkpoint is not read
+    again: the resume state holds the guidance), so result.json says the same."""
+    with open_dict(cfg):
+        cfg.guidance = saved.get("guidance") or {}
+        if saved.get("guidance_checkpoint"):
+            cfg.guidance_checkpoint = saved["guidance_checkpoint"]
+
+
+def _open_run_dir(run_dir: Path, cfg: DictConfig) -> None:
+    """Make the run dir, drop the temp files of saves killed mid-write in an earlier start, and write the config
+    (once: a resumed run keeps the record it started with, which the resume was checked against)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"could not make run dir {run_dir} (--out): {e.strerror or e}; choose another --out") \
+            from None
+    remove_stale_temp_files(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
 
 
 class Stepper:
@@ -398,8 +518,8 @@ def _train_group(runs: list[_Run], stepper: Stepper, progress: bool,
                 t["eval_cpu_s"] = prior[i].get("eval_cpu_s", 0.0) + eval_cpu[i]
             return t
         with PhaseMeter(ph if not joint else "joint", lead.device) as meter:
-            bar = tqdm(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}", disable=not progress,
-                       initial=first, total=total, dynamic_ncols=True)
+            bar = progress_bar(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}",
+                               disable=not progress, initial=first, total=total, dynamic_ncols=True)
             for step in bar:
                 if ph == "guidance":
                     gm = stepper.guidance_step([run.buffer.sample(gbs) for run in runs])
@@ -489,12 +609,14 @@ def _finish(run: _Run, progress: bool) -> RunResult:
                    "guidance_steps": guidance.steps, "policy_steps": policy.steps if policy else 0,
                    "parameters": {"guidance": n_params(guidance), "policy": n_params(policy) if policy else 0},
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if cfg.get("guidance_checkpoint"):
+            summary["guidance_checkpoint"] = {**to_dict(cfg.guidance_checkpoint),
+                                              "config": {k: v for k, v in to_dict(cfg.guidance).items()
+                                                         if k != "name"}}
         if result.eval is not None:
             summary["eval"] = result.eval.to_dict()
             summary["normalized_score"] = float(result.eval.normalized_mean)
-        tmp = run_dir / ".result.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(run_dir / "result.json")
+        atomic_write_text(run_dir / "result.json", json.dumps(summary, indent=2))
         if run.state_path is not None:
             run.state_path.unlink(missing_ok=True)
     return result
@@ -506,23 +628,31 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
     """Train per ``cfg`` (see :func:`run_config`) and, if ``run.out`` is set, write the run dir.
 
     ``dataset`` defaults to ``run.dataset`` (a path) or the task's file in the D4RL cache. ``guidance`` may be
-    passed in already built (library use of the ``pretrained`` schedule).
+    passed in already built (library use of the ``pretrained`` schedule). ``resume`` continues the unfinished run
+    in ``run.out`` under the config its ``config.yaml`` records: a ``cfg`` that differs is refused with the
+    difference, and a finished run raises :class:`~modzoo.errors.AlreadyFinished` with no file changed.
     """
     run = _setup(cfg, dataset, resume, guidance)
     return _train_group([run], Stepper([run]), progress, on_eval)[0]
 
 
 def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path | None = None,
-                             device: str | torch.device = "cpu") -> tuple[DiffusionPolicy, GuidanceModule | None]:
+                             device: str | torch.device = "cpu", task: str | None = None
+                             ) -> tuple[DiffusionPolicy, GuidanceModule | None]:
     """For ``modzoo eval``: a policy checkpoint and the guidance that ranks its candidates.
 
-    Without ``guidance_ckpt`` the run's own ``guidance.pt`` beside the policy is used when present.
+    Without ``guidance_ckpt`` the run's own ``guidance.pt`` beside the policy is used when present. ``task``: the
+    env it will act in, checked against the policy's dims before anything else is loaded.
     """
     device = resolve_device(str(device))
     policy = load_checkpoint(policy_ckpt, device, kind="policy")
+    if task:
+        check_policy_fits_env(policy, task)
     gpath = Path(guidance_ckpt) if guidance_ckpt else Path(policy_ckpt).with_name("guidance.pt")
     guidance = None
-    if guidance_ckpt or gpath.exists():
+    if not guidance_ckpt and not gpath.exists():
+        _warn_no_guidance(policy, policy_ckpt, gpath)
+    else:
         guidance = load_checkpoint(gpath, device, kind="guidance")
         missing = policy.needs - guidance.provides
         if missing:
@@ -532,3 +662,13 @@ def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path 
         check_guidance_fits(guidance, policy.obs_dim, policy.act_dim, meta.get("fingerprint"), meta.get("name"))
         guidance.freeze()
     return policy, guidance
+
+
+def _warn_no_guidance(policy: DiffusionPolicy, policy_ckpt: str | Path, looked: Path) -> None:
+    """A policy that ranks candidates, found without its guidance (moved out of its run dir), still evaluates, but
+    as one unranked sample per state: say so, since its score is then not the run's."""
+    n = int(policy.cfg.get("candidates", 1) or 1)
+    if n > 1:
+        warnings.warn(f"no guidance found for {policy_ckpt} (no --guidance, and no {looked}): policy "
+                      f"{policy.algorithm!r} acts with one sample per state instead of ranking {n} candidates; pass "
+                      f"--guidance PATH to rank them", stacklevel=3)
