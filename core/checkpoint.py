@@ -101,7 +101,22 @@ def payload_bytes(obj: Any) -> int:
     return sum(seen.values()) + rest + 4096
 
 
-def _size(n: float) -> str:
+#: what ``torch.save`` adds per tensor beside its bytes (the zip record's header and padding, its pickle entry): an
+#: allowance, which only small nets notice
+TENSOR_RECORD_BYTES = 300
+
+
+def checkpoint_bytes(module: torch.nn.Module) -> int:
+    """About the bytes of ``module``'s checkpoint once it has trained, known before the first step: its state
+    (targets and EMA copies included) plus Adam's two moments for each trainable parameter, which the optimizers
+    only allocate at their first step (so the payload as it is at setup would leave them out)."""
+    state = list(module.state_dict().values())
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    data = sum(t.numel() * t.element_size() for t in state) + 2 * sum(p.numel() * p.element_size() for p in trainable)
+    return data + TENSOR_RECORD_BYTES * (len(state) + 2 * len(trainable)) + 4096
+
+
+def size_text(n: float) -> str:
     for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
@@ -115,15 +130,16 @@ def _save_error(path: Path, obj: Any, e: BaseException) -> StorageError:
     else:
         reason = f"the write stopped part-way, as on a full disk or an I/O error (torch: {_first_line(e, 80)})"
     try:
-        free = f", {_size(shutil.disk_usage(_existing(path.parent)).free)} free now"
+        free = f", {size_text(shutil.disk_usage(existing_parent(path.parent)).free)} free now"
     except OSError:
         free = ""
-    return StorageError(f"could not save {path}: {reason}; it needs about {_size(need)} in {path.parent}{free}. "
+    return StorageError(f"could not save {path}: {reason}; it needs about {size_text(need)} in {path.parent}{free}. "
                         f"What was on disk is unchanged: free space (or fix the directory) and run again (a run "
                         f"continues from its last saved state with --resume)")
 
 
-def _existing(path: Path) -> Path:
+def existing_parent(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a directory not made yet will take its space from."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
