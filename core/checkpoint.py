@@ -8,9 +8,12 @@ swap result holds only on the same data distribution.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import struct
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +101,22 @@ def payload_bytes(obj: Any) -> int:
     return sum(seen.values()) + rest + 4096
 
 
-def _size(n: float) -> str:
+#: what ``torch.save`` adds per tensor beside its bytes (the zip record's header and padding, its pickle entry): an
+#: allowance, which only small nets notice
+TENSOR_RECORD_BYTES = 300
+
+
+def checkpoint_bytes(module: torch.nn.Module) -> int:
+    """About the bytes of ``module``'s checkpoint once it has trained, known before the first step: its state
+    (targets and EMA copies included) plus Adam's two moments for each trainable parameter, which the optimizers
+    only allocate at their first step (so the payload as it is at setup would leave them out)."""
+    state = list(module.state_dict().values())
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    data = sum(t.numel() * t.element_size() for t in state) + 2 * sum(p.numel() * p.element_size() for p in trainable)
+    return data + TENSOR_RECORD_BYTES * (len(state) + 2 * len(trainable)) + 4096
+
+
+def size_text(n: float) -> str:
     for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
@@ -112,15 +130,16 @@ def _save_error(path: Path, obj: Any, e: BaseException) -> StorageError:
     else:
         reason = f"the write stopped part-way, as on a full disk or an I/O error (torch: {_first_line(e, 80)})"
     try:
-        free = f", {_size(shutil.disk_usage(_existing(path.parent)).free)} free now"
+        free = f", {size_text(shutil.disk_usage(existing_parent(path.parent)).free)} free now"
     except OSError:
         free = ""
-    return StorageError(f"could not save {path}: {reason}; it needs about {_size(need)} in {path.parent}{free}. "
+    return StorageError(f"could not save {path}: {reason}; it needs about {size_text(need)} in {path.parent}{free}. "
                         f"What was on disk is unchanged: free space (or fix the directory) and run again (a run "
                         f"continues from its last saved state with --resume)")
 
 
-def _existing(path: Path) -> Path:
+def existing_parent(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a directory not made yet will take its space from."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -152,8 +171,44 @@ def save_half(module: _Half, path: str | Path, dataset: dict[str, Any] | None = 
 
 
 def _first_line(e: BaseException, limit: int = 160) -> str:
+    """An exception's message reduced to what fits inside another sentence: its first sentence, never cut in the
+    middle of one (torch's reader explains itself in several), or only its first words and "..." where even that
+    sentence is longer than ``limit``."""
     lines = str(e).strip().splitlines()
-    return lines[0][:limit] if lines else "no message"
+    if not lines:
+        return "no message"
+    first = re.split(r"(?<=[.!?])\s+", lines[0].strip(), maxsplit=1)[0].rstrip(".")
+    if len(first) <= limit:
+        return first
+    return first[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+
+
+#: what ``torch.save`` names its archive's first entry (``<archive>/data.pkl``)
+_TORCH_FIRST_ENTRY = b"/data.pkl"
+#: a zip local file header: magic, 5 shorts, 3 longs, then the lengths of the name and the extra field
+_ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+
+
+def _is_truncated_torch_file(path: Path) -> bool:
+    """The file starts as ``torch.save`` writes one but lacks the index a zip ends with: the part of a
+    checkpoint that a save or copy stopped writing, not some other file."""
+    with path.open("rb") as f:
+        head = f.read(_ZIP_LOCAL_HEADER.size + 256)
+    if len(head) < _ZIP_LOCAL_HEADER.size:
+        return False
+    magic, *_, name_len, _extra = _ZIP_LOCAL_HEADER.unpack_from(head)
+    name = head[_ZIP_LOCAL_HEADER.size:_ZIP_LOCAL_HEADER.size + name_len]
+    return magic == b"PK\x03\x04" and name.endswith(_TORCH_FIRST_ENTRY) and not zipfile.is_zipfile(path)
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    fix = "re-create it by training again (modzoo train-guidance / modzoo run)"
+    if _is_truncated_torch_file(path):
+        return CheckpointError(f"checkpoint {path} is truncated: its {path.stat().st_size} bytes are the start of a "
+                               f"torch checkpoint whose end is missing, as a save or copy leaves when it stops "
+                               f"part-way; copy it again from where it came from, or {fix}")
+    return CheckpointError(f"checkpoint {path} is corrupt or not a modzoo checkpoint ({type(e).__name__}: "
+                           f"{_first_line(e)}); {fix}")
 
 
 def read_payload(path: str | Path) -> dict[str, Any]:
@@ -164,9 +219,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a modzoo checkpoint "
-                              f"({type(e).__name__}: {_first_line(e)}); re-create it by training "
-                              f"again (modzoo train-guidance / modzoo run)") from None
+        raise _unreadable(path, e) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a modzoo half checkpoint (format "
                               f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r},"

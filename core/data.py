@@ -35,6 +35,30 @@ def dataset_dir() -> Path:
     return Path(os.environ.get(DATASET_DIR_ENV, "~/.d4rl/datasets")).expanduser()
 
 
+def demo_dir() -> Path:
+    """Where ``modzoo demo`` keeps the small datasets it collects: its own cache (``$XDG_CACHE_HOME/modzoo``,
+    default ``~/.cache/modzoo``), not D4RL's (see :func:`demo_dataset_path`)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "modzoo"
+
+
+def demo_dataset_path(task: str, transitions: int, directory: str | os.PathLike[str] | None = None) -> Path:
+    """The file of ``modzoo demo``'s small dataset of ``task``: ``<task>-demo-<transitions>.hdf5`` in the demo's
+    cache.
+
+    Never D4RL's cache under D4RL's file name: a run or a grid that names the task (``--env`` without
+    ``--dataset``) must get the full dataset or a clear "not found", never 50k demo transitions standing in for
+    D4RL's million. The demo's file is used where it is named (``--dataset PATH``, ``data info PATH``: the demo
+    prints those commands), and the "not found" error for the task points at it.
+    """
+    return Path(directory or demo_dir()).expanduser() / f"{task}-demo-{int(transitions)}.hdf5"
+
+
+def demo_datasets(task: str) -> list[Path]:
+    """The demo files of ``task`` in the demo's cache, smallest first."""
+    found = demo_dir().glob(f"{task}-demo-*.hdf5")
+    return sorted(found, key=lambda f: (len(f.name), f.name))
+
+
 def dataset_path(task: str) -> Path:
     """Where D4RL (and modzoo) keep a named dataset: the cache dir + the file name of D4RL's URL
     (``bullet-hopper-medium-v0`` -> ``bullet-hopper_medium.hdf5``), as d4rl's ``filepath_from_url``."""
@@ -296,9 +320,20 @@ def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:
             raise DatasetError(
                 f"dataset {name_or_path} not found at {path}: build it with `modzoo data collect {name_or_path}` "
                 f"(or `modzoo data fetch {name_or_path}` where D4RL's server is reachable; set ${DATASET_DIR_ENV} to use another directory)"
+                f"{_demo_hint(name_or_path)}"
             )
         return path, t
     return p, task or ""
+
+
+def _demo_hint(task: str) -> str:
+    """The demo's small file of ``task``, offered by path where the full dataset is missing (never used in its
+    place: it is a fraction of the data, see :func:`demo_dataset_path`)."""
+    found = demo_datasets(task)
+    if not found:
+        return ""
+    return (f"; the small dataset `modzoo demo` made is {found[-1]}: pass it by path to use it (--dataset "
+            f"{found[-1]}, or `modzoo data info {found[-1]}`)")
 
 
 def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:

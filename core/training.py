@@ -10,6 +10,7 @@ and, while a run is unfinished, ``train_state.pt`` from which ``resume=True`` co
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .buffer import ReplayBuffer
-from .checkpoint import atomic_torch_save, atomic_write_text, build_from_payload, check_guidance_fits, half_payload, \
-    load_checkpoint, remove_stale_temp_files, save_half
+from .checkpoint import atomic_torch_save, atomic_write_text, build_from_payload, check_guidance_fits, \
+    checkpoint_bytes, existing_parent, half_payload, load_checkpoint, remove_stale_temp_files, save_half, size_text
 from .config import apply_preset, build_run_config, config_diff, half_config, load_preset, to_dict
 from .errors import AlreadyFinished, CheckpointError, ConfigError, ModzooError, StorageError
 from .interfaces import DiffusionPolicy, GuidanceModule
@@ -336,6 +337,7 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
         _keep_recorded_guidance(cfg, saved)
 
     if run_dir is not None:
+        warn_if_short_of_space(run_dir, guidance, policy)
         _open_run_dir(run_dir, cfg)
     log = _Logger(run_dir)
     if resume:
@@ -348,6 +350,33 @@ def _setup(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule
     result = RunResult(run_dir, guidance, policy, phases=phases_done)
     return _Run(cfg, device, meta, schedule, bool(has_policy), buffer, guidance, policy, run_dir, state_path, log,
                 result, plan, phase, start_step, phase_time)
+
+
+def checkpoints_need(run_dir: Path, guidance: GuidanceModule, policy: DiffusionPolicy | None) -> int:
+    """About the free bytes the checkpoints of a run in ``run_dir`` will take: guidance.pt, policy.pt and
+    train_state.pt (both halves again) at their trained size, plus the temp copy of the largest, which a save
+    writes beside the file it replaces. Files a resumed run already holds count as space it has."""
+    g = checkpoint_bytes(guidance)
+    p = checkpoint_bytes(policy) if policy is not None else 0
+    files = {"guidance.pt": g, "policy.pt": p, "train_state.pt": g + p}
+    on_disk = sum((run_dir / name).stat().st_size for name in files if (run_dir / name).is_file())
+    return sum(files.values()) + max(files.values()) - on_disk
+
+
+def warn_if_short_of_space(run_dir: Path, guidance: GuidanceModule, policy: DiffusionPolicy | None) -> None:
+    """One warning line, before training, when the run dir's file system has less free space than the run's
+    checkpoints need: a full disk found only at the first save costs the training before it. A warning, not an
+    error: the estimate is rough, other files come and go, and a failed save keeps what is on disk and says so."""
+    need = checkpoints_need(run_dir, guidance, policy)
+    try:
+        free = shutil.disk_usage(existing_parent(run_dir)).free
+    except OSError:
+        return  # nothing to measure against: the save itself reports a failure
+    if free < need:
+        warnings.warn(f"run dir {run_dir}: its file system has {size_text(free)} free, but this run's checkpoints "
+                      f"need about {size_text(need)} (guidance.pt, policy.pt, train_state.pt and a save's temp "
+                      f"copy); training starts anyway, but free space or choose another --out, or a save will fail",
+                      stacklevel=3)
 
 
 def _fill_from_run(cfg: DictConfig, has_policy: bool, schedule: str) -> None:

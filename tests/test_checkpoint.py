@@ -50,13 +50,31 @@ def test_corrupt_file_is_refused_clearly(tmp_path, content):
         load_checkpoint(bad)
 
 
-def test_truncated_checkpoint_is_refused(tmp_path):
+@pytest.mark.parametrize("kept", [0.1, 0.5, 0.9])
+def test_a_truncated_checkpoint_is_one_complete_sentence_naming_the_file_and_the_fix(tmp_path, kept):
+    """torch's own message for a cut file runs to four sentences, and quoting it whole or cut at a length left the
+    user's line ending mid-sentence ("... there is a high)")."""
     g = modzoo.make_guidance("idql", 5, 2, hidden=[8])
     save_half(g, tmp_path / "g.pt")
     data = (tmp_path / "g.pt").read_bytes()
-    (tmp_path / "t.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError):
+    (tmp_path / "t.pt").write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / "t.pt")
+    msg = str(e.value)
+    assert msg.startswith(f"checkpoint {tmp_path / 't.pt'} is truncated: ") and "\n" not in msg
+    assert msg.endswith("copy it again from where it came from, or re-create it by training again "
+                        "(modzoo train-guidance / modzoo run)")
+
+
+def test_an_unreadable_checkpoint_quotes_whole_sentences_of_the_reason(tmp_path, monkeypatch):
+    (tmp_path / "x.pt").write_bytes(b"PK\x03\x04garbage")
+    reason = "The reader failed at offset 12. " + "This is a long explanation of why, " * 10 + "and more."
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(reason)))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "x.pt")
+    assert "(RuntimeError: The reader failed at offset 12); re-create it by training again" in str(e.value)
+    from modzoo.checkpoint import _first_line
+    assert _first_line(RuntimeError("word " * 50), 30) == "word word word word word word ..."
 
 
 def test_foreign_torch_file_is_refused(tmp_path):

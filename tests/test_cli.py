@@ -152,3 +152,49 @@ def test_demo_resamples_for_idql_and_the_user_override_wins():
     assert selection("idql", ["policy.selection=argmax"]) == "argmax"
     assert selection("dql", []) == "softmax"
     assert run_config("idql", "idql", "bullet-hopper-medium-v0").policy.selection == "argmax"  # library default
+
+
+def test_the_commands_the_demo_prints_run_as_printed_on_the_data_it_made(capsys, tmp_path, monkeypatch):
+    """After the demo a user types what it printed: each command must work on the demo's own file, with no full
+    dataset anywhere, and a command that names only the task must not take the demo's file for D4RL's."""
+    import shlex
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "d4rl"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rc, out, err = run_cli(capsys, "demo", "--transitions", "2000", "--guidance-steps", "3", "--policy-steps", "4",
+                           "--eval-every", "2", "--eval-episodes", "1", "--out", str(tmp_path / "demo"),
+                           "--no-progress", "--device", "cpu", "--threads", "1", *TINY, "policy.candidates=4")
+    assert rc == 0, err
+    data = tmp_path / "cache" / "modzoo" / f"{TASK}-demo-2000.hdf5"
+    assert data.exists() and not (tmp_path / "d4rl").exists()
+    assert "policy step 2: normalized score " in out and "the data's own episodes: normalized " in out
+    commands = [line.strip() for line in out.splitlines() if line.startswith("  modzoo ")]
+    assert [shlex.split(c)[1] for c in commands] == ["data", "eval", "run"]
+    smaller = {"eval": ["--episodes", "1"],  # the same commands on a test's budget (the last flag wins)
+               "run": ["--policy-steps", "2", "--eval-episodes", "1", "--out", str(tmp_path / "next"),
+                       "--no-progress", *TINY[2:]]}
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        rc, out, err = run_cli(capsys, *argv, *smaller.get(argv[0], []))
+        assert rc == 0, (command, err)
+    assert (tmp_path / "next" / "policy.pt").exists()
+    msg = _one_line_error(capsys, "data", "info", TASK)
+    assert f"dataset {TASK} not found at " in msg and f"the small dataset `modzoo demo` made is {data}" in msg
+
+
+def test_printed_commands_start_modzoo_as_the_user_did(tmp_path, monkeypatch):
+    """After `bash .ci/install` modzoo is .venv/bin/modzoo, not on PATH: a printed `modzoo ...` would not run."""
+    from modzoo.cli import _program
+    exe = tmp_path / ".venv" / "bin" / "modzoo"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "argv", [".venv/bin/modzoo", "demo"])
+    assert _program() == ".venv/bin/modzoo"
+    monkeypatch.setattr(sys, "argv", [str(exe), "demo"])
+    assert _program() == ".venv/bin/modzoo"
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", str(exe.parent))
+    assert _program() == "modzoo"
+    monkeypatch.setattr(sys, "argv", ["/usr/lib/python3/site-packages/pytest/__main__.py"])
+    assert _program() == "modzoo"

@@ -302,6 +302,42 @@ def test_a_write_that_stops_part_way_in_torchs_writer_is_one_line(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
+def test_too_little_free_space_is_one_warning_line_before_training_and_the_run_goes_on(capsys, small_dataset_path,
+                                                                                     tmp_path, monkeypatch):
+    real_usage, updates = shutil.disk_usage, []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=10_000))
+    real_update = IQLGuidance.update
+
+    def update(self: IQLGuidance, *a: Any, **k: Any) -> Any:
+        if not updates:
+            updates.append(capsys.readouterr().err)  # what was said before the first training step
+        return real_update(self, *a, **k)
+    monkeypatch.setattr(IQLGuidance, "update", update)
+    rc, _, err = run_cli(capsys, *run_args(small_dataset_path, tmp_path / "r", "--policy-steps", "2"))
+    assert rc == 0, err
+    warned = [x for x in updates[0].splitlines() if x]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: run dir {tmp_path / 'r'}: its file system has "
+                                                     f"9.8 KB free, but this run's checkpoints need about "), warned
+    assert "warning" not in err and (tmp_path / "r" / "result.json").exists()
+
+
+def test_the_free_space_estimate_is_the_size_of_the_checkpoints_a_run_writes(small_dataset_path, tmp_path):
+    """From parameter counts before the first step, optimizer state included: the files as written, plus the temp
+    copy of train_state.pt (the largest, both halves) a save writes beside it. And no warning with room to spare."""
+    c = modzoo.run_config("idql", "idql", TASK, TINY, policy_steps=3, eval_episodes=0, device="cpu",
+                          dataset=str(small_dataset_path), out=str(tmp_path / "r"), schedule="joint")
+    run = training._setup(c, None, False, None)
+    need = training.checkpoints_need(tmp_path / "fresh", run.guidance, run.policy)
+    shutil.rmtree(tmp_path / "r")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        modzoo.train(c, progress=False)
+    written = sum((tmp_path / "r" / f).stat().st_size for f in ("guidance.pt", "policy.pt"))
+    # the two files, then train_state.pt holding both halves again, then the temp copy of its next save
+    assert 0.98 < need / (3 * written) < 1.02
+
+
 def test_the_policy_is_saved_before_the_final_evaluation(small_dataset_path, tmp_path, monkeypatch):
     real_eval = training.evaluate
 
