@@ -375,14 +375,8 @@ def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfi
     if model_path.exists():
         model = sb3.SAC.load(model_path, env=venv, device="cpu")
         # Refill the replay buffer from the saved transition chunks (in order; the oldest fall out).
-        chunks = sorted((run_dir / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
-        kept, size = [], 0
-        for c in reversed(chunks):
-            if size >= model.replay_buffer.buffer_size:
-                break
-            kept.append(c)
-            size += int(np.load(c)["rewards"].shape[0])
-        for c in reversed(kept):
+        kept, _ = _newest_chunks(run_dir, model.replay_buffer.buffer_size)
+        for c in kept:
             _buffer_extend(model.replay_buffer, np.load(c))
         log(f"resumed {robot} at step {model.num_timesteps} with {model.replay_buffer.size()} transitions")
     else:
@@ -460,20 +454,27 @@ def pack_run(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], keep
             old.unlink()
     for name in keep:
         shutil.copy2(src / "snapshots" / name, dest / "snapshots" / name)
-    chunks = sorted((src / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
-    kept: list[Path] = []
-    total = 0
-    for c in reversed(chunks):
-        if total >= keep_transitions:
-            break
-        kept.append(c)
-        total += int(np.load(c)["rewards"].shape[0])
+    kept, total = _newest_chunks(src, keep_transitions)
     for old in (dest / "replay").glob("*.npz"):
         if old.name not in {c.name for c in kept}:
             old.unlink()
     for c in kept:
         shutil.copy2(c, dest / "replay" / c.name)
     return {"step": int(progress[-1]["step"]), "snapshots": len(keep), "transitions": total}
+
+
+def _newest_chunks(run_dir: Path, transitions: int) -> tuple[list[Path], int]:
+    """The newest replay chunks of a run that together hold at least ``transitions`` (all of them if fewer), oldest
+    first, and how many transitions they hold: what a resumed buffer refills from, and what a pack keeps."""
+    chunks = sorted((run_dir / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
+    kept: list[Path] = []
+    total = 0
+    for c in reversed(chunks):
+        if total >= transitions:
+            break
+        kept.append(c)
+        total += int(np.load(c)["rewards"].shape[0])
+    return kept[::-1], total
 
 
 def _save_chunk(buf: Any, pos0: int, full0: bool, path: Path) -> None:

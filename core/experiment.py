@@ -269,8 +269,8 @@ def swap_episodes(exp: DictConfig, arm: str) -> int:
         return eps
     if eps is not None and (arm in eps or "default" in eps):
         return int(eps[arm] if arm in eps else eps["default"])
-    b = exp.budget
-    return int(b.eval_episodes if b.get("final_eval_episodes") is None else b.final_eval_episodes)
+    from .training import final_episodes
+    return final_episodes(exp.budget)
 
 
 def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
