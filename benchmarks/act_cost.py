@@ -17,8 +17,8 @@ import time
 import modzoo  # noqa: F401  (sets OMP_WAIT_POLICY before torch runs)
 import torch
 
-from modzoo.config import apply_preset, load_preset
-from modzoo.training import default_config, make_guidance, make_policy
+from modzoo.run.config import apply_preset, load_preset
+from modzoo.run.halves import default_config, make_guidance, make_policy
 
 
 def main() -> None:

@@ -50,10 +50,10 @@ def build(ds: Any, mode: str | None) -> tuple[Callable[[], Any], Callable[[], An
 
 
 def _graph_friendly(*mods: torch.nn.Module) -> None:
-    """Make the halves traceable as one graph: ``nn.Mish`` for FastMish, unseeded global draws for ``modzoo.rng``
+    """Make the halves traceable as one graph: ``nn.Mish`` for FastMish, unseeded global draws for ``modzoo.contract.rng``
     (this changes the random streams, so it is for timing only)."""
-    from modzoo import rng
-    from modzoo.activations import FastMish
+    from modzoo.contract import rng
+    from modzoo.blocks.activations import FastMish
 
     rng.randn = lambda shape, g=None, device=None: torch.randn(shape, device=device)
     rng.rand = lambda shape, g=None, device=None: torch.rand(shape, device=device)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         base = res[f"eager {k.split()[-1]}"]
         print(f"{k:40s} {median(v) * 1e3:8.2f} ms CPU   eager/this {median([b / x for b, x in zip(base, v)]):.2f}x")
 
-    from modzoo.activations import mish
+    from modzoo.blocks.activations import mish
 
     def formula(x: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(x)

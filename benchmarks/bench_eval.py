@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from modzoo.envs import env_dims
-from modzoo.evaluation import evaluate_policy, evaluate_sequential
+from modzoo.bullet.envs import env_dims
+from modzoo.run.evaluation import evaluate_policy, evaluate_sequential
 
 TASK = "bullet-halfcheetah-medium-v0"
 EPISODES = int(os.environ.get("BENCH_EPISODES", "10"))
@@ -33,8 +33,8 @@ T = 5
 
 def make_act_fn(seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """Diffusion-QL-style selection: N candidates per state from the DDPM sampler, argmax of min twin-Q."""
-    from modzoo.diffusion import GaussianDiffusion
-    from modzoo.nets import MLPDenoiser, mlp
+    from modzoo.blocks.diffusion import GaussianDiffusion
+    from modzoo.blocks.nets import MLPDenoiser, mlp
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Mish on this CPU: torch's ``F.mish`` against modzoo's ``FastMish`` (core/activations.py), alone and inside
+"""Mish on this CPU: torch's ``F.mish`` against modzoo's ``FastMish`` (core/blocks/activations.py), alone and inside
 Diffusion-QL's 3x256 MLP, with ReLU and sigmoid for scale.
 
     python benchmarks/bench_mish.py            # 1 thread; CPU time per call, variants alternating
@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed_common import activation_calls, cpu_alternate, machine, median, set_threads  # noqa: E402
 
-from modzoo.activations import FastMish, mish  # noqa: E402
+from modzoo.blocks.activations import FastMish, mish  # noqa: E402
 
 
 def cpu_medians(fns: dict[str, Callable[[], Any]], rounds: int, repeat: int) -> dict[str, float]:

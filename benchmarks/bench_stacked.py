@@ -1,4 +1,4 @@
-"""K seeds in one process: one stacked step (``modzoo.stacked.StackedStepper``) vs K separate steps.
+"""K seeds in one process: one stacked step (``modzoo.run.stacked.StackedStepper``) vs K separate steps.
 
 Both variants run the body of ``modzoo.train``'s loop for K seeds of one arm, hopper shapes, batch 256, T=5,
 each seed with its own halves, data stream and noise; timed alternately in one process (speed_common.alternate).
@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 def make_steps(arm: str = "dql", k: int = 5, device: str = "cpu") -> dict[str, Callable[[], Any]]:
     """``{"separate": ..., "stacked": ...}``: each call takes one joint step for all k seeds."""
-    from modzoo.stacked import StackedStepper
-    from modzoo.training import Stepper
+    from modzoo.run.stacked import StackedStepper
+    from modzoo.run.training import Stepper
 
     ds = sc.synthetic_dataset()
     runs = []

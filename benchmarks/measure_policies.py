@@ -1,5 +1,5 @@
 """Measure behaviour policies: mean episode return of a robot's expert/medium policy under Gaussian action
-noise, as used to pick ``modzoo.collect.MEDIUM_SIGMA`` (figures in docs/datasets.md).
+noise, as used to pick ``modzoo.bullet.collect.MEDIUM_SIGMA`` (figures in docs/datasets.md).
 
     python benchmarks/measure_policies.py hopper --sigmas 0,0.1,0.25,0.3,0.35 --episodes 20
     python benchmarks/measure_policies.py halfcheetah --which medium --sigmas 0,0.1 --episodes 10
@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from modzoo.behaviour import rollout_returns
-from modzoo.collect import behaviour_policy
-from modzoo.scores import normalized_score
+from modzoo.bullet.behaviour import rollout_returns
+from modzoo.bullet.collect import behaviour_policy
+from modzoo.bullet.scores import normalized_score
 
 
 def gait(robot: str, run_dir: str, steps: list[int], episodes: int) -> None:
@@ -23,7 +23,7 @@ def gait(robot: str, run_dir: str, steps: list[int], episodes: int) -> None:
     torso moved forward. Tells a walking policy from one that stands still for the alive bonus."""
     from pathlib import Path
 
-    from modzoo.behaviour import TorchActorPolicy, rollout
+    from modzoo.bullet.behaviour import TorchActorPolicy, rollout
 
     for step in steps:
         ev = rollout(TorchActorPolicy(Path(run_dir) / "snapshots" / f"step_{step}.pt"), robot, episodes, seed=20_000)

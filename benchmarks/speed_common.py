@@ -48,7 +48,7 @@ def machine() -> dict[str, Any]:
 def synthetic_dataset(n: int = 100_000, seed: int = 0, obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM
                       ) -> SimpleNamespace:
     """A hopper-shaped offline dataset (random values: only the cost is measured), with the attributes
-    :class:`modzoo.buffer.ReplayBuffer` and the halves' ``prepare`` read, and the dict the reference
+    :class:`modzoo.run.buffer.ReplayBuffer` and the halves' ``prepare`` read, and the dict the reference
     ``Data_Sampler`` takes."""
     rng = np.random.default_rng(seed)
     obs = rng.standard_normal((n, obs_dim)).astype(np.float32)
@@ -66,8 +66,8 @@ def synthetic_dataset(n: int = 100_000, seed: int = 0, obs_dim: int = OBS_DIM, a
 def build_halves(guidance: str, policy: str, dataset: Any, seed: int = 0, **policy_overrides: Any
                  ) -> tuple[Any, Any, Any]:
     """(guidance, policy, buffer) built as ``modzoo.train`` builds them for a joint run on ``TASK``."""
-    from modzoo.buffer import ReplayBuffer
-    from modzoo.training import make_guidance, make_policy
+    from modzoo.run.buffer import ReplayBuffer
+    from modzoo.run.halves import make_guidance, make_policy
 
     torch.manual_seed(seed)
     g = make_guidance(guidance, dataset.obs_dim, dataset.act_dim, task=TASK, seed=seed, lr_decay_steps=1_000_000)
@@ -108,7 +108,7 @@ def case(name: str, dataset: Any | None = None) -> Callable[[], Any]:
     """
     ds = dataset if dataset is not None else synthetic_dataset()
     if name == "sample_1M":
-        from modzoo.buffer import ReplayBuffer
+        from modzoo.run.buffer import ReplayBuffer
         buf = ReplayBuffer(synthetic_dataset(1_000_000), "cpu", seed=0)
         return lambda: buf.sample(BATCH)
     if name.startswith("act_"):

@@ -13,25 +13,25 @@ import os as _os
 # the slowdown is gone. Only takes effect when modzoo is imported before torch (the CLI always is).
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .errors import CheckpointError, ConfigError, DatasetError, EnvError, ModzooError, PluginError  # noqa: E402
-from .interfaces import DiffusionPolicy, GuidanceModule  # noqa: E402
-from .plugins_api import HalfSpec, load_registry, register_plugin, unregister_plugin  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402
-from .checkpoint import load_checkpoint, save_half  # noqa: E402
-from .training import evaluate, make_guidance, make_policy, run_config, train  # noqa: E402
+from .contract.interfaces import DiffusionPolicy, GuidanceModule  # noqa: E402
+from .contract.registry import HalfSpec, load_registry, register_plugin, unregister_plugin  # noqa: E402
+from .contract.hookspecs import hookimpl  # noqa: E402
+from .run.checkpoint import load_checkpoint, save_half  # noqa: E402
+from .run.halves import make_guidance, make_policy  # noqa: E402
+from .run.training import evaluate, run_config, train  # noqa: E402
 
 
 def normalized_score(name: str, raw_return):
-    """D4RL-normalized score x100 of a raw return for a ``bullet-*`` task (see :mod:`modzoo.scores`)."""
-    from .scores import normalized_score as _ns
+    """D4RL-normalized score x100 of a raw return for a ``bullet-*`` task (see :mod:`modzoo.bullet.scores`)."""
+    from .bullet.scores import normalized_score as _ns
     return _ns(name, raw_return)
 
 
 def _register_envs() -> None:
     try:
-        from .envs import register_envs
+        from .bullet.envs import register_envs
     except ImportError:  # the env module is optional at import time (e.g. pybullet missing)
         return
     register_envs()

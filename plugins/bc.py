@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from modzoo.hookspecs import hookimpl
-from modzoo.interfaces import Batch, GuidanceModule, Metrics
-from modzoo.plugins_api import HalfSpec
-from modzoo.policy import DDPMPolicy
+from modzoo.contract.hookspecs import hookimpl
+from modzoo.contract.interfaces import Batch, GuidanceModule, Metrics
+from modzoo.contract.registry import HalfSpec
+from modzoo.blocks.policy import DDPMPolicy
 
 CONFIG = Path(__file__).with_name("bc.yaml")
 

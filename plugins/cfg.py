@@ -29,10 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from modzoo.hookspecs import hookimpl
-from modzoo.interfaces import Batch, GuidanceModule, Metrics
-from modzoo.plugins_api import HalfSpec
-from modzoo.policy import DDPMPolicy
+from modzoo.contract.hookspecs import hookimpl
+from modzoo.contract.interfaces import Batch, GuidanceModule, Metrics
+from modzoo.contract.registry import HalfSpec
+from modzoo.blocks.policy import DDPMPolicy
 
 CONFIG = Path(__file__).with_name("cfg.yaml")
 SIGNALS = ("auto", "advantage", "q")

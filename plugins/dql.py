@@ -19,15 +19,16 @@ from typing import Any
 
 import torch
 
-from modzoo.critics import TwinCriticGuidance
-from modzoo.diffusion import GaussianDiffusion
-from modzoo.hookspecs import hookimpl
-from modzoo.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
-from modzoo.nets import MLPDenoiser, obs_norm_enabled
-from modzoo.plugins_api import HalfSpec
-from modzoo.policy import DDPMPolicy
-from modzoo import rng
-from modzoo.utils import frozen_copy
+from modzoo.blocks.critics import TwinCriticGuidance
+from modzoo.blocks.diffusion import GaussianDiffusion
+from modzoo.contract.hookspecs import hookimpl
+from modzoo.contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
+from modzoo.blocks.nets import MLPDenoiser
+from modzoo.contract.normalization import obs_norm_enabled
+from modzoo.contract.registry import HalfSpec
+from modzoo.blocks.policy import DDPMPolicy
+from modzoo.contract import rng
+from modzoo.blocks.utils import frozen_copy
 
 CONFIG = Path(__file__).with_name("dql.yaml")
 TARGET_ACTIONS = ("policy", "dataset", "untrained")

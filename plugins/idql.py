@@ -14,14 +14,15 @@ from typing import Any
 
 import torch
 
-from modzoo.critics import TwinCriticGuidance
-from modzoo.hookspecs import hookimpl
-from modzoo.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
-from modzoo.nets import ValueNet, init_, obs_norm_enabled
-from modzoo.plugins_api import HalfSpec
-from modzoo.policy import DDPMPolicy
-from modzoo.stages import Stage
-from modzoo.utils import load_optim_state, make_optimizer, make_scheduler, optim_state
+from modzoo.blocks.critics import TwinCriticGuidance
+from modzoo.contract.hookspecs import hookimpl
+from modzoo.contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
+from modzoo.blocks.nets import ValueNet, init_
+from modzoo.contract.normalization import obs_norm_enabled
+from modzoo.contract.registry import HalfSpec
+from modzoo.blocks.policy import DDPMPolicy
+from modzoo.contract.stages import Stage
+from modzoo.blocks.utils import load_optim_state, make_optimizer, make_scheduler, optim_state
 
 CONFIG = Path(__file__).with_name("idql.yaml")
 

@@ -18,7 +18,7 @@ def small_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Same layout and recipe as the full dataset, only shorter; seed 0 so it is the same every session.
     """
-    from modzoo.collect import collect
+    from modzoo.bullet.collect import collect
 
     out = tmp_path_factory.mktemp("data") / "bullet-hopper-medium-v0.hdf5"
     collect("bullet-hopper-medium-v0", transitions=5000, seed=0, out=out, progress=False)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modzoo.activations import FastMish, mish
-from modzoo.nets import MLPDenoiser, activation
+from modzoo.blocks.activations import FastMish, mish
+from modzoo.blocks.nets import MLPDenoiser, activation
 
 
 def _wide(dtype: torch.dtype) -> torch.Tensor:
@@ -99,7 +99,7 @@ def test_config_mish_is_the_fast_one_and_nets_agree() -> None:
 
 def test_first_use_under_inference_mode_then_training() -> None:
     """The cached constants made on first use inside inference mode still serve a later training step."""
-    from modzoo import activations
+    from modzoo.blocks import activations
     activations._CONSTS.clear()
     with torch.inference_mode():
         mish(torch.randn(8, 8, dtype=torch.float64))
@@ -125,7 +125,7 @@ def test_forward_mode_ad_outside_torch_func() -> None:
 def test_large_tensors_are_processed_in_slices_with_the_same_result() -> None:
     """Above _SLICE_ABOVE elements the work is sliced (cache-sized passes): same values and gradients as
     F.mish, including a size that is no multiple of the slice and a non-contiguous input."""
-    from modzoo.activations import _CHUNK, _SLICE_ABOVE
+    from modzoo.blocks.activations import _CHUNK, _SLICE_ABOVE
     for x0 in (torch.randn(_SLICE_ABOVE + 3 * _CHUNK + 123) * 6, (torch.randn(500, 700) * 6).t()):
         assert x0.numel() > _SLICE_ABOVE
         x = x0.clone().requires_grad_(True) if x0.is_contiguous() else x0.detach().requires_grad_(True)
@@ -145,7 +145,7 @@ def test_fast_backward_under_vmap_of_grad_matches_torch_mish_for_large_tensors()
     slicing threshold (IDQL's 4x-wide residual blocks at batch 256+)."""
     from torch.func import grad, vmap
 
-    from modzoo.activations import _SLICE_ABOVE, first_order, mish
+    from modzoo.blocks.activations import _SLICE_ABOVE, first_order, mish
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, _SLICE_ABOVE // 512 + 8, 512, generator=g) * 3

@@ -5,7 +5,7 @@ import torch
 import modzoo
 from modzoo.plugins.dql import normalized_q_loss
 from modzoo.plugins.idql import expectile_loss
-from modzoo.selection import select_index
+from modzoo.blocks.selection import select_index
 
 OBS, ACT = 4, 2
 
@@ -171,7 +171,7 @@ def test_idql_starts_from_jaxrl5s_initialisation():
     layers truncated lecun-normal; targets and EMA copies start equal to the live nets; DQL keeps torch's init."""
     import math
 
-    from modzoo.nets import EnsembleLinear, ResidualBlock
+    from modzoo.blocks.nets import EnsembleLinear, ResidualBlock
 
     torch.manual_seed(0)
     g = modzoo.make_guidance("idql", OBS, ACT)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import modzoo
-from modzoo.checkpoint import check_guidance_fits, load_checkpoint, save_half
+from modzoo.run.checkpoint import check_guidance_fits, load_checkpoint, save_half
 from modzoo.errors import CheckpointError
 
 
@@ -73,7 +73,7 @@ def test_an_unreadable_checkpoint_quotes_whole_sentences_of_the_reason(tmp_path,
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / "x.pt")
     assert "(RuntimeError: The reader failed at offset 12); re-create it by training again" in str(e.value)
-    from modzoo.checkpoint import _first_line
+    from modzoo.run.checkpoint import _first_line
     assert _first_line(RuntimeError("word " * 50), 30) == "word word word word word word ..."
 
 

@@ -61,7 +61,7 @@ def test_saved_guidance_is_reused_at_training_and_at_inference(capsys, small_dat
 
     import torch
 
-    from modzoo.training import evaluate, load_policy_and_guidance
+    from modzoo.run.training import evaluate, load_policy_and_guidance
     got = {}
     for rule in ("argmax", "expectile"):
         rc, out, err = run_cli(capsys, "eval", "--policy", str(tmp_path / "d" / "policy.pt"), "--guidance", str(gpt),
@@ -143,8 +143,8 @@ def test_seeds_give_one_run_dir_each_equal_to_a_single_run(capsys, small_dataset
 def test_demo_resamples_for_idql_and_the_user_override_wins():
     """The demo's short run uses IDQL's implicit-policy resampling (argmax over a half-trained critic collapses
     it, README), any other policy keeps its own rule, and a user's override comes last and wins."""
-    from modzoo.cli import demo_overrides
-    from modzoo.training import run_config
+    from modzoo.cli.main import demo_overrides
+    from modzoo.run.training import run_config
 
     def selection(policy: str, user: list[str]) -> str:
         return run_config("idql", policy, "bullet-hopper-medium-v0", demo_overrides(policy, user)).policy.selection
@@ -183,7 +183,7 @@ def test_the_commands_the_demo_prints_run_as_printed_on_the_data_it_made(capsys,
 
 def test_printed_commands_start_modzoo_as_the_user_did(tmp_path, monkeypatch):
     """After `bash .ci/install` modzoo is .venv/bin/modzoo, not on PATH: a printed `modzoo ...` would not run."""
-    from modzoo.cli import _program
+    from modzoo.cli.main import _program
     exe = tmp_path / ".venv" / "bin" / "modzoo"
     exe.parent.mkdir(parents=True)
     exe.write_text("")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from modzoo.buffer import ReplayBuffer
-from modzoo.config import half_config
-from modzoo.data import load_dataset
-from modzoo.plugins_api import load_registry
+from modzoo.run.buffer import ReplayBuffer
+from modzoo.run.config import half_config
+from modzoo.bullet.data import load_dataset
+from modzoo.contract.registry import load_registry
 
 TASK = "bullet-hopper-medium-v0"
 FIRST_PARTY = {"guidance": ["dql", "idql"], "policy": ["bc", "cfg", "dql", "edp", "idql", "sfbc"]}
@@ -39,15 +39,15 @@ class Recording(dict):
 
 @pytest.fixture
 def recording_halves(monkeypatch):  # type: ignore[no-untyped-def]
-    """Halves keep a recording copy of their config (``_Half.__init__`` copies it into a plain dict)."""
-    import modzoo.interfaces as interfaces
-    orig = interfaces._Half.__init__
+    """Halves keep a recording copy of their config (``Half.__init__`` copies it into a plain dict)."""
+    import modzoo.contract.interfaces as interfaces
+    orig = interfaces.Half.__init__
 
     def init(self, obs_dim, act_dim, cfg):  # type: ignore[no-untyped-def]
         orig(self, obs_dim, act_dim, cfg)
         if isinstance(cfg, Recording):
             self.cfg = Recording(self.cfg, cfg.read)
-    monkeypatch.setattr(interfaces._Half, "__init__", init)
+    monkeypatch.setattr(interfaces.Half, "__init__", init)
 
 
 def _build(kind: str, name: str, ds, overrides: dict | None = None):  # type: ignore[no-untyped-def]

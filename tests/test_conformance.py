@@ -33,7 +33,7 @@ def test_first_party_plugin_passes_the_suite(plugin, tmp_path):
 
 
 def test_synthetic_dataset_is_a_valid_d4rl_file(tmp_path):
-    from modzoo.data import load_dataset
+    from modzoo.bullet.data import load_dataset
     p = synthetic_dataset(tmp_path / "s.hdf5", transitions=500)
     ds = load_dataset(str(p), task="bullet-hopper-medium-v0")
     assert (ds.obs_dim, ds.act_dim) == (15, 3) and len(ds) == 490  # a timeout's last row is dropped, per episode

@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from modzoo.collect import DEFAULT_TRANSITIONS, collect, plan
-from modzoo.data import dataset_path, load_dataset, qlearning_transitions, write_d4rl_file
+from modzoo.bullet.collect import DEFAULT_TRANSITIONS, collect, plan
+from modzoo.bullet.data import dataset_path, load_dataset, qlearning_transitions, write_d4rl_file
 from modzoo.errors import DatasetError
 
 OBS, ACT = 15, 3  # hopper
@@ -250,7 +250,7 @@ def test_medium_replay_from_training_run(tmp_path: Path) -> None:
     (successor != next row) and by the end become timeouts, true terminals stay terminals."""
     import json
 
-    from modzoo.collect import collect_replay_from_run
+    from modzoo.bullet.collect import collect_replay_from_run
 
     run = tmp_path / "run"
     (run / "replay").mkdir(parents=True)
@@ -277,7 +277,7 @@ def test_medium_replay_from_training_run(tmp_path: Path) -> None:
 def _cli(*argv: str) -> int:
     import argparse
 
-    from modzoo.cli_data import add_data_commands
+    from modzoo.cli.data import add_data_commands
 
     parser = argparse.ArgumentParser(prog="modzoo")
     add_data_commands(parser.add_subparsers(dest="command", required=True))

@@ -3,8 +3,8 @@ import math
 
 import torch
 
-from modzoo.diffusion import GaussianDiffusion, vp_beta_schedule
-from modzoo.nets import Denoiser
+from modzoo.blocks.diffusion import GaussianDiffusion, vp_beta_schedule
+from modzoo.blocks.nets import Denoiser
 
 
 def test_vp_schedule_matches_closed_form():
@@ -90,7 +90,7 @@ def test_loss_is_zero_for_an_oracle_denoiser():
 
 
 def test_sample_is_differentiable_and_bounded():
-    from modzoo.nets import MLPDenoiser
+    from modzoo.blocks.nets import MLPDenoiser
     torch.manual_seed(0)
     d = GaussianDiffusion(MLPDenoiser(4, 2, hidden=16), act_dim=2, T=5)
     obs = torch.randn(8, 4)

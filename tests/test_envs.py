@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from modzoo.envs import LEVELS, ROBOTS, TASKS, env_dims, env_id, make_env, parse_task, register_envs
+from modzoo.bullet.envs import LEVELS, ROBOTS, TASKS, env_dims, env_id, make_env, parse_task, register_envs
 from modzoo.errors import EnvError, ModzooError
 
 ROBOT_NAMES = list(ROBOTS)
@@ -102,8 +102,8 @@ def test_halfcheetah_truncated_at_1000() -> None:
 def test_short_expert_rollout(robot: str) -> None:
     """300 steps of each robot's expert: hopper/ant (pybullet's) and halfcheetah/walker2d (our SAC)
     must earn reward; the broken pybullet experts of the latter only have to run."""
-    from modzoo.behaviour import PYBULLET_EXPERTS, load_pybullet_expert
-    from modzoo.collect import behaviour_policy
+    from modzoo.bullet.behaviour import PYBULLET_EXPERTS, load_pybullet_expert
+    from modzoo.bullet.collect import behaviour_policy
 
     if robot in PYBULLET_EXPERTS:
         policy, _ = behaviour_policy(robot, "expert")
@@ -112,8 +112,8 @@ def test_short_expert_rollout(robot: str) -> None:
         try:
             policy, _ = behaviour_policy(robot, "expert")
         except EnvError:
-            pytest.skip(f"no committed SAC expert for {robot} yet (core/assets/behaviour-{robot}-expert.pt)")
-    from modzoo.behaviour import rollout
+            pytest.skip(f"no committed SAC expert for {robot} yet (core/bullet/assets/behaviour-{robot}-expert.pt)")
+    from modzoo.bullet.behaviour import rollout
     if robot == "walker2d":
         # The walking SAC expert (step 140k) still falls early from some starts (3 of seeds 0-9, docs/datasets.md):
         # of the first two starts, seed 1 walks; the standing expert it replaced moved under 0.3 m in 300 steps.
@@ -136,7 +136,7 @@ def test_behaviour_training_resumes_and_exports(tmp_path) -> None:  # type: igno
 
     from stable_baselines3 import SAC
 
-    from modzoo.behaviour import TorchActorPolicy, TrainConfig, export_choice, train_behaviour
+    from modzoo.bullet.behaviour import TorchActorPolicy, TrainConfig, export_choice, train_behaviour
 
     run = tmp_path / "run"
     cfg = TrainConfig(total_steps=160, eval_every=80, eval_episodes=1, learning_starts=40)
@@ -179,7 +179,7 @@ def test_a_packed_run_resumes_from_its_newest_transitions(tmp_path) -> None:  # 
     pytest.importorskip("stable_baselines3")
     import json
 
-    from modzoo.behaviour import TrainConfig, pack_run, train_behaviour
+    from modzoo.bullet.behaviour import TrainConfig, pack_run, train_behaviour
 
     run, pack = tmp_path / "run", tmp_path / "pack"
     cfg = TrainConfig(total_steps=200, eval_every=50, eval_episodes=1, learning_starts=40)
@@ -206,8 +206,8 @@ def test_collection_feeds_time_feature_actors_their_episode_step(tmp_path) -> No
     """A time-feature behaviour actor acts on (obs, t) during collection, while the dataset records the env's own
     observation; medium-replay built from that run's buffer drops the feature column too."""
     pytest.importorskip("stable_baselines3")
-    from modzoo.behaviour import TorchActorPolicy, TrainConfig, train_behaviour
-    from modzoo.collect import Segment, _run_segment, collect_replay_from_run
+    from modzoo.bullet.behaviour import TorchActorPolicy, TrainConfig, train_behaviour
+    from modzoo.bullet.collect import Segment, _run_segment, collect_replay_from_run
 
     run = tmp_path / "run"
     train_behaviour("hopper", run, TrainConfig(total_steps=120, eval_every=60, eval_episodes=1, learning_starts=40),
@@ -228,7 +228,7 @@ def test_collection_feeds_time_feature_actors_their_episode_step(tmp_path) -> No
     first_end = int(np.argmax(ends))
     assert list(t[:first_end + 2]) == list(range(first_end + 1)) + [0]  # counts the episode's steps, restarts at 0
     replay = collect_replay_from_run("bullet-hopper-medium-replay-v0", run, out=tmp_path / "mr.hdf5", upto_step=120)
-    from modzoo.data import load_dataset
+    from modzoo.bullet.data import load_dataset
     assert load_dataset(str(replay.path), task="bullet-hopper-medium-replay-v0").obs_dim == 15
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from modzoo.errors import ModzooError
-from modzoo.evaluation import EvalResult, evaluate_policy, evaluate_sequential
-from modzoo.scores import normalized_score
+from modzoo.run.evaluation import EvalResult, evaluate_policy, evaluate_sequential
+from modzoo.bullet.scores import normalized_score
 
 
 def _linear_policy(obs_dim: int, act_dim: int, seed: int = 0):
@@ -38,7 +38,7 @@ def test_vector_equals_sequential_hopper() -> None:
 
 
 def test_expert_on_ant_and_result_api() -> None:
-    from modzoo.behaviour import load_pybullet_expert
+    from modzoo.bullet.behaviour import load_pybullet_expert
 
     res = evaluate_policy(load_pybullet_expert("ant"), "bullet-ant-expert-v0", episodes=2, seed=0, max_steps=200)
     assert isinstance(res, EvalResult)

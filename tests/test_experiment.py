@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from modzoo.experiment import load_experiment, plan, run_experiment
+from modzoo.grid.plan import load_experiment, plan
+from modzoo.grid.runner import run_experiment
 
 TASK = "bullet-hopper-medium-v0"
 
@@ -180,7 +181,8 @@ def test_a_run_dir_is_trained_by_one_process_at_a_time(tmp_path):
     import os
     from dataclasses import asdict
 
-    from modzoo.experiment import RunSpec, execute_run
+    from modzoo.grid.plan import RunSpec
+    from modzoo.grid.runner import execute_run
     out = tmp_path / "r"
     out.mkdir()
     (out / "LOCK").write_text(str(os.getpid()))  # a live process holds it
@@ -218,8 +220,8 @@ def test_a_cached_swap_counts_only_for_the_same_pair_of_checkpoints(tiny_experim
 
 
 def test_ray_without_gpus_per_run_says_runs_will_train_on_cpu(tiny_experiment, monkeypatch):
-    import modzoo.experiment as experiment
-    monkeypatch.setattr(experiment, "run_jobs", lambda *a, **k: [])  # only the planning is under test
+    import modzoo.grid.runner as runner
+    monkeypatch.setattr(runner, "run_jobs", lambda *a, **k: [])  # only the planning is under test
     lines: list[str] = []
     run_experiment(str(tiny_experiment), ["budget.device=auto"], backend="ray", log=lines.append, report=False)
     assert any("gpus_per_run is 0" in m for m in lines)
@@ -229,7 +231,7 @@ def test_ray_without_gpus_per_run_says_runs_will_train_on_cpu(tiny_experiment, m
 
 
 def test_the_report_leaves_out_summaries_made_under_another_config(tiny_experiment, tmp_path):
-    from modzoo.report import write_report
+    from modzoo.grid.report import write_report
     run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
     summary_cfg = tmp_path / "summaries" / TASK / "idql-joint" / "seed0" / "config.yaml"
     assert summary_cfg.exists()  # the summary carries the config that made it
@@ -272,7 +274,7 @@ def test_a_swap_starts_as_soon_as_its_two_runs_have_finished(tiny_experiment, tm
 
 
 def test_the_scheduler_starts_a_job_only_once_what_it_needs_has_finished():
-    from modzoo.experiment import _drain, _Serial
+    from modzoo.grid.runner import _drain, _Serial
     finished: list[str] = []
 
     def work(job):
@@ -293,7 +295,7 @@ def test_the_scheduler_starts_a_job_only_once_what_it_needs_has_finished():
 def test_the_report_puts_every_tasks_scores_side_by_side(tmp_path):
     from omegaconf import OmegaConf
 
-    from modzoo.report import RunSummary, render
+    from modzoo.grid.report import RunSummary, render
     exp = OmegaConf.create({"name": "two", "summaries": "s", "budget": {"guidance_steps": 1, "policy_steps": 1},
                             "tasks": ["bullet-hopper-medium-v0", "bullet-walker2d-medium-v0"], "seeds": [0, 1],
                             "arms": {"a": {}, "b": {}}})
@@ -311,7 +313,7 @@ def test_the_report_puts_every_tasks_scores_side_by_side(tmp_path):
 
 
 def test_the_report_states_what_the_finished_runs_cost():
-    from modzoo.report import RunSummary, _grid_cost
+    from modzoo.grid.report import RunSummary, _grid_cost
     phases = [{"phase": "joint", "wall_s": 3000.0, "eval_wall_s": 600.0}, {"phase": "eval", "wall_s": 0.0}]
     runs = [RunSummary("t", "a", 0, {"phases": phases, "finished": "2026-11-27T12:00:00"}),
             RunSummary("t", "a", 1, {"phases": [{"phase": "eval", "wall_s": 1800.0}],
@@ -325,7 +327,7 @@ def test_a_selection_swap_evaluates_the_runs_own_guidance_with_another_rule(tiny
     import torch
 
     from modzoo.errors import ConfigError
-    from modzoo.training import evaluate, load_policy_and_guidance
+    from modzoo.run.training import evaluate, load_policy_and_guidance
     exp = yaml.safe_load(tiny_experiment.read_text())
     exp["swaps"] = {"selection": {"idql-joint": ["softmax", "none"]}}
     tiny_experiment.write_text(yaml.safe_dump(exp))
@@ -355,7 +357,7 @@ def test_a_selection_swap_evaluates_the_runs_own_guidance_with_another_rule(tiny
 def test_the_reference_check_pairs_the_authors_code_with_the_same_seed_and_step(tmp_path):
     from omegaconf import OmegaConf
 
-    from modzoo.report import RunSummary, _reference_check
+    from modzoo.grid.report import RunSummary, _reference_check
     ref = tmp_path / "ref"
     ref.mkdir()
     (ref / "h.json").write_text(json.dumps({"task": "t", "seed": 1, "curve": [
@@ -373,7 +375,7 @@ def test_the_reference_check_pairs_the_authors_code_with_the_same_seed_and_step(
 
 
 def test_a_resumed_phases_peak_rss_is_left_out_of_the_memory_mean():
-    from modzoo.report import RunSummary, arm_stats
+    from modzoo.grid.report import RunSummary, arm_stats
 
     def run(seed, rss, **extra):
         ph = {"phase": "policy", "wall_s": 10.0, "rss_peak_mb": rss, "steps": 5, **extra}
@@ -389,7 +391,7 @@ def test_a_resumed_phases_peak_rss_is_left_out_of_the_memory_mean():
 def test_one_slowed_run_moves_the_mean_time_ratio_not_the_median():
     from omegaconf import OmegaConf
 
-    from modzoo.report import RunSummary, _gfdt_ratios, arm_stats
+    from modzoo.grid.report import RunSummary, _gfdt_ratios, arm_stats
 
     def run(arm, seed, **walls):
         phases = [{"phase": k, "wall_s": v, "rss_peak_mb": 800.0, "steps": 5} for k, v in walls.items()]
@@ -411,7 +413,7 @@ def test_one_slowed_run_moves_the_mean_time_ratio_not_the_median():
 
 
 def test_a_cpu_mean_needs_every_runs_cpu_time():
-    from modzoo.report import RunSummary, arm_stats
+    from modzoo.grid.report import RunSummary, arm_stats
 
     def run(seed, **cpu):
         ph = {"phase": "policy", "wall_s": 10.0, "rss_peak_mb": 800.0, "steps": 5, **cpu}
@@ -424,7 +426,7 @@ def test_a_cpu_mean_needs_every_runs_cpu_time():
 def test_final_and_swap_evaluations_take_their_own_episode_counts(tiny_experiment, tmp_path):
     """A grid can evaluate cheaply along the curve and with many episodes at the end and in its swaps, per arm."""
     import modzoo
-    from modzoo.experiment import swap_jobs
+    from modzoo.grid.plan import swap_jobs
     exp = yaml.safe_load(tiny_experiment.read_text())
     exp["budget"]["final_eval_episodes"] = 3
     exp["arms"]["idql-gf"]["run"] = {"eval_episodes": 1, "final_eval_episodes": 1}
@@ -452,7 +454,7 @@ def test_final_and_swap_evaluations_take_their_own_episode_counts(tiny_experimen
     sw = json.loads((runs / "dql-gf-iql" / "seed0" / "swaps.json").read_text())
     assert sw["other_algorithm"]["episodes"] == 1
     # a cached swap of another size is not reused: asking for 2 episodes evaluates it again
-    from modzoo.experiment import swap_cached
+    from modzoo.grid.runner import swap_cached
     job = next(j for j in swap_jobs(load_experiment(str(tiny_experiment))) if j["label"] == "other_algorithm")
     assert swap_cached(job)
     assert not swap_cached({**job, "episodes": 2})
@@ -477,7 +479,7 @@ def test_a_key_added_with_the_old_behaviour_as_default_leaves_old_runs_valid(tmp
     from omegaconf import OmegaConf
 
     import modzoo
-    from modzoo.experiment import RunSpec, config_drift
+    from modzoo.grid.plan import RunSpec, config_drift
     spec = RunSpec(task=TASK, arm="a", seed=0, out=str(tmp_path / "run"), guidance="dql", policy="dql",
                    schedule="joint", run={"policy_steps": 10})
     now = OmegaConf.to_container(modzoo.run_config("dql", "dql", TASK, schedule="joint", seed=0, out=spec.out,

@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from modzoo.experiment import run_experiment
+from modzoo.grid.runner import run_experiment
 
 TASK = "bullet-hopper-medium-v0"
 TINY = ["guidance.hidden=[16,16]", "policy.hidden=16", "policy.batch_size=32", "guidance.batch_size=32",

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import modzoo
-from modzoo.checkpoint import load_checkpoint
-from modzoo.config import PRESET_DIR, load_preset
-from modzoo.data import load_dataset
+from modzoo.run.checkpoint import load_checkpoint
+from modzoo.run.config import PRESET_DIR, load_preset
+from modzoo.bullet.data import load_dataset
 from modzoo.errors import ConfigError
-from modzoo.normalization import fit_obs_norm, gaussian_stats, obs_stats
-from modzoo.training import load_policy_and_guidance
+from modzoo.contract.normalization import fit_obs_norm, gaussian_stats, obs_stats
+from modzoo.run.training import load_policy_and_guidance
 
 TASK = "bullet-hopper-medium-v0"
 TINY = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64",
@@ -131,7 +131,7 @@ def test_act_temperature_scales_only_the_chain_start_and_only_when_acting(monkey
 
 
 def test_target_every_and_update_every_follow_cleandiffusers_step_counts(small_dataset_path) -> None:
-    from modzoo.buffer import ReplayBuffer
+    from modzoo.run.buffer import ReplayBuffer
 
     data = load_dataset(str(small_dataset_path), task=TASK)
     buf = ReplayBuffer(data, seed=0)
@@ -204,7 +204,7 @@ def test_bad_presets_are_one_line_errors(tmp_path) -> None:
 def test_an_experiment_arm_names_its_preset(tmp_path) -> None:
     from omegaconf import OmegaConf
 
-    from modzoo.experiment import plan
+    from modzoo.grid.plan import plan
     exp = OmegaConf.create({"out": str(tmp_path), "summaries": str(tmp_path / "s"), "tasks": [TASK], "seeds": [0],
                             "budget": {"policy_steps": 10},
                             "arms": {"a": {"guidance": "dql", "policy": "dql", "preset": "gfdt-authors"},

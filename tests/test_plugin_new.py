@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import modzoo
-import modzoo.plugins_api
+import modzoo.contract.registry
 from modzoo.cli import main
-from modzoo.cli_plugin import new_plugin
+from modzoo.cli.plugin import new_plugin
 from modzoo.testing import check_plugin
 
 TASK = "bullet-hopper-medium-v0"
@@ -35,11 +35,11 @@ def entry_points(monkeypatch):
 
     def add(ep: md.EntryPoint) -> None:
         extra.append(ep)
-        modzoo.plugins_api._REGISTRY = None  # discovery runs again on the next load_registry()
+        modzoo.contract.registry._REGISTRY = None  # discovery runs again on the next load_registry()
 
-    monkeypatch.setattr(modzoo.plugins_api.md, "entry_points", fake)
+    monkeypatch.setattr(modzoo.contract.registry.md, "entry_points", fake)
     yield add
-    modzoo.plugins_api._REGISTRY = None  # rebuilt without them once monkeypatch is undone
+    modzoo.contract.registry._REGISTRY = None  # rebuilt without them once monkeypatch is undone
 
 
 def run_cli(capsys, *argv):

@@ -9,8 +9,8 @@ import torch
 
 import modzoo
 from modzoo.cli import main
-from modzoo.diffusion import GaussianDiffusion
-from modzoo.nets import MLPDenoiser
+from modzoo.blocks.diffusion import GaussianDiffusion
+from modzoo.blocks.nets import MLPDenoiser
 from modzoo.plugins.cfg import cfg_combine
 from modzoo.plugins.edp import edp_q_loss
 from modzoo.plugins.sfbc import sfbc_probs, sfbc_select

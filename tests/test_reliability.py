@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import modzoo
-import modzoo.training as training
-from modzoo.checkpoint import save_half
+import modzoo.run.training as training
+from modzoo.run.checkpoint import save_half
 from modzoo.cli import main
 from modzoo.plugins.idql import IDQLPolicy, IQLGuidance
 
@@ -285,7 +285,7 @@ def test_a_write_that_stops_part_way_in_torchs_writer_is_one_line(tmp_path):
     RuntimeError (``unexpected pos``), as on a full disk; the message names the file and the space needed."""
     script = textwrap.dedent(f"""
         import resource, signal, torch
-        from modzoo.checkpoint import atomic_torch_save
+        from modzoo.run.checkpoint import atomic_torch_save
         from modzoo.errors import StorageError
         atomic_torch_save({{"w": torch.zeros(100)}}, {str(tmp_path / "c.pt")!r})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing us
@@ -326,7 +326,7 @@ def test_the_free_space_estimate_is_the_size_of_the_checkpoints_a_run_writes(sma
     copy of train_state.pt (the largest, both halves) a save writes beside it. And no warning with room to spare."""
     c = modzoo.run_config("idql", "idql", TASK, TINY, policy_steps=3, eval_episodes=0, device="cpu",
                           dataset=str(small_dataset_path), out=str(tmp_path / "r"), schedule="joint")
-    run = training._setup(c, None, False, None)
+    run = training.setup_run(c, None, False, None)
     need = training.checkpoints_need(tmp_path / "fresh", run.guidance, run.policy)
     shutil.rmtree(tmp_path / "r")
     import warnings

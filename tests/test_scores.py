@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modzoo import scores
-from modzoo.envs import TASKS
+from modzoo.bullet import scores
+from modzoo.bullet.envs import TASKS
 from modzoo.errors import EnvError, ModzooError
-from modzoo.scores import REF_MAX_SCORE, REF_MIN_SCORE, normalized_score
+from modzoo.bullet.scores import REF_MAX_SCORE, REF_MIN_SCORE, normalized_score
 
 
 def test_every_task_has_references_and_url() -> None:

@@ -7,7 +7,7 @@ import types
 import torch
 
 import modzoo
-from modzoo.interfaces import DiffusionPolicy
+from modzoo.contract.interfaces import DiffusionPolicy
 
 OBS, ACT, B = 5, 2, 32
 
@@ -23,7 +23,7 @@ def _plain_optimize(self: DiffusionPolicy, loss: torch.Tensor) -> None:
     """DDPMPolicy.optimize as it was before: backward into every leaf the loss reaches."""
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
-    modzoo.utils.clip_grad(self.diffusion.parameters(), self.cfg.get("grad_norm", 0.0))
+    modzoo.contract.stages.clip_grad(self.diffusion.parameters(), self.cfg.get("grad_norm", 0.0))
     self.opt.step()
     if self.sched is not None:
         self.sched.step()
@@ -67,7 +67,7 @@ def test_fused_optimizers_equal_the_per_tensor_loop() -> None:
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Linear(7, 32), torch.nn.Mish(), torch.nn.Linear(32, 3))
         ref, init = copy.deepcopy(net), copy.deepcopy(net)
-        opt = modzoo.utils.make_optimizer(net.parameters(), name, lr=1e-2, weight_decay=wd)
+        opt = modzoo.blocks.utils.make_optimizer(net.parameters(), name, lr=1e-2, weight_decay=wd)
         assert opt.defaults.get("fused")  # this torch (>= 2.4) has the CPU kernel
         ref_opt = cls(ref.parameters(), lr=1e-2, weight_decay=wd, foreach=False)
         for step in range(20):
@@ -104,8 +104,8 @@ def test_dql_q_term_on_two_members_equals_the_ensemble_loss() -> None:
 def test_chain_context_steps_equal_the_plain_denoiser_and_sampler() -> None:
     """chain_context/chain_step (the state's and time's share of the first layer computed once per chain) give
     forward()'s eps at every step, and the sampler the same actions and gradients as without them."""
-    from modzoo.diffusion import GaussianDiffusion
-    from modzoo.nets import LNResNetDenoiser, MLPDenoiser
+    from modzoo.blocks.diffusion import GaussianDiffusion
+    from modzoo.blocks.nets import LNResNetDenoiser, MLPDenoiser
 
     torch.manual_seed(0)
     obs = torch.randn(B, OBS) * 2

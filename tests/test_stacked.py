@@ -1,4 +1,4 @@
-"""Seeds trained together (``modzoo.stacked``) against the same seeds run alone."""
+"""Seeds trained together (``modzoo.run.stacked``) against the same seeds run alone."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ import torch
 import modzoo
 import modzoo.plugins.idql
 from modzoo.errors import ConfigError
-from modzoo.rng import StackedGenerator
-from modzoo.stacked import train_seeds
-from modzoo.stages import clip_per_seed
+from modzoo.contract.rng import StackedGenerator
+from modzoo.run.stacked import train_seeds
+from modzoo.contract.stages import clip_per_seed
 
 TASK = "bullet-hopper-medium-v0"
 TINY = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64",
@@ -156,12 +156,12 @@ def test_clip_per_seed_is_torch_clip_for_each_seed() -> None:
 def test_a_stacked_generator_refuses_to_draw_outside_the_trainer() -> None:
     sg = StackedGenerator([torch.Generator().manual_seed(0)])
     with pytest.raises(RuntimeError, match="vmapped step"):
-        modzoo.rng.randn((2,), sg)
+        modzoo.contract.rng.randn((2,), sg)
 
 
 def test_an_interrupted_stacked_group_resumes_stacked_and_ends_as_if_never_stopped(
         small_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modzoo.stacked import StackedStepper
+    from modzoo.run.stacked import StackedStepper
 
     def cfgs(tag: str) -> list[Any]:
         out = [_cfg("dql-joint", small_dataset_path, s, tmp_path / f"{tag}{s}") for s in SEEDS]

@@ -112,7 +112,7 @@ def test_phase_time_leaves_out_interim_evaluations_and_survives_a_resume(small_d
     its CPU time (cpu_s), which counts computing, not waiting: the updates here spin, the evaluations sleep."""
     import time
 
-    import modzoo.training as training
+    import modzoo.run.training as training
     from modzoo.plugins.idql import IDQLPolicy
 
     real_eval, real_update = training.evaluate, IDQLPolicy.update
@@ -157,7 +157,7 @@ def test_phase_time_leaves_out_interim_evaluations_and_survives_a_resume(small_d
 
 def test_a_run_killed_in_its_final_evaluation_resumes_without_a_second_phase_record(small_dataset_path, tmp_path,
                                                                                       monkeypatch):
-    import modzoo.training as training
+    import modzoo.run.training as training
     real_eval = training.evaluate
     calls = []
 
@@ -181,8 +181,8 @@ def test_a_run_killed_in_its_final_evaluation_resumes_without_a_second_phase_rec
 
 def test_seeds_evaluate_from_disjoint_start_states(monkeypatch):
     """Episodes pooled across a cell's seeds must be distinct starts: run seed s uses env seeds base(s) + i."""
-    import modzoo.evaluation as evaluation
-    from modzoo.training import evaluate
+    import modzoo.run.evaluation as evaluation
+    from modzoo.run.training import evaluate
     seen = {}
     monkeypatch.setattr(evaluation, "evaluate_policy", lambda act, task, episodes, seed, progress: seen.setdefault(
         seed, set(range(seed, seed + episodes))))
@@ -214,7 +214,7 @@ def test_resume_refuses_data_that_changed_under_the_run(small_dataset_path, tmp_
 
 
 def test_evaluation_is_reproducible_and_leaves_the_training_stream_alone(small_dataset_path):
-    from modzoo.training import evaluate
+    from modzoo.run.training import evaluate
     p = modzoo.make_policy("dql", 15, 3, hidden=16)
     g = modzoo.make_guidance("dql", 15, 3, hidden=[16, 16])
     before = p.gen().get_state()

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from modzoo import HalfSpec, hookimpl
-from modzoo.interfaces import Batch, GuidanceModule, Metrics
-from modzoo.policy import DDPMPolicy
+from modzoo.contract.interfaces import Batch, GuidanceModule, Metrics
+from modzoo.blocks.policy import DDPMPolicy
 
 CONFIG = Path(__file__).with_name("awr.yaml")
 

@@ -1,0 +1,174 @@
+"""DDPM over actions, conditioned on the state: noise schedules, the training loss and the reverse sampler.
+
+Both IDQL and Diffusion-QL use epsilon prediction with T=5 and the VP schedule, but their samplers differ in one
+detail, kept here as two named variants so that each plugin reproduces its paper:
+
+- ``"posterior"`` (Diffusion-QL): predict x0 from eps, clip x0 to [-1, 1], step with the DDPM posterior mean and
+  the (clipped-log) posterior variance.
+- ``"eps_clip"`` (IDQL): x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z, then
+  clip x_{t-1} to [-1, 1] at every step.
+
+Schedule constants are precomputed once as buffers, so a step is a handful of fused tensor ops with no host sync.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..contract import rng
+from .nets import Denoiser
+
+SAMPLERS = ("posterior", "eps_clip")
+
+
+def vp_beta_schedule(T: int, b_min: float = 0.1, b_max: float = 10.0) -> torch.Tensor:
+    """Variance-preserving schedule of Song et al. as discretized in IDQL/Diffusion-QL.
+
+    beta_t = 1 - exp(-b_min / T - (b_max - b_min) (2t - 1) / (2 T^2)),  t = 1..T.
+    """
+    t = torch.arange(1, T + 1, dtype=torch.float64)
+    alpha = torch.exp(-b_min / T - 0.5 * (b_max - b_min) * (2 * t - 1) / T**2)
+    return (1 - alpha).float()
+
+
+def linear_beta_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
+    """Ho et al.'s linear schedule (offered by Diffusion-QL; not the papers' default)."""
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64).float()
+
+
+def cosine_beta_schedule(T: int, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule (offered by IDQL; not the papers' default)."""
+    steps = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos(((steps / T) + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    return torch.clamp(1 - abar[1:] / abar[:-1], 0, 0.999).float()
+
+
+def linear_scaled_beta_schedule(T: int) -> torch.Tensor:
+    """Ho et al.'s linear schedule rescaled to T steps (guided-diffusion's ``get_named_beta_schedule('linear')``,
+    which EDP uses): betas from 1e-4 * 1000/T to 0.02 * 1000/T, so abar_T is near 0 for any T."""
+    scale = 1000.0 / T
+    if scale * 2e-2 >= 1:
+        raise ValueError(f"schedule linear_scaled needs T > 20 (its last beta is 20/T), got T={T}; use vp for "
+                         f"short chains")
+    return torch.linspace(scale * 1e-4, scale * 2e-2, T, dtype=torch.float64).float()
+
+
+SCHEDULES = {"vp": vp_beta_schedule, "linear": linear_beta_schedule, "cosine": cosine_beta_schedule,
+             "linear_scaled": linear_scaled_beta_schedule}
+
+
+class GaussianDiffusion(nn.Module):
+    """A conditional DDPM p(a | s) around an epsilon-predicting denoiser.
+
+    ``loss`` is the simple (unweighted) epsilon-MSE of Ho et al.; ``sample`` runs the whole reverse chain and is
+    differentiable when called under grad mode (Diffusion-QL backpropagates its Q term through it).
+    """
+
+    def __init__(self, denoiser: Denoiser, act_dim: int, T: int = 5, schedule: str = "vp",
+                 sampler: str = "posterior", max_action: float = 1.0) -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown noise schedule {schedule!r}; known: {sorted(SCHEDULES)}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; known: {list(SAMPLERS)}")
+        self.model = denoiser
+        self.act_dim, self.T, self.sampler, self.max_action = act_dim, T, sampler, max_action
+        betas = SCHEDULES[schedule](T).double()
+        alphas = 1 - betas
+        abar = torch.cumprod(alphas, 0)
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        post_var = betas * (1 - abar_prev) / (1 - abar)
+        consts = {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": abar,
+            "sqrt_abar": abar.sqrt(),
+            "sqrt_one_minus_abar": (1 - abar).sqrt(),
+            "sqrt_recip_abar": (1 / abar).sqrt(),
+            "sqrt_recipm1_abar": (1 / abar - 1).sqrt(),
+            "post_coef1": betas * abar_prev.sqrt() / (1 - abar),
+            "post_coef2": (1 - abar_prev) * alphas.sqrt() / (1 - abar),
+            "post_std": (0.5 * torch.log(post_var.clamp(min=1e-20))).exp(),
+            "eps_coef": betas / (1 - abar).sqrt(),
+            "sqrt_recip_alpha": (1 / alphas).sqrt(),
+            "sqrt_beta": betas.sqrt(),
+        }
+        for k, v in consts.items():
+            self.register_buffer(k, v.float(), persistent=False)
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+        return self.sqrt_abar[t, None] * x0 + self.sqrt_one_minus_abar[t, None] * noise
+
+    def training_terms(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
+                       **model_kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One noising draw and the denoiser's prediction: ``t`` ~ U{0..T-1}, ``noise``, ``x_t`` and ``eps``.
+
+        The pieces a loss is made of, for plugins whose loss uses more than the epsilon MSE (EDP reads the
+        one-step action approximation off the same prediction; classifier-free guidance passes ``cond``/``keep``
+        through ``model_kwargs``).
+        """
+        b = x0.shape[0]
+        t = rng.randint(self.T, (b,), generator, x0.device)
+        noise = rng.randn(x0.shape, generator, x0.device)
+        x_t = self.q_sample(x0, t, noise)
+        return {"t": t, "noise": noise, "x_t": x_t, "eps": self.model(x_t, t, obs, **model_kwargs)}
+
+    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
+             reduce: bool = True) -> torch.Tensor:
+        """Epsilon-prediction MSE with t ~ U{0..T-1}: the behaviour-cloning loss of both papers."""
+        terms = self.training_terms(x0, obs, generator)
+        err = (terms["eps"] - terms["noise"]) ** 2
+        return err.mean() if reduce else err.mean(-1)
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) per row (``t``: (B,) step indices), clipped to the
+        action range by default: the x0 the posterior sampler steps towards, and EDP's action approximation."""
+        x0 = self.sqrt_recip_abar[t, None] * x_t - self.sqrt_recipm1_abar[t, None] * eps
+        return x0.clamp(-self.max_action, self.max_action) if clip else x0
+
+    # ---- sampling -------------------------------------------------------------------------------------------
+    def p_step(self, x: torch.Tensor, t: int, obs: torch.Tensor, noise: torch.Tensor | None,
+               eps: torch.Tensor | None = None) -> torch.Tensor:
+        """One reverse step x_t -> x_{t-1} (``noise`` is ignored at t = 0, as in DDPM)."""
+        if eps is None:
+            eps = self.model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), obs)
+        if self.sampler == "posterior":
+            x0 = (self.sqrt_recip_abar[t] * x - self.sqrt_recipm1_abar[t] * eps).clamp(-self.max_action,
+                                                                                     self.max_action)
+            mean = self.post_coef1[t] * x0 + self.post_coef2[t] * x
+            return mean + self.post_std[t] * noise if (t > 0 and noise is not None) else mean
+        x = self.sqrt_recip_alpha[t] * (x - self.eps_coef[t] * eps)
+        if t > 0 and noise is not None:
+            x = x + self.sqrt_beta[t] * noise
+        return x.clamp(-self.max_action, self.max_action)
+
+    def sample(self, obs: torch.Tensor, generator: rng.Gen = None,
+               guide=None, init_scale: float = 1.0) -> torch.Tensor:
+        """Run the reverse chain from N(0, init_scale^2 I) for each row of ``obs``: returns (B, act_dim).
+
+        ``guide``, if given, maps (x_t, t, obs) -> eps and replaces the plain denoiser call (classifier-free or
+        energy guidance plug in here without a second sampler). ``init_scale`` < 1 starts the chain nearer the
+        mode (CleanDiffuser's sampling ``temperature``: it scales x_T only, not the noise of each step).
+        """
+        b = obs.shape[0]
+        # A denoiser may precompute what the T steps share (the state's part of its first layer, the T time
+        # embeddings): see MLPDenoiser.chain_context. Same function, less work per step.
+        chain_context = getattr(self.model, "chain_context", None) if guide is None else None
+        ctx = chain_context(obs, self.T) if chain_context is not None else None
+        x = rng.randn((b, self.act_dim), generator, obs.device)
+        if init_scale != 1.0:
+            x = x * init_scale
+        for t in reversed(range(self.T)):
+            noise = rng.randn((b, self.act_dim), generator, obs.device) if t > 0 else None
+            eps = None
+            if guide is not None:
+                eps = guide(x, torch.full((b,), t, device=obs.device, dtype=torch.long), obs)
+            elif ctx is not None:
+                eps = self.model.chain_step(x, t, ctx)
+            x = self.p_step(x, t, obs, noise, eps=eps)
+        return x.clamp(-self.max_action, self.max_action)

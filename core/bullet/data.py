@@ -1,0 +1,421 @@
+"""D4RL-format datasets: reading, validating, building transitions, writing.
+
+The on-disk layout is D4RL's HDF5 (``observations, actions, rewards, terminals`` and usually
+``timeouts``, optionally ``next_observations``), so files D4RL published, files written by someone else
+with plain h5py, and files ``modzoo data collect`` writes all load the same way. Transitions are built
+exactly like ``d4rl.qlearning_dataset`` (see :func:`qlearning_transitions`), so a critic trained here sees
+the same (s, a, r, s', done) tuples it would see through d4rl.
+
+Every problem a user can fix (missing file, not HDF5, truncated, missing key, wrong lengths, NaN/inf,
+dims not matching the env) raises :class:`~modzoo.errors.DatasetError` with the file named in one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .envs import MAX_EPISODE_STEPS, TASKS, env_dims, parse_task
+from ..errors import DatasetError, EnvError
+
+#: Keys every D4RL file has (d4rl's ``get_dataset`` asserts exactly these).
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+#: Environment variable D4RL itself uses for its download cache.
+DATASET_DIR_ENV = "D4RL_DATASET_DIR"
+
+
+def dataset_dir() -> Path:
+    """D4RL's cache directory: ``$D4RL_DATASET_DIR`` or ``~/.d4rl/datasets`` (d4rl's default)."""
+    return Path(os.environ.get(DATASET_DIR_ENV, "~/.d4rl/datasets")).expanduser()
+
+
+def demo_dir() -> Path:
+    """Where ``modzoo demo`` keeps the small datasets it collects: its own cache (``$XDG_CACHE_HOME/modzoo``,
+    default ``~/.cache/modzoo``), not D4RL's (see :func:`demo_dataset_path`)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "modzoo"
+
+
+def demo_dataset_path(task: str, transitions: int, directory: str | os.PathLike[str] | None = None) -> Path:
+    """The file of ``modzoo demo``'s small dataset of ``task``: ``<task>-demo-<transitions>.hdf5`` in the demo's
+    cache.
+
+    Never D4RL's cache under D4RL's file name: a run or a grid that names the task (``--env`` without
+    ``--dataset``) must get the full dataset or a clear "not found", never 50k demo transitions standing in for
+    D4RL's million. The demo's file is used where it is named (``--dataset PATH``, ``data info PATH``: the demo
+    prints those commands), and the "not found" error for the task points at it.
+    """
+    return Path(directory or demo_dir()).expanduser() / f"{task}-demo-{int(transitions)}.hdf5"
+
+
+def demo_datasets(task: str) -> list[Path]:
+    """The demo files of ``task`` in the demo's cache, smallest first."""
+    found = demo_dir().glob(f"{task}-demo-*.hdf5")
+    return sorted(found, key=lambda f: (len(f.name), f.name))
+
+
+def dataset_path(task: str) -> Path:
+    """Where D4RL (and modzoo) keep a named dataset: the cache dir + the file name of D4RL's URL
+    (``bullet-hopper-medium-v0`` -> ``bullet-hopper_medium.hdf5``), as d4rl's ``filepath_from_url``."""
+    from .scores import DATASET_URLS
+
+    parse_task(task)  # EnvError listing known names for anything else
+    return dataset_dir() / DATASET_URLS[task].rsplit("/", 1)[-1]
+
+
+def task_from_filename(path: str | os.PathLike[str]) -> str | None:
+    """Guess the task from a D4RL file name (``bullet-hopper_medium_replay.hdf5``) or a file named after
+    the task (``bullet-hopper-medium-replay-v0.hdf5``); None if it is neither."""
+    stem = Path(path).name
+    stem = re.sub(r"\.(hdf5|h5)$", "", stem)
+    if stem in TASKS:
+        return stem
+    m = re.fullmatch(r"bullet-([a-z0-9]+)_([a-z_]+)", stem)
+    if m:
+        cand = f"bullet-{m.group(1)}-{m.group(2).replace('_', '-')}-v0"
+        if cand in TASKS:
+            return cand
+    return None
+
+
+@dataclass
+class Dataset:
+    """Transitions of one dataset, built like ``d4rl.qlearning_dataset``.
+
+    ``fingerprint`` hashes the transition arrays: two datasets with equal fingerprints are the same data
+    distribution, which is what decides whether a frozen guidance and a policy can be mixed.
+    """
+
+    name: str
+    path: str | None
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_observations: np.ndarray
+    terminals: np.ndarray
+    attrs: dict[str, Any]
+    fingerprint: str
+    raw_episode_returns: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    raw_episode_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.observations.shape[1])
+
+    @property
+    def act_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.rewards.shape[0])
+
+    def episode_returns(self) -> np.ndarray:
+        """Undiscounted returns of the raw file's episodes (split at ``terminals | timeouts``; a trailing
+        unfinished segment counts as an episode, as it is data the agent sees)."""
+        return self.raw_episode_returns
+
+    def episode_lengths(self) -> np.ndarray:
+        """Lengths of the raw episodes, in the order of :meth:`episode_returns`."""
+        return self.raw_episode_lengths
+
+
+def fingerprint_arrays(*arrays: np.ndarray) -> str:
+    """Short sha256 (16 hex) over the arrays' float32 bytes and shapes."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def qlearning_transitions(
+    observations: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    terminals: np.ndarray,
+    timeouts: np.ndarray | None,
+    max_episode_steps: int = MAX_EPISODE_STEPS,
+) -> dict[str, np.ndarray]:
+    """``d4rl.qlearning_dataset`` (``terminate_on_end=False``), vectorized.
+
+    d4rl's rule: for ``i`` in ``0 .. N-2`` the transition is ``(obs[i], act[i], rew[i], obs[i+1],
+    terminals[i])``, except that rows where ``timeouts[i]`` is set are dropped (their successor is the next
+    episode's first observation; a timeout is not a terminal). The file's last row is always dropped (no
+    successor). Without a ``timeouts`` key d4rl counts steps and treats step ``max_episode_steps - 1``
+    of each episode as the timeout. Any ``next_observations`` key is ignored, as d4rl does.
+    """
+    n = int(rewards.shape[0])
+    if n < 2:
+        keep = np.zeros(0, dtype=np.int64)
+    elif timeouts is not None:
+        keep = np.flatnonzero(~timeouts[: n - 1].astype(bool))
+    else:
+        done = terminals.astype(bool)
+        kept = []
+        episode_step = 0
+        for i in range(n - 1):
+            final = episode_step == max_episode_steps - 1
+            if final:
+                episode_step = 0
+                continue
+            if done[i]:
+                episode_step = 0
+            kept.append(i)
+            episode_step += 1  # d4rl increments even right after a terminal (its quirk, kept)
+        keep = np.asarray(kept, dtype=np.int64)
+    return {
+        "observations": observations[keep].astype(np.float32),
+        "actions": actions[keep].astype(np.float32),
+        "rewards": rewards[keep].astype(np.float32),
+        "next_observations": observations[keep + 1].astype(np.float32),
+        "terminals": terminals[keep].astype(np.float32),
+    }
+
+
+def episode_boundaries(terminals: np.ndarray, timeouts: np.ndarray | None, max_episode_steps: int = MAX_EPISODE_STEPS) -> np.ndarray:
+    """Boolean per row: the row ends an episode (terminal or timeout; without timeouts, every
+    ``max_episode_steps``-th step since the last end, d4rl's fallback)."""
+    ends = terminals.astype(bool).copy()
+    if timeouts is not None:
+        return ends | timeouts.astype(bool)
+    step = 0
+    for i in range(len(ends)):
+        step += 1
+        if ends[i] or step == max_episode_steps:
+            ends[i] = True
+            step = 0
+    return ends
+
+
+def episode_returns_from_raw(rewards: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(returns, lengths) of the episodes delimited by ``ends`` (trailing open segment included)."""
+    n = len(rewards)
+    if n == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    stops = np.flatnonzero(ends) + 1
+    if len(stops) == 0 or stops[-1] != n:
+        stops = np.r_[stops, n]
+    starts = np.r_[0, stops[:-1]]
+    csum = np.r_[0.0, np.cumsum(rewards, dtype=np.float64)]
+    return csum[stops] - csum[starts], (stops - starts).astype(np.int64)
+
+
+def attr_value(v: Any) -> Any:
+    """HDF5 attribute -> plain Python (JSON strings written by modzoo come back as dicts/lists)."""
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, str) and v[:1] in "{[":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    import h5py
+
+    if not path.exists():
+        raise DatasetError(f"dataset file {path} does not exist: give an existing path or build it with `modzoo data collect NAME --out {path}`")
+    try:
+        with h5py.File(path, "r") as f:
+            keys = set(f.keys())
+            missing = [k for k in REQUIRED_KEYS if k not in keys]
+            if missing:
+                raise DatasetError(
+                    f"dataset file {path} has no key {missing[0]!r}: not a D4RL-format file "
+                    f"(keys: {', '.join(sorted(keys)) or 'none'}); rebuild it with `modzoo data collect NAME`"
+                )
+            raw: dict[str, np.ndarray] = {}
+            for k in (*REQUIRED_KEYS, "timeouts", "next_observations"):
+                if k in keys:
+                    obj = f[k]
+                    if not isinstance(obj, h5py.Dataset):
+                        raise DatasetError(f"dataset file {path}: {k!r} is a group, not an array; not a D4RL-format file, rebuild it with `modzoo data collect NAME`")
+                    raw[k] = obj[()]
+            attrs = {str(k): attr_value(v) for k, v in f.attrs.items()}
+    except DatasetError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise DatasetError(
+            f"dataset file {path} is unreadable or corrupt ({msg}): delete it and rebuild it with "
+            f"`modzoo data collect NAME` or download it again with `modzoo data fetch NAME`"
+        ) from exc
+    return raw, attrs
+
+
+def _validate(path: Path, raw: dict[str, np.ndarray], task: str) -> None:
+    obs_dim, act_dim = env_dims(task)
+    fix = "rebuild it with `modzoo data collect NAME`"
+    obs, act = raw["observations"], raw["actions"]
+    if obs.ndim != 2 or obs.shape[1] != obs_dim:
+        raise DatasetError(f"dataset file {path}: observations have shape {obs.shape}, but {task} needs (N, {obs_dim}); wrong task for this file? pass the right task or {fix}")
+    if act.ndim != 2 or act.shape[1] != act_dim:
+        raise DatasetError(f"dataset file {path}: actions have shape {act.shape}, but {task} needs (N, {act_dim}); wrong task for this file? pass the right task or {fix}")
+    n = obs.shape[0]
+    if n == 0:
+        raise DatasetError(f"dataset file {path} holds no transitions: {fix}")
+    for k in ("rewards", "terminals", "timeouts", "next_observations"):
+        if k in raw and raw[k].ndim == 0:
+            raise DatasetError(f"dataset file {path}: {k!r} is a single value, expected one per row ({n}); {fix}")
+    for k in ("actions", "rewards", "terminals", "timeouts", "next_observations"):
+        if k in raw and raw[k].shape[0] != n:
+            raise DatasetError(f"dataset file {path}: {k!r} has {raw[k].shape[0]} rows but observations have {n}; the file is inconsistent, {fix}")
+    for k in ("rewards", "terminals", "timeouts"):
+        if k in raw and raw[k].ndim != 1:
+            raise DatasetError(f"dataset file {path}: {k!r} has shape {raw[k].shape}, expected ({n},); {fix}")
+    if "next_observations" in raw and raw["next_observations"].shape != obs.shape:
+        raise DatasetError(f"dataset file {path}: next_observations have shape {raw['next_observations'].shape}, observations {obs.shape}; {fix}")
+    f32_max = float(np.finfo(np.float32).max)
+    for k in ("observations", "actions", "rewards", "next_observations"):
+        if k in raw:
+            a = raw[k]
+            if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+                raise DatasetError(f"dataset file {path}: {k!r} has dtype {a.dtype}, not real numbers; {fix}")
+            bad = ~np.isfinite(a)
+            if bad.any():
+                row = int(np.flatnonzero(bad.reshape(n, -1).any(axis=1))[0])
+                raise DatasetError(f"dataset file {path}: {k!r} contains NaN or inf (first at row {row}); {fix}")
+            if np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 4:
+                big = np.abs(a) > f32_max  # would load as inf: everything trains in float32
+                if big.any():
+                    row = int(np.flatnonzero(big.reshape(n, -1).any(axis=1))[0])
+                    raise DatasetError(f"dataset file {path}: {k!r} holds a value beyond float32 (first at row "
+                                       f"{row}); {fix}")
+    for k in ("terminals", "timeouts"):  # flags: d4rl reads them as booleans, so anything but 0/1 is a broken file
+        if k in raw:
+            a = raw[k]
+            if not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+                raise DatasetError(f"dataset file {path}: {k!r} has dtype {a.dtype}, expected 0/1 flags; {fix}")
+            bad = ~np.isin(a.astype(np.float64), (0.0, 1.0))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise DatasetError(f"dataset file {path}: {k!r} holds {a[row]!r} at row {row}; flags must be 0 or 1; "
+                                   f"{fix}")
+
+
+def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:
+    """Path and task for ``load_dataset``'s argument (a file path or a task name)."""
+    p = Path(name_or_path).expanduser()
+    looks_like_path = p.suffix in (".hdf5", ".h5") or os.sep in name_or_path or p.exists()
+    if not looks_like_path:
+        try:
+            parse_task(name_or_path)
+        except EnvError as exc:
+            raise DatasetError(f"{name_or_path!r} is neither a dataset file nor a known task name; {exc}") from exc
+        t = task or name_or_path
+        path = dataset_path(name_or_path)
+        if not path.exists():
+            raise DatasetError(
+                f"dataset {name_or_path} not found at {path}: build it with `modzoo data collect {name_or_path}` "
+                f"(or `modzoo data fetch {name_or_path}` where D4RL's server is reachable; set ${DATASET_DIR_ENV} to use another directory)"
+                f"{_demo_hint(name_or_path)}"
+            )
+        return path, t
+    return p, task or ""
+
+
+def _demo_hint(task: str) -> str:
+    """The demo's small file of ``task``, offered by path where the full dataset is missing (never used in its
+    place: it is a fraction of the data, see :func:`demo_dataset_path`)."""
+    found = demo_datasets(task)
+    if not found:
+        return ""
+    return (f"; the small dataset `modzoo demo` made is {found[-1]}: pass it by path to use it (--dataset "
+            f"{found[-1]}, or `modzoo data info {found[-1]}`)")
+
+
+def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
+    """Load and validate a D4RL-format dataset by task name (from :func:`dataset_dir`) or by path.
+
+    The task (which env the data belongs to) is, in order: the ``task`` argument, the file's ``task``
+    attribute, or the file name (D4RL's ``bullet-hopper_medium.hdf5`` or ``bullet-hopper-medium-v0.hdf5``).
+    """
+    path, t = _resolve(str(name_or_path), task)
+    raw, attrs = _read_raw(path)
+    if not t:
+        t = str(attrs.get("task") or "") or (task_from_filename(path) or "")
+    if not t:
+        raise DatasetError(f"dataset file {path}: cannot tell which task it belongs to (no 'task' attribute, file name not D4RL's); pass the task, e.g. load_dataset(path, task='bullet-hopper-medium-v0')")
+    try:
+        parse_task(t)
+    except EnvError as exc:
+        raise DatasetError(f"dataset file {path}: task {t!r} unknown; {exc}") from exc
+    if raw["rewards"].ndim == 2 and raw["rewards"].shape[1] == 1:  # some writers store (N, 1); d4rl squeezes
+        raw["rewards"] = raw["rewards"][:, 0]
+    for k in ("terminals", "timeouts"):
+        if k in raw and raw[k].ndim == 2 and raw[k].shape[1] == 1:
+            raw[k] = raw[k][:, 0]
+    _validate(path, raw, t)
+    timeouts = raw.get("timeouts")
+    tr = qlearning_transitions(raw["observations"], raw["actions"], raw["rewards"], raw["terminals"], timeouts)
+    if len(tr["rewards"]) == 0:
+        raise DatasetError(f"dataset file {path} yields no transitions (every row is an episode's last step); rebuild it with `modzoo data collect NAME`")
+    rets, lens = episode_returns_from_raw(raw["rewards"].astype(np.float64), episode_boundaries(raw["terminals"], timeouts))
+    fp = fingerprint_arrays(tr["observations"], tr["actions"], tr["rewards"], tr["next_observations"], tr["terminals"])
+    return Dataset(
+        name=t, path=str(path), attrs=attrs, fingerprint=fp,
+        raw_episode_returns=rets, raw_episode_lengths=lens, **tr,
+    )
+
+
+def write_d4rl_file(
+    path: str | os.PathLike[str],
+    observations: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    terminals: np.ndarray,
+    timeouts: np.ndarray,
+    attrs: Mapping[str, Any] | None = None,
+    next_observations: np.ndarray | None = None,
+) -> Path:
+    """Write a D4RL-layout HDF5 file atomically (temp file in the same directory, then ``os.replace``),
+    so an interrupted write never leaves a half file under the final name.
+
+    dtypes follow D4RL's files: float32 arrays, bool terminals/timeouts. Attribute values that are dicts or
+    lists are stored as JSON strings (HDF5 attributes hold no nested structures); None is stored as "".
+    """
+    import h5py
+
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(rewards)
+    arrays: dict[str, np.ndarray] = {
+        "observations": np.asarray(observations, dtype=np.float32),
+        "actions": np.asarray(actions, dtype=np.float32),
+        "rewards": np.asarray(rewards, dtype=np.float32).reshape(n),
+        "terminals": np.asarray(terminals).astype(bool).reshape(n),
+        "timeouts": np.asarray(timeouts).astype(bool).reshape(n),
+    }
+    if next_observations is not None:
+        arrays["next_observations"] = np.asarray(next_observations, dtype=np.float32)
+    for k, a in arrays.items():
+        if a.shape[0] != n:
+            raise DatasetError(f"cannot write {path}: {k} has {a.shape[0]} rows, rewards {n}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for k, a in arrays.items():
+                f.create_dataset(k, data=a)
+            for k, v in (attrs or {}).items():
+                if isinstance(v, (dict, list, tuple)):
+                    v = json.dumps(v)
+                elif v is None:
+                    v = ""
+                f.attrs[k] = v
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

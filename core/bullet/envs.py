@@ -1,0 +1,209 @@
+"""Bullet locomotion environments for the D4RL ``bullet-*`` tasks.
+
+D4RL's ``bullet-*`` datasets were recorded on pybullet's ``HopperBulletEnv-v0`` and friends. Legacy
+``pybullet_envs`` no longer imports with current gym, so modzoo builds on the maintained gymnasium port
+(``pybullet_envs_gymnasium``) and registers its own ids ``modzoo/bullet-<robot>-v0``:
+
+* ``reset(seed=s)`` is deterministic. The port is not: its very first reset builds the scene and the
+  ant settles differently from every later reset (which restores a saved physics state), so the same seed
+  gave two different first observations. :class:`BulletLocomotionEnv` does one hidden warm-up reset when
+  it creates the physics client so every reset the caller sees goes through the same restore path.
+* ``terminated`` is the robot falling (pybullet's own ``alive < 0`` rule; halfcheetah never falls, as in
+  pybullet); ``truncated`` comes from gymnasium's ``TimeLimit`` at 1000 steps, the D4RL episode length.
+
+Task names (``bullet-hopper-medium-v0``) map to these env ids through :func:`parse_task`/:func:`env_id`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from functools import lru_cache
+from typing import Any, Iterator
+
+import gymnasium
+import numpy as np
+
+from ..errors import EnvError
+
+#: robot -> (pybullet_envs_gymnasium class name, obs_dim, act_dim). The dims are the pybullet robots'
+#: fixed sizes; tests check them against the live spaces, so env_dims() needs no physics client.
+ROBOTS: dict[str, tuple[str, int, int]] = {
+    "hopper": ("HopperBulletEnv", 15, 3),
+    "halfcheetah": ("HalfCheetahBulletEnv", 26, 6),
+    "walker2d": ("Walker2DBulletEnv", 22, 6),
+    "ant": ("AntBulletEnv", 28, 8),
+}
+#: D4RL's dataset levels, in D4RL's order.
+LEVELS: tuple[str, ...] = ("random", "medium", "expert", "medium-expert", "medium-replay")
+#: Every D4RL ``bullet-*`` task name.
+TASKS: tuple[str, ...] = tuple(f"bullet-{r}-{lvl}-v0" for r in ROBOTS for lvl in LEVELS)
+#: Episode length of D4RL's locomotion tasks (and of pybullet's registrations).
+MAX_EPISODE_STEPS = 1000
+
+
+def _unknown(name: str) -> EnvError:
+    return EnvError(
+        f"unknown task or robot {name!r}: use one of the robots {', '.join(ROBOTS)} or a task "
+        f"bullet-<robot>-<level>-v0 with level in {', '.join(LEVELS)} (e.g. bullet-hopper-medium-v0)"
+    )
+
+
+def parse_task(name: str) -> tuple[str, str]:
+    """Split ``bullet-hopper-medium-replay-v0`` into ``("hopper", "medium-replay")``.
+
+    Raises :class:`EnvError` listing the known names for anything that is not one of :data:`TASKS`.
+    """
+    if name in TASKS:
+        body = name[len("bullet-"): -len("-v0")]
+        robot, _, level = body.partition("-")
+        return robot, level
+    raise _unknown(name)
+
+
+def robot_of(task_or_robot: str) -> str:
+    """The robot of a task name, an env id (``modzoo/bullet-ant-v0``) or a bare robot name."""
+    if task_or_robot in ROBOTS:
+        return task_or_robot
+    if task_or_robot.startswith("modzoo/bullet-") and task_or_robot.endswith("-v0"):
+        robot = task_or_robot[len("modzoo/bullet-"): -len("-v0")]
+        if robot in ROBOTS:
+            return robot
+    return parse_task(task_or_robot)[0]
+
+
+def env_id(task_or_robot: str) -> str:
+    """The gymnasium id for a task or robot: ``bullet-hopper-medium-v0`` -> ``modzoo/bullet-hopper-v0``."""
+    return f"modzoo/bullet-{robot_of(task_or_robot)}-v0"
+
+
+@lru_cache(maxsize=None)
+def env_dims(task_or_robot: str) -> tuple[int, int]:
+    """``(obs_dim, act_dim)`` of a task's env, from the static table (no physics client is started)."""
+    _, obs_dim, act_dim = ROBOTS[robot_of(task_or_robot)]
+    return obs_dim, act_dim
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence C-level stdout: pybullet prints ``argv[0]=`` whenever a physics client connects, which
+    would land in the middle of CLI output and progress bars."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # e.g. stdout replaced by a StringIO
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+class BulletLocomotionEnv(gymnasium.Env):
+    """One pybullet locomotion robot behind a clean gymnasium interface (see the module docstring).
+
+    The wrapped ``pybullet_envs_gymnasium`` env is created lazily on the first reset, so building the env
+    (e.g. to read its spaces) starts no physics.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 60}
+
+    def __init__(self, robot: str, render_mode: str | None = None) -> None:
+        if robot not in ROBOTS:
+            raise _unknown(robot)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise EnvError(f"render_mode {render_mode!r} is not supported: use 'rgb_array' or None")
+        self.robot = robot
+        self.render_mode = render_mode
+        _, obs_dim, act_dim = ROBOTS[robot]
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
+        self._inner: Any = None
+
+    def _ensure_inner(self) -> Any:
+        if self._inner is None:
+            import pybullet_envs_gymnasium.gym_locomotion_envs as loco
+
+            cls = getattr(loco, ROBOTS[self.robot][0])
+            with _quiet_stdout():
+                inner = cls(render_mode=self.render_mode)
+                # Warm-up: the first reset loads the scene and takes a different path than all later
+                # ones (which restore a saved state); burn it so equal seeds give equal episodes.
+                inner.reset(seed=0)
+            self._inner = inner
+        return self._inner
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        inner = self._ensure_inner()
+        if seed is None and inner.np_random is not self.np_random:
+            # Continue this env's own random stream rather than the warm-up's (``self.np_random`` is seeded from
+            # entropy if this env was never seeded: unseeded envs must not all replay the warm-up's seed 0).
+            inner.np_random = self.np_random
+            inner.robot.np_random = self.np_random
+        obs, info = inner.reset(seed=seed)
+        # Share one generator so gymnasium's seeding contract (same seed -> same RNG state) holds.
+        self._np_random = inner.np_random
+        return np.asarray(obs, dtype=np.float32), dict(info)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._inner is None:
+            raise EnvError("step() called before reset(): call env.reset(seed=...) first")
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != self.action_space.shape:
+            raise EnvError(
+                f"action of shape {action.shape} for {self.robot}: expected {self.action_space.shape}"
+            )
+        obs, reward, terminated, truncated, info = self._inner.step(action)
+        return np.asarray(obs, dtype=np.float32), float(reward), bool(terminated), bool(truncated), dict(info)
+
+    def render(self) -> np.ndarray | None:
+        if self._inner is None or self.render_mode is None:
+            return None
+        return self._inner.render()
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
+
+
+def _make_robot(robot: str, render_mode: str | None = None) -> BulletLocomotionEnv:
+    return BulletLocomotionEnv(robot, render_mode=render_mode)
+
+
+def register_envs() -> None:
+    """Register ``modzoo/bullet-<robot>-v0`` for the four robots; safe to call any number of times."""
+    for robot in ROBOTS:
+        eid = f"modzoo/bullet-{robot}-v0"
+        if eid in gymnasium.registry:
+            continue
+        gymnasium.register(
+            id=eid,
+            entry_point=_make_robot,
+            max_episode_steps=MAX_EPISODE_STEPS,
+            kwargs={"robot": robot},
+        )
+
+
+def make_env(task: str, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
+    """Make the env of a task (or robot), with the 1000-step time limit.
+
+    With ``seed`` the env is reset once with it and its action space seeded, so a following ``reset()``
+    without a seed continues a reproducible stream. gymnasium's passive checker is left off: the env is
+    checked by the test suite, and the checker costs time on every step of data collection.
+    """
+    register_envs()
+    env = gymnasium.make(env_id(task), render_mode=render_mode, disable_env_checker=True)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env

@@ -1,0 +1,168 @@
+"""The two halves every algorithm is made of, and the contract a plugin's classes must keep.
+
+Contract (checked by :mod:`modzoo.testing`):
+
+- Batches are dicts of float32 tensors on the module's device: ``observations (B, obs_dim)``,
+  ``actions (B, act_dim)`` in [-1, 1], ``rewards (B,)``, ``next_observations (B, obs_dim)``, ``terminals (B,)``
+  (1.0 where the episode truly ended), and ``next_actions (B, act_dim)`` (the dataset's next action; after a
+  terminal a placeholder that (1 - terminal) masks out) for SARSA-style critics.
+- ``update`` returns a flat ``dict[str, torch.Tensor | float]`` of scalar metrics. Values may stay tensors so that
+  no host sync happens inside a step; the trainer converts them when it logs.
+- ``state_dict()``/``load_state_dict()`` hold everything needed to resume (nets, targets, optimizers, step count,
+  statistics such as a reward scale), made only of tensors and plain Python values so checkpoints load with
+  ``torch.load(weights_only=True)``.
+- Construction takes ``(obs_dim, act_dim, cfg)`` where ``cfg`` is the plugin's resolved config (a plain dict).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .normalization import fit_obs_norm
+from .rng import SeededDropout
+
+Batch = dict[str, torch.Tensor]
+Metrics = dict[str, Any]
+
+
+class Half(nn.Module):
+    """What guidance and policy share: dims, config, a step counter and a device."""
+
+    #: the plugin name the class is registered under (set by the registry); stored in checkpoints.
+    algorithm: ClassVar[str] = ""
+
+    #: True when ``update`` is written as stages (:mod:`modzoo.contract.stages`) whose losses draw every random number
+    #: through :mod:`modzoo.contract.rng`: then several seeds can train as one stacked ensemble (:mod:`modzoo.run.stacked`).
+    stackable: ClassVar[bool] = False
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.cfg = int(obs_dim), int(act_dim), dict(cfg)
+        self.register_buffer("_steps", torch.zeros((), dtype=torch.long))
+        self.generator: Any = None
+
+    def gen(self) -> torch.Generator:
+        """This half's own noise stream (seeded by ``cfg['seed']``), created lazily on its device; it also drives
+        dropout masks (:class:`~modzoo.contract.rng.SeededDropout`)."""
+        if self.generator is None or self.generator.device != self.device:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(int(self.cfg.get("seed", 0)))
+            self.use_generator(g)
+        return self.generator
+
+    def use_generator(self, generator: Any) -> None:
+        """Make ``generator`` (a ``torch.Generator``, or the stacked trainer's ``StackedGenerator``) the source of
+        every random draw of this half, dropout included."""
+        self.generator = generator
+        for m in self.modules():
+            if isinstance(m, SeededDropout):
+                m.generator = generator
+
+    @property
+    def steps(self) -> int:
+        """Parameter updates done so far (read as a Python int: a host sync, so not inside a step). A stacked
+        ensemble's counter has a seed axis; every seed has done the same number of steps."""
+        return int(self._steps.reshape(-1)[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self._steps.device
+
+    def fit_data(self, dataset: Any) -> None:
+        """Everything a half learns from the dataset before its first step: the observation statistics its
+        networks normalize with (when its config says ``obs_norm: gaussian``), then the plugin's :meth:`prepare`.
+        The trainer calls this; plugins override :meth:`prepare`, not this."""
+        fit_obs_norm(self, dataset.observations)
+        self.prepare(dataset)
+
+    def prepare(self, dataset: Any) -> None:
+        """Called once with the whole :class:`~modzoo.bullet.data.Dataset` before training: compute dataset statistics
+        (e.g. IQL's reward scale) here and keep them in buffers so they are saved with the module."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Optimizer and other non-module state to checkpoint (tensors and plain values only)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`extra_state`."""
+
+
+class GuidanceModule(Half, ABC):
+    """A value estimator learned from offline batches: the half that says how good an action is.
+
+    ``q`` reduces the critic ensemble with the minimum (the conservative estimate both papers act on);
+    ``q_ensemble`` exposes the members for algorithms that need them separately (Diffusion-QL's Q term).
+    """
+
+    #: what this guidance can answer: {"q"} or {"q", "v"}. Policies declare which of these they need.
+    provides: ClassVar[frozenset[str]] = frozenset({"q"})
+
+    @property
+    def requires_policy(self) -> bool:
+        """True when the TD target samples the policy being trained (Diffusion-QL's critic): such a guidance can
+        only train jointly, never first."""
+        return False
+
+    @abstractmethod
+    def update(self, batch: Batch, policy: "DiffusionPolicy | None" = None) -> Metrics:
+        """One gradient step on the critic(s); ``policy`` is given in joint training only."""
+
+    @abstractmethod
+    def q_ensemble(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Every critic member's Q(s, a): (E, B). Differentiable w.r.t. ``act``."""
+
+    def q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """The value used to rank candidates: ensemble minimum, (B,). Critics with a target network answer with
+        the target (both IDQL's ``eval_actions`` and Diffusion-QL's ``sample_action`` rank with it)."""
+        return self.q_ensemble(obs, act).min(0).values
+
+    def v(self, obs: torch.Tensor) -> torch.Tensor:
+        """State value V(s): (B,). Only for guidances that provide "v"."""
+        raise NotImplementedError(f"guidance {self.algorithm!r} has no V(s); it provides {sorted(self.provides)}")
+
+    @property
+    def frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    def freeze(self) -> "GuidanceModule":
+        """Stop training: no parameter gradients, no optimizer state, eval mode. Gradients still flow to the
+        *action* input, which is all a policy's Q term needs."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.drop_optimizers()
+        self.eval()
+        return self
+
+    def drop_optimizers(self) -> None:
+        """Release optimizer state (a frozen guidance carries none)."""
+
+
+class DiffusionPolicy(Half, ABC):
+    """A denoising model over actions conditioned on the state.
+
+    ``needs`` lists the guidance capabilities the policy uses in training or in selection; the registry refuses a
+    pairing whose guidance lacks one.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+    #: True when ``update`` uses the guidance (Diffusion-QL's Q term); False when only ``act`` does (IDQL).
+    uses_guidance_in_training: ClassVar[bool] = False
+
+    @abstractmethod
+    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
+        """One gradient step on the denoiser."""
+
+    @abstractmethod
+    def sample(self, obs: torch.Tensor, n: int = 1) -> torch.Tensor:
+        """n candidate actions per state from the (EMA) model: (B, n, act_dim), in [-1, 1]."""
+
+    @abstractmethod
+    def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
+        """The action to execute for each state: (B, act_dim), selected among candidates with ``guidance``."""
+
+    def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
+        """Actions for a policy-dependent critic's TD target (Diffusion-QL: one EMA-policy sample)."""
+        return self.sample(next_obs, 1)[:, 0]

@@ -1,0 +1,90 @@
+"""Observation normalization, a property of the data that both halves carry.
+
+With ``obs_norm: gaussian`` in a half's config its networks z-score every observation they read with the
+dataset's per-dimension mean and standard deviation (the GFDT authors' CleanDiffuser pipelines do this through
+``GaussianNormalizer``). The statistics are computed once from the training data, kept as buffers inside the
+networks (:class:`~modzoo.contract.normalization.ObsNorm`) and so saved in the half's checkpoint. A half therefore always takes raw
+env observations: a guidance and a policy normalized differently (or one of them not at all) pair correctly,
+each applying its own statistics, whether they meet in training, at ``modzoo eval`` or in a swap.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+OBS_NORMS = ("none", "gaussian")
+
+
+def obs_norm_enabled(cfg: dict) -> bool:
+    """Whether a half's config asks its networks to z-score observations (``obs_norm: gaussian``)."""
+    name = cfg.get("obs_norm", "none") or "none"
+    if name not in OBS_NORMS:
+        raise ValueError(f"unknown obs_norm {name!r}; known: {', '.join(OBS_NORMS)}")
+    return name == "gaussian"
+
+
+class ObsNorm(nn.Module):
+    """z-scores observations with the dataset's mean and std (CleanDiffuser's ``GaussianNormalizer``).
+
+    It sits inside every network that reads a state, so a half always takes the env's raw observation: the
+    statistics travel in the half's own state dict (its checkpoint), training batches, TD targets, candidate
+    ranking and evaluation all see the same numbers, and two halves trained on differently normalized inputs
+    can be paired without any re-mapping, each applying its own. Filled by :func:`fit_obs_norm`.
+    """
+
+    def __init__(self, obs_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(obs_dim))
+        self.register_buffer("std", torch.ones(obs_dim))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.mean) / self.std
+
+
+def gaussian_stats(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and (population) std of ``observations``; a constant dimension gets std 1, as
+    CleanDiffuser's ``GaussianNormalizer`` does, so it passes through shifted rather than divided by zero."""
+    x = np.asarray(observations, dtype=np.float64)
+    mean, std = x.mean(0), x.std(0)
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def norm_layers(half: torch.nn.Module) -> list[ObsNorm]:
+    """Every :class:`ObsNorm` inside ``half`` (its target and EMA copies included)."""
+    return [m for m in half.modules() if isinstance(m, ObsNorm)]
+
+
+def fit_obs_norm(half: Any, observations: np.ndarray) -> bool:
+    """Fill ``half``'s normalizers with the statistics of ``observations`` when its config asks for them.
+
+    Returns whether it did. A half whose config asks for ``obs_norm: gaussian`` but whose networks have no
+    :class:`ObsNorm` (a plugin that builds its own nets) is refused: it would silently train on raw inputs.
+    """
+    if not obs_norm_enabled(half.cfg):
+        return False
+    layers = norm_layers(half)
+    if not layers:
+        raise ConfigError(f"{type(half).algorithm or type(half).__name__!r} does not support obs_norm=gaussian: its "
+                          f"networks have no modzoo.contract.normalization.ObsNorm (build them with "
+                          f"obs_norm=obs_norm_enabled(cfg)); "
+                          f"set obs_norm=none for it")
+    mean, std = gaussian_stats(observations)
+    with torch.no_grad():
+        for m in layers:
+            m.mean.copy_(torch.as_tensor(mean, device=m.mean.device))
+            m.std.copy_(torch.as_tensor(std, device=m.std.device))
+    return True
+
+
+def obs_stats(half: torch.nn.Module) -> dict[str, list[float]] | None:
+    """The statistics a half normalizes with (None when it reads raw observations): for run records."""
+    layers = norm_layers(half)
+    if not layers:
+        return None
+    return {"mean": layers[0].mean.tolist(), "std": layers[0].std.tolist()}

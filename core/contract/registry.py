@@ -1,0 +1,191 @@
+"""Plugin discovery and the registry of halves.
+
+Plugins are found through the ``modzoo`` entry-point group (first-party ones too), loaded one by one so that a
+plugin that fails to import or raises while registering is recorded, shown by ``modzoo list``, and does not stop
+the others. Compatibility is by capability: a policy pairs with every guidance that provides what it needs.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import yaml
+
+from . import hookspecs
+from ..errors import PluginError
+from .interfaces import DiffusionPolicy, GuidanceModule
+
+ENTRY_POINT_GROUP = "modzoo"
+
+
+@dataclass
+class HalfSpec:
+    """One guidance or policy half as a plugin declares it."""
+
+    name: str
+    cls: type
+    config: Path | str | dict[str, Any]
+    kind: str  # "guidance" | "policy"
+    description: str = ""
+    paper: str = ""
+    plugin: str = ""  # filled in by the registry: the entry-point name that contributed it
+
+    def default_config(self) -> dict[str, Any]:
+        """The ``guidance:`` or ``policy:`` section of the plugin's YAML (task overrides included)."""
+        raw = self.config if isinstance(self.config, dict) else yaml.safe_load(Path(self.config).read_text())
+        section = (raw or {}).get(self.kind)
+        if section is None:
+            raise PluginError(f"plugin {self.plugin or self.name!r}: its config has no '{self.kind}:' section")
+        return dict(section)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What a guidance provides, or what a policy needs."""
+        return frozenset(getattr(self.cls, "provides" if self.kind == "guidance" else "needs", frozenset()))
+
+
+@dataclass
+class BrokenPlugin:
+    name: str
+    error: str
+    detail: str = ""
+
+
+@dataclass
+class Registry:
+    guidances: dict[str, HalfSpec] = field(default_factory=dict)
+    policies: dict[str, HalfSpec] = field(default_factory=dict)
+    broken: list[BrokenPlugin] = field(default_factory=list)
+
+    # ---- lookups ---------------------------------------------------------------------------------------------
+    def guidance(self, name: str) -> HalfSpec:
+        if name not in self.guidances:
+            raise PluginError(f"unknown guidance {name!r}; known guidances: {', '.join(sorted(self.guidances))}"
+                              + self._broken_hint())
+        return self.guidances[name]
+
+    def policy(self, name: str) -> HalfSpec:
+        if name not in self.policies:
+            raise PluginError(f"unknown policy {name!r}; known policies: {', '.join(sorted(self.policies))}"
+                              + self._broken_hint())
+        return self.policies[name]
+
+    def half(self, kind: str, name: str) -> HalfSpec:
+        """``guidance(name)`` or ``policy(name)`` by ``kind``."""
+        return self.guidance(name) if kind == "guidance" else self.policy(name)
+
+    def _broken_hint(self) -> str:
+        if not self.broken:
+            return ""
+        return " (plugins that failed to load: " + ", ".join(f"{b.name}: {b.error}" for b in self.broken) + ")"
+
+    def compatible(self, policy: str) -> list[str]:
+        """Guidance names that provide everything ``policy`` needs."""
+        needs = self.policy(policy).capabilities
+        return sorted(g for g, spec in self.guidances.items() if needs <= spec.capabilities)
+
+    def check_pair(self, guidance: str, policy: str) -> None:
+        """Refuse a pairing whose guidance lacks a capability the policy needs, saying what is missing."""
+        g, p = self.guidance(guidance), self.policy(policy)
+        missing = p.capabilities - g.capabilities
+        if missing:
+            raise PluginError(
+                f"policy {policy!r} needs a guidance providing {sorted(p.capabilities)}, but {guidance!r} provides "
+                f"{sorted(g.capabilities)} (missing {sorted(missing)}); compatible guidances: "
+                f"{', '.join(self.compatible(policy)) or 'none'}")
+
+    def as_table(self) -> dict[str, Any]:
+        """The registry as plain data: what ``registry.yaml`` holds and ``modzoo list`` prints."""
+        def spec_row(s: HalfSpec) -> dict[str, Any]:
+            cfg = s.config if isinstance(s.config, (str, Path)) else "<inline>"
+            row = {"plugin": s.plugin, "class": f"{s.cls.__module__}.{s.cls.__qualname__}",
+                   "config": Path(cfg).name if cfg != "<inline>" else cfg, "description": s.description,
+                   "paper": s.paper}
+            if s.kind == "guidance":
+                row["provides"] = sorted(s.capabilities)
+            else:
+                row["needs"] = sorted(s.capabilities)
+                row["compatible_guidance"] = self.compatible(s.name)
+            return row
+        return {"guidance": {n: spec_row(s) for n, s in sorted(self.guidances.items())},
+                "policy": {n: spec_row(s) for n, s in sorted(self.policies.items())}}
+
+
+_REGISTRY: Registry | None = None
+_EXTRA_PLUGINS: list[tuple[str, Any]] = []
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> None:
+    """Register a plugin object or module in this process (tests, notebooks) without an entry point."""
+    global _REGISTRY
+    _EXTRA_PLUGINS.append((name or getattr(plugin, "__name__", repr(plugin)), plugin))
+    _REGISTRY = None
+
+
+def unregister_plugin(name: str) -> None:
+    global _REGISTRY
+    _EXTRA_PLUGINS[:] = [(n, p) for n, p in _EXTRA_PLUGINS if n != name]
+    _REGISTRY = None
+
+
+def _entry_points() -> list[md.EntryPoint]:
+    return sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+
+
+def load_registry(refresh: bool = False) -> Registry:
+    """Discover every plugin (entry points + :func:`register_plugin`) and index their halves."""
+    global _REGISTRY
+    if _REGISTRY is not None and not refresh:
+        return _REGISTRY
+    reg = Registry()
+    seen: set[str] = set()
+    candidates: list[tuple[str, Any]] = []
+    for ep in _entry_points():
+        if ep.name in seen:
+            continue
+        seen.add(ep.name)
+        try:
+            candidates.append((ep.name, ep.load()))
+        except Exception as e:  # a broken third-party plugin must not take the others down
+            reg.broken.append(BrokenPlugin(ep.name, f"import failed: {type(e).__name__}: {e}",
+                                           traceback.format_exc()))
+    candidates += _EXTRA_PLUGINS
+    for name, obj in candidates:
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        try:
+            pm.register(obj, name=name)
+            halves = [*(s for lst in pm.hook.modzoo_guidances() for s in lst),
+                      *(s for lst in pm.hook.modzoo_policies() for s in lst)]
+            for spec in halves:
+                _check_spec(spec)
+        except Exception as e:
+            reg.broken.append(BrokenPlugin(name, f"registration failed: {type(e).__name__}: {e}",
+                                           traceback.format_exc()))
+            continue
+        for spec in halves:
+            spec.plugin = name
+            table = reg.guidances if spec.kind == "guidance" else reg.policies
+            if spec.name in table:
+                reg.broken.append(BrokenPlugin(name, f"{spec.kind} {spec.name!r} is already registered by plugin "
+                                                     f"{table[spec.name].plugin!r}; kept the first"))
+                continue
+            spec.cls.algorithm = spec.name
+            table[spec.name] = spec
+    _REGISTRY = reg
+    return reg
+
+
+def _check_spec(spec: Any) -> None:
+    if not isinstance(spec, HalfSpec):
+        raise TypeError(f"hooks must return HalfSpec objects, got {type(spec).__name__}")
+    base = GuidanceModule if spec.kind == "guidance" else DiffusionPolicy if spec.kind == "policy" else None
+    if base is None:
+        raise ValueError(f"{spec.name}: kind must be 'guidance' or 'policy', not {spec.kind!r}")
+    if not (isinstance(spec.cls, type) and issubclass(spec.cls, base)):
+        raise TypeError(f"{spec.kind} {spec.name!r}: {spec.cls!r} does not subclass modzoo.{base.__name__}")
+    spec.default_config()  # parse now, so a broken YAML is reported at discovery

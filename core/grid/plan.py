@@ -1,0 +1,214 @@
+"""Experiment plans: which runs and swaps a grid YAML asks for, and whether a run dir still matches it.
+
+An experiment is a YAML file in ``experiments/`` (see ``experiments/gfdt-cpu.yaml``). Each arm names a guidance, a
+policy, a schedule, and optional config overrides; an arm may reuse another arm's guidance of the same task and
+seed (``guidance_from``), which is the GFDT way to spend compute: one guidance, many policies. After training,
+``swaps`` evaluate finished policies with a second, independently trained guidance ranking their candidates.
+:mod:`modzoo.grid.runner` executes a plan; :mod:`modzoo.grid.report` reads what it leaves.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from ..run.config import config_diff
+
+EXPERIMENT_DIRS = (Path("experiments"),)
+
+
+@dataclass
+class RunSpec:
+    """One cell of the grid, as plain data (it crosses process and Ray boundaries)."""
+
+    task: str
+    arm: str
+    seed: int
+    out: str
+    guidance: str
+    policy: str
+    schedule: str
+    overrides: list[str] = field(default_factory=list)
+    run: dict[str, Any] = field(default_factory=dict)
+    guidance_from: str | None = None  # out dir of the run whose guidance.pt this one uses
+    summaries: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.arm}/seed{self.seed}"
+
+
+def find_experiment(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    for d in EXPERIMENT_DIRS:
+        for cand in (d / f"{name}.yaml", d / f"{name}.yml"):
+            if cand.exists():
+                return cand
+    known = sorted(q.stem for d in EXPERIMENT_DIRS if d.exists() for q in d.glob("*.yaml"))
+    raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(known) or 'none'} (in ./experiments/) or "
+                      f"give a path to a YAML file")
+
+
+def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The experiment config with ``key=value`` overrides (struct mode: a misspelt key is an error)."""
+    path = find_experiment(name)
+    cfg = OmegaConf.load(path)
+    OmegaConf.set_struct(cfg, True)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as e:  # omegaconf raises several types for unknown keys and bad values
+        raise ConfigError(f"experiment {name}: bad override ({str(e).splitlines()[0]})") from None
+    return cfg
+
+
+def plan(exp: DictConfig) -> list[RunSpec]:
+    """Every run of the grid, seed-major (seed 0 of every arm first, so a partial grid already compares all
+    arms), with the ``guidance_from`` arms after the arms whose guidance they reuse."""
+    arms = OmegaConf.to_container(exp.arms, resolve=True)
+    budget = OmegaConf.to_container(exp.budget, resolve=True)
+    out_root = Path(exp.out)
+    for a, arm in arms.items():
+        src = arm.get("guidance_from")
+        if src and (src not in arms or arms[src].get("guidance_from")):
+            raise ConfigError(f"arm {a!r}: guidance_from {src!r} must name an arm of this experiment that trains "
+                              f"its own guidance ({', '.join(a2 for a2 in arms if not arms[a2].get('guidance_from'))})")
+    # arms that reuse a guidance go last within their seed, so their source has usually finished by then
+    order = [a for a in arms if not arms[a].get("guidance_from")] + [a for a in arms if arms[a].get("guidance_from")]
+    specs: list[RunSpec] = []
+    for seed in exp.seeds:
+        for task in exp.tasks:
+            for a in order:
+                arm = arms[a]
+                out = out_root / task / a / f"seed{seed}"
+                src = arm.get("guidance_from")
+                specs.append(RunSpec(
+                    task=task, arm=a, seed=int(seed), out=str(out), guidance=arm["guidance"], policy=arm["policy"],
+                    schedule="pretrained" if src else arm.get("schedule", "joint"),
+                    overrides=list(arm.get("overrides", [])),
+                    run={**budget, **({"preset": arm["preset"]} if arm.get("preset") else {}), **arm.get("run", {})},
+                    guidance_from=str(out_root / task / src / f"seed{seed}") if src else None,
+                    summaries=str(Path(exp.summaries) / task / a / f"seed{seed}")))
+    return specs
+
+
+def is_finished(out: str | Path) -> bool:
+    return (Path(out) / "result.json").exists()
+
+
+# Filled in by training's setup whatever the defaults say (the halves' seed from run.seed, decay horizons from the
+# budget), or path-like: not settings a changed default can alter.
+_NOT_COMPARED = {"seed", "lr_decay_steps", "guidance_ckpt", "out"}
+
+
+def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
+    """How a run dir's saved ``config.yaml`` differs from the config this grid would start it with now, as
+    ``"policy.selection: expectile -> argmax"`` lines (empty when it matches or the dir has none).
+
+    A finished or half-trained run made under other defaults or overrides must not be skipped or resumed into a
+    grid whose other runs use the new ones: the report would mix two configs without saying so. A ``pretrained``
+    run's guidance settings are not compared: its config records the checkpoint's own (what trained), and a change
+    to them shows as drift of the run that trained that guidance, which makes this one stale too (``stale_runs``).
+    """
+    from ..run.training import run_config
+    path = Path(path) if path is not None else Path(s.out) / "config.yaml"  # (or a summary's copy of it)
+    if not path.exists():
+        return []
+    saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    now = OmegaConf.to_container(run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule,
+                                            seed=s.seed, out=s.out, **s.run), resolve=True)
+    return config_diff(saved, now, lambda name, old, new: name.split(".")[1] in _NOT_COMPARED
+                       or new is None and name.startswith("run.")
+                       or s.schedule == "pretrained" and name.startswith("guidance.") and name != "guidance.name")
+
+
+def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
+    """``config_drift`` of every run of a grid, by out dir, checked before any job starts; a run that reuses a
+    stale run's guidance (``guidance_from``) is stale too, even if its own settings did not change."""
+    out: dict[str, list[str]] = {}
+    fingerprints: dict[str, str | None] = {}
+
+    def current(s: RunSpec) -> str | None:
+        """The fingerprint of the data the run would load now (once per dataset; None if it cannot load)."""
+        from ..bullet.data import load_dataset
+        key = str(s.run.get("dataset") or s.task)
+        if key not in fingerprints:
+            try:
+                fingerprints[key] = load_dataset(key, task=s.task).fingerprint
+            except Exception:
+                fingerprints[key] = None  # the run itself will say what is wrong with it
+        return fingerprints[key]
+    for s in specs:  # plan() puts the runs that reuse a guidance after the run they take it from
+        drift = config_drift(s)
+        res = Path(s.out) / "result.json"
+        if res.exists():  # a finished run made from other data (a re-collected dataset) is stale too
+            was = (json.loads(res.read_text()).get("dataset") or {}).get("fingerprint")
+            now = current(s)
+            if was and now and was != now:
+                drift.append(f"dataset: fingerprint {was} -> {now}")
+        if s.guidance_from and s.guidance_from in out:
+            drift = [*drift, f"its guidance comes from {s.guidance_from}, which is stale"]
+        if drift:
+            out[s.out] = drift
+    return out
+
+
+# ---- inference-time swaps ---------------------------------------------------------------------------------
+def swap_episodes(exp: DictConfig, arm: str) -> int:
+    """Episodes of each swap of ``arm``'s policies: ``swaps.episodes`` (a number, or per arm with an optional
+    ``default``), else the budget's final evaluation size. A swap is scored like a final evaluation."""
+    eps = exp.swaps.get("episodes") if exp.get("swaps") else None
+    if isinstance(eps, int):
+        return eps
+    if eps is not None and (arm in eps or "default" in eps):
+        return int(eps[arm] if arm in eps else eps["default"])
+    from ..run.training import final_episodes
+    return final_episodes(exp.budget)
+
+
+def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
+    """(policy run, guidance run, label) for every swap the experiment asks for: the policy ranked by another
+    seed's guidance of the same arm, by another algorithm's, or by its own with another selection rule."""
+    from ..blocks.selection import RULES
+    if "swaps" not in exp or exp.swaps is None:
+        return []
+    sw = OmegaConf.to_container(exp.swaps, resolve=True)
+    seeds = [int(s) for s in exp.seeds]
+    root = Path(exp.out)
+    jobs = []
+    for task in exp.tasks:
+        for arm in sw.get("other_seed", []) or []:
+            if len(seeds) < 2:
+                continue
+            for i, s in enumerate(seeds):
+                other = seeds[(i + 1) % len(seeds)]
+                jobs.append({"policy_run": str(root / task / arm / f"seed{s}"),
+                             "guidance_run": str(root / task / arm / f"seed{other}"), "label": "other_seed",
+                             "task": task, "seed": s, "episodes": swap_episodes(exp, arm),
+                             "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+        for arm, garm in (sw.get("other_algorithm", {}) or {}).items():
+            for s in seeds:
+                jobs.append({"policy_run": str(root / task / arm / f"seed{s}"),
+                             "guidance_run": str(root / task / garm / f"seed{s}"), "label": "other_algorithm",
+                             "guidance_arm": garm, "task": task, "seed": s,
+                             "episodes": swap_episodes(exp, arm),
+                             "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+        # the run's own guidance under another selection rule: what the rule, not the critic, does to the score;
+        # "none": no guidance at all, one sample of the policy (what the actor has learnt without a ranking)
+        for arm, rules in (sw.get("selection", {}) or {}).items():
+            for rule in [rules] if isinstance(rules, str) else rules:
+                if rule not in (*RULES, "none"):
+                    raise ConfigError(f"swaps.selection.{arm}: unknown rule {rule!r}; known: "
+                                      f"{', '.join((*RULES, 'none'))}")
+                for s in seeds:
+                    run = str(root / task / arm / f"seed{s}")
+                    jobs.append({"policy_run": run, "guidance_run": run, "label": f"selection={rule}",
+                                 "selection": rule, "task": task, "seed": s,
+                                 "episodes": swap_episodes(exp, arm),
+                                 "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+    return jobs

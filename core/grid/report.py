@@ -1,0 +1,425 @@
+"""The experiment report (``docs/results.md``), generated from committed run summaries, never typed.
+
+Two spreads are reported and named as such:
+- **across seeds**: one number per seed (the mean normalized score of that seed's final evaluation episodes);
+- **across episodes**: every final evaluation episode of every seed pooled (the GFDT authors' IQR is presumably
+  over episodes of one evaluation; ours pools seeds too, and says so).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+
+@dataclass
+class RunSummary:
+    task: str
+    arm: str
+    seed: int
+    result: dict[str, Any]
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    swaps: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_episodes(self) -> np.ndarray:
+        return np.asarray(self.result.get("eval", {}).get("normalized", []), dtype=float)
+
+    @property
+    def final_score(self) -> float:
+        return float(self.result["normalized_score"])
+
+
+def load_summaries(root: str | Path) -> list[RunSummary]:
+    """Read ``<root>/<task>/<arm>/seed<k>/{result.json,curve.csv,swaps.json}``."""
+    out = []
+    for res in sorted(Path(root).glob("*/*/seed*/result.json")):
+        d = res.parent
+        curve = []
+        if (d / "curve.csv").exists():
+            with (d / "curve.csv").open() as f:
+                curve = [(int(r["step"]), float(r["normalized_mean"])) for r in csv.DictReader(f)]
+        swaps = json.loads((d / "swaps.json").read_text()) if (d / "swaps.json").exists() else {}
+        result = json.loads(res.read_text())
+        if "normalized_score" not in result:
+            continue
+        out.append(RunSummary(d.parent.parent.name, d.parent.name, int(d.name[4:]), result, curve, swaps))
+    return out
+
+
+def spread(x: np.ndarray | list[float]) -> dict[str, float]:
+    """mean, std (population), median and IQR (75th - 25th percentile, numpy's linear interpolation)."""
+    a = np.asarray(x, dtype=float)
+    if a.size == 0:
+        return {"n": 0, "mean": float("nan"), "std": float("nan"), "median": float("nan"), "iqr": float("nan")}
+    q75, q25 = np.percentile(a, [75, 25])
+    if a.size < 2:  # one value has no spread to measure: say n/a rather than print a measured-looking 0.0
+        return {"n": 1, "mean": float(a[0]), "std": float("nan"), "median": float(a[0]), "iqr": float("nan")}
+    return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std()), "median": float(np.median(a)),
+            "iqr": float(q75 - q25)}
+
+
+def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
+    seeds = spread([r.final_score for r in runs])
+    episodes = spread(np.concatenate([r.final_episodes for r in runs]) if runs else [])
+    phases: dict[str, dict[str, float]] = {}
+    for r in runs:
+        for ph in r.result.get("phases", []):
+            p = phases.setdefault(ph["phase"], {"wall_s": [], "rss_peak_mb": [], "steps": [], "evals": [],
+                                                 "eval_wall_s": [], "cuda_peak_mb": [], "cpu_s": []})
+            p["wall_s"].append(ph["wall_s"])
+            # summaries written before 2026-11-27 have no CPU time: nan, so a cell's mean is n/a unless every
+            # run has it (a CPU mean over some runs would not compare with the wall mean over all)
+            p["cpu_s"].append(ph.get("cpu_s", float("nan")))
+            # a phase resumed after an interruption was metered by its last process only: its peak RSS misses
+            # whatever ran before the restart (an interim evaluation's envs, say), so it is left out of the mean
+            if "resumed_at" not in ph:
+                p["rss_peak_mb"].append(ph["rss_peak_mb"])
+            p["steps"].append(ph.get("steps", ph.get("episodes", 0)))
+            # summaries written before 2026-11-25 timed interim evaluations inside wall_s: n/a, not 0
+            p["evals"].append(ph.get("evals", float("nan")))
+            p["eval_wall_s"].append(ph.get("eval_wall_s", float("nan")))
+            if "cuda_peak_mb" in ph:
+                p["cuda_peak_mb"].append(ph["cuda_peak_mb"])
+    phase_means = {k: {"runs": len(d["wall_s"]),
+                       **{m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}}
+                   for k, d in phases.items()}
+    # each run's training time (its phases but the final evaluation), kept per run for a median: on a shared
+    # machine one run slowed by other work moves a mean of a few seeds, not their median
+    train = [sum(ph["wall_s"] for ph in r.result.get("phases", []) if ph["phase"] != "eval") for r in runs]
+    return {"seeds": seeds, "episodes": episodes, "phases": phase_means, "train_wall_s": train,
+            "guidance_wall_s": [ph["wall_s"] for r in runs for ph in r.result.get("phases", [])
+                                if ph["phase"] == "guidance"],
+            "parameters": runs[0].result.get("parameters", {}) if runs else {}}
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}"
+
+
+def _nanmax(xs: list[float]) -> float:
+    """The largest of the values that are not nan (nan if none is): a phase with no trustworthy peak is skipped."""
+    return max((x for x in xs if x == x), default=float("nan"))
+
+
+def _group(runs: list[RunSummary]) -> dict[str, dict[str, list[RunSummary]]]:
+    g: dict[str, dict[str, list[RunSummary]]] = {}
+    for r in runs:
+        g.setdefault(r.task, {}).setdefault(r.arm, []).append(r)
+    return g
+
+
+def _plots(task: str, arms: dict[str, list[RunSummary]], img_dir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    img_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, runs in sorted(arms.items()):
+        steps = sorted({s for r in runs for s, _ in r.curve})
+        if not steps:
+            continue
+        mat = np.array([[dict(r.curve).get(s, np.nan) for s in steps] for r in runs], dtype=float)
+        mean = np.nanmean(mat, 0)
+        ax.plot(steps, mean, label=arm)
+        ax.fill_between(steps, np.nanmin(mat, 0), np.nanmax(mat, 0), alpha=0.15)
+    ax.set_xlabel("policy steps")
+    ax.set_ylabel("D4RL-normalized score")
+    ax.set_title(f"{task}: mean over seeds, band = min..max across seeds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = f"curves_{task}.png"
+    fig.savefig(img_dir / name, dpi=90)
+    plt.close(fig)
+    names.append(name)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = sorted(arms)
+    ax.boxplot([[r.final_score for r in arms[a]] for a in labels])
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("final normalized score (one point per seed)")
+    ax.set_title(task)
+    fig.tight_layout()
+    name = f"box_{task}.png"
+    fig.savefig(img_dir / name, dpi=90)
+    plt.close(fig)
+    names.append(name)
+    return names
+
+
+def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
+           grid_seconds: float | None = None) -> str:
+    cmd = f"modzoo experiment {exp.name}"
+    rep = f"modzoo experiment {exp.name} --report-only"
+    lines = [f"# Results: experiment `{exp.name}`", "",
+             f"Generated by `{rep}` from the run summaries in `{exp.summaries}` (written by `{cmd}`). "
+             "Do not edit by hand: edit the findings file and regenerate.", ""]
+    if "description" in exp and exp.description:
+        lines += [str(exp.description).strip(), ""]
+    b = exp.budget
+    lines += ["## Budget", "",
+              f"- per run: guidance {b.get('guidance_steps')} steps (guidance-first arms), policy {b.get('policy_steps')}"
+              f" steps, evaluation every {b.get('eval_every')} policy steps with {b.get('eval_episodes')} episodes "
+              + (f"({b.get('final_eval_episodes')} at the end) " if b.get("final_eval_episodes") is not None else "")
+              + "in a vector of envs; the GFDT authors train 200k steps per run and evaluate 50 episodes "
+              "(`experiments/gfdt-paper.yaml` holds that budget).",
+              f"- tasks: {', '.join(exp.tasks)}; seeds: {', '.join(map(str, exp.seeds))}; arms: "
+              f"{', '.join(exp.arms.keys())}."]
+    special = _arm_settings(exp)
+    if special:
+        lines.append("- arms that depart from the budget or the plugin defaults: " + "; ".join(special) + ".")
+    cost = _grid_cost(runs)
+    if cost:
+        lines.append(cost)
+    if grid_seconds is not None:
+        lines.append(f"- the last `{cmd}` call took {grid_seconds:.0f} s of wall time (finished runs are skipped, "
+                     "so a resumed grid reports only its own part).")
+    lines.append("")
+    groups = _group(runs)
+    if not groups:
+        lines += ["No finished runs yet.", ""]
+    lines += _overview(groups, rep)
+    for task, arms in sorted(groups.items()):
+        lines += [f"## {task}", "", f"Final D4RL-normalized scores (×100). Command: `{cmd}`. *Across seeds*: "
+                  "one number per seed (the mean over that seed's final evaluation episodes), spread over the "
+                  "`seeds` of the cell; *across episodes*: every final episode of every seed pooled (each seed "
+                  "evaluates from its own start states). std is the population std; IQR is the 75th minus the "
+                  "25th percentile (numpy's linear interpolation); n/a where one value has no spread.", "",
+                  "| arm | guidance | policy | schedule | seeds | across seeds: mean | std | median | IQR | "
+                  "episodes | across episodes: mean | std | median | IQR |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        stats = {a: arm_stats(rs) for a, rs in arms.items()}
+        for a in sorted(arms):
+            s, e, r0 = stats[a]["seeds"], stats[a]["episodes"], arms[a][0].result
+            lines.append(f"| {a} | {r0.get('guidance')} | {r0.get('policy')} | {r0.get('schedule')} | {s['n']} | "
+                         f"{_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {_fmt(s['iqr'])} | {e['n']} | "
+                         f"{_fmt(e['mean'])} | {_fmt(e['std'])} | {_fmt(e['median'])} | {_fmt(e['iqr'])} |")
+        lines += ["", "Wall time and peak memory per phase, mean over the runs counted in `runs` (each run in a "
+                  "process of its own; RSS includes the dataset and Python, sampled every 50 ms; CUDA: "
+                  "`torch.cuda.max_memory_allocated`, GPU runs only). `wall s` is the phase's updates alone: "
+                  "the evaluations every `eval_every` steps inside it are timed apart (`interim evals`, their "
+                  "`eval s`), and the final evaluation is the `eval` phase; `n/a` there marks summaries written "
+                  "before 2026-11-25, whose `wall s` still includes those evaluations. `peak RSS MB` leaves out "
+                  "phases resumed after an interruption (their last process saw only the part after the restart). "
+                  "`CPU s` is the process's CPU time (all its threads) for what `wall s` times, which other "
+                  "work on a shared machine stretches far less than wall time; n/a for summaries written before "
+                  "2026-11-27. Command: "
+                  f"`{rep}`.", "",
+                  "| arm | phase | runs | steps | wall s | ms per step | interim evals | eval s | CPU s | "
+                  "peak RSS MB | peak CUDA MB | parameters (guidance / policy) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for a in sorted(arms):
+            p = stats[a]["parameters"]
+            for ph, m in stats[a]["phases"].items():
+                per = 1e3 * m["wall_s"] / m["steps"] if ph != "eval" and m["steps"] else float("nan")
+                evals = "n/a" if m["evals"] != m["evals"] else f"{m['evals']:.0f}"
+                lines.append(f"| {a} | {ph} | {m['runs']} | {m['steps']:.0f} | {m['wall_s']:.1f} | {_fmt(per)} | "
+                             f"{evals} | {_fmt(m['eval_wall_s'])} | {_fmt(m['cpu_s'])} | "
+                             f"{_fmt(m['rss_peak_mb'], 0)} | "
+                             f"{_fmt(m['cuda_peak_mb'])} | {p.get('guidance', 'n/a')} / {p.get('policy', 'n/a')} |")
+        ratios = _gfdt_ratios(exp, stats)
+        if ratios:
+            lines += ["", "GFDT vs joint (training wall time of the policy's run, guidance phase included, "
+                      "interim evaluations left out, as the ratio of each arm's mean over its runs and of its "
+                      "median run, which one run slowed by other work on the machine does not move; the same "
+                      "ratio of mean CPU time, n/a where a summary has none; and the largest peak RSS of any "
+                      "training phase). `n/a` where a reused guidance's run has not finished:", "",
+                      "| GFDT arm | joint arm | runs (GFDT / joint) | time ratio (means) | time ratio (medians) | "
+                      "CPU time ratio (means) | peak RSS ratio |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| {g} | {j} | {n} | {_fmt(t, 2)} | {_fmt(tm, 2)} | {_fmt(c, 2)} | {_fmt(m, 2)} |"
+                      for g, j, n, t, tm, c, m in ratios]
+        sw = _swap_rows(arms)
+        if sw:
+            lines += ["", "Inference-time swap: the final policies ranked by the same arm's guidance from another "
+                      "seed, or by another algorithm's guidance, beside the same policies ranked by their own "
+                      f"guidance on the same seeds (IQR across seeds and across pooled episodes). Command: `{rep}`.",
+                      "", "| policy arm | ranked by | seeds | mean | std | median | IQR seeds | IQR episodes | "
+                      "own guidance: mean | IQR seeds | IQR episodes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += sw
+        for name in _plots(task, arms, img_dir):
+            lines += ["", f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)"]
+        lines.append("")
+    lines += _reference_check(exp, runs)
+    findings = Path(str(exp.get("findings", "") or ""))
+    lines += ["## Findings", ""]
+    if findings.is_file():
+        lines += [findings.read_text().strip(), ""]
+    else:
+        lines += ["(No findings written yet: read the tables above, then write them in "
+                  f"`{exp.get('findings', 'experiments/<name>.findings.md')}`.)", ""]
+    return "\n".join(lines)
+
+
+def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
+    """The authors' own Diffusion-QL, trained on the same dataset for the same steps and scored on the same
+    episodes (``benchmarks/reference_score.py``), beside the grid's DQL arm of the same seed at the same steps.
+
+    Why it is in the report: a DQL arm that scores badly is only a finding about Diffusion-QL if the authors' code
+    does the same on the same data; otherwise it is a bug in modzoo's DQL."""
+    ref = exp.get("reference")
+    if not ref or not Path(str(ref.get("dir", ""))).is_dir():
+        return []
+    arm = str(ref.get("arm", "dql-joint"))
+    ours = {(r.task, r.seed): dict(r.curve) for r in runs if r.arm == arm}
+    rows = []
+    for f in sorted(Path(str(ref.dir)).glob("*.json")):
+        d = json.loads(f.read_text())
+        for pt in d.get("curve", []):
+            m = ours.get((d["task"], int(d["seed"])), {}).get(int(pt["step"]))
+            rows.append(f"| {d['task']} | {d['seed']} | {pt['step']} | {pt['normalized_mean']:.1f} ± "
+                        f"{pt['normalized_std']:.1f} | {pt['mean_length']:.0f} | {_fmt(m) if m is not None else 'n/a'} |")
+    if not rows:
+        return []
+    return ["## Reference check: the authors' Diffusion-QL on the same data", "",
+            f"The reference Diffusion-QL code (its own `Diffusion_QL.train` and `sample_action`, gn from its table, "
+            f"constant LR), trained on modzoo's dataset for the same number of steps and scored on the same episodes "
+            f"as modzoo's `{arm}` run of the same seed (normalized score, mean ± std over episodes; mean episode "
+            f"length). Command per row: `python benchmarks/reference_score.py --reference-dir <its checkout> "
+            f"--task TASK --steps {exp.budget.get('policy_steps')} --eval-every {exp.budget.get('eval_every')} "
+            f"--seed SEED --json {ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
+            f"| task | seed | step | reference | reference episode length | modzoo {arm} |", "|---|---|---|---|---|---|",
+            *rows, ""]
+
+
+def _arm_settings(exp: DictConfig) -> list[str]:
+    """Each arm's preset, overrides and run settings, so that a row's score can be read with what made it."""
+    out = []
+    for name, arm in exp.arms.items():
+        parts = []
+        if arm.get("preset"):
+            parts.append(f"preset {arm.preset}")
+        parts += [str(o) for o in arm.get("overrides", []) or []]
+        parts += [f"run.{k}={v}" for k, v in (arm.get("run") or {}).items()]
+        if parts:
+            out.append(f"`{name}`: {', '.join(parts)}")
+    return out
+
+
+def _grid_cost(runs: list[RunSummary]) -> str:
+    """What the finished runs cost, from their summaries alone: process time summed over runs (each run is one
+    process: its training phases, interim and final evaluations; swap evaluations are not in the summaries), and
+    the span from the first run's start to the last one's end (start = end minus that run's own time)."""
+    import datetime as dt
+    spans = []
+    for r in runs:
+        t = sum(ph.get("wall_s", 0.0) + ph.get("eval_wall_s", 0.0) for ph in r.result.get("phases", []))
+        end = r.result.get("finished")
+        spans.append((t, dt.datetime.fromisoformat(end) if end else None))
+    if not spans:
+        return ""
+    total = sum(t for t, _ in spans)
+    line = f"- cost: the {len(runs)} finished runs took {total / 3600:.1f} h of process time in all (training " \
+           "and evaluation; swap evaluations not counted)"
+    ends = [(e - dt.timedelta(seconds=t), e) for t, e in spans if e is not None]
+    if ends:
+        first, last = min(a for a, _ in ends), max(b for _, b in ends)
+        line += f", finishing between {first:%Y-%m-%d %H:%M} and {last:%Y-%m-%d %H:%M} (the machine's local time)"
+    return line + "."
+
+
+def _overview(groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[str]:
+    """Every task's final scores side by side (mean ± std across seeds, and the number of seeds), so that an arm's
+    standing across tasks is read in one place; the per-task sections below hold the full spreads."""
+    if len(groups) < 2:
+        return []
+    tasks = sorted(groups)
+    arms = sorted({a for t in tasks for a in groups[t]})
+    short = [t.removeprefix("bullet-").removesuffix("-v0") for t in tasks]
+    out = ["## All tasks", "", "Final D4RL-normalized score per arm and task: mean ± std across seeds (population "
+           f"std), seeds in brackets. Command: `{rep}`.", "",
+           "| arm | " + " | ".join(short) + " |", "|---|" + "---|" * len(tasks)]
+    for a in arms:
+        cells = []
+        for t in tasks:
+            s = spread([r.final_score for r in groups[t].get(a, [])])
+            cells.append("" if not s["n"] else f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({s['n']})")
+        out.append(f"| {a} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]
+                 ) -> list[tuple[str, str, str, float, float, float, float]]:
+    """(GFDT arm, joint arm, runs, time ratio of means, of medians, CPU time ratio of means, peak RSS ratio)."""
+    pairs = exp.get("gfdt_pairs", {}) or {}
+    out = []
+    for g, j in pairs.items():
+        if g not in stats or j not in stats:
+            continue
+
+        def cost(a):
+            ph = {k: v for k, v in stats[a]["phases"].items() if k != "eval"}
+            extra = exp.arms[a].get("guidance_from") if a in exp.arms else None
+            t = sum(v["wall_s"] for v in ph.values())
+            tm = float(np.median(stats[a]["train_wall_s"])) if stats[a]["train_wall_s"] else float("nan")
+            cpu = sum(v["cpu_s"] for v in ph.values())  # nan if a phase has no CPU time
+            mem = _nanmax([v["rss_peak_mb"] for v in ph.values()])
+            if extra:  # the shared guidance's training counts against this arm too
+                gph = stats[extra]["phases"].get("guidance") if extra in stats else None
+                if not gph:  # its source has no finished run yet: no ratio rather than one without that cost
+                    return (float("nan"),) * 4
+                t += gph["wall_s"]
+                tm += float(np.median(stats[extra]["guidance_wall_s"]))
+                cpu += gph["cpu_s"]
+                mem = _nanmax([mem, gph["rss_peak_mb"]])
+            return t, tm, cpu, mem
+        (tg, tmg, cg, mg), (tj, tmj, cj, mj) = cost(g), cost(j)
+        out.append((g, j, f"{stats[g]['seeds']['n']} / {stats[j]['seeds']['n']}",
+                    *(x / y if y else float("nan") for x, y in ((tg, tj), (tmg, tmj), (cg, cj), (mg, mj)))))
+    return out
+
+
+def _swap_rows(arms: dict[str, list[RunSummary]]) -> list[str]:
+    """One row per policy arm and swap, beside the same policies ranked by their own guidance on the same seeds
+    (a swap missing for some seed must not be compared with an own-guidance figure over other seeds)."""
+    rows = []
+    for a in sorted(arms):
+        runs = arms[a]
+        for lab in sorted({k for r in runs for k in r.swaps}):
+            have = [r for r in runs if lab in r.swaps]
+            sw = spread([float(np.mean(r.swaps[lab]["normalized"])) for r in have])
+            sw_ep = spread(np.concatenate([np.asarray(r.swaps[lab]["normalized"], dtype=float) for r in have]))
+            own = spread([r.final_score for r in have])
+            own_ep = spread(np.concatenate([r.final_episodes for r in have]))
+            g = have[0].swaps[lab].get("guidance")
+            rows.append(f"| {a} | {lab} ({g}) | {sw['n']} | {_fmt(sw['mean'])} | {_fmt(sw['std'])} | "
+                        f"{_fmt(sw['median'])} | {_fmt(sw['iqr'])} | {_fmt(sw_ep['iqr'])} | {_fmt(own['mean'])} | "
+                        f"{_fmt(own['iqr'])} | {_fmt(own_ep['iqr'])} |")
+    return rows
+
+
+def split_stale(exp: DictConfig, runs: list[RunSummary]) -> tuple[list[RunSummary], list[str]]:
+    """Summaries whose saved config differs from the one the grid would run now are left out of every number
+    (a changed default must not mix two configs in one cell); returns (kept, one line per left-out run)."""
+    from .plan import config_drift, plan
+    specs = {(s.task, s.arm, s.seed): s for s in plan(exp)}
+    kept, left = [], []
+    for r in runs:
+        cfg = Path(exp.summaries) / r.task / r.arm / f"seed{r.seed}" / "config.yaml"
+        spec = specs.get((r.task, r.arm, r.seed))
+        drift = config_drift(spec, cfg) if spec is not None and cfg.exists() else []
+        if drift:
+            left.append(f"{r.task}/{r.arm}/seed{r.seed}: {'; '.join(drift)}")
+        else:
+            kept.append(r)
+    return kept, left
+
+
+def write_report(exp: DictConfig, grid_seconds: float | None = None) -> Path:
+    runs, stale = split_stale(exp, load_summaries(exp.summaries))
+    out = Path(exp.report)
+    img_dir = out.parent / "results" / str(exp.name)
+    text = render(exp, runs, img_dir, os.path.relpath(img_dir, out.parent), grid_seconds)
+    if stale:
+        text = text.replace("\n## Budget\n", "\n**Left out of every number below**: "
+                            f"{len(stale)} run summaries made under another config than this grid's current one "
+                            "(rerun them, or restore the setting):\n\n" + "\n".join(f"- {x}" for x in stale)
+                            + "\n\n## Budget\n", 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return out

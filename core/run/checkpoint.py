@@ -1,0 +1,286 @@
+"""Checkpoints of one half: metadata + state, written atomically, read with ``weights_only=True``.
+
+A checkpoint never holds pickled code: only tensors and plain values, so loading one cannot run anything. Its
+metadata (kind, algorithm, dims, dataset fingerprint, config, steps) is what lets a saved guidance be plugged
+into another policy safely: dims must match; a different dataset fingerprint gets a warning, because the
+swap result holds only on the same data distribution.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, StorageError
+from ..contract.interfaces import DiffusionPolicy, GuidanceModule, Half
+
+FORMAT = "modzoo.half/1"
+REQUIRED = ("format", "kind", "algorithm", "obs_dim", "act_dim", "config", "state")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temp file in the same directory, then rename: a crash never leaves a half-written file, and a
+    failed write (a full disk) never touches the file already at ``path``. A failure is one
+    :class:`StorageError` line that names the file and the space the payload needs, because torch's own message for
+    a full disk (``[enforce fail at inline_container.cc] . unexpected pos``) says neither."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _save_error(path, obj, e) from None
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) or _is_write_failure(e):
+            raise _save_error(path, obj, e) from None
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text files of a run dir (``result.json``) the same way as checkpoints: temp file, then rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _save_error(path, text.encode(), e) from None
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files (``.<name>.*.tmp``) of saves that were killed mid-write (kill -9, a power cut);
+    returns them.
+
+    Such a file never became a checkpoint (the rename is the last step), so nothing reads it and it only takes
+    space. Call this only when the run that owns ``directory`` starts, when no save of its own is in flight.
+    """
+    gone = [f for f in Path(directory).glob(".*.tmp") if f.is_file()]
+    for f in gone:
+        f.unlink(missing_ok=True)
+    return gone
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """torch's zip writer reports a failed write (no space, an I/O error) as a RuntimeError, not an OSError."""
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(x in text for x in ("inline_container", "PytorchStreamWriter",
+                                                                 "unexpected pos", "file write failed"))
+
+
+def payload_bytes(obj: Any) -> int:
+    """About the bytes ``torch.save`` writes for ``obj``: its tensors' storages (each once), plus the text and
+    numbers around them (a rough allowance, small next to any network's weights)."""
+    seen: dict[int, int] = {}
+
+    def walk(x: Any) -> int:
+        if isinstance(x, torch.Tensor):
+            st = x.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+            return 0
+        if isinstance(x, dict):
+            return sum(walk(k) + walk(v) for k, v in x.items())
+        if isinstance(x, (list, tuple)):
+            return sum(walk(v) for v in x)
+        if isinstance(x, (bytes, str)):
+            return len(x)
+        return 16
+    rest = walk(obj)
+    return sum(seen.values()) + rest + 4096
+
+
+#: what ``torch.save`` adds per tensor beside its bytes (the zip record's header and padding, its pickle entry): an
+#: allowance, which only small nets notice
+TENSOR_RECORD_BYTES = 300
+
+
+def checkpoint_bytes(module: torch.nn.Module) -> int:
+    """About the bytes of ``module``'s checkpoint once it has trained, known before the first step: its state
+    (targets and EMA copies included) plus Adam's two moments for each trainable parameter, which the optimizers
+    only allocate at their first step (so the payload as it is at setup would leave them out)."""
+    state = list(module.state_dict().values())
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    data = sum(t.numel() * t.element_size() for t in state) + 2 * sum(p.numel() * p.element_size() for p in trainable)
+    return data + TENSOR_RECORD_BYTES * (len(state) + 2 * len(trainable)) + 4096
+
+
+def size_text(n: float) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def _save_error(path: Path, obj: Any, e: BaseException) -> StorageError:
+    need = payload_bytes(obj) if not isinstance(obj, bytes) else len(obj)
+    if isinstance(e, OSError):
+        reason = e.strerror or _first_line(e)
+    else:
+        reason = f"the write stopped part-way, as on a full disk or an I/O error (torch: {_first_line(e, 80)})"
+    try:
+        free = f", {size_text(shutil.disk_usage(existing_parent(path.parent)).free)} free now"
+    except OSError:
+        free = ""
+    return StorageError(f"could not save {path}: {reason}; it needs about {size_text(need)} in {path.parent}{free}. "
+                        f"What was on disk is unchanged: free space (or fix the directory) and run again (a run "
+                        f"continues from its last saved state with --resume)")
+
+
+def existing_parent(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a directory not made yet will take its space from."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def half_payload(module: Half, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild ``module`` in another process."""
+    kind = "guidance" if isinstance(module, GuidanceModule) else "policy"
+    from ..version import __version__
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "algorithm": type(module).algorithm,
+        "obs_dim": module.obs_dim,
+        "act_dim": module.act_dim,
+        "config": module.cfg,
+        "steps": module.steps,
+        "frozen": bool(getattr(module, "frozen", False)),
+        "dataset": dict(dataset or {}),
+        "modzoo_version": __version__,
+        "state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "extra": module.extra_state(),
+    }
+
+
+def save_half(module: Half, path: str | Path, dataset: dict[str, Any] | None = None) -> Path:
+    atomic_torch_save(half_payload(module, dataset), path)
+    return Path(path)
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    """An exception's message reduced to what fits inside another sentence: its first sentence, never cut in the
+    middle of one (torch's reader explains itself in several), or only its first words and "..." where even that
+    sentence is longer than ``limit``."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return "no message"
+    first = re.split(r"(?<=[.!?])\s+", lines[0].strip(), maxsplit=1)[0].rstrip(".")
+    if len(first) <= limit:
+        return first
+    return first[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+
+
+#: what ``torch.save`` names its archive's first entry (``<archive>/data.pkl``)
+_TORCH_FIRST_ENTRY = b"/data.pkl"
+#: a zip local file header: magic, 5 shorts, 3 longs, then the lengths of the name and the extra field
+_ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+
+
+def _is_truncated_torch_file(path: Path) -> bool:
+    """The file starts as ``torch.save`` writes one but lacks the index a zip ends with: the part of a
+    checkpoint that a save or copy stopped writing, not some other file."""
+    with path.open("rb") as f:
+        head = f.read(_ZIP_LOCAL_HEADER.size + 256)
+    if len(head) < _ZIP_LOCAL_HEADER.size:
+        return False
+    magic, *_, name_len, _extra = _ZIP_LOCAL_HEADER.unpack_from(head)
+    name = head[_ZIP_LOCAL_HEADER.size:_ZIP_LOCAL_HEADER.size + name_len]
+    return magic == b"PK\x03\x04" and name.endswith(_TORCH_FIRST_ENTRY) and not zipfile.is_zipfile(path)
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    fix = "re-create it by training again (modzoo train-guidance / modzoo run)"
+    if _is_truncated_torch_file(path):
+        return CheckpointError(f"checkpoint {path} is truncated: its {path.stat().st_size} bytes are the start of a "
+                               f"torch checkpoint whose end is missing, as a save or copy leaves when it stops "
+                               f"part-way; copy it again from where it came from, or {fix}")
+    return CheckpointError(f"checkpoint {path} is corrupt or not a modzoo checkpoint ({type(e).__name__}: "
+                           f"{_first_line(e)}); {fix}")
+
+
+def read_payload(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint file's payload, with one clear error for every way it can be wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the guidance.pt/policy.pt of a run dir")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _unreadable(path, e) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a modzoo half checkpoint (format "
+                              f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r},"
+                              f" expected {FORMAT!r})")
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: it is truncated or from another tool")
+    return payload
+
+
+def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
+                       device: torch.device | str = "cpu") -> GuidanceModule | DiffusionPolicy:
+    from ..contract.registry import load_registry
+    reg = load_registry()
+    spec = reg.half(payload["kind"], payload["algorithm"])
+    module = spec.cls(payload["obs_dim"], payload["act_dim"], payload["config"])
+    try:
+        module.load_state_dict(payload["state"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit {payload['kind']} {payload['algorithm']!r} as built "
+                              f"from its own config ({_first_line(e)}); it was written by an "
+                              f"incompatible version of that plugin") from None
+    module.to(device)
+    if payload.get("frozen") and isinstance(module, GuidanceModule):
+        module.freeze()
+    else:
+        module.load_extra_state(_to_device(payload.get("extra", {}), device))
+    module.dataset_meta = dict(payload.get("dataset", {}))  # type: ignore[attr-defined]
+    return module
+
+
+def _to_device(obj: Any, device: torch.device | str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
+                    kind: str | None = None) -> GuidanceModule | DiffusionPolicy:
+    """Rebuild a guidance or policy from its checkpoint; ``kind`` checks which one was expected."""
+    payload = read_payload(path)
+    if kind is not None and payload["kind"] != kind:
+        raise CheckpointError(f"checkpoint {path} holds a {payload['kind']} ({payload['algorithm']}), "
+                              f"but a {kind} was expected")
+    return build_from_payload(payload, path, device)
+
+
+def check_guidance_fits(guidance: GuidanceModule, obs_dim: int, act_dim: int, fingerprint: str | None = None,
+                        dataset_name: str | None = None, where: str = "the policy") -> None:
+    """Refuse a guidance with other dims; warn when it was trained on another dataset."""
+    if (guidance.obs_dim, guidance.act_dim) != (obs_dim, act_dim):
+        raise CheckpointError(f"guidance {guidance.algorithm!r} was trained for obs/act dims "
+                              f"{guidance.obs_dim}/{guidance.act_dim}, but {where} has {obs_dim}/{act_dim}: use a "
+                              f"guidance trained on the same task")
+    meta = getattr(guidance, "dataset_meta", {}) or {}
+    theirs = meta.get("fingerprint")
+    if fingerprint and theirs and theirs != fingerprint:
+        warnings.warn(f"guidance was trained on dataset {meta.get('name')!r} (fingerprint {theirs}) but is used with "
+                      f"{dataset_name!r} (fingerprint {fingerprint}): guidance swapping is only expected to work on "
+                      f"the same data distribution", stacklevel=2)

@@ -1,0 +1,168 @@
+"""Run configuration with omegaconf: plugin defaults, per-task overrides, a named preset, then the user's
+``key=value``.
+
+Struct mode makes a misspelt key an error that names the key and the keys that do exist. The resolved config of
+a run is saved as ``config.yaml`` in its run dir, so the run can be repeated or resumed from it alone.
+"""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from ..errors import ConfigError
+
+SCHEDULES = ("joint", "guidance-first", "pretrained")
+
+#: the ``run:`` section: everything about a run that is not an algorithm's hyperparameter.
+RUN_DEFAULTS: dict[str, Any] = {
+    "task": "bullet-hopper-medium-v0",
+    "preset": None,           # a named preset (core/run/presets/NAME.yaml) merged over the halves' defaults
+    "dataset": None,          # a path; null: the task's file in the D4RL cache dir
+    "schedule": "joint",
+    "guidance_ckpt": None,    # for schedule=pretrained
+    "guidance_steps": 1000,   # guidance-first: steps before freezing
+    "policy_steps": 1000,     # policy steps (joint: steps of both halves)
+    "guidance_delay": 0,      # joint only: keep the critic frozen at its random init for the first K steps
+                              # (the GFDT paper's "random guidance" necessity variant)
+    "eval_every": 0,          # evaluate every E policy steps (0: only at the end)
+    "eval_episodes": 10,      # episodes of each interim evaluation (and of the final one unless set below)
+    "final_eval_episodes": None,  # episodes of the final evaluation; null: eval_episodes
+    "final_eval": True,
+    "seed": 0,
+    "device": "auto",
+    "threads": None,          # torch intra-op threads; null: torch's default. Use 1 per process when several
+                              # processes share the cores: spinning thread pools slow a step down up to 50x.
+    "out": None,
+    "log_every": 100,
+    "save_every": 0,          # 0: save training state only at phase ends
+}
+
+
+def half_config(defaults: dict[str, Any], task: str | None = None) -> dict[str, Any]:
+    """A half's defaults with its ``task_overrides`` for ``task`` applied (patterns in fnmatch syntax)."""
+    cfg = dict(defaults)
+    overrides = cfg.pop("task_overrides", None) or {}
+    if task:
+        for pattern, values in overrides.items():
+            if fnmatch.fnmatch(task, pattern):
+                unknown = set(values) - set(cfg)
+                if unknown:
+                    raise ConfigError(f"task_overrides[{pattern!r}] sets unknown keys {sorted(unknown)}")
+                cfg.update(values)
+    return cfg
+
+
+#: Presets shipped with modzoo: one YAML each, its values cited key by key.
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset by name (``gfdt-authors``) or path to a YAML file of the same form: optional ``run:`` values and,
+    under ``guidance:`` and ``policy:``, values per plugin name (each may carry ``task_overrides``)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(preset_names()) or 'none'} (or a path to a "
+                          f"preset YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"preset {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    extra = set(data) - {"name", "description", "run", "guidance", "policy"}
+    if not isinstance(data, dict) or extra:
+        raise ConfigError(f"preset {path}: unknown sections {sorted(extra)}; a preset has run, guidance, policy")
+    return data
+
+
+def apply_preset(cfg: dict[str, Any], preset: dict[str, Any], kind: str, name: str | None, task: str | None
+                 ) -> dict[str, Any]:
+    """``cfg`` (a half's defaults, task overrides applied) with the preset's values for plugin ``name`` and their
+    task overrides for ``task``. A key the half does not have is an error that names the preset and the key."""
+    values = dict(((preset.get(kind) or {}).get(name) or {}) if name else {})
+    if not values:
+        return cfg
+    task_values = values.pop("task_overrides", None) or {}
+    layers = [values] + [v for pattern, v in task_values.items() if task and fnmatch.fnmatch(task, pattern)]
+    out = dict(cfg)
+    for layer in layers:
+        unknown = set(layer) - set(cfg)
+        if unknown:
+            raise ConfigError(f"preset {preset.get('name', '?')!r} sets {kind} {name!r} keys {sorted(unknown)} that "
+                              f"it does not have; keys: {', '.join(sorted(k for k in cfg if k != 'name'))}")
+        out.update(layer)
+    return out
+
+
+def parse_overrides(items: Iterable[str]) -> list[str]:
+    """Check ``key=value`` items (the value is parsed by omegaconf as YAML: numbers, lists, null ...)."""
+    out = []
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not key=value (e.g. policy.eta=2.0 or run.eval_every=500)")
+        out.append(item)
+    return out
+
+
+def build_run_config(guidance: dict[str, Any], policy: dict[str, Any], run: dict[str, Any],
+                     overrides: Iterable[str] = ()) -> DictConfig:
+    """Merge the three sections and the user's dotted overrides in struct mode."""
+    base = OmegaConf.create({"run": {**RUN_DEFAULTS, **run}, "guidance": guidance, "policy": policy})
+    OmegaConf.set_struct(base, True)
+    try:
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(parse_overrides(overrides)))
+    except (ConfigAttributeError, ConfigKeyError) as e:
+        key = getattr(e, "full_key", None) or str(e).splitlines()[0]
+        section = str(key).split(".")[0]
+        known = list(base[section].keys()) if section in base else list(base.keys())
+        raise ConfigError(f"unknown config key {key!r}; keys in '{section}': {', '.join(map(str, known))}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad config override: {str(e).splitlines()[0]}") from None
+    if cfg.run.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {cfg.run.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    return cfg
+
+
+def to_dict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+# Keys added to the plugin YAMLs after runs had been made, each with the value that reproduces what the code did
+# before the key existed (it then read ``cfg.get(key, value)`` or had no such setting). A saved config without the
+# key matches a current one holding that value; any other value is a difference. Add a key here only together with
+# that guarantee: a new key whose default changes behaviour must make old runs differ.
+ADDED_KEYS: dict[str, Any] = {
+    "guidance.obs_norm": "none", "policy.obs_norm": "none", "policy.act_temperature": 1.0,
+    "guidance.target_every": 1, "guidance.update_every": 1, "guidance.init": "torch", "policy.init": "torch",
+    "policy.cond_dim": 0, "policy.cond_emb": 32,
+}
+
+_ABSENT = object()
+
+
+def config_diff(saved: Mapping[str, Any], now: Mapping[str, Any],
+                skip: Callable[[str, Any, Any], bool] = lambda name, old, new: False) -> list[str]:
+    """How config ``now`` differs from ``saved`` (both plain dicts of run/guidance/policy), as
+    ``"policy.lr: 0.0003 -> 0.001"`` lines; ``skip(name, old, new)`` leaves a key out. A key ``saved`` lacks is no
+    difference when ``now`` holds the value that reproduces the behaviour from before the key existed
+    (:data:`ADDED_KEYS`, or null)."""
+    out = []
+    for section in ("run", "guidance", "policy"):
+        old, new = saved.get(section) or {}, now.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            name = f"{section}.{key}"
+            if key not in old and new.get(key) in (None, ADDED_KEYS.get(name, _ABSENT)):
+                continue
+            if skip(name, old.get(key), new.get(key)):
+                continue
+            if old.get(key) != new.get(key):
+                out.append(f"{name}: {old.get(key)!r} -> {new.get(key)!r}")
+    return out

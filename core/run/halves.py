@@ -1,0 +1,54 @@
+"""Halves built by plugin name: a half's default config for a task, and the half made from a resolved config.
+
+Every layer that needs a half (training, validation, the conformance kit, benchmarks) builds it here, so a
+plugin's constructor errors become one :class:`~modzoo.errors.ConfigError` line in one place.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..contract.interfaces import DiffusionPolicy, GuidanceModule
+from ..contract.registry import load_registry
+from ..errors import ConfigError, ModzooError
+from .config import half_config
+
+
+def default_config(kind: str, name: str, task: str | None = None) -> dict[str, Any]:
+    """A half's default config (with its task overrides applied) plus its ``name``."""
+    reg = load_registry()
+    spec = reg.half(kind, name)
+    return {"name": name, **half_config(spec.default_config(), task)}
+
+
+def build_half(kind: str, cfg: dict[str, Any], obs_dim: int, act_dim: int) -> Any:
+    """The ``kind`` half named by ``cfg['name']``, constructed from the rest of ``cfg``."""
+    reg = load_registry()
+    spec = reg.half(kind, cfg["name"])
+    body = {k: v for k, v in cfg.items() if k != "name"}
+    try:
+        return spec.cls(obs_dim, act_dim, body)
+    except ModzooError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{kind} {cfg['name']!r} rejected its config: {e}") from None
+
+
+def make_guidance(name: str, obs_dim: int, act_dim: int, task: str | None = None, **overrides: Any
+                  ) -> GuidanceModule:
+    """Build a guidance half by plugin name with its defaults (for ``task``) and keyword overrides."""
+    cfg = _merge_kwargs(default_config("guidance", name, task), overrides, f"guidance {name!r}")
+    return build_half("guidance", cfg, obs_dim, act_dim)
+
+
+def make_policy(name: str, obs_dim: int, act_dim: int, task: str | None = None, **overrides: Any
+                ) -> DiffusionPolicy:
+    """Build a policy half by plugin name with its defaults (for ``task``) and keyword overrides."""
+    cfg = _merge_kwargs(default_config("policy", name, task), overrides, f"policy {name!r}")
+    return build_half("policy", cfg, obs_dim, act_dim)
+
+
+def _merge_kwargs(cfg: dict[str, Any], overrides: dict[str, Any], what: str) -> dict[str, Any]:
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ConfigError(f"{what} has no config keys {sorted(unknown)}; keys: {', '.join(sorted(cfg))}")
+    return {**cfg, **overrides}

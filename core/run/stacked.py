@@ -1,0 +1,270 @@
+"""Several seeds of one arm trained together as one stacked ensemble, with the maths of separate runs.
+
+Each seed keeps its own parameters, optimizer state, data order (its own replay-buffer generator) and noise (its
+own generators), and its own run dir, log and checkpoints, written exactly as a lone run writes them. What is
+shared is the step: for every stage of an update (:mod:`modzoo.contract.stages`) the loss of all K seeds is computed once,
+under ``torch.func.vmap(grad(loss))`` over a seed axis, on *twin* halves whose every parameter and buffer carries
+that axis (``(K, ...)``). The optimizer, the LR schedule and the Polyak/EMA updates then run once on the stacked
+tensors: they are elementwise, so this is each seed's own update; only the gradient-norm clip needs a per-seed
+norm (:func:`modzoo.contract.stages.clip_per_seed`). Random numbers come from each seed's own generators in the order a
+lone run draws them (:mod:`modzoo.contract.rng`), so a stacked seed and the same seed run alone agree to float rounding
+(``tests/test_stacked.py``).
+
+Why: the papers' networks are small, so on a GPU one seed's step is mostly kernel-launch latency; K seeds in one
+batched step cost about one seed's launches. On a CPU the matmuls and elementwise work scale with K either way;
+there stacking has to be no slower than K separate runs (docs/performance.md has the measurements).
+
+The per-seed halves stay the source of truth for everything outside the step: :meth:`StackedStepper.sync`
+copies the twins' state (modules and optimizer state) back into them before an evaluation or a checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from ..blocks.activations import first_order
+from ..errors import ConfigError
+from ..contract.interfaces import DiffusionPolicy, GuidanceModule, Half
+from ..contract.registry import load_registry
+from ..contract.rng import StackedGenerator
+from ..contract.stages import Stage, clip_per_seed, finish_step
+from .training import RunResult, Stepper, ActiveRun, setup_run, train_group
+
+
+def stackable(guidance: type | None, policy: type | None) -> str | None:
+    """None when halves of these classes can train stacked, else the reason they cannot."""
+    for kind, cls in (("guidance", guidance), ("policy", policy)):
+        if cls is None:
+            continue
+        if not cls.stackable:
+            return f"{kind} {cls.algorithm!r} does not declare stackable=True (its update is not written as stages)"
+        # A subclass that rewrites update() inherits the claim but not its truth: the stacked step runs stages()
+        for base in cls.__mro__:
+            if "stackable" in base.__dict__:
+                break
+            if "update" in base.__dict__:
+                return (f"{kind} {cls.algorithm!r}: {base.__name__} overrides update(), which a stacked step would "
+                        f"skip (it runs stages()); set stackable = False there, or move the change into loss()")
+    return None
+
+
+# ---- moving state between per-seed halves and a twin with a seed axis ----------------------------------------
+def _stack_tree(values: list[Any]) -> Any:
+    """Stack per-seed state: tensors with a shape gain a leading seed axis; scalars (a step count) and plain
+    values, the same for every seed, are taken from the first."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(values) if first.dim() > 0 else first.clone()
+    if isinstance(first, dict):
+        return {k: _stack_tree([v[k] for v in values]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_stack_tree([v[i] for v in values]) for i in range(len(first)))
+    return first
+
+
+def _slice_tree(value: Any, k: int) -> Any:
+    """Seed ``k``'s part of :func:`_stack_tree`'s output."""
+    if isinstance(value, torch.Tensor):
+        return value[k].clone() if value.dim() > 0 else value.clone()
+    if isinstance(value, dict):
+        return {key: _slice_tree(v, k) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_slice_tree(v, k) for v in value)
+    return value
+
+
+def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    *path, leaf = name.split(".")
+    owner = module.get_submodule(".".join(path)) if path else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf].data = value  # same Parameter object: optimizers built over it stay valid
+    else:
+        owner._buffers[leaf] = value
+
+
+def make_twin(halves: list[Half]) -> Half:
+    """A half of the same class and config as ``halves[0]`` whose every parameter and buffer is the K seeds'
+    values stacked, with the optimizer state stacked the same way and each seed's generator kept."""
+    lead = halves[0]
+    twin = type(lead)(lead.obs_dim, lead.act_dim, lead.cfg).to(lead.device)
+    per_seed = [dict(h.named_parameters()) | dict(h.named_buffers()) for h in halves]
+    for name in list(dict(twin.named_parameters())) + list(dict(twin.named_buffers())):
+        _set_tensor(twin, name, torch.stack([p[name].detach() for p in per_seed]).clone())
+    if isinstance(lead, GuidanceModule) and lead.frozen:
+        twin.freeze()
+    else:
+        twin.load_extra_state(_stack_tree([h.extra_state() for h in halves]))
+    twin.use_generator(StackedGenerator([h.gen() for h in halves]))
+    twin.train(lead.training)
+    return twin
+
+
+@torch.no_grad()
+def unstack_into(twin: Half, halves: list[Half]) -> None:
+    """Copy each seed's slice of the twin (modules and optimizer state) back into its own half."""
+    tensors = dict(twin.named_parameters()) | dict(twin.named_buffers())
+    extra = None if (isinstance(twin, GuidanceModule) and twin.frozen) else twin.extra_state()
+    for k, h in enumerate(halves):
+        own = dict(h.named_parameters()) | dict(h.named_buffers())
+        for name, t in tensors.items():
+            own[name].copy_(t[k])
+        if extra is not None:
+            h.load_extra_state(_slice_tree(extra, k))
+
+
+class _Pair(nn.Module):
+    """Both twins under one module, so ``functional_call`` can swap all their tensors for one seed's slices."""
+
+    def __init__(self, guidance: Half, policy: Half | None) -> None:
+        super().__init__()
+        self.guidance = guidance
+        self.policy = policy
+
+    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+
+class StackedStepper(Stepper):
+    """Takes one step for K seeds at once (see the module docstring)."""
+
+    mode = "vmap"
+
+    def __init__(self, runs: list[ActiveRun]) -> None:
+        super().__init__(runs)
+        self.g_twin = make_twin([run.guidance for run in runs])
+        self.p_twin = make_twin([run.policy for run in runs]) if runs[0].policy is not None else None
+        self.pair = _Pair(self.g_twin, self.p_twin)
+        self.gens = [t.generator for t in (self.g_twin, self.p_twin) if t is not None]
+        # Every stacked tensor keeps its identity for the whole run (steps write into it), so its name is looked up
+        # once, not per stage.
+        self.named = list(self.pair.named_parameters()) + list(self.pair.named_buffers())
+        self.names = {id(t): n for n, t in self.named}
+
+    # ---- one stage for all seeds ------------------------------------------------------------------------------
+    def _stage(self, stage: Stage, batch: dict[str, torch.Tensor], other: Any) -> dict[str, torch.Tensor]:
+        names = self.names
+        trained = {names[id(p)]: p.detach() for p in stage.params()}
+        rest = {n: t.detach() for n, t in self.named if n not in trained}
+
+        def seed_loss(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                      b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            loss, metrics = functional_call(self.pair, (params, state), (stage.loss, b, other))
+            return loss, metrics
+
+        def per_seed(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                     b: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+            level = torch._C._functorch.maybe_current_level()
+            for g in self.gens:
+                g.level = level
+            try:
+                return grad(seed_loss, has_aux=True)(params, state, b)
+            finally:
+                for g in self.gens:
+                    g.level = None
+
+        with first_order():  # only first derivatives are taken here: Mish's fast backward applies
+            grads, metrics = vmap(per_seed, randomness="same")(trained, rest, batch)
+        params = stage.params()
+        for p in params:
+            p.grad = grads[names[id(p)]]
+        if stage.grad_norm and stage.grad_norm > 0:
+            clip_per_seed([p.grad for p in params], stage.grad_norm)
+        finish_step(stage)
+        return metrics
+
+    @staticmethod
+    def _stack(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
+
+    @staticmethod
+    def _split(metrics: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.Tensor]]:
+        return [{name: v[i] for name, v in metrics.items()} for i in range(k)]
+
+    def _half_step(self, twin: Half, batches: list[dict[str, torch.Tensor]], other: Any
+                   ) -> list[dict[str, torch.Tensor]]:
+        batch = self._stack(batches)
+        metrics: dict[str, torch.Tensor] = {}
+        if isinstance(twin, DiffusionPolicy):
+            twin.train()
+        for stage in twin.stages():
+            metrics.update(self._stage(stage, batch, other))
+        if hasattr(twin, "count_step"):
+            twin.count_step()
+        else:
+            twin._steps += 1
+        return self._split(metrics, len(batches))
+
+    def guidance_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        return self._half_step(self.g_twin, batches, None)
+
+    def joint_guidance_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        return self._half_step(self.g_twin, batches, self.p_twin)
+
+    def policy_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        return self._half_step(self.p_twin, batches, self.g_twin)
+
+    def sync(self) -> None:
+        unstack_into(self.g_twin, [run.guidance for run in self.runs])
+        if self.p_twin is not None:
+            unstack_into(self.p_twin, [run.policy for run in self.runs])
+
+    def frozen_guidance(self) -> None:
+        self.g_twin.freeze()
+
+
+STACK_MODES = ("auto", "vmap", "lockstep", "off")
+
+
+def train_seeds(cfgs: list[Any], dataset: Any = None, *, mode: str = "auto", progress: bool = True,
+                resume: bool = False, log: Callable[[str], None] | None = None) -> list[RunResult]:
+    """Train the runs ``cfgs`` (one config per seed, equal but for ``run.seed`` and ``run.out``) in one process;
+    each run dir ends up as :func:`modzoo.train` would write it for that seed alone.
+
+    ``mode``: ``vmap`` takes each step for all seeds at once (:class:`StackedStepper`); ``lockstep`` steps the
+    seeds in turn (one dataset copy in memory, the same work as separate runs); ``off`` trains them one after
+    another; ``auto`` (default) is ``vmap`` on a GPU and ``lockstep`` on a CPU, where ``vmap`` measured slower
+    (docs/performance.md), and ``lockstep`` where the halves cannot stack.
+    """
+    from ..bullet.data import load_dataset
+    from .training import train
+    if mode not in STACK_MODES:
+        raise ConfigError(f"unknown stack mode {mode!r}; known: {', '.join(STACK_MODES)}")
+    if not cfgs:
+        return []
+    say = log or (lambda _msg: None)
+    r0 = cfgs[0].run
+    if dataset is None:
+        dataset = load_dataset(r0.dataset or r0.task, task=r0.task)
+    if mode == "off" or len(cfgs) == 1:
+        return [train(cfg, dataset, progress=progress, resume=resume) for cfg in cfgs]
+    reg = load_registry()
+    c0 = cfgs[0]
+    why = stackable(*(reg.half(kind, c0[kind].name).cls if c0[kind] and c0[kind].get("name") else None
+                      for kind in ("guidance", "policy")))
+    if mode == "vmap" and why:  # refused before any run dir is made
+        raise ConfigError(f"cannot stack seeds with vmap: {why}; use --stack lockstep or off")
+    runs: list[ActiveRun] = []
+    for cfg in cfgs:
+        runs.append(setup_run(cfg, dataset, resume, None, share=runs[0].buffer if runs else None))
+    lead = runs[0]
+    apart = [run for run in runs[1:] if (run.plan, run.phase, run.start_step) !=
+             (lead.plan, lead.phase, lead.start_step)]
+    if apart:
+        where = ", ".join(f"{run.run_dir}: {run.phase or 'start'} step {run.start_step}" for run in [lead, *apart])
+        if mode != "auto":
+            raise ConfigError(f"cannot train these seeds together: they stopped at different points ({where}); "
+                              f"use --stack off to resume them one after another")
+        say(f"seeds stopped at different points ({where}): resuming them one after another")
+        return [train_group([run], Stepper([run]), progress)[0] for run in runs]
+    # the halves actually built (a pretrained guidance comes from its checkpoint) decide as well
+    why = why or stackable(type(lead.guidance), type(lead.policy) if lead.policy is not None else None)
+    if mode == "vmap" and why:
+        raise ConfigError(f"cannot stack seeds with vmap: {why}; use --stack lockstep or off")
+    if mode == "auto":
+        mode = "vmap" if lead.device.type == "cuda" and not why else "lockstep"
+    say(f"{len(runs)} seeds in one process, stack mode {mode}")
+    stepper = StackedStepper(runs) if mode == "vmap" else Stepper(runs)
+    return train_group(runs, stepper, progress)

@@ -1,0 +1,216 @@
+"""One check of a run's inputs before any work: every config value's type and range, and the run dir.
+
+A bad value must stop a run in seconds with one line naming the key and the fix, not after training (a misspelt
+selection rule is read only when the policy first acts, in the final evaluation) nor as an error from deep inside a
+net that names no key (``policy.T=abc``). Types come from the halves' own YAML defaults (a key whose default is an
+int takes an int), so every plugin's keys are checked without plugin code; ranges and choices come from the tables
+below, for the keys core machinery reads whichever plugin's config they sit in. Choices only a plugin knows (dql's
+``target_actions`` ...) stay with its constructor, which also runs before the run dir is made.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig
+
+from .config import RUN_DEFAULTS, SCHEDULES, to_dict
+from ..blocks.diffusion import SAMPLERS
+from ..blocks.diffusion import SCHEDULES as NOISE_SCHEDULES
+from ..errors import ConfigError
+from ..blocks.nets import ACTIVATIONS, INITS
+from ..contract.normalization import OBS_NORMS
+from ..blocks.selection import RULES
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values a key accepts: an interval (each end closed or open, or absent), or a set of names."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | None = None
+
+    def problem(self, value: Any, name: str) -> str | None:
+        """What follows ``config key K`` in the refusal of ``value`` for the key named ``name`` (None: accepted);
+        lists are checked element by element (``hidden``). An unknown name is said the way the nets and samplers
+        themselves say it (``unknown obs_norm 'zscore'; known: ...``)."""
+        if isinstance(value, (list, tuple)):
+            return next((p for p in (self.problem(v, name) for v in value) if p), None)
+        if self.choices is not None:
+            return None if value in self.choices else f": unknown {name} {value!r}; known: {', '.join(self.choices)}"
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f" must be a number, got {value!r}"
+        too_low = self.low is not None and (value < self.low or (self.low_open and value == self.low))
+        too_high = self.high is not None and (value > self.high or (self.high_open and value == self.high))
+        return f" {self._range()}, got {value!r}" if too_low or too_high else None
+
+    def _range(self) -> str:
+        if self.high is None:
+            return f"must be {'>' if self.low_open else '>='} {_num(self.low)}"
+        return (f"must be in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _num(x: float | None) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else str(x)
+
+
+def at_least(n: float) -> Rule:
+    return Rule(low=n)
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(choices=tuple(choices))
+
+
+POSITIVE = Rule(low=0, low_open=True)
+UNIT = Rule(low=0, high=1)
+
+#: keys of the ``run:`` section whose default is null, with a value of the type they take when set
+_RUN_TYPE_EXAMPLES: dict[str, Any] = {"preset": "", "dataset": "", "guidance_ckpt": "", "out": "",
+                                      "final_eval_episodes": 0, "threads": 1}
+
+RUN_RULES: dict[str, Rule] = {
+    "schedule": one_of(*SCHEDULES), "guidance_steps": at_least(0), "policy_steps": at_least(0),
+    "guidance_delay": at_least(0), "eval_every": at_least(0), "eval_episodes": at_least(0),
+    "final_eval_episodes": at_least(0), "threads": at_least(1), "log_every": at_least(0), "save_every": at_least(0),
+}
+
+_HALF_RULES: dict[str, Rule] = {
+    "batch_size": at_least(1), "lr": POSITIVE, "weight_decay": at_least(0), "grad_norm": at_least(0),
+    "optimizer": one_of("adam", "adamw"), "lr_schedule": one_of("none", "constant", "cosine"),
+    "lr_decay_steps": at_least(1), "activation": one_of(*ACTIVATIONS), "init": one_of(*INITS),
+    "obs_norm": one_of(*OBS_NORMS), "hidden": at_least(1),
+}
+
+GUIDANCE_RULES: dict[str, Rule] = {
+    **_HALF_RULES, "num_q": at_least(1), "gamma": UNIT, "polyak": UNIT, "value_lr": POSITIVE,
+    "expectile": Rule(low=0, high=1, low_open=True, high_open=True), "target_every": at_least(1),
+    "update_every": at_least(1),
+}
+
+POLICY_RULES: dict[str, Rule] = {
+    **_HALF_RULES, "T": at_least(1), "schedule": one_of(*NOISE_SCHEDULES), "sampler": one_of(*SAMPLERS),
+    "denoiser": one_of("mlp", "ln_resnet"), "loss_reduce": one_of("mean", "sum"), "act_model": one_of("ema", "live"),
+    "candidates": at_least(1), "selection": one_of(*RULES), "tau": UNIT, "temperature": at_least(0),
+    "act_temperature": at_least(0), "ema_decay": UNIT, "ema_every": at_least(1), "ema_start": at_least(0),
+    "depth": at_least(1), "blocks": at_least(1), "t_dim": at_least(1),
+    "dropout": Rule(low=0, high=1, high_open=True), "cond_dim": at_least(0), "cond_emb": at_least(1),
+}
+
+#: the CLI flag that sets a run key, so a message names what the user typed
+FLAGS = {"run.policy_steps": "--policy-steps", "run.guidance_steps": "--guidance-steps, or --steps of train-guidance",
+         "run.eval_episodes": "--eval-episodes", "run.eval_every": "--eval-every", "run.seed": "--seed",
+         "run.threads": "--threads", "run.out": "--out", "run.schedule": "--schedule", "run.dataset": "--dataset",
+         "run.guidance_ckpt": "--guidance-ckpt", "run.device": "--device", "run.preset": "--preset"}
+
+
+def key_name(key: str) -> str:
+    """``run.policy_steps (--policy-steps)``: the config key and, where there is one, its flag."""
+    return f"{key} ({FLAGS[key]})" if key in FLAGS else key
+
+
+def _type_problem(value: Any, default: Any) -> str | None:
+    """Why ``value`` has the wrong type for a key whose default is ``default`` (None: fine or unknown)."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "must be a number"
+    if isinstance(default, str):
+        return None if isinstance(value, (str, os.PathLike)) else "must be a string"
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            return f"must be a list like {list(default)}"
+        if default and any(_type_problem(v, default[0]) for v in value):
+            return f"must be a list like {list(default)}"
+    return None
+
+
+def _check(key: str, value: Any, default: Any, rule: Rule | None, template: Any = None) -> None:
+    """Refuse ``value`` with one line: the key, what it must be, what it got and the default to go back to.
+    ``template``: a value of the key's type where its default (null) has none."""
+    if value is None:
+        why = None if default is None else f" must be set, got {value!r}"
+    else:
+        why = _type_problem(value, default if default is not None else template)
+        why = f" {why}, got {value!r}" if why else None
+        if why is None and rule is not None:
+            why = rule.problem(value, key.split(".")[-1])
+    if why:
+        hint = f"; its default is {default!r}" if default is not None else ""
+        raise ConfigError(f"config key {key_name(key)}{why}{hint}")
+
+
+def _check_section(section: str, values: Mapping[str, Any], defaults: Mapping[str, Any],
+                   rules: Mapping[str, Rule]) -> None:
+    for key, value in values.items():
+        if key == "name" or key not in defaults:
+            continue  # a key the defaults do not have: struct mode refused it already, or a saved run's own
+        _check(f"{section}.{key}", value, defaults[key], rules.get(key))
+
+
+def _half_defaults(kind: str, name: str, task: str | None) -> dict[str, Any]:
+    from .halves import default_config
+    return default_config(kind, name, task)
+
+
+def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
+    """Check every value of a run config against its default's type and the rule tables, then the budget of each
+    phase that trains; raises :class:`ConfigError` naming the first bad key. ``guidance_given``: the trainer was
+    handed a built guidance, so no guidance phase needs steps."""
+    c = to_dict(cfg)
+    r = c.get("run") or {}
+    for key, value in r.items():
+        if key in RUN_DEFAULTS:
+            _check(f"run.{key}", value, RUN_DEFAULTS[key], RUN_RULES.get(key), _RUN_TYPE_EXAMPLES.get(key))
+    for kind, rules in (("guidance", GUIDANCE_RULES), ("policy", POLICY_RULES)):
+        section = c.get(kind) or {}
+        if section.get("name"):
+            _check_section(kind, section, _half_defaults(kind, section["name"], r.get("task")), rules)
+    _check_budget(r, bool((c.get("policy") or {}).get("name")), guidance_given)
+
+
+def _check_budget(r: Mapping[str, Any], has_policy: bool, guidance_given: bool) -> None:
+    """A phase that trains needs steps: an untrained half evaluated and reported would look like a result."""
+    schedule = r.get("schedule") if has_policy else "guidance-first"
+    if has_policy and int(r.get("policy_steps", 0)) < 1:
+        raise ConfigError(f"config key {key_name('run.policy_steps')} must be > 0 (the policy trains in this run), "
+                          f"got {r.get('policy_steps')!r}")
+    if schedule == "guidance-first" and not guidance_given and int(r.get("guidance_steps", 0)) < 1:
+        raise ConfigError(f"config key {key_name('run.guidance_steps')} must be > 0 (the guidance trains first in "
+                          f"this run), got {r.get('guidance_steps')!r}")
+    if has_policy and int(r.get("eval_every") or 0) > 0 and int(r.get("eval_episodes", 0)) < 1:
+        raise ConfigError(f"config key {key_name('run.eval_episodes')} must be > 0 when run.eval_every is set (each "
+                          f"interim evaluation plays that many episodes), got {r.get('eval_episodes')!r}")
+
+
+def check_out_dir(path: Path) -> None:
+    """Refuse a run dir that cannot be made or written, before anything is trained into it.
+
+    Permissions alone cannot tell (root passes ``os.access`` on a read-only file system, and ``/proc`` says it is
+    writable), so a directory is made and removed again in the nearest folder that exists: exactly what the run
+    is about to do.
+    """
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run dir {path} (--out) is an existing file, not a directory; choose another --out "
+                          f"(the file was left alone)")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"run dir {path} (--out) cannot be made: {parent} is a file; choose another --out")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".modzoo-write-check-", dir=parent))
+    except OSError as e:
+        raise ConfigError(f"run dir {path} (--out) cannot be made or written: making a directory in {parent} "
+                          f"failed ({e.strerror or e}); choose a directory on a writable file system") from None

@@ -1,0 +1,63 @@
+"""pytest plugin: ``pytest --modzoo-plugin=NAME`` runs modzoo's conformance suite for the plugin NAME.
+
+modzoo registers this module under the ``pytest11`` entry-point group, so it is active in every pytest run of
+an environment where modzoo is installed (it does nothing unless the option is given). Where entry-point
+autoloading is off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``), load it by hand: ``pytest -p modzoo.testing.pytest_plugin
+--modzoo-plugin=NAME``.
+
+Each (half, check) pair of :mod:`modzoo.testing` becomes one test item named
+``modzoo[<kind>:<half>:<check>]``, so ``-k`` selects checks (``-k "policy and learns"``) and a failure names
+the check and what broke. The option can be repeated to check several plugins.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("modzoo", "modzoo plugin conformance")
+    group.addoption("--modzoo-plugin", action="append", default=[], metavar="NAME",
+                    help="run modzoo's conformance suite (modzoo.testing) on every half of the plugin NAME "
+                         "(an entry-point name in the 'modzoo' group); repeatable")
+    group.addoption("--modzoo-device", default="cpu", metavar="DEVICE",
+                    help="device for --modzoo-plugin checks (default cpu)")
+
+
+class ConformanceItem(pytest.Item):
+    """One check of one half."""
+
+    def __init__(self, *, kind: str, half: str, check: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind, self.half, self.check = kind, half, check
+
+    def runtest(self) -> None:
+        from modzoo.testing import run_case
+        with tempfile.TemporaryDirectory(prefix=f"modzoo-{self.half}-{self.check}-") as tmp:
+            run_case(self.kind, self.half, self.check, Path(tmp),
+                     device=self.config.getoption("modzoo_device"))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        from modzoo.testing import ConformanceError
+        if isinstance(excinfo.value, ConformanceError):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"modzoo conformance: {self.kind} {self.half!r}, check {self.check}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Append the conformance items before -k/-m selection runs, so both apply to them."""
+    names = config.getoption("modzoo_plugin")
+    if not names:
+        return
+    from modzoo.testing import cases
+    for plugin in names:
+        for kind, half, check in cases(plugin):
+            items.append(ConformanceItem.from_parent(session, name=f"modzoo[{kind}:{half}:{check}]", kind=kind,
+                                                     half=half, check=check))

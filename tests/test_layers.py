@@ -1,0 +1,124 @@
+"""The core's layering, read from its source: imports point down the layers, never in a cycle, never at a
+private name of another module; and the package face exports one pinned list.
+
+Layers, lowest first (CONTRIBUTING.md, "Where code lives"): the leaf modules ``errors``, ``progress`` and
+``version``; ``contract``; ``blocks``; ``bullet``; ``run``; ``grid``; ``testing``; ``cli``; the face
+(``modzoo/__init__.py``). A module may import from its own layer and the layers below it.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import modzoo
+
+CORE = Path(modzoo.__file__).resolve().parent
+RANK = {"errors": 0, "progress": 0, "version": 0, "contract": 1, "blocks": 2, "bullet": 3, "run": 4, "grid": 5,
+        "testing": 6, "cli": 7, "__init__": 8}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(CORE).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(["modzoo", *parts])
+
+
+def _imports(path: Path) -> list[tuple[str, str, int]]:
+    """(imported module, imported name or '', line) for every modzoo import in ``path``, function-local too."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod == "modzoo" or mod.startswith("modzoo."):
+                for a in node.names:
+                    sub = f"{mod}.{a.name}"
+                    is_module = (CORE / Path(*sub.split(".")[1:])).with_suffix(".py").exists() or \
+                        (CORE / Path(*sub.split(".")[1:])).is_dir()
+                    out.append((sub, "", node.lineno) if is_module else (mod, a.name, node.lineno))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, "", node.lineno) for a in node.names if a.name.startswith("modzoo")]
+    return out
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+SOURCES = sorted(p for p in CORE.rglob("*.py") if "templates" not in p.parts)
+GRAPH = {_module_name(p): _imports(p) for p in SOURCES}
+
+
+def test_every_core_module_belongs_to_a_layer() -> None:
+    unplaced = sorted(m for m in GRAPH if _layer(m) not in RANK and not m.startswith("modzoo.plugins"))
+    assert not unplaced, f"modules outside every layer: {unplaced}; put them in one (tests/test_layers.py RANK)"
+
+
+def test_imports_point_down_the_layers() -> None:
+    upward = []
+    for mod, imports in GRAPH.items():
+        for target, _, line in imports:
+            if target.startswith("modzoo.plugins"):
+                upward.append(f"{mod}:{line} imports the plugin {target}: the core must not know a plugin")
+            elif RANK[_layer(target)] > RANK[_layer(mod)]:
+                upward.append(f"{mod}:{line} ({_layer(mod)}) imports {target} ({_layer(target)})")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    private = [f"{mod}:{line} imports {name} from {target}" for mod, imports in GRAPH.items()
+               for target, name, line in imports if name.startswith("_") and name != "__version__"
+               and target != mod]
+    assert not private, "\n".join(private)
+
+
+def _cycles() -> list[list[str]]:
+    edges = {m: sorted({t if t in GRAPH else t.rpartition(".")[0] for t, _, _ in imps} & set(GRAPH) - {m})
+             for m, imps in GRAPH.items()}
+    found, state, stack = [], {}, []
+
+    def visit(m: str) -> None:
+        state[m] = "open"
+        stack.append(m)
+        for t in edges[m]:
+            if state.get(t) == "open":
+                found.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = "done"
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+    return found
+
+
+def test_no_import_cycle_inside_modzoo() -> None:
+    # a package's __init__ importing its own modules is how a package exposes them, not a cycle to untangle
+    cycles = [c for c in _cycles() if not any(c[i + 1].startswith(c[i] + ".") for i in range(len(c) - 1))]
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checks_see_a_violation() -> None:
+    """The control: an upward, private, cyclic import written into a scratch graph is caught by each rule."""
+    GRAPH["modzoo.contract.fake"] = [("modzoo.run.training", "_private_helper", 1)]
+    GRAPH["modzoo.run.training"] = [*GRAPH["modzoo.run.training"], ("modzoo.contract.fake", "", 2)]
+    try:
+        with pytest.raises(AssertionError, match="contract.fake:1"):
+            test_imports_point_down_the_layers()
+        with pytest.raises(AssertionError, match="imports _private_helper"):
+            test_no_private_name_is_imported_across_modules()
+        with pytest.raises(AssertionError, match="modzoo.contract.fake -> modzoo.run.training"):
+            test_no_import_cycle_inside_modzoo()
+    finally:
+        del GRAPH["modzoo.contract.fake"]
+        GRAPH["modzoo.run.training"] = GRAPH["modzoo.run.training"][:-1]
