@@ -16,16 +16,15 @@ from pathlib import Path
 
 import torch
 
-from modzoo.contract.hookspecs import hookimpl
-from modzoo.contract.interfaces import Batch, GuidanceModule, Metrics
-from modzoo.contract.registry import HalfSpec
-from modzoo.blocks.policy import DDPMPolicy
+from modzoo import Batch, DDPMPolicy, GuidanceModule, HalfSpec, Metrics, hookimpl
 
 CONFIG = Path(__file__).with_name("bc.yaml")
 
 
 class DiffusionBCPolicy(DDPMPolicy):
-    """The diffusion BC loss and nothing else."""
+    """Diffusion behaviour cloning baseline (3x256 Mish MLP, T=5), one sample, no guidance.
+
+    The diffusion BC loss and nothing else."""
 
     needs = frozenset()
 
@@ -38,6 +37,4 @@ class DiffusionBCPolicy(DDPMPolicy):
 
 @hookimpl
 def modzoo_policies() -> list[HalfSpec]:
-    return [HalfSpec("bc", DiffusionBCPolicy, CONFIG, "policy",
-                     "diffusion behaviour cloning baseline (3x256 Mish MLP, T=5), one sample, no guidance",
-                     "Wang, Hunt, Zhou 2023, arXiv:2208.06193 (Diffusion-BC)")]
+    return [HalfSpec("bc", DiffusionBCPolicy, CONFIG, paper="Wang, Hunt, Zhou 2023, arXiv:2208.06193 (Diffusion-BC)")]

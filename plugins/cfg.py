@@ -29,10 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from modzoo.contract.hookspecs import hookimpl
-from modzoo.contract.interfaces import Batch, GuidanceModule, Metrics
-from modzoo.contract.registry import HalfSpec
-from modzoo.blocks.policy import DDPMPolicy
+from modzoo import Batch, DDPMPolicy, GuidanceModule, HalfSpec, Metrics, hookimpl
+from modzoo.contract import rng
 
 CONFIG = Path(__file__).with_name("cfg.yaml")
 SIGNALS = ("auto", "advantage", "q")
@@ -45,18 +43,23 @@ def cfg_combine(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float) -> t
 
 
 class CFGPolicy(DDPMPolicy):
-    """A DDPM actor with one extra input, the value label, dropped to a null token with probability p_uncond."""
+    """Classifier-free reward guidance: value-conditioned DDPM, condition dropout, weight w.
+
+    A DDPM actor with one extra input, the value label, dropped to a null token with probability p_uncond."""
 
     needs = frozenset({"q"})  # "v" is used when the guidance has it (signal: auto)
     uses_guidance_in_training = True
+    # not stackable: the loss moves the running label statistics in place (observe), a write a vmapped step
+    # over seeds cannot make
+    stackable = False
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, {**cfg, "cond_dim": 1})
-        if self.cfg.get("signal", "auto") not in SIGNALS:
+        if self.cfg["signal"] not in SIGNALS:
             raise ValueError(f"cfg policy: unknown signal {self.cfg['signal']!r}; known: {list(SIGNALS)}")
-        if self.cfg.get("label", "normalized") not in LABELS:
+        if self.cfg["label"] not in LABELS:
             raise ValueError(f"cfg policy: unknown label {self.cfg['label']!r}; known: {list(LABELS)}")
-        if not 0.0 <= float(self.cfg.get("p_uncond", 0.25)) < 1.0:
+        if not 0.0 <= float(self.cfg["p_uncond"]) < 1.0:
             raise ValueError("cfg policy: p_uncond must be in [0, 1)")
         # running label statistics: saved with the policy, so a loaded policy samples at the same c*
         self.register_buffer("label_mean", torch.zeros(()))
@@ -67,7 +70,7 @@ class CFGPolicy(DDPMPolicy):
 
     # ---- labels ----------------------------------------------------------------------------------------------
     def signal_kind(self, guidance: GuidanceModule) -> str:
-        kind = self.cfg.get("signal", "auto")
+        kind = self.cfg["signal"]
         if kind == "auto":
             return "advantage" if "v" in guidance.provides else "q"
         if kind == "advantage" and "v" not in guidance.provides:
@@ -86,24 +89,24 @@ class CFGPolicy(DDPMPolicy):
 
         The first batch sets them; later batches move them by ``stats_momentum`` (an EMA), which follows a
         critic that still trains (joint) and settles on a frozen one."""
-        m = float(self.cfg.get("stats_momentum", 0.005))
+        m = float(self.cfg["stats_momentum"])
         rate = torch.where(self.label_seen, m, 1.0)  # 1 on the first batch; a tensor, so no host sync
         self.label_mean.lerp_(u.mean(), rate)
         self.label_var.lerp_(u.var(unbiased=False), rate)
         z = (u - self.label_mean) / self.label_var.clamp_min(1e-12).sqrt()
-        self.label_target.lerp_(torch.quantile(z, float(self.cfg.get("target_quantile", 0.9))), rate)
+        self.label_target.lerp_(torch.quantile(z, float(self.cfg["target_quantile"])), rate)
         self.label_seen.fill_(True)
 
     def label(self, u: torch.Tensor, kind: str) -> torch.Tensor:
         """The condition c of each pair: (B, 1)."""
         z = (u - self.label_mean) / self.label_var.clamp_min(1e-12).sqrt()
-        if self.cfg.get("label", "normalized") == "optimality":
+        if self.cfg["label"] == "optimality":
             return ((u if kind == "advantage" else z) > 0).float().unsqueeze(-1)
         return z.unsqueeze(-1)
 
     def target_tensor(self) -> torch.Tensor:
         """c* as a 0-d tensor on the policy's device: the label sampling conditions on."""
-        if self.cfg.get("label", "normalized") == "optimality":
+        if self.cfg["label"] == "optimality":
             return torch.ones((), device=self.label_target.device)
         return self.label_target
 
@@ -112,7 +115,7 @@ class CFGPolicy(DDPMPolicy):
         return float(self.target_tensor())
 
     # ---- training --------------------------------------------------------------------------------------------
-    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         if guidance is None:
             raise RuntimeError("cfg policy labels its training actions with a guidance's values; pass one")
         if not guidance.frozen and not self._warned_moving:
@@ -120,25 +123,22 @@ class CFGPolicy(DDPMPolicy):
                           "from a moving critic; the method's setting is a frozen guidance "
                           "(--schedule guidance-first or pretrained)", stacklevel=2)
             self._warned_moving = True
-        self.train()
         obs, act = batch["observations"], batch["actions"]
         kind = self.signal_kind(guidance)
         with torch.no_grad():
             u = self.value_signal(guidance, obs, act)
             self.observe(u)
             c = self.label(u, kind)
-        keep = torch.rand(obs.shape[0], device=obs.device, generator=self.gen()) >= float(
-            self.cfg.get("p_uncond", 0.25))
+        keep = rng.rand((obs.shape[0],), self.gen(), obs.device) >= float(self.cfg["p_uncond"])
         terms = self.diffusion.training_terms(act, obs, generator=self.gen(), cond=c, keep=keep)
         loss = F.mse_loss(terms["eps"], terms["noise"])
-        self.optimize(loss)
-        return {"diffusion_loss": loss.detach(), "signal_mean": self.label_mean.detach().clone(),
-                "target_label": self.label_target.detach().clone(), "kept": keep.float().mean()}
+        return loss, {"diffusion_loss": loss.detach(), "signal_mean": self.label_mean.detach().clone(),
+                      "target_label": self.label_target.detach().clone(), "kept": keep.float().mean()}
 
     # ---- sampling --------------------------------------------------------------------------------------------
     def sampling_guide(self, diffusion, obs: torch.Tensor):
         """eps = eps_uncond + w (eps_cond - eps_uncond) at c*, both predictions in one batched forward."""
-        w = float(self.cfg.get("guidance_weight", 1.2))
+        w = float(self.cfg["guidance_weight"])
         b = obs.shape[0]
         cond = self.target_tensor().to(obs.device).reshape(1, 1).expand(2 * b, 1)
         keep = torch.cat([torch.ones(b, dtype=torch.bool, device=obs.device),
@@ -154,6 +154,5 @@ class CFGPolicy(DDPMPolicy):
 
 @hookimpl
 def modzoo_policies() -> list[HalfSpec]:
-    return [HalfSpec("cfg", CFGPolicy, CONFIG, "policy",
-                     "classifier-free reward guidance: value-conditioned DDPM, condition dropout, weight w",
-                     "Ho & Salimans 2022, arXiv:2207.12598; Frans et al. 2025 (CFGRL), arXiv:2505.23458")]
+    return [HalfSpec("cfg", CFGPolicy, CONFIG,
+                     paper="Ho & Salimans 2022, arXiv:2207.12598; Frans et al. 2025 (CFGRL), arXiv:2505.23458")]

@@ -19,16 +19,12 @@ from typing import Any
 
 import torch
 
-from modzoo.blocks.critics import TwinCriticGuidance
+from modzoo import (Batch, DDPMPolicy, DiffusionPolicy, GuidanceModule, HalfSpec, Metrics, TwinCriticGuidance,
+                    hookimpl, obs_norm_enabled)
 from modzoo.blocks.diffusion import GaussianDiffusion
-from modzoo.contract.hookspecs import hookimpl
-from modzoo.contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
 from modzoo.blocks.nets import MLPDenoiser
-from modzoo.contract.normalization import obs_norm_enabled
-from modzoo.contract.registry import HalfSpec
-from modzoo.blocks.policy import DDPMPolicy
-from modzoo.contract import rng
 from modzoo.blocks.utils import frozen_copy
+from modzoo.contract import rng
 
 CONFIG = Path(__file__).with_name("dql.yaml")
 TARGET_ACTIONS = ("policy", "dataset", "untrained")
@@ -45,20 +41,23 @@ def normalized_q_loss(qs: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 class DQLGuidance(TwinCriticGuidance):
-    """Diffusion-QL's twin-Q critic (3x256 Mish)."""
+    """Diffusion-QL twin Q; TD targets from the EMA policy (joint only) or, by config, SARSA.
+
+    Diffusion-QL's twin-Q critic (3x256 Mish)."""
 
     stackable = True
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
-        self.mode = cfg.get("target_actions", "policy")
+        self.mode = cfg["target_actions"]
         if self.mode not in TARGET_ACTIONS:
             raise ValueError(f"dql guidance: unknown target_actions {self.mode!r}; known: {list(TARGET_ACTIONS)}")
         self.untrained_actor: GaussianDiffusion | None = None
         if self.mode == "untrained":
             # The authors' pretraining script samples a' from an actor that is built and never trained.
             torch.manual_seed(cfg.get("seed", 0))
-            self.untrained_actor = frozen_copy(GaussianDiffusion(MLPDenoiser(obs_dim, act_dim, obs_norm=obs_norm_enabled(cfg)), act_dim, T=5))
+            denoiser = MLPDenoiser(obs_dim, act_dim, obs_norm=obs_norm_enabled(cfg))
+            self.untrained_actor = frozen_copy(GaussianDiffusion(denoiser, act_dim, T=5))
 
     @property
     def requires_policy(self) -> bool:
@@ -76,7 +75,7 @@ class DQLGuidance(TwinCriticGuidance):
 
     def td_target(self, batch: Batch, policy: DiffusionPolicy | None = None) -> torch.Tensor:
         nxt = batch["next_observations"]
-        if self.cfg.get("max_q_backup", False) and self.mode == "policy":
+        if self.cfg["max_q_backup"] and self.mode == "policy":
             k = 10  # best of 10 EMA samples per critic, then the min over critics
             rep = nxt.repeat_interleave(k, 0)
             qn = self.critic_target(rep, policy.target_actions(rep)).view(-1, nxt.shape[0], k)
@@ -87,7 +86,9 @@ class DQLGuidance(TwinCriticGuidance):
 
 
 class DQLPolicy(DDPMPolicy):
-    """Diffusion-QL's actor: BC loss plus eta times the normalized Q of its own denoised action."""
+    """Diffusion actor (3x256 Mish MLP, T=5) with the normalized Q term through the chain.
+
+    Diffusion-QL's actor: BC loss plus eta times the normalized Q of its own denoised action."""
 
     needs = frozenset({"q"})
     uses_guidance_in_training = True
@@ -96,7 +97,7 @@ class DQLPolicy(DDPMPolicy):
     def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         obs = batch["observations"]
         bc = self.bc_loss(batch)
-        eta = float(self.cfg.get("eta", 1.0))
+        eta = float(self.cfg["eta"])
         out: Metrics = {"bc_loss": bc.detach()}
         loss = bc
         if guidance is not None and eta > 0:
@@ -123,13 +124,9 @@ class DQLPolicy(DDPMPolicy):
 
 @hookimpl
 def modzoo_guidances() -> list[HalfSpec]:
-    return [HalfSpec("dql", DQLGuidance, CONFIG, "guidance",
-                     "Diffusion-QL twin Q; TD targets from the EMA policy (joint only) or, by config, SARSA",
-                     "Wang, Hunt, Zhou 2023, arXiv:2208.06193")]
+    return [HalfSpec("dql", DQLGuidance, CONFIG, paper="Wang, Hunt, Zhou 2023, arXiv:2208.06193")]
 
 
 @hookimpl
 def modzoo_policies() -> list[HalfSpec]:
-    return [HalfSpec("dql", DQLPolicy, CONFIG, "policy",
-                     "diffusion actor (3x256 Mish MLP, T=5) with the normalized Q term through the chain",
-                     "Wang, Hunt, Zhou 2023, arXiv:2208.06193")]
+    return [HalfSpec("dql", DQLPolicy, CONFIG, paper="Wang, Hunt, Zhou 2023, arXiv:2208.06193")]

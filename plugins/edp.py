@@ -21,10 +21,8 @@ from pathlib import Path
 
 import torch
 
-from modzoo.contract.hookspecs import hookimpl
-from modzoo.contract.interfaces import Batch, GuidanceModule, Metrics
-from modzoo.contract.registry import HalfSpec
-from modzoo.blocks.policy import DDPMPolicy
+from modzoo import Batch, DDPMPolicy, GuidanceModule, HalfSpec, Metrics, hookimpl
+from modzoo.contract import rng
 
 CONFIG = Path(__file__).with_name("edp.yaml")
 
@@ -35,33 +33,31 @@ def edp_q_loss(q: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 class EDPPolicy(DDPMPolicy):
-    """Diffusion BC plus a Q term on the one-step action approximation (no backprop through the chain)."""
+    """Diffusion actor (T=100) with the Q term on the one-step action approximation.
+
+    Diffusion BC plus a Q term on the one-step action approximation (no backprop through the chain)."""
 
     needs = frozenset({"q"})
     uses_guidance_in_training = True
 
-    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
-        self.train()
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         obs, act = batch["observations"], batch["actions"]
         terms = self.diffusion.training_terms(act, obs, generator=self.gen())
         bc = ((terms["eps"] - terms["noise"]) ** 2).mean()
         out: Metrics = {"bc_loss": bc.detach()}
         loss = bc
-        alpha = float(self.cfg.get("alpha", 2.0))
+        alpha = float(self.cfg["alpha"])
         if guidance is not None and alpha > 0:
             a0_hat = self.diffusion.predict_x0(terms["x_t"], terms["t"], terms["eps"])  # action approximation
             qs = guidance.q_ensemble(obs, a0_hat)
-            i = torch.randint(0, qs.shape[0], (1,), device=obs.device, generator=self.gen())
+            i = rng.randint(qs.shape[0], (1,), self.gen(), obs.device)
             q_loss = edp_q_loss(qs.index_select(0, i)[0], alpha)
             loss = bc + q_loss
             out["q_loss"] = q_loss.detach()
-        self.optimize(loss)
         out["actor_loss"] = loss.detach()
-        return out
+        return loss, out
 
 
 @hookimpl
 def modzoo_policies() -> list[HalfSpec]:
-    return [HalfSpec("edp", EDPPolicy, CONFIG, "policy",
-                     "diffusion actor (T=100) with the Q term on the one-step action approximation",
-                     "Kang et al. 2023 (EDP), arXiv:2305.20081")]
+    return [HalfSpec("edp", EDPPolicy, CONFIG, paper="Kang et al. 2023 (EDP), arXiv:2305.20081")]

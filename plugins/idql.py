@@ -14,14 +14,9 @@ from typing import Any
 
 import torch
 
-from modzoo.blocks.critics import TwinCriticGuidance
-from modzoo.contract.hookspecs import hookimpl
-from modzoo.contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
+from modzoo import (Batch, DDPMPolicy, DiffusionPolicy, GuidanceModule, HalfSpec, Metrics, Stage, TwinCriticGuidance,
+                    hookimpl, obs_norm_enabled)
 from modzoo.blocks.nets import ValueNet, init_
-from modzoo.contract.normalization import obs_norm_enabled
-from modzoo.contract.registry import HalfSpec
-from modzoo.blocks.policy import DDPMPolicy
-from modzoo.contract.stages import Stage
 from modzoo.blocks.utils import load_optim_state, make_optimizer, make_scheduler, optim_state
 
 CONFIG = Path(__file__).with_name("idql.yaml")
@@ -33,21 +28,23 @@ def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 class IQLGuidance(TwinCriticGuidance):
-    """IQL's twin Q + V critic: the policy-independent guidance."""
+    """IQL critic: twin Q + V by expectile regression (policy-independent).
+
+    IQL's twin Q + V critic: the policy-independent guidance."""
 
     provides = frozenset({"q", "v"})
     stackable = True
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
-        self.value = ValueNet(obs_dim, list(cfg.get("hidden", [256, 256])), act=cfg.get("activation", "relu"),
-                              layer_norm=cfg.get("layer_norm", False), obs_norm=obs_norm_enabled(cfg))
-        init_(self.value, cfg.get("init", "torch"))
+        self.value = ValueNet(obs_dim, list(cfg["hidden"]), act=cfg["activation"],
+                              layer_norm=cfg["layer_norm"], obs_norm=obs_norm_enabled(cfg))
+        init_(self.value, cfg["init"])
         self.v_opt: torch.optim.Optimizer | None = make_optimizer(self.value.parameters(), "adam",
-                                                                  cfg.get("value_lr", 3e-4))
+                                                                  cfg["value_lr"])
         # V follows the critic's lr_schedule (IDQL: constant; the GFDT authors' pipeline: cosine for both)
-        self.v_sched = make_scheduler(self.v_opt, cfg.get("lr_schedule"), cfg.get("lr_decay_steps", 1))
-        self.tau = cfg.get("expectile", 0.7)
+        self.v_sched = make_scheduler(self.v_opt, cfg["lr_schedule"], cfg["lr_decay_steps"])
+        self.tau = cfg["expectile"]
 
     def v(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value(obs)
@@ -83,7 +80,9 @@ class IQLGuidance(TwinCriticGuidance):
 
 
 class IDQLPolicy(DDPMPolicy):
-    """IDQL's actor: pure diffusion BC on an LN-ResNet; the guidance is used only to select actions."""
+    """Diffusion BC actor (LN-ResNet, T=5), candidates resampled by expectile weights.
+
+    IDQL's actor: pure diffusion BC on an LN-ResNet; the guidance is used only to select actions."""
 
     needs = frozenset({"q"})  # expectile selection also uses V when the guidance has it
 
@@ -96,13 +95,9 @@ class IDQLPolicy(DDPMPolicy):
 
 @hookimpl
 def modzoo_guidances() -> list[HalfSpec]:
-    return [HalfSpec("idql", IQLGuidance, CONFIG, "guidance",
-                     "IQL critic: twin Q + V by expectile regression (policy-independent)",
-                     "Hansen-Estruch et al. 2023, arXiv:2304.10573")]
+    return [HalfSpec("idql", IQLGuidance, CONFIG, paper="Hansen-Estruch et al. 2023, arXiv:2304.10573")]
 
 
 @hookimpl
 def modzoo_policies() -> list[HalfSpec]:
-    return [HalfSpec("idql", IDQLPolicy, CONFIG, "policy",
-                     "diffusion BC actor (LN-ResNet, T=5), candidates resampled by expectile weights",
-                     "Hansen-Estruch et al. 2023, arXiv:2304.10573")]
+    return [HalfSpec("idql", IDQLPolicy, CONFIG, paper="Hansen-Estruch et al. 2023, arXiv:2304.10573")]

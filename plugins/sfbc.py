@@ -21,10 +21,7 @@ from pathlib import Path
 
 import torch
 
-from modzoo.contract.hookspecs import hookimpl
-from modzoo.contract.interfaces import Batch, GuidanceModule, Metrics
-from modzoo.contract.registry import HalfSpec
-from modzoo.blocks.policy import DDPMPolicy
+from modzoo import Batch, DDPMPolicy, GuidanceModule, HalfSpec, Metrics, hookimpl
 
 CONFIG = Path(__file__).with_name("sfbc.yaml")
 LOGIT_CAP = 40.0  # ``allowed_max = np.sort(returns)[-num] + 40`` in the released ScoreBase._select
@@ -49,7 +46,9 @@ def sfbc_select(candidates: torch.Tensor, q: torch.Tensor, alpha: float, k: int,
 
 
 class SfBCPolicy(DDPMPolicy):
-    """Behaviour diffusion trained by BC alone; the guidance only ranks its candidates."""
+    """Behaviour diffusion; 32 candidates, k=4 drawn by capped softmax(alpha Q) and averaged.
+
+    Behaviour diffusion trained by BC alone; the guidance only ranks its candidates."""
 
     needs = frozenset({"q"})
 
@@ -61,18 +60,16 @@ class SfBCPolicy(DDPMPolicy):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
-        m = int(n or self.cfg.get("candidates", 32))
+        m = int(n or self.cfg["candidates"])
         cands = self.candidates(obs, m)
         if guidance is None or m == 1:
             return cands[:, 0]
         b = obs.shape[0]
         q = guidance.q(obs.repeat_interleave(m, 0), cands.reshape(b * m, -1)).reshape(b, m)
-        k = min(int(self.cfg.get("select_per_state", 4)), m)
-        return sfbc_select(cands, q, float(self.cfg.get("alpha", 100.0)), k, generator=self.gen())
+        k = min(int(self.cfg["select_per_state"]), m)
+        return sfbc_select(cands, q, float(self.cfg["alpha"]), k, generator=self.gen())
 
 
 @hookimpl
 def modzoo_policies() -> list[HalfSpec]:
-    return [HalfSpec("sfbc", SfBCPolicy, CONFIG, "policy",
-                     "behaviour diffusion; 32 candidates, k=4 drawn by capped softmax(alpha Q) and averaged",
-                     "Chen et al. 2023 (SfBC), arXiv:2209.14548")]
+    return [HalfSpec("sfbc", SfBCPolicy, CONFIG, paper="Chen et al. 2023 (SfBC), arXiv:2209.14548")]

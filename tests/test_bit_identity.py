@@ -6,7 +6,8 @@ machine type that wrote them (same torch build and CPU kernel level) the checkpo
 another one float rounding may differ, so a strided sample of every parameter is compared to a tolerance that drift
 over these few steps stays far inside and a changed algorithm is far outside.
 
-Rewrite the file only for a change meant to alter training: ``MODZOO_WRITE_FINGERPRINTS=1 pytest tests/test_bit_identity.py``.
+Rewrite the file only for a change meant to alter training:
+``MODZOO_WRITE_FINGERPRINTS=1 pytest tests/test_bit_identity.py``.
 """
 from __future__ import annotations
 

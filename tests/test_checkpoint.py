@@ -116,3 +116,17 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
         save_half(g, tmp_path / "g.pt")
     assert (tmp_path / "g.pt").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["g.pt"]
+
+
+def test_a_checkpoint_from_before_a_key_existed_loads_with_its_old_behaviour(tmp_path):
+    """Halves read ``cfg[key]``; a checkpoint written before a key was added lacks it and must still load, with
+    the value that reproduces how it was trained (``config.ADDED_KEYS``), else the YAML default."""
+    p = modzoo.make_policy("dql", 11, 3, hidden=16, act_temperature=0.5, ema_decay=0.9)
+    path = save_half(p, tmp_path / "policy.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["act_temperature"], payload["config"]["obs_norm"], payload["config"]["tau"]
+    torch.save(payload, path)
+    q = load_checkpoint(path)
+    assert q.cfg["act_temperature"] == 1.0 and q.cfg["obs_norm"] == "none"  # the behaviour before the key existed
+    assert q.cfg["tau"] == modzoo.make_policy("dql", 11, 3).cfg["tau"]  # not an added key: the plugin default
+    assert q.cfg["ema_decay"] == 0.9 and q.cfg["hidden"] == 16  # what the checkpoint holds always wins

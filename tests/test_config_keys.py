@@ -78,3 +78,28 @@ def test_every_key_a_half_reads_is_in_its_yaml(recording_halves, small_dataset_p
             half.act(batch["observations"][:2], critic)
             half.target_actions(batch["observations"][:2])
     assert not read - keys, f"{kind} {name!r} reads {sorted(read - keys)}, which its YAML lacks"
+
+
+def test_a_half_reading_a_key_its_yaml_lacks_fails_the_conformance_suite_by_name(tmp_path) -> None:
+    """Code reads ``cfg["key"]``: a default missing from the YAML is caught by name, not silently supplied."""
+    import yaml
+
+    from modzoo import DDPMPolicy, HalfSpec
+    from modzoo.plugins import bc
+    from modzoo.testing import ConformanceError, check_policy
+
+    section = yaml.safe_load(bc.CONFIG.read_text())["policy"]
+    del section["ema_decay"]
+
+    class ForgotOne(DDPMPolicy):
+        """A BC policy whose YAML lost a key DDPMPolicy reads."""
+
+        needs = frozenset()
+
+        def loss(self, batch, guidance=None):  # type: ignore[no-untyped-def]
+            loss = self.bc_loss(batch)
+            return loss, {"bc_loss": loss.detach()}
+
+    assert HalfSpec("forgot", ForgotOne, {"policy": section}).kind == "policy"  # derived from the base
+    with pytest.raises(ConformanceError, match=r"\[construct\] .*'ema_decay'"):
+        check_policy(ForgotOne, config=section, workdir=tmp_path, checks=["construct"])

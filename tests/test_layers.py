@@ -122,3 +122,45 @@ def test_the_checks_see_a_violation() -> None:
     finally:
         del GRAPH["modzoo.contract.fake"]
         GRAPH["modzoo.run.training"] = GRAPH["modzoo.run.training"][:-1]
+
+
+PUBLIC_API = [
+    "__version__",
+    "GuidanceModule", "DiffusionPolicy", "Batch", "Metrics", "HalfSpec", "hookimpl", "Stage", "obs_norm_enabled",
+    "DDPMPolicy", "TwinCriticGuidance",
+    "load_registry", "register_plugin", "unregister_plugin",
+    "make_guidance", "make_policy", "run_config", "train", "evaluate", "load_checkpoint", "save_half",
+    "normalized_score",
+    "ModzooError", "ConfigError", "PluginError", "DatasetError", "CheckpointError", "EnvError",
+]
+
+
+def test_the_public_api_is_one_pinned_list() -> None:
+    """Adding to or removing from ``modzoo.__all__`` is an API change: make it here on purpose, and in the docs."""
+    assert modzoo.__all__ == PUBLIC_API
+    missing = [n for n in PUBLIC_API if not hasattr(modzoo, n)]
+    assert not missing, f"modzoo.__all__ names what modzoo does not define: {missing}"
+
+
+def test_the_face_defines_nothing_of_its_own() -> None:
+    """``modzoo/__init__.py`` only gathers the layers' names: a function or class written there is domain code
+    at the package face, where no layer can import it without a cycle."""
+    tree = ast.parse((CORE / "__init__.py").read_text())
+    defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert not defined, f"defined in modzoo/__init__.py: {defined}; move them into their layer"
+
+
+def test_first_party_plugins_use_only_the_public_api_and_the_blocks() -> None:
+    """A first-party plugin is written the way a third-party one is: against ``modzoo`` and ``modzoo.blocks``
+    (plus ``modzoo.contract.rng`` for its noise), never the trainer, the grid or the CLI."""
+    allowed = ("modzoo", "modzoo.blocks.", "modzoo.contract.rng", "modzoo.contract")
+    bad = []
+    for path in sorted((CORE.parent / "plugins").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("modzoo"):
+                names = [a.name for a in node.names]
+                ok = node.module == "modzoo" or node.module.startswith("modzoo.blocks.") or \
+                    (node.module == "modzoo.contract" and names == ["rng"])
+                if not ok:
+                    bad.append(f"{path.name}:{node.lineno} from {node.module} import {', '.join(names)}")
+    assert allowed and not bad, "\n".join(bad)

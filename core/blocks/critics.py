@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..contract.interfaces import GuidanceModule
 from ..contract.normalization import obs_norm_enabled
 from .nets import EnsembleQ, init_
-from ..contract.stages import Stage, run_stages, step_stage
+from ..contract.stages import Stage, run_stages
 from .utils import frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state, \
     polyak_update
 
@@ -18,27 +18,26 @@ class TwinCriticGuidance(GuidanceModule):
     """Guidance built on E critics Q_i(s, a) (default 2) with a Polyak-averaged target copy.
 
     Subclasses implement :meth:`td_target`; the update is then one stage (``stages``): sum_i MSE(Q_i, target),
-    then the Polyak target update. Subclasses whose update has more stages (IQL's V step) extend ``stages``. Older
-    plugins may instead write ``update`` themselves and call :meth:`fit_q`.
+    then the Polyak target update. Subclasses whose update has more stages (IQL's V step) extend ``stages``.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
-        self.critic = EnsembleQ(obs_dim, act_dim, list(cfg.get("hidden", [256, 256])), cfg.get("num_q", 2),
-                                act=cfg.get("activation", "relu"), layer_norm=cfg.get("layer_norm", False),
+        self.critic = EnsembleQ(obs_dim, act_dim, list(cfg["hidden"]), cfg["num_q"],
+                                act=cfg["activation"], layer_norm=cfg["layer_norm"],
                                 obs_norm=obs_norm_enabled(cfg))
-        init_(self.critic, cfg.get("init", "torch"))
+        init_(self.critic, cfg["init"])
         self.critic_target = frozen_copy(self.critic)
         self.q_opt: torch.optim.Optimizer | None = make_optimizer(self.critic.parameters(),
-                                                                  cfg.get("optimizer", "adam"),
-                                                                  cfg.get("lr", 3e-4))
-        self.q_sched = make_scheduler(self.q_opt, cfg.get("lr_schedule"), cfg.get("lr_decay_steps", 1))
-        self.gamma, self.polyak = cfg.get("gamma", 0.99), cfg.get("polyak", 0.005)
+                                                                  cfg["optimizer"],
+                                                                  cfg["lr"])
+        self.q_sched = make_scheduler(self.q_opt, cfg["lr_schedule"], cfg["lr_decay_steps"])
+        self.gamma, self.polyak = cfg["gamma"], cfg["polyak"]
         self.register_buffer("reward_scale", torch.ones(()))
 
     def prepare(self, dataset: Any) -> None:
         """``reward_norm: iql`` scales rewards by 1000 / (max - min episode return), IQL's locomotion rule."""
-        if self.cfg.get("reward_norm", "none") == "iql":
+        if self.cfg["reward_norm"] == "iql":
             rets = dataset.episode_returns()
             spread = float(rets.max() - rets.min()) if len(rets) > 1 else 0.0
             self.reward_scale.fill_(1000.0 / spread if spread > 0 else 1.0)
@@ -67,7 +66,7 @@ class TwinCriticGuidance(GuidanceModule):
 
     def td_target(self, batch: dict[str, torch.Tensor], policy: Any = None) -> torch.Tensor:
         """The regression target of every critic member, (B,); computed without gradients."""
-        raise NotImplementedError(f"guidance {self.algorithm!r} implements update() directly, not td_target()")
+        raise NotImplementedError(f"guidance {self.algorithm!r} must implement td_target() (or extend stages())")
 
     def q_loss(self, batch: dict[str, torch.Tensor], policy: Any = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -85,20 +84,20 @@ class TwinCriticGuidance(GuidanceModule):
     def update_target(self) -> None:
         """Polyak-average the target critics (unless ``update_target`` is off: the GFDT authors' literal recipe),
         on every ``target_every``-th update (counted from 0, as CleanDiffuser's DQL pipeline does)."""
-        every = int(self.cfg.get("target_every", 1) or 1)
-        if self.cfg.get("update_target", True) and (every == 1 or self.steps % every == 0):
+        every = int(self.cfg["target_every"] or 1)
+        if self.cfg["update_target"] and (every == 1 or self.steps % every == 0):
             polyak_update(self.critic_target, self.critic, self.polyak)
 
     def updates_now(self) -> bool:
         """False on the calls that ``update_every`` > 1 skips: then the call only counts a step, and the LR
         schedule does not move (CleanDiffuser's IDQL pipeline trains its critic on every second step)."""
-        every = int(self.cfg.get("update_every", 1) or 1)
+        every = int(self.cfg["update_every"] or 1)
         return every == 1 or self.steps % every == 0
 
     def critic_stage(self) -> Stage:
         assert self.q_opt is not None, "update on a frozen guidance"
         return Stage("q", self.critic, self.q_loss, self.q_opt, self.q_sched,
-                     float(self.cfg.get("grad_norm", 0.0) or 0.0), self.update_target)
+                     float(self.cfg["grad_norm"] or 0.0), self.update_target)
 
     def stages(self) -> list[Stage]:
         return [self.critic_stage()] if self.updates_now() else []
@@ -110,13 +109,6 @@ class TwinCriticGuidance(GuidanceModule):
         if metrics:
             self._last_metrics = metrics
         return metrics or dict(getattr(self, "_last_metrics", {}))
-
-    def fit_q(self, batch: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """For subclasses that write ``update`` themselves: one step of sum_i MSE(Q_i(s, a), target), then the
-        Polyak target update."""
-        loss, metrics = self._regression(batch, target.detach())
-        step_stage(self.critic_stage(), loss)
-        return metrics
 
     def drop_optimizers(self) -> None:
         self.q_opt, self.q_sched = None, None

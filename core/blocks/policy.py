@@ -16,60 +16,62 @@ from ..contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metric
 from ..contract.normalization import obs_norm_enabled
 from .nets import LNResNetDenoiser, MLPDenoiser, init_
 from .selection import select_with_guidance
-from ..contract.stages import Stage, run_stages, step_stage
+from ..contract.stages import Stage, run_stages
 from .utils import EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
 
 
 def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:
     """Denoiser from ``cfg['denoiser']`` (``mlp`` or ``ln_resnet``) and its widths."""
-    kind = cfg.get("denoiser", "mlp")
+    kind = cfg["denoiser"]
     # cond_dim > 0: an extra condition input with a null token (classifier-free guidance, e.g. the cfg plugin)
-    label = {"cond_dim": int(cfg.get("cond_dim", 0)), "cond_emb": int(cfg.get("cond_emb", 32)),
+    label = {"cond_dim": int(cfg["cond_dim"]), "cond_emb": int(cfg["cond_emb"]),
              "obs_norm": obs_norm_enabled(cfg)}
     if kind == "mlp":
-        return MLPDenoiser(obs_dim, act_dim, hidden=cfg.get("hidden", 256), depth=cfg.get("depth", 3),
-                           t_dim=cfg.get("t_dim", 16), act=cfg.get("activation", "mish"), **label)
+        return MLPDenoiser(obs_dim, act_dim, hidden=cfg["hidden"], depth=cfg["depth"],
+                           t_dim=cfg["t_dim"], act=cfg["activation"], **label)
     if kind == "ln_resnet":
-        return LNResNetDenoiser(obs_dim, act_dim, hidden=cfg.get("hidden", 256), blocks=cfg.get("blocks", 3),
-                                dropout=cfg.get("dropout", 0.1), t_dim=cfg.get("t_dim", 64),
-                                cond_hidden=cfg.get("cond_hidden", 128), act=cfg.get("activation", "mish"),
+        return LNResNetDenoiser(obs_dim, act_dim, hidden=cfg["hidden"], blocks=cfg["blocks"],
+                                dropout=cfg["dropout"], t_dim=cfg["t_dim"],
+                                cond_hidden=cfg["cond_hidden"], act=cfg["activation"],
                                 **label)
     raise ValueError(f"unknown denoiser {kind!r}; known: mlp, ln_resnet")
 
 
 class DDPMPolicy(DiffusionPolicy):
-    """A DDPM actor with EMA, an optimizer and candidate selection; subclasses implement ``update``."""
+    """A DDPM actor with EMA, an optimizer and candidate selection; subclasses implement :meth:`loss`, the
+    algorithm's actor loss, and get the update (optimizer step, grad-norm clip, LR schedule, EMA) from here."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
-        denoiser = init_(build_denoiser(obs_dim, act_dim, cfg), cfg.get("init", "torch"))
-        self.diffusion = GaussianDiffusion(denoiser, act_dim, T=cfg.get("T", 5),
-                                           schedule=cfg.get("schedule", "vp"),
-                                           sampler=cfg.get("sampler", "posterior"))
+        denoiser = init_(build_denoiser(obs_dim, act_dim, cfg), cfg["init"])
+        self.diffusion = GaussianDiffusion(denoiser, act_dim, T=cfg["T"],
+                                           schedule=cfg["schedule"],
+                                           sampler=cfg["sampler"])
         self.ema_diffusion = frozen_copy(self.diffusion)
-        self.ema = EMA(cfg.get("ema_decay", 0.995), cfg.get("ema_every", 1), cfg.get("ema_start", 0))
-        self.opt = make_optimizer(self.diffusion.parameters(), cfg.get("optimizer", "adam"), cfg.get("lr", 3e-4),
-                                  cfg.get("weight_decay", 0.0))
-        self.sched = make_scheduler(self.opt, cfg.get("lr_schedule"), cfg.get("lr_decay_steps", 1))
+        self.ema = EMA(cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"])
+        self.opt = make_optimizer(self.diffusion.parameters(), cfg["optimizer"], cfg["lr"],
+                                  cfg["weight_decay"])
+        self.sched = make_scheduler(self.opt, cfg["lr_schedule"], cfg["lr_decay_steps"])
 
     # ---- helpers for subclasses ------------------------------------------------------------------------------
     def bc_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The diffusion behaviour-cloning loss (epsilon MSE), reduced over action dims by ``loss_reduce``
         (IDQL sums, Diffusion-QL averages)."""
         per = self.diffusion.loss(batch["actions"], batch["observations"], generator=self.gen(), reduce=False)
-        if self.cfg.get("loss_reduce", "mean") == "sum":
+        if self.cfg["loss_reduce"] == "sum":
             per = per * self.act_dim
         return per.mean()
 
     def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
-        """The actor's training loss and its metrics. Subclasses that implement this (and draw randomness only
-        through :mod:`modzoo.contract.rng`) get ``update`` for free and can be trained as stacked seeds."""
-        raise NotImplementedError(f"policy {self.algorithm!r} implements update() directly, not loss()")
+        """The actor's training loss (a scalar: reduce a per-sample loss such as ``diffusion.loss(...,
+        reduce=False)``, shape (B,), with your own weights first) and its metrics. Draw every random number from
+        ``self.gen()`` through :mod:`modzoo.contract.rng`: then seeds can also train stacked (``stackable``)."""
+        raise NotImplementedError(f"policy {self.algorithm!r} must implement loss()")
 
     def stages(self) -> list[Stage]:
         """One stage: the denoiser's optimizer step (clipped to ``grad_norm``), then the EMA update."""
         return [Stage("actor", self.diffusion, self.loss, self.opt, self.sched,
-                      float(self.cfg.get("grad_norm", 0.0) or 0.0), self._ema_step)]
+                      float(self.cfg["grad_norm"] or 0.0), self._ema_step)]
 
     def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
         self.train()
@@ -85,13 +87,6 @@ class DDPMPolicy(DiffusionPolicy):
         step = self._host_steps()
         self._steps += 1
         self._host_count = (step + 1, self._steps, self._steps._version)
-
-    def optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
-        """For subclasses that write ``update`` themselves: backward, clip (``grad_norm``), step, LR schedule, EMA;
-        returns the pre-clip grad norm."""
-        norm = step_stage(self.stages()[0], loss)
-        self.count_step()
-        return norm
 
     def _host_steps(self) -> int:
         """``steps`` for the EMA schedule without reading the device counter at every step (a host sync on a
@@ -119,7 +114,7 @@ class DDPMPolicy(DiffusionPolicy):
         :meth:`GaussianDiffusion.sample`."""
         b = obs.shape[0]
         rep = obs.repeat_interleave(n, dim=0)
-        diffusion = self.ema_diffusion if (model or self.cfg.get("act_model", "ema")) == "ema" else self.diffusion
+        diffusion = self.ema_diffusion if (model or self.cfg["act_model"]) == "ema" else self.diffusion
         was_training = diffusion.training
         diffusion.eval()  # no dropout while sampling
         out = diffusion.sample(rep, generator=self.gen(), guide=self.sampling_guide(diffusion, rep),
@@ -131,7 +126,7 @@ class DDPMPolicy(DiffusionPolicy):
         """The n actions per state that acting chooses among: (B, n, act_dim). Only acting starts the chain at
         ``act_temperature``; the samples inside losses and TD targets keep N(0, I), as in the GFDT authors'
         pipelines (temperature 1.0 there, the config's temperature at inference)."""
-        return self.sample(obs, n, init_scale=float(self.cfg.get("act_temperature", 1.0)))
+        return self.sample(obs, n, init_scale=float(self.cfg["act_temperature"]))
 
     def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Diffusion-QL's TD-target action: one sample of the EMA actor."""
@@ -139,12 +134,12 @@ class DDPMPolicy(DiffusionPolicy):
 
     @torch.inference_mode()  # actions for an environment never enter a graph; measured ~4% faster than no_grad
     def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
-        n = int(n or self.cfg.get("candidates", 50))
+        n = int(n or self.cfg["candidates"])
         cands = self.candidates(obs, n)
         if guidance is None or n == 1:
             return cands[:, 0]
-        return select_with_guidance(cands, obs, guidance, self.cfg.get("selection", "softmax"),
-                                    temperature=self.cfg.get("temperature", 1.0), tau=self.cfg.get("tau", 0.7),
+        return select_with_guidance(cands, obs, guidance, self.cfg["selection"],
+                                    temperature=self.cfg["temperature"], tau=self.cfg["tau"],
                                     generator=self.gen())
 
     def extra_state(self) -> dict[str, Any]:

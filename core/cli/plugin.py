@@ -61,14 +61,9 @@ def new_plugin(name: str, directory: str | Path = ".", kind: str = "both", force
         raise ConfigError(f"{root} already exists and is not empty; choose another --dir (nothing was written)")
     package = f"modzoo_{name}"
     has_g, has_p = kind in ("guidance", "both"), kind in ("policy", "both")
-    imports = ["import torch", "", "from modzoo import HalfSpec, hookimpl"]
-    if has_g:
-        imports.append("from modzoo.blocks.critics import TwinCriticGuidance")
-    imports.append("from modzoo.contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics")
-    if has_p:
-        imports.append("from modzoo.blocks.policy import DDPMPolicy")
-    if not has_g:
-        imports = imports[2:]  # torch is only used by the guidance skeleton
+    names = ["Batch", "HalfSpec"] + (["DiffusionPolicy", "TwinCriticGuidance"] if has_g else []) \
+        + (["DDPMPolicy", "GuidanceModule", "Metrics"] if has_p else [])
+    imports = ["import torch", "", f"from modzoo import {', '.join(sorted(names))}, hookimpl"]
     fields = {
         "name": name, "package": package, "Class": _class_name(name), "modzoo_version": __version__,
         "kinds": {"both": "guidance + policy"}.get(kind, kind), "imports": "\n".join(imports),

@@ -22,17 +22,17 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def modzoo_guidances() -> list:
-    """Return the guidance halves this plugin contributes, as ``HalfSpec(kind="guidance")`` objects.
+    """Return the guidance halves this plugin contributes, as :class:`~modzoo.HalfSpec` objects.
 
     Each spec's class must subclass :class:`modzoo.GuidanceModule`, take ``(obs_dim, act_dim, cfg)`` and keep
-    the contract in :mod:`modzoo.contract.interfaces`. Its ``config`` is a YAML file (or dict) whose ``guidance:`` section
-    holds every key the class reads, with defaults (a key not there is rejected as a typo).
+    the contract in :mod:`modzoo.contract.interfaces`. Its ``config`` is a YAML file (or dict) whose
+    ``guidance:`` section holds every key the class reads, with defaults (a key not there is rejected as a typo).
     """
 
 
 @hookspec
 def modzoo_policies() -> list:
-    """Return the policy halves this plugin contributes, as ``HalfSpec(kind="policy")`` objects.
+    """Return the policy halves this plugin contributes, as :class:`~modzoo.HalfSpec` objects.
 
     Each class must subclass :class:`modzoo.DiffusionPolicy`; its ``needs`` names the guidance capabilities
     (``"q"``, ``"v"``) it uses, which decides the guidances it can pair with.

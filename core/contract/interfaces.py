@@ -35,7 +35,8 @@ class Half(nn.Module):
     algorithm: ClassVar[str] = ""
 
     #: True when ``update`` is written as stages (:mod:`modzoo.contract.stages`) whose losses draw every random number
-    #: through :mod:`modzoo.contract.rng`: then several seeds can train as one stacked ensemble (:mod:`modzoo.run.stacked`).
+    #: through :mod:`modzoo.contract.rng`: then several seeds can train as one stacked ensemble
+    #: (:mod:`modzoo.run.stacked`).
     stackable: ClassVar[bool] = False
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:

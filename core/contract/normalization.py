@@ -3,7 +3,7 @@
 With ``obs_norm: gaussian`` in a half's config its networks z-score every observation they read with the
 dataset's per-dimension mean and standard deviation (the GFDT authors' CleanDiffuser pipelines do this through
 ``GaussianNormalizer``). The statistics are computed once from the training data, kept as buffers inside the
-networks (:class:`~modzoo.contract.normalization.ObsNorm`) and so saved in the half's checkpoint. A half therefore always takes raw
+networks (:class:`ObsNorm`) and so saved in the half's checkpoint. A half therefore always takes raw
 env observations: a guidance and a policy normalized differently (or one of them not at all) pair correctly,
 each applying its own statistics, whether they meet in training, at ``modzoo eval`` or in a swap.
 """

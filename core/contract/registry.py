@@ -24,15 +24,28 @@ ENTRY_POINT_GROUP = "modzoo"
 
 @dataclass
 class HalfSpec:
-    """One guidance or policy half as a plugin declares it."""
+    """One guidance or policy half as a plugin declares it: ``HalfSpec(name, cls, config, paper=...)``.
+
+    Only what modzoo cannot read from the class is asked for: the kind follows from the base class
+    (:class:`GuidanceModule` or :class:`DiffusionPolicy`) and the description is the first line of the class
+    docstring, so the algorithm box a plugin writes there is also what ``modzoo list`` shows. Either can still be
+    given explicitly.
+    """
 
     name: str
     cls: type
     config: Path | str | dict[str, Any]
-    kind: str  # "guidance" | "policy"
-    description: str = ""
+    kind: str | None = None  # "guidance" | "policy"; None: from the base class
+    description: str | None = None  # None: the first line of the class docstring
     paper: str = ""
     plugin: str = ""  # filled in by the registry: the entry-point name that contributed it
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = _kind_of(self.cls)
+        if self.description is None:
+            doc = (getattr(self.cls, "__doc__", None) or "").strip()
+            self.description = doc.split("\n\n")[0].replace("\n", " ").strip() if doc else ""
 
     def default_config(self) -> dict[str, Any]:
         """The ``guidance:`` or ``policy:`` section of the plugin's YAML (task overrides included)."""
@@ -46,6 +59,15 @@ class HalfSpec:
     def capabilities(self) -> frozenset[str]:
         """What a guidance provides, or what a policy needs."""
         return frozenset(getattr(self.cls, "provides" if self.kind == "guidance" else "needs", frozenset()))
+
+
+def _kind_of(cls: Any) -> str:
+    """``guidance`` or ``policy`` from the class's base; "" for anything else (the registry then refuses it)."""
+    if isinstance(cls, type) and issubclass(cls, GuidanceModule):
+        return "guidance"
+    if isinstance(cls, type) and issubclass(cls, DiffusionPolicy):
+        return "policy"
+    return ""
 
 
 @dataclass
@@ -184,6 +206,9 @@ def _check_spec(spec: Any) -> None:
     if not isinstance(spec, HalfSpec):
         raise TypeError(f"hooks must return HalfSpec objects, got {type(spec).__name__}")
     base = GuidanceModule if spec.kind == "guidance" else DiffusionPolicy if spec.kind == "policy" else None
+    if spec.kind == "":
+        raise TypeError(f"{spec.name!r}: {spec.cls!r} subclasses neither modzoo.GuidanceModule nor "
+                        f"modzoo.DiffusionPolicy, so it is no half")
     if base is None:
         raise ValueError(f"{spec.name}: kind must be 'guidance' or 'policy', not {spec.kind!r}")
     if not (isinstance(spec.cls, type) and issubclass(spec.cls, base)):

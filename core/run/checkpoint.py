@@ -21,6 +21,7 @@ import torch
 
 from ..errors import CheckpointError, StorageError
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule, Half
+from .config import ADDED_KEYS, half_config
 
 FORMAT = "modzoo.half/1"
 REQUIRED = ("format", "kind", "algorithm", "obs_dim", "act_dim", "config", "state")
@@ -235,7 +236,8 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
     from ..contract.registry import load_registry
     reg = load_registry()
     spec = reg.half(payload["kind"], payload["algorithm"])
-    module = spec.cls(payload["obs_dim"], payload["act_dim"], payload["config"])
+    config = _complete_config(spec, payload["kind"], payload["config"])
+    module = spec.cls(payload["obs_dim"], payload["act_dim"], config)
     try:
         module.load_state_dict(payload["state"])
     except RuntimeError as e:
@@ -249,6 +251,14 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
         module.load_extra_state(_to_device(payload.get("extra", {}), device))
     module.dataset_meta = dict(payload.get("dataset", {}))  # type: ignore[attr-defined]
     return module
+
+
+def _complete_config(spec: Any, kind: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """The config to rebuild a saved half with. Halves read every key as ``cfg[key]``, so a checkpoint written
+    before a key existed gets one: the value that keeps its old behaviour (:data:`~modzoo.run.config.ADDED_KEYS`),
+    else the plugin's current default. Keys the checkpoint has always win."""
+    added = {k.partition(".")[2]: v for k, v in ADDED_KEYS.items() if k.startswith(f"{kind}.")}
+    return {**half_config(spec.default_config()), **added, **saved}
 
 
 def _to_device(obj: Any, device: torch.device | str) -> Any:

@@ -29,7 +29,10 @@ def build_half(kind: str, cfg: dict[str, Any], obs_dim: int, act_dim: int) -> An
         return spec.cls(obs_dim, act_dim, body)
     except ModzooError:
         raise
-    except (ValueError, TypeError, KeyError) as e:
+    except KeyError as e:  # halves read cfg["key"]: the YAML is where every default lives
+        raise ConfigError(f"{kind} {cfg['name']!r} reads config key {e}, which its plugin YAML's {kind}: section "
+                          f"does not have; add it there with its default") from None
+    except (ValueError, TypeError) as e:
         raise ConfigError(f"{kind} {cfg['name']!r} rejected its config: {e}") from None
 
 

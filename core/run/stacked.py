@@ -1,14 +1,14 @@
 """Several seeds of one arm trained together as one stacked ensemble, with the maths of separate runs.
 
-Each seed keeps its own parameters, optimizer state, data order (its own replay-buffer generator) and noise (its
-own generators), and its own run dir, log and checkpoints, written exactly as a lone run writes them. What is
-shared is the step: for every stage of an update (:mod:`modzoo.contract.stages`) the loss of all K seeds is computed once,
+Each seed keeps its own parameters, optimizer state, data order (its own replay-buffer generator) and noise (its own
+generators), and its own run dir, log and checkpoints, written exactly as a lone run writes them. What is shared is
+the step: for every stage of an update (:mod:`modzoo.contract.stages`) the loss of all K seeds is computed once,
 under ``torch.func.vmap(grad(loss))`` over a seed axis, on *twin* halves whose every parameter and buffer carries
 that axis (``(K, ...)``). The optimizer, the LR schedule and the Polyak/EMA updates then run once on the stacked
-tensors: they are elementwise, so this is each seed's own update; only the gradient-norm clip needs a per-seed
-norm (:func:`modzoo.contract.stages.clip_per_seed`). Random numbers come from each seed's own generators in the order a
-lone run draws them (:mod:`modzoo.contract.rng`), so a stacked seed and the same seed run alone agree to float rounding
-(``tests/test_stacked.py``).
+tensors: they are elementwise, so this is each seed's own update; only the gradient-norm clip needs a per-seed norm
+(:func:`modzoo.contract.stages.clip_per_seed`). Random numbers come from each seed's own generators in the order a
+lone run draws them (:mod:`modzoo.contract.rng`), so a stacked seed and the same seed run alone agree to float
+rounding (``tests/test_stacked.py``).
 
 Why: the papers' networks are small, so on a GPU one seed's step is mostly kernel-launch latency; K seeds in one
 batched step cost about one seed's launches. On a CPU the matmuls and elementwise work scale with K either way;

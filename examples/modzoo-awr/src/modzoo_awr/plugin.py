@@ -17,9 +17,7 @@ from pathlib import Path
 
 import torch
 
-from modzoo import HalfSpec, hookimpl
-from modzoo.contract.interfaces import Batch, GuidanceModule, Metrics
-from modzoo.blocks.policy import DDPMPolicy
+from modzoo import Batch, DDPMPolicy, GuidanceModule, HalfSpec, Metrics, hookimpl
 
 CONFIG = Path(__file__).with_name("awr.yaml")
 
@@ -30,27 +28,25 @@ def awr_weights(q: torch.Tensor, v: torch.Tensor, beta: float, w_max: float) -> 
 
 
 class AWRPolicy(DDPMPolicy):
-    """Diffusion BC whose per-sample loss is weighted by the exponentiated advantage of the dataset action."""
+    """Advantage-weighted diffusion BC: exp(beta A)-weighted epsilon loss (example plugin).
+
+    Diffusion BC whose per-sample loss is weighted by the exponentiated advantage of the dataset action."""
 
     needs = frozenset({"q", "v"})
     uses_guidance_in_training = True
 
-    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         if guidance is None:
             raise RuntimeError("awr weights its loss with a guidance's advantage; pass one")
-        self.train()
         obs, act = batch["observations"], batch["actions"]
         with torch.no_grad():
             w = awr_weights(guidance.q(obs, act), guidance.v(obs), float(self.cfg["beta"]),
                             float(self.cfg["max_weight"]))
         per_sample = self.diffusion.loss(act, obs, generator=self.gen(), reduce=False)  # (B,)
         loss = (w * per_sample).mean()
-        self.optimize(loss)
-        return {"awr_loss": loss.detach(), "bc_loss": per_sample.mean().detach(), "weight_mean": w.mean()}
+        return loss, {"awr_loss": loss.detach(), "bc_loss": per_sample.mean().detach(), "weight_mean": w.mean()}
 
 
 @hookimpl
 def modzoo_policies() -> list[HalfSpec]:
-    return [HalfSpec("awr", AWRPolicy, CONFIG, "policy",
-                     "advantage-weighted diffusion BC: exp(beta A)-weighted epsilon loss (example plugin)",
-                     "Peng et al. 2019, arXiv:1910.00177; Kostrikov et al. 2022 (IQL), arXiv:2110.06169")]
+    return [HalfSpec("awr", AWRPolicy, CONFIG, paper="Peng et al. 2019, arXiv:1910.00177; Kostrikov et al. 2022 (IQL), arXiv:2110.06169")]
