@@ -335,6 +335,48 @@ def _check_resume(run_dir: Path, robot: str, cfg: TrainConfig) -> None:
         raise ModzooError(f"{run_dir} was trained with {shown}: resume it with those values or pass another --run-dir")
 
 
+def _sac_model(sb3: Any, venv: Any, run_dir: Path, robot: str, cfg: TrainConfig, log: Callable[[str], None]) -> Any:
+    """SAC with rl-baselines3-zoo's Bullet settings, or the run's saved model with its replay buffer refilled from
+    the saved transition chunks (in order; the oldest fall out)."""
+    model_path = run_dir / "model.zip"
+    if model_path.exists():
+        model = sb3.SAC.load(model_path, env=venv, device="cpu")
+        kept, _ = _newest_chunks(run_dir, model.replay_buffer.buffer_size)
+        for c in kept:
+            _buffer_extend(model.replay_buffer, np.load(c))
+        log(f"resumed {robot} at step {model.num_timesteps} with {model.replay_buffer.size()} transitions")
+    else:
+        model = sb3.SAC(
+            "MlpPolicy", venv, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, batch_size=256,
+            ent_coef="auto", gamma=0.98, tau=0.02, train_freq=8, gradient_steps=8,
+            learning_starts=cfg.learning_starts, use_sde=True,
+            policy_kwargs=dict(log_std_init=-3, net_arch=list(cfg.net_arch)), seed=cfg.seed, device="cpu", verbose=0,
+        )
+    if cfg.lr_schedule == "linear":
+        # SB3's own progress counter restarts with every learn() call; read the global step instead.
+        model.lr_schedule = lambda _progress: cfg.learning_rate * max(0.0, 1.0 - model.num_timesteps / cfg.total_steps)
+    return model
+
+
+def _progress_record(model: Any, ev: Any, robot: str, snap: Path, wall_s: float) -> dict[str, Any]:
+    """One line of ``progress.jsonl``: the exported actor's evaluation (return, normalized, gait) and SAC's state."""
+    from .scores import normalized_score
+
+    train_eps = [float(e["r"]) for e in model.ep_info_buffer] if model.ep_info_buffer else []
+    return {
+        "step": int(model.num_timesteps),
+        "eval_mean": float(ev.returns.mean()),
+        "eval_std": float(ev.returns.std()),
+        "eval_normalized": float(normalized_score(f"bullet-{robot}-expert-v0", ev.returns.mean())),
+        "eval_forward_m": float(ev.forward_m.mean()),
+        "eval_length": float(ev.lengths.mean()),
+        "train_return_last100": float(np.mean(train_eps)) if train_eps else None,
+        "lr": float(model.lr_schedule(0.0)),
+        "wall_s": wall_s,
+        "snapshot": snap.name,
+    }
+
+
 def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfig | None = None, log: Callable[[str], None] = print) -> Path:
     """Train (or resume) SAC on ``robot`` in ``run_dir``; returns the path of the best exported actor.
 
@@ -362,8 +404,6 @@ def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfi
     (run_dir / "replay").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps({"robot": robot, "algo": "sb3-SAC", **cfg.as_dict()}, indent=1))
 
-    from .scores import normalized_score
-
     def make() -> Any:
         from stable_baselines3.common.monitor import Monitor
 
@@ -372,23 +412,7 @@ def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfi
 
     venv = DummyVecEnv([make])
     model_path = run_dir / "model.zip"
-    if model_path.exists():
-        model = sb3.SAC.load(model_path, env=venv, device="cpu")
-        # Refill the replay buffer from the saved transition chunks (in order; the oldest fall out).
-        kept, _ = _newest_chunks(run_dir, model.replay_buffer.buffer_size)
-        for c in kept:
-            _buffer_extend(model.replay_buffer, np.load(c))
-        log(f"resumed {robot} at step {model.num_timesteps} with {model.replay_buffer.size()} transitions")
-    else:
-        model = sb3.SAC(
-            "MlpPolicy", venv, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, batch_size=256,
-            ent_coef="auto", gamma=0.98, tau=0.02, train_freq=8, gradient_steps=8,
-            learning_starts=cfg.learning_starts, use_sde=True,
-            policy_kwargs=dict(log_std_init=-3, net_arch=list(cfg.net_arch)), seed=cfg.seed, device="cpu", verbose=0,
-        )
-    if cfg.lr_schedule == "linear":
-        # SB3's own progress counter restarts with every learn() call; read the global step instead.
-        model.lr_schedule = lambda _progress: cfg.learning_rate * max(0.0, 1.0 - model.num_timesteps / cfg.total_steps)
+    model = _sac_model(sb3, venv, run_dir, robot, cfg, log)
     meta = {"robot": robot, "algo": "sb3-SAC", "seed": cfg.seed, "time_feature": cfg.time_feature or None}
     progress = read_progress(run_dir)
     t_start = time.time()
@@ -407,19 +431,7 @@ def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfi
         tmp = run_dir / "model.zip.tmp.zip"
         model.save(tmp, exclude=["lr_schedule"])  # a closure over the model; rebuilt above on load
         os.replace(tmp, model_path)
-        train_eps = [float(e["r"]) for e in model.ep_info_buffer] if model.ep_info_buffer else []
-        rec = {
-            "step": step,
-            "eval_mean": float(ev.returns.mean()),
-            "eval_std": float(ev.returns.std()),
-            "eval_normalized": float(normalized_score(f"bullet-{robot}-expert-v0", ev.returns.mean())),
-            "eval_forward_m": float(ev.forward_m.mean()),
-            "eval_length": float(ev.lengths.mean()),
-            "train_return_last100": float(np.mean(train_eps)) if train_eps else None,
-            "lr": float(model.lr_schedule(0.0)),
-            "wall_s": wall_before + time.time() - t_start,
-            "snapshot": snap.name,
-        }
+        rec = _progress_record(model, ev, robot, snap, wall_before + time.time() - t_start)
         with open(run_dir / "progress.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
         log(json.dumps(rec))

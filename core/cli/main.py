@@ -294,20 +294,20 @@ def _preset_arg(p: argparse.ArgumentParser) -> None:
                                     f"({', '.join(preset_names())}; see core/run/presets/)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="modzoo", description="Offline RL with diffusion policies, as a plugin zoo.")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = ap.add_subparsers(dest="command", required=True)
-
+def _add_list(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="the registered guidance and policy halves")
     p.set_defaults(func=cmd_list)
 
+
+def _add_registry(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("registry", help="print, write or check registry.yaml")
     p.add_argument("--write", action="store_true")
     p.add_argument("--check", action="store_true")
     p.add_argument("--path", default="registry.yaml")
     p.set_defaults(func=cmd_registry)
 
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train a guidance + policy pair and evaluate it")
     p.add_argument("--guidance", required=True)
     p.add_argument("--policy", required=True)
@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0 guidance.expectile=0.9")
     p.set_defaults(func=cmd_run)
 
+
+def _add_train_guidance(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-guidance", help="train a guidance alone and save it for reuse")
     p.add_argument("--guidance", required=True)
     p.add_argument("--env", required=True)
@@ -345,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_train_guidance)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a saved policy, ranked by its own or another guidance")
     p.add_argument("--policy", required=True, help="policy.pt")
     p.add_argument("--guidance", help="guidance.pt (default: the one in the policy's run dir)")
@@ -357,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="offline end-to-end demo: small hopper dataset, short training, a real score")
     p.add_argument("--guidance", default="idql")
     p.add_argument("--policy", default="idql")
@@ -374,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="run (or resume) a grid from experiments/NAME.yaml and write its report")
     p.add_argument("name", help="experiment name in ./experiments/ or a path to its YAML")
     p.add_argument("--backend", choices=["local", "ray"], default=None, help="default: the experiment's (local)")
@@ -384,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="e.g. seeds=[0,1] budget.policy_steps=1000")
     p.set_defaults(func=cmd_experiment)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="modzoo", description="Offline RL with diffusion policies, as a plugin zoo.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_list(sub)
+    _add_registry(sub)
+    _add_run(sub)
+    _add_train_guidance(sub)
+    _add_eval(sub)
+    _add_demo(sub)
+    _add_experiment(sub)
     try:
         from .data import add_data_commands
     except ImportError:  # pragma: no cover - the data commands are part of the package

@@ -466,8 +466,83 @@ class Stepper:
         """The guidance phase ended and each run's guidance was frozen."""
 
 
+@dataclass
+class _PhaseClock:
+    """Time spent in a phase, per run. Interim evaluations run inside the phase but are not training: their time
+    is kept apart, so that a phase's wall_s is the cost of its updates (an IDQL evaluation can take as long as
+    2500 steps). ``prior``: what a resumed phase had already spent."""
+
+    prior: list[dict[str, float]]
+    eval_s: list[float]
+    eval_cpu: list[float]
+    evals: int = 0
+
+    @classmethod
+    def start(cls, runs: list[ActiveRun], resumed: bool) -> "_PhaseClock":
+        return cls([run.phase_time if resumed else {} for run in runs], [0.0] * len(runs), [0.0] * len(runs))
+
+    def times(self, i: int, meter: PhaseMeter) -> dict[str, float]:
+        prior = self.prior[i]
+        t = {"train_s": prior.get("train_s", 0.0) + meter.elapsed() - sum(self.eval_s),
+             "eval_s": prior.get("eval_s", 0.0) + self.eval_s[i],
+             "evals": prior.get("evals", 0) + self.evals}
+        # a state saved without CPU time cannot give the whole phase's: then none rather than a part
+        if not prior or "train_cpu_s" in prior:
+            t["train_cpu_s"] = prior.get("train_cpu_s", 0.0) + meter.cpu_elapsed() - sum(self.eval_cpu)
+            t["eval_cpu_s"] = prior.get("eval_cpu_s", 0.0) + self.eval_cpu[i]
+        return t
+
+
+def _train_step(runs: list[ActiveRun], stepper: Stepper, ph: str, joint: bool, step: int, pbs: int, gbs: int,
+                delay: int) -> list[dict[str, Any]]:
+    """One update of every run of the group, its metrics keyed ``guidance/...`` and ``policy/...``: the
+    guidance alone in its own phase; in a joint policy phase the guidance first (after ``guidance_delay`` steps),
+    then the policy."""
+    if ph == "guidance":
+        gm = stepper.guidance_step([run.buffer.sample(gbs) for run in runs])
+        return [{f"guidance/{k}": v for k, v in m.items()} for m in gm]
+    ms: list[dict[str, Any]] = [{} for _ in runs]
+    batches = [run.buffer.sample(max(pbs, gbs) if joint else pbs) for run in runs]
+    if joint and not runs[0].guidance.frozen and step >= delay:
+        # one batch per step; the critic takes its first gbs rows (IDQL slices 512 -> 256)
+        gbatches = [b if gbs >= len(b["rewards"]) else {k: v[:gbs] for k, v in b.items()} for b in batches]
+        for m, gm in zip(ms, stepper.joint_guidance_step(gbatches)):
+            m.update({f"guidance/{k}": v for k, v in gm.items()})
+        if pbs < gbs:
+            batches = [{k: v[:pbs] for k, v in b.items()} for b in batches]
+    for m, pm in zip(ms, stepper.policy_step(batches)):
+        m.update({f"policy/{k}": v for k, v in pm.items()})
+    return ms
+
+
+def _interim_eval(runs: list[ActiveRun], stepper: Stepper, step: int, clock: _PhaseClock,
+                  on_eval: Callable[[int, Any], None] | None) -> None:
+    """Evaluate every run of the group at ``step`` of its policy phase, timed apart from training."""
+    stepper.sync()
+    clock.evals += 1
+    for i, run in enumerate(runs):
+        t_ev, c_ev = time.perf_counter(), time.process_time()
+        ev = evaluate(run.policy, run.guidance, run.r.task, int(run.r.eval_episodes), int(run.r.seed))
+        clock.eval_s[i] += time.perf_counter() - t_ev
+        clock.eval_cpu[i] += time.process_time() - c_ev
+        run.log.log({"phase": "eval", "step": step, "normalized_mean": ev.normalized_mean,
+                     "normalized_std": ev.normalized_std, "return_mean": ev.mean})
+        if on_eval:
+            on_eval(step, ev)
+
+
+def _phase_record(meter: PhaseMeter, t: dict[str, float], total: int, first: int, stepper: Stepper,
+                  n_runs: int) -> dict[str, Any]:
+    """What ``result.json`` says about one finished phase of one run."""
+    cpu = {"cpu_s": t["train_cpu_s"], "eval_cpu_s": t["eval_cpu_s"]} if "train_cpu_s" in t else {}
+    return {**{k: v for k, v in meter.result.items() if k != "cpu_s"}, **cpu,
+            "wall_s": t["train_s"], "eval_wall_s": t["eval_s"], "evals": int(t["evals"]), "steps": total,
+            **({"resumed_at": first} if first else {}),
+            **({"seeds_together": n_runs, "stack": stepper.mode} if n_runs > 1 else {})}
+
+
 def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
-                 on_eval: Callable[[int, Any], None] | None = None) -> list[RunResult]:
+                on_eval: Callable[[int, Any], None] | None = None) -> list[RunResult]:
     """The training loop for runs that share a config but their seeds (a lone run is a group of one).
 
     Every run keeps its own run dir, log, checkpoints and evaluation; only the step itself goes through
@@ -490,73 +565,26 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
         if first >= total:
             continue  # finished before the interruption (which came after it); its record is in the phases
         joint = ph == "policy" and schedule == "joint"
-        # Interim evaluations run inside the phase but are not training: their time is kept apart, per run, so
-        # that a phase's wall_s is the cost of its updates (an IDQL evaluation can take as long as 2500 steps).
-        prior = [run.phase_time if ph == phase else {} for run in runs]
-        eval_s = [0.0 for _ in runs]
-        eval_cpu = [0.0 for _ in runs]
-        n_evals = 0
-
-        def phase_time(i: int) -> dict[str, float]:
-            t = {"train_s": prior[i].get("train_s", 0.0) + meter.elapsed() - sum(eval_s),
-                 "eval_s": prior[i].get("eval_s", 0.0) + eval_s[i],
-                 "evals": prior[i].get("evals", 0) + n_evals}
-            # a state saved without CPU time cannot give the whole phase's: then none rather than a part
-            if not prior[i] or "train_cpu_s" in prior[i]:
-                t["train_cpu_s"] = prior[i].get("train_cpu_s", 0.0) + meter.cpu_elapsed() - sum(eval_cpu)
-                t["eval_cpu_s"] = prior[i].get("eval_cpu_s", 0.0) + eval_cpu[i]
-            return t
+        clock = _PhaseClock.start(runs, resumed=ph == phase)
         with PhaseMeter(ph if not joint else "joint", lead.device) as meter:
             bar = progress_bar(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}",
                                disable=not progress, initial=first, total=total, dynamic_ncols=True)
             for step in bar:
-                if ph == "guidance":
-                    gm = stepper.guidance_step([run.buffer.sample(gbs) for run in runs])
-                    ms = [{f"guidance/{k}": v for k, v in m.items()} for m in gm]
-                else:
-                    ms = [{} for _ in runs]
-                    batches = [run.buffer.sample(max(pbs, gbs) if joint else pbs) for run in runs]
-                    if joint and not lead.guidance.frozen and step >= delay:
-                        # one batch per step; the critic takes its first gbs rows (IDQL slices 512 -> 256)
-                        gbatches = [b if gbs >= len(b["rewards"]) else {k: v[:gbs] for k, v in b.items()}
-                                    for b in batches]
-                        for m, gm in zip(ms, stepper.joint_guidance_step(gbatches)):
-                            m.update({f"guidance/{k}": v for k, v in gm.items()})
-                        if pbs < gbs:
-                            batches = [{k: v[:pbs] for k, v in b.items()} for b in batches]
-                    for m, pm in zip(ms, stepper.policy_step(batches)):
-                        m.update({f"policy/{k}": v for k, v in pm.items()})
+                ms = _train_step(runs, stepper, ph, joint, step, pbs, gbs, delay)
                 if (step + 1) % log_every == 0 or step + 1 == total:
                     for run, m in zip(runs, ms):
                         run.log.log({"phase": ph, "step": step + 1, **{k: float(v) for k, v in m.items()}})
                     bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in list(ms[0].items())[:3]})
                 if ph == "policy" and eval_every and (step + 1) % eval_every == 0 and step + 1 < total:
-                    stepper.sync()
-                    n_evals += 1
-                    for i, run in enumerate(runs):
-                        t_ev, c_ev = time.perf_counter(), time.process_time()
-                        ev = evaluate(run.policy, run.guidance, run.r.task, int(run.r.eval_episodes),
-                                      int(run.r.seed))
-                        eval_s[i] += time.perf_counter() - t_ev
-                        eval_cpu[i] += time.process_time() - c_ev
-                        run.log.log({"phase": "eval", "step": step + 1, "normalized_mean": ev.normalized_mean,
-                                     "normalized_std": ev.normalized_std, "return_mean": ev.mean})
-                        if on_eval:
-                            on_eval(step + 1, ev)
+                    _interim_eval(runs, stepper, step + 1, clock, on_eval)
                 if save_every and (step + 1) % save_every == 0 and step + 1 < total:
                     stepper.sync()
                     for i, run in enumerate(runs):
-                        run.save_state(ph, step + 1, phase_time(i))
+                        run.save_state(ph, step + 1, clock.times(i, meter))
             bar.close()
         stepper.sync()
         for i, run in enumerate(runs):
-            t = phase_time(i)
-            cpu = {"cpu_s": t["train_cpu_s"], "eval_cpu_s": t["eval_cpu_s"]} if "train_cpu_s" in t else {}
-            run.result.phases.append({**{k: v for k, v in meter.result.items() if k != "cpu_s"}, **cpu,
-                                      "wall_s": t["train_s"], "eval_wall_s": t["eval_s"],
-                                      "evals": int(t["evals"]), "steps": total,
-                                      **({"resumed_at": first} if first else {}),
-                                      **({"seeds_together": len(runs), "stack": stepper.mode} if len(runs) > 1 else {})})
+            run.result.phases.append(_phase_record(meter, clock.times(i, meter), total, first, stepper, len(runs)))
             if (ph == "guidance" or joint) and run.run_dir is not None:
                 save_half(run.guidance, run.run_dir / "guidance.pt", run.meta)
             if ph == "guidance":
