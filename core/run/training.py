@@ -26,7 +26,6 @@ from .checkpoint import atomic_torch_save, atomic_write_text, build_from_payload
 from .config import apply_preset, build_run_config, config_diff, load_preset, to_dict
 from ..errors import AlreadyFinished, CheckpointError, ConfigError, StorageError
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
-from ..contract.registry import load_registry
 from .halves import build_half, default_config
 from .profiling import PhaseMeter
 from ..progress import progress_bar
@@ -341,13 +340,12 @@ def warn_if_short_of_space(run_dir: Path, guidance: GuidanceModule, policy: Diff
 
 def _fill_from_run(cfg: DictConfig, has_policy: bool, schedule: str) -> None:
     """Settings of the halves that follow from the run: one seed drives both halves' noise streams, and an LR
-    decay horizon left null is the length of the phase that half trains in; checks the pairing."""
+    decay horizon left null is the length of the phase that half trains in (the pairing was checked with the
+    settings, by :func:`validate_config`)."""
     r = cfg.run
     for section in ("guidance", "policy"):
         if cfg[section] and "seed" in cfg[section]:
             cfg[section].seed = int(r.seed)
-    if has_policy and cfg.guidance:
-        load_registry().check_pair(cfg.guidance.name, cfg.policy.name)
     if has_policy and cfg.policy.get("lr_decay_steps", "absent") is None:
         cfg.policy.lr_decay_steps = int(r.policy_steps)
     if cfg.guidance and cfg.guidance.get("lr_decay_steps", "absent") is None:
