@@ -25,11 +25,28 @@ def first_party():
 def test_first_party_plugin_passes_the_suite(plugin, tmp_path):
     reports = check_plugin(plugin, workdir=tmp_path)
     assert reports
+    reg = modzoo.load_registry()
     for r in reports.values():
         expected = {"construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules", "stacked"}
         if r.kind == "policy":
             expected.add("env")
-        assert set(r.passed) == expected
+        claims = reg.half(r.kind, r.name).cls.stackable
+        assert set(r.passed) == expected - ({"stacked"} if not claims else set())
+        assert set(r.skipped) == ({"stacked"} if not claims else set())
+
+
+class UnstackedPolicy(DiffusionBCPolicy):
+    """Keeps the contract but does not claim it can train as stacked seeds."""
+
+    stackable = False
+
+
+def test_stacked_check_of_an_unstackable_half_is_skipped_with_why(tmp_path):
+    """Nothing was checked, so nothing may read as passed: the report (and check_plugin's) says skipped, and why."""
+    report = check_policy(UnstackedPolicy, config=BC_CFG, checks=["construct", "stacked"], workdir=tmp_path)
+    assert report.passed == ["construct"]
+    assert list(report.skipped) == ["stacked"] and "stackable = True" in report.skipped["stacked"]
+    assert "stacked" in check_plugin("cfg", checks=["stacked"], workdir=tmp_path / "cfg")["policy:cfg"].skipped
 
 
 def test_synthetic_dataset_is_a_valid_d4rl_file(tmp_path):
@@ -154,3 +171,14 @@ def test_pytest_option_runs_the_suite_per_check(tmp_path):
     assert proc.returncode == 1, out
     assert "1 failed, 11 passed, 6 deselected" in out, out
     assert "modzoo[policy:lazy:learns]" in out and "did not lower 'bc_loss'" in out
+
+
+def test_pytest_option_skips_what_a_half_does_not_claim(tmp_path):
+    """cfg's policy is not stackable: its stacked item is a pytest skip carrying the reason, not a pass."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           "--modzoo-plugin=cfg", "-k", "stacked"], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "1 skipped" in out and "passed" not in out, out
+    assert "stackable = True" in out, out

@@ -29,8 +29,9 @@ What is checked (each a named check; :data:`GUIDANCE_CHECKS`, :data:`POLICY_CHEC
 - ``schedules``: :func:`modzoo.train` runs ``joint``, ``guidance-first`` and ``pretrained`` with a partner half
   and writes a complete run dir; a policy-dependent guidance must be *refused* by guidance-first.
 - ``env`` (policy): ``act`` drives the real Bullet env for a few steps.
-- ``stacked``: only for a half that declares ``stackable = True``: two seeds trained together with
-  ``--stack vmap`` (:mod:`modzoo.run.stacked`) log the same losses (to float rounding) as each seed trained alone.
+- ``stacked``: only for a half that declares ``stackable = True`` (skipped otherwise, in :attr:`Report.skipped`):
+  two seeds trained together with ``--stack vmap`` (:mod:`modzoo.run.stacked`) log the same losses (to float
+  rounding) as each seed trained alone.
 
 Checks run on tiny networks (widths 32, batches 64) and a synthetic D4RL-format dataset with the dims of
 ``bullet-hopper-medium-v0`` (:func:`synthetic_dataset`), so the whole suite for one plugin takes seconds.
@@ -69,6 +70,10 @@ TINY_WIDTH, TINY_BATCH, TINY_CANDIDATES = 32, 64, 4
 
 class ConformanceError(AssertionError):
     """A half broke the plugin contract; the message names the check and what was wrong."""
+
+
+class _Skip(Exception):
+    """A check that does not apply to this half (what it does not claim); its message says why."""
 
 
 # ---- inputs --------------------------------------------------------------------------------------------------
@@ -528,7 +533,8 @@ class _Harness:
     def check_stacked(self) -> None:
         from ..run.stacked import stackable, train_seeds
         if not self.spec.cls.stackable:
-            return  # nothing claimed, nothing to check
+            raise _Skip(f"{self.spec.cls.__name__} does not declare stackable = True, so it never trains as "
+                        f"stacked seeds (--stack vmap); nothing to check")
         why = stackable(self.spec.cls, None) if self.kind == "guidance" else stackable(None, self.spec.cls)
         if why:
             raise self.fail("stacked", why)
@@ -690,6 +696,8 @@ def _check(kind: str, name_or_cls: str | type, *, config: dict[str, Any] | None 
             h = _Harness(kind, name, overrides, sub, data, device, seed, learn_steps)
             try:
                 getattr(h, f"check_{check}")()
+            except _Skip as e:
+                report.skipped[check] = str(e)
             except ConformanceError as e:
                 failures.append(str(e))
             except Exception as e:  # a crash inside a check is a failure of that check, with its cause
