@@ -89,6 +89,17 @@ class FlatSamplePolicy(DiffusionBCPolicy):
         return super().sample(obs, n, model)[:, 0]
 
 
+class UndeclaredVPolicy(DiffusionBCPolicy):
+    """Ranks with V(s) but declares needs = {"q"} (its parent's): it would be offered with dql, which has no V."""
+
+    needs = frozenset({"q"})
+
+    def act(self, obs, guidance=None, n=None):
+        if guidance is not None:
+            guidance.v(obs)
+        return super().act(obs, guidance, n)
+
+
 class Opaque:
     pass
 
@@ -130,6 +141,8 @@ class GlobalNoisePolicy(DiffusionBCPolicy):
     (NoisyGuidance, "guidance", IQL_CFG, "determinism", "same seed", ["construct", "update", "checkpoint"]),
     (GlobalNoisePolicy, "policy", BC_CFG, "stacked", "stacked but", ["construct", "update", "learns"]),
     (LyingPolicy, "policy", BC_CFG, "stacked", "overrides update", ["construct", "checkpoint"]),
+    (UndeclaredVPolicy, "policy", BC_CFG, "shapes", r"called guidance\.v\(\).*needs \['q'\].*'v'",
+     ["construct", "update", "learns"]),
 ])
 def test_suite_fails_a_broken_half_on_the_right_check(tmp_path, cls, kind, cfg, check, message, unbroken):
     run = check_policy if kind == "policy" else check_guidance
