@@ -195,3 +195,39 @@ def test_pytest_option_skips_what_a_half_does_not_claim(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "1 skipped" in out and "passed" not in out, out
     assert "stackable = True" in out, out
+
+
+BROKEN_CONFTEST = """
+import importlib.metadata as md
+from pathlib import Path
+from types import SimpleNamespace
+import modzoo
+import modzoo.contract.registry as registry
+from modzoo.plugins.bc import DiffusionBCPolicy
+
+real = registry._entry_points
+registry._entry_points = lambda: [*real(), md.EntryPoint(name="ghost", value="explodes_on_import", group="modzoo")]
+modzoo.register_plugin(SimpleNamespace(modzoo_policies=modzoo.hookimpl(lambda: [modzoo.HalfSpec(
+    "typo", DiffusionBCPolicy, Path(__file__).with_name("tpyo.yaml"), "policy")])), name="typo")
+"""
+
+
+@pytest.mark.parametrize("plugin, rc, messages", [
+    # a plugin that fails to import: one failed item, with the error and the plugin's own frame
+    ("ghost", 1, ["1 failed", "modzoo[plugin:ghost:load]", "boom at import", "explodes_on_import.py"]),
+    # a HalfSpec naming a YAML file that is not there: one failed item naming the file
+    ("typo", 1, ["1 failed", "modzoo[plugin:typo:load]", "tpyo.yaml does not exist"]),
+    # a misspelt name: a usage error naming the known plugins
+    ("bcc", 4, ["--modzoo-plugin=bcc", "no plugin or half named 'bcc'", "idql"]),
+])
+def test_pytest_option_reports_a_broken_or_unknown_plugin_without_internalerror(tmp_path, plugin, rc, messages):
+    (tmp_path / "conftest.py").write_text(BROKEN_CONFTEST)
+    (tmp_path / "explodes_on_import.py").write_text("raise RuntimeError('boom at import')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"--modzoo-plugin={plugin}"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == rc and "INTERNALERROR" not in out, out
+    for m in messages:
+        assert m in out, out

@@ -205,4 +205,8 @@ def _check_spec(spec: Any) -> None:
         raise ValueError(f"{spec.name}: kind must be 'guidance' or 'policy', not {spec.kind!r}")
     if not (isinstance(spec.cls, type) and issubclass(spec.cls, base)):
         raise TypeError(f"{spec.kind} {spec.name!r}: {spec.cls!r} does not subclass modzoo.{base.__name__}")
+    if isinstance(spec.config, (str, Path)) and not Path(spec.config).is_file():
+        raise PluginError(f"{spec.kind} {spec.name!r}: its config file {spec.config} does not exist; a HalfSpec's "
+                          f"config is the path of the plugin's YAML (e.g. Path(__file__).with_name('NAME.yaml'), "
+                          f"shipped as package data) or a dict")
     spec.default_config()  # parse now, so a broken YAML is reported at discovery

@@ -30,7 +30,8 @@ def build_half(kind: str, cfg: dict[str, Any], obs_dim: int, act_dim: int) -> An
     except ModzooError:
         raise
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"{kind} {cfg['name']!r} rejected its config: {e}") from None
+        # chained, not ``from None``: the CLI prints this one line, and --debug shows the plugin's own frame
+        raise ConfigError(f"{kind} {cfg['name']!r} rejected its config: {e}") from e
 
 
 def make_guidance(name: str, obs_dim: int, act_dim: int, task: str | None = None, **overrides: Any
