@@ -108,6 +108,39 @@ def test_bad_inputs_get_one_clear_line(capsys, small_dataset_path, tmp_path):
     assert "--guidance-ckpt" in msg
 
 
+def explode_in_plugin_code(cfg):
+    raise ValueError(f"hidden is {cfg['hidden']}, this plugin wants 3 layers")
+
+
+def test_debug_shows_the_plugin_frame_of_a_constructor_error(capsys, tmp_path):
+    """A plugin constructor's ValueError is one ConfigError line; with --debug the traceback reaches into the
+    plugin's own code (the frame that raised), not only the builder that reworded it."""
+    from types import SimpleNamespace
+    import traceback
+    import modzoo
+    from modzoo.errors import ConfigError
+    from modzoo.plugins.bc import CONFIG, DiffusionBCPolicy
+    from modzoo.testing import synthetic_dataset
+
+    class Picky(DiffusionBCPolicy):
+        def __init__(self, obs_dim, act_dim, cfg):
+            explode_in_plugin_code(cfg)
+
+    modzoo.register_plugin(SimpleNamespace(modzoo_policies=modzoo.hookimpl(
+        lambda: [modzoo.HalfSpec("picky", Picky, CONFIG, "policy")])), name="picky")
+    argv = ["run", "--guidance", "idql", "--policy", "picky", "--env", TASK, "--dataset",
+            str(synthetic_dataset(tmp_path / "d.hdf5", transitions=200)), "--device", "cpu", "--no-progress"]
+    try:
+        rc, _, err = run_cli(capsys, *argv, "--out", str(tmp_path / "a"))
+        assert rc == 2 and err.count("\n") == 1 and "policy 'picky' rejected its config: hidden is" in err, err
+        with pytest.raises(ConfigError) as info:
+            main(["--debug", *argv, "--out", str(tmp_path / "b")])
+        shown = "".join(traceback.format_exception(info.value))
+        assert "explode_in_plugin_code" in shown and "this plugin wants 3 layers" in shown, shown
+    finally:
+        modzoo.unregister_plugin("picky")
+
+
 def test_existing_run_is_never_overwritten(capsys, small_dataset_path, tmp_path):
     args = ["run", "--guidance", "idql", "--policy", "idql", "--env", TASK, "--dataset", str(small_dataset_path),
             "--policy-steps", "3", "--eval-episodes", "0", "--out", str(tmp_path / "r"), "--no-progress",

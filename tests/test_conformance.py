@@ -25,11 +25,28 @@ def first_party():
 def test_first_party_plugin_passes_the_suite(plugin, tmp_path):
     reports = check_plugin(plugin, workdir=tmp_path)
     assert reports
+    reg = modzoo.load_registry()
     for r in reports.values():
         expected = {"construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules", "stacked"}
         if r.kind == "policy":
             expected.add("env")
-        assert set(r.passed) == expected
+        claims = reg.half(r.kind, r.name).cls.stackable
+        assert set(r.passed) == expected - ({"stacked"} if not claims else set())
+        assert set(r.skipped) == ({"stacked"} if not claims else set())
+
+
+class UnstackedPolicy(DiffusionBCPolicy):
+    """Keeps the contract but does not claim it can train as stacked seeds."""
+
+    stackable = False
+
+
+def test_stacked_check_of_an_unstackable_half_is_skipped_with_why(tmp_path):
+    """Nothing was checked, so nothing may read as passed: the report (and check_plugin's) says skipped, and why."""
+    report = check_policy(UnstackedPolicy, config=BC_CFG, checks=["construct", "stacked"], workdir=tmp_path)
+    assert report.passed == ["construct"]
+    assert list(report.skipped) == ["stacked"] and "stackable = True" in report.skipped["stacked"]
+    assert "stacked" in check_plugin("cfg", checks=["stacked"], workdir=tmp_path / "cfg")["policy:cfg"].skipped
 
 
 def test_synthetic_dataset_is_a_valid_d4rl_file(tmp_path):
@@ -70,6 +87,17 @@ class FlatSamplePolicy(DiffusionBCPolicy):
 
     def sample(self, obs, n=1, model=None):
         return super().sample(obs, n, model)[:, 0]
+
+
+class UndeclaredVPolicy(DiffusionBCPolicy):
+    """Ranks with V(s) but declares needs = {"q"} (its parent's): it would be offered with dql, which has no V."""
+
+    needs = frozenset({"q"})
+
+    def act(self, obs, guidance=None, n=None):
+        if guidance is not None:
+            guidance.v(obs)
+        return super().act(obs, guidance, n)
 
 
 class Opaque:
@@ -113,6 +141,8 @@ class GlobalNoisePolicy(DiffusionBCPolicy):
     (NoisyGuidance, "guidance", IQL_CFG, "determinism", "same seed", ["construct", "update", "checkpoint"]),
     (GlobalNoisePolicy, "policy", BC_CFG, "stacked", "stacked but", ["construct", "update", "learns"]),
     (LyingPolicy, "policy", BC_CFG, "stacked", "overrides update", ["construct", "checkpoint"]),
+    (UndeclaredVPolicy, "policy", BC_CFG, "shapes", r"called guidance\.v\(\).*needs \['q'\].*'v'",
+     ["construct", "update", "learns"]),
 ])
 def test_suite_fails_a_broken_half_on_the_right_check(tmp_path, cls, kind, cfg, check, message, unbroken):
     run = check_policy if kind == "policy" else check_guidance
@@ -154,3 +184,50 @@ def test_pytest_option_runs_the_suite_per_check(tmp_path):
     assert proc.returncode == 1, out
     assert "1 failed, 11 passed, 6 deselected" in out, out
     assert "modzoo[policy:lazy:learns]" in out and "did not lower 'bc_loss'" in out
+
+
+def test_pytest_option_skips_what_a_half_does_not_claim(tmp_path):
+    """cfg's policy is not stackable: its stacked item is a pytest skip carrying the reason, not a pass."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           "--modzoo-plugin=cfg", "-k", "stacked"], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "1 skipped" in out and "passed" not in out, out
+    assert "stackable = True" in out, out
+
+
+BROKEN_CONFTEST = """
+import importlib.metadata as md
+from pathlib import Path
+from types import SimpleNamespace
+import modzoo
+import modzoo.contract.registry as registry
+from modzoo.plugins.bc import DiffusionBCPolicy
+
+real = registry._entry_points
+registry._entry_points = lambda: [*real(), md.EntryPoint(name="ghost", value="explodes_on_import", group="modzoo")]
+modzoo.register_plugin(SimpleNamespace(modzoo_policies=modzoo.hookimpl(lambda: [modzoo.HalfSpec(
+    "typo", DiffusionBCPolicy, Path(__file__).with_name("tpyo.yaml"), "policy")])), name="typo")
+"""
+
+
+@pytest.mark.parametrize("plugin, rc, messages", [
+    # a plugin that fails to import: one failed item, with the error and the plugin's own frame
+    ("ghost", 1, ["1 failed", "modzoo[plugin:ghost:load]", "boom at import", "explodes_on_import.py"]),
+    # a HalfSpec naming a YAML file that is not there: one failed item naming the file
+    ("typo", 1, ["1 failed", "modzoo[plugin:typo:load]", "tpyo.yaml does not exist"]),
+    # a misspelt name: a usage error naming the known plugins
+    ("bcc", 4, ["--modzoo-plugin=bcc", "no plugin or half named 'bcc'", "idql"]),
+])
+def test_pytest_option_reports_a_broken_or_unknown_plugin_without_internalerror(tmp_path, plugin, rc, messages):
+    (tmp_path / "conftest.py").write_text(BROKEN_CONFTEST)
+    (tmp_path / "explodes_on_import.py").write_text("raise RuntimeError('boom at import')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"--modzoo-plugin={plugin}"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == rc and "INTERNALERROR" not in out, out
+    for m in messages:
+        assert m in out, out

@@ -157,7 +157,38 @@ def awr(monkeypatch, entry_points):
 def test_example_plugin_is_listed_and_passes_the_suite(capsys, tmp_path, awr):
     rc, out, _ = run_cli(capsys, "list")
     assert rc == 0 and "│ policy   │ awr  │ awr    │ guidance: idql" in out
-    assert check_plugin("awr", workdir=tmp_path)["policy:awr"].passed[-2:] == ["env", "stacked"]
+    report = check_plugin("awr", workdir=tmp_path)["policy:awr"]
+    assert report.passed[-1] == "env" and list(report.skipped) == ["stacked"]  # awr is not stackable
+
+
+def test_registry_file_describes_first_party_plugins_whatever_else_is_installed(capsys, tmp_path, awr):
+    """registry.yaml is modzoo's own: a user's installed plugins (awr's policy, a guidance registered in-process)
+    are listed live by `modzoo list`, and neither --check nor the test of the committed file may break on them;
+    --write writes first-party halves only (no third-party guidance among a policy's compatible ones either)."""
+    from types import SimpleNamespace
+    from modzoo.cli.main import registry_yaml_text
+    from modzoo.plugins.idql import CONFIG, IQLGuidance
+
+    class ThirdQ(IQLGuidance):
+        pass
+
+    modzoo.register_plugin(SimpleNamespace(modzoo_guidances=modzoo.hookimpl(
+        lambda: [modzoo.HalfSpec("thirdq", ThirdQ, CONFIG, "guidance")])), name="thirdq")
+    try:
+        reg = modzoo.load_registry()
+        assert "awr" in reg.policies and "thirdq" in reg.guidances and "thirdq" in reg.compatible("dql")
+        committed = Path(__file__).resolve().parents[1] / "registry.yaml"
+        assert registry_yaml_text() == committed.read_text()
+        rc, out, err = run_cli(capsys, "registry", "--check", "--path", str(committed))
+        assert rc == 0 and "is current" in out, err
+        rc, _, err = run_cli(capsys, "registry", "--write", "--path", str(tmp_path / "r.yaml"))
+        assert rc == 0, err
+        written = (tmp_path / "r.yaml").read_text()
+        assert written == committed.read_text() and "awr" not in written and "thirdq" not in written
+        rc, out, _ = run_cli(capsys, "list")
+        assert "│ policy   │ awr" in out and "│ guidance │ thirdq" in out
+    finally:
+        modzoo.unregister_plugin("thirdq")
 
 
 def test_example_plugin_weights_by_hand(awr):

@@ -55,6 +55,32 @@ def test_incompatible_pair_is_refused_with_what_is_missing():
         modzoo.unregister_plugin("needs_v_plugin")
 
 
+@pytest.fixture
+def needs_v():
+    """A policy that needs V, registered for the test: first-party guidance dql (Q only) does not fit it."""
+    plugin = SimpleNamespace(modzoo_policies=modzoo.hookimpl(
+        lambda: [HalfSpec("needs_v", NeedsV, {"policy": {"batch_size": 4}}, "policy", "test policy")]))
+    modzoo.register_plugin(plugin, name="needs_v_plugin")
+    yield "needs_v"
+    modzoo.unregister_plugin("needs_v_plugin")
+
+
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "0,1"]])
+def test_misfit_pair_is_refused_before_the_dataset_is_read(capsys, tmp_path, needs_v, seeds):
+    """The pairing is a setting, refused with the other settings: a missing dataset (or env) must not hide it,
+    nor cost the load of a real one first, with one seed or several."""
+    from modzoo.cli.main import main
+    rc = main(["run", "--guidance", "dql", "--policy", needs_v, "--env", "bullet-hopper-medium-v0", "--dataset",
+               str(tmp_path / "no-such-file.hdf5"), "--device", "cpu", "--out", str(tmp_path / "r"), *seeds])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "policy 'needs_v' needs a guidance providing ['q', 'v'], but 'dql' provides ['q']" in err, err
+    assert "no-such-file" not in err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(PluginError, match=r"missing \['v'\]"):
+        modzoo.run_config("dql", needs_v, "bullet-hopper-medium-v0", dataset=str(tmp_path / "no-such-file.hdf5"))
+
+
 def test_broken_plugin_is_reported_and_does_not_stop_the_others():
     def boom():
         raise RuntimeError("kaboom")

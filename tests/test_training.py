@@ -1,5 +1,6 @@
 """Schedules end to end on a small collected Bullet dataset: joint, guidance-first, pretrained, resume."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -222,3 +223,79 @@ def test_evaluation_is_reproducible_and_leaves_the_training_stream_alone(small_d
     assert torch.equal(p.gen().get_state(), before)  # the policy's own stream did not move
     b = evaluate(p, g, TASK, episodes=2, seed=3)
     assert a.returns.tolist() == b.returns.tolist()  # same seed, same episodes, same candidates
+
+
+# ---- the shape probe before training ------------------------------------------------------------------------------
+from modzoo.plugins.bc import CONFIG as BC_CONFIG, DiffusionBCPolicy  # noqa: E402
+
+
+class FlatSample(DiffusionBCPolicy):
+    """sample returns (B, A), not (B, n, A): found otherwise only by the final evaluation, after all training."""
+
+    updates = 0
+
+    def sample(self, obs, n=1, *args, **kwargs):
+        return super().sample(obs, n, *args, **kwargs)[:, 0]
+
+    def update(self, batch, guidance=None):
+        FlatSample.updates += 1
+        return super().update(batch, guidance)
+
+
+class WideAct(DiffusionBCPolicy):
+    """act returns one column too many."""
+
+    def act(self, obs, guidance=None, n=None):
+        a = super().act(obs, guidance, n)
+        return torch.cat([a, a[:, :1]], 1)
+
+
+@pytest.fixture
+def misshapen():
+    modzoo.register_plugin(SimpleNamespace(modzoo_policies=modzoo.hookimpl(lambda: [
+        modzoo.HalfSpec("flatsample", FlatSample, BC_CONFIG, "policy"),
+        modzoo.HalfSpec("wideact", WideAct, BC_CONFIG, "policy")])), name="misshapen")
+    yield
+    modzoo.unregister_plugin("misshapen")
+
+
+@pytest.mark.parametrize("policy, message", [
+    ("flatsample", r"policy 'flatsample' \(plugin 'misshapen'\): sample\(obs, 2\) on 2 dataset states returned "
+                   r"shape \(2, 3\), expected \(2, 2, 3\)"),
+    ("wideact", r"policy 'wideact' \(plugin 'misshapen'\): act\(obs, guidance\) on 2 dataset states returned "
+                r"shape \(2, 4\), expected \(2, 3\)"),
+])
+def test_a_misshapen_policy_is_refused_before_any_training(small_dataset_path, tmp_path, misshapen, policy,
+                                                           message):
+    FlatSample.updates = 0
+    with pytest.raises(modzoo.PluginError, match=message) as info:
+        modzoo.train(cfg("idql", policy, small_dataset_path, tmp_path / "r", schedule="guidance-first"),
+                     progress=False)
+    assert "\n" not in str(info.value)
+    assert FlatSample.updates == 0 and not (tmp_path / "r").exists()  # no step, no run dir
+
+
+def test_the_shape_probe_leaves_every_random_stream_and_mode_as_it_found_them(small_dataset_path):
+    """The probe samples and acts, which draws noise: every stream it touched is put back (a stream made lazily
+    by it is dropped again), so a run with the probe trains to the very numbers it did without one."""
+    from modzoo.bullet.data import load_dataset
+    from modzoo.run.training import probe_policy
+    data = load_dataset(str(small_dataset_path), task=TASK)
+    policy = modzoo.make_policy("idql", 15, 3, hidden=16, candidates=4)
+    guidance = modzoo.make_guidance("idql", 15, 3, hidden=[16, 16]).eval()
+    assert policy.generator is None  # the probe's sampling creates the policy's stream
+    guidance_state = guidance.gen().get_state()
+    torch.manual_seed(5)
+    global_state = torch.get_rng_state()
+    modes = [m.training for m in [*policy.modules(), *guidance.modules()]]
+    buffers = [b.clone() for b in policy.buffers()]
+    probe_policy(policy, guidance, data)
+    assert policy.generator is None and all(getattr(m, "generator", None) is None for m in policy.modules())
+    assert torch.equal(guidance.gen().get_state(), guidance_state)
+    assert torch.equal(torch.get_rng_state(), global_state)
+    assert [m.training for m in [*policy.modules(), *guidance.modules()]] == modes
+    assert all(torch.equal(a, b) for a, b in zip(buffers, policy.buffers()))
+    policy.gen()
+    before = policy.generator.get_state()
+    probe_policy(policy, guidance, data)
+    assert torch.equal(policy.generator.get_state(), before)  # an existing stream is rewound, not replaced

@@ -10,6 +10,7 @@ import importlib.metadata as md
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -20,6 +21,8 @@ from ..errors import PluginError
 from .interfaces import DiffusionPolicy, GuidanceModule
 
 ENTRY_POINT_GROUP = "modzoo"
+#: where first-party plugins live: the halves ``registry.yaml`` describes (others are a user's, listed live)
+FIRST_PARTY_PACKAGE = "modzoo.plugins"
 
 
 @dataclass
@@ -82,6 +85,8 @@ class Registry:
     guidances: dict[str, HalfSpec] = field(default_factory=dict)
     policies: dict[str, HalfSpec] = field(default_factory=dict)
     broken: list[BrokenPlugin] = field(default_factory=list)
+    #: plugin name -> the module it was loaded from (its entry point's, or the registered object's name)
+    modules: dict[str, str] = field(default_factory=dict)
 
     # ---- lookups ---------------------------------------------------------------------------------------------
     def guidance(self, name: str) -> HalfSpec:
@@ -119,6 +124,15 @@ class Registry:
                 f"policy {policy!r} needs a guidance providing {sorted(p.capabilities)}, but {guidance!r} provides "
                 f"{sorted(g.capabilities)} (missing {sorted(missing)}); compatible guidances: "
                 f"{', '.join(self.compatible(policy)) or 'none'}")
+
+    def first_party(self) -> "Registry":
+        """Only the halves of plugins under ``modzoo.plugins``: what ``registry.yaml`` describes, so that the
+        committed file stays current whatever third-party plugins a user has installed."""
+        def own(spec: HalfSpec) -> bool:
+            module = self.modules.get(spec.plugin, "")
+            return module == FIRST_PARTY_PACKAGE or module.startswith(FIRST_PARTY_PACKAGE + ".")
+        return Registry({n: s for n, s in self.guidances.items() if own(s)},
+                        {n: s for n, s in self.policies.items() if own(s)}, modules=dict(self.modules))
 
     def as_table(self) -> dict[str, Any]:
         """The registry as plain data: what ``registry.yaml`` holds and ``modzoo list`` prints."""
@@ -170,11 +184,14 @@ def load_registry(refresh: bool = False) -> Registry:
         if ep.name in seen:
             continue
         seen.add(ep.name)
+        reg.modules[ep.name] = ep.module
         try:
             candidates.append((ep.name, ep.load()))
         except Exception as e:  # a broken third-party plugin must not take the others down
             reg.broken.append(BrokenPlugin(ep.name, f"import failed: {type(e).__name__}: {e}",
                                            traceback.format_exc()))
+    for name, obj in _EXTRA_PLUGINS:
+        reg.modules.setdefault(name, getattr(obj, "__name__", "") if isinstance(obj, ModuleType) else "")
     candidates += _EXTRA_PLUGINS
     for name, obj in candidates:
         pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -213,4 +230,8 @@ def _check_spec(spec: Any) -> None:
         raise ValueError(f"{spec.name}: kind must be 'guidance' or 'policy', not {spec.kind!r}")
     if not (isinstance(spec.cls, type) and issubclass(spec.cls, base)):
         raise TypeError(f"{spec.kind} {spec.name!r}: {spec.cls!r} does not subclass modzoo.{base.__name__}")
+    if isinstance(spec.config, (str, Path)) and not Path(spec.config).is_file():
+        raise PluginError(f"{spec.kind} {spec.name!r}: its config file {spec.config} does not exist; a HalfSpec's "
+                          f"config is the path of the plugin's YAML (e.g. Path(__file__).with_name('NAME.yaml'), "
+                          f"shipped as package data) or a dict")
     spec.default_config()  # parse now, so a broken YAML is reported at discovery

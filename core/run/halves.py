@@ -29,11 +29,12 @@ def build_half(kind: str, cfg: dict[str, Any], obs_dim: int, act_dim: int) -> An
         return spec.cls(obs_dim, act_dim, body)
     except ModzooError:
         raise
+    # chained, not ``from None``: the CLI prints the one line, and --debug shows the plugin's own frame
     except KeyError as e:  # halves read cfg["key"]: the YAML is where every default lives
         raise ConfigError(f"{kind} {cfg['name']!r} reads config key {e}, which its plugin YAML's {kind}: section "
-                          f"does not have; add it there with its default") from None
+                          f"does not have; add it there with its default") from e
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{kind} {cfg['name']!r} rejected its config: {e}") from None
+        raise ConfigError(f"{kind} {cfg['name']!r} rejected its config: {e}") from e
 
 
 def make_guidance(name: str, obs_dim: int, act_dim: int, task: str | None = None, **overrides: Any

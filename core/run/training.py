@@ -9,14 +9,17 @@ and, while a run is unfinished, ``train_state.pt`` from which ``resume=True`` co
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -24,7 +27,7 @@ from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, atomic_write_text, build_from_payload, check_guidance_fits, \
     checkpoint_bytes, existing_parent, half_payload, load_checkpoint, remove_stale_temp_files, save_half, size_text
 from .config import apply_preset, build_run_config, config_diff, load_preset, to_dict
-from ..errors import AlreadyFinished, CheckpointError, ConfigError, StorageError
+from ..errors import AlreadyFinished, CheckpointError, ConfigError, PluginError, StorageError
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..contract.registry import load_registry
 from .halves import build_half, default_config
@@ -295,6 +298,8 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
                           f"(e.g. idql, or dql with guidance.target_actions=dataset)")
     if schedule == "pretrained" and saved is not None:
         _keep_recorded_guidance(cfg, saved)
+    if policy is not None:
+        probe_policy(policy, guidance, dataset)
 
     if run_dir is not None:
         warn_if_short_of_space(run_dir, guidance, policy)
@@ -310,6 +315,59 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
     result = RunResult(run_dir, guidance, policy, phases=phases_done)
     return ActiveRun(cfg, device, meta, schedule, bool(has_policy), buffer, guidance, policy, run_dir, state_path, log,
                 result, plan, phase, start_step, phase_time)
+
+
+#: the probe before training: states taken from the dataset, and candidates asked of ``sample``
+PROBE_STATES, PROBE_CANDIDATES = 2, 2
+
+
+def probe_policy(policy: DiffusionPolicy, guidance: GuidanceModule | None, dataset: Any) -> None:
+    """Refuse, before the first step, a policy whose ``sample`` or ``act`` returns the wrong shape: otherwise the
+    run trains every phase and fails in the final evaluation. The probe leaves no trace (:func:`_untouched`), so a
+    run trains to the same numbers with it as without it."""
+    obs = torch.as_tensor(dataset.observations[:PROBE_STATES], dtype=torch.float32, device=policy.device)
+    b, n, a = obs.shape[0], PROBE_CANDIDATES, policy.act_dim
+    with _untouched(policy, guidance), torch.no_grad():
+        _expect_shape(policy, f"sample(obs, {n})", policy.sample(obs, n), (b, n, a), "(states, n, act_dim)")
+        _expect_shape(policy, "act(obs, guidance)", policy.act(obs, guidance), (b, a), "(states, act_dim)")
+
+
+def _expect_shape(policy: DiffusionPolicy, call: str, out: Any, want: tuple[int, ...], axes: str) -> None:
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if got == want:
+        return
+    spec = load_registry().policies.get(policy.algorithm)
+    plugin = f" (plugin {spec.plugin!r})" if spec is not None else ""
+    what = f"shape {got}" if got is not None else f"a {type(out).__name__}, not a tensor of shape"
+    raise PluginError(f"policy {policy.algorithm!r}{plugin}: {call} on {want[0]} dataset states returned {what}, "
+                      f"expected {want} {axes}; fix the plugin's {call.split('(')[0]} (modzoo.testing.check_policy"
+                      f"({policy.algorithm!r}, checks=['shapes']) checks it). Nothing was trained")
+
+
+@contextlib.contextmanager
+def _untouched(*halves: Any) -> Iterator[None]:
+    """Put back everything a probe's sampling may move: each half's noise stream (one it created lazily is dropped
+    again), its buffers and train/eval modes, and the global torch, numpy and Python RNGs."""
+    kept = [(h, h.generator, h.generator.get_state() if isinstance(h.generator, torch.Generator) else None,
+             [(m, m.training) for m in h.modules()], [x.clone() for x in h.buffers()])
+            for h in halves if h is not None]
+    cuda = sorted({h.device.index or 0 for h in halves if h is not None and h.device.type == "cuda"})
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+            for half, gen, state, modes, buffers in kept:
+                if state is not None:
+                    gen.set_state(state)
+                half.use_generator(gen)
+                for m, mode in modes:
+                    m.training = mode
+                with torch.no_grad():
+                    for x, old in zip(half.buffers(), buffers):
+                        x.copy_(old)
 
 
 def checkpoints_need(run_dir: Path, guidance: GuidanceModule, policy: DiffusionPolicy | None) -> int:
@@ -341,13 +399,12 @@ def warn_if_short_of_space(run_dir: Path, guidance: GuidanceModule, policy: Diff
 
 def _fill_from_run(cfg: DictConfig, has_policy: bool, schedule: str) -> None:
     """Settings of the halves that follow from the run: one seed drives both halves' noise streams, and an LR
-    decay horizon left null is the length of the phase that half trains in; checks the pairing."""
+    decay horizon left null is the length of the phase that half trains in (the pairing was checked with the
+    settings, by :func:`validate_config`)."""
     r = cfg.run
     for section in ("guidance", "policy"):
         if cfg[section] and "seed" in cfg[section]:
             cfg[section].seed = int(r.seed)
-    if has_policy and cfg.guidance:
-        load_registry().check_pair(cfg.guidance.name, cfg.policy.name)
     if has_policy and cfg.policy.get("lr_decay_steps", "absent") is None:
         cfg.policy.lr_decay_steps = int(r.policy_steps)
     if cfg.guidance and cfg.guidance.get("lr_decay_steps", "absent") is None:

@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..blocks.nets import ACTIVATIONS, INITS
 from ..contract.normalization import OBS_NORMS
 from ..blocks.selection import RULES
+from ..contract.registry import load_registry
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,13 @@ def _half_defaults(kind: str, name: str, task: str | None) -> dict[str, Any]:
 
 
 def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
-    """Check every value of a run config against its default's type and the rule tables, then the budget of each
-    phase that trains; raises :class:`ConfigError` naming the first bad key. ``guidance_given``: the trainer was
+    """Check the pairing (a :class:`~modzoo.errors.PluginError` naming what the policy misses), every value of a
+    run config against its default's type and the rule tables, then the budget of each phase that trains; raises
+    :class:`ConfigError` naming the first bad key. ``guidance_given``: the trainer was
     handed a built guidance, so no guidance phase needs steps."""
     c = to_dict(cfg)
     r = c.get("run") or {}
+    _check_pair(c)
     for key, value in r.items():
         if key in RUN_DEFAULTS:
             _check(f"run.{key}", value, RUN_DEFAULTS[key], RUN_RULES.get(key), _RUN_TYPE_EXAMPLES.get(key))
@@ -178,6 +181,14 @@ def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
         if section.get("name"):
             _check_section(kind, section, _half_defaults(kind, section["name"], r.get("task")), rules)
     _check_budget(r, bool((c.get("policy") or {}).get("name")), guidance_given)
+
+
+def _check_pair(c: Mapping[str, Any]) -> None:
+    """The pairing is refused here, with the settings, so that no dataset or env is loaded for a pair that cannot
+    run (and a missing dataset does not hide the real problem)."""
+    g, p = (c.get("guidance") or {}).get("name"), (c.get("policy") or {}).get("name")
+    if g and p:
+        load_registry().check_pair(g, p)
 
 
 def _check_budget(r: Mapping[str, Any], has_policy: bool, guidance_given: bool) -> None:

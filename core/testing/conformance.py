@@ -29,8 +29,13 @@ What is checked (each a named check; :data:`GUIDANCE_CHECKS`, :data:`POLICY_CHEC
 - ``schedules``: :func:`modzoo.train` runs ``joint``, ``guidance-first`` and ``pretrained`` with a partner half
   and writes a complete run dir; a policy-dependent guidance must be *refused* by guidance-first.
 - ``env`` (policy): ``act`` drives the real Bullet env for a few steps.
-- ``stacked``: only for a half that declares ``stackable = True``: two seeds trained together with
-  ``--stack vmap`` (:mod:`modzoo.run.stacked`) log the same losses (to float rounding) as each seed trained alone.
+- ``stacked``: only for a half that declares ``stackable = True`` (skipped otherwise, in :attr:`Report.skipped`):
+  two seeds trained together with ``--stack vmap`` (:mod:`modzoo.run.stacked`) log the same losses (to float
+  rounding) as each seed trained alone.
+
+Every policy check hands the policy a guidance that answers only what its ``needs`` declare (and the ``q`` every
+guidance has); a call to anything else fails the check, naming it, so ``needs`` cannot understate what the policy
+uses (``modzoo list`` would offer it with a guidance that lacks it).
 
 Checks run on tiny networks (widths 32, batches 64) and a synthetic D4RL-format dataset with the dims of
 ``bullet-hopper-medium-v0`` (:func:`synthetic_dataset`), so the whole suite for one plugin takes seconds.
@@ -63,12 +68,19 @@ GUIDANCE_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint",
 POLICY_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules", "env",
                  "stacked")
 
+#: what every guidance answers (``construct`` checks it), so a policy may use it without declaring it in ``needs``
+GUARANTEED = frozenset({"q"})
+
 #: keys the suite shrinks when a half's defaults have them (anything else keeps its default).
 TINY_WIDTH, TINY_BATCH, TINY_CANDIDATES = 32, 64, 4
 
 
 class ConformanceError(AssertionError):
     """A half broke the plugin contract; the message names the check and what was wrong."""
+
+
+class _Skip(Exception):
+    """A check that does not apply to this half (what it does not claim); its message says why."""
 
 
 # ---- inputs --------------------------------------------------------------------------------------------------
@@ -157,31 +169,49 @@ class _FixedPolicy(DiffusionPolicy):
 
 
 class _Spy(GuidanceModule):
-    """Wraps a guidance and counts the calls a policy makes to it (for the ``uses_guidance_in_training`` check)."""
+    """The guidance a policy under test gets: a real one that answers only the capabilities the policy declares
+    in ``needs`` and those every guidance has (:data:`GUARANTEED`), ``provides`` saying exactly those, and counts
+    the calls (for ``uses_guidance_in_training``).
 
-    def __init__(self, inner: GuidanceModule) -> None:
+    Checked against a guidance that has more (IQL's V), a policy that uses what it does not declare would pass
+    here, be offered by ``modzoo list`` with a guidance that lacks it, and fail only at run time."""
+
+    def __init__(self, inner: GuidanceModule, allowed: frozenset[str]) -> None:
         super().__init__(inner.obs_dim, inner.act_dim, {})
-        self.inner, self.calls = inner, 0
-        self.provides = inner.provides  # type: ignore[misc]
+        self.inner, self.calls, self.allowed = inner, 0, frozenset(allowed)
+        self.provides = self.allowed & frozenset(inner.provides)  # type: ignore[misc]
+        self.algorithm = inner.algorithm  # type: ignore[misc]
+
+    def _ask(self, capability: str, call: str) -> None:
+        if capability not in self.allowed:
+            raise ConformanceError(
+                f"the policy called guidance.{call}, but its needs {sorted(self.allowed)} do not declare "
+                f"{capability!r}: add {capability!r} to needs (it then pairs only with guidances that provide it) "
+                f"or stop calling {call}")
+        self.calls += 1
 
     def update(self, batch, policy=None):  # pragma: no cover
         raise ConformanceError("a policy must not update its guidance")
 
     def q_ensemble(self, obs, act):
-        self.calls += 1
+        self._ask("q", "q_ensemble()")
         return self.inner.q_ensemble(obs, act)
 
     def q(self, obs, act):
-        self.calls += 1
+        self._ask("q", "q()")
         return self.inner.q(obs, act)
 
     def v(self, obs):
-        self.calls += 1
+        self._ask("v", "v()")
         return self.inner.v(obs)
 
     @property
     def frozen(self) -> bool:
         return self.inner.frozen
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
 
 
 # ---- the suite -----------------------------------------------------------------------------------------------
@@ -296,8 +326,9 @@ class _Harness:
         prefer = own + [p for p in ("bc", "idql") if p in ok] + ok
         return prefer[0] if prefer else None
 
-    def frozen_partner(self) -> GuidanceModule | None:
-        """A trained-a-little, frozen guidance for policy checks (or None if nothing is compatible)."""
+    def frozen_partner(self) -> _Spy | None:
+        """A trained-a-little, frozen guidance for policy checks, answering only what the policy needs (None if
+        nothing is compatible)."""
         joint, indep = self.partner_guidances()
         name = indep or joint
         if name is None:
@@ -306,7 +337,7 @@ class _Harness:
         pol = _FixedPolicy(self.obs_dim, self.act_dim).to(self.device)
         for b in self.fixed_batches(3):
             g.update(b, pol)
-        return g.freeze()
+        return _Spy(g.freeze(), self.spec.capabilities | GUARANTEED)
 
     def fail(self, check: str, msg: str) -> ConformanceError:
         return _fail(check, self.kind, self.name, msg)
@@ -390,13 +421,12 @@ class _Harness:
     def check_update(self) -> None:
         m, partner = self.build(), self.partner_for_update()
         if self.kind == "policy":
-            spy = _Spy(partner)
-            metrics = m.update(self.batch(), spy)
-            declared = type(m).uses_guidance_in_training
-            if not declared and spy.calls:
+            metrics = m.update(self.batch(), partner)
+            declared, calls = type(m).uses_guidance_in_training, partner.calls if partner is not None else 0
+            if not declared and calls:
                 raise self.fail("update", f"declares uses_guidance_in_training = False but update queried the "
-                                          f"guidance {spy.calls} time(s)")
-            if declared and not spy.calls:
+                                          f"guidance {calls} time(s)")
+            if declared and not calls:
                 raise self.fail("update", "declares uses_guidance_in_training = True but update never queried "
                                           "the guidance")
         else:
@@ -528,7 +558,8 @@ class _Harness:
     def check_stacked(self) -> None:
         from ..run.stacked import stackable, train_seeds
         if not self.spec.cls.stackable:
-            return  # nothing claimed, nothing to check
+            raise _Skip(f"{self.spec.cls.__name__} does not declare stackable = True, so it never trains as "
+                        f"stacked seeds (--stack vmap); nothing to check")
         why = stackable(self.spec.cls, None) if self.kind == "guidance" else stackable(None, self.spec.cls)
         if why:
             raise self.fail("stacked", why)
@@ -690,8 +721,11 @@ def _check(kind: str, name_or_cls: str | type, *, config: dict[str, Any] | None 
             h = _Harness(kind, name, overrides, sub, data, device, seed, learn_steps)
             try:
                 getattr(h, f"check_{check}")()
-            except ConformanceError as e:
-                failures.append(str(e))
+            except _Skip as e:
+                report.skipped[check] = str(e)
+            except ConformanceError as e:  # raised by the check, or by the _Spy a policy called
+                prefix = f"[{check}] {kind} {name!r}"
+                failures.append(str(e) if str(e).startswith(f"[{check}]") else f"{prefix}: {e}")
             except Exception as e:  # a crash inside a check is a failure of that check, with its cause
                 failures.append(f"[{check}] {kind} {name!r} raised {type(e).__name__}: {e}")
             else:

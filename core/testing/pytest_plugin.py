@@ -7,7 +7,9 @@ autoloading is off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``), load it by hand: ``py
 
 Each (half, check) pair of :mod:`modzoo.testing` becomes one test item named
 ``modzoo[<kind>:<half>:<check>]``, so ``-k`` selects checks (``-k "policy and learns"``) and a failure names
-the check and what broke. The option can be repeated to check several plugins.
+the check and what broke. A plugin that fails to load (import, hook, a HalfSpec's YAML) is one failed item,
+``modzoo[plugin:<name>:load]``, with the error and its traceback; a name nothing registers is a usage error. The
+option can be repeated to check several plugins.
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ class ConformanceItem(pytest.Item):
     def runtest(self) -> None:
         from modzoo.testing import run_case
         with tempfile.TemporaryDirectory(prefix=f"modzoo-{self.half}-{self.check}-") as tmp:
-            run_case(self.kind, self.half, self.check, Path(tmp),
-                     device=self.config.getoption("modzoo_device"))
+            report = run_case(self.kind, self.half, self.check, Path(tmp),
+                              device=self.config.getoption("modzoo_device"))
+        if self.check in report.skipped:  # a check that does not apply must not read as passed
+            pytest.skip(report.skipped[self.check])
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         from modzoo.testing import ConformanceError
@@ -50,14 +54,45 @@ class ConformanceItem(pytest.Item):
         return self.path, None, f"modzoo conformance: {self.kind} {self.half!r}, check {self.check}"
 
 
+class BrokenPluginItem(pytest.Item):
+    """A plugin that failed to load (import, hook or YAML): one failed item with the error and its traceback,
+    rather than an INTERNALERROR from collection that hides which plugin and why."""
+
+    def __init__(self, *, plugin: str, message: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plugin, self.message = plugin, message
+
+    def runtest(self) -> None:
+        from modzoo.testing import ConformanceError
+        raise ConformanceError(self.message)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        return self.message
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"modzoo conformance: loading plugin {self.plugin!r}"
+
+
+def _plugin_items(session: pytest.Session, plugin: str) -> list[pytest.Item]:
+    """The items of one ``--modzoo-plugin``: one per (half, check), or one failed item for a plugin that failed to
+    load; a name nothing registers is a usage error (a typo, or a package not installed)."""
+    from modzoo.contract.registry import load_registry
+    from modzoo.testing import ConformanceError, cases
+    try:
+        found = cases(plugin)
+    except ConformanceError as e:
+        broken = {b.name: b for b in load_registry().broken}
+        if plugin not in broken:
+            raise pytest.UsageError(f"--modzoo-plugin={plugin}: {e}") from None
+        message = f"{e}\n\n{broken[plugin].detail}".rstrip()
+        return [BrokenPluginItem.from_parent(session, name=f"modzoo[plugin:{plugin}:load]", plugin=plugin,
+                                            message=message)]
+    return [ConformanceItem.from_parent(session, name=f"modzoo[{kind}:{half}:{check}]", kind=kind, half=half,
+                                        check=check) for kind, half, check in found]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Append the conformance items before -k/-m selection runs, so both apply to them."""
-    names = config.getoption("modzoo_plugin")
-    if not names:
-        return
-    from modzoo.testing import cases
-    for plugin in names:
-        for kind, half, check in cases(plugin):
-            items.append(ConformanceItem.from_parent(session, name=f"modzoo[{kind}:{half}:{check}]", kind=kind,
-                                                     half=half, check=check))
+    for plugin in config.getoption("modzoo_plugin"):
+        items.extend(_plugin_items(session, plugin))
