@@ -6,7 +6,11 @@ for-Offline-RL) stays OUTSIDE this project, as for ``bench_reference.py``:
 
     git --git-dir=<mirror> archive HEAD | tar -x -C /work/ref/dql
     python benchmarks/reference_score.py --reference-dir /work/ref/dql --task bullet-halfcheetah-medium-v0 \\
-        --steps 5000 --eval-every 2500 --seed 0
+        --steps 5000 --eval-every 2500 --seed 0 [--state run.pt]
+
+With ``--state`` a long run (50k steps is hours here) saves the agent, its optimizers and the global RNGs after
+every evaluation and, rerun with the same arguments, continues from there to the same numbers as an
+uninterrupted run (checked at 10 + 10 steps against 20).
 
 Its agent is built as its main.py builds it for the MuJoCo task of the same name (lr 3e-4, eta 1, gn from its
 table, which dql.yaml's task_overrides copy; vp, T=5, EMA 0.995 every 5 steps from step 1000, no LR decay unless
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr-decay", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--state", type=Path, help="resume file, written after every evaluation (a long run killed "
+                                               "midway continues from its last evaluation when rerun with it)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     Diffusion_QL, Data_Sampler = import_reference(a.reference_dir.resolve())
@@ -66,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
         return np.stack([agent.sample_action(o) for o in obs])
 
     curve, done, t0 = [], 0, time.time()
+    if a.state and a.state.exists():
+        curve, done = _load_state(a.state, agent)
+        print(f"resumed at step {done} from {a.state}", flush=True)
     while done < a.steps:
         k = min(a.eval_every or a.steps, a.steps - done)
         agent.train(sampler, iterations=k, batch_size=256)
@@ -77,11 +86,38 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"reference Diffusion-QL, {a.task}, seed {a.seed}, gn {gn}: step {done}: normalized "
               f"{ev.normalized_mean:.1f} +- {ev.normalized_std:.1f} (return {ev.mean:.1f}, mean episode length "
               f"{np.mean(ev.lengths):.0f}), {time.time() - t0:.0f} s so far", flush=True)
+        if a.state:
+            _save_state(a.state, agent, curve, done)
     out = {"task": a.task, "seed": a.seed, "steps": a.steps, "grad_norm": gn, "lr_decay": a.lr_decay,
            "curve": curve, "torch": torch.__version__}
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     return out
+
+
+_PARTS = ("actor", "ema_model", "critic", "critic_target", "actor_optimizer", "critic_optimizer")
+
+
+def _save_state(path: Path, agent: object, curve: list[dict], done: int) -> None:
+    """Everything the reference agent's training continues from, and the global RNGs its sampler draws from."""
+    state = {k: getattr(agent, k).state_dict() for k in _PARTS}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state.update(step=agent.step, done=done, curve=curve, torch_rng=torch.get_rng_state(),
+                 numpy_rng=[kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)])
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_state(path: Path, agent: object) -> tuple[list[dict], int]:
+    state = torch.load(path, weights_only=True)
+    for k in _PARTS:
+        getattr(agent, k).load_state_dict(state[k])
+    agent.step = state["step"]
+    torch.set_rng_state(state["torch_rng"])
+    kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    return state["curve"], int(state["done"])
 
 
 if __name__ == "__main__":
