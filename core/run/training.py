@@ -231,6 +231,48 @@ def _generator_state(half: Any) -> torch.Tensor:
 RESUME_MAY_CHANGE = ("run.out", "run.threads")
 
 
+_Restored = tuple[GuidanceModule, "DiffusionPolicy | None", "str | None", int, list[dict[str, Any]], dict[str, float]]
+
+
+def _restore(state_path: Path, dataset: Any, device: torch.device, buffer: ReplayBuffer) -> _Restored:
+    """An interrupted run as its last ``train_state.pt`` left it: both halves, the buffer's sampling state, the
+    halves' noise streams, and where in which phase it stopped (with the time that phase had taken)."""
+    st = torch.load(state_path, map_location="cpu", weights_only=True)
+    was = (st["guidance"].get("dataset") or {}).get("fingerprint")
+    if was and was != dataset.fingerprint:
+        raise ConfigError(f"run dir {state_path.parent} was trained on other data than "
+                          f"{dataset.path or dataset.name} holds now (fingerprint {was} vs {dataset.fingerprint}); "
+                          f"resuming would mix the two. Start it again in another --out, or restore that dataset")
+    guidance = build_from_payload(st["guidance"], state_path, device)
+    policy = build_from_payload(st["policy"], state_path, device) if st.get("policy") else None
+    buffer.load_state_dict(st["buffer"])
+    for key, half in (("guidance", guidance), ("policy", policy)):
+        state = st.get("generators", {}).get(key)
+        if half is not None and state is not None:
+            half.gen().set_state(state)
+    return (guidance, policy, st["phase"], int(st["step"]), list(st.get("phases", [])),
+            dict(st.get("phase_time") or {}))
+
+
+def _fresh_halves(cfg: DictConfig, schedule: str, guidance: GuidanceModule | None, has_policy: bool, dataset: Any,
+                  device: torch.device) -> tuple[GuidanceModule, DiffusionPolicy | None]:
+    """The halves of a new run, fitted to the data: a saved guidance (frozen) for ``pretrained``, the one passed
+    in, or one built from the config; and the policy."""
+    obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
+    if schedule == "pretrained":
+        guidance = _pretrained_guidance(cfg, guidance, device)
+        check_guidance_fits(guidance, obs_dim, act_dim, dataset.fingerprint, dataset.name)
+        guidance.freeze()
+    elif guidance is None:
+        guidance = build_half("guidance", to_dict(cfg.guidance), obs_dim, act_dim).to(device)
+        guidance.fit_data(dataset)
+    policy = None
+    if has_policy:
+        policy = build_half("policy", to_dict(cfg.policy), obs_dim, act_dim).to(device)
+        policy.fit_data(dataset)
+    return guidance, policy
+
+
 def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule | None,
            share: ReplayBuffer | None = None) -> ActiveRun:
     """Validate the config, build or restore the halves and create the run dir (only once the input is known to
@@ -254,7 +296,6 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
         _refuse_changes(saved, cfg, schedule, run_dir)
     if dataset is None:
         dataset = load_dataset(r.dataset or r.task, task=r.task)
-    obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
     meta = _dataset_meta(dataset)
     state_path = run_dir / "train_state.pt" if run_dir else None
 
@@ -262,36 +303,11 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
         buffer = share.with_seed(int(r.seed))
     else:
         buffer = ReplayBuffer(dataset, device, seed=int(r.seed))
-    phase, start_step, phases_done = None, 0, []
-    phase_time: dict[str, float] = {}
-    policy: DiffusionPolicy | None = None
     if resume and state_path is not None and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        was = (st["guidance"].get("dataset") or {}).get("fingerprint")
-        if was and was != dataset.fingerprint:
-            raise ConfigError(f"run dir {run_dir} was trained on other data than {dataset.path or dataset.name} "
-                              f"holds now (fingerprint {was} vs {dataset.fingerprint}); resuming would mix the two. "
-                              f"Start it again in another --out, or restore that dataset")
-        guidance = build_from_payload(st["guidance"], state_path, device)
-        policy = build_from_payload(st["policy"], state_path, device) if st.get("policy") else None
-        buffer.load_state_dict(st["buffer"])
-        for key, half in (("guidance", guidance), ("policy", policy)):
-            state = st.get("generators", {}).get(key)
-            if half is not None and state is not None:
-                half.gen().set_state(state)
-        phase, start_step, phases_done = st["phase"], int(st["step"]), list(st.get("phases", []))
-        phase_time = dict(st.get("phase_time") or {})
+        guidance, policy, phase, start_step, phases_done, phase_time = _restore(state_path, dataset, device, buffer)
     else:
-        if schedule == "pretrained":
-            guidance = _pretrained_guidance(cfg, guidance, device)
-            check_guidance_fits(guidance, obs_dim, act_dim, dataset.fingerprint, dataset.name)
-            guidance.freeze()
-        elif guidance is None:
-            guidance = build_half("guidance", to_dict(cfg.guidance), obs_dim, act_dim).to(device)
-            guidance.fit_data(dataset)
-        if has_policy:
-            policy = build_half("policy", to_dict(cfg.policy), obs_dim, act_dim).to(device)
-            policy.fit_data(dataset)
+        guidance, policy = _fresh_halves(cfg, schedule, guidance, has_policy, dataset, device)
+        phase, start_step, phases_done, phase_time = None, 0, [], {}
     if schedule == "guidance-first" and guidance.requires_policy and not guidance.frozen:
         raise ConfigError(f"guidance {guidance.algorithm!r} with this config samples the policy in its TD target, "
                           f"so it can only train jointly; use --schedule joint, or a policy-independent guidance "
