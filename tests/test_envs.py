@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from modzoo.bullet.envs import LEVELS, ROBOTS, TASKS, env_dims, env_id, make_env, parse_task, register_envs
+from modzoo.bullet.envs import env_dims, env_id, make_env, register_envs
+from modzoo.bullet.tasks import LEVELS, ROBOTS, TASKS, Task, task_of
 from modzoo.errors import EnvError, ModzooError
 
 ROBOT_NAMES = list(ROBOTS)
@@ -14,12 +15,17 @@ ROBOT_NAMES = list(ROBOTS)
 
 def test_task_names() -> None:
     assert len(TASKS) == 20
-    assert parse_task("bullet-hopper-medium-replay-v0") == ("hopper", "medium-replay")
-    assert parse_task("bullet-halfcheetah-medium-expert-v0") == ("halfcheetah", "medium-expert")
+    t = task_of("bullet-hopper-medium-replay-v0")
+    assert (t.robot, t.level, t.obs_dim, t.act_dim, t.env_id) == ("hopper", "medium-replay", 15, 3,
+                                                                  "modzoo/bullet-hopper-v0")
+    assert (task_of("bullet-halfcheetah-medium-expert-v0").robot,
+            task_of("bullet-halfcheetah-medium-expert-v0").level) == ("halfcheetah", "medium-expert")
+    assert task_of(t) is t and task_of("bullet-hopper-medium-replay-v0") is t  # parsed once, then passed on
+    assert str(t) == t.name and isinstance(t, Task)
     assert env_id("bullet-walker2d-random-v0") == "modzoo/bullet-walker2d-v0"
     assert env_id("ant") == "modzoo/bullet-ant-v0"
     assert env_dims("bullet-ant-expert-v0") == (28, 8)
-    assert {parse_task(t)[1] for t in TASKS} == set(LEVELS)
+    assert {task_of(t).level for t in TASKS} == set(LEVELS)
 
 
 @pytest.mark.parametrize("bad", ["hopper-medium-v2", "bullet-hopper-good-v0", "bullet-humanoid-medium-v0", ""])

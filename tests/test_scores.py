@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from modzoo.bullet import scores
-from modzoo.bullet.envs import TASKS
+from modzoo.bullet.tasks import TASKS
 from modzoo.errors import EnvError, ModzooError
 from modzoo.bullet.scores import REF_MAX_SCORE, REF_MIN_SCORE, normalized_score
 

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import gymnasium
 import numpy as np
 
-from .envs import ROBOTS, env_dims, make_env, robot_of
+from .envs import env_dims, make_env
+from .tasks import ROBOTS, robot_of
 from ..errors import EnvError, ModzooError
 
 Policy = Callable[..., np.ndarray]  # (obs, t=None) -> actions; see the module docstring

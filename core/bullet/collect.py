@@ -33,7 +33,8 @@ import numpy as np
 
 from .behaviour import ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy, actor_filename, load_pybullet_expert
 from .data import dataset_path, write_d4rl_file
-from .envs import env_id, make_env, parse_task
+from .envs import make_env
+from .tasks import Task, task_of
 from ..errors import DatasetError, EnvError
 from .scores import normalized_score
 
@@ -90,9 +91,10 @@ def behaviour_policy(robot: str, which: str, behaviour_dir: str | os.PathLike[st
     return pol, f"SB3 SAC actor {p.name} (step {m.get('step')}, eval return {m.get('eval_mean', float('nan')):.1f}, seed {m.get('seed')})"
 
 
-def plan(task: str, transitions: int | None = None, behaviour_dir: str | os.PathLike[str] | None = None) -> list[Segment]:
+def plan(task: str | Task, transitions: int | None = None, behaviour_dir: str | os.PathLike[str] | None = None) -> list[Segment]:
     """The segments that make up ``task``'s dataset (see the module docstring)."""
-    robot, level = parse_task(task)
+    parsed = task_of(task)
+    robot, level, task = parsed.robot, parsed.level, parsed.name
     n = int(transitions if transitions is not None else DEFAULT_TRANSITIONS[level])
     if n < 2:
         raise DatasetError(f"--transitions {n} is too small: a dataset needs at least 2 transitions")
@@ -184,10 +186,11 @@ def collect(
     """
     from ..progress import progress_bar
 
-    robot, level = parse_task(task)
-    segments = plan(task, transitions, behaviour_dir)
+    parsed = task_of(task)
+    robot, level, task = parsed.robot, parsed.level, parsed.name
+    segments = plan(parsed, transitions, behaviour_dir)
     total = sum(s.transitions for s in segments)
-    path = Path(out).expanduser() if out else dataset_path(task)
+    path = Path(out).expanduser() if out else dataset_path(parsed)
     arrays: dict[str, list[np.ndarray]] = {}
     seg_info = []
     all_returns: list[float] = []
@@ -205,7 +208,7 @@ def collect(
                 bar.update(seg.transitions)
                 source = f"reused {dataset_path(f'bullet-{robot}-{seg.label}-v0')}"
             else:
-                env = make_env(task, seed=seed)
+                env = make_env(parsed, seed=seed)
                 rng = np.random.default_rng(seed)
                 rets = _run_segment(env, seg, rng, bar, arrays)
                 env.close()
@@ -228,7 +231,7 @@ def collect(
         version = "unknown"
     cmd = f"modzoo data collect {task} --transitions {total} --seed {seed}"
     attrs: dict[str, Any] = {
-        "task": task, "robot": robot, "level": level, "env_id": env_id(task), "seed": seed,
+        "task": task, "robot": robot, "level": level, "env_id": parsed.env_id, "seed": seed,
         "transitions": total, "episodes": len(rets),
         "mean_return": float(rets.mean()), "std_return": float(rets.std()),
         "normalized_score": float(normalized_score(task, rets.mean())),
@@ -311,7 +314,8 @@ def collect_replay_from_run(
 
     from .behaviour import read_progress, snapshot_near
 
-    robot, level = parse_task(task)
+    parsed = task_of(task)
+    robot, level, task = parsed.robot, parsed.level, parsed.name
     if level != "medium-replay":
         raise DatasetError(f"--from-run builds medium-replay datasets only, not {task}")
     run = Path(run_dir)
@@ -341,7 +345,7 @@ def collect_replay_from_run(
     prog = [r for r in read_progress(run) if r["step"] == upto_step]
     n = len(cat["rewards"])
     attrs: dict[str, Any] = {
-        "task": task, "robot": robot, "level": level, "env_id": env_id(task), "seed": _json.loads((run / "config.json").read_text()).get("seed"),
+        "task": task, "robot": robot, "level": level, "env_id": parsed.env_id, "seed": _json.loads((run / "config.json").read_text()).get("seed"),
         "transitions": n, "episodes": len(rets), "mean_return": float(rets.mean()), "std_return": float(rets.std()),
         "normalized_score": float(normalized_score(task, rets.mean())),
         "segments": [{"label": "medium-replay", "policy": f"SB3 SAC replay buffer of {run} up to step {upto_step}",
@@ -353,7 +357,7 @@ def collect_replay_from_run(
         "generator": "modzoo data collect --from-run", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet"),
     }
-    path = Path(out).expanduser() if out else dataset_path(task)
+    path = Path(out).expanduser() if out else dataset_path(parsed)
     write_d4rl_file(path, cat["observations"], cat["actions"], cat["rewards"], terminals, timeouts, attrs, cat["next_observations"])
     if log:
         log(f"wrote {path}: {n} transitions, {len(rets)} episodes, mean return {rets.mean():.1f}")

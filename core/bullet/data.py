@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .envs import MAX_EPISODE_STEPS, TASKS, env_dims, parse_task
+from .envs import env_dims
+from .tasks import MAX_EPISODE_STEPS, TASKS, Task, task_of
 from ..errors import DatasetError, EnvError
 
 #: Keys every D4RL file has (d4rl's ``get_dataset`` asserts exactly these).
@@ -59,13 +60,13 @@ def demo_datasets(task: str) -> list[Path]:
     return sorted(found, key=lambda f: (len(f.name), f.name))
 
 
-def dataset_path(task: str) -> Path:
+def dataset_path(task: str | Task) -> Path:
     """Where D4RL (and modzoo) keep a named dataset: the cache dir + the file name of D4RL's URL
     (``bullet-hopper-medium-v0`` -> ``bullet-hopper_medium.hdf5``), as d4rl's ``filepath_from_url``."""
     from .scores import DATASET_URLS
 
-    parse_task(task)  # EnvError listing known names for anything else
-    return dataset_dir() / DATASET_URLS[task].rsplit("/", 1)[-1]
+    t = task_of(task)  # EnvError listing known names for anything else
+    return dataset_dir() / DATASET_URLS[t.name].rsplit("/", 1)[-1]
 
 
 def task_from_filename(path: str | os.PathLike[str]) -> str | None:
@@ -255,7 +256,7 @@ def _read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return raw, attrs
 
 
-def _validate(path: Path, raw: dict[str, np.ndarray], task: str) -> None:
+def _validate(path: Path, raw: dict[str, np.ndarray], task: str | Task) -> None:
     obs_dim, act_dim = env_dims(task)
     fix = "rebuild it with `modzoo data collect NAME`"
     obs, act = raw["observations"], raw["actions"]
@@ -311,7 +312,7 @@ def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:
     looks_like_path = p.suffix in (".hdf5", ".h5") or os.sep in name_or_path or p.exists()
     if not looks_like_path:
         try:
-            parse_task(name_or_path)
+            task_of(name_or_path)
         except EnvError as exc:
             raise DatasetError(f"{name_or_path!r} is neither a dataset file nor a known task name; {exc}") from exc
         t = task or name_or_path
@@ -349,7 +350,7 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
     if not t:
         raise DatasetError(f"dataset file {path}: cannot tell which task it belongs to (no 'task' attribute, file name not D4RL's); pass the task, e.g. load_dataset(path, task='bullet-hopper-medium-v0')")
     try:
-        parse_task(t)
+        parsed = task_of(t)
     except EnvError as exc:
         raise DatasetError(f"dataset file {path}: task {t!r} unknown; {exc}") from exc
     if raw["rewards"].ndim == 2 and raw["rewards"].shape[1] == 1:  # some writers store (N, 1); d4rl squeezes
@@ -357,7 +358,7 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
     for k in ("terminals", "timeouts"):
         if k in raw and raw[k].ndim == 2 and raw[k].shape[1] == 1:
             raw[k] = raw[k][:, 0]
-    _validate(path, raw, t)
+    _validate(path, raw, parsed)
     timeouts = raw.get("timeouts")
     tr = qlearning_transitions(raw["observations"], raw["actions"], raw["rewards"], raw["terminals"], timeouts)
     if len(tr["rewards"]) == 0:

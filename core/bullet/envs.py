@@ -11,74 +11,28 @@ D4RL's ``bullet-*`` datasets were recorded on pybullet's ``HopperBulletEnv-v0`` 
 * ``terminated`` is the robot falling (pybullet's own ``alive < 0`` rule; halfcheetah never falls, as in
   pybullet); ``truncated`` comes from gymnasium's ``TimeLimit`` at 1000 steps, the D4RL episode length.
 
-Task names (``bullet-hopper-medium-v0``) map to these env ids through :func:`parse_task`/:func:`env_id`.
+Task names (``bullet-hopper-medium-v0``, parsed once into a :class:`~modzoo.bullet.tasks.Task`) map to these env
+ids through :func:`env_id`.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-from functools import lru_cache
 from typing import Any, Iterator
 
 import gymnasium
 import numpy as np
 
 from ..errors import EnvError
+from .tasks import MAX_EPISODE_STEPS, ROBOTS, Task, robot_of, unknown_task
 
-#: robot -> (pybullet_envs_gymnasium class name, obs_dim, act_dim). The dims are the pybullet robots'
-#: fixed sizes; tests check them against the live spaces, so env_dims() needs no physics client.
-ROBOTS: dict[str, tuple[str, int, int]] = {
-    "hopper": ("HopperBulletEnv", 15, 3),
-    "halfcheetah": ("HalfCheetahBulletEnv", 26, 6),
-    "walker2d": ("Walker2DBulletEnv", 22, 6),
-    "ant": ("AntBulletEnv", 28, 8),
-}
-#: D4RL's dataset levels, in D4RL's order.
-LEVELS: tuple[str, ...] = ("random", "medium", "expert", "medium-expert", "medium-replay")
-#: Every D4RL ``bullet-*`` task name.
-TASKS: tuple[str, ...] = tuple(f"bullet-{r}-{lvl}-v0" for r in ROBOTS for lvl in LEVELS)
-#: Episode length of D4RL's locomotion tasks (and of pybullet's registrations).
-MAX_EPISODE_STEPS = 1000
-
-
-def _unknown(name: str) -> EnvError:
-    return EnvError(
-        f"unknown task or robot {name!r}: use one of the robots {', '.join(ROBOTS)} or a task "
-        f"bullet-<robot>-<level>-v0 with level in {', '.join(LEVELS)} (e.g. bullet-hopper-medium-v0)"
-    )
-
-
-def parse_task(name: str) -> tuple[str, str]:
-    """Split ``bullet-hopper-medium-replay-v0`` into ``("hopper", "medium-replay")``.
-
-    Raises :class:`EnvError` listing the known names for anything that is not one of :data:`TASKS`.
-    """
-    if name in TASKS:
-        body = name[len("bullet-"): -len("-v0")]
-        robot, _, level = body.partition("-")
-        return robot, level
-    raise _unknown(name)
-
-
-def robot_of(task_or_robot: str) -> str:
-    """The robot of a task name, an env id (``modzoo/bullet-ant-v0``) or a bare robot name."""
-    if task_or_robot in ROBOTS:
-        return task_or_robot
-    if task_or_robot.startswith("modzoo/bullet-") and task_or_robot.endswith("-v0"):
-        robot = task_or_robot[len("modzoo/bullet-"): -len("-v0")]
-        if robot in ROBOTS:
-            return robot
-    return parse_task(task_or_robot)[0]
-
-
-def env_id(task_or_robot: str) -> str:
+def env_id(task_or_robot: str | Task) -> str:
     """The gymnasium id for a task or robot: ``bullet-hopper-medium-v0`` -> ``modzoo/bullet-hopper-v0``."""
     return f"modzoo/bullet-{robot_of(task_or_robot)}-v0"
 
 
-@lru_cache(maxsize=None)
-def env_dims(task_or_robot: str) -> tuple[int, int]:
+def env_dims(task_or_robot: str | Task) -> tuple[int, int]:
     """``(obs_dim, act_dim)`` of a task's env, from the static table (no physics client is started)."""
     _, obs_dim, act_dim = ROBOTS[robot_of(task_or_robot)]
     return obs_dim, act_dim
@@ -116,7 +70,7 @@ class BulletLocomotionEnv(gymnasium.Env):
 
     def __init__(self, robot: str, render_mode: str | None = None) -> None:
         if robot not in ROBOTS:
-            raise _unknown(robot)
+            raise unknown_task(robot)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise EnvError(f"render_mode {render_mode!r} is not supported: use 'rgb_array' or None")
         self.robot = robot
@@ -194,7 +148,7 @@ def register_envs() -> None:
         )
 
 
-def make_env(task: str, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
+def make_env(task: str | Task, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
     """Make the env of a task (or robot), with the 1000-step time limit.
 
     With ``seed`` the env is reset once with it and its action space seeded, so a following ``reset()``

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EnvError, ModzooError
+from .tasks import ROBOTS, Task, robot_of
 
 _BASE = "http://rail.eecs.berkeley.edu/datasets/offline_rl/bullet/"
 _ROBOT_MIN_MAX = {
@@ -55,12 +56,11 @@ for _maze, (_lo, _hi) in {
     REF_MAX_SCORE[_name] = _hi
 
 
-def _ref_name(name: str) -> str:
-    """Accept a task name, or a robot / env id (all levels of a robot share the references)."""
+def _ref_name(name: str | Task) -> str:
+    """Accept a task (name or value), or a robot / env id (all levels of a robot share the references)."""
+    name = str(name)
     if name in REF_MIN_SCORE:
         return name
-    from .envs import ROBOTS, robot_of
-
     try:
         robot = robot_of(name)
     except EnvError:
@@ -72,7 +72,7 @@ def _ref_name(name: str) -> str:
     )
 
 
-def normalized_score(name: str, raw_return: Any) -> Any:
+def normalized_score(name: str | Task, raw_return: Any) -> Any:
     """D4RL normalized score x 100 (as papers report): ``100 * (R - min) / (max - min)``.
 
     ``raw_return`` may be a number or an array; a float comes back for a scalar, an array otherwise.

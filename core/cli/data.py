@@ -84,12 +84,12 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Download D4RL's file to a temp name, hash it, validate it loads, then rename into place."""
     from ..bullet.data import dataset_path, load_dataset
-    from ..bullet.envs import parse_task
+    from ..bullet.tasks import task_of
     from ..progress import progress_bar
     from ..bullet.scores import DATASET_URLS
 
     try:
-        parse_task(args.name)
+        task_of(args.name)
     except EnvError as exc:
         raise DatasetError(str(exc)) from exc
     url = args.url or DATASET_URLS[args.name]
@@ -151,10 +151,10 @@ def _refuse_overwrite(out: Path, force: bool) -> None:
 # ---------------------------------------------------------------------------------------------- collect
 def cmd_collect(args: argparse.Namespace) -> int:
     from ..bullet.collect import collect
-    from ..bullet.envs import parse_task
+    from ..bullet.tasks import task_of
 
     try:
-        parse_task(args.name)
+        task_of(args.name)
     except EnvError as exc:
         raise DatasetError(str(exc)) from exc
     from ..bullet.data import dataset_path
@@ -226,7 +226,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- train-behaviour
 def cmd_train_behaviour(args: argparse.Namespace) -> int:
     from ..bullet.behaviour import TrainConfig, export_choice, train_behaviour
-    from ..bullet.envs import robot_of
+    from ..bullet.tasks import robot_of
 
     robot = robot_of(args.env)
     run_dir = Path(args.run_dir or Path("runs") / "behaviour" / robot)
