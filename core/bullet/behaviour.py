@@ -33,6 +33,7 @@ import numpy as np
 from .envs import env_dims, make_env
 from .tasks import ROBOTS, robot_of
 from ..errors import EnvError, ModzooError
+from .scores import normalized_score
 
 Policy = Callable[..., np.ndarray]  # (obs, t=None) -> actions; see the module docstring
 
@@ -361,7 +362,6 @@ def _sac_model(sb3: Any, venv: Any, run_dir: Path, robot: str, cfg: TrainConfig,
 
 def _progress_record(model: Any, ev: Any, robot: str, snap: Path, wall_s: float) -> dict[str, Any]:
     """One line of ``progress.jsonl``: the exported actor's evaluation (return, normalized, gait) and SAC's state."""
-    from .scores import normalized_score
 
     train_eps = [float(e["r"]) for e in model.ep_info_buffer] if model.ep_info_buffer else []
     return {

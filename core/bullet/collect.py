@@ -31,12 +31,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .behaviour import ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy, actor_filename, load_pybullet_expert
-from .data import dataset_path, write_d4rl_file
+from .behaviour import (ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy,
+                        actor_filename, load_pybullet_expert, read_progress, snapshot_near)
+from .data import attr_value, dataset_path, episode_returns_from_raw, write_d4rl_file
 from .envs import make_env
 from .tasks import Task, task_of
 from ..errors import DatasetError, EnvError
 from .scores import normalized_score
+from ..progress import progress_bar
 
 #: Default sizes: D4RL's (1M for random/medium/expert, medium+expert concatenated = 2M). D4RL's
 #: medium-replay size is whatever SAC's buffer held at "medium"; 200k is of that order for bullet.
@@ -184,7 +186,6 @@ def collect(
     With ``reuse``, a medium-expert segment whose standalone file (same seed, size and recipe) is in the
     cache is read from it rather than simulated again; the result is bit-identical either way.
     """
-    from ..progress import progress_bar
 
     parsed = task_of(task)
     robot, level, task = parsed.robot, parsed.level, parsed.name
@@ -255,7 +256,6 @@ def _reuse_cached(robot: str, seg: Segment, seed: int) -> dict[str, np.ndarray] 
     exactly this segment's recipe (seed, size, policy, noise); None otherwise."""
     import h5py
 
-    from .data import attr_value
 
     path = dataset_path(f"bullet-{robot}-{seg.label}-v0")
     if not path.is_file():
@@ -276,7 +276,6 @@ def _reuse_cached(robot: str, seg: Segment, seed: int) -> dict[str, np.ndarray] 
 
 
 def _returns_of(arrays: dict[str, np.ndarray]) -> list[float]:
-    from .data import episode_returns_from_raw
 
     rets, _ = episode_returns_from_raw(arrays["rewards"].astype(np.float64), arrays["terminals"] | arrays["timeouts"])
     return [float(x) for x in rets]
@@ -294,7 +293,6 @@ def _exported_medium_source(robot: str, run: Path) -> Path | None:
     medium-replay then ends exactly where the medium dataset's policy was taken."""
     import torch
 
-    from .behaviour import ASSET_DIR, actor_filename
     path = ASSET_DIR / actor_filename(robot, "medium")
     if not path.is_file():
         return None
@@ -312,7 +310,6 @@ def collect_replay_from_run(
     (or ``upto_step``). No simulation: the file is written from the saved chunks."""
     import json as _json
 
-    from .behaviour import read_progress, snapshot_near
 
     parsed = task_of(task)
     robot, level, task = parsed.robot, parsed.level, parsed.name
@@ -339,7 +336,6 @@ def collect_replay_from_run(
     broken = ~ends[:-1] & np.any(cat["next_observations"][:-1] != cat["observations"][1:], axis=1)
     timeouts[:-1] |= broken
     timeouts[-1] = timeouts[-1] or not terminals[-1]
-    from .data import episode_returns_from_raw
 
     rets, _ = episode_returns_from_raw(cat["rewards"].astype(np.float64), terminals | timeouts)
     prog = [r for r in read_progress(run) if r["step"] == upto_step]

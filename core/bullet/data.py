@@ -24,6 +24,7 @@ import numpy as np
 from .envs import env_dims
 from .tasks import MAX_EPISODE_STEPS, TASKS, Task, task_of
 from ..errors import DatasetError, EnvError
+from .scores import DATASET_URLS
 
 #: Keys every D4RL file has (d4rl's ``get_dataset`` asserts exactly these).
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
@@ -63,7 +64,6 @@ def demo_datasets(task: str) -> list[Path]:
 def dataset_path(task: str | Task) -> Path:
     """Where D4RL (and modzoo) keep a named dataset: the cache dir + the file name of D4RL's URL
     (``bullet-hopper-medium-v0`` -> ``bullet-hopper_medium.hdf5``), as d4rl's ``filepath_from_url``."""
-    from .scores import DATASET_URLS
 
     t = task_of(task)  # EnvError listing known names for anything else
     return dataset_dir() / DATASET_URLS[t.name].rsplit("/", 1)[-1]

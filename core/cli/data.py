@@ -21,6 +21,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, EnvError, ModzooError
+from ..bullet.data import dataset_path, load_dataset
+from ..bullet.tasks import robot_of, task_of
+from ..progress import progress_bar
+from ..bullet.scores import DATASET_URLS, normalized_score
+from ..bullet.collect import collect, collect_replay_from_run
+from ..bullet.behaviour import TrainConfig, export_choice, pack_run, train_behaviour
 
 
 def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,10 +89,6 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ fetch
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Download D4RL's file to a temp name, hash it, validate it loads, then rename into place."""
-    from ..bullet.data import dataset_path, load_dataset
-    from ..bullet.tasks import task_of
-    from ..progress import progress_bar
-    from ..bullet.scores import DATASET_URLS
 
     try:
         task_of(args.name)
@@ -150,17 +152,13 @@ def _refuse_overwrite(out: Path, force: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------- collect
 def cmd_collect(args: argparse.Namespace) -> int:
-    from ..bullet.collect import collect
-    from ..bullet.tasks import task_of
 
     try:
         task_of(args.name)
     except EnvError as exc:
         raise DatasetError(str(exc)) from exc
-    from ..bullet.data import dataset_path
     _refuse_overwrite(Path(args.out).expanduser() if args.out else dataset_path(args.name), args.force)
     if args.from_run:
-        from ..bullet.collect import collect_replay_from_run
 
         res = collect_replay_from_run(args.name, args.from_run, out=args.out, upto_step=args.upto_step)
         a = res.attrs
@@ -181,8 +179,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------- info
 def dataset_summary(target: str, task: str | None = None) -> dict[str, Any]:
     """What ``modzoo data info`` shows, as a dict."""
-    from ..bullet.data import load_dataset
-    from ..bullet.scores import normalized_score
 
     ds = load_dataset(target, task=task)
     rets = ds.episode_returns()
@@ -225,13 +221,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- train-behaviour
 def cmd_train_behaviour(args: argparse.Namespace) -> int:
-    from ..bullet.behaviour import TrainConfig, export_choice, train_behaviour
-    from ..bullet.tasks import robot_of
 
     robot = robot_of(args.env)
     run_dir = Path(args.run_dir or Path("runs") / "behaviour" / robot)
     if args.pack_to:
-        from ..bullet.behaviour import pack_run
         packed = pack_run(run_dir, args.pack_to, keep_transitions=args.keep_transitions)
         print(f"packed {run_dir} at step {packed['step']} into {args.pack_to}: {packed['snapshots']} snapshots, "
               f"{packed['transitions']} replay transitions; resume with --run-dir {args.pack_to}")

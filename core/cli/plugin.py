@@ -22,6 +22,8 @@ from pathlib import Path
 from string import Template
 
 from ..errors import ConfigError
+from ..contract.registry import load_registry
+from ..version import __version__
 
 KINDS = ("guidance", "policy", "both")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -41,7 +43,6 @@ def check_name(name: str) -> None:
     if not NAME_RE.match(name) or keyword.iskeyword(name):
         raise ConfigError(f"plugin name {name!r} is not a lower-case identifier (letters, digits, '_', starting with "
                           f"a letter), e.g. my_algo")
-    from ..contract.registry import load_registry
     reg = load_registry()
     taken = {s.plugin for s in [*reg.guidances.values(), *reg.policies.values()]} | set(reg.guidances) | \
         set(reg.policies)
@@ -55,7 +56,6 @@ def new_plugin(name: str, directory: str | Path = ".", kind: str = "both", force
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     check_name(name)
-    from ..version import __version__
     root = Path(directory).expanduser() / f"modzoo-{name}"
     if root.exists() and any(root.iterdir()) and not force:
         raise ConfigError(f"{root} already exists and is not empty; choose another --dir (nothing was written)")

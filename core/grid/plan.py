@@ -17,6 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from ..run.config import config_diff
+from ..run.training import final_episodes, run_config
+from ..bullet.data import load_dataset
+from ..blocks.selection import RULES
 
 EXPERIMENT_DIRS = (Path("experiments"),)
 
@@ -115,7 +118,6 @@ def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
     run's guidance settings are not compared: its config records the checkpoint's own (what trained), and a change
     to them shows as drift of the run that trained that guidance, which makes this one stale too (``stale_runs``).
     """
-    from ..run.training import run_config
     path = Path(path) if path is not None else Path(s.out) / "config.yaml"  # (or a summary's copy of it)
     if not path.exists():
         return []
@@ -135,7 +137,6 @@ def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
 
     def current(s: RunSpec) -> str | None:
         """The fingerprint of the data the run would load now (once per dataset; None if it cannot load)."""
-        from ..bullet.data import load_dataset
         key = str(s.run.get("dataset") or s.task)
         if key not in fingerprints:
             try:
@@ -167,14 +168,12 @@ def swap_episodes(exp: DictConfig, arm: str) -> int:
         return eps
     if eps is not None and (arm in eps or "default" in eps):
         return int(eps[arm] if arm in eps else eps["default"])
-    from ..run.training import final_episodes
     return final_episodes(exp.budget)
 
 
 def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
     """(policy run, guidance run, label) for every swap the experiment asks for: the policy ranked by another
     seed's guidance of the same arm, by another algorithm's, or by its own with another selection rule."""
-    from ..blocks.selection import RULES
     if "swaps" not in exp or exp.swaps is None:
         return []
     sw = OmegaConf.to_container(exp.swaps, resolve=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
+from .plan import config_drift, plan
 
 
 @dataclass
@@ -396,7 +397,6 @@ def _swap_rows(arms: dict[str, list[RunSummary]]) -> list[str]:
 def split_stale(exp: DictConfig, runs: list[RunSummary]) -> tuple[list[RunSummary], list[str]]:
     """Summaries whose saved config differs from the one the grid would run now are left out of every number
     (a changed default must not mix two configs in one cell); returns (kept, one line per left-out run)."""
-    from .plan import config_drift, plan
     specs = {(s.task, s.arm, s.seed): s for s in plan(exp)}
     kept, left = [], []
     for r in runs:

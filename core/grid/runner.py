@@ -21,6 +21,8 @@ from omegaconf import OmegaConf
 
 from ..errors import ConfigError
 from .plan import RunSpec, config_drift, is_finished, load_experiment, plan, stale_runs, swap_jobs
+from ..run.training import evaluate, load_policy_and_guidance, run_config, train
+from .report import write_report
 
 
 def wait_for_guidance(run_dir: str | Path, poll: float = 5.0, timeout: float = 7 * 24 * 3600) -> Path:
@@ -41,7 +43,6 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one run (or skip it when finished; resume it when interrupted). Runs in a worker process.
 
     A run dir whose saved config differs from the current one is left untouched and reported as ``stale``."""
-    from ..run.training import run_config, train
     s = RunSpec(**spec)
     drift = config_drift(s)
     if drift:
@@ -141,7 +142,6 @@ def swap_cached(job: dict[str, Any]) -> bool:
 def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
     """Evaluate a finished policy ranked by another run's guidance; results go to the policy run's swaps.json."""
     import torch
-    from ..run.training import evaluate, load_policy_and_guidance
     torch.set_num_threads(1)
     pdir = Path(job["policy_run"])
     path = pdir / "swaps.json"
@@ -372,6 +372,5 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     summary = {"experiment": exp.name, "runs": len(specs), "failed": len(failed), "stale": len(stale),
                "seconds": round(time.time() - t0, 1), "results": results}
     if report:
-        from .report import write_report
         write_report(exp, grid_seconds=summary["seconds"])
     return summary

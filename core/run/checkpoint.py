@@ -22,6 +22,8 @@ import torch
 from ..errors import CheckpointError, StorageError
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule, Half
 from .config import ADDED_KEYS, half_config
+from ..version import __version__
+from ..contract.registry import load_registry
 
 FORMAT = "modzoo.half/1"
 REQUIRED = ("format", "kind", "algorithm", "obs_dim", "act_dim", "config", "state")
@@ -149,7 +151,6 @@ def existing_parent(path: Path) -> Path:
 def half_payload(module: Half, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to rebuild ``module`` in another process."""
     kind = "guidance" if isinstance(module, GuidanceModule) else "policy"
-    from ..version import __version__
     return {
         "format": FORMAT,
         "kind": kind,
@@ -233,7 +234,6 @@ def read_payload(path: str | Path) -> dict[str, Any]:
 
 def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
                        device: torch.device | str = "cpu") -> GuidanceModule | DiffusionPolicy:
-    from ..contract.registry import load_registry
     reg = load_registry()
     spec = reg.half(payload["kind"], payload["algorithm"])
     config = _complete_config(spec, payload["kind"], payload["config"])

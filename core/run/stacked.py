@@ -31,7 +31,8 @@ from ..contract.interfaces import DiffusionPolicy, GuidanceModule, Half
 from ..contract.registry import load_registry
 from ..contract.rng import StackedGenerator
 from ..contract.stages import Stage, clip_per_seed, finish_step
-from .training import RunResult, Stepper, ActiveRun, setup_run, train_group
+from .training import ActiveRun, RunResult, Stepper, setup_run, train, train_group
+from ..bullet.data import load_dataset
 
 
 def stackable(guidance: type | None, policy: type | None) -> str | None:
@@ -228,8 +229,6 @@ def train_seeds(cfgs: list[Any], dataset: Any = None, *, mode: str = "auto", pro
     another; ``auto`` (default) is ``vmap`` on a GPU and ``lockstep`` on a CPU, where ``vmap`` measured slower
     (docs/performance.md), and ``lockstep`` where the halves cannot stack.
     """
-    from ..bullet.data import load_dataset
-    from .training import train
     if mode not in STACK_MODES:
         raise ConfigError(f"unknown stack mode {mode!r}; known: {', '.join(STACK_MODES)}")
     if not cfgs:

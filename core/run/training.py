@@ -35,6 +35,8 @@ from .profiling import PhaseMeter
 from ..progress import progress_bar
 from ..blocks.utils import seed_everything
 from .validation import check_out_dir, validate_config
+from ..bullet.envs import env_dims
+from ..bullet.data import load_dataset
 
 EVAL_SEED_OFFSET = 10_000  # evaluation episodes never share seeds with training noise
 # Run seed s evaluates episodes with env seeds OFFSET + STRIDE * s + i: the episodes of different seeds start from
@@ -112,7 +114,6 @@ def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, ta
 def check_policy_fits_env(policy: DiffusionPolicy, task: str) -> None:
     """Refuse to act in an env of other dims with one line naming both, rather than a matmul shape error from
     the policy's first layer: a checkpoint knows its dims and the task it was trained on."""
-    from ..bullet.envs import env_dims
     obs_dim, act_dim = env_dims(task)
     if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
         trained = getattr(policy, "dataset_meta", {}).get("name") or "another task"
@@ -278,7 +279,6 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
     """Validate the config, build or restore the halves and create the run dir (only once the input is known to
     be good: a refused run leaves no dir behind, and a refused resume changes no file). ``share``: another run's
     buffer on the same data, whose device tensors this run reuses (seeds trained in one process)."""
-    from ..bullet.data import load_dataset
     r = cfg.run
     run_dir = Path(r.out) if r.out else None
     saved = _resumed_config(run_dir, resume) if run_dir is not None else None

@@ -18,13 +18,13 @@ from typing import Any, Mapping
 from omegaconf import DictConfig
 
 from .config import RUN_DEFAULTS, SCHEDULES, to_dict
-from ..blocks.diffusion import SAMPLERS
-from ..blocks.diffusion import SCHEDULES as NOISE_SCHEDULES
+from ..blocks.diffusion import SAMPLERS, SCHEDULES as NOISE_SCHEDULES
 from ..errors import ConfigError
 from ..blocks.nets import ACTIVATIONS, INITS
 from ..contract.normalization import OBS_NORMS
 from ..blocks.selection import RULES
 from ..contract.registry import load_registry
+from .halves import default_config
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,6 @@ def _check_section(section: str, values: Mapping[str, Any], defaults: Mapping[st
 
 
 def _half_defaults(kind: str, name: str, task: str | None) -> dict[str, Any]:
-    from .halves import default_config
     return default_config(kind, name, task)
 
 

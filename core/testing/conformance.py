@@ -60,6 +60,12 @@ from ..errors import ConfigError
 from ..contract.hookspecs import hookimpl
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..contract.registry import HalfSpec, load_registry, register_plugin, unregister_plugin
+from ..bullet.data import load_dataset, write_d4rl_file
+from ..bullet.envs import env_dims
+from ..run.buffer import ReplayBuffer
+from ..run.training import run_config, train
+from ..run.stacked import stackable, train_seeds
+from ..run.evaluation import evaluate_policy
 
 TASK = "bullet-hopper-medium-v0"
 OBS_DIM, ACT_DIM = 15, 3  # bullet-hopper's dims: the synthetic dataset and the env check use this task
@@ -92,8 +98,6 @@ def synthetic_dataset(path: str | Path, transitions: int = 2000, seed: int = 0, 
     rewards favour actions near it, and episodes are consecutive rows ending in a timeout, so next-state and
     next-action chains are as in a real file.
     """
-    from ..bullet.data import write_d4rl_file
-    from ..bullet.envs import env_dims
     obs_dim, act_dim = env_dims(task)
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(obs_dim, act_dim)) / math.sqrt(obs_dim)
@@ -271,8 +275,6 @@ class _Harness:
         self.defaults.pop("task_overrides", None)
         self.overrides = {**tiny_overrides(self.defaults), **(overrides or {})}
         self.data_path = Path(dataset)
-        from ..run.buffer import ReplayBuffer
-        from ..bullet.data import load_dataset
         self.dataset = load_dataset(str(self.data_path), task=TASK)
         self.obs_dim, self.act_dim = self.dataset.obs_dim, self.dataset.act_dim
         self.buffer = ReplayBuffer(self.dataset, self.device, seed=seed)
@@ -301,7 +303,6 @@ class _Harness:
         return self.buffer.sample(size or TINY_BATCH)
 
     def fixed_batches(self, n: int, size: int = TINY_BATCH) -> list[dict[str, torch.Tensor]]:
-        from ..run.buffer import ReplayBuffer
         buf = ReplayBuffer(self.dataset, self.device, seed=self.seed + 1)
         return [buf.sample(size) for _ in range(n)]
 
@@ -532,14 +533,12 @@ class _Harness:
                                       f"of the first {w} {first:.4g}, of the last {w} {last:.4g}")
 
     def _run(self, guidance: str, policy: str | None, schedule: str, out: Path, **run: Any):
-        from ..run.training import train
         cfg = self._cfg(guidance, policy, schedule, out, **run)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return train(cfg, self.dataset, progress=False)
 
     def _cfg(self, guidance: str, policy: str | None, schedule: str, out: Path, **run: Any) -> Any:
-        from ..run.training import run_config
         over = []
         for section, name in (("guidance", guidance), ("policy", policy)):
             if name is None:
@@ -556,14 +555,12 @@ class _Harness:
                           final_eval=False, device=str(self.device), out=str(out), log_every=1, **run)
 
     def check_stacked(self) -> None:
-        from ..run.stacked import stackable, train_seeds
         if not self.spec.cls.stackable:
             raise _Skip(f"{self.spec.cls.__name__} does not declare stackable = True, so it never trains as "
                         f"stacked seeds (--stack vmap); nothing to check")
         why = stackable(self.spec.cls, None) if self.kind == "guidance" else stackable(None, self.spec.cls)
         if why:
             raise self.fail("stacked", why)
-        from ..run.training import train
         if self.kind == "policy":
             compat = self.reg.compatible(self.name)
             guidance = next((g for g in compat if self.reg.guidances[g].cls.stackable), None)
@@ -655,7 +652,6 @@ class _Harness:
             raise self.fail("schedules", "pretrained: the frozen guidance changed while the policy trained")
 
     def check_env(self) -> None:
-        from ..run.evaluation import evaluate_policy
         m, g = self.build(), self.frozen_partner()
 
         def act_fn(obs: np.ndarray) -> np.ndarray:
