@@ -263,7 +263,8 @@ def _state_diff(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
 
 
 class _Harness:
-    """Builds one half (and its partners) with tiny settings and runs the named checks on it."""
+    """One half (and its partners) built with tiny settings, on the synthetic dataset: what every check below
+    needs. A fresh harness per check, so no check sees what another left behind."""
 
     def __init__(self, kind: str, name: str, overrides: dict[str, Any] | None, workdir: Path,
                  dataset: Path, device: str, seed: int, learn_steps: int) -> None:
@@ -354,183 +355,6 @@ class _Harness:
         return self.frozen_partner()
 
     # ---- checks ----
-    def check_construct(self) -> None:
-        base = GuidanceModule if self.kind == "guidance" else DiffusionPolicy
-        if not issubclass(self.spec.cls, base):
-            raise self.fail("construct", f"{self.spec.cls!r} does not subclass modzoo.{base.__name__}")
-        if "batch_size" not in self.defaults:
-            raise self.fail("construct", f"its YAML '{self.kind}:' section has no batch_size (the trainer reads it)")
-        m = self.build()
-        if (m.obs_dim, m.act_dim) != (self.obs_dim, self.act_dim):
-            raise self.fail("construct", "obs_dim/act_dim not stored as given")
-        if m.steps != 0:
-            raise self.fail("construct", f"a new module must report steps == 0, got {m.steps}")
-        if self.kind == "guidance":
-            if "q" not in m.provides:
-                raise self.fail("construct", f"provides {sorted(m.provides)}: every guidance provides 'q'")
-        else:
-            if self.partner_guidances()[0] is None:
-                raise self.fail("construct", f"needs {sorted(m.needs)}, which no registered guidance provides")
-
-    def check_shapes(self) -> None:
-        m = self.build()
-        b, obs, act = 5, self.batch(5)["observations"], self.batch(5)["actions"]
-        dev = m.device
-
-        def expect(x: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
-            if not isinstance(x, torch.Tensor):
-                raise self.fail("shapes", f"{what} returned {type(x).__name__}, not a tensor")
-            if tuple(x.shape) != shape:
-                raise self.fail("shapes", f"{what} has shape {tuple(x.shape)}, expected {shape}")
-            if x.dtype != torch.float32:
-                raise self.fail("shapes", f"{what} has dtype {x.dtype}, expected torch.float32")
-            if x.device != dev:
-                raise self.fail("shapes", f"{what} is on {x.device}, the module on {dev}")
-            if not torch.isfinite(x).all():
-                raise self.fail("shapes", f"{what} is not finite")
-
-        if self.kind == "guidance":
-            qe = m.q_ensemble(obs, act)
-            if qe.dim() != 2 or qe.shape[1] != b:
-                raise self.fail("shapes", f"q_ensemble has shape {tuple(qe.shape)}, expected (E, {b})")
-            expect(qe, (qe.shape[0], b), "q_ensemble")
-            expect(m.q(obs, act), (b,), "q")
-            if "v" in m.provides:
-                expect(m.v(obs), (b,), "v")
-            for frozen in (False, True):
-                if frozen:
-                    m.freeze()
-                    if not m.frozen or any(p.requires_grad for p in m.parameters()):
-                        raise self.fail("shapes", "after freeze() parameters still require grad")
-                a = act.clone().requires_grad_(True)
-                m.q(obs, a).sum().backward()
-                if a.grad is None or not torch.isfinite(a.grad).all() or not a.grad.abs().sum() > 0:
-                    raise self.fail("shapes", f"q is not differentiable w.r.t. the action"
-                                              f"{' after freeze()' if frozen else ''} (a policy's Q term needs it)")
-            return
-        g = self.frozen_partner()
-        s = m.sample(obs, 3)
-        expect(s, (b, 3, self.act_dim), "sample(obs, 3)")
-        if s.abs().max() > 1 + 1e-6:
-            raise self.fail("shapes", "sample returned actions outside [-1, 1]")
-        expect(m.act(obs, g), (b, self.act_dim), "act(obs, guidance)")
-        expect(m.act(obs, g, n=2), (b, self.act_dim), "act(obs, guidance, n=2)")
-        expect(m.target_actions(obs), (b, self.act_dim), "target_actions")
-        if m.act(obs, g).abs().max() > 1 + 1e-6:
-            raise self.fail("shapes", "act returned actions outside [-1, 1]")
-
-    def check_update(self) -> None:
-        m, partner = self.build(), self.partner_for_update()
-        if self.kind == "policy":
-            metrics = m.update(self.batch(), partner)
-            declared, calls = type(m).uses_guidance_in_training, partner.calls if partner is not None else 0
-            if not declared and calls:
-                raise self.fail("update", f"declares uses_guidance_in_training = False but update queried the "
-                                          f"guidance {calls} time(s)")
-            if declared and not calls:
-                raise self.fail("update", "declares uses_guidance_in_training = True but update never queried "
-                                          "the guidance")
-        else:
-            metrics = self.update(m, self.batch(), partner)
-        if not isinstance(metrics, dict) or not metrics:
-            raise self.fail("update", f"update must return a non-empty dict of metrics, got {type(metrics).__name__}")
-        for k, v in metrics.items():
-            if not isinstance(k, str):
-                raise self.fail("update", f"metric key {k!r} is not a string")
-            x = _scalar(v)
-            if x is None:
-                raise self.fail("update", f"metric {k!r} is not a scalar (a 0-d/1-element tensor or a number)")
-            if not math.isfinite(x):
-                raise self.fail("update", f"metric {k!r} is not finite ({x})")
-        if m.steps != 1:
-            raise self.fail("update", f"steps is {m.steps} after one update (increment self._steps once per update)")
-        self.update(m, self.batch(), partner)
-        if m.steps != 2:
-            raise self.fail("update", f"steps is {m.steps} after two updates")
-
-    def check_determinism(self) -> None:
-        batches = self.fixed_batches(3)
-        runs = []
-        for _ in range(2):
-            m, partner = self.build(), self.partner_for_update()
-            metrics = [{k: _scalar(v) for k, v in self.update(m, b, partner).items()} for b in batches]
-            probe = batches[0]
-            with torch.no_grad():
-                out = m.q(probe["observations"], probe["actions"]) if self.kind == "guidance" else \
-                    m.sample(probe["observations"][:4], 2)
-            runs.append((m, metrics, out))
-        (a, ma, oa), (b, mb, ob) = runs
-        diff = _state_diff(a, b)
-        if diff:
-            raise self.fail("determinism", f"two runs under the same seed end with different tensors: {diff[:4]} "
-                                           f"(draw noise from a generator seeded by cfg['seed'], not global state)")
-        if ma != mb:
-            raise self.fail("determinism", f"same seed, different metrics: {ma} vs {mb}")
-        if not torch.equal(oa, ob):
-            raise self.fail("determinism", "same seed, different outputs")
-
-    def check_checkpoint(self) -> None:
-        m, partner = self.build(), self.partner_for_update()
-        for b in self.fixed_batches(2):
-            self.update(m, b, partner)
-        meta = {"name": TASK, "fingerprint": self.dataset.fingerprint, "path": str(self.data_path)}
-        path = self.workdir / f"{self.kind}-{self.name}.pt"
-        save_half(m, path, meta)
-        try:
-            payload = read_payload(path)  # torch.load(weights_only=True): no pickled objects allowed
-        except Exception as e:
-            raise self.fail("checkpoint", f"checkpoint does not load with weights_only=True ({e}); keep state and "
-                                          f"extra_state() to tensors and plain values") from None
-        for key in REQUIRED:
-            if key not in payload:
-                raise self.fail("checkpoint", f"checkpoint lacks {key!r}")
-        want = {"kind": self.kind, "algorithm": self.name, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-                "steps": 2}
-        got = {k: payload.get(k) for k in want}
-        if got != want:
-            raise self.fail("checkpoint", f"metadata {got}, expected {want}")
-        loaded = load_checkpoint(path, self.device, kind=self.kind)
-        if type(loaded) is not type(m):
-            raise self.fail("checkpoint", f"loaded a {type(loaded).__name__}, saved a {type(m).__name__}")
-        if loaded.cfg != m.cfg or loaded.steps != m.steps:
-            raise self.fail("checkpoint", "config or step count not restored")
-        diff = _state_diff(loaded, m)
-        if diff:
-            raise self.fail("checkpoint", f"tensors differ after the round trip: {diff[:4]}")
-        if not _equal(loaded.extra_state(), m.extra_state()):
-            raise self.fail("checkpoint", "extra_state() (optimizer state) differs after the round trip: implement "
-                                          "extra_state/load_extra_state")
-        probe = self.batch(6)
-        if self.kind == "guidance":
-            if not torch.equal(loaded.q(probe["observations"], probe["actions"]),
-                               m.q(probe["observations"], probe["actions"])):
-                raise self.fail("checkpoint", "the loaded guidance gives different Q values")
-            m.freeze()
-            save_half(m, path, meta)
-            if not load_checkpoint(path, self.device).frozen:
-                raise self.fail("checkpoint", "a frozen guidance loads unfrozen")
-        else:
-            s = loaded.sample(probe["observations"], 2)
-            if s.shape != (6, 2, self.act_dim) or not torch.isfinite(s).all():
-                raise self.fail("checkpoint", "the loaded policy does not sample")
-
-    def check_learns(self) -> None:
-        m, partner = self.build(), self.partner_for_update()
-        batch = self.fixed_batches(1)[0]
-        losses: list[float] = []
-        key = None
-        for _ in range(self.learn_steps):
-            metrics = self.update(m, batch, partner)
-            if key is None:
-                key = next((k for k in metrics if "loss" in k), None)
-                if key is None:
-                    raise self.fail("learns", f"update returns no metric named '*loss*' (keys: {sorted(metrics)})")
-            losses.append(_scalar(metrics[key]))
-        w = max(1, self.learn_steps // 5)
-        first, last = float(np.mean(losses[:w])), float(np.mean(losses[-w:]))
-        if not last < first:
-            raise self.fail("learns", f"{self.learn_steps} updates on one fixed batch did not lower {key!r}: mean "
-                                      f"of the first {w} {first:.4g}, of the last {w} {last:.4g}")
 
     def _run(self, guidance: str, policy: str | None, schedule: str, out: Path, **run: Any):
         cfg = self._cfg(guidance, policy, schedule, out, **run)
@@ -554,114 +378,316 @@ class _Harness:
                           guidance_steps=SCHEDULE_STEPS, policy_steps=SCHEDULE_STEPS, eval_episodes=0,
                           final_eval=False, device=str(self.device), out=str(out), log_every=1, **run)
 
-    def check_stacked(self) -> None:
-        if not self.spec.cls.stackable:
-            raise _Skip(f"{self.spec.cls.__name__} does not declare stackable = True, so it never trains as "
-                        f"stacked seeds (--stack vmap); nothing to check")
-        why = stackable(self.spec.cls, None) if self.kind == "guidance" else stackable(None, self.spec.cls)
-        if why:
-            raise self.fail("stacked", why)
-        if self.kind == "policy":
-            compat = self.reg.compatible(self.name)
-            guidance = next((g for g in compat if self.reg.guidances[g].cls.stackable), None)
-            policy: str | None = self.name
-            partner = guidance
-        else:
-            guidance = self.name
-            policy = next((p for p, sp in sorted(self.reg.policies.items())
-                           if sp.capabilities <= self.spec.capabilities and sp.cls.stackable), None)
-            partner = policy
-        if partner is None:
-            raise self.fail("stacked", "stackable = True, but no registered stackable half pairs with it")
-        seeds = (self.seed, self.seed + 1)
-        cfgs = lambda tag: [self._cfg(guidance, policy, "joint", self.workdir / f"{tag}{s}", seed=s)  # noqa: E731
-                            for s in seeds]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            train_seeds(cfgs("together"), self.dataset, mode="vmap", progress=False)
-            for cfg in cfgs("alone"):
-                train(cfg, self.dataset, progress=False)
-        for s in seeds:
-            logs = []
-            for tag in ("together", "alone"):
-                lines = (self.workdir / f"{tag}{s}" / "metrics.jsonl").read_text().splitlines()
-                logs.append([json.loads(line) for line in lines])
-            for a, b in zip(*logs):
-                for key, vb in b.items():
-                    va = a.get(key)
-                    if key not in ("phase", "step") and not math.isclose(va, vb, rel_tol=1e-4, abs_tol=1e-5):
-                        raise self.fail("stacked", f"seed {s} step {b['step']}: {key} is {va} stacked but {vb} "
-                                                   f"alone; draw every random number through modzoo.contract.rng with "
-                                                   f"the half's gen(), and write the update as stages()")
-
     def _expect_run_dir(self, out: Path, files: tuple[str, ...], what: str) -> None:
         missing = [f for f in files if not (out / f).exists()]
         if missing:
             raise self.fail("schedules", f"{what}: run dir lacks {missing}")
 
-    def check_schedules(self) -> None:
-        if self.kind == "policy":
-            joint, indep = self.partner_guidances()
-            res = self._run(joint, self.name, "joint", self.workdir / "joint")
-            if res.policy.steps != SCHEDULE_STEPS:
-                raise self.fail("schedules", f"joint: policy did {res.policy.steps} steps, expected {SCHEDULE_STEPS}")
-            self._expect_run_dir(self.workdir / "joint", ("config.yaml", "policy.pt", "guidance.pt", "result.json"),
-                                 "joint")
-            if indep is None:
-                raise self.fail("schedules", f"no policy-independent guidance provides {sorted(self.spec.capabilities)}"
-                                             f": guidance-first and pretrained cannot run")
-            res = self._run(indep, self.name, "guidance-first", self.workdir / "gf")
-            if not res.guidance.frozen or res.guidance.steps != SCHEDULE_STEPS or res.policy.steps != SCHEDULE_STEPS:
-                raise self.fail("schedules", "guidance-first: the guidance must train first and be frozen")
-            gpt = self.workdir / "gf" / "guidance.pt"
-            saved = load_checkpoint(gpt, self.device)
-            res = self._run(indep, self.name, "pretrained", self.workdir / "pre", guidance_ckpt=str(gpt))
-            probe = self.batch(8)
-            if not torch.equal(res.guidance.q(probe["observations"], probe["actions"]),
-                               saved.q(probe["observations"], probe["actions"])):
-                raise self.fail("schedules", "pretrained: the loaded guidance changed while the policy trained")
-            if res.policy.steps != SCHEDULE_STEPS:
-                raise self.fail("schedules", "pretrained: the policy did not train")
-            return
-        policy = self.partner_policy()
-        if policy is None:
-            raise self.fail("schedules", "no registered policy pairs with this guidance")
-        res = self._run(self.name, policy, "joint", self.workdir / "joint")
-        if res.guidance.steps != SCHEDULE_STEPS:
-            raise self.fail("schedules", f"joint: guidance did {res.guidance.steps} steps, expected {SCHEDULE_STEPS}")
-        self._expect_run_dir(self.workdir / "joint", ("guidance.pt", "policy.pt", "result.json"), "joint")
-        gpt = self.workdir / "joint" / "guidance.pt"
-        if self.build().requires_policy:
-            try:
-                self._run(self.name, policy, "guidance-first", self.workdir / "gf")
-            except ConfigError:
-                pass
-            else:
-                raise self.fail("schedules", "requires_policy is True, yet guidance-first trained it without a policy")
-        else:
-            res = self._run(self.name, None, "guidance-first", self.workdir / "gf")
-            if not res.guidance.frozen or res.guidance.steps != SCHEDULE_STEPS:
-                raise self.fail("schedules", "guidance-first: the guidance must train alone and end frozen")
-            self._expect_run_dir(self.workdir / "gf", ("guidance.pt", "result.json"), "guidance-first")
-            gpt = self.workdir / "gf" / "guidance.pt"
-        saved = load_checkpoint(gpt, self.device)
-        res = self._run(self.name, policy, "pretrained", self.workdir / "pre", guidance_ckpt=str(gpt))
-        probe = self.batch(8)
+
+
+# ---- the checks: one function each, run on a fresh harness ----------------------------------------------------
+def check_construct(h: _Harness) -> None:
+    base = GuidanceModule if h.kind == "guidance" else DiffusionPolicy
+    if not issubclass(h.spec.cls, base):
+        raise h.fail("construct", f"{h.spec.cls!r} does not subclass modzoo.{base.__name__}")
+    if "batch_size" not in h.defaults:
+        raise h.fail("construct", f"its YAML '{h.kind}:' section has no batch_size (the trainer reads it)")
+    m = h.build()
+    if (m.obs_dim, m.act_dim) != (h.obs_dim, h.act_dim):
+        raise h.fail("construct", "obs_dim/act_dim not stored as given")
+    if m.steps != 0:
+        raise h.fail("construct", f"a new module must report steps == 0, got {m.steps}")
+    if h.kind == "guidance":
+        if "q" not in m.provides:
+            raise h.fail("construct", f"provides {sorted(m.provides)}: every guidance provides 'q'")
+    else:
+        if h.partner_guidances()[0] is None:
+            raise h.fail("construct", f"needs {sorted(m.needs)}, which no registered guidance provides")
+
+
+def check_shapes(h: _Harness) -> None:
+    m = h.build()
+    b, obs, act = 5, h.batch(5)["observations"], h.batch(5)["actions"]
+    dev = m.device
+
+    def expect(x: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise h.fail("shapes", f"{what} returned {type(x).__name__}, not a tensor")
+        if tuple(x.shape) != shape:
+            raise h.fail("shapes", f"{what} has shape {tuple(x.shape)}, expected {shape}")
+        if x.dtype != torch.float32:
+            raise h.fail("shapes", f"{what} has dtype {x.dtype}, expected torch.float32")
+        if x.device != dev:
+            raise h.fail("shapes", f"{what} is on {x.device}, the module on {dev}")
+        if not torch.isfinite(x).all():
+            raise h.fail("shapes", f"{what} is not finite")
+
+    if h.kind == "guidance":
+        qe = m.q_ensemble(obs, act)
+        if qe.dim() != 2 or qe.shape[1] != b:
+            raise h.fail("shapes", f"q_ensemble has shape {tuple(qe.shape)}, expected (E, {b})")
+        expect(qe, (qe.shape[0], b), "q_ensemble")
+        expect(m.q(obs, act), (b,), "q")
+        if "v" in m.provides:
+            expect(m.v(obs), (b,), "v")
+        for frozen in (False, True):
+            if frozen:
+                m.freeze()
+                if not m.frozen or any(p.requires_grad for p in m.parameters()):
+                    raise h.fail("shapes", "after freeze() parameters still require grad")
+            a = act.clone().requires_grad_(True)
+            m.q(obs, a).sum().backward()
+            if a.grad is None or not torch.isfinite(a.grad).all() or not a.grad.abs().sum() > 0:
+                raise h.fail("shapes", f"q is not differentiable w.r.t. the action"
+                                          f"{' after freeze()' if frozen else ''} (a policy's Q term needs it)")
+        return
+    g = h.frozen_partner()
+    s = m.sample(obs, 3)
+    expect(s, (b, 3, h.act_dim), "sample(obs, 3)")
+    if s.abs().max() > 1 + 1e-6:
+        raise h.fail("shapes", "sample returned actions outside [-1, 1]")
+    expect(m.act(obs, g), (b, h.act_dim), "act(obs, guidance)")
+    expect(m.act(obs, g, n=2), (b, h.act_dim), "act(obs, guidance, n=2)")
+    expect(m.target_actions(obs), (b, h.act_dim), "target_actions")
+    if m.act(obs, g).abs().max() > 1 + 1e-6:
+        raise h.fail("shapes", "act returned actions outside [-1, 1]")
+
+
+def check_update(h: _Harness) -> None:
+    m, partner = h.build(), h.partner_for_update()
+    if h.kind == "policy":
+        metrics = m.update(h.batch(), partner)
+        declared, calls = type(m).uses_guidance_in_training, partner.calls if partner is not None else 0
+        if not declared and calls:
+            raise h.fail("update", f"declares uses_guidance_in_training = False but update queried the "
+                                      f"guidance {calls} time(s)")
+        if declared and not calls:
+            raise h.fail("update", "declares uses_guidance_in_training = True but update never queried "
+                                      "the guidance")
+    else:
+        metrics = h.update(m, h.batch(), partner)
+    if not isinstance(metrics, dict) or not metrics:
+        raise h.fail("update", f"update must return a non-empty dict of metrics, got {type(metrics).__name__}")
+    for k, v in metrics.items():
+        if not isinstance(k, str):
+            raise h.fail("update", f"metric key {k!r} is not a string")
+        x = _scalar(v)
+        if x is None:
+            raise h.fail("update", f"metric {k!r} is not a scalar (a 0-d/1-element tensor or a number)")
+        if not math.isfinite(x):
+            raise h.fail("update", f"metric {k!r} is not finite ({x})")
+    if m.steps != 1:
+        raise h.fail("update", f"steps is {m.steps} after one update (increment h._steps once per update)")
+    h.update(m, h.batch(), partner)
+    if m.steps != 2:
+        raise h.fail("update", f"steps is {m.steps} after two updates")
+
+
+def check_determinism(h: _Harness) -> None:
+    batches = h.fixed_batches(3)
+    runs = []
+    for _ in range(2):
+        m, partner = h.build(), h.partner_for_update()
+        metrics = [{k: _scalar(v) for k, v in h.update(m, b, partner).items()} for b in batches]
+        probe = batches[0]
+        with torch.no_grad():
+            out = m.q(probe["observations"], probe["actions"]) if h.kind == "guidance" else \
+                m.sample(probe["observations"][:4], 2)
+        runs.append((m, metrics, out))
+    (a, ma, oa), (b, mb, ob) = runs
+    diff = _state_diff(a, b)
+    if diff:
+        raise h.fail("determinism", f"two runs under the same seed end with different tensors: {diff[:4]} "
+                                       f"(draw noise from a generator seeded by cfg['seed'], not global state)")
+    if ma != mb:
+        raise h.fail("determinism", f"same seed, different metrics: {ma} vs {mb}")
+    if not torch.equal(oa, ob):
+        raise h.fail("determinism", "same seed, different outputs")
+
+
+def check_checkpoint(h: _Harness) -> None:
+    m, partner = h.build(), h.partner_for_update()
+    for b in h.fixed_batches(2):
+        h.update(m, b, partner)
+    meta = {"name": TASK, "fingerprint": h.dataset.fingerprint, "path": str(h.data_path)}
+    path = h.workdir / f"{h.kind}-{h.name}.pt"
+    save_half(m, path, meta)
+    try:
+        payload = read_payload(path)  # torch.load(weights_only=True): no pickled objects allowed
+    except Exception as e:
+        raise h.fail("checkpoint", f"checkpoint does not load with weights_only=True ({e}); keep state and "
+                                      f"extra_state() to tensors and plain values") from None
+    for key in REQUIRED:
+        if key not in payload:
+            raise h.fail("checkpoint", f"checkpoint lacks {key!r}")
+    want = {"kind": h.kind, "algorithm": h.name, "obs_dim": h.obs_dim, "act_dim": h.act_dim,
+            "steps": 2}
+    got = {k: payload.get(k) for k in want}
+    if got != want:
+        raise h.fail("checkpoint", f"metadata {got}, expected {want}")
+    loaded = load_checkpoint(path, h.device, kind=h.kind)
+    if type(loaded) is not type(m):
+        raise h.fail("checkpoint", f"loaded a {type(loaded).__name__}, saved a {type(m).__name__}")
+    if loaded.cfg != m.cfg or loaded.steps != m.steps:
+        raise h.fail("checkpoint", "config or step count not restored")
+    diff = _state_diff(loaded, m)
+    if diff:
+        raise h.fail("checkpoint", f"tensors differ after the round trip: {diff[:4]}")
+    if not _equal(loaded.extra_state(), m.extra_state()):
+        raise h.fail("checkpoint", "extra_state() (optimizer state) differs after the round trip: implement "
+                                      "extra_state/load_extra_state")
+    probe = h.batch(6)
+    if h.kind == "guidance":
+        if not torch.equal(loaded.q(probe["observations"], probe["actions"]),
+                           m.q(probe["observations"], probe["actions"])):
+            raise h.fail("checkpoint", "the loaded guidance gives different Q values")
+        m.freeze()
+        save_half(m, path, meta)
+        if not load_checkpoint(path, h.device).frozen:
+            raise h.fail("checkpoint", "a frozen guidance loads unfrozen")
+    else:
+        s = loaded.sample(probe["observations"], 2)
+        if s.shape != (6, 2, h.act_dim) or not torch.isfinite(s).all():
+            raise h.fail("checkpoint", "the loaded policy does not sample")
+
+
+def check_learns(h: _Harness) -> None:
+    m, partner = h.build(), h.partner_for_update()
+    batch = h.fixed_batches(1)[0]
+    losses: list[float] = []
+    key = None
+    for _ in range(h.learn_steps):
+        metrics = h.update(m, batch, partner)
+        if key is None:
+            key = next((k for k in metrics if "loss" in k), None)
+            if key is None:
+                raise h.fail("learns", f"update returns no metric named '*loss*' (keys: {sorted(metrics)})")
+        losses.append(_scalar(metrics[key]))
+    w = max(1, h.learn_steps // 5)
+    first, last = float(np.mean(losses[:w])), float(np.mean(losses[-w:]))
+    if not last < first:
+        raise h.fail("learns", f"{h.learn_steps} updates on one fixed batch did not lower {key!r}: mean "
+                                  f"of the first {w} {first:.4g}, of the last {w} {last:.4g}")
+
+
+def check_stacked(h: _Harness) -> None:
+    if not h.spec.cls.stackable:
+        raise _Skip(f"{h.spec.cls.__name__} does not declare stackable = True, so it never trains as "
+                    f"stacked seeds (--stack vmap); nothing to check")
+    why = stackable(h.spec.cls, None) if h.kind == "guidance" else stackable(None, h.spec.cls)
+    if why:
+        raise h.fail("stacked", why)
+    if h.kind == "policy":
+        compat = h.reg.compatible(h.name)
+        guidance = next((g for g in compat if h.reg.guidances[g].cls.stackable), None)
+        policy: str | None = h.name
+        partner = guidance
+    else:
+        guidance = h.name
+        policy = next((p for p, sp in sorted(h.reg.policies.items())
+                       if sp.capabilities <= h.spec.capabilities and sp.cls.stackable), None)
+        partner = policy
+    if partner is None:
+        raise h.fail("stacked", "stackable = True, but no registered stackable half pairs with it")
+    seeds = (h.seed, h.seed + 1)
+    cfgs = lambda tag: [h._cfg(guidance, policy, "joint", h.workdir / f"{tag}{s}", seed=s)  # noqa: E731
+                        for s in seeds]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_seeds(cfgs("together"), h.dataset, mode="vmap", progress=False)
+        for cfg in cfgs("alone"):
+            train(cfg, h.dataset, progress=False)
+    for s in seeds:
+        logs = []
+        for tag in ("together", "alone"):
+            lines = (h.workdir / f"{tag}{s}" / "metrics.jsonl").read_text().splitlines()
+            logs.append([json.loads(line) for line in lines])
+        for a, b in zip(*logs):
+            for key, vb in b.items():
+                va = a.get(key)
+                if key not in ("phase", "step") and not math.isclose(va, vb, rel_tol=1e-4, abs_tol=1e-5):
+                    raise h.fail("stacked", f"seed {s} step {b['step']}: {key} is {va} stacked but {vb} "
+                                               f"alone; draw every random number through modzoo.contract.rng with "
+                                               f"the half's gen(), and write the update as stages()")
+
+
+def check_schedules(h: _Harness) -> None:
+    if h.kind == "policy":
+        joint, indep = h.partner_guidances()
+        res = h._run(joint, h.name, "joint", h.workdir / "joint")
+        if res.policy.steps != SCHEDULE_STEPS:
+            raise h.fail("schedules", f"joint: policy did {res.policy.steps} steps, expected {SCHEDULE_STEPS}")
+        h._expect_run_dir(h.workdir / "joint", ("config.yaml", "policy.pt", "guidance.pt", "result.json"),
+                             "joint")
+        if indep is None:
+            raise h.fail("schedules", f"no policy-independent guidance provides {sorted(h.spec.capabilities)}"
+                                         f": guidance-first and pretrained cannot run")
+        res = h._run(indep, h.name, "guidance-first", h.workdir / "gf")
+        if not res.guidance.frozen or res.guidance.steps != SCHEDULE_STEPS or res.policy.steps != SCHEDULE_STEPS:
+            raise h.fail("schedules", "guidance-first: the guidance must train first and be frozen")
+        gpt = h.workdir / "gf" / "guidance.pt"
+        saved = load_checkpoint(gpt, h.device)
+        res = h._run(indep, h.name, "pretrained", h.workdir / "pre", guidance_ckpt=str(gpt))
+        probe = h.batch(8)
         if not torch.equal(res.guidance.q(probe["observations"], probe["actions"]),
                            saved.q(probe["observations"], probe["actions"])):
-            raise self.fail("schedules", "pretrained: the frozen guidance changed while the policy trained")
+            raise h.fail("schedules", "pretrained: the loaded guidance changed while the policy trained")
+        if res.policy.steps != SCHEDULE_STEPS:
+            raise h.fail("schedules", "pretrained: the policy did not train")
+        return
+    policy = h.partner_policy()
+    if policy is None:
+        raise h.fail("schedules", "no registered policy pairs with this guidance")
+    res = h._run(h.name, policy, "joint", h.workdir / "joint")
+    if res.guidance.steps != SCHEDULE_STEPS:
+        raise h.fail("schedules", f"joint: guidance did {res.guidance.steps} steps, expected {SCHEDULE_STEPS}")
+    h._expect_run_dir(h.workdir / "joint", ("guidance.pt", "policy.pt", "result.json"), "joint")
+    gpt = h.workdir / "joint" / "guidance.pt"
+    if h.build().requires_policy:
+        try:
+            h._run(h.name, policy, "guidance-first", h.workdir / "gf")
+        except ConfigError:
+            pass
+        else:
+            raise h.fail("schedules", "requires_policy is True, yet guidance-first trained it without a policy")
+    else:
+        res = h._run(h.name, None, "guidance-first", h.workdir / "gf")
+        if not res.guidance.frozen or res.guidance.steps != SCHEDULE_STEPS:
+            raise h.fail("schedules", "guidance-first: the guidance must train alone and end frozen")
+        h._expect_run_dir(h.workdir / "gf", ("guidance.pt", "result.json"), "guidance-first")
+        gpt = h.workdir / "gf" / "guidance.pt"
+    saved = load_checkpoint(gpt, h.device)
+    res = h._run(h.name, policy, "pretrained", h.workdir / "pre", guidance_ckpt=str(gpt))
+    probe = h.batch(8)
+    if not torch.equal(res.guidance.q(probe["observations"], probe["actions"]),
+                       saved.q(probe["observations"], probe["actions"])):
+        raise h.fail("schedules", "pretrained: the frozen guidance changed while the policy trained")
 
-    def check_env(self) -> None:
-        m, g = self.build(), self.frozen_partner()
 
-        def act_fn(obs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-                return m.act(o, g).cpu().numpy()
+def check_env(h: _Harness) -> None:
+    m, g = h.build(), h.frozen_partner()
 
-        res = evaluate_policy(act_fn, TASK, episodes=1, seed=self.seed, max_steps=5)
-        if not np.isfinite(res.returns).all():
-            raise self.fail("env", "non-finite return")
+    def act_fn(obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            o = torch.as_tensor(obs, dtype=torch.float32, device=h.device)
+            return m.act(o, g).cpu().numpy()
+
+    res = evaluate_policy(act_fn, TASK, episodes=1, seed=h.seed, max_steps=5)
+    if not np.isfinite(res.returns).all():
+        raise h.fail("env", "non-finite return")
+
+
+CHECKS: dict[str, Callable[[_Harness], None]] = {
+    "construct": check_construct,
+    "shapes": check_shapes,
+    "update": check_update,
+    "determinism": check_determinism,
+    "checkpoint": check_checkpoint,
+    "learns": check_learns,
+    "stacked": check_stacked,
+    "schedules": check_schedules,
+    "env": check_env,
+}
 
 
 def _yaml(v: Any) -> str:
@@ -716,7 +742,7 @@ def _check(kind: str, name_or_cls: str | type, *, config: dict[str, Any] | None 
             sub.mkdir(parents=True, exist_ok=True)
             h = _Harness(kind, name, overrides, sub, data, device, seed, learn_steps)
             try:
-                getattr(h, f"check_{check}")()
+                CHECKS[check](h)
             except _Skip as e:
                 report.skipped[check] = str(e)
             except ConformanceError as e:  # raised by the check, or by the _Spy a policy called
@@ -760,9 +786,10 @@ def plugin_halves(plugin: str) -> list[tuple[str, str]]:
         broken = {b.name: b.error for b in reg.broken}
         if plugin in broken:
             raise ConformanceError(f"plugin {plugin!r} failed to load: {broken[plugin]}")
+        known = sorted({s.plugin for s in [*reg.guidances.values(), *reg.policies.values()]})
         raise ConformanceError(f"no plugin or half named {plugin!r} is registered; known plugins: "
-                               f"{', '.join(sorted({s.plugin for s in [*reg.guidances.values(), *reg.policies.values()]}))}"
-                               f" (is its package installed, with a [project.entry-points.modzoo] entry?)")
+                               f"{', '.join(known)} (is its package installed, with a [project.entry-points.modzoo] "
+                               f"entry?)")
     return halves
 
 
