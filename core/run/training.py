@@ -179,7 +179,7 @@ def _dataset_meta(dataset: Any) -> dict[str, Any]:
     return {"name": dataset.name, "fingerprint": dataset.fingerprint, "path": str(dataset.path or "")}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ActiveRun:
     """One seed's run while it trains: its config, halves, data stream, run dir and progress."""
 
@@ -199,7 +199,7 @@ class ActiveRun:
     phase: str | None
     start_step: int
     # time spent in ``phase`` before an interruption: {"train_s", "eval_s", "evals", "train_cpu_s",
-    # "eval_cpu_s"} (empty for a fresh run; no CPU keys in a state saved before 2026-11-27)
+    # "eval_cpu_s"} (empty for a fresh run; no CPU keys in a state saved by older versions)
     phase_time: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -329,8 +329,9 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
     if has_policy:
         plan.append(("policy", int(r.policy_steps)))
     result = RunResult(run_dir, guidance, policy, phases=phases_done)
-    return ActiveRun(cfg, device, meta, schedule, bool(has_policy), buffer, guidance, policy, run_dir, state_path, log,
-                result, plan, phase, start_step, phase_time)
+    return ActiveRun(cfg=cfg, device=device, meta=meta, schedule=schedule, has_policy=bool(has_policy), buffer=buffer,
+                     guidance=guidance, policy=policy, run_dir=run_dir, state_path=state_path, log=log, result=result,
+                     plan=plan, phase=phase, start_step=start_step, phase_time=phase_time)
 
 
 #: the probe before training: states taken from the dataset, and candidates asked of ``sample``
