@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import checkpoint_tensors
 
 import modzoo
 
@@ -43,22 +44,10 @@ def _machine() -> dict[str, str]:
     return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
-def _tensors(payload: Any, prefix: str = "") -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    items = payload.items() if isinstance(payload, dict) else enumerate(payload) \
-        if isinstance(payload, (list, tuple)) else []
-    for k, v in items:
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            out[f"{prefix}{k}"] = v
-        elif isinstance(v, (dict, list, tuple)):
-            out.update(_tensors(v, f"{prefix}{k}."))
-    return out
-
-
 def _fingerprint(run: Path) -> dict[str, Any]:
     digest, sample = hashlib.sha256(), {}
     for name in ("guidance.pt", "policy.pt"):
-        tensors = _tensors(torch.load(run / name, map_location="cpu", weights_only=True))
+        tensors = checkpoint_tensors(torch.load(run / name, map_location="cpu", weights_only=True))
         for key in sorted(tensors):
             t = tensors[key].detach().to(torch.float64).flatten().contiguous()
             digest.update(key.encode())

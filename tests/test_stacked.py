@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import checkpoint_tensors
 
 import modzoo
 import modzoo.plugins.idql
@@ -43,24 +44,11 @@ def _metrics(run: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _tensors(payload: Any, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every floating tensor of a checkpoint, optimizer state included, by path."""
-    out: dict[str, torch.Tensor] = {}
-    items = payload.items() if isinstance(payload, dict) else enumerate(payload) \
-        if isinstance(payload, (list, tuple)) else []
-    for k, v in items:
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            out[f"{prefix}{k}"] = v
-        elif isinstance(v, (dict, list, tuple)):
-            out.update(_tensors(v, f"{prefix}{k}."))
-    return out
-
-
 def _max_diff(a: Path, b: Path) -> float:
     worst = 0.0
     for name in ("guidance.pt", "policy.pt"):
-        ta = _tensors(torch.load(a / name, weights_only=True))
-        tb = _tensors(torch.load(b / name, weights_only=True))
+        ta = checkpoint_tensors(torch.load(a / name, weights_only=True))
+        tb = checkpoint_tensors(torch.load(b / name, weights_only=True))
         assert ta.keys() == tb.keys() and len(ta) > 10
         worst = max(worst, max(float((ta[k] - tb[k]).abs().max()) for k in ta))
     return worst
