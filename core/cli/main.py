@@ -132,7 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
                                guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
                                eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=seed,
-                               device=args.device, threads=args.threads, out=out, preset=args.preset))
+                               device=args.device, threads=args.threads, out=out, preset=args.preset,
+                               logger=args.logger))
     if not cfgs:
         return 0
     if len(cfgs) == 1:
@@ -149,7 +150,7 @@ def cmd_train_guidance(args: argparse.Namespace) -> int:
     out = args.out or _default_out("guidance", args.env, [args.guidance], args.seed)
     cfg = run_config(args.guidance, None, args.env, args.overrides, dataset=args.dataset, schedule="guidance-first",
                      guidance_steps=args.steps, seed=args.seed, device=args.device, threads=args.threads,
-                     out=out, preset=args.preset)
+                     out=out, preset=args.preset, logger=args.logger)
     result = train(cfg, progress=not args.no_progress)
     _report(result)
     print(f"guidance checkpoint: {Path(out) / 'guidance.pt'}")
@@ -291,6 +292,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _logger_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--logger", help="also log to tensorboard and/or wandb, comma-separated (metrics.jsonl is always "
+                                    "written; run.logger)")
+
+
 def _preset_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help=f"settings merged over the halves' defaults, before the key=value overrides "
                                     f"({', '.join(preset_names())}; see core/run/presets/)")
@@ -322,6 +328,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-episodes", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
     _preset_arg(p)
+    _logger_arg(p)
     p.add_argument("--out", help="run dir (default: runs/<task>/run-...)")
     p.add_argument("--resume", action="store_true",
                    help="continue the unfinished run in --out, with the same arguments (another setting is refused, "
@@ -344,6 +351,7 @@ def _add_train_guidance(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset")
     p.add_argument("--steps", type=int, default=None)
     _preset_arg(p)
+    _logger_arg(p)
     p.add_argument("--out")
     _common(p)
     p.add_argument("overrides", nargs="*")

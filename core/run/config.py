@@ -40,6 +40,9 @@ RUN_DEFAULTS: dict[str, Any] = {
                               # processes share the cores: spinning thread pools slow a step down up to 50x.
     "out": None,
     "log_every": 100,
+    "logger": "jsonl",        # where scalars go besides metrics.jsonl (always written): jsonl, tensorboard, wandb,
+                              # comma-separated (modzoo.run.loggers)
+    "wandb_project": "modzoo",  # the W&B project of run.logger=wandb
     "save_every": 0,          # 0: save training state only at phase ends
 }
 
@@ -142,7 +145,7 @@ def to_dict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 ADDED_KEYS: dict[str, Any] = {
     "guidance.obs_norm": "none", "policy.obs_norm": "none", "policy.act_temperature": 1.0,
     "guidance.target_every": 1, "guidance.update_every": 1, "guidance.init": "torch", "policy.init": "torch",
-    "policy.cond_dim": 0, "policy.cond_emb": 32,
+    "policy.cond_dim": 0, "policy.cond_emb": 32, "run.logger": "jsonl", "run.wandb_project": "modzoo",
 }
 
 _ABSENT = object()

@@ -31,6 +31,7 @@ from ..errors import AlreadyFinished, CheckpointError, ConfigError, PluginError,
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..contract.registry import load_registry
 from .halves import build_half, default_config
+from .loggers import Sink, open_sinks
 from .profiling import PhaseMeter
 from ..progress import progress_bar
 from ..blocks.utils import seed_everything
@@ -137,8 +138,12 @@ class RunResult:
 
 
 class _Logger:
-    def __init__(self, run_dir: Path | None) -> None:
+    """``metrics.jsonl`` (always, when there is a run dir) and the extra sinks of ``run.logger``, fed the same
+    records."""
+
+    def __init__(self, run_dir: Path | None, sinks: list[Sink] | None = None) -> None:
         self.path = run_dir / "metrics.jsonl" if run_dir else None
+        self.sinks = list(sinks or [])
 
     def truncate_after(self, phase: str | None, step: int) -> None:
         """On resume, drop what was logged after the restored state (it will be logged again), so the curve
@@ -167,6 +172,13 @@ class _Logger:
         except OSError as e:
             raise StorageError(f"could not append to {self.path}: {e.strerror or e}; free space (or fix the "
                                f"directory) and resume with --resume") from None
+        for sink in self.sinks:
+            sink.write(clean)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -320,7 +332,7 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
     if run_dir is not None:
         warn_if_short_of_space(run_dir, guidance, policy)
         _open_run_dir(run_dir, cfg)
-    log = _Logger(run_dir)
+    log = _Logger(run_dir, open_sinks(run_dir, cfg, (phase, start_step) if phase is not None else None))
     if resume:
         log.truncate_after(phase, start_step)
     plan: list[tuple[str, int]] = []
@@ -710,6 +722,7 @@ def _finish(run: ActiveRun, progress: bool) -> RunResult:
         atomic_write_text(run_dir / "result.json", json.dumps(summary, indent=2))
         if run.state_path is not None:
             run.state_path.unlink(missing_ok=True)
+    run.log.close()
     return result
 
 
@@ -724,7 +737,10 @@ def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume
     difference, and a finished run raises :class:`~modzoo.errors.AlreadyFinished` with no file changed.
     """
     run = setup_run(cfg, dataset, resume, guidance)
-    return train_group([run], Stepper([run]), progress, on_eval)[0]
+    try:
+        return train_group([run], Stepper([run]), progress, on_eval)[0]
+    finally:
+        run.log.close()  # an interrupted run's TensorBoard / W&B files keep what was logged up to then
 
 
 def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path | None = None,

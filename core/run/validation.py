@@ -25,6 +25,7 @@ from ..contract.normalization import OBS_NORMS
 from ..blocks.selection import RULES
 from ..contract.registry import load_registry
 from .halves import default_config
+from .loggers import check_available
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
         if section.get("name"):
             _check_section(kind, section, _half_defaults(kind, section["name"], r.get("task")), rules)
     _check_budget(r, bool((c.get("policy") or {}).get("name")), guidance_given)
+    check_available(r.get("logger"))
 
 
 def _check_pair(c: Mapping[str, Any]) -> None:
