@@ -1,6 +1,7 @@
 """The VP schedule and one reverse step of each sampler, against values computed by hand."""
 import math
 
+import pytest
 import torch
 
 from modzoo.blocks.diffusion import GaussianDiffusion, vp_beta_schedule
@@ -98,3 +99,105 @@ def test_sample_is_differentiable_and_bounded():
     assert a.shape == (8, 2) and a.abs().max() <= 1
     a.sum().backward()  # Diffusion-QL's Q term needs this gradient through the chain
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.parameters())
+
+
+# ---- samplers at inference: DDIM and DPM-Solver++ on a sub-grid of the training steps --------------------------
+class MixtureOracle(torch.nn.Module):
+    """The exact epsilon of the noised marginal of a 1-D Gaussian mixture: what a perfectly trained denoiser
+    predicts, so a sampler's own error is all that is left."""
+
+    def __init__(self, abar: torch.Tensor, mus: list[float], sds: list[float], ws: list[float]) -> None:
+        super().__init__()
+        self.abar, self.mus, self.sds, self.ws = abar, torch.tensor(mus), torch.tensor(sds), torch.tensor(ws)
+
+    def forward(self, x, t, obs, **_):  # type: ignore[no-untyped-def]
+        a = self.abar[t].unsqueeze(-1)
+        mean, var = a.sqrt() * self.mus, a * self.sds ** 2 + (1 - a)
+        logp = self.ws.log() - 0.5 * (2 * math.pi * var).log() - 0.5 * (x - mean) ** 2 / var
+        score = (torch.softmax(logp, -1) * (mean - x) / var).sum(-1, keepdim=True)
+        return -(1 - a).sqrt() * score
+
+
+def _mixture_diffusion(T: int = 100, sampler: str = "posterior") -> GaussianDiffusion:
+    d = GaussianDiffusion(torch.nn.Identity(), 1, T=T, schedule="linear_scaled", sampler=sampler, max_action=10.0)
+    d.model = MixtureOracle(d.alphas_cumprod, [-2.0, 1.5], [0.3, 0.5], [0.3, 0.7])
+    return d
+
+
+def test_ddim_with_eta_one_on_every_step_is_the_posterior_sampler() -> None:
+    d, obs = _mixture_diffusion(T=25), torch.zeros(512, 1)
+    ddpm = d.sample(obs, torch.Generator().manual_seed(3))
+    ddim = d.sample(obs, torch.Generator().manual_seed(3), sampler="ddim", steps=25, eta=1.0)
+    assert torch.allclose(ddim, ddpm, atol=1e-5)  # the same noise, step for step
+    other = d.sample(obs, torch.Generator().manual_seed(3), sampler="ddim", steps=25, eta=0.0)
+    assert (other - ddpm).abs().max() > 0.1  # the control: eta 0 is another chain
+
+
+def test_ddpm_and_ddim_eta_one_reach_the_mixture_moments() -> None:
+    """Ancestral DDPM and DDIM(eta=1) on all T steps both sample the data distribution (within Monte Carlo error)."""
+    d, obs = _mixture_diffusion(T=100), torch.zeros(40_000, 1)
+    true_mean, true_var = 0.3 * -2.0 + 0.7 * 1.5, 0.3 * (0.09 + 4.0) + 0.7 * (0.25 + 2.25) - 0.45 ** 2
+    for x in (d.sample(obs, torch.Generator().manual_seed(0)),
+              d.sample(obs, torch.Generator().manual_seed(1), sampler="ddim", steps=100, eta=1.0)):
+        assert float(x.mean()) == pytest.approx(true_mean, abs=0.05)
+        assert float(x.var()) == pytest.approx(true_var, rel=0.05)
+        assert float((x < 0).float().mean()) == pytest.approx(0.3, abs=0.01)
+
+
+def test_ddim_with_eta_zero_is_deterministic_given_the_start_noise() -> None:
+    d, obs = _mixture_diffusion(T=50), torch.zeros(64, 1)
+    g = torch.Generator().manual_seed(5)
+    x = d.sample(obs, g, sampler="ddim", steps=10, eta=0.0)
+    after = g.get_state()
+    g2 = torch.Generator().manual_seed(5)
+    torch.randn((64, 1), generator=g2)  # exactly one draw: x_T
+    assert torch.equal(after, g2.get_state())
+    assert torch.equal(x, d.sample(obs, torch.Generator().manual_seed(5), sampler="ddim", steps=10, eta=0.0))
+    noisy = torch.Generator().manual_seed(5)
+    d.sample(obs, noisy, sampler="ddim", steps=10, eta=0.5)
+    assert not torch.equal(noisy.get_state(), after)  # eta > 0 draws step noise
+
+
+def test_dpm_solver_converges_to_the_mixture_as_steps_grow() -> None:
+    d, obs = _mixture_diffusion(T=100), torch.zeros(40_000, 1)
+    true_var = 0.3 * (0.09 + 4.0) + 0.7 * (0.25 + 2.25) - 0.45 ** 2
+    errs = []
+    for steps in (5, 10, 20):
+        x = d.sample(obs, torch.Generator().manual_seed(0), sampler="dpm_solver++", steps=steps)
+        errs.append(abs(float(x.var()) - true_var) / true_var)
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 0.05, errs
+    assert float((x < 0).float().mean()) == pytest.approx(0.3, abs=0.01)  # both modes, in their weights
+
+
+def test_step_grid_is_an_even_subsequence_of_the_training_steps() -> None:
+    from modzoo.blocks.diffusion import step_grid
+
+    assert step_grid(100, 5) == [99, 74, 50, 25, 0]
+    assert step_grid(5, 5) == [4, 3, 2, 1, 0] and step_grid(5, 1) == [4]
+    with pytest.raises(ValueError, match="sample_steps must be in 1..T=5"):
+        step_grid(5, 6)
+
+
+def test_a_policy_acts_with_the_inference_sampler_on_fewer_steps() -> None:
+    """``policy.act_sampler`` / ``sample_steps`` change only acting: the chain calls the denoiser once per grid
+    point, and a bad combination is refused with the settings."""
+    import modzoo
+    from modzoo.errors import ConfigError
+
+    policy = modzoo.make_policy("edp", 11, 3, hidden=16, act_sampler="dpm_solver++", sample_steps=10, candidates=1)
+    calls = []
+    chain = policy.ema_diffusion if policy.cfg["act_model"] == "ema" else policy.diffusion
+    real, real_step = chain.model.forward, chain.model.chain_step  # the trained chain steps through chain_step
+    chain.model.forward = lambda *a, **k: calls.append(1) or real(*a, **k)
+    chain.model.chain_step = lambda *a, **k: calls.append(1) or real_step(*a, **k)
+    a = policy.act(torch.zeros(4, 11))
+    assert a.shape == (4, 3) and len(calls) == 10 and policy.cfg["T"] == 100
+    calls.clear()
+    policy.cfg["act_sampler"], policy.cfg["sample_steps"] = "trained", 0
+    policy.act(torch.zeros(4, 11))
+    assert len(calls) == 100  # the trained chain: all T steps
+    with pytest.raises(ConfigError, match="sample_steps=200 is more than the policy's T=100"):
+        modzoo.run_config("dql", "edp", "bullet-hopper-medium-v0", ["policy.sample_steps=200",
+                                                                    "policy.act_sampler=ddim"])
+    with pytest.raises(ConfigError, match="needs a sampler that skips steps"):
+        modzoo.run_config("dql", "edp", "bullet-hopper-medium-v0", ["policy.sample_steps=10"])

@@ -8,11 +8,24 @@ detail, kept here as two named variants so that each plugin reproduces its paper
 - ``"eps_clip"`` (IDQL): x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z, then
   clip x_{t-1} to [-1, 1] at every step.
 
-Schedule constants are precomputed once as buffers, so a step is a handful of fused tensor ops with no host sync.
+At inference a policy may sample with fewer steps than it was trained with (``sample(..., sampler=, steps=)``),
+on a subsequence of the T training steps:
+
+- ``"ddim"`` (Song, Meng, Ermon 2021): x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps' + sigma z with
+  sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s), x0 clipped to the action range and eps'
+  re-derived from it. eta = 1 on all T steps is the ``"posterior"`` sampler step for step; eta = 0 is
+  deterministic given x_T.
+- ``"dpm_solver++"`` (Lu et al. 2022, arXiv:2211.01095): the second-order multistep solver in data prediction
+  (2M), on the grid's log-SNR lambda = log(sqrt(abar) / sqrt(1 - abar)); first order on its first step; x0
+  predictions clipped to the action range (thresholding).
+
+Both end as the DDPM chains do, at the x0 predicted from the last grid point (t = 0). Schedule constants are
+precomputed once as buffers, so a step is a handful of fused tensor ops with no host sync.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +34,17 @@ from ..contract import rng
 from .nets import Denoiser
 
 SAMPLERS = ("posterior", "eps_clip")
+#: samplers for inference on a subsequence of the training steps (see the module docstring)
+FAST_SAMPLERS = ("ddim", "dpm_solver++")
+
+
+def step_grid(T: int, steps: int) -> list[int]:
+    """``steps`` training-step indices from T-1 down to 0, evenly spaced (the chain's grid at inference)."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"sample_steps must be in 1..T={T}, got {steps}")
+    if steps == 1:
+        return [T - 1]
+    return sorted({round(i * (T - 1) / (steps - 1)) for i in range(steps)}, reverse=True)
 
 
 def vp_beta_schedule(T: int, b_min: float = 0.1, b_max: float = 10.0) -> torch.Tensor:
@@ -148,13 +172,18 @@ class GaussianDiffusion(nn.Module):
         return x.clamp(-self.max_action, self.max_action)
 
     def sample(self, obs: torch.Tensor, generator: rng.Gen = None,
-               guide=None, init_scale: float = 1.0) -> torch.Tensor:
+               guide=None, init_scale: float = 1.0, sampler: str | None = None, steps: int | None = None,
+               eta: float = 0.0) -> torch.Tensor:
         """Run the reverse chain from N(0, init_scale^2 I) for each row of ``obs``: returns (B, act_dim).
 
         ``guide``, if given, maps (x_t, t, obs) -> eps and replaces the plain denoiser call (classifier-free or
         energy guidance plug in here without a second sampler). ``init_scale`` < 1 starts the chain nearer the
         mode (CleanDiffuser's sampling ``temperature``: it scales x_T only, not the noise of each step).
+        ``sampler`` / ``steps`` / ``eta``: another sampler than the trained one (:data:`FAST_SAMPLERS`) on
+        ``steps`` of the T steps (None: all), DDIM's ``eta``; unset, the chain is the trained one.
         """
+        if sampler is not None and (sampler != self.sampler or (steps or self.T) != self.T):
+            return self._sample_fast(obs, generator, guide, init_scale, sampler, steps or self.T, eta)
         b = obs.shape[0]
         # A denoiser may precompute what the T steps share (the state's part of its first layer, the T time
         # embeddings): see MLPDenoiser.chain_context. Same function, less work per step.
@@ -172,3 +201,49 @@ class GaussianDiffusion(nn.Module):
                 eps = self.model.chain_step(x, t, ctx)
             x = self.p_step(x, t, obs, noise, eps=eps)
         return x.clamp(-self.max_action, self.max_action)
+
+    def _eps(self, x: torch.Tensor, t: int, obs: torch.Tensor, guide: Any, ctx: Any) -> torch.Tensor:
+        if ctx is not None:
+            return self.model.chain_step(x, t, ctx)
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        return guide(x, tt, obs) if guide is not None else self.model(x, tt, obs)
+
+    def _sample_fast(self, obs: torch.Tensor, generator: rng.Gen, guide: Any, init_scale: float, sampler: str,
+                     steps: int, eta: float) -> torch.Tensor:
+        """DDIM or DPM-Solver++(2M) on :func:`step_grid` (see the module docstring)."""
+        if sampler == "posterior":
+            sampler, eta = "ddim", 1.0  # the posterior step on a sub-grid is DDIM's eta = 1 step
+        if sampler not in FAST_SAMPLERS:
+            raise ValueError(f"sampler {sampler!r} cannot take a sub-grid of the T={self.T} training steps; use "
+                             f"one of {', '.join(FAST_SAMPLERS)} (or posterior)")
+        b, lim = obs.shape[0], self.max_action
+        grid = step_grid(self.T, steps)
+        abar = self.alphas_cumprod
+        chain_context = getattr(self.model, "chain_context", None) if guide is None else None
+        ctx = chain_context(obs, self.T) if chain_context is not None else None
+        x = rng.randn((b, self.act_dim), generator, obs.device)
+        if init_scale != 1.0:
+            x = x * init_scale
+        prev_x0, prev_h = None, None
+        for i, t in enumerate(grid):
+            eps = self._eps(x, t, obs, guide, ctx)
+            x0 = self.predict_x0(x, torch.full((b,), t, device=x.device, dtype=torch.long), eps)
+            if i == len(grid) - 1:
+                return x0  # from the last grid point (t = 0 on a full grid) to the data: x0
+            s = grid[i + 1]
+            a_t, a_s = abar[t], abar[s]
+            if sampler == "ddim":
+                eps_hat = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+                sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
+                x = a_s.sqrt() * x0 + (1 - a_s - sigma ** 2).clamp(min=0).sqrt() * eps_hat
+                if eta > 0:
+                    x = x + sigma * rng.randn((b, self.act_dim), generator, obs.device)
+                continue
+            lam_t = 0.5 * (a_t.log() - (1 - a_t).log())
+            lam_s = 0.5 * (a_s.log() - (1 - a_s).log())
+            h = lam_s - lam_t
+            # D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}, r = h_{i-1} / h_i (DPM-Solver++(2M), Lu et al. Alg. 2)
+            d = x0 if prev_x0 is None else (1 + h / (2 * prev_h)) * x0 - h / (2 * prev_h) * prev_x0
+            x = ((1 - a_s) / (1 - a_t)).sqrt() * x - a_s.sqrt() * torch.expm1(-h) * d
+            prev_x0, prev_h = x0, h
+        return x.clamp(-lim, lim)  # pragma: no cover - the loop returns at its last grid point

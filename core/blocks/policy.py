@@ -107,18 +107,18 @@ class DDPMPolicy(DiffusionPolicy):
 
     # ---- DiffusionPolicy -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, obs: torch.Tensor, n: int = 1, model: str | None = None, init_scale: float = 1.0
-               ) -> torch.Tensor:
+    def sample(self, obs: torch.Tensor, n: int = 1, model: str | None = None, init_scale: float = 1.0,
+               sampler: str | None = None, steps: int | None = None, eta: float = 0.0) -> torch.Tensor:
         """Candidates from the model named by ``model`` or ``cfg['act_model']``: ``ema`` (IDQL acts with its
-        EMA score model) or ``live`` (Diffusion-QL's ``sample_action`` uses the live actor). ``init_scale``: see
-        :meth:`GaussianDiffusion.sample`."""
+        EMA score model) or ``live`` (Diffusion-QL's ``sample_action`` uses the live actor). ``init_scale``,
+        ``sampler``, ``steps``, ``eta``: see :meth:`GaussianDiffusion.sample`."""
         b = obs.shape[0]
         rep = obs.repeat_interleave(n, dim=0)
         diffusion = self.ema_diffusion if (model or self.cfg["act_model"]) == "ema" else self.diffusion
         was_training = diffusion.training
         diffusion.eval()  # no dropout while sampling
         out = diffusion.sample(rep, generator=self.gen(), guide=self.sampling_guide(diffusion, rep),
-                               init_scale=init_scale)
+                               init_scale=init_scale, sampler=sampler, steps=steps, eta=eta)
         diffusion.train(was_training)
         return out.reshape(b, n, self.act_dim)
 
@@ -126,7 +126,10 @@ class DDPMPolicy(DiffusionPolicy):
         """The n actions per state that acting chooses among: (B, n, act_dim). Only acting starts the chain at
         ``act_temperature``; the samples inside losses and TD targets keep N(0, I), as in the GFDT authors'
         pipelines (temperature 1.0 there, the config's temperature at inference)."""
-        return self.sample(obs, n, init_scale=float(self.cfg["act_temperature"]))
+        sampler = self.cfg["act_sampler"]
+        return self.sample(obs, n, init_scale=float(self.cfg["act_temperature"]),
+                           sampler=None if sampler == "trained" else sampler,
+                           steps=int(self.cfg["sample_steps"]) or None, eta=float(self.cfg["ddim_eta"]))
 
     def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Diffusion-QL's TD-target action: one sample of the EMA actor."""

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig
 
 from .config import RUN_DEFAULTS, SCHEDULES, to_dict
-from ..blocks.diffusion import SAMPLERS, SCHEDULES as NOISE_SCHEDULES
+from ..blocks.diffusion import FAST_SAMPLERS, SAMPLERS, SCHEDULES as NOISE_SCHEDULES
 from ..errors import ConfigError
 from ..blocks.nets import ACTIVATIONS, INITS
 from ..contract.normalization import OBS_NORMS
@@ -101,7 +101,9 @@ POLICY_RULES: dict[str, Rule] = {
     **_HALF_RULES, "T": at_least(1), "schedule": one_of(*NOISE_SCHEDULES), "sampler": one_of(*SAMPLERS),
     "denoiser": one_of("mlp", "ln_resnet"), "loss_reduce": one_of("mean", "sum"), "act_model": one_of("ema", "live"),
     "candidates": at_least(1), "selection": one_of(*RULES), "tau": UNIT, "temperature": at_least(0),
-    "act_temperature": at_least(0), "ema_decay": UNIT, "ema_every": at_least(1), "ema_start": at_least(0),
+    "act_temperature": at_least(0), "act_sampler": one_of("trained", "posterior", *FAST_SAMPLERS),
+    "sample_steps": at_least(0), "ddim_eta": UNIT, "ema_decay": UNIT, "ema_every": at_least(1),
+    "ema_start": at_least(0),
     "depth": at_least(1), "blocks": at_least(1), "t_dim": at_least(1),
     "dropout": Rule(low=0, high=1, high_open=True), "cond_dim": at_least(0), "cond_emb": at_least(1),
 }
@@ -181,7 +183,22 @@ def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
         if section.get("name"):
             _check_section(kind, section, _half_defaults(kind, section["name"], r.get("task")), rules)
     _check_budget(r, bool((c.get("policy") or {}).get("name")), guidance_given)
+    check_sample_steps(c.get("policy") or {})
     check_available(r.get("logger"))
+
+
+def check_sample_steps(policy: Mapping[str, Any]) -> None:
+    """A chain at inference takes at most the T steps the policy trains with, and fewer only with a sampler that
+    can skip steps."""
+    steps, T = int(policy.get("sample_steps") or 0), policy.get("T")
+    if not steps or T is None:
+        return
+    if steps > int(T):
+        raise ConfigError(f"policy.sample_steps={steps} is more than the policy's T={T} diffusion steps; use 0 (all "
+                          f"of them) or a number up to {T}")
+    if steps < int(T) and policy.get("act_sampler", "trained") == "trained":
+        raise ConfigError(f"policy.sample_steps={steps} < T={T} needs a sampler that skips steps: set "
+                          f"policy.act_sampler to ddim or dpm_solver++ (or posterior, DDIM with eta 1)")
 
 
 def _check_pair(c: Mapping[str, Any]) -> None:
