@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import gymnasium
 import numpy as np
 
 from .envs import env_dims
+from . import minari_data
+from .minari_data import is_minari_id
 from .tasks import MAX_EPISODE_STEPS, TASKS, Task, task_of
 from ..errors import DatasetError, EnvError
 from .scores import DATASET_URLS
@@ -223,7 +226,8 @@ def attr_value(v: Any) -> Any:
     return v
 
 
-def _read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A D4RL-layout file's arrays (as stored, before transitions are built) and its attributes."""
     import h5py
 
     if not path.exists():
@@ -343,8 +347,10 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
     The task (which env the data belongs to) is, in order: the ``task`` argument, the file's ``task``
     attribute, or the file name (D4RL's ``bullet-hopper_medium.hdf5`` or ``bullet-hopper-medium-v0.hdf5``).
     """
+    if is_minari_id(str(name_or_path)) and not Path(str(name_or_path)).expanduser().exists():
+        return _load_minari(str(name_or_path))
     path, t = _resolve(str(name_or_path), task)
-    raw, attrs = _read_raw(path)
+    raw, attrs = read_raw(path)
     if not t:
         t = str(attrs.get("task") or "") or (task_from_filename(path) or "")
     if not t:
@@ -369,6 +375,34 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
         name=t, path=str(path), attrs=attrs, fingerprint=fp,
         raw_episode_returns=rets, raw_episode_lengths=lens, **tr,
     )
+
+
+def _load_minari(dataset_id: str) -> Dataset:
+    """A Minari dataset as a :class:`Dataset`, checked against the env it is evaluated on."""
+    t = task_of(dataset_id)
+    tr = minari_data.episodes(dataset_id)
+    rets, lens = tr.pop("episode_returns"), tr.pop("episode_lengths")
+    env_obs, env_act = _env_dims_of(t)
+    if (tr["observations"].shape[1], tr["actions"].shape[1]) != (env_obs, env_act):
+        raise DatasetError(f"Minari dataset {dataset_id!r}: its data has observation/action dims "
+                           f"{tr['observations'].shape[1]}/{tr['actions'].shape[1]} but its evaluation env "
+                           f"{t.env_id} has {env_obs}/{env_act}; the dataset does not belong to that env")
+    if abs(t.act_high - 1.0) > 1e-6:
+        raise DatasetError(f"Minari dataset {dataset_id!r}: actions span +-{t.act_high:g}, but modzoo's policies "
+                           f"act in [-1, 1] (D4RL's locomotion range); rescale the dataset's actions first")
+    fp = fingerprint_arrays(tr["observations"], tr["actions"], tr["rewards"], tr["next_observations"], tr["terminals"])
+    return Dataset(name=dataset_id, path=str(minari_data.datasets_path() / dataset_id),
+                   attrs={"task": dataset_id, "source": "minari", "env_id": t.env_id}, fingerprint=fp,
+                   raw_episode_returns=rets, raw_episode_lengths=lens, **tr)
+
+
+def _env_dims_of(t: Any) -> tuple[int, int]:
+    """The evaluation env's own observation and action sizes (the env is built, not stepped)."""
+    env = gymnasium.make(t.spec(), disable_env_checker=True)
+    try:
+        return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+    finally:
+        env.close()
 
 
 def write_d4rl_file(
@@ -420,3 +454,54 @@ def write_d4rl_file(
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def raw_episodes(raw: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """A D4RL-layout file's rows split into episodes (at ``terminals | timeouts``), each as Minari stores one:
+    ``observations`` (n + 1, the last one the episode's final next observation), ``actions``, ``rewards``,
+    ``terminations``, ``truncations`` (n each). A file without ``next_observations`` cannot give an episode's
+    last observation, so its last step is dropped."""
+    ends = np.flatnonzero(episode_boundaries(raw["terminals"], raw.get("timeouts")))
+    n_rows, out, start = len(raw["rewards"]), [], 0
+    bounds = [int(e) + 1 for e in ends] + ([n_rows] if not len(ends) or ends[-1] + 1 < n_rows else [])
+    nxt = raw.get("next_observations")
+    for end in bounds:
+        rows = slice(start, end)
+        last = end - 1
+        if nxt is not None:
+            obs = np.concatenate([raw["observations"][rows], nxt[last:last + 1]])
+            cut = end
+        else:
+            obs, cut = raw["observations"][rows], end - 1
+        n = cut - start
+        if n >= 1:
+            term = raw["terminals"][start:cut].astype(bool)
+            trunc = np.zeros(n, dtype=bool)
+            trunc[-1] = not term[-1]  # not a fall: the time limit, the file's end, or a step dropped above
+            out.append({"observations": obs.astype(np.float32), "actions": raw["actions"][start:cut].astype(np.float32),
+                        "rewards": raw["rewards"][start:cut].astype(np.float64).reshape(-1), "terminations": term,
+                        "truncations": trunc})
+        start = end
+    return out
+
+
+def export_minari(task: str, dataset_id: str | None = None, path: str | os.PathLike[str] | None = None) -> str:
+    """Write a modzoo Bullet dataset as a Minari dataset (``modzoo data export-minari``), so Minari readers
+    (d3rlpy, torchrl) can train on it; its env spec is modzoo's ``modzoo/bullet-<robot>-v0``, its reference scores
+    D4RL's, and the file's recipe attributes go into the description."""
+    t = task_of(task)
+    if not isinstance(t, Task):
+        raise DatasetError(f"{task!r} is already a Minari dataset")
+    src = Path(path).expanduser() if path else dataset_path(t)
+    raw, attrs = read_raw(src)
+    eps = raw_episodes(raw)
+    dataset_id = dataset_id or f"modzoo/{t.robot}/{t.level}-v0"
+    if not minari_data.is_minari_id(dataset_id):
+        raise DatasetError(f"--out {dataset_id!r} is not a Minari id namespace/name-vN (e.g. modzoo/hopper/medium-v0)")
+    from .scores import REF_MAX_SCORE, REF_MIN_SCORE
+
+    recipe = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}
+    minari_data.write(dataset_id, eps, env_id=t.env_id, ref_min_score=REF_MIN_SCORE[t.name],
+                      ref_max_score=REF_MAX_SCORE[t.name], algorithm=str(attrs.get("behaviour") or "modzoo collect"),
+                      description=f"modzoo {t.name} ({src.name}); recipe: {json.dumps(recipe, default=str)}")
+    return dataset_id

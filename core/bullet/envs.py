@@ -25,17 +25,21 @@ import gymnasium
 import numpy as np
 
 from ..errors import EnvError
-from .tasks import MAX_EPISODE_STEPS, ROBOTS, Task, robot_of, unknown_task
+from .tasks import MAX_EPISODE_STEPS, ROBOTS, AnyTask, MinariTask, Task, robot_of, task_of, unknown_task
 
 def env_id(task_or_robot: str | Task) -> str:
     """The gymnasium id for a task or robot: ``bullet-hopper-medium-v0`` -> ``modzoo/bullet-hopper-v0``."""
     return f"modzoo/bullet-{robot_of(task_or_robot)}-v0"
 
 
-def env_dims(task_or_robot: str | Task) -> tuple[int, int]:
-    """``(obs_dim, act_dim)`` of a task's env, from the static table (no physics client is started)."""
-    _, obs_dim, act_dim = ROBOTS[robot_of(task_or_robot)]
-    return obs_dim, act_dim
+def env_dims(task_or_robot: str | AnyTask) -> tuple[int, int]:
+    """``(obs_dim, act_dim)`` of a task's env, from the static table or the Minari dataset's spaces (no physics
+    client is started)."""
+    if isinstance(task_or_robot, str) and (task_or_robot in ROBOTS or task_or_robot.startswith("modzoo/bullet-")):
+        _, obs_dim, act_dim = ROBOTS[robot_of(task_or_robot)]
+        return obs_dim, act_dim
+    t = task_of(task_or_robot)
+    return t.obs_dim, t.act_dim
 
 
 @contextlib.contextmanager
@@ -130,10 +134,6 @@ class BulletLocomotionEnv(gymnasium.Env):
             self._inner = None
 
 
-def _make_robot(robot: str, render_mode: str | None = None) -> BulletLocomotionEnv:
-    return BulletLocomotionEnv(robot, render_mode=render_mode)
-
-
 def register_envs() -> None:
     """Register ``modzoo/bullet-<robot>-v0`` for the four robots; safe to call any number of times."""
     for robot in ROBOTS:
@@ -142,21 +142,29 @@ def register_envs() -> None:
             continue
         gymnasium.register(
             id=eid,
-            entry_point=_make_robot,
+            entry_point="modzoo.bullet.envs:BulletLocomotionEnv",  # a string: the spec serializes (Minari)
             max_episode_steps=MAX_EPISODE_STEPS,
             kwargs={"robot": robot},
         )
 
 
-def make_env(task: str | Task, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
-    """Make the env of a task (or robot), with the 1000-step time limit.
+def make_env(task: str | AnyTask, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
+    """Make the env of a task (or robot), with the 1000-step time limit; a Minari task's is the evaluation env
+    its dataset records.
 
     With ``seed`` the env is reset once with it and its action space seeded, so a following ``reset()``
     without a seed continues a reproducible stream. gymnasium's passive checker is left off: the env is
     checked by the test suite, and the checker costs time on every step of data collection.
     """
     register_envs()
-    env = gymnasium.make(env_id(task), render_mode=render_mode, disable_env_checker=True)
+    t = task if isinstance(task, MinariTask) else None
+    if t is None and isinstance(task, str) and task not in ROBOTS and not task.startswith("modzoo/bullet-"):
+        parsed = task_of(task)
+        t = parsed if isinstance(parsed, MinariTask) else None
+    if t is not None:  # the evaluation env recorded in the Minari dataset (e.g. gymnasium's MuJoCo Hopper-v5)
+        env = gymnasium.make(t.spec(), render_mode=render_mode, disable_env_checker=True)
+    else:
+        env = gymnasium.make(env_id(task), render_mode=render_mode, disable_env_checker=True)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

@@ -8,13 +8,15 @@ path instead, without importing the package.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import EnvError, ModzooError
-from .tasks import ROBOTS, Task, robot_of
+from .minari_data import is_minari_id
+from .tasks import ROBOTS, AnyTask, MinariTask, Task, robot_of, task_of
 
 _BASE = "http://rail.eecs.berkeley.edu/datasets/offline_rl/bullet/"
 _ROBOT_MIN_MAX = {
@@ -56,6 +58,21 @@ for _maze, (_lo, _hi) in {
     REF_MAX_SCORE[_name] = _hi
 
 
+_WARNED_RAW: set[str] = set()
+
+
+def _refs(name: str | AnyTask) -> tuple[float | None, float | None]:
+    if isinstance(name, MinariTask) or (isinstance(name, str) and is_minari_id(name)):
+        t = task_of(name)
+        if (t.ref_min_score is None or t.ref_max_score is None) and t.name not in _WARNED_RAW:
+            _WARNED_RAW.add(t.name)
+            warnings.warn(f"Minari dataset {t.name!r} has no ref_min_score / ref_max_score: its 'normalized' "
+                          f"scores are raw returns", stacklevel=3)
+        return t.ref_min_score, t.ref_max_score
+    key = _ref_name(name)
+    return REF_MIN_SCORE[key], REF_MAX_SCORE[key]
+
+
 def _ref_name(name: str | Task) -> str:
     """Accept a task (name or value), or a robot / env id (all levels of a robot share the references)."""
     name = str(name)
@@ -72,13 +89,17 @@ def _ref_name(name: str | Task) -> str:
     )
 
 
-def normalized_score(name: str | Task, raw_return: Any) -> Any:
+def normalized_score(name: str | AnyTask, raw_return: Any) -> Any:
     """D4RL normalized score x 100 (as papers report): ``100 * (R - min) / (max - min)``.
 
-    ``raw_return`` may be a number or an array; a float comes back for a scalar, an array otherwise.
+    ``raw_return`` may be a number or an array; a float comes back for a scalar, an array otherwise. A Minari
+    task normalizes with its dataset's ``ref_min_score`` / ``ref_max_score``; one without them gives the raw
+    returns back, and says so once.
     """
-    key = _ref_name(name)
-    lo, hi = REF_MIN_SCORE[key], REF_MAX_SCORE[key]
+    lo, hi = _refs(name)
+    if lo is None or hi is None:
+        out = np.asarray(raw_return, dtype=np.float64)
+        return float(out) if out.ndim == 0 else out
     out = 100.0 * (np.asarray(raw_return, dtype=np.float64) - lo) / (hi - lo)
     return float(out) if out.ndim == 0 else out
 

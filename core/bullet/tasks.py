@@ -7,10 +7,13 @@ second kind of task source (a Minari dataset id, say) can become another constru
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from ..errors import EnvError
+from . import minari_data
 
 #: robot -> (pybullet_envs_gymnasium class name, obs_dim, act_dim). The dims are the pybullet robots'
 #: fixed sizes; tests check them against the live spaces, so no physics client is needed to know them.
@@ -53,11 +56,41 @@ class Task:
         return self.name
 
 
+@dataclass(frozen=True)
+class MinariTask:
+    """A task whose data is a Minari dataset: dims, evaluation env and reference scores all come from it."""
+
+    name: str
+    obs_dim: int
+    act_dim: int
+    env_spec: str  # the evaluation env's gymnasium EnvSpec, as JSON
+    ref_min_score: float | None
+    ref_max_score: float | None
+    act_high: float = 1.0
+
+    @property
+    def env_id(self) -> str:
+        return str(json.loads(self.env_spec)["id"])
+
+    def spec(self) -> Any:
+        """The gymnasium ``EnvSpec`` to evaluate on."""
+        import gymnasium
+
+        return gymnasium.envs.registration.EnvSpec.from_json(self.env_spec)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+AnyTask = Task | MinariTask
+
+
 def unknown_task(name: str) -> EnvError:
     """The one-line error for a name that is no task or robot, listing the known ones."""
     return EnvError(
         f"unknown task or robot {name!r}: use one of the robots {', '.join(ROBOTS)} or a task "
-        f"bullet-<robot>-<level>-v0 with level in {', '.join(LEVELS)} (e.g. bullet-hopper-medium-v0)"
+        f"bullet-<robot>-<level>-v0 with level in {', '.join(LEVELS)} (e.g. bullet-hopper-medium-v0), or a Minari "
+        f"dataset id namespace/name-vN"
     )
 
 
@@ -66,15 +99,28 @@ def _parse(name: str) -> Task:
     if name in TASKS:
         robot, _, level = name[len("bullet-"): -len("-v0")].partition("-")
         return Task(name, robot, level)
+    if minari_data.is_minari_id(name):
+        return MinariTask(name, **minari_data.metadata(name))
     raise unknown_task(name)
 
 
-def task_of(task: str | Task) -> Task:
-    """The :class:`Task` of a task name (a ``Task`` passes through as it is).
+def task_of(task: str | AnyTask) -> AnyTask:
+    """The task value of a task name: a :class:`Task` for a D4RL ``bullet-*`` name, a :class:`MinariTask` for a
+    Minari dataset id (a task value passes through as it is).
 
-    Raises :class:`EnvError` listing the known names for anything that is not one of :data:`TASKS`.
+    Raises :class:`EnvError` listing the known names for anything else, a
+    :class:`~modzoo.errors.DatasetError` for a Minari id that cannot be read.
     """
-    return task if isinstance(task, Task) else _parse(str(task))
+    return task if isinstance(task, (Task, MinariTask)) else _parse(str(task))
+
+
+def bullet_task(task: str | AnyTask, what: str) -> Task:
+    """``task`` as a Bullet task, or one line saying that ``what`` exists for Bullet tasks only."""
+    t = task_of(task)
+    if not isinstance(t, Task):
+        raise EnvError(f"{what} works on modzoo's Bullet tasks (bullet-<robot>-<level>-v0), not the Minari dataset "
+                       f"{t.name!r}")
+    return t
 
 
 def robot_of(task_or_robot: str | Task) -> str:
@@ -87,4 +133,4 @@ def robot_of(task_or_robot: str | Task) -> str:
         robot = task_or_robot[len("modzoo/bullet-"): -len("-v0")]
         if robot in ROBOTS:
             return robot
-    return task_of(task_or_robot).robot
+    return bullet_task(task_or_robot, "a robot").robot

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, EnvError, ModzooError
-from ..bullet.data import dataset_path, load_dataset
+from ..bullet import minari_data
+from ..bullet.data import dataset_path, export_minari, load_dataset
+from ..bullet.minari_data import is_minari_id
 from ..bullet.tasks import robot_of, task_of
 from ..progress import progress_bar
 from ..bullet.scores import DATASET_URLS, normalized_score
@@ -36,14 +38,21 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sub.required = True
 
-    p = sub.add_parser("fetch", help="download a dataset from D4RL's server (needs network)")
-    p.add_argument("name", metavar="NAME", help="task name, e.g. bullet-hopper-medium-v0")
+    p = sub.add_parser("fetch", help="download a dataset from D4RL's server, or a Minari id through Minari (network)")
+    p.add_argument("name", metavar="NAME", help="task name, e.g. bullet-hopper-medium-v0, or a Minari id such as "
+                                                "mujoco/hopper/medium-v0")
     p.add_argument("--out", help="file to write (default: the D4RL cache path)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")
     p.add_argument("--url", help="download from this URL instead of D4RL's")
     p.add_argument("--sha256", help="expected sha256 of the file (D4RL publishes none); a mismatch keeps nothing")
     p.add_argument("--force", action="store_true", help="replace an existing file at the destination")
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("export-minari", help="write a modzoo Bullet dataset as a Minari dataset (needs minari[create])")
+    p.add_argument("name", metavar="TASK", help="task name, e.g. bullet-hopper-medium-v0")
+    p.add_argument("--out", help="the Minari id to create (default modzoo/<robot>/<level>-v0)")
+    p.add_argument("--file", help="the D4RL-format file to export (default: the task's file in the D4RL cache)")
+    p.set_defaults(func=cmd_export_minari)
 
     p = sub.add_parser("collect", help="generate a dataset with modzoo's behaviour policies (no network)")
     p.add_argument("name", metavar="NAME", help="task name, e.g. bullet-hopper-medium-v0")
@@ -87,8 +96,22 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------------ fetch
+def cmd_export_minari(args: argparse.Namespace) -> int:
+    dataset_id = export_minari(args.name, args.out, args.file)
+    ds = load_dataset(dataset_id)
+    print(f"wrote Minari dataset {dataset_id} to {minari_data.datasets_path() / dataset_id}: {len(ds)} transitions, "
+          f"{len(ds.episode_returns())} episodes (load it with minari.load_dataset({dataset_id!r}))")
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
-    """Download D4RL's file to a temp name, hash it, validate it loads, then rename into place."""
+    """Download D4RL's file to a temp name, hash it, validate it loads, then rename into place; a Minari id is
+    fetched by Minari's own download."""
+    if is_minari_id(args.name):
+        where = minari_data.fetch(args.name)
+        ds = load_dataset(args.name)
+        print(f"fetched {args.name} to {where}: {len(ds)} transitions, {len(ds.episode_returns())} episodes")
+        return 0
 
     try:
         task_of(args.name)

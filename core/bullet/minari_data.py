@@ -1,0 +1,140 @@
+"""Minari datasets (the Farama Foundation's offline-RL format) as a second source of tasks and data.
+
+A Minari id (``namespace/name-vN``, e.g. ``mujoco/hopper/medium-v0``) names a dataset in
+``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``). Everything modzoo needs is in the dataset itself: its
+observation and action spaces, the env it was recorded on (``env_spec``) and the one to evaluate on
+(``eval_env_spec``), and, when the creator gave them, the returns that normalize a score to 0 and 100
+(``ref_min_score`` / ``ref_max_score``). Transitions are built as for D4RL files: Minari's ``terminations`` are
+terminals (no bootstrap), its ``truncations`` are not (time limits), and no transition crosses an episode.
+
+``minari`` is an optional dependency (``pip install 'modzoo[minari]'``); without it a Minari id is refused in one
+line. Creating datasets (``modzoo data export-minari``, ``minari.DataCollector``) needs ``minari[create]``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DatasetError
+
+#: ``namespace/name-vN`` (namespaces may nest: ``mujoco/hopper/medium-v0``)
+_ID = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/[A-Za-z0-9_.-]+-v\d+$")
+
+
+def is_minari_id(name: str) -> bool:
+    """Whether ``name`` is shaped like a Minari dataset id (modzoo's own gym ids ``modzoo/bullet-*`` are not)."""
+    return bool(_ID.match(name)) and not name.startswith("modzoo/bullet-")
+
+
+def datasets_path() -> Path:
+    return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+
+
+def _minari() -> Any:
+    try:
+        import minari
+    except ImportError:
+        raise DatasetError("Minari datasets need the minari package: pip install 'modzoo[minari]'") from None
+    return minari
+
+
+def open_dataset(dataset_id: str) -> Any:
+    """The ``minari.MinariDataset`` of a local id, or one line saying where it was looked for and how to get it."""
+    minari = _minari()
+    if dataset_id not in minari.list_local_datasets():
+        raise DatasetError(f"Minari dataset {dataset_id!r} is not in {datasets_path()} ($MINARI_DATASETS_PATH): "
+                           f"fetch it with `modzoo data fetch {dataset_id}` (network), or create it with "
+                           f"minari.DataCollector")
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as e:  # minari raises several kinds for a damaged dataset
+        raise DatasetError(f"Minari dataset {dataset_id!r} could not be read: {str(e).splitlines()[0]}") from None
+
+
+def metadata(dataset_id: str) -> dict[str, Any]:
+    """What a task needs from a dataset: dims, the evaluation env's spec (JSON) and the reference scores."""
+    ds = open_dataset(dataset_id)
+    meta = ds.storage.metadata
+    if not meta.get("total_episodes"):
+        raise DatasetError(f"Minari dataset {dataset_id!r} holds no episodes; nothing to train on")
+    obs_space, act_space = ds.observation_space, ds.action_space
+    if len(getattr(obs_space, "shape", ()) or ()) != 1 or len(getattr(act_space, "shape", ()) or ()) != 1:
+        raise DatasetError(f"Minari dataset {dataset_id!r}: modzoo trains on flat Box observations and actions, "
+                           f"not {obs_space} and {act_space}")
+    spec = meta.get("eval_env_spec") or meta.get("env_spec")
+    if not spec:
+        raise DatasetError(f"Minari dataset {dataset_id!r} records no env spec to evaluate on")
+    env_spec = json.loads(spec) if isinstance(spec, str) else spec
+    lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
+    return {"obs_dim": int(obs_space.shape[0]), "act_dim": int(act_space.shape[0]),
+            "act_high": float(np.max(np.abs(act_space.high))), "env_spec": json.dumps(env_spec),
+            "ref_min_score": None if lo is None else float(lo), "ref_max_score": None if hi is None else float(hi)}
+
+
+def episodes(dataset_id: str) -> dict[str, np.ndarray]:
+    """The dataset's transitions, D4RL-style: observations, actions, rewards, next_observations, terminals (from
+    ``terminations``), plus each episode's return and length."""
+    ds = open_dataset(dataset_id)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in
+                                          ("observations", "actions", "rewards", "next_observations", "terminals")}
+    returns, lengths = [], []
+    for ep in ds.iterate_episodes():
+        obs = np.asarray(ep.observations, dtype=np.float32)
+        n = len(ep.actions)
+        if obs.shape[0] != n + 1:
+            raise DatasetError(f"Minari dataset {dataset_id!r}: episode {ep.id} has {obs.shape[0]} observations "
+                               f"for {n} actions (expected {n + 1})")
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(np.asarray(ep.actions, dtype=np.float32))
+        parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float32))
+        parts["terminals"].append(np.asarray(ep.terminations, dtype=np.float32))
+        returns.append(float(np.sum(ep.rewards)))
+        lengths.append(n)
+    if not lengths:
+        raise DatasetError(f"Minari dataset {dataset_id!r} holds no episodes; nothing to train on")
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    out["episode_returns"] = np.asarray(returns)
+    out["episode_lengths"] = np.asarray(lengths, dtype=np.int64)
+    return out
+
+
+def write(dataset_id: str, episodes: list[dict[str, np.ndarray]], env_id: str, ref_min_score: float,
+          ref_max_score: float, algorithm: str, description: str) -> Path:
+    """Create a local Minari dataset from episode buffers (needs ``minari[create]``); refuses an existing id."""
+    minari = _minari()
+    if dataset_id in minari.list_local_datasets():
+        raise DatasetError(f"Minari dataset {dataset_id!r} already exists in {datasets_path()}; delete it first "
+                           f"(minari.delete_dataset) or choose another --out")
+    import gymnasium
+    from minari.data_collector import EpisodeBuffer
+
+    buffers = [EpisodeBuffer(id=i, observations=e["observations"], actions=e["actions"], rewards=e["rewards"],
+                             terminations=e["terminations"], truncations=e["truncations"])
+               for i, e in enumerate(episodes)]
+    try:
+        minari.create_dataset_from_buffers(
+            dataset_id=dataset_id, buffer=buffers, env=gymnasium.spec(env_id), eval_env=gymnasium.spec(env_id),
+            algorithm_name=algorithm, ref_min_score=ref_min_score, ref_max_score=ref_max_score,
+            description=description, author="modzoo", author_email="modzoo@localhost",
+            code_permalink="https://github.com/modzoo/modzoo")
+    except ImportError as e:
+        raise DatasetError(f"writing a Minari dataset needs minari[create] ({e}): pip install 'minari[create]'") \
+            from None
+    return datasets_path() / dataset_id
+
+
+def fetch(dataset_id: str) -> Path:
+    """Download a dataset through Minari's own remote (network needed)."""
+    minari = _minari()
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as e:
+        raise DatasetError(f"could not fetch Minari dataset {dataset_id!r} ({str(e).splitlines()[0]}); offline, copy "
+                           f"its folder into {datasets_path()} instead") from None
+    return datasets_path() / dataset_id
