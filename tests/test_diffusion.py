@@ -201,3 +201,16 @@ def test_a_policy_acts_with_the_inference_sampler_on_fewer_steps() -> None:
                                                                     "policy.act_sampler=ddim"])
     with pytest.raises(ConfigError, match="needs a sampler that skips steps"):
         modzoo.run_config("dql", "edp", "bullet-hopper-medium-v0", ["policy.sample_steps=10"])
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm_solver++"])
+@pytest.mark.parametrize("name", ["bc", "cfg", "dql", "edp", "idql", "sfbc"])
+def test_every_policy_half_acts_with_the_fast_samplers(name: str, sampler: str) -> None:
+    """The samplers live in GaussianDiffusion, so every DDPMPolicy gets them, guided chains (cfg) included."""
+    import modzoo
+
+    guidance = modzoo.make_guidance("idql", 11, 3, hidden=[16, 16])
+    T = modzoo.make_policy(name, 11, 3, hidden=16).cfg["T"]
+    policy = modzoo.make_policy(name, 11, 3, hidden=16, act_sampler=sampler, sample_steps=max(1, T // 2))
+    a = policy.act(torch.randn(4, 11, generator=torch.Generator().manual_seed(0)), guidance)
+    assert a.shape == (4, 3) and torch.isfinite(a).all() and a.abs().max() <= 1.0

@@ -50,7 +50,7 @@ def test_a_minari_dataset_trains_and_evaluates_on_its_recorded_env(minari_dir: P
     # terminations are terminals, truncations are not
     assert ds.terminals.sum() == sum(bool(e.terminations[-1]) for e in src.iterate_episodes())
     np.testing.assert_allclose(ds.episode_returns(), [e.rewards.sum() for e in src.iterate_episodes()], rtol=1e-6)
-    cfg = modzoo.run_config("idql", "dql", "test/hopper/random-v0", TINY, policy_steps=10, eval_episodes=2,
+    cfg = modzoo.run_config("idql", "idql", "test/hopper/random-v0", TINY, policy_steps=10, eval_episodes=2,
                             device="cpu", out=str(tmp_path / "run"), schedule="joint")
     result = modzoo.train(cfg, progress=False)
     # normalized with the dataset's own reference scores, on Hopper-v5 episodes
