@@ -47,17 +47,21 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 
 
+def task_layers(task_overrides: dict[str, Any] | None, task: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """The ``task_overrides`` entries whose pattern (fnmatch syntax) matches ``task``, in file order: what a
+    plugin YAML and a preset both apply over their base values."""
+    return [(pattern, values) for pattern, values in (task_overrides or {}).items()
+            if task and fnmatch.fnmatch(str(task), pattern)]
+
+
 def half_config(defaults: dict[str, Any], task: str | None = None) -> dict[str, Any]:
     """A half's defaults with its ``task_overrides`` for ``task`` applied (patterns in fnmatch syntax)."""
     cfg = dict(defaults)
-    overrides = cfg.pop("task_overrides", None) or {}
-    if task:
-        for pattern, values in overrides.items():
-            if fnmatch.fnmatch(task, pattern):
-                unknown = set(values) - set(cfg)
-                if unknown:
-                    raise ConfigError(f"task_overrides[{pattern!r}] sets unknown keys {sorted(unknown)}")
-                cfg.update(values)
+    for pattern, values in task_layers(cfg.pop("task_overrides", None), task):
+        unknown = set(values) - set(cfg)
+        if unknown:
+            raise ConfigError(f"task_overrides[{pattern!r}] sets unknown keys {sorted(unknown)}")
+        cfg.update(values)
     return cfg
 
 
@@ -93,8 +97,7 @@ def apply_preset(cfg: dict[str, Any], preset: dict[str, Any], kind: str, name: s
     values = dict(((preset.get(kind) or {}).get(name) or {}) if name else {})
     if not values:
         return cfg
-    task_values = values.pop("task_overrides", None) or {}
-    layers = [values] + [v for pattern, v in task_values.items() if task and fnmatch.fnmatch(task, pattern)]
+    layers = [values] + [v for _, v in task_layers(values.pop("task_overrides", None), task)]
     out = dict(cfg)
     for layer in layers:
         unknown = set(layer) - set(cfg)
