@@ -133,3 +133,12 @@ def test_cli_fetch_offline_and_export_say_what_happened(minari_dir: Path, small_
                  str(small_dataset_path)]) == 0
     assert "wrote Minari dataset modzoo/hopper/cli-v0" in capsys.readouterr().out
     assert "modzoo/hopper/cli-v0" in minari.list_local_datasets()
+
+
+def test_bullet_only_commands_refuse_a_minari_id_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from modzoo.cli import main
+
+    assert main(["data", "collect", "mujoco/hopper/medium-v0"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: modzoo data collect works on modzoo's Bullet tasks (bullet-<robot>-<level>-v0), not the "
+                   "Minari dataset 'mujoco/hopper/medium-v0'"]

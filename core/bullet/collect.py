@@ -35,7 +35,7 @@ from .behaviour import (ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS
                         actor_filename, load_pybullet_expert, read_progress, snapshot_near)
 from .data import attr_value, dataset_path, episode_returns_from_raw, write_d4rl_file
 from .envs import make_env
-from .tasks import Task, task_of
+from .tasks import Task, bullet_task
 from ..errors import DatasetError, EnvError
 from .scores import normalized_score
 from ..progress import progress_bar
@@ -95,7 +95,7 @@ def behaviour_policy(robot: str, which: str, behaviour_dir: str | os.PathLike[st
 
 def plan(task: str | Task, transitions: int | None = None, behaviour_dir: str | os.PathLike[str] | None = None) -> list[Segment]:
     """The segments that make up ``task``'s dataset (see the module docstring)."""
-    parsed = task_of(task)
+    parsed = bullet_task(task, "modzoo data collect")
     robot, level, task = parsed.robot, parsed.level, parsed.name
     n = int(transitions if transitions is not None else DEFAULT_TRANSITIONS[level])
     if n < 2:
@@ -187,7 +187,7 @@ def collect(
     cache is read from it rather than simulated again; the result is bit-identical either way.
     """
 
-    parsed = task_of(task)
+    parsed = bullet_task(task, "modzoo data collect")
     robot, level, task = parsed.robot, parsed.level, parsed.name
     segments = plan(parsed, transitions, behaviour_dir)
     total = sum(s.transitions for s in segments)
@@ -311,7 +311,7 @@ def collect_replay_from_run(
     import json as _json
 
 
-    parsed = task_of(task)
+    parsed = bullet_task(task, "modzoo data collect")
     robot, level, task = parsed.robot, parsed.level, parsed.name
     if level != "medium-replay":
         raise DatasetError(f"--from-run builds medium-replay datasets only, not {task}")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import gymnasium
+
 from ..errors import EnvError
 from . import minari_data
 
@@ -74,8 +76,6 @@ class MinariTask:
 
     def spec(self) -> Any:
         """The gymnasium ``EnvSpec`` to evaluate on."""
-        import gymnasium
-
         return gymnasium.envs.registration.EnvSpec.from_json(self.env_spec)
 
     def __str__(self) -> str:
@@ -95,7 +95,7 @@ def unknown_task(name: str) -> EnvError:
 
 
 @lru_cache(maxsize=None)
-def _parse(name: str) -> Task:
+def _parse(name: str) -> Task | MinariTask:
     if name in TASKS:
         robot, _, level = name[len("bullet-"): -len("-v0")].partition("-")
         return Task(name, robot, level)
@@ -116,11 +116,10 @@ def task_of(task: str | AnyTask) -> AnyTask:
 
 def bullet_task(task: str | AnyTask, what: str) -> Task:
     """``task`` as a Bullet task, or one line saying that ``what`` exists for Bullet tasks only."""
-    t = task_of(task)
-    if not isinstance(t, Task):
+    if isinstance(task, MinariTask) or (isinstance(task, str) and minari_data.is_minari_id(task)):
         raise EnvError(f"{what} works on modzoo's Bullet tasks (bullet-<robot>-<level>-v0), not the Minari dataset "
-                       f"{t.name!r}")
-    return t
+                       f"{str(task)!r}")
+    return task_of(task)  # type: ignore[return-value]
 
 
 def robot_of(task_or_robot: str | Task) -> str:

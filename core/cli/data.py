@@ -24,7 +24,7 @@ from ..errors import DatasetError, EnvError, ModzooError
 from ..bullet import minari_data
 from ..bullet.data import dataset_path, export_minari, load_dataset
 from ..bullet.minari_data import is_minari_id
-from ..bullet.tasks import robot_of, task_of
+from ..bullet.tasks import bullet_task, robot_of, task_of
 from ..progress import progress_bar
 from ..bullet.scores import DATASET_URLS, normalized_score
 from ..bullet.collect import collect, collect_replay_from_run
@@ -177,7 +177,7 @@ def _refuse_overwrite(out: Path, force: bool) -> None:
 def cmd_collect(args: argparse.Namespace) -> int:
 
     try:
-        task_of(args.name)
+        bullet_task(args.name, "modzoo data collect")
     except EnvError as exc:
         raise DatasetError(str(exc)) from exc
     _refuse_overwrite(Path(args.out).expanduser() if args.out else dataset_path(args.name), args.force)
