@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Start (or resume) the long jobs of issue #16 in the background, from a separate checkout, so the working tree
+# stays free for other work. Every job is resumable: rerunning this script after a session ended continues each
+# one from its last checkpoint (finished grid runs are skipped, the reference runs resume from their --state).
+#
+#   BG=/work/bg REF=/work/ref bash experiments/run-background.sh
+#
+# BG: the background checkout (cloned from this one on first use; updated with `git pull` only while none of its
+# jobs runs: a running grid's workers import the code again for every run). REF: where the authors' Diffusion-QL
+# code is unpacked (git archive of github.com/Zhendong-Wang/Diffusion-Policies-for-Offline-RL, see
+# benchmarks/reference_score.py). Logs go to $LOGS.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+BG=${BG:-/work/bg}
+REF=${REF:-/work/ref/dql}
+LOGS=${LOGS:-/work/logs}
+STATE=${STATE:-/work/ref-run/state}
+mkdir -p "$LOGS" "$STATE"
+
+if [ ! -d "$BG/.git" ]; then
+  git clone -q "$HERE" "$BG"
+  (cd "$BG" && bash .ci/install)
+fi
+if pgrep -f "modzoo experiment" > /dev/null || pgrep -f reference_score.py > /dev/null; then
+  echo "background jobs are running; not updating $BG"
+else
+  (cd "$BG" && git pull -q "$HERE" HEAD && .venv/bin/pip install -q --no-deps --no-build-isolation -e . \
+    && rm -rf modzoo.egg-info)
+fi
+
+start() {  # name, command...: run in $BG at low priority unless a job of that name already runs
+  local name=$1; shift
+  if pgrep -f "$name" > /dev/null; then echo "$name: already running"; return; fi
+  (cd "$BG" && OMP_NUM_THREADS=1 nohup nice -n 10 "$@" >> "$LOGS/$(echo "$name" | tr ' /' '__').log" 2>&1 &)
+  echo "$name: started"
+}
+start "modzoo experiment gfdt-50k$" .venv/bin/modzoo experiment gfdt-50k
+start "modzoo experiment gfdt-50k-ablation" .venv/bin/modzoo experiment gfdt-50k-ablation
+
+# the authors' Diffusion-QL at 50k steps, one seed per task, one after another
+if ! pgrep -f reference_score.py > /dev/null && [ -d "$REF" ]; then
+  (cd "$BG" && nohup bash -c '
+    for task in bullet-hopper-medium-v0 bullet-halfcheetah-medium-v0 bullet-walker2d-medium-v0; do
+      json=experiments/results/reference-dql-50k/$task-seed0.json
+      [ -f "$json" ] && continue
+      OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/reference_score.py --reference-dir '"$REF"' \
+        --task $task --steps 50000 --eval-every 10000 --episodes 10 --seed 0 \
+        --state '"$STATE"'/$task-seed0.pt --json "$json"
+    done' >> "$LOGS/reference-dql-50k.log" 2>&1 &)
+  echo "reference runs: started"
+fi
+echo "summaries land in $BG/experiments/results/; copy them here and run: modzoo experiment gfdt-50k --report-only"
