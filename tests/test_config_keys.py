@@ -7,6 +7,7 @@ of a grid stale. Each half is built, fitted, updated and asked to act with a con
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from modzoo.run.buffer import ReplayBuffer
 from modzoo.run.config import half_config
@@ -82,8 +83,6 @@ def test_every_key_a_half_reads_is_in_its_yaml(recording_halves, small_dataset_p
 
 def test_a_half_reading_a_key_its_yaml_lacks_fails_the_conformance_suite_by_name(tmp_path) -> None:
     """Code reads ``cfg["key"]``: a default missing from the YAML is caught by name, not silently supplied."""
-    import yaml
-
     from modzoo import DDPMPolicy, HalfSpec
     from modzoo.plugins import bc
     from modzoo.testing import ConformanceError, check_policy
@@ -103,3 +102,28 @@ def test_a_half_reading_a_key_its_yaml_lacks_fails_the_conformance_suite_by_name
     assert HalfSpec("forgot", ForgotOne, {"policy": section}).kind == "policy"  # derived from the base
     with pytest.raises(ConformanceError, match=r"\[construct\] .*'ema_decay'"):
         check_policy(ForgotOne, config=section, workdir=tmp_path, checks=["construct"])
+
+
+def test_keys_read_only_when_acting_are_required_at_construction_and_old_overrides_still_act() -> None:
+    """A YAML without an acting key fails when the half is built, not in the final evaluation; a subclass that
+    overrides ``sample`` with the signature it had before the inference samplers keeps acting."""
+    import torch
+
+    from modzoo import DDPMPolicy
+    from modzoo.plugins import bc
+    from modzoo.run.config import half_config
+
+    section = half_config(yaml.safe_load(bc.CONFIG.read_text())["policy"])
+
+    class OldSample(DDPMPolicy):
+        """A policy written against the older DDPMPolicy.sample(obs, n, model, init_scale)."""
+
+        needs = frozenset()
+
+        def sample(self, obs, n=1, model=None, init_scale=1.0):  # type: ignore[no-untyped-def, override]
+            return super().sample(obs, n, model=model, init_scale=init_scale)
+
+    policy = OldSample(11, 3, {**section, "hidden": 16})
+    assert policy.act(torch.zeros(2, 11)).shape == (2, 3)
+    with pytest.raises(KeyError, match="act_sampler"):
+        OldSample(11, 3, {k: v for k, v in section.items() if k != "act_sampler"})

@@ -34,6 +34,7 @@ class TwinCriticGuidance(GuidanceModule):
         self.q_sched = make_scheduler(self.q_opt, cfg["lr_schedule"], cfg["lr_decay_steps"])
         self.gamma, self.polyak = cfg["gamma"], cfg["polyak"]
         self.register_buffer("reward_scale", torch.ones(()))
+        self.require("reward_norm", "grad_norm", "target_every", "update_every", "update_target")
 
     def prepare(self, dataset: Any) -> None:
         """``reward_norm: iql`` scales rewards by 1000 / (max - min episode return), IQL's locomotion rule."""

@@ -52,6 +52,10 @@ class DDPMPolicy(DiffusionPolicy):
         self.opt = make_optimizer(self.diffusion.parameters(), cfg["optimizer"], cfg["lr"],
                                   cfg["weight_decay"])
         self.sched = make_scheduler(self.opt, cfg["lr_schedule"], cfg["lr_decay_steps"])
+        self.require("loss_reduce", "grad_norm", "act_model", "act_temperature", "act_sampler", "sample_steps",
+                     "ddim_eta")
+        if type(self).act is DDPMPolicy.act:  # the keys of the candidate selection below (SfBC has its own)
+            self.require("candidates", "selection", "temperature", "tau")
 
     # ---- helpers for subclasses ------------------------------------------------------------------------------
     def bc_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -126,10 +130,13 @@ class DDPMPolicy(DiffusionPolicy):
         """The n actions per state that acting chooses among: (B, n, act_dim). Only acting starts the chain at
         ``act_temperature``; the samples inside losses and TD targets keep N(0, I), as in the GFDT authors'
         pipelines (temperature 1.0 there, the config's temperature at inference)."""
-        sampler = self.cfg["act_sampler"]
-        return self.sample(obs, n, init_scale=float(self.cfg["act_temperature"]),
-                           sampler=None if sampler == "trained" else sampler,
-                           steps=int(self.cfg["sample_steps"]) or None, eta=float(self.cfg["ddim_eta"]))
+        sampler, steps = self.cfg["act_sampler"], int(self.cfg["sample_steps"])
+        # the inference sampler's arguments only when one is asked for: a subclass that overrides ``sample`` with
+        # the older signature keeps acting as it did
+        fast = {} if sampler == "trained" and not steps else {
+            "sampler": None if sampler == "trained" else sampler, "steps": steps or None,
+            "eta": float(self.cfg["ddim_eta"])}
+        return self.sample(obs, n, init_scale=float(self.cfg["act_temperature"]), **fast)
 
     def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Diffusion-QL's TD-target action: one sample of the EMA actor."""

@@ -45,6 +45,14 @@ class Half(nn.Module):
         self.register_buffer("_steps", torch.zeros((), dtype=torch.long))
         self.generator: Any = None
 
+    def require(self, *keys: str) -> None:
+        """Fail at construction, naming the first key of ``keys`` that the config lacks, for keys the half reads
+        only later (when acting, or at a given step): a YAML without them then stops the run before any work,
+        not in its final evaluation."""
+        for key in keys:
+            if key not in self.cfg:
+                raise KeyError(key)
+
     def gen(self) -> torch.Generator:
         """This half's own noise stream (seeded by ``cfg['seed']``), created lazily on its device; it also drives
         dropout masks (:class:`~modzoo.contract.rng.SeededDropout`)."""
