@@ -492,3 +492,37 @@ def test_a_key_added_with_the_old_behaviour_as_default_leaves_old_runs_valid(tmp
     assert config_drift(spec, saved) == []
     spec.overrides = ["policy.obs_norm=gaussian"]
     assert config_drift(spec, saved) == ["policy.obs_norm: None -> 'gaussian'"]
+
+
+def test_status_tells_each_runs_state_without_touching_the_run_dirs(tiny_experiment, tmp_path, capsys):
+    import os
+    import shutil
+
+    from modzoo.cli import main
+    from modzoo.grid.status import grid_status
+
+    exp = load_experiment(str(tiny_experiment))
+    rows, swaps = grid_status(exp)
+    assert {r["state"] for r in rows} == {"not started"} and swaps == {"swaps": 4, "swaps_done": 0}
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    runs = tmp_path / "runs" / TASK
+    # one run left as a kill would leave it, one held by a live process, one failed; the rest finished
+    (runs / "idql-joint" / "seed1" / "result.json").unlink()
+    (runs / "idql-gf" / "seed1" / "result.json").unlink()
+    (runs / "idql-gf" / "seed1" / "LOCK").write_text(str(os.getpid()))
+    shutil.rmtree(runs / "dql-gf-iql" / "seed1")
+    (runs / "dql-gf-iql" / "seed1").mkdir()
+    (runs / "dql-gf-iql" / "seed1" / "FAILED").write_text("RuntimeError: out of memory\n")
+    before = sorted(p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file())
+    states = {r["key"]: (r["state"], r["detail"]) for r in grid_status(exp)[0]}
+    assert states[f"{TASK}/idql-joint/seed1"] == ("interrupted", "policy step 4; resumes there")
+    assert states[f"{TASK}/idql-gf/seed1"] == ("running", f"policy step 4 (pid {os.getpid()})")
+    assert states[f"{TASK}/dql-gf-iql/seed1"] == ("failed", "RuntimeError: out of memory")
+    assert states[f"{TASK}/idql-joint/seed0"][0] == "finished"
+    assert states[f"{TASK}/idql-joint/seed0"][1].startswith("normalized ")
+    assert sorted(p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()) == before  # read only
+    stale = load_experiment(str(tiny_experiment), ['arms.idql-gf.overrides=["guidance.hidden=[8,8]"]'])
+    assert {r["state"] for r in grid_status(stale)[0] if "/idql-gf/" in r["key"]} == {"stale"}
+    assert main(["experiment", str(tiny_experiment), "--status"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("experiment tiny: 6 runs: 3 finished, 1 running, 1 interrupted, 1 failed; swaps ")

@@ -25,6 +25,7 @@ from ..bullet.scores import normalized_score
 from ..grid.plan import load_experiment
 from ..grid.runner import run_experiment
 from ..grid.report import write_report
+from ..grid.status import format_status, grid_status
 from ..run.config import preset_names
 from ..run.validation import check_sample_steps
 
@@ -277,6 +278,11 @@ def _print_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> No
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    if args.status:
+        exp = load_experiment(args.name, args.overrides)
+        rows, swaps = grid_status(exp)
+        print(format_status(str(exp.name), rows, swaps))
+        return 0
     if args.report_only:
         path = write_report(load_experiment(args.name, args.overrides))
         print(f"wrote {path}")
@@ -407,6 +413,9 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=["local", "ray"], default=None, help="default: the experiment's (local)")
     p.add_argument("--workers", type=int, default=None, help="parallel runs on the local pool")
     p.add_argument("--report-only", action="store_true", help="regenerate the report from the run summaries")
+    p.add_argument("--status", action="store_true",
+                   help="where each run stands (finished with its score, running at step N, interrupted, failed, "
+                        "stale) and the swaps done; changes nothing")
     p.add_argument("--swaps-only", action="store_true",
                    help="train nothing: evaluate the swaps whose runs have finished, then write the report")
     p.add_argument("overrides", nargs="*", help="e.g. seeds=[0,1] budget.policy_steps=1000")

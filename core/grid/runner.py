@@ -73,24 +73,34 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
             "pid": os.getpid()}
 
 
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the live process training ``run_dir`` (its ``LOCK``), or None: no lock, or a stale one whose
+    process is gone."""
+    try:
+        pid = int((run_dir / "LOCK").read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, under another user
+        return pid
+    return pid
+
+
 def _take_lock(run_dir: Path) -> bool:
     """One process per run dir: a second grid (or an orphaned worker of an interrupted one) must not train into
     the same directory. A lock whose process is gone is stale and taken over."""
-    import os
     lock = run_dir / "LOCK"
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
+            if lock_holder(run_dir) is not None:
                 return False  # alive: someone else is training this run
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale
-                continue
-            except PermissionError:
-                return False
+            lock.unlink(missing_ok=True)  # stale
+            continue
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
         return True
