@@ -231,3 +231,16 @@ def test_printed_commands_start_modzoo_as_the_user_did(tmp_path, monkeypatch):
     assert _program() == "modzoo"
     monkeypatch.setattr(sys, "argv", ["/usr/lib/python3/site-packages/pytest/__main__.py"])
     assert _program() == "modzoo"
+
+
+def test_overrides_may_follow_a_flag_and_anything_else_is_still_refused(capsys) -> None:
+    from modzoo.cli.main import build_parser, parse
+
+    parser = build_parser()
+    args = parse(parser, ["experiment", "gfdt-50k", "--status", "out=/tmp/x", "seeds=[0]"])
+    assert args.status and args.name == "gfdt-50k" and args.overrides == ["out=/tmp/x", "seeds=[0]"]
+    with pytest.raises(SystemExit):
+        parse(parser, ["experiment", "gfdt-50k", "--status", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a command without overrides takes none
+        parse(parser, ["list", "x=1"])
