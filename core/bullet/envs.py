@@ -32,10 +32,15 @@ def env_id(task_or_robot: str | Task) -> str:
     return f"modzoo/bullet-{robot_of(task_or_robot)}-v0"
 
 
+def _is_robot(task_or_robot: str | AnyTask) -> bool:
+    """A bare robot name or one of modzoo's env ids: no task to parse."""
+    return isinstance(task_or_robot, str) and (task_or_robot in ROBOTS or task_or_robot.startswith("modzoo/bullet-"))
+
+
 def env_dims(task_or_robot: str | AnyTask) -> tuple[int, int]:
     """``(obs_dim, act_dim)`` of a task's env, from the static table or the Minari dataset's spaces (no physics
     client is started)."""
-    if isinstance(task_or_robot, str) and (task_or_robot in ROBOTS or task_or_robot.startswith("modzoo/bullet-")):
+    if _is_robot(task_or_robot):
         _, obs_dim, act_dim = ROBOTS[robot_of(task_or_robot)]
         return obs_dim, act_dim
     t = task_of(task_or_robot)
@@ -157,11 +162,8 @@ def make_env(task: str | AnyTask, seed: int | None = None, render_mode: str | No
     checked by the test suite, and the checker costs time on every step of data collection.
     """
     register_envs()
-    t = task if isinstance(task, MinariTask) else None
-    if t is None and isinstance(task, str) and task not in ROBOTS and not task.startswith("modzoo/bullet-"):
-        parsed = task_of(task)
-        t = parsed if isinstance(parsed, MinariTask) else None
-    if t is not None:  # the evaluation env recorded in the Minari dataset (e.g. gymnasium's MuJoCo Hopper-v5)
+    t = None if _is_robot(task) else task_of(task)
+    if isinstance(t, MinariTask):  # the evaluation env recorded in the Minari dataset (e.g. gymnasium's MuJoCo Hopper-v5)
         env = gymnasium.make(t.spec(), render_mode=render_mode, disable_env_checker=True)
     else:
         env = gymnasium.make(env_id(task), render_mode=render_mode, disable_env_checker=True)
