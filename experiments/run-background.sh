@@ -24,7 +24,13 @@ fi
 if pgrep -f "modzoo experiment" > /dev/null || pgrep -f reference_score.py > /dev/null; then
   echo "background jobs are running; not updating $BG"
 else
-  (cd "$BG" && git pull -q "$HERE" HEAD && .venv/bin/pip install -q --no-deps --no-build-isolation -e . \
+  # summaries already committed here exist in $BG as untracked copies; drop those that match the incoming
+  # commit byte for byte so the pull can write them, and keep any that differ (the pull then stops on them)
+  (cd "$BG" && git fetch -q "$HERE" HEAD \
+    && git ls-files --others --exclude-standard experiments/results | while read -r f; do
+         if git cat-file -e "FETCH_HEAD:$f" 2>/dev/null && git show "FETCH_HEAD:$f" | cmp -s - "$f"; then rm "$f"; fi
+       done \
+    && git merge -q --ff-only FETCH_HEAD && .venv/bin/pip install -q --no-deps --no-build-isolation -e . \
     && rm -rf modzoo.egg-info)
 fi
 
