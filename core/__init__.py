@@ -23,8 +23,8 @@ from .errors import CheckpointError, ConfigError, DatasetError, EnvError, Modzoo
 from .contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics  # noqa: E402
 from .contract.registry import HalfSpec, load_registry, register_plugin, unregister_plugin  # noqa: E402
 from .contract.hookspecs import hookimpl  # noqa: E402
-from .contract.stages import Stage  # noqa: E402
-from .contract.normalization import obs_norm_enabled  # noqa: E402
+from .contract.stages import Stage, run_stages  # noqa: E402
+from .contract.normalization import ObsNorm, obs_norm_enabled  # noqa: E402
 from .blocks.policy import DDPMPolicy  # noqa: E402
 from .blocks.critics import TwinCriticGuidance  # noqa: E402
 from .bullet.scores import normalized_score  # noqa: E402
@@ -35,7 +35,8 @@ from .run.training import evaluate, run_config, train  # noqa: E402
 __all__ = [
     "__version__",
     # the contract a plugin keeps
-    "GuidanceModule", "DiffusionPolicy", "Batch", "Metrics", "HalfSpec", "hookimpl", "Stage", "obs_norm_enabled",
+    "GuidanceModule", "DiffusionPolicy", "Batch", "Metrics", "HalfSpec", "hookimpl", "Stage", "run_stages",
+    "ObsNorm", "obs_norm_enabled",
     # the bases most halves derive from
     "DDPMPolicy", "TwinCriticGuidance",
     # plugins at runtime

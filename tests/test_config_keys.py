@@ -15,7 +15,7 @@ from modzoo.bullet.data import load_dataset
 from modzoo.contract.registry import load_registry
 
 TASK = "bullet-hopper-medium-v0"
-FIRST_PARTY = {"guidance": ["dql", "idql"], "policy": ["bc", "cfg", "dql", "edp", "idql", "sfbc"]}
+FIRST_PARTY = {"guidance": ["dql", "idql"], "policy": ["bc", "cfg", "dql", "dtql", "edp", "idql", "qgpo", "sfbc", "srpo"]}
 
 
 class Recording(dict):

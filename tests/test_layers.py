@@ -126,7 +126,8 @@ def test_the_checks_see_a_violation() -> None:
 
 PUBLIC_API = [
     "__version__",
-    "GuidanceModule", "DiffusionPolicy", "Batch", "Metrics", "HalfSpec", "hookimpl", "Stage", "obs_norm_enabled",
+    "GuidanceModule", "DiffusionPolicy", "Batch", "Metrics", "HalfSpec", "hookimpl", "Stage", "run_stages",
+    "ObsNorm", "obs_norm_enabled",
     "DDPMPolicy", "TwinCriticGuidance",
     "load_registry", "register_plugin", "unregister_plugin",
     "make_guidance", "make_policy", "run_config", "train", "evaluate", "load_checkpoint", "save_half",

@@ -71,11 +71,12 @@ class SinusoidalPosEmb(nn.Module):
 
 
 class FourierFeatures(nn.Module):
-    """Learnable Fourier features of the diffusion step (IDQL's time embedding)."""
+    """Fourier features of the diffusion time: learnable with std 0.2 (IDQL's embedding of the step index), or
+    fixed with std 30 (the Gaussian Fourier projection SfBC, QGPO and SRPO use on continuous t in (0, 1])."""
 
-    def __init__(self, out_dim: int, in_dim: int = 1, std: float = 0.2) -> None:
+    def __init__(self, out_dim: int, in_dim: int = 1, std: float = 0.2, learnable: bool = True) -> None:
         super().__init__()
-        self.kernel = nn.Parameter(torch.randn(out_dim // 2, in_dim) * std)
+        self.kernel = nn.Parameter(torch.randn(out_dim // 2, in_dim) * std, requires_grad=learnable)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         f = 2 * math.pi * t.float().reshape(-1, 1) @ self.kernel.T
@@ -189,15 +190,23 @@ class ResidualBlock(nn.Module):
         return x + self.fc2(self.act(self.fc1(self.norm(self.dropout(x)))))
 
 
+#: the LN-ResNet's time embeddings: IDQL's learnable features of the step index, or the fixed Gaussian Fourier
+#: projection (``GaussianFourierProjection(embed_dim, scale=30)``) of continuous-time score models
+TIME_EMBEDS: dict[str, dict[str, float | bool]] = {"learned": {"std": 0.2, "learnable": True},
+                                                   "gaussian": {"std": 30.0, "learnable": False}}
+
+
 class LNResNetDenoiser(Denoiser):
     """IDQL's denoiser: Fourier(t) -> MLP(128,128) cond; [cond, s, a_t] -> Dense -> 3 LN-ResNet blocks -> eps."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, blocks: int = 3, dropout: float = 0.1,
                  t_dim: int = 64, cond_hidden: int = 128, act: str = "mish", cond_dim: int = 0,
-                 cond_emb: int = 32, obs_norm: bool = False) -> None:
+                 cond_emb: int = 32, obs_norm: bool = False, time_embed: str = "learned") -> None:
         super().__init__()
         self.obs_norm = _maybe_norm(obs_dim, obs_norm)
-        self.time_enc = FourierFeatures(t_dim)
+        if time_embed not in TIME_EMBEDS:
+            raise ValueError(f"unknown time_embed {time_embed!r}; known: {', '.join(TIME_EMBEDS)}")
+        self.time_enc = FourierFeatures(t_dim, **TIME_EMBEDS[time_embed])
         self.cond = nn.Sequential(nn.Linear(t_dim, cond_hidden), activation(act),
                                   nn.Linear(cond_hidden, cond_hidden))
         extra = cond_emb if cond_dim > 0 else 0
@@ -234,6 +243,21 @@ class LNResNetDenoiser(Denoiser):
         w_a, state, steps = ctx
         h = torch.addmm(state + steps[t], x, w_a.t())
         return self.out(self.act(self.blocks(h)))
+
+
+class DeterministicActor(nn.Module):
+    """a = tanh(MLP(s)): a one-step policy with no noise input (SRPO's ``Dirac_Policy``)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int] | tuple[int, ...] = (256, 256),
+                 act: str = "relu", obs_norm: bool = False) -> None:
+        super().__init__()
+        self.obs_norm = _maybe_norm(obs_dim, obs_norm)
+        self.net = mlp(obs_dim, hidden, act_dim, act=act)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
+        return torch.tanh(self.net(obs))
 
 
 class EnsembleLinear(nn.Module):

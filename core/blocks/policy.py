@@ -15,9 +15,11 @@ from .diffusion import GaussianDiffusion
 from ..contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
 from ..contract.normalization import obs_norm_enabled
 from .nets import LNResNetDenoiser, MLPDenoiser, init_
+from .sde import VPSDEDiffusion
 from .selection import select_with_guidance
 from ..contract.stages import Stage, run_stages
-from .utils import EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
+from .utils import (DEFAULT_DECAY_STEPS, EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler,
+                    optim_state)
 
 
 def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:
@@ -33,8 +35,34 @@ def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.
         return LNResNetDenoiser(obs_dim, act_dim, hidden=cfg["hidden"], blocks=cfg["blocks"],
                                 dropout=cfg["dropout"], t_dim=cfg["t_dim"],
                                 cond_hidden=cfg["cond_hidden"], act=cfg["activation"],
-                                **label)
+                                time_embed=cfg["time_embed"], **label)
     raise ValueError(f"unknown denoiser {kind!r}; known: mlp, ln_resnet")
+
+
+def behaviour_split(fraction: float, policy_steps: int) -> int:
+    """The steps a two-stage policy (a behaviour model first, then what is trained on it: SRPO's actor, QGPO's
+    energy model) gives its behaviour model when ``behaviour_steps`` is a fraction of the policy phase; at least
+    one step is left to the second stage whenever the phase has two. The trainer resolves the fraction against
+    the run's policy steps before training and records the count in the run's config."""
+    return max(0, min(round(fraction * policy_steps), policy_steps - 1))
+
+
+def behaviour_steps(cfg: dict[str, Any]) -> int:
+    """``cfg['behaviour_steps']`` as a step count; a fraction the trainer has not resolved (a half built outside
+    a run) is taken of the LR horizon, as an unset horizon is."""
+    b = cfg["behaviour_steps"]
+    if isinstance(b, float):
+        return behaviour_split(b, int(cfg["lr_decay_steps"] or DEFAULT_DECAY_STEPS))
+    return int(b)
+
+
+def build_diffusion(denoiser: torch.nn.Module, act_dim: int, cfg: dict[str, Any]
+                    ) -> GaussianDiffusion | VPSDEDiffusion:
+    """The diffusion named by ``cfg['schedule']``: a discrete DDPM of ``T`` steps, or (``vp_sde``) the
+    continuous-time VP SDE, whose ``T`` is the number of solver steps when sampling."""
+    if cfg["schedule"] == "vp_sde":
+        return VPSDEDiffusion(denoiser, act_dim, steps=cfg["T"], sampler=cfg["sampler"])
+    return GaussianDiffusion(denoiser, act_dim, T=cfg["T"], schedule=cfg["schedule"], sampler=cfg["sampler"])
 
 
 class DDPMPolicy(DiffusionPolicy):
@@ -44,9 +72,7 @@ class DDPMPolicy(DiffusionPolicy):
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
         denoiser = init_(build_denoiser(obs_dim, act_dim, cfg), cfg["init"])
-        self.diffusion = GaussianDiffusion(denoiser, act_dim, T=cfg["T"],
-                                           schedule=cfg["schedule"],
-                                           sampler=cfg["sampler"])
+        self.diffusion = build_diffusion(denoiser, act_dim, cfg)
         self.ema_diffusion = frozen_copy(self.diffusion)
         self.ema = EMA(cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"])
         self.opt = make_optimizer(self.diffusion.parameters(), cfg["optimizer"], cfg["lr"],

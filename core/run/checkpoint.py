@@ -256,9 +256,12 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
 def _complete_config(spec: Any, kind: str, saved: dict[str, Any]) -> dict[str, Any]:
     """The config to rebuild a saved half with. Halves read every key as ``cfg[key]``, so a checkpoint written
     before a key existed gets one: the value that keeps its old behaviour (:data:`~modzoo.run.config.ADDED_KEYS`),
-    else the plugin's current default. Keys the checkpoint has always win."""
-    added = {k.partition(".")[2]: v for k, v in ADDED_KEYS.items() if k.startswith(f"{kind}.")}
-    return {**half_config(spec.default_config()), **added, **saved}
+    else the plugin's current default. Keys the checkpoint has always win, and a key the plugin's config does not
+    have (``time_embed`` of a half without an LN-ResNet) is not added."""
+    defaults = half_config(spec.default_config())
+    added = {name: v for k, v in ADDED_KEYS.items() if k.startswith(f"{kind}.")
+             and (name := k.partition(".")[2]) in defaults}
+    return {**defaults, **added, **saved}
 
 
 def _to_device(obj: Any, device: torch.device | str) -> Any:

@@ -150,6 +150,7 @@ ADDED_KEYS: dict[str, Any] = {
     "guidance.target_every": 1, "guidance.update_every": 1, "guidance.init": "torch", "policy.init": "torch",
     "policy.cond_dim": 0, "policy.cond_emb": 32, "run.logger": "jsonl", "run.wandb_project": "modzoo",
     "policy.act_sampler": "trained", "policy.sample_steps": 0, "policy.ddim_eta": 0.0,
+    "policy.time_embed": "learned",
 }
 
 _ABSENT = object()

@@ -34,6 +34,7 @@ from .halves import build_half, default_config
 from .loggers import Sink, open_sinks
 from .profiling import PhaseMeter
 from ..progress import progress_bar
+from ..blocks.policy import behaviour_split
 from ..blocks.utils import seed_everything
 from .validation import check_out_dir, validate_config
 from ..bullet.envs import env_dims
@@ -427,15 +428,17 @@ def warn_if_short_of_space(run_dir: Path, guidance: GuidanceModule, policy: Diff
 
 
 def _fill_from_run(cfg: DictConfig, has_policy: bool, schedule: str) -> None:
-    """Settings of the halves that follow from the run: one seed drives both halves' noise streams, and an LR
-    decay horizon left null is the length of the phase that half trains in (the pairing was checked with the
-    settings, by :func:`validate_config`)."""
+    """Settings of the halves that follow from the run: one seed drives both halves' noise streams, an LR decay
+    horizon left null is the length of the phase that half trains in, and a behaviour/actor split given as a
+    fraction becomes a step count (the pairing was checked with the settings, by :func:`validate_config`)."""
     r = cfg.run
     for section in ("guidance", "policy"):
         if cfg[section] and "seed" in cfg[section]:
             cfg[section].seed = int(r.seed)
     if has_policy and cfg.policy.get("lr_decay_steps", "absent") is None:
         cfg.policy.lr_decay_steps = int(r.policy_steps)
+    if has_policy and isinstance(cfg.policy.get("behaviour_steps"), float):
+        cfg.policy.behaviour_steps = behaviour_split(float(cfg.policy.behaviour_steps), int(r.policy_steps))
     if cfg.guidance and cfg.guidance.get("lr_decay_steps", "absent") is None:
         cfg.guidance.lr_decay_steps = int(r.policy_steps if schedule == "joint" else r.guidance_steps)
 

@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from .config import RUN_DEFAULTS, SCHEDULES, to_dict
 from ..blocks.diffusion import FAST_SAMPLERS, SAMPLERS, SCHEDULES as NOISE_SCHEDULES
 from ..errors import ConfigError
-from ..blocks.nets import ACTIVATIONS, INITS
+from ..blocks.nets import ACTIVATIONS, INITS, TIME_EMBEDS
+from ..blocks.sde import SDE_SAMPLERS
 from ..contract.normalization import OBS_NORMS
 from ..blocks.selection import RULES
 from ..contract.registry import load_registry
@@ -98,14 +99,16 @@ GUIDANCE_RULES: dict[str, Rule] = {
 }
 
 POLICY_RULES: dict[str, Rule] = {
-    **_HALF_RULES, "T": at_least(1), "schedule": one_of(*NOISE_SCHEDULES), "sampler": one_of(*SAMPLERS),
+    **_HALF_RULES, "T": at_least(1), "schedule": one_of(*NOISE_SCHEDULES, "vp_sde"),
+    "sampler": one_of(*SAMPLERS, *SDE_SAMPLERS), "time_embed": one_of(*TIME_EMBEDS),
     "denoiser": one_of("mlp", "ln_resnet"), "loss_reduce": one_of("mean", "sum"), "act_model": one_of("ema", "live"),
     "candidates": at_least(1), "selection": one_of(*RULES), "tau": UNIT, "temperature": at_least(0),
-    "act_temperature": at_least(0), "act_sampler": one_of("trained", "posterior", *FAST_SAMPLERS),
+    "act_temperature": at_least(0), "act_sampler": one_of("trained", "posterior", *FAST_SAMPLERS, *SDE_SAMPLERS),
     "sample_steps": at_least(0), "ddim_eta": UNIT, "ema_decay": UNIT, "ema_every": at_least(1),
     "ema_start": at_least(0),
     "depth": at_least(1), "blocks": at_least(1), "t_dim": at_least(1),
     "dropout": Rule(low=0, high=1, high_open=True), "cond_dim": at_least(0), "cond_emb": at_least(1),
+    "behaviour_steps": at_least(0),
 }
 
 #: the CLI flag that sets a run key, so a message names what the user typed
@@ -184,12 +187,23 @@ def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
             _check_section(kind, section, _half_defaults(kind, section["name"], r.get("task")), rules)
     _check_budget(r, bool((c.get("policy") or {}).get("name")), guidance_given)
     check_sample_steps(c.get("policy") or {})
+    check_behaviour_steps(c.get("policy") or {}, int(r.get("policy_steps") or 0))
     check_available(r.get("logger"))
 
 
 def check_sample_steps(policy: Mapping[str, Any]) -> None:
     """A chain at inference takes at most the T steps the policy trains with, and fewer only with a sampler that
     can skip steps."""
+    if policy.get("schedule") == "vp_sde":
+        _check_sde_samplers(policy)
+        return
+    for key in ("sampler", "act_sampler"):
+        if policy.get(key) == "dpm_solver++_2s":
+            raise ConfigError(f"config key policy.{key}=dpm_solver++_2s solves the continuous-time VP SDE only: set "
+                              f"policy.schedule=vp_sde, or use dpm_solver++ on this discrete chain")
+    if policy.get("sampler", SAMPLERS[0]) not in SAMPLERS:
+        raise ConfigError(f"config key policy.sampler={policy.get('sampler')} is not a sampler a discrete chain trains with; "
+                          f"use one of {', '.join(SAMPLERS)} (a faster one when acting: policy.act_sampler)")
     steps, T = int(policy.get("sample_steps") or 0), policy.get("T")
     if not steps or T is None:
         return
@@ -199,6 +213,29 @@ def check_sample_steps(policy: Mapping[str, Any]) -> None:
     if steps < int(T) and policy.get("act_sampler", "trained") == "trained":
         raise ConfigError(f"policy.sample_steps={steps} < T={T} needs a sampler that skips steps: set "
                           f"policy.act_sampler to ddim or dpm_solver++ (or posterior, DDIM with eta 1)")
+
+
+def check_behaviour_steps(policy: Mapping[str, Any], policy_steps: int) -> None:
+    """A two-stage policy's ``behaviour_steps``: a fraction in [0, 1) of the policy phase, or a step count that
+    leaves the actor some of the phase (else the run would train no actor and evaluate an untrained one)."""
+    b = policy.get("behaviour_steps")
+    if b is None or isinstance(b, bool):
+        return
+    if isinstance(b, float) and not 0 <= b < 1:
+        raise ConfigError(f"config key policy.behaviour_steps={b} as a fraction of the policy phase must be in [0, 1); give a "
+                          f"fraction such as 0.5, or a whole number of steps")
+    if isinstance(b, int) and policy_steps and b >= policy_steps:
+        raise ConfigError(f"config key policy.behaviour_steps={b} leaves none of the {policy_steps} policy steps to the actor; "
+                          f"give fewer, a fraction of the phase such as 0.5, or more --policy-steps")
+
+
+def _check_sde_samplers(policy: Mapping[str, Any]) -> None:
+    """A continuous-time policy is sampled by an ODE solver, with any number of steps, never by a DDPM chain."""
+    for key in ("sampler", "act_sampler"):
+        value = policy.get(key)
+        if value not in (None, "trained", *SDE_SAMPLERS):
+            raise ConfigError(f"config key policy.{key}={value} is a discrete-chain sampler; with policy.schedule=vp_sde use "
+                              f"one of {', '.join(SDE_SAMPLERS)}")
 
 
 def _check_pair(c: Mapping[str, Any]) -> None:

@@ -138,6 +138,8 @@ def tiny_overrides(defaults: dict[str, Any]) -> dict[str, Any]:
             out[key] = min(val, TINY_CANDIDATES)
         elif key == "select_per_state" and isinstance(val, int):
             out[key] = min(val, 2)
+        elif key == "behaviour_steps":  # a two-stage policy: its second stage from the second update on
+            out[key] = 1
     return out
 
 
@@ -291,12 +293,15 @@ class _Harness:
             cfg["seed"] = self.seed
         return cfg
 
-    def build(self, kind: str | None = None, name: str | None = None) -> Any:
+    def build(self, kind: str | None = None, name: str | None = None, **extra: Any) -> Any:
+        """A fitted half; ``extra`` overrides keys of its config that it has."""
         kind, name = kind or self.kind, name or self.name
         own = (kind, name) == (self.kind, self.name)
         spec = self.reg.half(kind, name)
         torch.manual_seed(self.seed)
-        module = spec.cls(self.obs_dim, self.act_dim, self.cfg_of(kind, name, own)).to(self.device)
+        cfg = self.cfg_of(kind, name, own)
+        cfg.update({k: v for k, v in extra.items() if k in cfg})
+        module = spec.cls(self.obs_dim, self.act_dim, cfg).to(self.device)
         module.fit_data(self.dataset)
         return module
 
@@ -455,8 +460,13 @@ def check_shapes(h: _Harness) -> None:
 
 def check_update(h: _Harness) -> None:
     m, partner = h.build(), h.partner_for_update()
+    _check_metrics(h, h.update(m, h.batch(), partner))
+    if m.steps != 1:
+        raise h.fail("update", f"steps is {m.steps} after one update (increment h._steps once per update)")
+    h.update(m, h.batch(), partner)  # a two-stage policy (behaviour_steps 1 here) is in its second stage now
+    if m.steps != 2:
+        raise h.fail("update", f"steps is {m.steps} after two updates")
     if h.kind == "policy":
-        metrics = m.update(h.batch(), partner)
         declared, calls = type(m).uses_guidance_in_training, partner.calls if partner is not None else 0
         if not declared and calls:
             raise h.fail("update", f"declares uses_guidance_in_training = False but update queried the "
@@ -464,8 +474,9 @@ def check_update(h: _Harness) -> None:
         if declared and not calls:
             raise h.fail("update", "declares uses_guidance_in_training = True but update never queried "
                                       "the guidance")
-    else:
-        metrics = h.update(m, h.batch(), partner)
+
+
+def _check_metrics(h: _Harness, metrics: Any) -> None:
     if not isinstance(metrics, dict) or not metrics:
         raise h.fail("update", f"update must return a non-empty dict of metrics, got {type(metrics).__name__}")
     for k, v in metrics.items():
@@ -476,11 +487,6 @@ def check_update(h: _Harness) -> None:
             raise h.fail("update", f"metric {k!r} is not a scalar (a 0-d/1-element tensor or a number)")
         if not math.isfinite(x):
             raise h.fail("update", f"metric {k!r} is not finite ({x})")
-    if m.steps != 1:
-        raise h.fail("update", f"steps is {m.steps} after one update (increment h._steps once per update)")
-    h.update(m, h.batch(), partner)
-    if m.steps != 2:
-        raise h.fail("update", f"steps is {m.steps} after two updates")
 
 
 def check_determinism(h: _Harness) -> None:
@@ -552,7 +558,8 @@ def check_checkpoint(h: _Harness) -> None:
 
 
 def check_learns(h: _Harness) -> None:
-    m, partner = h.build(), h.partner_for_update()
+    # a two-stage policy learns its first stage here, the one with a loss to lower on a fixed batch
+    m, partner = h.build(behaviour_steps=h.learn_steps), h.partner_for_update()
     batch = h.fixed_batches(1)[0]
     losses: list[float] = []
     key = None

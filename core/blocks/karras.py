@@ -1,0 +1,95 @@
+"""EDM diffusion (Karras, Aittala, Aila, Laine 2022): the third diffusion formulation here, besides the discrete
+DDPM (:mod:`modzoo.blocks.diffusion`) and the VP SDE (:mod:`modzoo.blocks.sde`). DTQL trains its behaviour model
+this way and uses it only as a loss: its trust-region term is the same denoising loss evaluated on the one-step
+policy's actions, so nothing here samples from the model.
+
+The noisy action is x = a + sigma eps (variance exploding, no scaling of a), and the denoiser's raw output F is
+preconditioned so that its input and target have unit variance at every noise level:
+
+    c_skip = sd^2 / (sigma^2 + sd^2),   c_out = sigma sd / sqrt(sigma^2 + sd^2),   c_in = 1 / sqrt(sigma^2 + sd^2),
+    c_noise = ln(sigma) / 4,            D(x, sigma, s) = c_skip x + c_out F(c_in x, c_noise, s)
+
+(sd: ``sigma_data``). The loss weights the squared error of D by 1 / c_out^2, which without clipping equals the
+plain MSE of F against its target (a - c_skip x) / c_out. Training noise levels follow a log-logistic
+distribution truncated to [sigma_min, sigma_max] (location ln sd, scale 0.5 in DTQL), drawn by inverting its CDF.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..contract import rng
+
+
+def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out, c_in) of the EDM preconditioning, each the shape of ``sigma``."""
+    total = sigma ** 2 + sigma_data ** 2
+    return sigma_data ** 2 / total, sigma * sigma_data / total.sqrt(), total.rsqrt()
+
+
+def c_noise(sigma: torch.Tensor) -> torch.Tensor:
+    """The noise level as the denoiser sees it: ln(sigma) / 4."""
+    return sigma.log() / 4
+
+
+def log_logistic_sigma(shape: Sequence[int], generator: rng.Gen = None, device: torch.device | str | None = None,
+                       *, loc: float, scale: float, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Noise levels from a log-logistic(loc, scale) distribution truncated to [sigma_min, sigma_max], float32.
+
+    ln sigma is logistic(loc, scale), so u ~ U(F(sigma_min), F(sigma_max)) with F the logistic CDF of ln sigma
+    gives sigma = exp(loc + scale logit(u)). The uniform comes from :func:`modzoo.contract.rng.rand` (float32, so
+    that stacked seeds draw it too); the inversion runs in float64, where the CDF at sigma_max is 1 - 4e-5 and
+    float32 would round the largest draws.
+    """
+    lo = 1 / (1 + math.exp(-(math.log(sigma_min) - loc) / scale))
+    hi = 1 / (1 + math.exp(-(math.log(sigma_max) - loc) / scale))
+    u = rng.rand(shape, generator, device).double() * (hi - lo) + lo
+    sigma = (torch.logit(u) * scale + loc).exp().clamp(sigma_min, sigma_max)
+    return sigma.float()
+
+
+class KarrasDiffusion(nn.Module):
+    """An EDM-preconditioned conditional denoiser D(x, sigma, s) over actions and its training loss.
+
+    ``denoiser(x, c_noise, obs)`` is the raw network F; ``clip`` bounds D (DTQL clamps to the action range, 1)
+    or is None for no clamp.
+    """
+
+    def __init__(self, denoiser: nn.Module, act_dim: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 sigma_data: float = 0.5, sigma_scale: float = 0.5, clip: float | None = 1.0) -> None:
+        super().__init__()
+        if not 0 < sigma_min < sigma_max or sigma_data <= 0 or sigma_scale <= 0:
+            raise ValueError(f"EDM noise levels need 0 < sigma_min < sigma_max and sigma_data, sigma_scale > 0; got "
+                             f"sigma_min={sigma_min}, sigma_max={sigma_max}, sigma_data={sigma_data}, "
+                             f"sigma_scale={sigma_scale}")
+        self.model, self.act_dim = denoiser, int(act_dim)
+        self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
+        self.sigma_loc, self.sigma_scale = math.log(self.sigma_data), float(sigma_scale)
+        self.clip = None if clip is None else float(clip)
+
+    def draw_sigma(self, batch: int, generator: rng.Gen = None, device: torch.device | None = None
+                   ) -> torch.Tensor:
+        """(batch,) training noise levels: the truncated log-logistic with location ln(sigma_data)."""
+        return log_logistic_sigma((batch,), generator, device, loc=self.sigma_loc, scale=self.sigma_scale,
+                                  sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """D(x, sigma, s): the estimate of the clean action from x at noise level ``sigma`` (B,), clamped to
+        [-clip, clip]."""
+        c_skip, c_out, c_in = (c[:, None] for c in edm_scalings(sigma, self.sigma_data))
+        d = c_skip * x + c_out * self.model(c_in * x, c_noise(sigma), obs)
+        return d if self.clip is None else d.clamp(-self.clip, self.clip)
+
+    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None, reduce: bool = True
+             ) -> torch.Tensor:
+        """E[ || (D(x0 + sigma eps, sigma, s) - x0) / c_out ||^2 ] with sigma and eps drawn here (in that order):
+        the mean over batch and action dims, or per sample (B,) (mean over action dims) with ``reduce=False``.
+        Differentiable w.r.t. ``x0`` as well as the denoiser (DTQL's trust-region term backpropagates into it)."""
+        sigma = self.draw_sigma(x0.shape[0], generator, x0.device)
+        noise = rng.randn(x0.shape, generator, x0.device)
+        c_out = edm_scalings(sigma, self.sigma_data)[1][:, None]
+        per = (((self.denoise(x0 + sigma[:, None] * noise, sigma, obs) - x0) / c_out) ** 2).mean(-1)
+        return per.mean() if reduce else per

@@ -1,0 +1,183 @@
+"""Continuous-time diffusion over actions: the VP SDE of Song et al. (2021), as SfBC, QGPO and SRPO train it.
+
+The forward process is x_t = alpha_t x_0 + sigma_t eps for t in (0, 1], with the linear-beta VP SDE
+
+    log alpha_t = -1/4 t^2 (beta_1 - beta_0) - 1/2 t beta_0,      sigma_t = sqrt(1 - alpha_t^2),
+
+beta_0 = 0.1 and beta_1 = 20 (their ``marginal_prob_std``). The denoiser predicts eps from (x_t, t, s) with t a
+real number, so a time embedding that takes real inputs is needed (the LN-ResNet's ``time_embed: gaussian``, the
+fixed Gaussian Fourier features of those codes). Training draws t ~ U(t_min, 1).
+
+Sampling solves the probability-flow ODE with DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095) in data
+prediction, on a grid uniform in t from 1 to t_min (DPM-Solver's ``time_uniform``):
+
+- ``"dpm_solver++_2s"``: the singlestep second-order solver (QGPO's sampler: ``order=2``, ``method='singlestep'``);
+  with an odd number of steps the last one is first order, so ``steps`` is the number of model calls;
+- ``"dpm_solver++"``: the multistep second-order solver (2M), first order on its first step;
+- ``"ddim"``: DDIM's first-order step (eta > 0 adds its stochastic part).
+
+The class keeps :class:`~modzoo.blocks.diffusion.GaussianDiffusion`'s interface (``training_terms``, ``loss``,
+``predict_x0``, ``sample`` with a ``guide(x_t, t, obs) -> eps`` hook), so :class:`~modzoo.blocks.policy.DDPMPolicy`
+and its candidate selection serve either; there ``T`` is the default number of solver steps.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..contract import rng
+from .nets import Denoiser
+
+#: the solvers :meth:`VPSDEDiffusion.sample` has (see the module docstring)
+SDE_SAMPLERS = ("dpm_solver++_2s", "dpm_solver++", "ddim")
+
+
+class VPSDE:
+    """The linear-beta VP SDE's marginals, log-SNR and its inverse (closed forms)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        self.b0, self.b1 = float(beta_min), float(beta_max)
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.25 * t ** 2 * (self.b1 - self.b0) - 0.5 * t * self.b0
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t) with sigma_t = sqrt(1 - alpha_t^2)."""
+        log_a = self.log_alpha(t)
+        return log_a.exp(), (-torch.expm1(2 * log_a)).sqrt()
+
+    def lam(self, t: torch.Tensor) -> torch.Tensor:
+        """Half log-SNR, log(alpha_t / sigma_t)."""
+        log_a = self.log_alpha(t)
+        return log_a - 0.5 * torch.log(-torch.expm1(2 * log_a))
+
+    def t_of_lam(self, lam: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`lam`: -log alpha = u = softplus(-2 lam) / 2 solves the quadratic in t."""
+        u = 0.5 * torch.logaddexp(-2 * lam, torch.zeros_like(lam))
+        d = self.b1 - self.b0
+        return 4 * u / ((self.b0 ** 2 + 4 * d * u).sqrt() + self.b0)
+
+
+class VPSDEDiffusion(nn.Module):
+    """A conditional continuous-time diffusion p(a | s) around an eps-predicting denoiser of real t."""
+
+    def __init__(self, denoiser: Denoiser, act_dim: int, steps: int = 15, sampler: str = "dpm_solver++_2s",
+                 beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3,
+                 max_action: float = 1.0) -> None:
+        super().__init__()
+        if sampler not in SDE_SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r} for schedule vp_sde; known: {list(SDE_SAMPLERS)}")
+        self.model, self.act_dim, self.T, self.sampler = denoiser, act_dim, int(steps), sampler
+        self.sde, self.t_min, self.max_action = VPSDE(beta_min, beta_max), float(t_min), max_action
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def perturb(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = alpha_t x0 + sigma_t eps (``t``: (B,))."""
+        a, s = self.sde.alpha_sigma(t)
+        return a[:, None] * x0 + s[:, None] * noise
+
+    def training_terms(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
+                       **model_kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """t ~ U(t_min, 1), ``noise``, ``x_t`` and the denoiser's ``eps`` (as GaussianDiffusion's)."""
+        b = x0.shape[0]
+        t = self.t_min + (1.0 - self.t_min) * rng.rand((b,), generator, x0.device)
+        noise = rng.randn(x0.shape, generator, x0.device)
+        x_t = self.perturb(x0, t, noise)
+        return {"t": t, "noise": noise, "x_t": x_t, "eps": self.model(x_t, t, obs, **model_kwargs)}
+
+    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
+             reduce: bool = True) -> torch.Tensor:
+        """Unweighted eps-MSE, averaged over action dims (the policy's ``loss_reduce: sum`` scales it back)."""
+        terms = self.training_terms(x0, obs, generator)
+        err = (terms["eps"] - terms["noise"]) ** 2
+        return err.mean() if reduce else err.mean(-1)
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """x0 = (x_t - sigma_t eps) / alpha_t per row, clipped to the action range by default."""
+        a, s = self.sde.alpha_sigma(t)
+        x0 = (x_t - s[:, None] * eps) / a[:, None]
+        return x0.clamp(-self.max_action, self.max_action) if clip else x0
+
+    # ---- sampling -------------------------------------------------------------------------------------------
+    def _x0(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, guide: Any) -> torch.Tensor:
+        tt = t.expand(x.shape[0])
+        eps = guide(x, tt, obs) if guide is not None else self.model(x, tt, obs)
+        return self.predict_x0(x, tt, eps, clip=False)
+
+    def sample(self, obs: torch.Tensor, generator: rng.Gen = None, guide: Any = None, init_scale: float = 1.0,
+               sampler: str | None = None, steps: int | None = None, eta: float = 0.0) -> torch.Tensor:
+        """Solve from x_1 ~ N(0, init_scale^2 I) to t_min with ``sampler`` (default: the configured one) in
+        ``steps`` model calls (default ``T``); returns (B, act_dim) clipped to the action range. ``guide`` maps
+        (x_t, t, obs) -> eps and replaces the plain denoiser (QGPO's energy guidance plugs in here)."""
+        sampler = sampler or self.sampler
+        if sampler not in SDE_SAMPLERS:
+            raise ValueError(f"sampler {sampler!r} does not solve the VP SDE; use one of {', '.join(SDE_SAMPLERS)}")
+        n = int(steps or self.T)
+        b, dev = obs.shape[0], obs.device
+        x = rng.randn((b, self.act_dim), generator, dev) * init_scale
+        if sampler == "dpm_solver++_2s":
+            x = self._singlestep(x, obs, guide, n)
+        else:
+            x = self._multistep(x, obs, guide, n, sampler, eta, generator)
+        return x.clamp(-self.max_action, self.max_action)
+
+    def _grid(self, k: int, device: torch.device) -> torch.Tensor:
+        return torch.linspace(1.0, self.t_min, k + 1, device=device)
+
+    def _singlestep(self, x: torch.Tensor, obs: torch.Tensor, guide: Any, n: int) -> torch.Tensor:
+        """DPM-Solver++(2S) with r1 = 1/2 (``singlestep_dpm_solver_second_update``, solver_type 'dpmsolver'):
+        ceil(n / 2) outer steps, the last first order when n is odd."""
+        outer = (n + 1) // 2
+        orders = [2] * (n // 2) + [1] * (n % 2)
+        grid, sde = self._grid(outer, x.device), self.sde
+        for i, order in enumerate(orders):
+            s, t = grid[i], grid[i + 1]
+            lam_s, lam_t = sde.lam(s), sde.lam(t)
+            h = lam_t - lam_s
+            (a_t, sig_t), sig_s = sde.alpha_sigma(t), sde.alpha_sigma(s)[1]
+            x0_s = self._x0(x, s, obs, guide)
+            phi_1 = torch.expm1(-h)
+            if order == 1:
+                x = sig_t / sig_s * x - a_t * phi_1 * x0_s
+                continue
+            s1 = sde.t_of_lam(lam_s + 0.5 * h)
+            a_s1, sig_s1 = sde.alpha_sigma(s1)
+            x_s1 = sig_s1 / sig_s * x - a_s1 * torch.expm1(-0.5 * h) * x0_s
+            x0_s1 = self._x0(x_s1, s1, obs, guide)
+            # the correction term (1 / (2 r1)) alpha_t phi_1 (x0_s1 - x0_s) with r1 = 1/2
+            x = sig_t / sig_s * x - a_t * phi_1 * x0_s - a_t * phi_1 * (x0_s1 - x0_s)
+        return x
+
+    def _multistep(self, x: torch.Tensor, obs: torch.Tensor, guide: Any, n: int, sampler: str, eta: float,
+                   generator: rng.Gen) -> torch.Tensor:
+        """DPM-Solver++(2M) or DDIM on n + 1 grid points (n model calls)."""
+        grid, sde = self._grid(n, x.device), self.sde
+        prev_x0, prev_h = None, None
+        for i in range(n):
+            s, t = grid[i], grid[i + 1]
+            x0 = self._x0(x, s, obs, guide)
+            (a_s, sig_s), (a_t, sig_t) = sde.alpha_sigma(s), sde.alpha_sigma(t)
+            h = sde.lam(t) - sde.lam(s)
+            if sampler == "ddim":
+                eps = (x - a_s * x0) / sig_s
+                sigma = eta * (sig_t / sig_s) * (1 - (a_s / a_t) ** 2).clamp(min=0).sqrt()
+                x = a_t * x0 + (sig_t ** 2 - sigma ** 2).clamp(min=0).sqrt() * eps
+                if eta > 0:
+                    x = x + sigma * rng.randn(x.shape, generator, x.device)
+                continue
+            d = x0 if prev_x0 is None else (1 + h / (2 * prev_h)) * x0 - h / (2 * prev_h) * prev_x0
+            x = sig_t / sig_s * x - a_t * torch.expm1(-h) * d
+            prev_x0, prev_h = x0, h
+        return x
+
+
+def gaussian_eps(x_t: torch.Tensor, t: torch.Tensor, sde: VPSDE, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """The exact eps-prediction of a behaviour N(mean, std^2 I): its marginal at t is N(alpha mean, (alpha^2 std^2 +
+    sigma^2) I), so eps*(x_t) = -sigma_t grad log p_t = sigma_t (x_t - alpha_t mean) / (alpha_t^2 std^2 + sigma_t^2).
+    For tests of score-based losses and samplers against closed forms."""
+    a, s = sde.alpha_sigma(t)
+    a, s = a[:, None], s[:, None]
+    return s * (x_t - a * mean) / (a ** 2 * std ** 2 + s ** 2)
+
