@@ -11,8 +11,9 @@ fixed Gaussian Fourier features of those codes). Training draws t ~ U(t_min, 1).
 Sampling solves the probability-flow ODE with DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095) in data
 prediction, on a grid uniform in t from 1 to t_min (DPM-Solver's ``time_uniform``):
 
-- ``"dpm_solver++_2s"``: the singlestep second-order solver (QGPO's sampler: ``order=2``, ``method='singlestep'``);
-  with an odd number of steps the last one is first order, so ``steps`` is the number of model calls;
+- ``"dpm_solver++_2s"``: the singlestep second-order solver as QGPO's copy of ``dpm_solver_pytorch`` runs it
+  (``order=2``, ``method='singlestep'``): ``steps`` model calls on a grid of ``steps`` intervals, two intervals
+  per second-order step, the last one or two steps first order;
 - ``"dpm_solver++"``: the multistep second-order solver (2M), first order on its first step;
 - ``"ddim"``: DDIM's first-order step (eta > 0 adds its stochastic part).
 
@@ -127,27 +128,32 @@ class VPSDEDiffusion(nn.Module):
         return torch.linspace(1.0, self.t_min, k + 1, device=device)
 
     def _singlestep(self, x: torch.Tensor, obs: torch.Tensor, guide: Any, n: int) -> torch.Tensor:
-        """DPM-Solver++(2S) with r1 = 1/2 (``singlestep_dpm_solver_second_update``, solver_type 'dpmsolver'):
-        ceil(n / 2) outer steps, the last first order when n is odd."""
-        outer = (n + 1) // 2
-        orders = [2] * (n // 2) + [1] * (n % 2)
-        grid, sde = self._grid(outer, x.device), self.sde
-        for i, order in enumerate(orders):
-            s, t = grid[i], grid[i + 1]
-            lam_s, lam_t = sde.lam(s), sde.lam(t)
-            h = lam_t - lam_s
+        """DPM-Solver++(2S) as QGPO's ``dpm_solver_pytorch`` runs it (``method='singlestep'``, ``order=2``): the n
+        model calls lie on an n-interval grid; each second-order step spans two intervals, its intermediate point
+        the grid point between them (r1 the log-SNR fraction there), and the orders are 2, ..., 2, 1 for odd n and
+        2, ..., 2, 1, 1 for even n (``get_orders_for_singlestep_solver``)."""
+        k = n // 2
+        orders = [2] * k + [1] if n % 2 else [2] * (k - 1) + [1, 1]
+        grid, sde = self._grid(n, x.device), self.sde
+        i = 0
+        for order in orders:
+            s, t = grid[i], grid[i + order]
+            lam_s = sde.lam(s)
+            h = sde.lam(t) - lam_s
             (a_t, sig_t), sig_s = sde.alpha_sigma(t), sde.alpha_sigma(s)[1]
             x0_s = self._x0(x, s, obs, guide)
             phi_1 = torch.expm1(-h)
             if order == 1:
                 x = sig_t / sig_s * x - a_t * phi_1 * x0_s
-                continue
-            s1 = sde.t_of_lam(lam_s + 0.5 * h)
-            a_s1, sig_s1 = sde.alpha_sigma(s1)
-            x_s1 = sig_s1 / sig_s * x - a_s1 * torch.expm1(-0.5 * h) * x0_s
-            x0_s1 = self._x0(x_s1, s1, obs, guide)
-            # the correction term (1 / (2 r1)) alpha_t phi_1 (x0_s1 - x0_s) with r1 = 1/2
-            x = sig_t / sig_s * x - a_t * phi_1 * x0_s - a_t * phi_1 * (x0_s1 - x0_s)
+            else:
+                s1 = grid[i + 1]
+                r1 = (sde.lam(s1) - lam_s) / h
+                a_s1, sig_s1 = sde.alpha_sigma(s1)
+                x_s1 = sig_s1 / sig_s * x - a_s1 * torch.expm1(-r1 * h) * x0_s
+                x0_s1 = self._x0(x_s1, s1, obs, guide)
+                # ``singlestep_dpm_solver_second_update``, data prediction, solver_type 'dpmsolver'
+                x = sig_t / sig_s * x - a_t * phi_1 * x0_s - 0.5 / r1 * a_t * phi_1 * (x0_s1 - x0_s)
+            i += order
         return x
 
     def _multistep(self, x: torch.Tensor, obs: torch.Tensor, guide: Any, n: int, sampler: str, eta: float,
