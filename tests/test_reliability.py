@@ -388,3 +388,22 @@ def test_progress_off_a_terminal_is_a_few_plain_lines(capsys, small_dataset_path
     lines = [x for x in err.splitlines() if x.startswith("policy (joint):")]
     assert 2 <= len(lines) <= 11 and lines[-1].startswith("policy (joint): 40/40")
     assert any(x.startswith(f"eval {TASK}: 1/1") for x in err.splitlines())
+
+
+@pytest.mark.parametrize("extra,says", [
+    (["policy.behaviour_steps=1.5"], "as a fraction of the policy phase must be in [0, 1)"),
+    (["policy.behaviour_steps=4"], "leaves none of the 4 policy steps to the actor"),
+    (["policy.sampler=eps_clip"], "discrete-chain sampler"),
+])
+def test_a_two_stage_policy_refuses_a_split_or_sampler_it_cannot_run(capsys, small_dataset_path, tmp_path, monkeypatch,
+                                                                     extra, says):
+    """An SRPO run whose behaviour stage would take the whole phase (the actor then never trains, and the untrained
+    actor is evaluated), or whose continuous-time model is given a DDPM sampler, stops in one line, before work."""
+    from modzoo.plugins.srpo import SRPOPolicy
+    monkeypatch.setattr(SRPOPolicy, "update", lambda *a, **k: pytest.fail("trained before refusing"))
+    argv = ["run", "--guidance", "idql", "--policy", "srpo", "--env", TASK, "--dataset", str(small_dataset_path),
+            "--out", str(tmp_path / "r"), "--device", "cpu", "--no-progress", "--policy-steps", "4",
+            "policy.hidden=16", *extra]
+    msg = one_line_error(capsys, *argv)
+    assert says in msg and "policy." in msg
+    assert not (tmp_path / "r").exists()
