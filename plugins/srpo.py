@@ -51,6 +51,9 @@ class SRPOPolicy(DDPMPolicy):
 
     needs = frozenset({"q"})
     uses_guidance_in_training = True
+    # every draw (t, z, the behaviour stage's noise) goes through modzoo.contract.rng, and grad_a Q is a
+    # torch.func.grad, so the stacked trainer's vmap(grad(...)) runs both stages
+    stackable = True
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
@@ -82,12 +85,11 @@ class SRPOPolicy(DDPMPolicy):
         if guidance is None or beta == 0:
             dq, q = torch.zeros_like(act), torch.zeros(())
         else:
-            a = act.detach().requires_grad_(True)
-            with torch.enable_grad():
-                q = guidance.q_ensemble(obs, a).mean(0)
-                dq = torch.autograd.grad(q.sum(), a)[0]
-        loss = srpo_loss(act, reg, dq, beta)
-        return loss, {"actor_loss": loss.detach(), "q": q.detach().mean()}
+            # torch.func.grad rather than autograd.grad: it also runs inside the stacked trainer's vmap(grad(...))
+            dq, q = torch.func.grad_and_value(lambda a: guidance.q_ensemble(obs, a).mean(0).sum())(act.detach())
+            q = q / obs.shape[0]
+        loss = srpo_loss(act, reg, dq.detach(), beta)
+        return loss, {"actor_loss": loss.detach(), "q": q.detach()}
 
     def stages(self) -> list[Stage]:
         if self._host_steps() < self.behaviour_steps:

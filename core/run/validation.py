@@ -192,18 +192,20 @@ def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
 
 
 def check_sample_steps(policy: Mapping[str, Any]) -> None:
-    """A chain at inference takes at most the T steps the policy trains with, and fewer only with a sampler that
-    can skip steps."""
+    """Each sampler solves its own kind of model (a continuous-time one an ODE, a discrete chain its T steps), and
+    a chain at inference takes at most the T steps the policy trains with, fewer only with a sampler that can skip
+    steps."""
     if policy.get("schedule") == "vp_sde":
         _check_sde_samplers(policy)
         return
     for key in ("sampler", "act_sampler"):
         if policy.get(key) == "dpm_solver++_2s":
-            raise ConfigError(f"config key policy.{key}=dpm_solver++_2s solves the continuous-time VP SDE only: set "
-                              f"policy.schedule=vp_sde, or use dpm_solver++ on this discrete chain")
+            raise ConfigError(f"config key policy.{key}=dpm_solver++_2s solves the continuous-time VP SDE only: "
+                              f"set policy.schedule=vp_sde, or use dpm_solver++ on this discrete chain")
     if policy.get("sampler", SAMPLERS[0]) not in SAMPLERS:
-        raise ConfigError(f"config key policy.sampler={policy.get('sampler')} is not a sampler a discrete chain trains with; "
-                          f"use one of {', '.join(SAMPLERS)} (a faster one when acting: policy.act_sampler)")
+        raise ConfigError(f"config key policy.sampler={policy.get('sampler')} is not a sampler a discrete chain "
+                          f"trains with; use one of {', '.join(SAMPLERS)} (a faster one when acting: "
+                          f"policy.act_sampler)")
     steps, T = int(policy.get("sample_steps") or 0), policy.get("T")
     if not steps or T is None:
         return
@@ -222,11 +224,11 @@ def check_behaviour_steps(policy: Mapping[str, Any], policy_steps: int) -> None:
     if b is None or isinstance(b, bool):
         return
     if isinstance(b, float) and not 0 <= b < 1:
-        raise ConfigError(f"config key policy.behaviour_steps={b} as a fraction of the policy phase must be in [0, 1); give a "
-                          f"fraction such as 0.5, or a whole number of steps")
+        raise ConfigError(f"config key policy.behaviour_steps={b} as a fraction of the policy phase must be in "
+                          f"[0, 1); give a fraction such as 0.5, or a whole number of steps")
     if isinstance(b, int) and policy_steps and b >= policy_steps:
-        raise ConfigError(f"config key policy.behaviour_steps={b} leaves none of the {policy_steps} policy steps to the actor; "
-                          f"give fewer, a fraction of the phase such as 0.5, or more --policy-steps")
+        raise ConfigError(f"config key policy.behaviour_steps={b} leaves none of the {policy_steps} policy steps "
+                          f"to the actor; give fewer, a fraction of the phase such as 0.5, or more --policy-steps")
 
 
 def _check_sde_samplers(policy: Mapping[str, Any]) -> None:
@@ -234,8 +236,8 @@ def _check_sde_samplers(policy: Mapping[str, Any]) -> None:
     for key in ("sampler", "act_sampler"):
         value = policy.get(key)
         if value not in (None, "trained", *SDE_SAMPLERS):
-            raise ConfigError(f"config key policy.{key}={value} is a discrete-chain sampler; with policy.schedule=vp_sde use "
-                              f"one of {', '.join(SDE_SAMPLERS)}")
+            raise ConfigError(f"config key policy.{key}={value} is a discrete-chain sampler; with "
+                              f"policy.schedule=vp_sde use one of {', '.join(SDE_SAMPLERS)}")
 
 
 def _check_pair(c: Mapping[str, Any]) -> None:
