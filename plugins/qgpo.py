@@ -28,9 +28,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from modzoo import Batch, DDPMPolicy, GuidanceModule, HalfSpec, Metrics, ObsNorm, Stage, hookimpl, obs_norm_enabled
+from modzoo import Batch, GuidanceModule, HalfSpec, Metrics, ObsNorm, Stage, hookimpl, obs_norm_enabled
 from modzoo.blocks.nets import FourierFeatures, mlp
-from modzoo.blocks.policy import behaviour_steps
+from modzoo.blocks.policy import BehaviourFirstPolicy
 from modzoo.blocks.sde import VPSDE, VPSDEDiffusion
 from modzoo.blocks.utils import load_optim_state, make_optimizer, optim_state
 from modzoo.contract import rng
@@ -96,7 +96,7 @@ def energy_guide(model: nn.Module, sde: VPSDE, energy: nn.Module, scale: float) 
     return guide
 
 
-class QGPOPolicy(DDPMPolicy):
+class QGPOPolicy(BehaviourFirstPolicy):
     """Behaviour VP-SDE diffusion guided by the gradient of a CEP-trained energy model; one sample per state.
 
     ``self.diffusion`` is the behaviour model, ``self.energy`` the intermediate energy f_phi(x_t, t, s)."""
@@ -119,15 +119,9 @@ class QGPOPolicy(DDPMPolicy):
                                          cfg["weight_decay"])
         if int(cfg["support_actions"]) < 2:
             raise ValueError("qgpo: support_actions must be at least 2 (CEP contrasts a state's support actions)")
-        self.behaviour_steps = behaviour_steps(cfg)
         self.require("beta", "guidance_scale", "support_actions", "support_steps", "energy_batch_size")
 
     # ---- the two stages ---------------------------------------------------------------------------------------
-    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
-        """The behaviour model's eps-MSE (its stage runs first; it never asks the guidance)."""
-        loss = self.bc_loss(batch)
-        return loss, {"bc_loss": loss.detach()}
-
     def support_actions(self, obs: torch.Tensor, k: int) -> torch.Tensor:
         """K unguided samples of the behaviour model per state, (B, K, A): the authors' support action set,
         drawn with the acting solver (guidance scale 0) from the model named by ``act_model``."""
@@ -160,13 +154,10 @@ class QGPOPolicy(DDPMPolicy):
         return loss, {"cep_loss": loss.detach(), "q_support": q.mean(), "q_support_std": q.std(1).mean(),
                       "q_data": q_data, "label_max": torch.softmax(beta * q, 1).max(1).values.mean()}
 
-    def stages(self) -> list[Stage]:
-        """The behaviour model (its optimizer, LR schedule and EMA) for the first ``behaviour_steps`` updates,
-        then the energy model alone (constant LR, as the authors' Adam)."""
-        if self._host_steps() < self.behaviour_steps:
-            return super().stages()
-        return [Stage("energy", self.energy, self.energy_loss, self.energy_opt, None,
-                      float(self.cfg["grad_norm"] or 0.0))]
+    def second_stage(self) -> Stage:
+        """The energy model alone, at a constant LR (the authors' Adam)."""
+        return Stage("energy", self.energy, self.energy_loss, self.energy_opt, None,
+                     float(self.cfg["grad_norm"] or 0.0))
 
     # ---- sampling ---------------------------------------------------------------------------------------------
     def sampling_guide(self, diffusion: VPSDEDiffusion, obs: torch.Tensor) -> Guide | None:

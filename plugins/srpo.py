@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from modzoo import Batch, DDPMPolicy, GuidanceModule, HalfSpec, Metrics, Stage, hookimpl, obs_norm_enabled
+from modzoo import Batch, GuidanceModule, HalfSpec, Metrics, Stage, hookimpl, obs_norm_enabled
 from modzoo.blocks.nets import DeterministicActor, init_
-from modzoo.blocks.policy import behaviour_steps
+from modzoo.blocks.policy import BehaviourFirstPolicy
 from modzoo.blocks.sde import VPSDEDiffusion
 from modzoo.blocks.utils import DEFAULT_DECAY_STEPS, load_optim_state, make_optimizer, make_scheduler, optim_state
 from modzoo.contract import rng
@@ -44,7 +44,7 @@ def srpo_loss(act: torch.Tensor, reg: torch.Tensor, dq: torch.Tensor, beta: floa
     return ((reg * act).sum(-1) - beta * (dq * act).sum(-1)).mean()
 
 
-class SRPOPolicy(DDPMPolicy):
+class SRPOPolicy(BehaviourFirstPolicy):
     """Deterministic actor regularized by a frozen behaviour diffusion's score; acts in one forward pass.
 
     The diffusion (``self.diffusion``) is the behaviour model; ``self.actor`` is what acts."""
@@ -62,16 +62,10 @@ class SRPOPolicy(DDPMPolicy):
         self.actor = init_(DeterministicActor(obs_dim, act_dim, list(cfg["actor_hidden"]),
                                               act=cfg["actor_activation"], obs_norm=obs_norm_enabled(cfg)),
                            cfg["init"])
-        self.behaviour_steps = behaviour_steps(cfg)
         horizon = int(cfg["lr_decay_steps"] or DEFAULT_DECAY_STEPS) - self.behaviour_steps
         self.actor_opt = make_optimizer(self.actor.parameters(), "adam", cfg["actor_lr"])
         self.actor_sched = make_scheduler(self.actor_opt, cfg["actor_lr_schedule"], max(1, horizon))
         self.require("beta", "reg_t_min", "reg_t_max", "actor_batch_size")
-
-    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
-        """The behaviour model's eps-MSE (its stage runs first)."""
-        loss = self.bc_loss(batch)
-        return loss, {"bc_loss": loss.detach()}
 
     def actor_loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         obs = batch["observations"][: int(self.cfg["actor_batch_size"])]
@@ -91,11 +85,9 @@ class SRPOPolicy(DDPMPolicy):
         loss = srpo_loss(act, reg, dq.detach(), beta)
         return loss, {"actor_loss": loss.detach(), "q": q.detach()}
 
-    def stages(self) -> list[Stage]:
-        if self._host_steps() < self.behaviour_steps:
-            return super().stages()
-        return [Stage("actor", self.actor, self.actor_loss, self.actor_opt, self.actor_sched,
-                      float(self.cfg["grad_norm"] or 0.0))]
+    def second_stage(self) -> Stage:
+        return Stage("actor", self.actor, self.actor_loss, self.actor_opt, self.actor_sched,
+                     float(self.cfg["grad_norm"] or 0.0))
 
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, n: int = 1, **_: Any) -> torch.Tensor:

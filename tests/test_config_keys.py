@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from modzoo.blocks.policy import BehaviourFirstPolicy
 from modzoo.run.buffer import ReplayBuffer
 from modzoo.run.config import half_config
 from modzoo.bullet.data import load_dataset
@@ -66,7 +67,11 @@ def test_every_key_a_half_reads_is_in_its_yaml(recording_halves, small_dataset_p
     ds = load_dataset(str(small_dataset_path), task=TASK)
     batch = ReplayBuffer(ds, seed=0).sample(16)
     small = {"hidden": [16, 16]} if kind == "guidance" else {"hidden": 16, "candidates": 4}
+    if name == "dtql":
+        small["gamma"] = 1.0  # its log-prob term, 0 on locomotion, reads no key of its own but is code all the same
     half, keys, read = _build(kind, name, ds, small)
+    if isinstance(half, BehaviourFirstPolicy):  # a two-stage policy: the second update is its second stage
+        half.behaviour_steps = 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cfg warns that a joint critic moves under its labels
         if kind == "guidance":
@@ -75,7 +80,8 @@ def test_every_key_a_half_reads_is_in_its_yaml(recording_halves, small_dataset_p
             half.q(batch["observations"], batch["actions"])
         else:
             critic = _build("guidance", "idql", ds, {"hidden": [16, 16]})[0]
-            half.update(batch, critic)
+            for _ in range(2):
+                half.update(batch, critic)
             half.act(batch["observations"][:2], critic)
             half.target_actions(batch["observations"][:2])
     assert not read - keys, f"{kind} {name!r} reads {sorted(read - keys)}, which its YAML lacks"

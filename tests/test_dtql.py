@@ -170,27 +170,6 @@ def test_act_picks_the_highest_q_candidate():
     assert p.act(obs, None).shape == (3, ACT)
 
 
-def test_every_key_dtql_reads_is_in_its_yaml():
-    read: set[str] = set()
-
-    class Recording(dict):
-        def __getitem__(self, key):
-            read.add(key)
-            return super().__getitem__(key)
-
-        def get(self, key, default=None):
-            read.add(key)
-            return super().get(key, default)
-
-    cfg = half_config(modzoo.load_registry().policy("dtql").default_config(), TASK)
-    p = DTQLPolicy(OBS, ACT, {**cfg, "hidden": 16, "candidates": 4, "gamma": 1.0})
-    p.cfg = Recording(p.cfg)
-    p.update(batch(), FakeGuidance())
-    p.act(batch(2)["observations"], FakeGuidance())
-    p.target_actions(batch(2)["observations"])
-    assert read and not read - set(cfg), sorted(read - set(cfg))
-
-
 # ---- the contract and the CLI -----------------------------------------------------------------------------------
 def test_dtql_passes_the_conformance_suite(tmp_path):
     report = check_plugin("dtql", workdir=tmp_path)["policy:dtql"]

@@ -251,42 +251,6 @@ def test_refuses_a_discrete_chain():
         policy(schedule="vp", sampler="eps_clip", T=5)
 
 
-class Recording(dict):
-    """A config dict that notes every key looked up."""
-
-    def __init__(self, data: dict, read: set) -> None:
-        super().__init__(data)
-        self.read = read
-
-    def get(self, key, default=None):  # type: ignore[no-untyped-def]
-        self.read.add(key)
-        return super().get(key, default)
-
-    def __getitem__(self, key):  # type: ignore[no-untyped-def]
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key) -> bool:  # type: ignore[no-untyped-def]
-        self.read.add(key)
-        return super().__contains__(key)
-
-
-def test_every_key_qgpo_reads_is_in_its_yaml():
-    """As tests/test_config_keys.py does for the other first-party halves, through both stages and acting."""
-    from modzoo.run.config import half_config
-    cfg = {**half_config(modzoo.load_registry().policy("qgpo").default_config(), TASK), **TINY,
-           "behaviour_steps": 1}
-    read: set[str] = set()
-    p = QGPOPolicy(OBS, ACT, Recording(cfg, read))
-    p.cfg = Recording(p.cfg, read)
-    for _ in range(2):
-        p.update(batch(), SumQ())
-    p.act(batch(2)["observations"], SumQ())
-    p.act(batch(2)["observations"], SumQ(), n=2)
-    p.target_actions(batch(2)["observations"])
-    assert not read - set(cfg), sorted(read - set(cfg))
-
-
 # ---- (e) the conformance suite, (f) the CLI ----------------------------------------------------------------------
 def test_qgpo_passes_the_conformance_suite(tmp_path):
     from modzoo.testing import check_plugin

@@ -84,6 +84,13 @@ SCHEDULES = {"vp": vp_beta_schedule, "linear": linear_beta_schedule, "cosine": c
              "linear_scaled": linear_scaled_beta_schedule}
 
 
+def eps_mse(terms: dict[str, torch.Tensor], reduce: bool = True) -> torch.Tensor:
+    """The simple loss of Ho et al. on one noising draw (``training_terms``): the epsilon MSE, a scalar, or per
+    sample (averaged over action dims) when ``reduce`` is False."""
+    err = (terms["eps"] - terms["noise"]) ** 2
+    return err.mean() if reduce else err.mean(-1)
+
+
 class GaussianDiffusion(nn.Module):
     """A conditional DDPM p(a | s) around an epsilon-predicting denoiser.
 
@@ -145,9 +152,7 @@ class GaussianDiffusion(nn.Module):
     def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
              reduce: bool = True) -> torch.Tensor:
         """Epsilon-prediction MSE with t ~ U{0..T-1}: the behaviour-cloning loss of both papers."""
-        terms = self.training_terms(x0, obs, generator)
-        err = (terms["eps"] - terms["noise"]) ** 2
-        return err.mean() if reduce else err.mean(-1)
+        return eps_mse(self.training_terms(x0, obs, generator), reduce)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) per row (``t``: (B,) step indices), clipped to the

@@ -183,3 +183,28 @@ class DDPMPolicy(DiffusionPolicy):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         load_optim_state(state, self.opt, self.sched)
+
+
+class BehaviourFirstPolicy(DDPMPolicy):
+    """A policy trained in two stages: its diffusion, a behaviour model of the data, for the first
+    ``behaviour_steps`` updates; then, with that model frozen, what the method builds on it (SRPO's actor, QGPO's
+    energy model), one stage that subclasses return from :meth:`second_stage`. The behaviour stage is
+    :class:`DDPMPolicy`'s own (its optimizer, schedule and EMA) and never asks the guidance."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__(obs_dim, act_dim, cfg)
+        self.behaviour_steps = behaviour_steps(cfg)
+
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
+        """The behaviour model's eps-MSE."""
+        loss = self.bc_loss(batch)
+        return loss, {"bc_loss": loss.detach()}
+
+    def second_stage(self) -> Stage:
+        """The stage that trains on the frozen behaviour model."""
+        raise NotImplementedError(f"policy {self.algorithm!r} must implement second_stage()")
+
+    def stages(self) -> list[Stage]:
+        if self._host_steps() < self.behaviour_steps:
+            return super().stages()
+        return [self.second_stage()]

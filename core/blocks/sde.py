@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..contract import rng
+from .diffusion import eps_mse
 from .nets import Denoiser
 
 #: the solvers :meth:`VPSDEDiffusion.sample` has (see the module docstring)
@@ -91,9 +92,7 @@ class VPSDEDiffusion(nn.Module):
     def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
              reduce: bool = True) -> torch.Tensor:
         """Unweighted eps-MSE, averaged over action dims (the policy's ``loss_reduce: sum`` scales it back)."""
-        terms = self.training_terms(x0, obs, generator)
-        err = (terms["eps"] - terms["noise"]) ** 2
-        return err.mean() if reduce else err.mean(-1)
+        return eps_mse(self.training_terms(x0, obs, generator), reduce)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """x0 = (x_t - sigma_t eps) / alpha_t per row, clipped to the action range by default."""
