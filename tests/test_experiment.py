@@ -526,3 +526,23 @@ def test_status_tells_each_runs_state_without_touching_the_run_dirs(tiny_experim
     assert main(["experiment", str(tiny_experiment), "--status"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("experiment tiny: 6 runs: 3 finished, 1 running, 1 interrupted, 1 failed; swaps ")
+
+
+def test_a_two_stage_split_given_as_a_fraction_is_compared_as_the_steps_it_ran(tiny_experiment, tmp_path):
+    """SRPO's ``behaviour_steps: 0.6667`` is saved as the step count the trainer made of it: a finished run is not
+    stale for that, while another fraction (another split of the same phase) makes it stale."""
+    from modzoo.grid.plan import config_drift
+    exp = yaml.safe_load(tiny_experiment.read_text())
+    exp["arms"] = {"idql-gf": exp["arms"]["idql-gf"],
+                   "srpo-gf-iql": {"guidance": "idql", "policy": "srpo", "guidance_from": "idql-gf",
+                                   "overrides": ["guidance.hidden=[16,16]", "policy.hidden=16",
+                                                 "policy.batch_size=32", "policy.actor_batch_size=8"]}}
+    exp["swaps"], exp["gfdt_pairs"], exp["seeds"] = {}, {}, [0]
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    assert run_experiment(str(tiny_experiment), log=lambda m: None, report=False)["failed"] == 0
+    spec = next(s for s in plan(load_experiment(str(tiny_experiment))) if s.arm == "srpo-gf-iql")
+    saved = yaml.safe_load((tmp_path / "runs" / TASK / "srpo-gf-iql" / "seed0" / "config.yaml").read_text())
+    assert saved["policy"]["behaviour_steps"] == 3  # round(0.6667 * 4)
+    assert config_drift(spec) == []
+    spec.overrides.append("policy.behaviour_steps=0.25")
+    assert config_drift(spec) == ["policy.behaviour_steps: 3 -> 1"]

@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..run.config import config_diff
 from ..run.training import final_episodes, run_config
 from ..bullet.data import load_dataset
+from ..blocks.policy import behaviour_split
 from ..blocks.selection import RULES
 
 EXPERIMENT_DIRS = (Path("experiments"),)
@@ -124,6 +125,9 @@ def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
     saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     now = OmegaConf.to_container(run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule,
                                             seed=s.seed, out=s.out, **s.run), resolve=True)
+    policy = now.get("policy") or {}
+    if isinstance(policy.get("behaviour_steps"), float):  # saved as the step count the trainer made of it
+        policy["behaviour_steps"] = behaviour_split(policy["behaviour_steps"], int(now["run"]["policy_steps"]))
     return config_diff(saved, now, lambda name, old, new: name.split(".")[1] in _NOT_COMPARED
                        or new is None and name.startswith("run.")
                        or s.schedule == "pretrained" and name.startswith("guidance.") and name != "guidance.name")
