@@ -8,31 +8,42 @@
 # BG: the background checkout (cloned from this one on first use; updated with `git pull` only while none of its
 # jobs runs: a running grid's workers import the code again for every run). REF: where the authors' Diffusion-QL
 # code is unpacked (git archive of github.com/Zhendong-Wang/Diffusion-Policies-for-Offline-RL, see
-# benchmarks/reference_score.py). Logs go to $LOGS.
+# benchmarks/reference_score.py). BG2: issue #20's zoo-more experiment's checkout, kept the same way. Logs go to
+# $LOGS.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 BG=${BG:-/work/bg}
 REF=${REF:-/work/ref/dql}
 LOGS=${LOGS:-/work/logs}
 STATE=${STATE:-/work/ref-run/state}
+BG2=${BG2:-/work/bg2}   # issue #20's zoo-more experiment, from a checkout of its own
 mkdir -p "$LOGS" "$STATE"
 
-if [ ! -d "$BG/.git" ]; then
-  git clone -q "$HERE" "$BG"
-  (cd "$BG" && bash .ci/install)
-fi
-if pgrep -f "modzoo experiment" > /dev/null || pgrep -f reference_score.py > /dev/null; then
-  echo "background jobs are running; not updating $BG"
-else
-  # summaries already committed here exist in $BG as untracked copies; drop those that match the incoming
-  # commit byte for byte so the pull can write them, and keep any that differ (the pull then stops on them)
-  (cd "$BG" && git fetch -q "$HERE" HEAD \
+busy() {  # dir: true while any process runs with its working directory in dir (a job of that checkout)
+  local p
+  for p in $(pgrep -f python); do [ "$(readlink "/proc/$p/cwd" 2>/dev/null)" = "$1" ] && return 0; done
+  return 1
+}
+
+checkout() {  # dir: clone it on first use; else update it from here, only while none of its jobs runs
+  local dir=$1
+  if [ ! -d "$dir/.git" ]; then
+    git clone -q "$HERE" "$dir"
+    (cd "$dir" && bash .ci/install)
+    return
+  fi
+  if busy "$dir"; then echo "jobs are running in $dir; not updating it"; return; fi
+  # summaries already committed here exist there as untracked copies; drop those that match the incoming commit
+  # byte for byte so the pull can write them, and keep any that differ (the pull then stops on them)
+  (cd "$dir" && git fetch -q "$HERE" HEAD \
     && git ls-files --others --exclude-standard experiments/results | while read -r f; do
          if git cat-file -e "FETCH_HEAD:$f" 2>/dev/null && git show "FETCH_HEAD:$f" | cmp -s - "$f"; then rm "$f"; fi
        done \
-    && git merge -q --ff-only FETCH_HEAD && .venv/bin/pip install -q --no-deps --no-build-isolation -e . \
+    && git merge -q --ff-only FETCH_HEAD && .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . \
     && rm -rf modzoo.egg-info)
-fi
+}
+checkout "$BG"
+checkout "$BG2"
 
 start() {  # name, command...: run in $BG at low priority unless a job of that name already runs
   local name=$1; shift
@@ -42,6 +53,11 @@ start() {  # name, command...: run in $BG at low priority unless a job of that n
 }
 start "modzoo experiment gfdt-50k$" .venv/bin/modzoo experiment gfdt-50k
 start "modzoo experiment gfdt-50k-ablation" .venv/bin/modzoo experiment gfdt-50k-ablation
+if ! pgrep -f "experiment zoo-more" > /dev/null; then  # two workers, above the grid's priority
+  (cd "$BG2" && OMP_NUM_THREADS=1 nohup nice -n 5 .venv/bin/python -m modzoo.cli experiment zoo-more workers=2 \
+    >> "$LOGS/zoo-more.log" 2>&1 &)
+  echo "zoo-more: started"
+fi
 
 # the authors' Diffusion-QL at 50k steps, one seed per task, one after another
 if ! pgrep -f reference_score.py > /dev/null && [ -d "$REF" ]; then
