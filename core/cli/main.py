@@ -378,8 +378,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", type=int, default=None)
     p.add_argument("--selection", choices=["argmax", "softmax", "expectile"], default=None,
                    help="how the guidance picks among the candidates (default: the policy's own rule)")
-    p.add_argument("--sampler", choices=["trained", "posterior", "ddim", "dpm_solver++"], default=None,
-                   help="the reverse chain when acting (default: the policy's policy.act_sampler)")
+    p.add_argument("--sampler", choices=["trained", "posterior", "ddim", "dpm_solver++", "dpm_solver++_2s"],
+                   default=None, help="the reverse chain when acting (default: the policy's policy.act_sampler); "
+                                      "dpm_solver++_2s for a continuous-time (vp_sde) policy only")
     p.add_argument("--sample-steps", type=int, default=None,
                    help="grid points of that chain (0: all T); fewer than T needs ddim, dpm_solver++ or posterior")
     p.add_argument("--ddim-eta", type=float, default=None, help="DDIM's eta (0: deterministic given x_T)")
