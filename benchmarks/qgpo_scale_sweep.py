@@ -12,6 +12,7 @@ import argparse
 import modzoo  # noqa: F401  (sets OMP_WAIT_POLICY before torch runs)
 import torch
 
+from modzoo import ModzooError
 from modzoo.run.training import evaluate, load_policy_and_guidance
 
 
@@ -23,7 +24,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    policy, guidance = load_policy_and_guidance(a.policy, None, "cpu")
+    try:
+        policy, guidance = load_policy_and_guidance(a.policy, None, "cpu")
+    except ModzooError as e:
+        raise SystemExit(f"error: {e}") from None
     if policy.algorithm != "qgpo":
         raise SystemExit(f"error: {a.policy} holds a {policy.algorithm} policy, not qgpo")
     trained = policy.cfg["guidance_scale"]
