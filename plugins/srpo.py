@@ -91,11 +91,10 @@ class SRPOPolicy(BehaviourFirstPolicy):
 
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, n: int = 1, **_: Any) -> torch.Tensor:
-        """The actor's action, n times (a deterministic policy has one candidate per state)."""
+        """The actor's action, n times (a deterministic policy has one candidate per state). The chain's
+        arguments (``model``, ``sampler`` ...) do not apply, so DDPMPolicy's ``target_actions`` and ``candidates``
+        get the actor's action through here."""
         return self.actor(obs).unsqueeze(1).expand(-1, n, -1).contiguous()
-
-    def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
-        return self.sample(next_obs, 1)[:, 0]
 
     @torch.inference_mode()
     def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:

@@ -95,6 +95,7 @@ def test_acting_is_the_actor_and_candidates_are_one_action_repeated():
     assert a.shape == (5, 2) and a.abs().max() <= 1
     s = pol.sample(obs, 3)
     assert s.shape == (5, 3, 2) and torch.equal(s[:, 0], a) and torch.equal(s[:, 2], a)
+    assert torch.equal(pol.target_actions(obs), a)  # a TD target that samples this policy gets the actor's action
 
 
 def test_a_discrete_schedule_is_refused_at_construction():
