@@ -38,3 +38,13 @@ def checkpoint_tensors(payload: Any, prefix: str = "") -> dict[str, torch.Tensor
         elif isinstance(v, (dict, list, tuple)):
             out.update(checkpoint_tensors(v, f"{prefix}{k}."))
     return out
+
+
+def random_batch(b: int, seed: int, obs_dim: int, act_dim: int) -> dict[str, torch.Tensor]:
+    """A batch of the contract's shapes with random values (no terminals), seeded: for unit tests of a half's
+    update that need no dataset."""
+    g = torch.Generator().manual_seed(seed)
+    return {"observations": torch.randn(b, obs_dim, generator=g),
+            "actions": torch.rand(b, act_dim, generator=g) * 2 - 1,
+            "rewards": torch.randn(b, generator=g), "next_observations": torch.randn(b, obs_dim, generator=g),
+            "terminals": torch.zeros(b), "next_actions": torch.rand(b, act_dim, generator=g) * 2 - 1}

@@ -15,16 +15,14 @@ from modzoo.contract.stages import run_stages
 from modzoo.plugins.dtql import DTQLPolicy
 from modzoo.run.config import half_config
 from modzoo.testing import check_plugin
+from conftest import random_batch
 
 OBS, ACT = 4, 2
 TASK = "bullet-hopper-medium-v0"
 
 
 def batch(b=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {"observations": torch.randn(b, OBS, generator=g), "actions": torch.rand(b, ACT, generator=g) * 2 - 1,
-            "rewards": torch.randn(b, generator=g), "next_observations": torch.randn(b, OBS, generator=g),
-            "terminals": torch.zeros(b), "next_actions": torch.rand(b, ACT, generator=g) * 2 - 1}
+    return random_batch(b, seed, OBS, ACT)
 
 
 def policy(**over):

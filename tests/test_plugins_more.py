@@ -14,6 +14,7 @@ from modzoo.blocks.nets import MLPDenoiser
 from modzoo.plugins.cfg import cfg_combine
 from modzoo.plugins.edp import edp_q_loss
 from modzoo.plugins.sfbc import sfbc_probs, sfbc_select
+from conftest import random_batch
 
 OBS, ACT = 4, 2
 TASK = "bullet-hopper-medium-v0"
@@ -21,10 +22,7 @@ TASK = "bullet-hopper-medium-v0"
 
 
 def batch(b=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {"observations": torch.randn(b, OBS, generator=g), "actions": torch.rand(b, ACT, generator=g) * 2 - 1,
-            "rewards": torch.randn(b, generator=g), "next_observations": torch.randn(b, OBS, generator=g),
-            "terminals": torch.zeros(b), "next_actions": torch.rand(b, ACT, generator=g) * 2 - 1}
+    return random_batch(b, seed, OBS, ACT)
 
 
 class FakeGuidance(modzoo.GuidanceModule):

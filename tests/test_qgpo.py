@@ -15,6 +15,7 @@ import modzoo
 from modzoo.blocks.sde import VPSDE, VPSDEDiffusion, gaussian_eps
 from modzoo.cli import main
 from modzoo.plugins.qgpo import EnergyNet, QGPOPolicy, cep_loss, energy_grad, energy_guide, guided_eps
+from conftest import random_batch
 
 OBS, ACT = 4, 2
 TASK = "bullet-hopper-medium-v0"
@@ -23,10 +24,7 @@ TINY = {"hidden": 16, "energy_hidden": [16, 16], "batch_size": 32, "energy_batch
 
 
 def batch(b: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"observations": torch.randn(b, OBS, generator=g), "actions": torch.rand(b, ACT, generator=g) * 2 - 1,
-            "rewards": torch.randn(b, generator=g), "next_observations": torch.randn(b, OBS, generator=g),
-            "terminals": torch.zeros(b), "next_actions": torch.rand(b, ACT, generator=g) * 2 - 1}
+    return random_batch(b, seed, OBS, ACT)
 
 
 class SumQ(modzoo.GuidanceModule):
