@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     def act(obs: np.ndarray) -> np.ndarray:
         return np.stack([agent.sample_action(o) for o in obs])
 
+    if a.json:  # before hours of training, not after them
+        a.json.parent.mkdir(parents=True, exist_ok=True)
     curve, done, t0 = [], 0, time.time()
     if a.state and a.state.exists():
         curve, done = _load_state(a.state, agent)
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{np.mean(ev.lengths):.0f}), {time.time() - t0:.0f} s so far", flush=True)
         if a.state:
             _save_state(a.state, agent, curve, done)
-    out = {"task": a.task, "seed": a.seed, "steps": a.steps, "grad_norm": gn, "lr_decay": a.lr_decay,
+    out = {"task": a.task, "seed": a.seed, "steps": a.steps, "episodes": a.episodes, "grad_norm": gn,
+           "lr_decay": a.lr_decay,
            "curve": curve, "torch": torch.__version__}
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))

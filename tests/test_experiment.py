@@ -360,17 +360,20 @@ def test_the_reference_check_pairs_the_authors_code_with_the_same_seed_and_step(
     from modzoo.grid.report import RunSummary, _reference_check
     ref = tmp_path / "ref"
     ref.mkdir()
-    (ref / "h.json").write_text(json.dumps({"task": "t", "seed": 1, "curve": [
+    (ref / "h.json").write_text(json.dumps({"task": "t", "seed": 1, "episodes": 7, "curve": [
         {"step": 10, "normalized_mean": 52.9, "normalized_std": 0.3, "mean_length": 1000.0},
         {"step": 20, "normalized_mean": 8.9, "normalized_std": 3.6, "mean_length": 105.8}]}))
     exp = OmegaConf.create({"budget": {"policy_steps": 20, "eval_every": 10},
-                            "reference": {"dir": str(ref), "arm": "dql-joint"}})
+                            "reference": {"dir": str(ref), "arm": "dql-joint"},
+                            "arms": {"dql-joint": {"preset": "gfdt-authors"}}})
     runs = [RunSummary("t", "dql-joint", 0, {}, [(10, 99.0), (20, 99.0)]),  # another seed: not this row's
             RunSummary("t", "dql-joint", 1, {}, [(10, 50.0), (20, 106.2)]),
             RunSummary("t", "dql-bc", 1, {}, [(10, 1.0), (20, 1.0)])]  # another arm
     lines = _reference_check(exp, runs)
     assert "| t | 1 | 10 | 52.9 ± 0.3 | 1000 | 50.0 |" in lines
     assert "| t | 1 | 20 | 8.9 ± 3.6 | 106 | 106.2 |" in lines
+    text = " ".join(lines)  # what the two columns ran: the arm's preset, the reference's episode count
+    assert "run of the same seed under preset gfdt-authors (" in text and "over 7 episodes" in text and "--episodes 7" in text
     assert _reference_check(OmegaConf.create({"budget": {}}), runs) == []  # no reference configured: no section
 
 

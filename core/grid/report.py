@@ -268,9 +268,10 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
         return []
     arm = str(ref.get("arm", "dql-joint"))
     ours = {(r.task, r.seed): dict(r.curve) for r in runs if r.arm == arm}
-    rows = []
+    rows, episodes = [], set()
     for f in sorted(Path(str(ref.dir)).glob("*.json")):
         d = json.loads(f.read_text())
+        episodes.add(d.get("episodes", "n/a"))
         for pt in d.get("curve", []):
             m = ours.get((d["task"], int(d["seed"])), {}).get(int(pt["step"]))
             rows.append(f"| {d['task']} | {d['seed']} | {pt['step']} | {pt['normalized_mean']:.1f} ± "
@@ -279,13 +280,23 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
         return []
     return ["## Reference check: the authors' Diffusion-QL on the same data", "",
             f"The reference Diffusion-QL code (its own `Diffusion_QL.train` and `sample_action`, gn from its table, "
-            f"constant LR), trained on modzoo's dataset for the same number of steps and scored on the same episodes "
-            f"as modzoo's `{arm}` run of the same seed (normalized score, mean ± std over episodes; mean episode "
-            f"length). Command per row: `python benchmarks/reference_score.py --reference-dir <its checkout> "
+            f"constant LR, raw observations and rewards: its own pipeline, not a preset's), trained on modzoo's "
+            f"dataset for the same number of steps and scored from the same env seeds as modzoo's `{arm}` run of the "
+            f"same seed{_arm_preset(exp, arm)} (normalized score, mean ± std over "
+            f"{'/'.join(str(e) for e in sorted(episodes, key=str))} episodes per evaluation; mean episode length; "
+            f"modzoo's column is that run's evaluation at the step, its `final_eval_episodes` at the last one). "
+            f"Command per row: `python benchmarks/reference_score.py --reference-dir <its checkout> "
             f"--task TASK --steps {exp.budget.get('policy_steps')} --eval-every {exp.budget.get('eval_every')} "
-            f"--seed SEED --json {ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
+            f"--episodes {'/'.join(str(e) for e in sorted(episodes, key=str))} --seed SEED --json "
+            f"{ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
             f"| task | seed | step | reference | reference episode length | modzoo {arm} |", "|---|---|---|---|---|---|",
             *rows, ""]
+
+
+def _arm_preset(exp: DictConfig, arm: str) -> str:
+    """`` under preset P`` for an arm run under a preset: the reference beside it runs without one."""
+    preset = ((exp.get("arms") or {}).get(arm) or {}).get("preset")
+    return f" under preset {preset}" if preset else ""
 
 
 def _arm_settings(exp: DictConfig) -> list[str]:
