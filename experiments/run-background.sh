@@ -58,14 +58,15 @@ checkout "$BG2"
 start() {  # name, command...: run in $BG at low priority unless a job of that name already runs
   local name=$1; shift
   if pgrep -f "$name" > /dev/null; then echo "$name: already running"; return; fi
-  (cd "$BG" && OMP_NUM_THREADS=1 nohup nice -n 10 "$@" >> "$LOGS/$(echo "$name" | tr ' /' '__').log" 2>&1 &)
+  (cd "$BG" && OMP_NUM_THREADS=1 nohup nice -n 10 "$@" >> "$LOGS/$(echo "$name" | tr ' /' '__').log" 2>&1 &) \
+    < /dev/null > /dev/null 2>&1  # detached: the backgrounded list must not hold this script's stdout open
   echo "$name: started"
 }
 start "modzoo experiment gfdt-50k$" .venv/bin/modzoo experiment gfdt-50k
 start "modzoo experiment gfdt-50k-ablation" .venv/bin/modzoo experiment gfdt-50k-ablation
 if ! pgrep -f "experiment zoo-more" > /dev/null; then  # two workers, above the grid's priority
   (cd "$BG2" && OMP_NUM_THREADS=1 nohup nice -n 5 .venv/bin/python -m modzoo.cli experiment zoo-more workers=2 \
-    >> "$LOGS/zoo-more.log" 2>&1 &)
+    >> "$LOGS/zoo-more.log" 2>&1 &) < /dev/null > /dev/null 2>&1
   echo "zoo-more: started"
 fi
 
@@ -78,7 +79,7 @@ if ! pgrep -f reference_score.py > /dev/null && [ -d "$REF" ]; then
       OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/reference_score.py --reference-dir '"$REF"' \
         --task $task --steps 50000 --eval-every 10000 --episodes 10 --seed 0 \
         --state '"$STATE"'/$task-seed0.pt --json "$json"
-    done' >> "$LOGS/reference-dql-50k.log" 2>&1 &)
+    done' >> "$LOGS/reference-dql-50k.log" 2>&1 &) < /dev/null > /dev/null 2>&1
   echo "reference runs: started"
 fi
 echo "summaries land in $BG/experiments/results/; copy them here and run: modzoo experiment gfdt-50k --report-only"
