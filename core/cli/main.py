@@ -25,7 +25,7 @@ from ..bullet.scores import normalized_score
 from ..grid.plan import load_experiment
 from ..grid.runner import run_experiment
 from ..grid.report import write_report
-from ..grid.status import format_status, grid_status
+from ..grid.status import format_status, format_time_left, grid_status, seconds_left
 from ..run.config import preset_names
 from ..run.validation import check_sample_steps
 
@@ -282,6 +282,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         exp = load_experiment(args.name, args.overrides)
         rows, swaps = grid_status(exp)
         print(format_status(str(exp.name), rows, swaps))
+        left = seconds_left(exp, rows)
+        if left is not None:
+            print(format_time_left(left, int(args.workers or exp.get("workers") or 1)))
         return 0
     if args.report_only:
         path = write_report(load_experiment(args.name, args.overrides))

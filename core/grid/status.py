@@ -54,6 +54,52 @@ def run_status(s: RunSpec) -> dict[str, Any]:
     return row
 
 
+def _wall_s(out: Path) -> float:
+    """A finished run's wall time: each phase's updates and interim evaluations (summed across resumes) and the
+    final evaluation. Its swap evaluations are not in it: ``result.json`` does not time them."""
+    phases = json.loads((out / "result.json").read_text()).get("phases", [])
+    return sum(float(p.get("wall_s", 0.0)) + float(p.get("eval_wall_s", 0.0)) for p in phases)
+
+
+def _done_fraction(s: RunSpec, last: dict[str, Any] | None) -> float:
+    """How much of a started run's updates are done, from its last training record."""
+    first = int(s.run.get("guidance_steps", 0)) if s.schedule == "guidance-first" else 0
+    total = first + int(s.run.get("policy_steps", 0))
+    if not last or total <= 0:
+        return 0.0
+    done = int(last["step"]) + (first if last["phase"] == "policy" else 0)
+    return min(done / total, 1.0)
+
+
+def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> float | None:
+    """An estimate of the run time the grid has left, from its finished runs' own: each unfinished run is priced
+    at the mean wall time of the finished runs of its arm and task (else of its arm, else of all), less the part
+    it has done. None before any run has finished. Failed and stale runs are left out (a grid does not redo
+    them), and so are swap evaluations, which nothing times. ``rows``: :func:`grid_status`'s, in the plan's
+    order."""
+    specs = plan(exp)
+    walls: dict[tuple[str, str], list[float]] = {}
+    for s, row in zip(specs, rows):
+        if row["state"] == "finished":
+            walls.setdefault((s.arm, s.task), []).append(_wall_s(Path(s.out)))
+    if not walls:
+        return None
+    every = [w for ws in walls.values() for w in ws]
+    left = 0.0
+    for s, row in zip(specs, rows):
+        if row["state"] not in ("running", "interrupted", "not started"):
+            continue
+        same = walls.get((s.arm, s.task)) or [w for (a, _), ws in walls.items() if a == s.arm for w in ws] or every
+        left += sum(same) / len(same) * (1.0 - _done_fraction(s, _last_record(Path(s.out))))
+    return left
+
+
+def format_time_left(seconds: float, workers: int) -> str:
+    hours, workers = seconds / 3600, max(workers, 1)
+    return (f"about {hours:.1f} h of run time left at the finished runs' wall times (swap evaluations not "
+            f"counted): about {hours / workers:.1f} h on {workers} worker{'s' if workers > 1 else ''}")
+
+
 def grid_status(exp: DictConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Every run's status, and the swap evaluations done (recorded in their policy runs' ``swaps.json``) out of
     those the experiment asks for."""
