@@ -363,7 +363,9 @@ def test_the_reference_check_pairs_the_authors_code_with_the_same_seed_and_step(
     (ref / "h.json").write_text(json.dumps({"task": "t", "seed": 1, "episodes": 7, "curve": [
         {"step": 10, "normalized_mean": 52.9, "normalized_std": 0.3, "mean_length": 1000.0},
         {"step": 20, "normalized_mean": 8.9, "normalized_std": 3.6, "mean_length": 105.8}]}))
-    exp = OmegaConf.create({"budget": {"policy_steps": 20, "eval_every": 10},
+    (ref / "other.json").write_text(json.dumps({"task": "not-this-grids", "seed": 1, "curve": [
+        {"step": 10, "normalized_mean": 1.0, "normalized_std": 0.0, "mean_length": 1.0}]}))
+    exp = OmegaConf.create({"budget": {"policy_steps": 20, "eval_every": 10}, "tasks": ["t"],
                             "reference": {"dir": str(ref), "arm": "dql-joint"},
                             "arms": {"dql-joint": {"preset": "gfdt-authors"}}})
     runs = [RunSummary("t", "dql-joint", 0, {}, [(10, 99.0), (20, 99.0)]),  # another seed: not this row's
@@ -372,6 +374,7 @@ def test_the_reference_check_pairs_the_authors_code_with_the_same_seed_and_step(
     lines = _reference_check(exp, runs)
     assert "| t | 1 | 10 | 52.9 ± 0.3 | 1000 | 50.0 |" in lines
     assert "| t | 1 | 20 | 8.9 ± 3.6 | 106 | 106.2 |" in lines
+    assert not any("not-this-grids" in line for line in lines)  # another experiment's task: not a row here
     text = " ".join(lines)  # what the two columns ran: the arm's preset, the reference's episode count
     assert "run of the same seed under preset gfdt-authors (" in text and "over 7 episodes" in text and "--episodes 7" in text
     assert _reference_check(OmegaConf.create({"budget": {}}), runs) == []  # no reference configured: no section

@@ -269,8 +269,11 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
     arm = str(ref.get("arm", "dql-joint"))
     ours = {(r.task, r.seed): dict(r.curve) for r in runs if r.arm == arm}
     rows, episodes = [], set()
+    tasks = set(exp.get("tasks") or [])
     for f in sorted(Path(str(ref.dir)).glob("*.json")):
         d = json.loads(f.read_text())
+        if tasks and d["task"] not in tasks:  # a reference directory shared by experiments of other tasks
+            continue
         episodes.add(d.get("episodes", "n/a"))
         for pt in d.get("curve", []):
             m = ours.get((d["task"], int(d["seed"])), {}).get(int(pt["step"]))
