@@ -530,9 +530,8 @@ def test_status_tells_each_runs_state_without_touching_the_run_dirs(tiny_experim
     stale = load_experiment(str(tiny_experiment), ['arms.idql-gf.overrides=["guidance.hidden=[8,8]"]'])
     assert {r["state"] for r in grid_status(stale)[0] if "/idql-gf/" in r["key"]} == {"stale"}
     assert main(["experiment", str(tiny_experiment), "--status"]) == 0
-    *_, counts, left = capsys.readouterr().out.strip().splitlines()
-    assert counts.startswith("experiment tiny: 6 runs: 3 finished, 1 running, 1 interrupted, 1 failed; swaps ")
-    assert left.startswith("about ") and left.endswith("h on 1 worker")
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # the unfinished runs are at their last step: no ETA
+    assert last.startswith("experiment tiny: 6 runs: 3 finished, 1 running, 1 interrupted, 1 failed; swaps ")
 
 
 def test_the_time_left_prices_each_unfinished_run_at_its_arms_finished_runs_less_what_it_has_done(
