@@ -530,24 +530,26 @@ def test_status_tells_each_runs_state_without_touching_the_run_dirs(tiny_experim
     stale = load_experiment(str(tiny_experiment), ['arms.idql-gf.overrides=["guidance.hidden=[8,8]"]'])
     assert {r["state"] for r in grid_status(stale)[0] if "/idql-gf/" in r["key"]} == {"stale"}
     assert main(["experiment", str(tiny_experiment), "--status"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]  # the unfinished runs are at their last step: no ETA
-    assert last.startswith("experiment tiny: 6 runs: 3 finished, 1 running, 1 interrupted, 1 failed; swaps ")
+    counts = [line for line in capsys.readouterr().out.splitlines() if line.startswith("experiment tiny: ")]
+    assert counts[0].startswith("experiment tiny: 6 runs: 3 finished, 1 running, 1 interrupted, 1 failed; swaps ")
 
 
-def test_the_time_left_prices_each_unfinished_run_at_its_arms_finished_runs_less_what_it_has_done(
-        tiny_experiment, tmp_path, capsys):
+def test_the_time_left_prices_each_unfinished_run_and_swap_at_its_arms_finished_runs(tiny_experiment, tmp_path,
+                                                                                      capsys):
     from modzoo.cli import main
+    from modzoo.grid.plan import swap_episodes
     from modzoo.grid.status import grid_status, seconds_left
 
     exp = load_experiment(str(tiny_experiment))
     assert seconds_left(exp, grid_status(exp)[0]) is None  # nothing finished: nothing to price with
     runs = tmp_path / "runs" / TASK
 
-    def finished(arm: str, seed: int, train: float, interim: float, final: float) -> None:
+    def finished(arm: str, seed: int, train: float, interim: float, final: float, episodes: int) -> None:
         d = runs / arm / f"seed{seed}"
         d.mkdir(parents=True)
         (d / "result.json").write_text(json.dumps({"phases": [
-            {"phase": "policy", "wall_s": train, "eval_wall_s": interim}, {"phase": "eval", "wall_s": final}]}))
+            {"phase": "policy", "wall_s": train, "eval_wall_s": interim},
+            {"phase": "eval", "wall_s": final, "episodes": episodes}]}))
 
     def at(arm: str, seed: int, phase: str, step: int) -> None:
         d = runs / arm / f"seed{seed}"
@@ -555,17 +557,21 @@ def test_the_time_left_prices_each_unfinished_run_at_its_arms_finished_runs_less
         (d / "metrics.jsonl").write_text(json.dumps({"phase": phase, "step": step}) + "\n"
                                          + json.dumps({"phase": "eval", "step": step}) + "\n")
 
-    finished("idql-joint", 0, 100.0, 20.0, 30.0)  # 150 s
-    finished("idql-gf", 0, 250.0, 0.0, 50.0)  # 300 s
+    finished("idql-joint", 0, 100.0, 20.0, 30.0, 10)  # 150 s; 3 s per final episode
+    finished("idql-gf", 0, 250.0, 0.0, 50.0, 5)  # 300 s; 10 s per final episode
     at("idql-joint", 1, "policy", 2)  # half of its 4 policy steps: 75 s left
     at("idql-gf", 1, "guidance", 2)  # 2 of its 4 + 4 steps: 225 s left
-    # dql-gf-iql has no finished run of its own: each of its two is priced at the mean of all finished (225 s)
+    # dql-gf-iql has no finished run of its own: each of its two is priced at the mean of all finished (225 s),
+    # and so are its two other-algorithm swaps (6.5 s per episode); idql-joint's two other-seed swaps at its 3 s
+    runs_left = 75 + 225 + 2 * 225
+    e = swap_episodes(exp, "idql-joint")
     rows = grid_status(exp)[0]
     assert [r["state"] for r in rows].count("finished") == 2
-    assert seconds_left(exp, rows) == pytest.approx(75 + 225 + 2 * 225)
+    assert seconds_left(exp, rows) == pytest.approx(runs_left + 2 * 3 * e + 2 * 6.5 * e)
+    (runs / "idql-joint" / "seed0" / "swaps.json").write_text(json.dumps({"other_seed": {}}))  # one swap done
     (runs / "dql-gf-iql" / "seed1").mkdir(parents=True)
     (runs / "dql-gf-iql" / "seed1" / "FAILED").write_text("RuntimeError\n")  # a failed run is not redone
-    assert seconds_left(exp, grid_status(exp)[0]) == pytest.approx(75 + 225 + 225)
+    assert seconds_left(exp, grid_status(exp)[0]) == pytest.approx(runs_left - 225 + 3 * e + 2 * 6.5 * e)
     assert main(["experiment", str(tiny_experiment), "--status", "--workers", "2"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].endswith("about 0.1 h on 2 workers")
 

@@ -54,11 +54,13 @@ def run_status(s: RunSpec) -> dict[str, Any]:
     return row
 
 
-def _wall_s(out: Path) -> float:
-    """A finished run's wall time: each phase's updates and interim evaluations (summed across resumes) and the
-    final evaluation. Its swap evaluations are not in it: ``result.json`` does not time them."""
+def _walls(out: Path) -> tuple[float, float | None]:
+    """A finished run's wall time (each phase's updates and interim evaluations, summed across resumes, and the
+    final evaluation) and its final evaluation's wall time per episode (None if it recorded none)."""
     phases = json.loads((out / "result.json").read_text()).get("phases", [])
-    return sum(float(p.get("wall_s", 0.0)) + float(p.get("eval_wall_s", 0.0)) for p in phases)
+    total = sum(float(p.get("wall_s", 0.0)) + float(p.get("eval_wall_s", 0.0)) for p in phases)
+    final = [p for p in phases if p.get("phase") == "eval" and p.get("episodes")]
+    return total, (float(final[-1]["wall_s"]) / int(final[-1]["episodes"]) if final else None)
 
 
 def _done_fraction(s: RunSpec, last: dict[str, Any] | None) -> float:
@@ -71,32 +73,50 @@ def _done_fraction(s: RunSpec, last: dict[str, Any] | None) -> float:
     return min(done / total, 1.0)
 
 
+def _priced(samples: dict[tuple[str, str], list[float]], arm: str, task: str) -> float | None:
+    """The mean of the samples of this arm and task, else of this arm, else of all; None without any."""
+    same = (samples.get((arm, task)) or [v for (a, _), vs in samples.items() if a == arm for v in vs]
+            or [v for vs in samples.values() for v in vs])
+    return sum(same) / len(same) if same else None
+
+
 def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> float | None:
-    """An estimate of the run time the grid has left, from its finished runs' own: each unfinished run is priced
-    at the mean wall time of the finished runs of its arm and task (else of its arm, else of all), less the part
-    it has done. None before any run has finished. Failed and stale runs are left out (a grid does not redo
-    them), and so are swap evaluations, which nothing times. ``rows``: :func:`grid_status`'s, in the plan's
-    order."""
+    """An estimate of the run time the grid has left, from its finished runs' own wall times.
+
+    Each unfinished run is priced at the mean of the finished runs of its arm and task (else of its arm, else of
+    all), less the part it has done. Each pending swap evaluation is priced as its episodes at the per-episode
+    wall time of the final evaluations of its policy's arm: the same policy and candidate count, another critic.
+    A ``selection=none`` swap samples one candidate instead of ranking many and is not priced (far cheaper, and
+    untimed). None before any run has finished. Failed and stale runs are left out, as a grid does not redo
+    them. ``rows``: :func:`grid_status`'s, in the plan's order."""
     specs = plan(exp)
     walls: dict[tuple[str, str], list[float]] = {}
+    per_episode: dict[tuple[str, str], list[float]] = {}
     for s, row in zip(specs, rows):
         if row["state"] == "finished":
-            walls.setdefault((s.arm, s.task), []).append(_wall_s(Path(s.out)))
+            total, episode = _walls(Path(s.out))
+            walls.setdefault((s.arm, s.task), []).append(total)
+            if episode is not None:
+                per_episode.setdefault((s.arm, s.task), []).append(episode)
     if not walls:
         return None
-    every = [w for ws in walls.values() for w in ws]
     left = 0.0
     for s, row in zip(specs, rows):
-        if row["state"] not in ("running", "interrupted", "not started"):
+        if row["state"] in ("running", "interrupted", "not started"):
+            left += _priced(walls, s.arm, s.task) * (1.0 - _done_fraction(s, _last_record(Path(s.out))))
+    arm_of = {s.out: s.arm for s in specs}
+    for j in swap_jobs(exp):
+        done = Path(j["policy_run"]) / "swaps.json"
+        if j["label"] == "selection=none" or (done.exists() and j["label"] in json.loads(done.read_text())):
             continue
-        same = walls.get((s.arm, s.task)) or [w for (a, _), ws in walls.items() if a == s.arm for w in ws] or every
-        left += sum(same) / len(same) * (1.0 - _done_fraction(s, _last_record(Path(s.out))))
+        episode = _priced(per_episode, arm_of.get(j["policy_run"], ""), j["task"])
+        left += (episode or 0.0) * int(j["episodes"])
     return left
 
 
 def format_time_left(seconds: float, workers: int) -> str:
     hours, workers = seconds / 3600, max(workers, 1)
-    return (f"about {hours:.1f} h of run time left at the finished runs' wall times (swap evaluations not "
+    return (f"about {hours:.1f} h of run time left at the finished runs' wall times (selection=none swaps not "
             f"counted): about {hours / workers:.1f} h on {workers} worker{'s' if workers > 1 else ''}")
 
 
