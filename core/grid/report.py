@@ -247,6 +247,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
             lines += ["", f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)"]
         lines.append("")
     lines += _reference_check(exp, runs)
+    lines += _beside(exp, runs)
     findings = Path(str(exp.get("findings", "") or ""))
     lines += ["## Findings", ""]
     if findings.is_file():
@@ -294,6 +295,45 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
             f"{ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
             f"| task | seed | step | reference | reference episode length | modzoo {arm} |", "|---|---|---|---|---|---|",
             *rows, ""]
+
+
+def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
+    """This grid's final scores next to another experiment's (``beside: {experiment: NAME}``) for each task and
+    arm both ran, e.g. the 50k grid beside the 5k one: what more training changed. The other grid's stale runs are
+    left out as its own report leaves them out; a task whose two grids read different dataset files says so (the
+    fingerprints in the summaries), since then the rows are not the same problem."""
+    other_name = (exp.get("beside") or {}).get("experiment")
+    if not other_name:
+        return []
+    from .plan import load_experiment
+    other = load_experiment(str(other_name))
+    theirs, _ = split_stale(other, load_summaries(other.summaries))
+    cells: dict[tuple[str, str], tuple[list[RunSummary], list[RunSummary]]] = {}
+    for side, rs in ((0, runs), (1, theirs)):
+        for r in rs:
+            cells.setdefault((r.task, r.arm), ([], []))[side].append(r)
+    rows = []
+    for (task, arm), (ours, others) in sorted(cells.items()):
+        if not ours or not others:
+            continue
+        a, b = spread([r.final_score for r in ours]), spread([r.final_score for r in others])
+        prints = [{r.result.get("dataset", {}).get("fingerprint") for r in side} for side in (ours, others)]
+        same = "yes" if prints[0] == prints[1] and len(prints[0]) == 1 else "no"
+        rows.append(f"| {task} | {arm} | {_fmt(a['mean'])} ± {_fmt(a['std'])} ({a['n']}) | "
+                    f"{_fmt(b['mean'])} ± {_fmt(b['std'])} ({b['n']}) | {same} |")
+    if not rows:
+        return []
+    steps = [f"{e.budget.get('policy_steps')}" for e in (exp, other)]
+    shown = {row.split(" | ")[1] for row in rows}
+    ours_set, settings = ([x for x in _arm_settings(e) if x.split("`")[1] in shown] for e in (exp, other))
+    return [f"## Beside experiment `{other.name}` ({other.get('report', '')})", "",
+            f"Final normalized score per task and arm, mean ± std across seeds (seeds in brackets): this grid at "
+            f"{steps[0]} policy steps, `{other.name}` at {steps[1]}. `same data`: both grids' runs of the task read "
+            f"the same dataset file (its fingerprint); `no` means the task's dataset was rebuilt in between "
+            f"(docs/datasets.md lists the replaced files), so the row compares two problems. The arms' settings "
+            f"differ too: here {'; '.join(ours_set) or 'the plugin defaults'}; there "
+            f"{'; '.join(settings) or 'the plugin defaults'}. Command: `modzoo experiment {exp.name} --report-only`.",
+            "", f"| task | arm | {exp.name} | {other.name} | same data |", "|---|---|---|---|---|", *rows, ""]
 
 
 def _arm_preset(exp: DictConfig, arm: str) -> str:
