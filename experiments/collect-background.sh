@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Bring the summaries the background jobs of run-background.sh have written in $BG into this checkout, then
+# regenerate the reports that read them. Only files that are new or differ are copied, and each is named, so what
+# lands in a commit is what the background runs produced (nothing here is edited by hand).
+#
+#   BG=/work/bg bash experiments/collect-background.sh [EXPERIMENT ...]   # default: gfdt-50k
+#
+# A run's summary is copied once its result.json exists (a finished run); its swaps.json grows as the swaps that
+# need it finish, so rerunning this later copies the newer one. The reference runs' JSONs
+# (experiments/results/reference-dql-50k) come along, as the gfdt-50k reports read them. A JSON written by an older
+# reference_score.py lacks its episode count (the report then says n/a): rerun the newer script here with the same
+# arguments and --state, which resumes at the last step and only rewrites the JSON.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+BG=${BG:-/work/bg}
+EXPERIMENTS=("${@:-gfdt-50k}")
+cd "$HERE"
+
+copy() {  # relative path: copy it from $BG when it is new here or differs
+  local f=$1
+  if ! cmp -s "$BG/$f" "$f"; then
+    mkdir -p "$(dirname "$f")"
+    cp "$BG/$f" "$f"
+    echo "copied $f"
+  fi
+}
+
+for name in "${EXPERIMENTS[@]}"; do
+  summaries=$(.venv/bin/python -c "from modzoo.grid.plan import load_experiment as l; print(l('$name').summaries)")
+  [ -d "$BG/$summaries" ] || { echo "$name: no summaries in $BG/$summaries yet"; continue; }
+  for res in $(cd "$BG" && find "$summaries" -name result.json | sort); do
+    for f in "$(dirname "$res")"/*; do copy "$f"; done
+  done
+done
+# a reference JSON is written once, at the end of its run: copied only when it is not here yet (one rewritten here
+# by a newer benchmarks/reference_score.py, resumed from its --state, is kept)
+if [ -d "$BG/experiments/results/reference-dql-50k" ]; then
+  for f in $(cd "$BG" && find experiments/results/reference-dql-50k -name '*.json' | sort); do
+    [ -e "$f" ] || copy "$f"
+  done
+fi
+for name in "${EXPERIMENTS[@]}"; do .venv/bin/modzoo experiment "$name" --report-only; done
+git status --short experiments/results docs
