@@ -574,11 +574,13 @@ def test_the_time_left_prices_each_unfinished_run_and_swap_at_its_arms_finished_
     runs = tmp_path / "runs" / TASK
 
     def finished(arm: str, seed: int, train: float, interim: float, final: float, episodes: int) -> None:
+        """A summary whose CPU times are half its wall times (a core shared by two jobs)."""
         d = runs / arm / f"seed{seed}"
         d.mkdir(parents=True)
         (d / "result.json").write_text(json.dumps({"phases": [
-            {"phase": "policy", "wall_s": train, "eval_wall_s": interim},
-            {"phase": "eval", "wall_s": final, "episodes": episodes}]}))
+            {"phase": "policy", "wall_s": train, "eval_wall_s": interim, "cpu_s": train / 2,
+             "eval_cpu_s": interim / 2},
+            {"phase": "eval", "wall_s": final, "cpu_s": final / 2, "episodes": episodes}]}))
 
     def at(arm: str, seed: int, phase: str, step: int) -> None:
         d = runs / arm / f"seed{seed}"
@@ -596,13 +598,16 @@ def test_the_time_left_prices_each_unfinished_run_and_swap_at_its_arms_finished_
     e = swap_episodes(exp, "idql-joint")
     rows = grid_status(exp)[0]
     assert [r["state"] for r in rows].count("finished") == 2
-    assert seconds_left(exp, rows) == pytest.approx(runs_left + 2 * 3 * e + 2 * 6.5 * e)
+    wall = runs_left + 2 * 3 * e + 2 * 6.5 * e
+    assert seconds_left(exp, rows) == pytest.approx({"wall": wall, "cpu": wall / 2})
     (runs / "idql-joint" / "seed0" / "swaps.json").write_text(json.dumps({"other_seed": {}}))  # one swap done
     (runs / "dql-gf-iql" / "seed1").mkdir(parents=True)
     (runs / "dql-gf-iql" / "seed1" / "FAILED").write_text("RuntimeError\n")  # a failed run is not redone
-    assert seconds_left(exp, grid_status(exp)[0]) == pytest.approx(runs_left - 225 + 3 * e + 2 * 6.5 * e)
+    wall = runs_left - 225 + 3 * e + 2 * 6.5 * e
+    assert seconds_left(exp, grid_status(exp)[0]) == pytest.approx({"wall": wall, "cpu": wall / 2})
     assert main(["experiment", str(tiny_experiment), "--status", "--workers", "2"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("about 0.1 h on 2 workers")
+    hours = capsys.readouterr().out.strip().splitlines()[-1].split("about ")[-1]
+    assert hours == f"{wall / 2 / 3600 / 2:.1f}-{wall / 3600 / 2:.1f} h on 2 workers"
 
 
 def test_a_two_stage_split_given_as_a_fraction_is_compared_as_the_steps_it_ran(tiny_experiment, tmp_path):

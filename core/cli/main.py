@@ -283,7 +283,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         rows, swaps = grid_status(exp)
         print(format_status(str(exp.name), rows, swaps))
         left = seconds_left(exp, rows)
-        if left:  # None before a run has finished, 0 once none is left to run
+        if left and left["wall"]:  # None before a run has finished, 0 once none is left to run
             print(format_time_left(left, int(args.workers or exp.get("workers") or 1)))
         return 0
     if args.report_only:

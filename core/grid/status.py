@@ -54,13 +54,18 @@ def run_status(s: RunSpec) -> dict[str, Any]:
     return row
 
 
-def _walls(out: Path) -> tuple[float, float | None]:
-    """A finished run's wall time (each phase's updates and interim evaluations, summed across resumes, and the
-    final evaluation) and its final evaluation's wall time per episode (None if it recorded none)."""
+def _costs(out: Path) -> dict[str, tuple[float, float | None]]:
+    """A finished run's cost by clock, ``{"wall": ..., "cpu": ...}``: each as (the whole run: every phase's updates
+    and interim evaluations, summed across resumes, and the final evaluation; its final evaluation per episode,
+    None if it recorded none)."""
     phases = json.loads((out / "result.json").read_text()).get("phases", [])
-    total = sum(float(p.get("wall_s", 0.0)) + float(p.get("eval_wall_s", 0.0)) for p in phases)
     final = [p for p in phases if p.get("phase") == "eval" and p.get("episodes")]
-    return total, (float(final[-1]["wall_s"]) / int(final[-1]["episodes"]) if final else None)
+    out_: dict[str, tuple[float, float | None]] = {}
+    for clock, run_key, eval_key in (("wall", "wall_s", "eval_wall_s"), ("cpu", "cpu_s", "eval_cpu_s")):
+        total = sum(float(p.get(run_key) or 0.0) + float(p.get(eval_key) or 0.0) for p in phases)
+        episode = float(final[-1].get(run_key) or 0.0) / int(final[-1]["episodes"]) if final else None
+        out_[clock] = (total, episode)
+    return out_
 
 
 def _done_fraction(s: RunSpec, last: dict[str, Any] | None) -> float:
@@ -80,44 +85,48 @@ def _priced(samples: dict[tuple[str, str], list[float]], arm: str, task: str) ->
     return sum(same) / len(same) if same else None
 
 
-def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> float | None:
-    """An estimate of the run time the grid has left, from its finished runs' own wall times.
+def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """An estimate of the run time the grid has left, ``{"wall": s, "cpu": s}``, from its finished runs' own.
 
     Each unfinished run is priced at the mean of the finished runs of its arm and task (else of its arm, else of
     all), less the part it has done. Each pending swap evaluation is priced as its episodes at the per-episode
-    wall time of the final evaluations of its policy's arm: the same policy and candidate count, another critic.
-    A ``selection=none`` swap samples one candidate instead of ranking many and is not priced (far cheaper, and
-    untimed). None before any run has finished. Failed and stale runs are left out, as a grid does not redo
+    cost of the final evaluations of its policy's arm: the same policy and candidate count, another critic. A
+    ``selection=none`` swap samples one candidate instead of ranking many and is not priced (far cheaper, and
+    untimed). Wall time is what the finished runs met on the machine as it was shared then; CPU time is the floor,
+    a core each. None before any run has finished. Failed and stale runs are left out, as a grid does not redo
     them. ``rows``: :func:`grid_status`'s, in the plan's order."""
     specs = plan(exp)
-    walls: dict[tuple[str, str], list[float]] = {}
-    per_episode: dict[tuple[str, str], list[float]] = {}
+    runs: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
+    episodes: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
     for s, row in zip(specs, rows):
         if row["state"] == "finished":
-            total, episode = _walls(Path(s.out))
-            walls.setdefault((s.arm, s.task), []).append(total)
-            if episode is not None:
-                per_episode.setdefault((s.arm, s.task), []).append(episode)
-    if not walls:
+            for clock, (total, episode) in _costs(Path(s.out)).items():
+                runs[clock].setdefault((s.arm, s.task), []).append(total)
+                if episode is not None:
+                    episodes[clock].setdefault((s.arm, s.task), []).append(episode)
+    if not runs["wall"]:
         return None
-    left = 0.0
-    for s, row in zip(specs, rows):
-        if row["state"] in ("running", "interrupted", "not started"):
-            left += _priced(walls, s.arm, s.task) * (1.0 - _done_fraction(s, _last_record(Path(s.out))))
+    left = {"wall": 0.0, "cpu": 0.0}
     arm_of = {s.out: s.arm for s in specs}
-    for j in swap_jobs(exp):
-        done = Path(j["policy_run"]) / "swaps.json"
-        if j["label"] == "selection=none" or (done.exists() and j["label"] in json.loads(done.read_text())):
-            continue
-        episode = _priced(per_episode, arm_of.get(j["policy_run"], ""), j["task"])
-        left += (episode or 0.0) * int(j["episodes"])
+    pending = [j for j in swap_jobs(exp) if j["label"] != "selection=none"
+               and not ((Path(j["policy_run"]) / "swaps.json").exists()
+                        and j["label"] in json.loads((Path(j["policy_run"]) / "swaps.json").read_text()))]
+    for clock in left:
+        for s, row in zip(specs, rows):
+            if row["state"] in ("running", "interrupted", "not started"):
+                left[clock] += _priced(runs[clock], s.arm, s.task) * (
+                    1.0 - _done_fraction(s, _last_record(Path(s.out))))
+        for j in pending:
+            episode = _priced(episodes[clock], arm_of.get(j["policy_run"], ""), j["task"])
+            left[clock] += (episode or 0.0) * int(j["episodes"])
     return left
 
 
-def format_time_left(seconds: float, workers: int) -> str:
-    hours, workers = seconds / 3600, max(workers, 1)
-    return (f"about {hours:.1f} h of run time left at the finished runs' wall times (selection=none swaps not "
-            f"counted): about {hours / workers:.1f} h on {workers} worker{'s' if workers > 1 else ''}")
+def format_time_left(left: dict[str, float], workers: int) -> str:
+    wall, cpu, workers = left["wall"] / 3600, left["cpu"] / 3600, max(workers, 1)
+    return (f"time left (selection=none swaps not counted): about {wall:.1f} h of runs at the finished runs' wall "
+            f"times, {cpu:.1f} h at their CPU times (a core each): about {cpu / workers:.1f}-{wall / workers:.1f} h "
+            f"on {workers} worker{'s' if workers > 1 else ''}")
 
 
 def grid_status(exp: DictConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
