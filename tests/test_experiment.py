@@ -55,6 +55,7 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
     # swaps were evaluated and recorded
     sw = json.loads((runs / "idql-joint" / "seed0" / "swaps.json").read_text())
     assert sw["other_seed"]["guidance_run"].endswith("idql-joint/seed1")
+    assert sw["other_seed"]["wall_s"] > 0 and sw["other_seed"]["cpu_s"] > 0  # what each swap cost is recorded
     assert "other_algorithm" in json.loads((runs / "dql-gf-iql" / "seed1" / "swaps.json").read_text())
 
     # the report's numbers, recomputed independently from the run dirs
@@ -600,10 +601,12 @@ def test_the_time_left_prices_each_unfinished_run_and_swap_at_its_arms_finished_
     assert [r["state"] for r in rows].count("finished") == 2
     wall = runs_left + 2 * 3 * e + 2 * 6.5 * e
     assert seconds_left(exp, rows) == pytest.approx({"wall": wall, "cpu": wall / 2})
-    (runs / "idql-joint" / "seed0" / "swaps.json").write_text(json.dumps({"other_seed": {}}))  # one swap done
+    # one swap done, which timed itself at 4 s per episode (2 of CPU): the other swap of its kind is priced so
+    (runs / "idql-joint" / "seed0" / "swaps.json").write_text(json.dumps(
+        {"other_seed": {"wall_s": 8.0, "cpu_s": 4.0, "episodes": 2}}))
     (runs / "dql-gf-iql" / "seed1").mkdir(parents=True)
     (runs / "dql-gf-iql" / "seed1" / "FAILED").write_text("RuntimeError\n")  # a failed run is not redone
-    wall = runs_left - 225 + 3 * e + 2 * 6.5 * e
+    wall = runs_left - 225 + 4 * e + 2 * 6.5 * e
     assert seconds_left(exp, grid_status(exp)[0]) == pytest.approx({"wall": wall, "cpu": wall / 2})
     assert main(["experiment", str(tiny_experiment), "--status", "--workers", "2"]) == 0
     hours = capsys.readouterr().out.strip().splitlines()[-1].split("about ")[-1]

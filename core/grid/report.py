@@ -358,8 +358,8 @@ def _arm_settings(exp: DictConfig) -> list[str]:
 
 def _grid_cost(runs: list[RunSummary]) -> str:
     """What the finished runs cost, from their summaries alone: process time summed over runs (each run is one
-    process: its training phases, interim and final evaluations; swap evaluations are not in the summaries), and
-    the span from the first run's start to the last one's end (start = end minus that run's own time)."""
+    process: its training phases, interim and final evaluations), that of the swap evaluations that recorded theirs,
+    and the span from the first run's start to the last one's end (start = end minus that run's own time)."""
     import datetime as dt
     spans = []
     for r in runs:
@@ -369,8 +369,13 @@ def _grid_cost(runs: list[RunSummary]) -> str:
     if not spans:
         return ""
     total = sum(t for t, _ in spans)
+    swaps = [sw for r in runs for sw in r.swaps.values()]
+    timed = [float(sw["wall_s"]) for sw in swaps if "wall_s" in sw]
     line = f"- cost: the {len(runs)} finished runs took {total / 3600:.1f} h of process time in all (training " \
-           "and evaluation; swap evaluations not counted)"
+           "and evaluation; "
+    untimed = len(swaps) - len(timed)
+    line += (f"their {len(timed)} timed swap evaluations took {sum(timed) / 3600:.1f} h more"
+             + (f", {untimed} more were not timed)" if untimed else ")") if timed else "swap evaluations not counted)")
     ends = [(e - dt.timedelta(seconds=t), e) for t, e in spans if e is not None]
     if ends:
         first, last = min(a for a, _ in ends), max(b for _, b in ends)

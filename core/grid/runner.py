@@ -159,6 +159,7 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
     if swap_cached(job):
         return {"key": f"{pdir}:{key}", "status": "skipped"}
     pair = _swap_pair(job)
+    t0, c0 = time.perf_counter(), time.process_time()
     policy, guidance = load_policy_and_guidance(pdir / "policy.pt", Path(job["guidance_run"]) / "guidance.pt", "cpu")
     rule = job.get("selection")
     if rule == "none":  # one sample, nothing to rank (drawing N candidates to keep the first would cost N times)
@@ -167,13 +168,14 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
         policy.cfg["selection"] = rule
     ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"],
                   candidates=1 if rule == "none" else None)
+    cost = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}  # loading included
     # Read, merge and write under a lock: two workers may finish two swaps of the same policy run together, and a
     # plain read-modify-write would drop one of them.
     import fcntl
     with open(pdir / "swaps.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = json.loads(path.read_text()) if path.exists() else {}
-        done[key] = {**ev.to_dict(), **pair, "guidance": guidance.algorithm if guidance else "none"}
+        done[key] = {**ev.to_dict(), **pair, **cost, "guidance": guidance.algorithm if guidance else "none"}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(done, indent=2))
         tmp.replace(path)

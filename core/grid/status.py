@@ -90,9 +90,9 @@ def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float
 
     Each unfinished run is priced at the mean of the finished runs of its arm and task (else of its arm, else of
     all), less the part it has done. Each pending swap evaluation is priced as its episodes at the per-episode
-    cost of the final evaluations of its policy's arm: the same policy and candidate count, another critic. A
-    ``selection=none`` swap samples one candidate instead of ranking many and is not priced (far cheaper, and
-    untimed). Wall time is what the finished runs met on the machine as it was shared then; CPU time is the floor,
+    cost of the swaps of the same kind and arm that recorded theirs, else of the final evaluations of its policy's
+    arm (the same policy and candidate count, another critic); a ``selection=none`` swap samples one candidate
+    instead of ranking many, so it is priced only from swaps of its own kind. Wall time is what the finished runs met on the machine as it was shared then; CPU time is the floor,
     a core each. None before any run has finished. Failed and stale runs are left out, as a grid does not redo
     them. ``rows``: :func:`grid_status`'s, in the plan's order."""
     specs = plan(exp)
@@ -106,25 +106,39 @@ def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float
                     episodes[clock].setdefault((s.arm, s.task), []).append(episode)
     if not runs["wall"]:
         return None
-    left = {"wall": 0.0, "cpu": 0.0}
     arm_of = {s.out: s.arm for s in specs}
-    pending = [j for j in swap_jobs(exp) if j["label"] != "selection=none"
-               and not ((Path(j["policy_run"]) / "swaps.json").exists()
-                        and j["label"] in json.loads((Path(j["policy_run"]) / "swaps.json").read_text()))]
+    swapped: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}  # by (arm label, task)
+    pending = []
+    for j in swap_jobs(exp):
+        path = Path(j["policy_run"]) / "swaps.json"
+        rec = (json.loads(path.read_text()) if path.exists() else {}).get(j["label"])
+        kind = f"{arm_of.get(j['policy_run'], '')} {j['label']}"
+        if rec is None:
+            pending.append((kind, j))
+        elif "wall_s" in rec and rec.get("episodes"):
+            for clock in swapped:
+                swapped[clock].setdefault((kind, j["task"]), []).append(float(rec[f"{clock}_s"]) / rec["episodes"])
+    left = {"wall": 0.0, "cpu": 0.0}
     for clock in left:
         for s, row in zip(specs, rows):
             if row["state"] in ("running", "interrupted", "not started"):
                 left[clock] += _priced(runs[clock], s.arm, s.task) * (
                     1.0 - _done_fraction(s, _last_record(Path(s.out))))
-        for j in pending:
-            episode = _priced(episodes[clock], arm_of.get(j["policy_run"], ""), j["task"])
+        for kind, j in pending:
+            own = [v for (k, _), vs in swapped[clock].items() if k == kind for v in vs]
+            if own:
+                episode = _priced({k: v for k, v in swapped[clock].items() if k[0] == kind}, kind, j["task"])
+            elif j["label"] == "selection=none":
+                continue
+            else:
+                episode = _priced(episodes[clock], arm_of.get(j["policy_run"], ""), j["task"])
             left[clock] += (episode or 0.0) * int(j["episodes"])
     return left
 
 
 def format_time_left(left: dict[str, float], workers: int) -> str:
     wall, cpu, workers = left["wall"] / 3600, left["cpu"] / 3600, max(workers, 1)
-    return (f"time left (selection=none swaps not counted): about {wall:.1f} h of runs at the finished runs' wall "
+    return (f"time left: about {wall:.1f} h of runs at the finished runs' wall "
             f"times, {cpu:.1f} h at their CPU times (a core each): about {cpu / workers:.1f}-{wall / workers:.1f} h "
             f"on {workers} worker{'s' if workers > 1 else ''}")
 
