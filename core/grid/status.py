@@ -92,9 +92,10 @@ def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float
     all), less the part it has done. Each pending swap evaluation is priced as its episodes at the per-episode
     cost of the swaps of the same kind and arm that recorded theirs, else of the final evaluations of its policy's
     arm (the same policy and candidate count, another critic); a ``selection=none`` swap samples one candidate
-    instead of ranking many, so it is priced only from swaps of its own kind. Wall time is what the finished runs met on the machine as it was shared then; CPU time is the floor,
-    a core each. None before any run has finished. Failed and stale runs are left out, as a grid does not redo
-    them. ``rows``: :func:`grid_status`'s, in the plan's order."""
+    instead of ranking many, so it is priced only from swaps of its own kind. Wall time is what the finished runs
+    met on the machine as it was shared then; CPU time is the floor, a core each. None before any run has
+    finished. Failed and stale runs are left out, as a grid does not redo them. ``rows``: :func:`grid_status`'s,
+    in the plan's order."""
     specs = plan(exp)
     runs: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
     episodes: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
@@ -125,9 +126,8 @@ def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float
                 left[clock] += _priced(runs[clock], s.arm, s.task) * (
                     1.0 - _done_fraction(s, _last_record(Path(s.out))))
         for kind, j in pending:
-            own = [v for (k, _), vs in swapped[clock].items() if k == kind for v in vs]
-            if own:
-                episode = _priced({k: v for k, v in swapped[clock].items() if k[0] == kind}, kind, j["task"])
+            if any(k == kind for k, _ in swapped[clock]):  # this kind's, of its task else of any task
+                episode = _priced(swapped[clock], kind, j["task"])
             elif j["label"] == "selection=none":
                 continue
             else:
@@ -138,9 +138,9 @@ def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float
 
 def format_time_left(left: dict[str, float], workers: int) -> str:
     wall, cpu, workers = left["wall"] / 3600, left["cpu"] / 3600, max(workers, 1)
-    return (f"time left: about {wall:.1f} h of runs at the finished runs' wall "
-            f"times, {cpu:.1f} h at their CPU times (a core each): about {cpu / workers:.1f}-{wall / workers:.1f} h "
-            f"on {workers} worker{'s' if workers > 1 else ''}")
+    return (f"time left: about {wall:.1f} h of runs at the finished runs' wall times, {cpu:.1f} h at their CPU "
+            f"times (a core each): about {cpu / workers:.1f}-{wall / workers:.1f} h on {workers} "
+            f"worker{'s' if workers > 1 else ''}")
 
 
 def grid_status(exp: DictConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
