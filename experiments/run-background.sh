@@ -82,4 +82,4 @@ if ! pgrep -f reference_score.py > /dev/null && [ -d "$REF" ]; then
     done' >> "$LOGS/reference-dql-50k.log" 2>&1 &) < /dev/null > /dev/null 2>&1
   echo "reference runs: started"
 fi
-echo "summaries land in $BG/experiments/results/; copy them here and run: modzoo experiment gfdt-50k --report-only"
+echo "summaries land in $BG/experiments/results/; bring them here: BG=$BG bash experiments/collect-background.sh"
