@@ -29,7 +29,7 @@ for name in "${EXPERIMENTS[@]}"; do
   summaries=$(.venv/bin/python -c "from modzoo.grid.plan import load_experiment as l; print(l('$name').summaries)")
   [ -d "$BG/$summaries" ] || { echo "$name: no summaries in $BG/$summaries yet"; continue; }
   for res in $(cd "$BG" && find "$summaries" -name result.json | sort); do
-    for f in "$(dirname "$res")"/*; do copy "$f"; done
+    for f in $(cd "$BG" && find "$(dirname "$res")" -maxdepth 1 -type f | sort); do copy "$f"; done
   done
 done
 # a reference JSON is written once, at the end of its run: copied only when it is not here yet (one rewritten here
