@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
-from .plan import config_drift, plan
+from .plan import config_drift, load_experiment, plan
 
 
 @dataclass
@@ -282,16 +282,17 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
                         f"{pt['normalized_std']:.1f} | {pt['mean_length']:.0f} | {_fmt(m) if m is not None else 'n/a'} |")
     if not rows:
         return []
+    counts = "/".join(str(e) for e in sorted(episodes, key=str))
     return ["## Reference check: the authors' Diffusion-QL on the same data", "",
             f"The reference Diffusion-QL code (its own `Diffusion_QL.train` and `sample_action`, gn from its table, "
             f"constant LR, raw observations and rewards: its own pipeline, not a preset's), trained on modzoo's "
             f"dataset for the same number of steps and scored from the same env seeds as modzoo's `{arm}` run of the "
             f"same seed{_arm_preset(exp, arm)} (normalized score, mean ± std over "
-            f"{'/'.join(str(e) for e in sorted(episodes, key=str))} episodes per evaluation; mean episode length; "
+            f"{counts} episodes per evaluation; mean episode length; "
             f"modzoo's column is that run's evaluation at the step, its `final_eval_episodes` at the last one). "
             f"Command per row: `python benchmarks/reference_score.py --reference-dir <its checkout> "
             f"--task TASK --steps {exp.budget.get('policy_steps')} --eval-every {exp.budget.get('eval_every')} "
-            f"--episodes {'/'.join(str(e) for e in sorted(episodes, key=str))} --seed SEED --json "
+            f"--episodes {counts} --seed SEED --json "
             f"{ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
             f"| task | seed | step | reference | reference episode length | modzoo {arm} |", "|---|---|---|---|---|---|",
             *rows, ""]
@@ -305,17 +306,17 @@ def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
     other_name = (exp.get("beside") or {}).get("experiment")
     if not other_name:
         return []
-    from .plan import load_experiment
     other = load_experiment(str(other_name))
     theirs, _ = split_stale(other, load_summaries(other.summaries))
     cells: dict[tuple[str, str], tuple[list[RunSummary], list[RunSummary]]] = {}
     for side, rs in ((0, runs), (1, theirs)):
         for r in rs:
             cells.setdefault((r.task, r.arm), ([], []))[side].append(r)
-    rows = []
+    rows, shown = [], set()
     for (task, arm), (ours, others) in sorted(cells.items()):
         if not ours or not others:
             continue
+        shown.add(arm)
         a, b = spread([r.final_score for r in ours]), spread([r.final_score for r in others])
         prints = [{r.result.get("dataset", {}).get("fingerprint") for r in side} for side in (ours, others)]
         same = "yes" if prints[0] == prints[1] and len(prints[0]) == 1 else "no"
@@ -324,7 +325,6 @@ def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
     if not rows:
         return []
     steps = [f"{e.budget.get('policy_steps')}" for e in (exp, other)]
-    shown = {row.split(" | ")[1] for row in rows}
     ours_set, settings = ([x for x in _arm_settings(e) if x.split("`")[1] in shown] for e in (exp, other))
     return [f"## Beside experiment `{other.name}` ({other.get('report', '')})", "",
             f"Final normalized score per task and arm, mean ± std across seeds (seeds in brackets): this grid at "
@@ -371,11 +371,14 @@ def _grid_cost(runs: list[RunSummary]) -> str:
     total = sum(t for t, _ in spans)
     swaps = [sw for r in runs for sw in r.swaps.values()]
     timed = [float(sw["wall_s"]) for sw in swaps if "wall_s" in sw]
-    line = f"- cost: the {len(runs)} finished runs took {total / 3600:.1f} h of process time in all (training " \
-           "and evaluation; "
-    untimed = len(swaps) - len(timed)
-    line += (f"their {len(timed)} timed swap evaluations took {sum(timed) / 3600:.1f} h more"
-             + (f", {untimed} more were not timed)" if untimed else ")") if timed else "swap evaluations not counted)")
+    if not timed:
+        swap_cost = "swap evaluations not counted"
+    else:
+        swap_cost = f"their {len(timed)} timed swap evaluations took {sum(timed) / 3600:.1f} h more"
+        if len(swaps) > len(timed):
+            swap_cost += f", {len(swaps) - len(timed)} more were not timed"
+    line = (f"- cost: the {len(runs)} finished runs took {total / 3600:.1f} h of process time in all (training "
+            f"and evaluation; {swap_cost})")
     ends = [(e - dt.timedelta(seconds=t), e) for t, e in spans if e is not None]
     if ends:
         first, last = min(a for a, _ in ends), max(b for _, b in ends)
