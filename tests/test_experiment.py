@@ -539,7 +539,8 @@ def test_status_tells_each_runs_state_without_touching_the_run_dirs(tiny_experim
 
     exp = load_experiment(str(tiny_experiment))
     rows, swaps = grid_status(exp)
-    assert {r["state"] for r in rows} == {"not started"} and swaps == {"swaps": 4, "swaps_done": 0}
+    assert {r["state"] for r in rows} == {"not started"}
+    assert (swaps["swaps"], swaps["swaps_done"]) == (4, 0) and {rec for _, rec in swaps["jobs"]} == {None}
     run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
     runs = tmp_path / "runs" / TASK
     # one run left as a kill would leave it, one held by a live process, one failed; the rest finished
@@ -571,7 +572,7 @@ def test_the_time_left_prices_each_unfinished_run_and_swap_at_its_arms_finished_
     from modzoo.grid.status import grid_status, seconds_left
 
     exp = load_experiment(str(tiny_experiment))
-    assert seconds_left(exp, grid_status(exp)[0]) is None  # nothing finished: nothing to price with
+    assert seconds_left(*grid_status(exp)) is None  # nothing finished: nothing to price with
     runs = tmp_path / "runs" / TASK
 
     def finished(arm: str, seed: int, train: float, interim: float, final: float, episodes: int) -> None:
@@ -597,17 +598,17 @@ def test_the_time_left_prices_each_unfinished_run_and_swap_at_its_arms_finished_
     # and so are its two other-algorithm swaps (6.5 s per episode); idql-joint's two other-seed swaps at its 3 s
     runs_left = 75 + 225 + 2 * 225
     e = swap_episodes(exp, "idql-joint")
-    rows = grid_status(exp)[0]
+    rows, swaps = grid_status(exp)
     assert [r["state"] for r in rows].count("finished") == 2
     wall = runs_left + 2 * 3 * e + 2 * 6.5 * e
-    assert seconds_left(exp, rows) == pytest.approx({"wall": wall, "cpu": wall / 2})
+    assert seconds_left(rows, swaps) == pytest.approx({"wall": wall, "cpu": wall / 2})
     # one swap done, which timed itself at 4 s per episode (2 of CPU): the other swap of its kind is priced so
     (runs / "idql-joint" / "seed0" / "swaps.json").write_text(json.dumps(
         {"other_seed": {"wall_s": 8.0, "cpu_s": 4.0, "episodes": 2}}))
     (runs / "dql-gf-iql" / "seed1").mkdir(parents=True)
     (runs / "dql-gf-iql" / "seed1" / "FAILED").write_text("RuntimeError\n")  # a failed run is not redone
     wall = runs_left - 225 + 4 * e + 2 * 6.5 * e
-    assert seconds_left(exp, grid_status(exp)[0]) == pytest.approx({"wall": wall, "cpu": wall / 2})
+    assert seconds_left(*grid_status(exp)) == pytest.approx({"wall": wall, "cpu": wall / 2})
     assert main(["experiment", str(tiny_experiment), "--status", "--workers", "2"]) == 0
     hours = capsys.readouterr().out.strip().splitlines()[-1].split("about ")[-1]
     assert hours == f"{wall / 2 / 3600 / 2:.1f}-{wall / 3600 / 2:.1f} h on 2 workers"

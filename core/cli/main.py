@@ -282,7 +282,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         exp = load_experiment(args.name, args.overrides)
         rows, swaps = grid_status(exp)
         print(format_status(str(exp.name), rows, swaps))
-        left = seconds_left(exp, rows)
+        left = seconds_left(rows, swaps)
         if left and left["wall"]:  # None before a run has finished, 0 once none is left to run
             print(format_time_left(left, int(args.workers or exp.get("workers") or 1)))
         return 0

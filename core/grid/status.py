@@ -33,10 +33,12 @@ def _last_record(run_dir: Path) -> dict[str, Any] | None:
 
 
 def run_status(s: RunSpec) -> dict[str, Any]:
-    """``{"key", "state", "detail"}`` of one run: its state (one of :data:`STATES`) and what goes with it (the
-    score, the step it is at, the error, the drifted setting)."""
+    """``{"key", "state", "detail", "spec", "last"}`` of one run: its state (one of :data:`STATES`), what goes with
+    it (the score, the step it is at, the error, the drifted setting), its spec, and its last training record
+    (None unless it has started and not finished), which :func:`seconds_left` prices it from without reading the
+    run dir again."""
     out = Path(s.out)
-    row = {"key": s.key, "state": "not started", "detail": ""}
+    row = {"key": s.key, "state": "not started", "detail": "", "spec": s, "last": None}
     drift = config_drift(s)
     if drift:
         return {**row, "state": "stale", "detail": drift[0] + (f" (+{len(drift) - 1} more)" if len(drift) > 1 else "")}
@@ -44,6 +46,7 @@ def run_status(s: RunSpec) -> dict[str, Any]:
         score = json.loads((out / "result.json").read_text()).get("normalized_score")
         return {**row, "state": "finished", "detail": "" if score is None else f"normalized {score:.1f}"}
     last, pid = _last_record(out), lock_holder(out)
+    row["last"] = last
     at = f"{last['phase']} step {last['step']}" if last else "starting"
     if pid is not None:
         return {**row, "state": "running", "detail": f"{at} (pid {pid})"}
@@ -85,7 +88,7 @@ def _priced(samples: dict[tuple[str, str], list[float]], arm: str, task: str) ->
     return sum(same) / len(same) if same else None
 
 
-def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float] | None:
+def seconds_left(rows: list[dict[str, Any]], swaps: dict[str, Any]) -> dict[str, float] | None:
     """An estimate of the run time the grid has left, ``{"wall": s, "cpu": s}``, from its finished runs' own.
 
     Each unfinished run is priced at the mean of the finished runs of its arm and task (else of its arm, else of
@@ -94,12 +97,12 @@ def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float
     arm (the same policy and candidate count, another critic); a ``selection=none`` swap samples one candidate
     instead of ranking many, so it is priced only from swaps of its own kind. Wall time is what the finished runs
     met on the machine as it was shared then; CPU time is the floor, a core each. None before any run has
-    finished. Failed and stale runs are left out, as a grid does not redo them. ``rows``: :func:`grid_status`'s,
-    in the plan's order."""
-    specs = plan(exp)
+    finished. Failed and stale runs are left out, as a grid does not redo them. ``rows`` and ``swaps``:
+    :func:`grid_status`'s, so nothing but the finished runs' summaries is read again."""
     runs: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
     episodes: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
-    for s, row in zip(specs, rows):
+    for row in rows:
+        s = row["spec"]
         if row["state"] == "finished":
             for clock, (total, episode) in _costs(Path(s.out)).items():
                 runs[clock].setdefault((s.arm, s.task), []).append(total)
@@ -107,12 +110,10 @@ def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float
                     episodes[clock].setdefault((s.arm, s.task), []).append(episode)
     if not runs["wall"]:
         return None
-    arm_of = {s.out: s.arm for s in specs}
+    arm_of = {row["spec"].out: row["spec"].arm for row in rows}
     swapped: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}  # by (arm label, task)
     pending = []
-    for j in swap_jobs(exp):
-        path = Path(j["policy_run"]) / "swaps.json"
-        rec = (json.loads(path.read_text()) if path.exists() else {}).get(j["label"])
+    for j, rec in swaps["jobs"]:
         kind = f"{arm_of.get(j['policy_run'], '')} {j['label']}"
         if rec is None:
             pending.append((kind, j))
@@ -121,10 +122,10 @@ def seconds_left(exp: DictConfig, rows: list[dict[str, Any]]) -> dict[str, float
                 swapped[clock].setdefault((kind, j["task"]), []).append(float(rec[f"{clock}_s"]) / rec["episodes"])
     left = {"wall": 0.0, "cpu": 0.0}
     for clock in left:
-        for s, row in zip(specs, rows):
+        for row in rows:
             if row["state"] in ("running", "interrupted", "not started"):
-                left[clock] += _priced(runs[clock], s.arm, s.task) * (
-                    1.0 - _done_fraction(s, _last_record(Path(s.out))))
+                s = row["spec"]
+                left[clock] += _priced(runs[clock], s.arm, s.task) * (1.0 - _done_fraction(s, row["last"]))
         for kind, j in pending:
             if any(k == kind for k, _ in swapped[clock]):  # this kind's, of its task else of any task
                 episode = _priced(swapped[clock], kind, j["task"])
@@ -143,20 +144,23 @@ def format_time_left(left: dict[str, float], workers: int) -> str:
             f"worker{'s' if workers > 1 else ''}")
 
 
-def grid_status(exp: DictConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Every run's status, and the swap evaluations done (recorded in their policy runs' ``swaps.json``) out of
-    those the experiment asks for."""
+def grid_status(exp: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every run's status (:func:`run_status`), and the swap evaluations the experiment asks for: how many, how
+    many are done (recorded in their policy runs' ``swaps.json``), and each job with its record (None while
+    pending)."""
     rows = [run_status(s) for s in plan(exp)]
-    jobs = swap_jobs(exp)
-    done = 0
-    for j in jobs:
-        path = Path(j["policy_run"]) / "swaps.json"
-        if path.exists() and j["label"] in json.loads(path.read_text()):
-            done += 1
-    return rows, {"swaps": len(jobs), "swaps_done": done}
+    recorded: dict[str, dict[str, Any]] = {}  # each policy run's swaps.json, read once
+    jobs = []
+    for j in swap_jobs(exp):
+        if j["policy_run"] not in recorded:
+            path = Path(j["policy_run"]) / "swaps.json"
+            recorded[j["policy_run"]] = json.loads(path.read_text()) if path.exists() else {}
+        jobs.append((j, recorded[j["policy_run"]].get(j["label"])))
+    done = sum(rec is not None for _, rec in jobs)
+    return rows, {"swaps": len(jobs), "swaps_done": done, "jobs": jobs}
 
 
-def format_status(name: str, rows: list[dict[str, Any]], swaps: dict[str, int]) -> str:
+def format_status(name: str, rows: list[dict[str, Any]], swaps: dict[str, Any]) -> str:
     counts = {state: sum(r["state"] == state for r in rows) for state in STATES}
     width = max((len(r["key"]) for r in rows), default=0)
     lines = [f"{r['key']:<{width}}  {r['state']:<11}  {r['detail']}".rstrip() for r in rows]
