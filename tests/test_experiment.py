@@ -313,6 +313,34 @@ def test_the_report_puts_every_tasks_scores_side_by_side(tmp_path):
     assert text.index("## All tasks") < text.index("## bullet-hopper-medium-v0")
 
 
+def test_the_report_aggregates_arms_over_the_tasks_every_arm_ran(tmp_path):
+    from omegaconf import OmegaConf
+
+    from modzoo.grid.aggregate import iqm_interval
+    from modzoo.grid.report import RunSummary, render
+    tasks = ["bullet-hopper-medium-v0", "bullet-walker2d-medium-v0", "bullet-halfcheetah-medium-v0"]
+    exp = OmegaConf.create({"name": "three", "summaries": "s", "budget": {"guidance_steps": 1, "policy_steps": 1},
+                            "tasks": tasks, "seeds": [0, 1], "arms": {"gf": {}, "joint": {}},
+                            "gfdt_pairs": {"gf": "joint"}})
+
+    def run(task, arm, seed, score):
+        return RunSummary(task, arm, seed, {"normalized_score": score, "eval": {"normalized": [score]}})
+    scores = {("gf", tasks[0]): [10.0, 30.0], ("gf", tasks[1]): [50.0, 70.0],
+              ("joint", tasks[0]): [20.0, 40.0], ("joint", tasks[1]): [60.0, 80.0], ("gf", tasks[2]): [99.0, 99.0]}
+    runs = [run(t, a, i, x) for (a, t), xs in scores.items() for i, x in enumerate(xs)]
+    lines = render(exp, runs, tmp_path / "img", "img").splitlines()
+    assert "pooled over hopper-medium, walker2d-medium (the tasks" in lines[lines.index("## Across tasks") + 2]
+    head = lines.index("| arm | tasks | runs | mean | IQM | IQM 95% interval |")
+    _, lo, hi = iqm_interval({tasks[0]: [10.0, 30.0], tasks[1]: [50.0, 70.0]})  # halfcheetah: joint never ran it
+    assert lines[head + 2] == f"| gf | 2 | 4 | 40.0 | 40.0 | {lo:.1f} to {hi:.1f} |"
+    pair = lines.index("| GFDT arm | joint arm | P(GFDT > joint) | 95% interval |")
+    assert lines[pair + 2].startswith("| gf | joint | 0.25 | ")  # one of the four pairs won on each task
+    runs = [r for r in runs if not (r.arm == "joint" and r.task == tasks[1] and r.seed == 1)]
+    lines = render(exp, runs, tmp_path / "img", "img").splitlines()
+    head = lines.index("| arm | tasks | runs | mean | IQM | IQM 95% interval |")
+    assert lines[head + 3] == "| joint | 2 | 3 | 40.0 | 40.0 | n/a (one run on a task) |"
+
+
 def test_the_report_states_what_the_finished_runs_cost():
     from modzoo.grid.report import RunSummary, _grid_cost
     phases = [{"phase": "joint", "wall_s": 3000.0, "eval_wall_s": 600.0}, {"phase": "eval", "wall_s": 0.0}]

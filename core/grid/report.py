@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
+from .aggregate import REPS, iqm_interval, probability_of_improvement
 from .plan import config_drift, load_experiment, plan
 
 
@@ -186,6 +187,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
     if not groups:
         lines += ["No finished runs yet.", ""]
     lines += _overview(groups, rep)
+    lines += _aggregate(exp, groups, rep)
     for task, arms in sorted(groups.items()):
         lines += [f"## {task}", "", f"Final D4RL-normalized scores (×100). Command: `{cmd}`. *Across seeds*: "
                   "one number per seed (the mean over that seed's final evaluation episodes), spread over the "
@@ -275,24 +277,25 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
         d = json.loads(f.read_text())
         if tasks and d["task"] not in tasks:  # a reference directory shared by experiments of other tasks
             continue
-        episodes.add(d.get("episodes", "n/a"))
+        episodes.add(d.get("episodes"))  # None: a JSON written before the script recorded its episode count
         for pt in d.get("curve", []):
             m = ours.get((d["task"], int(d["seed"])), {}).get(int(pt["step"]))
             rows.append(f"| {d['task']} | {d['seed']} | {pt['step']} | {pt['normalized_mean']:.1f} ± "
                         f"{pt['normalized_std']:.1f} | {pt['mean_length']:.0f} | {_fmt(m) if m is not None else 'n/a'} |")
     if not rows:
         return []
-    counts = "/".join(str(e) for e in sorted(episodes, key=str))
+    counts = "/".join(str(e) for e in sorted(episodes - {None}))
+    over = (f"{counts} episodes per evaluation" + (" where the JSON records it" if None in episodes else "")
+            if counts else "episodes per evaluation (the JSONs do not record how many)")
     return ["## Reference check: the authors' Diffusion-QL on the same data", "",
             f"The reference Diffusion-QL code (its own `Diffusion_QL.train` and `sample_action`, gn from its table, "
             f"constant LR, raw observations and rewards: its own pipeline, not a preset's), trained on modzoo's "
             f"dataset for the same number of steps and scored from the same env seeds as modzoo's `{arm}` run of the "
-            f"same seed{_arm_preset(exp, arm)} (normalized score, mean ± std over "
-            f"{counts} episodes per evaluation; mean episode length; "
+            f"same seed{_arm_preset(exp, arm)} (normalized score, mean ± std over {over}; mean episode length; "
             f"modzoo's column is that run's evaluation at the step, its `final_eval_episodes` at the last one). "
             f"Command per row: `python benchmarks/reference_score.py --reference-dir <its checkout> "
             f"--task TASK --steps {exp.budget.get('policy_steps')} --eval-every {exp.budget.get('eval_every')} "
-            f"--episodes {counts} --seed SEED --json "
+            + (f"--episodes {counts} " if counts else "") + "--seed SEED --json "
             f"{ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
             f"| task | seed | step | reference | reference episode length | modzoo {arm} |", "|---|---|---|---|---|---|",
             *rows, ""]
@@ -404,6 +407,48 @@ def _overview(groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[
             cells.append("" if not s["n"] else f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({s['n']})")
         out.append(f"| {a} | " + " | ".join(cells) + " |")
     return out + [""]
+
+
+def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[str]:
+    """Each arm's runs pooled across the tasks every arm has finished runs on: IQM with its stratified-bootstrap
+    interval, and the probability that the GFDT arm of each ``gfdt_pairs`` entry beats its joint arm
+    (:mod:`modzoo.grid.aggregate`). Tasks some arm lacks are left out, so that every arm is read on the same tasks."""
+    arms = sorted({a for t in groups for a in groups[t]})
+    tasks = [t for t in sorted(groups) if all(groups[t].get(a) for a in arms)]
+    if len(tasks) < 2:
+        return []
+    scores = {a: {t: [r.final_score for r in groups[t][a]] for t in tasks} for a in arms}
+    short = ", ".join(t.removeprefix("bullet-").removesuffix("-v0") for t in tasks)
+    out = ["## Across tasks", "",
+           f"Each arm's final normalized scores pooled over {short} (the tasks on which every arm has finished "
+           "runs): the mean, and the interquartile mean (IQM: the mean of the middle half of the runs, which one "
+           "collapsed seed moves far less) with its 95% interval from a stratified bootstrap (each task's runs "
+           f"resampled within that task, {REPS} resamples, fixed seed; Agarwal et al. 2021, the method of "
+           f"`rliable`). Command: `{rep}`.", "",
+           "| arm | tasks | runs | mean | IQM | IQM 95% interval |", "|---|---|---|---|---|---|"]
+    for a in arms:
+        pooled = [x for t in tasks for x in scores[a][t]]
+        point, lo, hi = iqm_interval(scores[a])
+        out.append(f"| {a} | {len(tasks)} | {len(pooled)} | {_fmt(float(np.mean(pooled)))} | {_fmt(point)} | "
+                   f"{_between(lo, hi, scores[a])} |")
+    pairs = [(g, j) for g, j in (exp.get("gfdt_pairs", {}) or {}).items() if g in scores and j in scores]
+    if pairs:
+        out += ["", "Probability of improvement: the chance that a run of the GFDT arm scores above a run of its "
+                "joint arm on the same task (ties count half), averaged over the tasks above, with its 95% "
+                "stratified-bootstrap interval; 0.5 is a tie, and an interval that holds 0.5 does not tell the "
+                "two apart.", "", "| GFDT arm | joint arm | P(GFDT > joint) | 95% interval |", "|---|---|---|---|"]
+        for g, j in pairs:
+            p, lo, hi = probability_of_improvement(scores[g], scores[j])
+            out.append(f"| {g} | {j} | {_fmt(p, 2)} | {_between(lo, hi, scores[g], scores[j], digits=2)} |")
+    return out + [""]
+
+
+def _between(lo: float, hi: float, *scores: dict[str, list[float]], digits: int = 1) -> str:
+    """A bootstrap interval, or n/a while some task holds a single run: resampling one run gives it back every
+    time, an interval of zero width that would read as certainty."""
+    if any(len(v) < 2 for sc in scores for v in sc.values()):
+        return "n/a (one run on a task)"
+    return f"{_fmt(lo, digits)} to {_fmt(hi, digits)}"
 
 
 def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]
