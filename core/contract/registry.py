@@ -6,6 +6,8 @@ the others. Compatibility is by capability: a policy pairs with every guidance t
 """
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.metadata as md
 import traceback
 from dataclasses import dataclass, field
@@ -52,16 +54,24 @@ class HalfSpec:
 
     def default_config(self) -> dict[str, Any]:
         """The ``guidance:`` or ``policy:`` section of the plugin's YAML (task overrides included)."""
-        raw = self.config if isinstance(self.config, dict) else yaml.safe_load(Path(self.config).read_text())
+        raw = self.config if isinstance(self.config, dict) else _parsed_yaml(Path(self.config).read_text())
         section = (raw or {}).get(self.kind)
         if section is None:
             raise PluginError(f"plugin {self.plugin or self.name!r}: its config has no '{self.kind}:' section")
-        return dict(section)
+        return copy.deepcopy(section)  # a caller's edits must reach neither the cache nor the plugin's dict
 
     @property
     def capabilities(self) -> frozenset[str]:
         """What a guidance provides, or what a policy needs."""
         return frozenset(getattr(self.cls, "provides" if self.kind == "guidance" else "needs", frozenset()))
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_yaml(text: str) -> Any:
+    """A plugin YAML's text, parsed once: planning a grid or checking its summaries for drift asks for every
+    half's defaults hundreds of times, and parsing dominated that. Keyed on the text, not the path, so an edited
+    file (a plugin author iterating in one Python session) is parsed again however soon after."""
+    return yaml.safe_load(text)
 
 
 def _kind_of(cls: Any) -> str:
