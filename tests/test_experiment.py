@@ -405,8 +405,17 @@ def test_the_reference_check_pairs_the_authors_code_with_the_same_seed_and_step(
     assert "| t | 1 | 20 | 8.9 ± 3.6 | 106 | 106.2 |" in lines
     assert not any("not-this-grids" in line for line in lines)  # another experiment's task: not a row here
     text = " ".join(lines)  # what the two columns ran: the arm's preset, the reference's episode count
-    assert "run of the same seed under preset gfdt-authors (" in text and "over 7 episodes" in text and "--episodes 7" in text
+    assert "run of the same seed under preset gfdt-authors (" in text
+    assert "over 7 episodes per evaluation;" in text and "--episodes 7 " in text
     assert _reference_check(OmegaConf.create({"budget": {}}), runs) == []  # no reference configured: no section
+    # a JSON from before the script recorded its episode count: the count is said to be unknown, never "n/a"
+    d = json.loads((ref / "h.json").read_text())
+    del d["episodes"]
+    (ref / "h.json").write_text(json.dumps(d))
+    text = " ".join(_reference_check(exp, runs))
+    assert "(the JSONs do not record how many)" in text and "--episodes" not in text and "n/a episodes" not in text
+    (ref / "g.json").write_text(json.dumps({**d, "seed": 2, "episodes": 10}))
+    assert "over 10 episodes per evaluation where the JSON records it;" in " ".join(_reference_check(exp, runs))
 
 
 def test_beside_puts_another_grids_scores_next_to_this_ones_and_flags_a_rebuilt_dataset(tmp_path):
