@@ -589,8 +589,13 @@ def test_status_tells_each_runs_state_without_touching_the_run_dirs(tiny_experim
     (runs / "dql-gf-iql" / "seed1" / "FAILED").write_text("RuntimeError: out of memory\n")
     before = sorted(p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file())
     states = {r["key"]: (r["state"], r["detail"]) for r in grid_status(exp)[0]}
-    assert states[f"{TASK}/idql-joint/seed1"] == ("interrupted", "policy step 4; resumes there")
-    assert states[f"{TASK}/idql-gf/seed1"] == ("running", f"policy step 4 (pid {os.getpid()})")
+    def evaluated(arm: str) -> str:  # how the run did at its last interim evaluation, as its metrics.jsonl says
+        recs = [json.loads(x) for x in (runs / arm / "seed1" / "metrics.jsonl").read_text().splitlines()]
+        ev = [r for r in recs if r["phase"] == "eval"][-1]
+        return f"evaluated {ev['normalized_mean']:.1f} at step {ev['step']}"
+    assert states[f"{TASK}/idql-joint/seed1"] == ("interrupted",
+                                                  f"policy step 4, {evaluated('idql-joint')}; resumes there")
+    assert states[f"{TASK}/idql-gf/seed1"] == ("running", f"policy step 4, {evaluated('idql-gf')} (pid {os.getpid()})")
     assert states[f"{TASK}/dql-gf-iql/seed1"] == ("failed", "RuntimeError: out of memory")
     assert states[f"{TASK}/idql-joint/seed0"][0] == "finished"
     assert states[f"{TASK}/idql-joint/seed0"][1].startswith("normalized ")

@@ -18,18 +18,19 @@ from .runner import lock_holder
 STATES = ("finished", "running", "interrupted", "failed", "stale", "not started")
 
 
-def _last_record(run_dir: Path) -> dict[str, Any] | None:
-    """The last training record of ``metrics.jsonl`` (its phase and step), None before the first."""
+def _last_records(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The last training record of ``metrics.jsonl`` (its phase and step) and its last interim evaluation,
+    each None before the first."""
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return None
-    last = None
-    for line in path.read_text().splitlines():
+    last = last_eval = None
+    for line in path.read_text().splitlines() if path.exists() else []:
         if line.strip():
             rec = json.loads(line)
             if rec.get("phase") in ("guidance", "policy"):
                 last = rec
-    return last
+            elif rec.get("phase") == "eval" and "normalized_mean" in rec:
+                last_eval = rec
+    return last, last_eval
 
 
 def run_status(s: RunSpec) -> dict[str, Any]:
@@ -45,9 +46,11 @@ def run_status(s: RunSpec) -> dict[str, Any]:
     if is_finished(out):
         score = json.loads((out / "result.json").read_text()).get("normalized_score")
         return {**row, "state": "finished", "detail": "" if score is None else f"normalized {score:.1f}"}
-    last, pid = _last_record(out), lock_holder(out)
+    (last, last_eval), pid = _last_records(out), lock_holder(out)
     row["last"] = last
     at = f"{last['phase']} step {last['step']}" if last else "starting"
+    if last_eval is not None:  # how a long run is doing, not only how far it is
+        at += f", evaluated {last_eval['normalized_mean']:.1f} at step {last_eval['step']}"
     if pid is not None:
         return {**row, "state": "running", "detail": f"{at} (pid {pid})"}
     if (out / "FAILED").exists():
