@@ -34,18 +34,20 @@ def _last_records(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] 
 
 
 def run_status(s: RunSpec) -> dict[str, Any]:
-    """``{"key", "state", "detail", "spec", "last"}`` of one run: its state (one of :data:`STATES`), what goes with
-    it (the score, the step it is at, the error, the drifted setting), its spec, and its last training record
-    (None unless it has started and not finished), which :func:`seconds_left` prices it from without reading the
-    run dir again."""
+    """``{"key", "state", "detail", "spec", "last", "result"}`` of one run: its state (one of :data:`STATES`), what
+    goes with it (the score, the step it is at, the error, the drifted setting), its spec, its last training record
+    (None unless it has started and not finished) and its ``result.json`` (None unless finished), which
+    :func:`seconds_left` prices from without reading the run dir again."""
     out = Path(s.out)
-    row = {"key": s.key, "state": "not started", "detail": "", "spec": s, "last": None}
+    row = {"key": s.key, "state": "not started", "detail": "", "spec": s, "last": None, "result": None}
     drift = config_drift(s)
     if drift:
         return {**row, "state": "stale", "detail": drift[0] + (f" (+{len(drift) - 1} more)" if len(drift) > 1 else "")}
     if is_finished(out):
-        score = json.loads((out / "result.json").read_text()).get("normalized_score")
-        return {**row, "state": "finished", "detail": "" if score is None else f"normalized {score:.1f}"}
+        result = json.loads((out / "result.json").read_text())
+        score = result.get("normalized_score")
+        return {**row, "state": "finished", "detail": "" if score is None else f"normalized {score:.1f}",
+                "result": result}
     (last, last_eval), pid = _last_records(out), lock_holder(out)
     row["last"] = last
     at = f"{last['phase']} step {last['step']}" if last else "starting"
@@ -60,11 +62,11 @@ def run_status(s: RunSpec) -> dict[str, Any]:
     return row
 
 
-def _costs(out: Path) -> dict[str, tuple[float, float | None]]:
+def _costs(result: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
     """A finished run's cost by clock, ``{"wall": ..., "cpu": ...}``: each as (the whole run: every phase's updates
     and interim evaluations, summed across resumes, and the final evaluation; its final evaluation per episode,
     None if it recorded none)."""
-    phases = json.loads((out / "result.json").read_text()).get("phases", [])
+    phases = result.get("phases", [])
     final = [p for p in phases if p.get("phase") == "eval" and p.get("episodes")]
     out_: dict[str, tuple[float, float | None]] = {}
     for clock, run_key, eval_key in (("wall", "wall_s", "eval_wall_s"), ("cpu", "cpu_s", "eval_cpu_s")):
@@ -101,13 +103,13 @@ def seconds_left(rows: list[dict[str, Any]], swaps: dict[str, Any]) -> dict[str,
     instead of ranking many, so it is priced only from swaps of its own kind. Wall time is what the finished runs
     met on the machine as it was shared then; CPU time is the floor, a core each. None before any run has
     finished. Failed and stale runs are left out, as a grid does not redo them. ``rows`` and ``swaps``:
-    :func:`grid_status`'s, so nothing but the finished runs' summaries is read again."""
+    :func:`grid_status`'s, so no file is read again."""
     runs: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
     episodes: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
     for row in rows:
         s = row["spec"]
         if row["state"] == "finished":
-            for clock, (total, episode) in _costs(Path(s.out)).items():
+            for clock, (total, episode) in _costs(row["result"]).items():
                 runs[clock].setdefault((s.arm, s.task), []).append(total)
                 if episode is not None:
                     episodes[clock].setdefault((s.arm, s.task), []).append(episode)
