@@ -461,6 +461,22 @@ def test_a_resumed_phases_peak_rss_is_left_out_of_the_memory_mean():
     assert only["phases"]["policy"]["rss_peak_mb"] != only["phases"]["policy"]["rss_peak_mb"]  # nan: n/a
 
 
+def test_a_resumed_phase_that_evaluated_after_the_restart_keeps_its_peak_rss():
+    from modzoo.grid.report import RunSummary, arm_stats
+
+    def run(resumed_at, evals, curve_steps, rss=900.0):
+        ph = {"phase": "policy", "wall_s": 10.0, "rss_peak_mb": rss, "steps": 50, "evals": evals,
+              "resumed_at": resumed_at}
+        return RunSummary("t", "a", 0, {"normalized_score": 1.0, "eval": {"normalized": [1.0]}, "phases": [ph]},
+                          [(s, 1.0) for s in curve_steps])
+
+    def peak(r):
+        return arm_stats([r])["phases"]["policy"]["rss_peak_mb"]
+    assert peak(run(5, 4, [10, 20, 30, 40, 50])) == 900.0  # evaluated at 10-40 after the restart at 5
+    assert peak(run(40, 4, [10, 20, 30, 40, 50])) != peak(run(40, 4, [10, 20, 30, 40, 50]))  # trained 40-50 only
+    assert peak(run(20, 0, [])) == 900.0  # a phase without interim evaluations: every process does the same
+
+
 def test_one_slowed_run_moves_the_mean_time_ratio_not_the_median():
     from omegaconf import OmegaConf
 

@@ -67,6 +67,20 @@ def spread(x: np.ndarray | list[float]) -> dict[str, float]:
             "iqr": float(q75 - q25)}
 
 
+def _peak_covers_phase(ph: dict[str, Any], curve: list[tuple[int, float]]) -> bool:
+    """Whether a phase's recorded peak RSS stands for the whole phase.
+
+    A phase resumed after an interruption was metered by its last process only. That process still ran every
+    kind of work the phase does, so its peak is the phase's, when the phase has no interim evaluations (a
+    guidance phase) or one of them fell after the restart (the curve has a step past ``resumed_at``). A process
+    that only trained the last steps missed the evaluations' envs, and its peak would understate the phase.
+    """
+    first = ph.get("resumed_at")
+    if not first or ph.get("evals") == 0:
+        return True
+    return any(first < step < ph.get("steps", 0) for step, _ in curve)
+
+
 def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
     seeds = spread([r.final_score for r in runs])
     episodes = spread(np.concatenate([r.final_episodes for r in runs]) if runs else [])
@@ -79,9 +93,7 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
             # summaries written before 2026-11-27 have no CPU time: nan, so a cell's mean is n/a unless every
             # run has it (a CPU mean over some runs would not compare with the wall mean over all)
             p["cpu_s"].append(ph.get("cpu_s", float("nan")))
-            # a phase resumed after an interruption was metered by its last process only: its peak RSS misses
-            # whatever ran before the restart (an interim evaluation's envs, say), so it is left out of the mean
-            if "resumed_at" not in ph:
+            if _peak_covers_phase(ph, r.curve):
                 p["rss_peak_mb"].append(ph["rss_peak_mb"])
             p["steps"].append(ph.get("steps", ph.get("episodes", 0)))
             # summaries written before 2026-11-25 timed interim evaluations inside wall_s: n/a, not 0
@@ -209,7 +221,9 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
                   "the evaluations every `eval_every` steps inside it are timed apart (`interim evals`, their "
                   "`eval s`), and the final evaluation is the `eval` phase; `n/a` there marks summaries written "
                   "before 2026-11-25, whose `wall s` still includes those evaluations. `peak RSS MB` leaves out "
-                  "phases resumed after an interruption (their last process saw only the part after the restart). "
+                  "a phase resumed after an interruption unless its last process also ran an interim evaluation "
+                  "(or the phase has none): a process that only trained the last steps never built the "
+                  "evaluation's envs. "
                   "`CPU s` is the process's CPU time (all its threads) for what `wall s` times, which other "
                   "work on a shared machine stretches far less than wall time; n/a for summaries written before "
                   "2026-11-27. Command: "
