@@ -117,6 +117,13 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
     assert (tmp_path / "summaries" / TASK / "idql-gf" / "seed1" / "curve.csv").exists()
 
 
+def test_runs_without_interim_evaluations_get_a_boxplot_and_no_empty_curve_plot(tmp_path):
+    from modzoo.grid.report import RunSummary, _plots
+    runs = [RunSummary("t", "a", s, {"normalized_score": float(s), "eval": {"normalized": [1.0]}}) for s in (0, 1)]
+    assert _plots("t", {"a": runs}, tmp_path) == ["box_t.png"]
+    assert [p.name for p in tmp_path.glob("*.png")] == ["box_t.png"]
+
+
 def test_rerun_skips_finished_runs(tiny_experiment, tmp_path):
     run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
     res = tmp_path / "runs" / TASK / "idql-joint" / "seed0" / "result.json"

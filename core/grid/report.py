@@ -135,24 +135,24 @@ def _plots(task: str, arms: dict[str, list[RunSummary]], img_dir: Path) -> list[
     import matplotlib.pyplot as plt
     img_dir.mkdir(parents=True, exist_ok=True)
     names = []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for arm, runs in sorted(arms.items()):
-        steps = sorted({s for r in runs for s, _ in r.curve})
-        if not steps:
-            continue
-        mat = np.array([[dict(r.curve).get(s, np.nan) for s in steps] for r in runs], dtype=float)
-        mean = np.nanmean(mat, 0)
-        ax.plot(steps, mean, label=arm)
-        ax.fill_between(steps, np.nanmin(mat, 0), np.nanmax(mat, 0), alpha=0.15)
-    ax.set_xlabel("policy steps")
-    ax.set_ylabel("D4RL-normalized score")
-    ax.set_title(f"{task}: mean over seeds, band = min..max across seeds")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    name = f"curves_{task}.png"
-    fig.savefig(img_dir / name, dpi=90)
-    plt.close(fig)
-    names.append(name)
+    curves = {arm: sorted({s for r in runs for s, _ in r.curve}) for arm, runs in sorted(arms.items())}
+    if any(curves.values()):  # runs without interim evaluations have no curve to draw
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for arm, steps in curves.items():
+            if not steps:
+                continue
+            mat = np.array([[dict(r.curve).get(s, np.nan) for s in steps] for r in arms[arm]], dtype=float)
+            ax.plot(steps, np.nanmean(mat, 0), label=arm)
+            ax.fill_between(steps, np.nanmin(mat, 0), np.nanmax(mat, 0), alpha=0.15)
+        ax.set_xlabel("policy steps")
+        ax.set_ylabel("D4RL-normalized score")
+        ax.set_title(f"{task}: mean over seeds, band = min..max across seeds")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"curves_{task}.png"
+        fig.savefig(img_dir / name, dpi=90)
+        plt.close(fig)
+        names.append(name)
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = sorted(arms)
     ax.boxplot([[r.final_score for r in arms[a]] for a in labels])
