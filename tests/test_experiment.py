@@ -76,6 +76,9 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
         assert int(cells[9]) == 4
         assert float(cells[10]) == pytest.approx(episodes.mean(), abs=0.051)
         assert float(cells[13]) == pytest.approx(e75 - e25, abs=0.051)
+        lengths = np.concatenate([json.loads((runs / arm / f"seed{s}" / "result.json").read_text())
+                                  ["eval"]["lengths"] for s in (0, 1)])
+        assert cells[14] == f"{int((lengths < 1000).sum())}/4"  # episodes the env ended before its time limit
     # the swap table: the swap's per-seed means beside the own guidance on the same seeds
     sws = [json.loads((runs / "idql-joint" / f"seed{s}" / "swaps.json").read_text())["other_seed"] for s in (0, 1)]
     own = [json.loads((runs / "idql-joint" / f"seed{s}" / "result.json").read_text())["normalized_score"]
@@ -84,7 +87,8 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "2"
     assert float(cells[3]) == pytest.approx(np.mean([np.mean(x["normalized"]) for x in sws]), abs=0.051)
-    assert float(cells[8]) == pytest.approx(np.mean(own), abs=0.051)
+    assert cells[8] == f"{sum(n < 1000 for x in sws for n in x['lengths'])}/{sum(len(x['lengths']) for x in sws)}"
+    assert float(cells[9]) == pytest.approx(np.mean(own), abs=0.051)
     assert "Finding one" in text
     # GFDT/joint time: each arm's mean over runs of its training phases' wall time (updates only), recomputed
     def train_s(arm):
@@ -122,6 +126,16 @@ def test_runs_without_interim_evaluations_get_a_boxplot_and_no_empty_curve_plot(
     runs = [RunSummary("t", "a", s, {"normalized_score": float(s), "eval": {"normalized": [1.0]}}) for s in (0, 1)]
     assert _plots("t", {"a": runs}, tmp_path) == ["box_t.png"]
     assert [p.name for p in tmp_path.glob("*.png")] == ["box_t.png"]
+
+
+def test_fell_counts_the_episodes_that_ended_before_the_time_limit():
+    from modzoo.grid.report import fell, time_limit
+    evals = [{"normalized": [90.0, 5.0], "lengths": [1000, 57]}, {"normalized": [88.0], "lengths": [999]}]
+    assert fell(evals, 1000) == "2/3"  # 999 steps is one short of the limit: terminated, not truncated
+    assert fell(evals, None) == "n/a"  # no known limit: no count rather than a wrong one
+    assert fell([{"normalized": [90.0, 5.0]}], 1000) == "n/a"  # a summary without lengths
+    assert fell([{"normalized": [90.0, 5.0], "lengths": [1000]}], 1000) == "n/a"  # lengths that do not match
+    assert time_limit("bullet-walker2d-medium-v0") == 1000 and time_limit("no-such-task") is None
 
 
 def test_rerun_skips_finished_runs(tiny_experiment, tmp_path):

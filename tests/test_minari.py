@@ -14,6 +14,7 @@ pytest.importorskip("mujoco")
 import modzoo  # noqa: E402
 from modzoo.bullet import minari_data  # noqa: E402
 from modzoo.bullet.data import export_minari, load_dataset  # noqa: E402
+from modzoo.bullet.tasks import task_of  # noqa: E402
 from modzoo.bullet.scores import REF_MAX_SCORE  # noqa: E402
 from modzoo.errors import CheckpointError, DatasetError  # noqa: E402
 
@@ -56,6 +57,8 @@ def test_a_minari_dataset_trains_and_evaluates_on_its_recorded_env(minari_dir: P
     # normalized with the dataset's own reference scores, on Hopper-v5 episodes
     assert result.eval.normalized_mean == pytest.approx(100 * (result.eval.mean + 20.0) / (3234.3 + 20.0))
     assert json.loads((tmp_path / "run" / "result.json").read_text())["dataset"]["name"] == "test/hopper/random-v0"
+    # the report's `fell` column reads the evaluation env's own time limit
+    assert task_of("test/hopper/random-v0").max_episode_steps == gym.spec("Hopper-v5").max_episode_steps == 1000
 
 
 def test_a_guidance_trained_on_a_minari_task_guides_there_and_is_refused_elsewhere(

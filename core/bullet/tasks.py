@@ -54,6 +54,11 @@ class Task:
         """The gymnasium id modzoo registers for the robot (every level shares it)."""
         return f"modzoo/bullet-{self.robot}-v0"
 
+    @property
+    def max_episode_steps(self) -> int:
+        """The time limit: an evaluation episode shorter than this was terminated by the env (the robot fell)."""
+        return MAX_EPISODE_STEPS
+
     def __str__(self) -> str:
         return self.name
 
@@ -77,6 +82,12 @@ class MinariTask:
     def spec(self) -> Any:
         """The gymnasium ``EnvSpec`` to evaluate on."""
         return gymnasium.envs.registration.EnvSpec.from_json(self.env_spec)
+
+    @property
+    def max_episode_steps(self) -> int | None:
+        """The evaluation env's time limit (None where its spec sets none)."""
+        limit = json.loads(self.env_spec).get("max_episode_steps")
+        return int(limit) if limit else None
 
     def __str__(self) -> str:
         return self.name

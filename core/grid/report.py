@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
+from ..bullet.tasks import task_of
+from ..errors import ModzooError
 from .aggregate import REPS, iqm_interval, probability_of_improvement
 from .plan import config_drift, load_experiment, plan
 
@@ -201,20 +203,25 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
     lines += _overview(groups, rep)
     lines += _aggregate(exp, groups, rep)
     for task, arms in sorted(groups.items()):
+        limit = time_limit(task)
+        limit_words = f"{limit}-step time limit" if limit else "time limit (n/a: none known for this task)"
         lines += [f"## {task}", "", f"Final D4RL-normalized scores (×100). Command: `{cmd}`. *Across seeds*: "
                   "one number per seed (the mean over that seed's final evaluation episodes), spread over the "
                   "`seeds` of the cell; *across episodes*: every final episode of every seed pooled (each seed "
                   "evaluates from its own start states). std is the population std; IQR is the 75th minus the "
-                  "25th percentile (numpy's linear interpolation); n/a where one value has no spread.", "",
+                  "25th percentile (numpy's linear interpolation); n/a where one value has no spread. *fell*: "
+                  f"of the pooled final episodes, those that ended before the {limit_words} (the env "
+                  "terminated them: in locomotion, the robot fell; halfcheetah never terminates).", "",
                   "| arm | guidance | policy | schedule | seeds | across seeds: mean | std | median | IQR | "
-                  "episodes | across episodes: mean | std | median | IQR |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "episodes | across episodes: mean | std | median | IQR | fell |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         stats = {a: arm_stats(rs) for a, rs in arms.items()}
         for a in sorted(arms):
             s, e, r0 = stats[a]["seeds"], stats[a]["episodes"], arms[a][0].result
             lines.append(f"| {a} | {r0.get('guidance')} | {r0.get('policy')} | {r0.get('schedule')} | {s['n']} | "
                          f"{_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {_fmt(s['iqr'])} | {e['n']} | "
-                         f"{_fmt(e['mean'])} | {_fmt(e['std'])} | {_fmt(e['median'])} | {_fmt(e['iqr'])} |")
+                         f"{_fmt(e['mean'])} | {_fmt(e['std'])} | {_fmt(e['median'])} | {_fmt(e['iqr'])} | "
+                         f"{fell([r.result.get('eval', {}) for r in arms[a]], limit)} |")
         lines += ["", "Wall time and peak memory per phase, mean over the runs counted in `runs` (each run in a "
                   "process of its own; RSS includes the dataset and Python, sampled every 50 ms; CUDA: "
                   "`torch.cuda.max_memory_allocated`, GPU runs only). `wall s` is the phase's updates alone: "
@@ -251,13 +258,15 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
                       "CPU time ratio (means) | peak RSS ratio |", "|---|---|---|---|---|---|---|"]
             lines += [f"| {g} | {j} | {n} | {_fmt(t, 2)} | {_fmt(tm, 2)} | {_fmt(c, 2)} | {_fmt(m, 2)} |"
                       for g, j, n, t, tm, c, m in ratios]
-        sw = _swap_rows(arms)
+        sw = _swap_rows(arms, limit)
         if sw:
             lines += ["", "Inference-time swap: the final policies ranked by the same arm's guidance from another "
                       "seed, or by another algorithm's guidance, beside the same policies ranked by their own "
-                      f"guidance on the same seeds (IQR across seeds and across pooled episodes). Command: `{rep}`.",
-                      "", "| policy arm | ranked by | seeds | mean | std | median | IQR seeds | IQR episodes | "
-                      "own guidance: mean | IQR seeds | IQR episodes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                      f"guidance on the same seeds (IQR across seeds and across pooled episodes; *fell* as above). "
+                      f"Command: `{rep}`.",
+                      "", "| policy arm | ranked by | seeds | mean | std | median | IQR seeds | IQR episodes | fell | "
+                      "own guidance: mean | IQR seeds | IQR episodes | fell |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += sw
         for name in _plots(task, arms, img_dir):
             lines += ["", f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)"]
@@ -498,7 +507,26 @@ def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]
     return out
 
 
-def _swap_rows(arms: dict[str, list[RunSummary]]) -> list[str]:
+def time_limit(task: str) -> int | None:
+    """The task's episode time limit, or None where it has none or the task cannot be read here (a Minari
+    dataset that is not installed): its ``fell`` cells then read n/a."""
+    try:
+        return task_of(task).max_episode_steps
+    except ModzooError:
+        return None
+
+
+def fell(evals: list[dict[str, Any]], limit: int | None) -> str:
+    """``"k/n"``: of the n episodes of these evaluations, the k that ended before the time limit, which the
+    env does only when the robot falls (halfcheetah's never does); a score mean hides whether a low number is
+    every episode walking worse or some falling at once and the rest walking well."""
+    lengths = [n for ev in evals for n in (ev.get("lengths") or [])]
+    if limit is None or not lengths or len(lengths) != sum(len(ev.get("normalized") or []) for ev in evals):
+        return "n/a"
+    return f"{sum(n < limit for n in lengths)}/{len(lengths)}"
+
+
+def _swap_rows(arms: dict[str, list[RunSummary]], limit: int | None) -> list[str]:
     """One row per policy arm and swap, beside the same policies ranked by their own guidance on the same seeds
     (a swap missing for some seed must not be compared with an own-guidance figure over other seeds)."""
     rows = []
@@ -512,8 +540,10 @@ def _swap_rows(arms: dict[str, list[RunSummary]]) -> list[str]:
             own_ep = spread(np.concatenate([r.final_episodes for r in have]))
             g = have[0].swaps[lab].get("guidance")
             rows.append(f"| {a} | {lab} ({g}) | {sw['n']} | {_fmt(sw['mean'])} | {_fmt(sw['std'])} | "
-                        f"{_fmt(sw['median'])} | {_fmt(sw['iqr'])} | {_fmt(sw_ep['iqr'])} | {_fmt(own['mean'])} | "
-                        f"{_fmt(own['iqr'])} | {_fmt(own_ep['iqr'])} |")
+                        f"{_fmt(sw['median'])} | {_fmt(sw['iqr'])} | {_fmt(sw_ep['iqr'])} | "
+                        f"{fell([r.swaps[lab] for r in have], limit)} | {_fmt(own['mean'])} | "
+                        f"{_fmt(own['iqr'])} | {_fmt(own_ep['iqr'])} | "
+                        f"{fell([r.result.get('eval', {}) for r in have], limit)} |")
     return rows
 
 
