@@ -75,6 +75,21 @@ def test_saved_guidance_is_reused_at_training_and_at_inference(capsys, small_dat
     policy.cfg["selection"] = "expectile"
     assert list(evaluate(policy, guidance, TASK, episodes=2, seed=3).returns) == got["expectile"]
     assert got["argmax"] != got["expectile"]
+    # --temperature sets the softmax's t, as the same evaluation with policy.temperature changed gives
+    rc, out, err = run_cli(capsys, "eval", "--policy", str(tmp_path / "d" / "policy.pt"), "--guidance", str(gpt),
+                           "--episodes", "2", "--seed", "3", "--selection", "softmax", "--temperature", "0.001",
+                           "--json", str(tmp_path / "t.json"), "--no-progress", "--device", "cpu", "--threads", "1")
+    assert rc == 0, err
+    policy.cfg.update(selection="softmax", temperature=0.001)
+    cold = json.loads((tmp_path / "t.json").read_text())["returns"]
+    assert list(evaluate(policy, guidance, TASK, episodes=2, seed=3).returns) == cold
+    policy.cfg["temperature"] = 1000.0
+    assert list(evaluate(policy, guidance, TASK, episodes=2, seed=3).returns) != cold
+    pol = ["eval", "--policy", str(tmp_path / "d" / "policy.pt"), "--guidance", str(gpt), "--no-progress",
+           "--device", "cpu"]
+    assert "add --selection softmax" in _one_line_error(capsys, *pol, "--selection", "argmax", "--temperature", "3")
+    for bad in ("0", "-1", "inf", "nan"):
+        assert "--temperature must be a positive number" in _one_line_error(capsys, *pol, "--temperature", bad)
 
 
 def _one_line_error(capsys, *argv):

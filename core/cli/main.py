@@ -167,9 +167,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--candidates must be at least 1 (the actions sampled per state), got {args.candidates}")
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.temperature is not None and not (0 < args.temperature < float("inf")):
+        raise ConfigError(f"--temperature must be a positive number (softmax(temperature * Q)), got {args.temperature}")
     policy, guidance = load_policy_and_guidance(args.policy, args.guidance, args.device, task=args.env)
     if args.selection:
         policy.cfg["selection"] = args.selection
+    if args.temperature is not None:
+        if policy.cfg.get("selection") != "softmax":
+            raise ConfigError(f"--temperature sets the softmax selection's temperature, but this policy selects by "
+                              f"{policy.cfg.get('selection')!r}: add --selection softmax")
+        policy.cfg["temperature"] = args.temperature
     for key, value in (("act_sampler", args.sampler), ("sample_steps", args.sample_steps), ("ddim_eta", args.ddim_eta)):
         if value is not None:
             policy.cfg[key] = value
@@ -381,6 +388,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", type=int, default=None)
     p.add_argument("--selection", choices=["argmax", "softmax", "expectile"], default=None,
                    help="how the guidance picks among the candidates (default: the policy's own rule)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="the softmax selection's temperature t in softmax(t * Q): large is greedy, small is uniform "
+                        "(default: the policy's policy.temperature)")
     p.add_argument("--sampler", choices=["trained", "posterior", "ddim", "dpm_solver++", "dpm_solver++_2s"],
                    default=None, help="the reverse chain when acting (default: the policy's policy.act_sampler); "
                                       "dpm_solver++_2s for a continuous-time (vp_sde) policy only")
