@@ -29,21 +29,10 @@ import torch
 from omegaconf import OmegaConf
 
 import modzoo
-from modzoo.blocks.selection import gather_actions, select_index
+from modzoo.blocks.selection import gather_actions, select_index, selection_probs
 from modzoo.bullet.tasks import task_of
 from modzoo.run.evaluation import evaluate_policy
 from modzoo.run.training import eval_seed
-
-
-def weights(rule: str, q: torch.Tensor, v: torch.Tensor | None, temperature: float, tau: float) -> torch.Tensor:
-    """The selection's probabilities over the candidates, (B, N): the distribution ``select_index`` samples
-    from (argmax as a one-hot)."""
-    if rule == "argmax":
-        return torch.nn.functional.one_hot(q.argmax(1), q.shape[1]).float()
-    if rule == "softmax":
-        return torch.softmax(q * temperature, dim=1)
-    p = torch.where(q - v[:, None] > 0, tau, 1 - tau)
-    return p / p.sum(1, keepdim=True)
 
 
 def score(guidance: modzoo.GuidanceModule, obs: torch.Tensor, cands: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -100,7 +89,7 @@ def main() -> None:
         for g in [own, *others]:
             gq, gv = (q, v) if g is own else score(g, obs, cands)
             r = rule if rule != "expectile" or gv is not None else "argmax"
-            p = weights(r, gq, gv, temp, tau)
+            p = selection_probs(r, gq, gv, temperature=temp, tau=tau)
             step.append({"ess": (1.0 / (p ** 2).sum(1)).numpy(), "p_max": p.max(1).values.numpy(),
                          "spread": (temp * (gq.max(1).values - gq.min(1).values)).numpy()})
         rows.append(step)

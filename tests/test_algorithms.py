@@ -5,7 +5,7 @@ import torch
 import modzoo
 from modzoo.plugins.dql import normalized_q_loss
 from modzoo.plugins.idql import expectile_loss
-from modzoo.blocks.selection import select_index
+from modzoo.blocks.selection import select_index, selection_probs
 
 OBS, ACT = 4, 2
 
@@ -134,6 +134,19 @@ def test_selection_rules():
     assert abs(float(idx.float().mean()) - torch.sigmoid(torch.tensor(1.0)).item()) < 0.02
     with pytest.raises(ValueError, match="V"):
         select_index("expectile", q)
+
+
+def test_selection_probs_are_the_distribution_select_index_draws_from():
+    q = torch.tensor([[1.0, 5.0, 2.0], [0.0, -1.0, 3.0]])
+    assert selection_probs("argmax", q).tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    p = selection_probs("softmax", q, temperature=0.5)
+    assert torch.allclose(p, torch.softmax(0.5 * q, dim=1)) and torch.allclose(p.sum(1), torch.ones(2))
+    p = selection_probs("expectile", q, torch.tensor([1.5, 0.5]), tau=0.7)
+    assert torch.allclose(p[0], torch.tensor([0.3, 0.7, 0.7]) / 1.7)
+    for rule, v in (("softmax", None), ("expectile", torch.tensor([1.5, 0.5]))):
+        drawn = select_index(rule, q, v, temperature=0.5, generator=torch.Generator().manual_seed(3))
+        probs = selection_probs(rule, q, v, temperature=0.5)
+        assert torch.equal(drawn, torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3))[:, 0])
 
 
 def test_idql_policy_ignores_guidance_in_training():

@@ -14,21 +14,28 @@ import torch
 RULES = ("argmax", "softmax", "expectile")
 
 
+def selection_probs(rule: str, q: torch.Tensor, v: torch.Tensor | None = None, *, temperature: float = 1.0,
+                    tau: float = 0.7) -> torch.Tensor:
+    """The distribution over the candidates that ``rule`` draws from, (B, N) (argmax: one-hot); what a
+    diagnostic reads to see how greedy a selection is."""
+    if rule == "argmax":
+        return torch.nn.functional.one_hot(q.argmax(dim=1), q.shape[1]).to(q.dtype)
+    if rule == "softmax":
+        return torch.softmax(q * temperature, dim=1)
+    if rule == "expectile":
+        if v is None:
+            raise ValueError("expectile selection needs V(s): use a guidance that provides 'v'")
+        probs = torch.where(q - v[:, None] > 0, tau, 1 - tau)
+        return probs / probs.sum(dim=1, keepdim=True)
+    raise ValueError(f"unknown selection rule {rule!r}; known: {list(RULES)}")
+
+
 def select_index(rule: str, q: torch.Tensor, v: torch.Tensor | None = None, *, temperature: float = 1.0,
                  tau: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
     """Index of the chosen candidate per state. ``q``: (B, N) values; ``v``: (B,) for ``expectile``."""
-    if rule == "argmax":
+    if rule == "argmax":  # no draw: the generator's stream is left as it is
         return q.argmax(dim=1)
-    if rule == "softmax":
-        probs = torch.softmax(q * temperature, dim=1)
-    elif rule == "expectile":
-        if v is None:
-            raise ValueError("expectile selection needs V(s): use a guidance that provides 'v'")
-        adv = q - v[:, None]
-        probs = torch.where(adv > 0, tau, 1 - tau)
-        probs = probs / probs.sum(dim=1, keepdim=True)
-    else:
-        raise ValueError(f"unknown selection rule {rule!r}; known: {list(RULES)}")
+    probs = selection_probs(rule, q, v, temperature=temperature, tau=tau)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
