@@ -35,7 +35,10 @@ from modzoo.run.evaluation import evaluate_policy
 from modzoo.run.training import eval_seed
 
 
-def score(guidance: modzoo.GuidanceModule, obs: torch.Tensor, cands: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def score(guidance: modzoo.GuidanceModule, obs: torch.Tensor, cands: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Q of every candidate, (B, N), as ``select_with_guidance`` computes it, and V(s) where the guidance has
+    one (the expectile rule needs it)."""
     b, n, a = cands.shape
     q = guidance.q(obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1), cands.reshape(b * n, a))
     v = guidance.v(obs) if "v" in guidance.provides else None
