@@ -29,20 +29,10 @@ import torch
 from omegaconf import OmegaConf
 
 import modzoo
-from modzoo.blocks.selection import gather_actions, select_index, selection_probs
+from modzoo.blocks.selection import candidate_q, effective_rule, select_with_guidance, selection_probs
 from modzoo.bullet.tasks import task_of
 from modzoo.run.evaluation import evaluate_policy
 from modzoo.run.training import eval_seed
-
-
-def score(guidance: modzoo.GuidanceModule, obs: torch.Tensor, cands: torch.Tensor
-          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Q of every candidate, (B, N), as ``select_with_guidance`` computes it, and V(s) where the guidance has
-    one (the expectile rule needs it)."""
-    b, n, a = cands.shape
-    q = guidance.q(obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1), cands.reshape(b * n, a))
-    v = guidance.v(obs) if "v" in guidance.provides else None
-    return q.reshape(b, n), v
 
 
 def replay_check(run_dir: Path, normalized: np.ndarray) -> str:
@@ -81,22 +71,19 @@ def main() -> None:
 
     @torch.inference_mode()
     def act(obs_np: np.ndarray) -> np.ndarray:
-        # policy.act's own steps (candidates, then the rule's draw from the policy's generator), so the replay
-        # acts exactly as the evaluation did; the extra guidances only read the candidates
+        # policy.act's own two calls (its candidates, then select_with_guidance drawing from the policy's
+        # generator), so the replay acts exactly as the evaluation did; the weights below only read the candidates
         obs = torch.as_tensor(obs_np, dtype=torch.float32)
         cands = policy.candidates(obs, n)
-        q, v = score(own, obs, cands)
-        idx = select_index(rule, q, v if rule == "expectile" else None, temperature=temp, tau=tau,
-                           generator=policy.gen())
+        chosen = select_with_guidance(cands, obs, own, rule, temperature=temp, tau=tau, generator=policy.gen())
         step = []
         for g in [own, *others]:
-            gq, gv = (q, v) if g is own else score(g, obs, cands)
-            r = rule if rule != "expectile" or gv is not None else "argmax"
-            p = selection_probs(r, gq, gv, temperature=temp, tau=tau)
+            q, r = candidate_q(cands, obs, g), effective_rule(rule, g)
+            p = selection_probs(r, q, g.v(obs) if r == "expectile" else None, temperature=temp, tau=tau)
             step.append({"ess": (1.0 / (p ** 2).sum(1)).numpy(), "p_max": p.max(1).values.numpy(),
-                         "spread": (temp * (gq.max(1).values - gq.min(1).values)).numpy()})
+                         "spread": (temp * (q.max(1).values - q.min(1).values)).numpy()})
         rows.append(step)
-        return gather_actions(cands, idx).numpy()
+        return chosen.numpy()
 
     policy.use_generator(torch.Generator().manual_seed(base))
     ev = evaluate_policy(act, task, episodes=episodes, seed=base)

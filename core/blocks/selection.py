@@ -44,22 +44,26 @@ def gather_actions(candidates: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return candidates[torch.arange(candidates.shape[0], device=candidates.device), idx]
 
 
+def candidate_q(candidates: torch.Tensor, obs: torch.Tensor, guidance) -> torch.Tensor:
+    """Q of every (B, N, A) candidate at its state, (B, N): what every rule ranks by."""
+    b, n, a = candidates.shape
+    obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
+    return guidance.q(obs_rep, candidates.reshape(b * n, a)).reshape(b, n)
+
+
+def effective_rule(rule: str, guidance) -> str:
+    """The rule a guidance can drive: ``expectile`` needs V, and falls back to ``argmax`` (IDQL's own default
+    extraction) for a guidance without one, so a policy can be ranked by any guidance at inference."""
+    return "argmax" if rule == "expectile" and "v" not in guidance.provides else rule
+
+
 def select_with_guidance(candidates: torch.Tensor, obs: torch.Tensor, guidance, rule: str, *,
                          temperature: float = 1.0, tau: float = 0.7,
                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """Score (B, N, A) candidates with ``guidance`` and pick one per state with ``rule``.
-
-    A guidance without V cannot drive ``expectile``; then the greedy ``argmax`` is used (IDQL's own default
-    extraction), so a policy can be ranked by any guidance at inference.
-    """
-    b, n, a = candidates.shape
-    obs_rep = obs.unsqueeze(1).expand(b, n, obs.shape[-1]).reshape(b * n, -1)
-    q = guidance.q(obs_rep, candidates.reshape(b * n, a)).reshape(b, n)
-    v = None
-    if rule == "expectile":
-        if "v" in guidance.provides:
-            v = guidance.v(obs)
-        else:
-            rule = "argmax"
+    """Score (B, N, A) candidates with ``guidance`` and pick one per state with ``rule``
+    (:func:`effective_rule`)."""
+    q = candidate_q(candidates, obs, guidance)
+    rule = effective_rule(rule, guidance)
+    v = guidance.v(obs) if rule == "expectile" else None
     return gather_actions(candidates, select_index(rule, q, v, temperature=temperature, tau=tau,
                                                    generator=generator))
