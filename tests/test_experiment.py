@@ -199,6 +199,18 @@ def test_shipped_experiments_plan():
     assert load_experiment("gfdt-paper").budget.policy_steps == 200000
 
 
+def test_every_shipped_experiments_swaps_pass_their_checks():
+    """A shipped grid whose swaps name a missing arm, or a temperature swap of a non-softmax policy, would stop
+    at its start: caught here instead."""
+    from pathlib import Path
+
+    from modzoo.grid.plan import swap_jobs
+    jobs = {p.stem: swap_jobs(load_experiment(p.stem)) for p in sorted(Path("experiments").glob("*.yaml"))}
+    # per task and seed: other seed, other algorithm and selection=none for 4 arms, 2 temperatures for 2 arms
+    assert len(jobs["gfdt-50k"]) == 3 * 3 * (4 + 4 + 4 + 2 * 2)
+    assert sum(j["label"].startswith("temperature*") for j in jobs["gfdt-50k"]) == 3 * 2 * 2 * 3
+
+
 def test_a_run_dir_is_trained_by_one_process_at_a_time(tmp_path):
     import os
     from dataclasses import asdict
@@ -402,6 +414,43 @@ def test_a_selection_swap_evaluates_the_runs_own_guidance_with_another_rule(tiny
     tiny_experiment.write_text(yaml.safe_dump(exp))
     with pytest.raises(ConfigError, match="unknown rule 'best'; known: argmax, softmax, expectile, none"):
         run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+
+
+def test_a_temperature_swap_scales_the_runs_own_softmax_temperature(tiny_experiment, tmp_path):
+    import torch
+
+    from modzoo.run.training import evaluate, load_policy_and_guidance
+    exp = yaml.safe_load(tiny_experiment.read_text())
+    exp["swaps"] = {"temperature": {"dql-gf-iql": [1000]}}
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    out = run_experiment(str(tiny_experiment), log=lambda m: None, report=True)
+    assert out["failed"] == 0, out
+    run = tmp_path / "runs" / TASK / "dql-gf-iql" / "seed0"
+    sw = json.loads((run / "swaps.json").read_text())["temperature*1000"]
+    policy, guidance = load_policy_and_guidance(run / "policy.pt", run / "guidance.pt", "cpu")
+    assert policy.cfg["selection"] == "softmax" and sw["temperature"] == 1000 * policy.cfg["temperature"]
+    torch.set_num_threads(1)
+    policy.cfg["temperature"] = sw["temperature"]  # recomputed here: the same episodes and draws
+    assert list(evaluate(policy, guidance, TASK, episodes=2, seed=0).returns) == sw["returns"]
+    assert json.loads((run / "result.json").read_text())["eval"]["returns"] != sw["returns"]  # the scale acted
+    assert "| dql-gf-iql | temperature*1000 (idql) | 2 |" in (tmp_path / "docs" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("swaps, message", [
+    ({"temperature": {"dql-gf-iql": [0]}}, "swaps.temperature.dql-gf-iql: 0 is not a positive number"),
+    ({"temperature": {"dql-gf-iql": "low"}}, "swaps.temperature.dql-gf-iql: 'low' is not a positive number"),
+    ({"temperature": {"idql-joint": 0.1}}, "swaps.temperature.idql-joint: its policy selects by 'argmax'"),
+    ({"selection": {"dql-joint": ["none"]}}, "swaps.selection: 'dql-joint' is not an arm of this experiment"),
+    ({"other_algorithm": {"dql-gf-iql": "dql-joint"}}, "swaps.other_algorithm: 'dql-joint' is not an arm"),
+])
+def test_a_bad_swap_is_refused_before_anything_trains(tiny_experiment, tmp_path, swaps, message):
+    from modzoo.errors import ConfigError
+    exp = yaml.safe_load(tiny_experiment.read_text())
+    exp["swaps"] = swaps
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_reference_check_pairs_the_authors_code_with_the_same_seed_and_step(tmp_path):

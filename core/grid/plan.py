@@ -181,6 +181,7 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
     if "swaps" not in exp or exp.swaps is None:
         return []
     sw = OmegaConf.to_container(exp.swaps, resolve=True)
+    _check_swap_arms(exp, sw)
     seeds = [int(s) for s in exp.seeds]
     root = Path(exp.out)
     jobs = []
@@ -214,4 +215,49 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
                                  "selection": rule, "task": task, "seed": s,
                                  "episodes": swap_episodes(exp, arm),
                                  "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+        # the run's own guidance and rule with the softmax temperature scaled: how greedy the ranking should be,
+        # tested on the grid's own policies rather than tuned on one
+        for arm, factors in (sw.get("temperature", {}) or {}).items():
+            for f in _temperature_factors(arm, factors):
+                for s in seeds:
+                    run = str(root / task / arm / f"seed{s}")
+                    jobs.append({"policy_run": run, "guidance_run": run, "label": f"temperature*{f:g}",
+                                 "temperature_scale": f, "task": task, "seed": s,
+                                 "episodes": swap_episodes(exp, arm),
+                                 "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
     return jobs
+
+
+def _temperature_factors(arm: str, factors: Any) -> list[float]:
+    """``swaps.temperature.<arm>``: one factor or a list, each a positive finite number."""
+    out = []
+    for f in factors if isinstance(factors, list) else [factors]:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < float("inf"):
+            raise ConfigError(f"swaps.temperature.{arm}: {f!r} is not a positive number (the factor the policy's "
+                              f"softmax temperature is multiplied by, e.g. [0.1, 0.01])")
+        out.append(float(f))
+    return out
+
+
+def _check_swap_arms(exp: DictConfig, sw: dict[str, Any]) -> None:
+    """Every arm a swap names is an arm of the grid, and a temperature swap's arm selects by softmax: one line
+    before any job starts, not a swap that is silently left out or fails after the grid's hours of training."""
+    arms = OmegaConf.to_container(exp.arms, resolve=True)
+    named = [("other_seed", a) for a in sw.get("other_seed", []) or []]
+    for kind in ("other_algorithm", "selection", "temperature"):
+        named += [(kind, a) for a in (sw.get(kind, {}) or {})]
+    named += [("other_algorithm", g) for g in (sw.get("other_algorithm", {}) or {}).values()]
+    for kind, a in named:
+        if a not in arms:
+            raise ConfigError(f"swaps.{kind}: {a!r} is not an arm of this experiment; its arms: {', '.join(arms)}")
+    temp = sw.get("temperature", {}) or {}
+    if not temp:
+        return
+    specs = {(s.task, s.arm): s for s in plan(exp) if s.arm in temp}
+    for (task, a), s in specs.items():
+        rule = run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed,
+                          out=s.out, **s.run).policy.get("selection")
+        if rule != "softmax":
+            raise ConfigError(f"swaps.temperature.{a}: its policy selects by {rule!r} on {task}, and the "
+                              f"temperature is the softmax rule's: add policy.selection=softmax to the arm, or drop "
+                              f"the swap")

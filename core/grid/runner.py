@@ -166,6 +166,9 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
         guidance = None
     elif rule:
         policy.cfg["selection"] = rule
+    scale = job.get("temperature_scale")
+    if scale is not None:  # softmax(t * Q) with t scaled (the plan checked that the policy selects by softmax)
+        policy.cfg["temperature"] = float(policy.cfg["temperature"]) * float(scale)
     ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"],
                   candidates=1 if rule == "none" else None)
     cost = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}  # loading included
@@ -175,7 +178,8 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
     with open(pdir / "swaps.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = json.loads(path.read_text()) if path.exists() else {}
-        done[key] = {**ev.to_dict(), **pair, **cost, "guidance": guidance.algorithm if guidance else "none"}
+        done[key] = {**ev.to_dict(), **pair, **cost, "guidance": guidance.algorithm if guidance else "none",
+                     **({"temperature": policy.cfg["temperature"]} if scale is not None else {})}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(done, indent=2))
         tmp.replace(path)
