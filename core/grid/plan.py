@@ -177,7 +177,8 @@ def swap_episodes(exp: DictConfig, arm: str) -> int:
 
 def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
     """(policy run, guidance run, label) for every swap the experiment asks for: the policy ranked by another
-    seed's guidance of the same arm, by another algorithm's, or by its own with another selection rule."""
+    seed's guidance of the same arm, by another algorithm's, or by its own with another selection rule or a scaled
+    softmax temperature."""
     if "swaps" not in exp or exp.swaps is None:
         return []
     sw = OmegaConf.to_container(exp.swaps, resolve=True)
