@@ -185,6 +185,14 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
     _check_swap_arms(exp, sw)
     seeds = [int(s) for s in exp.seeds]
     root = Path(exp.out)
+
+    def job(task: str, arm: str, s: int, label: str, guidance_run: str | None = None,
+            **extra: Any) -> dict[str, Any]:
+        """Arm ``arm``'s seed-``s`` policy under ``label``, ranked by ``guidance_run`` (default: its own run's)."""
+        run = str(root / task / arm / f"seed{s}")
+        return {"policy_run": run, "guidance_run": guidance_run or run, "label": label, **extra, "task": task,
+                "seed": s, "episodes": swap_episodes(exp, arm),
+                "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")}
     jobs = []
     for task in exp.tasks:
         for arm in sw.get("other_seed", []) or []:
@@ -192,17 +200,11 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
                 continue
             for i, s in enumerate(seeds):
                 other = seeds[(i + 1) % len(seeds)]
-                jobs.append({"policy_run": str(root / task / arm / f"seed{s}"),
-                             "guidance_run": str(root / task / arm / f"seed{other}"), "label": "other_seed",
-                             "task": task, "seed": s, "episodes": swap_episodes(exp, arm),
-                             "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+                jobs.append(job(task, arm, s, "other_seed", str(root / task / arm / f"seed{other}")))
         for arm, garm in (sw.get("other_algorithm", {}) or {}).items():
             for s in seeds:
-                jobs.append({"policy_run": str(root / task / arm / f"seed{s}"),
-                             "guidance_run": str(root / task / garm / f"seed{s}"), "label": "other_algorithm",
-                             "guidance_arm": garm, "task": task, "seed": s,
-                             "episodes": swap_episodes(exp, arm),
-                             "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+                jobs.append(job(task, arm, s, "other_algorithm", str(root / task / garm / f"seed{s}"),
+                                guidance_arm=garm))
         # the run's own guidance under another selection rule: what the rule, not the critic, does to the score;
         # "none": no guidance at all, one sample of the policy (what the actor has learnt without a ranking)
         for arm, rules in (sw.get("selection", {}) or {}).items():
@@ -210,22 +212,12 @@ def swap_jobs(exp: DictConfig) -> list[dict[str, Any]]:
                 if rule not in (*RULES, "none"):
                     raise ConfigError(f"swaps.selection.{arm}: unknown rule {rule!r}; known: "
                                       f"{', '.join((*RULES, 'none'))}")
-                for s in seeds:
-                    run = str(root / task / arm / f"seed{s}")
-                    jobs.append({"policy_run": run, "guidance_run": run, "label": f"selection={rule}",
-                                 "selection": rule, "task": task, "seed": s,
-                                 "episodes": swap_episodes(exp, arm),
-                                 "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+                jobs += [job(task, arm, s, f"selection={rule}", selection=rule) for s in seeds]
         # the run's own guidance and rule with the softmax temperature scaled: how greedy the ranking should be,
         # tested on the grid's own policies rather than tuned on one
         for arm, factors in (sw.get("temperature", {}) or {}).items():
             for f in _temperature_factors(arm, factors):
-                for s in seeds:
-                    run = str(root / task / arm / f"seed{s}")
-                    jobs.append({"policy_run": run, "guidance_run": run, "label": f"temperature*{f:g}",
-                                 "temperature_scale": f, "task": task, "seed": s,
-                                 "episodes": swap_episodes(exp, arm),
-                                 "summaries": str(Path(exp.summaries) / task / arm / f"seed{s}")})
+                jobs += [job(task, arm, s, f"temperature*{f:g}", temperature_scale=f) for s in seeds]
     return jobs
 
 
