@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modzoo.grid.aggregate import iqm, iqm_interval, probability_of_improvement
+from modzoo.grid.aggregate import iqm, iqm_difference, iqm_interval, probability_of_improvement
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -36,8 +36,28 @@ def test_probability_of_improvement_counts_wins_per_task_ties_half():
     assert probability_of_improvement({"a": [0.0, 1.0]}, {"a": [2.0, 3.0]})[0] == 0.0
 
 
+def test_the_iqm_difference_says_how_much_an_arm_wins_by_where_the_probability_cannot():
+    y = {"a": [10.0, 10.0, 10.0], "b": [50.0, 50.0]}
+    by_a_hair = {t: [v + 0.1 for v in vs] for t, vs in y.items()}
+    by_far = {t: [v + 50.0 for v in vs] for t, vs in y.items()}
+    # every pair won either way: the same probability of improvement, differences 0.1 and 50 apart
+    assert probability_of_improvement(by_a_hair, y) == probability_of_improvement(by_far, y) == (1.0, 1.0, 1.0)
+    assert iqm_difference(by_far, y) == pytest.approx((50.0, 50.0, 50.0))
+    assert iqm_difference(by_a_hair, y) == pytest.approx((0.1, 0.1, 0.1))
+    # each arm is resampled on its own: a shifted copy of a spread arm is not a fixed difference
+    spread = {"a": [10.0, 20.0, 30.0], "b": [50.0, 60.0]}
+    d, lo, hi = iqm_difference({t: [v + 50.0 for v in vs] for t, vs in spread.items()}, spread)
+    assert d == pytest.approx(50.0) and lo < 50.0 < hi
+    # over the shared tasks only, the pooled IQM of each side: x [5, 7] against y [1, 3] on task a
+    d, lo, hi = iqm_difference({"a": [5.0, 7.0], "c": [100.0]}, {"a": [1.0, 3.0], "b": [-100.0]})
+    assert d == pytest.approx(4.0) and 2.0 <= lo <= d <= hi <= 6.0
+    assert iqm_difference(y, by_far)[0] == pytest.approx(-50.0)
+
+
 def test_aggregates_refuse_a_task_without_runs():
     with pytest.raises(ValueError, match="at least one run"):
         iqm_interval({"a": [1.0], "b": []})
     with pytest.raises(ValueError, match="share no task"):
         probability_of_improvement({"a": [1.0]}, {"b": [1.0]})
+    with pytest.raises(ValueError, match="share no task"):
+        iqm_difference({"a": [1.0]}, {"b": [1.0]})

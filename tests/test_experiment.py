@@ -366,8 +366,9 @@ def test_the_report_aggregates_arms_over_the_tasks_every_arm_ran(tmp_path):
     head = lines.index("| arm | tasks | runs | mean | IQM | IQM 95% interval |")
     _, lo, hi = iqm_interval({tasks[0]: [10.0, 30.0], tasks[1]: [50.0, 70.0]})  # halfcheetah: joint never ran it
     assert lines[head + 2] == f"| gf | 2 | 4 | 40.0 | 40.0 | {lo:.1f} to {hi:.1f} |"
-    pair = lines.index("| GFDT arm | joint arm | P(GFDT > joint) | 95% interval |")
+    pair = lines.index("| GFDT arm | joint arm | P(GFDT > joint) | 95% interval | IQM difference | 95% interval |")
     assert lines[pair + 2].startswith("| gf | joint | 0.25 | ")  # one of the four pairs won on each task
+    assert lines[pair + 2].split(" | ")[4] == "-10.0"  # IQM 40 against 50 over the two shared tasks
     runs = [r for r in runs if not (r.arm == "joint" and r.task == tasks[1] and r.seed == 1)]
     lines = render(exp, runs, tmp_path / "img", "img").splitlines()
     head = lines.index("| arm | tasks | runs | mean | IQM | IQM 95% interval |")

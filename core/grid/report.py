@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig
 from ..bullet.tasks import task_of
 from ..errors import ModzooError
-from .aggregate import REPS, iqm_interval, probability_of_improvement
+from .aggregate import REPS, iqm_difference, iqm_interval, probability_of_improvement
 from .plan import config_drift, load_experiment, plan
 
 
@@ -460,11 +460,16 @@ def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], 
                 "joint arm on the same task (ties count half), averaged over the tasks above, with its 95% "
                 "stratified-bootstrap interval; 0.5 is a tie, and an interval that holds 0.5 does not tell the "
                 "two apart. It counts wins, not their size: a task where both arms fail by a hair's difference "
-                "weighs as much as one where one arm wins by far, so read it beside the per-task scores.", "",
-                "| GFDT arm | joint arm | P(GFDT > joint) | 95% interval |", "|---|---|---|---|"]
+                "weighs as much as one where one arm wins by far, so read it beside the per-task scores. The "
+                "IQM difference (the GFDT arm's IQM less the joint arm's, in normalized points, with its interval "
+                "from the same stratified bootstrap) says by how much.", "",
+                "| GFDT arm | joint arm | P(GFDT > joint) | 95% interval | IQM difference | 95% interval |",
+                "|---|---|---|---|---|---|"]
         for g, j in pairs:
             p, lo, hi = probability_of_improvement(scores[g], scores[j])
-            out.append(f"| {g} | {j} | {_fmt(p, 2)} | {_between(lo, hi, scores[g], scores[j], digits=2)} |")
+            d, dlo, dhi = iqm_difference(scores[g], scores[j])
+            out.append(f"| {g} | {j} | {_fmt(p, 2)} | {_between(lo, hi, scores[g], scores[j], digits=2)} | "
+                       f"{_fmt(d)} | {_between(dlo, dhi, scores[g], scores[j])} |")
     return out + [""]
 
 
