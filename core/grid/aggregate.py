@@ -2,7 +2,7 @@
 Statistical Precipice", the method of their ``rliable`` library).
 
 A grid of 3 seeds per task cannot rank two arms by per-task means: their spread across seeds is as large as the
-gaps. Pooling the runs of every task gives more runs per arm, and two estimates that do not hide how few they are:
+gaps. Pooling the runs of every task gives more runs per arm, and estimates that do not hide how few they are:
 - the **interquartile mean** (IQM) of all runs' normalized scores: the mean of the middle 50%, robust to one
   collapsed seed where the mean is not, and less coarse than the median;
 - the **probability of improvement** P(X > Y): the chance that a run of arm X beats a run of arm Y on the same task
