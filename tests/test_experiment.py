@@ -294,6 +294,67 @@ def test_a_finished_run_made_from_other_data_is_stale(tiny_experiment, tmp_path)
     assert status[f"{TASK}/idql-gf/seed0"]["status"] == "skipped"
 
 
+def _tree(root):
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def test_a_fresh_clone_keeps_the_runs_its_committed_summaries_hold_and_retrains_none(tiny_experiment, tmp_path):
+    """A clone on a new machine has the committed summaries and no run dirs: retraining them would spend the grid's
+    hours again and overwrite what the report already holds."""
+    import shutil
+
+    from modzoo.grid.status import grid_status
+
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    shutil.rmtree(tmp_path / "runs")  # the machine that trained them is gone; the summaries were committed
+    before = _tree(tmp_path / "summaries")
+    lines: list[str] = []
+    again = run_experiment(str(tiny_experiment), log=lines.append, report=False)
+    assert [r["status"] for r in again["results"]] == ["summary only"] * 6  # no run trained, no swap ran
+    assert not (tmp_path / "runs").exists() and _tree(tmp_path / "summaries") == before
+    assert any(m.startswith("6 runs finished elsewhere") for m in lines)
+    rows, swaps = grid_status(load_experiment(str(tiny_experiment)))
+    assert {r["state"] for r in rows} == {"finished"} and all("summary only" in r["detail"] for r in rows)
+    assert (swaps["swaps_done"], swaps["swaps_unpaired"]) == (swaps["swaps"], 0)  # read from the summaries
+
+
+def test_a_summary_only_run_is_retrained_when_a_run_to_train_needs_its_guidance(tiny_experiment, tmp_path):
+    import shutil
+
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    shutil.rmtree(tmp_path / "runs")
+    shutil.rmtree(tmp_path / "summaries" / TASK / "dql-gf-iql" / "seed0")  # this run is still to train here
+    lines: list[str] = []
+    again = run_experiment(str(tiny_experiment), log=lines.append, report=False)
+    status = {r["key"]: r["status"] for r in again["results"] if ":" not in r["key"]}
+    # its guidance comes from idql-gf seed 0, whose guidance.pt only a run dir holds: that run trains again
+    assert status[f"{TASK}/dql-gf-iql/seed0"] == "ok" and status[f"{TASK}/idql-gf/seed0"] == "ok"
+    assert {status[f"{TASK}/{a}/seed{s}"] for a, s in [("idql-joint", 0), ("idql-joint", 1), ("idql-gf", 1),
+                                                        ("dql-gf-iql", 1)]} == {"summary only"}
+    # the swap of dql-gf-iql seed 0 (other_algorithm: ranked by idql-joint seed 0) needs a summary-only run
+    assert not [r for r in again["results"] if ":" in r["key"]]
+    assert any("cannot run here" in m for m in lines)
+
+
+def test_a_summary_made_under_another_config_or_data_is_not_kept(tiny_experiment, tmp_path):
+    import shutil
+
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    shutil.rmtree(tmp_path / "runs")
+    res = tmp_path / "summaries" / TASK / "idql-joint" / "seed1" / "result.json"
+    r = json.loads(res.read_text())
+    r["dataset"]["fingerprint"] = "deadbeef"  # made from data since re-collected
+    res.write_text(json.dumps(r))
+    exp = yaml.safe_load(tiny_experiment.read_text())
+    exp["arms"]["idql-gf"]["overrides"] = [*exp["arms"]["idql-gf"]["overrides"], "guidance.expectile=0.8"]
+    tiny_experiment.write_text(yaml.safe_dump(exp))
+    again = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    status = {r["key"]: r["status"] for r in again["results"] if ":" not in r["key"]}
+    assert status[f"{TASK}/idql-joint/seed1"] == "ok" and status[f"{TASK}/idql-joint/seed0"] == "summary only"
+    for s in (0, 1):  # idql-gf's config changed; dql-gf-iql reused its guidance, so it retrains too
+        assert status[f"{TASK}/idql-gf/seed{s}"] == "ok" and status[f"{TASK}/dql-gf-iql/seed{s}"] == "ok"
+
+
 def test_a_swap_starts_as_soon_as_its_two_runs_have_finished(tiny_experiment, tmp_path):
     """Not after the whole grid: an interrupted grid must already hold the swaps of the runs it finished."""
     out = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -133,34 +133,73 @@ def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
                        or s.schedule == "pretrained" and name.startswith("guidance.") and name != "guidance.name")
 
 
-def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
-    """``config_drift`` of every run of a grid, by out dir, checked before any job starts; a run that reuses a
-    stale run's guidance (``guidance_from``) is stale too, even if its own settings did not change."""
-    out: dict[str, list[str]] = {}
+def _fingerprint_reader() -> Callable[[RunSpec], str | None]:
+    """The fingerprint of the data a run would load now, read once per dataset (None if it cannot load: the run
+    itself will say what is wrong with it)."""
     fingerprints: dict[str, str | None] = {}
 
     def current(s: RunSpec) -> str | None:
-        """The fingerprint of the data the run would load now (once per dataset; None if it cannot load)."""
         key = str(s.run.get("dataset") or s.task)
         if key not in fingerprints:
             try:
                 fingerprints[key] = load_dataset(key, task=s.task).fingerprint
             except Exception:
-                fingerprints[key] = None  # the run itself will say what is wrong with it
+                fingerprints[key] = None
         return fingerprints[key]
+    return current
+
+
+def _data_drift(result: Path, current: Callable[[RunSpec], str | None], s: RunSpec) -> list[str]:
+    """``["dataset: fingerprint A -> B"]`` when a finished run's ``result.json`` was made from other data than
+    the run would load now (a re-collected dataset), else empty."""
+    was = (json.loads(result.read_text()).get("dataset") or {}).get("fingerprint")
+    now = current(s) if was else None
+    return [f"dataset: fingerprint {was} -> {now}"] if was and now and was != now else []
+
+
+def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
+    """``config_drift`` of every run of a grid, by out dir, checked before any job starts; a run that reuses a
+    stale run's guidance (``guidance_from``) is stale too, even if its own settings did not change."""
+    out: dict[str, list[str]] = {}
+    current = _fingerprint_reader()
     for s in specs:  # plan() puts the runs that reuse a guidance after the run they take it from
         drift = config_drift(s)
         res = Path(s.out) / "result.json"
         if res.exists():  # a finished run made from other data (a re-collected dataset) is stale too
-            was = (json.loads(res.read_text()).get("dataset") or {}).get("fingerprint")
-            now = current(s)
-            if was and now and was != now:
-                drift.append(f"dataset: fingerprint {was} -> {now}")
+            drift += _data_drift(res, current, s)
         if s.guidance_from and s.guidance_from in out:
             drift = [*drift, f"its guidance comes from {s.guidance_from}, which is stale"]
         if drift:
             out[s.out] = drift
     return out
+
+
+def summary_only_runs(specs: list[RunSpec]) -> dict[str, Path]:
+    """Runs finished on another machine, by out dir: their summary (``result.json`` and ``config.yaml``) is in
+    the summaries folder, which is committed, but no run dir of theirs is here, so neither are their checkpoints.
+
+    Such a run counts as finished: a fresh clone must not spend a grid's hours retraining what its summaries
+    already report. It is kept only while it matches the grid as it is now (its summary's config and data
+    fingerprint), while the run whose guidance it reused counts as finished too, and while no run that is still
+    to train here needs its ``guidance.pt`` (that run's source is then retrained, as only a run dir holds a
+    checkpoint). Swaps need both runs' checkpoints, so none pairs a summary-only run."""
+    kept: dict[str, Path] = {}
+    current = _fingerprint_reader()
+    for s in specs:  # sources before the runs that reuse their guidance
+        summary = Path(s.summaries) if s.summaries else None
+        if summary is None or (Path(s.out) / "config.yaml").exists():  # started here: its run dir decides
+            continue
+        if not ((summary / "result.json").exists() and (summary / "config.yaml").exists()):
+            continue
+        if config_drift(s, summary / "config.yaml") or _data_drift(summary / "result.json", current, s):
+            continue
+        if s.guidance_from and s.guidance_from not in kept and not is_finished(s.guidance_from):
+            continue
+        kept[s.out] = summary
+    for s in specs:
+        if s.guidance_from in kept and s.out not in kept and not is_finished(s.out):
+            del kept[s.guidance_from]
+    return kept
 
 
 # ---- inference-time swaps ---------------------------------------------------------------------------------

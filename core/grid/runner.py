@@ -20,7 +20,8 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from ..errors import ConfigError
-from .plan import RunSpec, config_drift, is_finished, load_experiment, plan, stale_runs, swap_jobs
+from .plan import (RunSpec, config_drift, is_finished, load_experiment, plan, stale_runs, summary_only_runs,
+                   swap_jobs)
 from ..run.training import evaluate, load_policy_and_guidance, run_config, train
 from .report import write_report
 
@@ -147,6 +148,13 @@ def swap_cached(job: dict[str, Any]) -> bool:
     return old.get("guidance_run") == pair["guidance_run"] and \
         old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"] and \
         old.get("episodes", job["episodes"]) == job["episodes"]
+
+
+def _recorded(job: dict[str, Any], kept: dict[str, Path]) -> bool:
+    """Whether a swap of a summary-only policy run is in that run's summary (``swaps.json``) already."""
+    summary = kept.get(job["policy_run"])
+    path = summary / "swaps.json" if summary else None
+    return bool(path and path.exists() and job["label"] in json.loads(path.read_text()))
 
 
 def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
@@ -357,16 +365,24 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
         if s.out in done:
             write_summary(s)
             results.append({"key": s.key, "status": "skipped"})
-    todo = [s for s in specs if s.out not in stale and s.out not in done] if train else []
+    kept = summary_only_runs([s for s in specs if s.out not in stale and s.out not in done])
+    results += [{"key": s.key, "status": "summary only"} for s in specs if s.out in kept]
+    todo = [s for s in specs if s.out not in stale and s.out not in done and s.out not in kept] if train else []
     if train:
         log(f"{len(specs)} runs ({len(done)} already finished, skipped; {len(stale)} stale, left alone)")
+    if kept:
+        log(f"{len(kept)} runs finished elsewhere: their summaries are here but not their run dirs, so they are "
+            f"kept and not retrained, and no swap can pair them (it needs their checkpoints). To retrain one, "
+            f"delete its summary, e.g. {next(iter(kept.values()))}")
     # A swap pairs runs that have finished or will in this grid; a stale run's policy or guidance is from another
     # config, so no swap pairs it with the current ones. Swaps go first in the queue: each starts as soon as its
     # two runs have finished, so an interrupted grid already holds the swaps of what it finished.
     will_finish = done | {s.out for s in todo}
     swaps: list[Job] = []
+    unpaired = 0  # swaps of a summary-only run: its checkpoints are not here
     for j in swap_jobs(exp):
         if not {j["policy_run"], j["guidance_run"]} <= will_finish:
+            unpaired += {j["policy_run"], j["guidance_run"]} <= will_finish | set(kept) and not _recorded(j, kept)
             continue
         if {j["policy_run"], j["guidance_run"]} <= done and swap_cached(j):
             results.append({"key": f"{j['policy_run']}:{j['label']}", "status": "skipped"})
@@ -374,6 +390,9 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
             swaps.append((execute_swap, j))
     if swaps:
         log(f"{len(swaps)} inference-time swap evaluations")
+    if unpaired:
+        log(f"{unpaired} swaps pair a run finished elsewhere and are not recorded in its summary: they cannot run "
+            f"here")
     # a fresh process per job (isolate_runs, default on): a phase's peak RSS is then its run's alone
     results += run_jobs(swaps + [(execute_run, asdict(s)) for s in todo], backend, workers, ray_cfg, log,
                         isolate=bool(exp.get("isolate_runs", True)))

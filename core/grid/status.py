@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .plan import RunSpec, config_drift, is_finished, plan, swap_jobs
+from .plan import RunSpec, config_drift, is_finished, plan, summary_only_runs, swap_jobs
 from .runner import lock_holder
 
 STATES = ("finished", "running", "interrupted", "failed", "stale", "not started")
@@ -33,13 +33,19 @@ def _last_records(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] 
     return last, last_eval
 
 
-def run_status(s: RunSpec) -> dict[str, Any]:
+def run_status(s: RunSpec, summary: Path | None = None) -> dict[str, Any]:
     """``{"key", "state", "detail", "spec", "last", "result"}`` of one run: its state (one of :data:`STATES`), what
     goes with it (the score, the step it is at, the error, the drifted setting), its spec, its last training record
     (None unless it has started and not finished) and its ``result.json`` (None unless finished), which
-    :func:`seconds_left` prices from without reading the run dir again."""
+    :func:`seconds_left` prices from without reading the run dir again. ``summary``: the summary folder of a run
+    finished elsewhere (:func:`~modzoo.grid.plan.summary_only_runs`), read in place of its absent run dir."""
     out = Path(s.out)
     row = {"key": s.key, "state": "not started", "detail": "", "spec": s, "last": None, "result": None}
+    if summary is not None:
+        result = json.loads((summary / "result.json").read_text())
+        return {**row, "state": "finished", "result": result,
+                "detail": f"normalized {result['normalized_score']:.1f} (summary only: trained elsewhere, no "
+                          f"checkpoints here)"}
     drift = config_drift(s)
     if drift:
         return {**row, "state": "stale", "detail": drift[0] + (f" (+{len(drift) - 1} more)" if len(drift) > 1 else "")}
@@ -153,16 +159,22 @@ def grid_status(exp: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every run's status (:func:`run_status`), and the swap evaluations the experiment asks for: how many, how
     many are done (recorded in their policy runs' ``swaps.json``), and each job with its record (None while
     pending)."""
-    rows = [run_status(s) for s in plan(exp)]
+    specs = plan(exp)
+    kept = summary_only_runs(specs)
+    rows = [run_status(s, kept.get(s.out)) for s in specs]
     recorded: dict[str, dict[str, Any]] = {}  # each policy run's swaps.json, read once
-    jobs = []
+    jobs, unpaired = [], 0
     for j in swap_jobs(exp):
         if j["policy_run"] not in recorded:
-            path = Path(j["policy_run"]) / "swaps.json"
+            path = (kept.get(j["policy_run"]) or Path(j["policy_run"])) / "swaps.json"
             recorded[j["policy_run"]] = json.loads(path.read_text()) if path.exists() else {}
-        jobs.append((j, recorded[j["policy_run"]].get(j["label"])))
+        rec = recorded[j["policy_run"]].get(j["label"])
+        if rec is None and {j["policy_run"], j["guidance_run"]} & set(kept):
+            unpaired += 1  # pending for good: a summary-only run's checkpoints are not here
+            continue
+        jobs.append((j, rec))
     done = sum(rec is not None for _, rec in jobs)
-    return rows, {"swaps": len(jobs), "swaps_done": done, "jobs": jobs}
+    return rows, {"swaps": len(jobs) + unpaired, "swaps_done": done, "swaps_unpaired": unpaired, "jobs": jobs}
 
 
 def format_status(name: str, rows: list[dict[str, Any]], swaps: dict[str, Any]) -> str:
@@ -170,5 +182,7 @@ def format_status(name: str, rows: list[dict[str, Any]], swaps: dict[str, Any]) 
     width = max((len(r["key"]) for r in rows), default=0)
     lines = [f"{r['key']:<{width}}  {r['state']:<11}  {r['detail']}".rstrip() for r in rows]
     summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-    lines.append(f"experiment {name}: {len(rows)} runs: {summary}; swaps {swaps['swaps_done']} of {swaps['swaps']}")
+    unpaired = swaps.get("swaps_unpaired", 0)
+    lines.append(f"experiment {name}: {len(rows)} runs: {summary}; swaps {swaps['swaps_done']} of {swaps['swaps']}"
+                 + (f" ({unpaired} cannot run here: they pair a run trained elsewhere)" if unpaired else ""))
     return "\n".join(lines)
