@@ -10,6 +10,10 @@
 # code is unpacked (git archive of github.com/Zhendong-Wang/Diffusion-Policies-for-Offline-RL, see
 # benchmarks/reference_score.py). BG2: issue #20's zoo-more experiment's checkout, kept the same way. Logs go to
 # $LOGS.
+#
+# Only the repository outlives a machine: on a new one the run dirs (checkpoints) are gone. The grid then keeps the
+# runs whose summaries are committed as finished elsewhere and retrains none of them (swaps that need their
+# checkpoints cannot run; `--status` counts them), and a run that was mid-training starts again from step 0.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 BG=${BG:-/work/bg}
@@ -62,7 +66,20 @@ start() {  # name, command...: run in $BG at low priority unless a job of that n
     < /dev/null > /dev/null 2>&1  # detached: the backgrounded list must not hold this script's stdout open
   echo "$name: started"
 }
-start "modzoo experiment gfdt-50k$" .venv/bin/modzoo experiment gfdt-50k
+# A fresh machine has no datasets: the grid's (each at D4RL's size, seed 0, as docs/datasets.md lists them) are
+# collected first, one after another, by the same job, and a dataset already cached is left as it is. Collection
+# reproduces a dataset bit for bit (its fingerprint, which every run's result.json records, matched on a new machine),
+# so runs trained before and after it share their data.
+missing=$(cd "$BG" && .venv/bin/python -c "
+from modzoo.bullet.data import dataset_path
+from modzoo.grid.plan import load_experiment
+print(' '.join(t for t in load_experiment('gfdt-50k').tasks if not dataset_path(t).exists()))")
+if [ -n "$missing" ]; then
+  start "modzoo experiment gfdt-50k$" bash -c "for t in $missing; do .venv/bin/modzoo data collect \$t --seed 0; done
+    exec .venv/bin/modzoo experiment gfdt-50k"
+else
+  start "modzoo experiment gfdt-50k$" .venv/bin/modzoo experiment gfdt-50k
+fi
 start "modzoo experiment gfdt-50k-ablation" .venv/bin/modzoo experiment gfdt-50k-ablation
 if ! pgrep -f "experiment zoo-more" > /dev/null; then  # two workers, above the grid's priority
   (cd "$BG2" && OMP_NUM_THREADS=1 nohup nice -n 5 .venv/bin/python -m modzoo.cli experiment zoo-more workers=2 \
