@@ -43,9 +43,10 @@ def run_status(s: RunSpec, summary: Path | None = None) -> dict[str, Any]:
     row = {"key": s.key, "state": "not started", "detail": "", "spec": s, "last": None, "result": None}
     if summary is not None:
         result = json.loads((summary / "result.json").read_text())
+        score = result.get("normalized_score")
         return {**row, "state": "finished", "result": result,
-                "detail": f"normalized {result['normalized_score']:.1f} (summary only: trained elsewhere, no "
-                          f"checkpoints here)"}
+                "detail": ("" if score is None else f"normalized {score:.1f} ")
+                + "(summary only: trained elsewhere, no checkpoints here)"}
     drift = config_drift(s)
     if drift:
         return {**row, "state": "stale", "detail": drift[0] + (f" (+{len(drift) - 1} more)" if len(drift) > 1 else "")}
@@ -157,8 +158,9 @@ def format_time_left(left: dict[str, float], workers: int) -> str:
 
 def grid_status(exp: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every run's status (:func:`run_status`), and the swap evaluations the experiment asks for: how many, how
-    many are done (recorded in their policy runs' ``swaps.json``), and each job with its record (None while
-    pending)."""
+    many are done (recorded in their policy runs' ``swaps.json``, or in the summary of a run finished elsewhere),
+    how many can never run here (``swaps_unpaired``: not done, and a run they pair has no checkpoints here), and each
+    other job with its record (None while pending)."""
     specs = plan(exp)
     kept = summary_only_runs(specs)
     rows = [run_status(s, kept.get(s.out)) for s in specs]
