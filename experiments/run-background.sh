@@ -67,15 +67,15 @@ start() {  # name, command...: run in $BG at low priority unless a job of that n
   echo "$name: started"
 }
 # A fresh machine has no datasets: the grid's (each at D4RL's size, seed 0, as docs/datasets.md lists them) are
-# collected first, one after another, by the same job, and a dataset already cached is left as it is. Collection
-# reproduces a dataset bit for bit (its fingerprint, which every run's result.json records, matched on a new machine),
-# so runs trained before and after it share their data.
+# collected first, two at a time (a core each), by the same job; a dataset already cached is left as it is.
+# Collection reproduces a dataset bit for bit (its fingerprint, which every run's result.json records, matched on a
+# new machine), so runs trained before and after it share their data.
 missing=$(cd "$BG" && .venv/bin/python -c "
 from modzoo.bullet.data import dataset_path
 from modzoo.grid.plan import load_experiment
 print(' '.join(t for t in load_experiment('gfdt-50k').tasks if not dataset_path(t).exists()))")
 if [ -n "$missing" ]; then
-  start "modzoo experiment gfdt-50k$" bash -c "for t in $missing; do .venv/bin/modzoo data collect \$t --seed 0; done
+  start "modzoo experiment gfdt-50k$" bash -c "printf '%s\n' $missing | xargs -P 2 -I{} .venv/bin/modzoo data collect {} --seed 0
     exec .venv/bin/modzoo experiment gfdt-50k"
 else
   start "modzoo experiment gfdt-50k$" .venv/bin/modzoo experiment gfdt-50k
