@@ -196,10 +196,17 @@ def summary_only_runs(specs: list[RunSpec]) -> dict[str, Path]:
         if s.guidance_from and s.guidance_from not in kept and not is_finished(s.guidance_from):
             continue
         kept[s.out] = summary
-    for s in specs:
-        if s.guidance_from in kept and s.out not in kept and not is_finished(s.out):
+    for s in specs:  # still to train here: neither finished nor stale (a stale run is left alone, not resumed)
+        if s.guidance_from in kept and s.out not in kept and not is_finished(s.out) and not config_drift(s):
             del kept[s.guidance_from]
     return kept
+
+
+def recorded_swaps(policy_run: str, kept: dict[str, Path]) -> dict[str, Any]:
+    """The swaps recorded for a policy run, by label: its run dir's ``swaps.json``, or its summary's for a run
+    finished elsewhere (``kept``: :func:`summary_only_runs`)."""
+    path = (kept.get(policy_run) or Path(policy_run)) / "swaps.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 # ---- inference-time swaps ---------------------------------------------------------------------------------

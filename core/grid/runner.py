@@ -20,8 +20,8 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from ..errors import ConfigError
-from .plan import (RunSpec, config_drift, is_finished, load_experiment, plan, stale_runs, summary_only_runs,
-                   swap_jobs)
+from .plan import (RunSpec, config_drift, is_finished, load_experiment, plan, recorded_swaps, stale_runs,
+                   summary_only_runs, swap_jobs)
 from ..run.training import evaluate, load_policy_and_guidance, run_config, train
 from .report import write_report
 
@@ -138,23 +138,13 @@ def _swap_pair(job: dict[str, Any]) -> dict[str, Any]:
 
 def swap_cached(job: dict[str, Any]) -> bool:
     """Whether the policy run's ``swaps.json`` already holds this swap for the same pair of checkpoints."""
-    path = Path(job["policy_run"]) / "swaps.json"
-    if not path.exists():
-        return False
-    old = json.loads(path.read_text()).get(job["label"])
+    old = recorded_swaps(job["policy_run"], {}).get(job["label"])
     if old is None:
         return False
     pair = _swap_pair(job)
     return old.get("guidance_run") == pair["guidance_run"] and \
         old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"] and \
         old.get("episodes", job["episodes"]) == job["episodes"]
-
-
-def _recorded(job: dict[str, Any], kept: dict[str, Path]) -> bool:
-    """Whether a swap of a summary-only policy run is in that run's summary (``swaps.json``) already."""
-    summary = kept.get(job["policy_run"])
-    path = summary / "swaps.json" if summary else None
-    return bool(path and path.exists() and job["label"] in json.loads(path.read_text()))
 
 
 def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
@@ -365,7 +355,7 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
         if s.out in done:
             write_summary(s)
             results.append({"key": s.key, "status": "skipped"})
-    kept = summary_only_runs([s for s in specs if s.out not in stale and s.out not in done])
+    kept = summary_only_runs(specs)
     results += [{"key": s.key, "status": "summary only"} for s in specs if s.out in kept]
     todo = [s for s in specs if s.out not in stale and s.out not in done and s.out not in kept] if train else []
     if train:
@@ -382,7 +372,8 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     unpaired = 0  # swaps of a summary-only run: its checkpoints are not here
     for j in swap_jobs(exp):
         if not {j["policy_run"], j["guidance_run"]} <= will_finish:
-            unpaired += {j["policy_run"], j["guidance_run"]} <= will_finish | set(kept) and not _recorded(j, kept)
+            unpaired += ({j["policy_run"], j["guidance_run"]} <= will_finish | set(kept)
+                         and j["label"] not in recorded_swaps(j["policy_run"], kept))
             continue
         if {j["policy_run"], j["guidance_run"]} <= done and swap_cached(j):
             results.append({"key": f"{j['policy_run']}:{j['label']}", "status": "skipped"})

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .plan import RunSpec, config_drift, is_finished, plan, summary_only_runs, swap_jobs
+from .plan import RunSpec, config_drift, is_finished, plan, recorded_swaps, summary_only_runs, swap_jobs
 from .runner import lock_holder
 
 STATES = ("finished", "running", "interrupted", "failed", "stale", "not started")
@@ -168,8 +168,7 @@ def grid_status(exp: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     jobs, unpaired = [], 0
     for j in swap_jobs(exp):
         if j["policy_run"] not in recorded:
-            path = (kept.get(j["policy_run"]) or Path(j["policy_run"])) / "swaps.json"
-            recorded[j["policy_run"]] = json.loads(path.read_text()) if path.exists() else {}
+            recorded[j["policy_run"]] = recorded_swaps(j["policy_run"], kept)
         rec = recorded[j["policy_run"]].get(j["label"])
         if rec is None and {j["policy_run"], j["guidance_run"]} & set(kept):
             unpaired += 1  # pending for good: a summary-only run's checkpoints are not here
