@@ -12,8 +12,9 @@
 # $LOGS.
 #
 # Only the repository outlives a machine: on a new one the run dirs (checkpoints) are gone. The grid then keeps the
-# runs whose summaries are committed as finished elsewhere and retrains none of them (swaps that need their
-# checkpoints cannot run; `--status` counts them), and a run that was mid-training starts again from step 0.
+# runs whose summaries are committed as finished elsewhere; --rebuild trains again, behind the runs still to
+# train, those whose checkpoints a swap still needs (each checked against its committed summary), and a run that
+# was mid-training starts again from step 0.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 BG=${BG:-/work/bg}
@@ -59,9 +60,9 @@ checkout() {  # dir: clone it on first use; else update it from here, only while
 checkout "$BG"
 checkout "$BG2"
 
-start() {  # name, command...: run in $BG at low priority unless a job of that name already runs
-  local name=$1; shift
-  if pgrep -f "$name" > /dev/null; then echo "$name: already running"; return; fi
+start() {  # name, command...: run in $BG at low priority unless a job of that name (then a space or the end of its
+  local name=$1; shift  # command line) already runs
+  if pgrep -f "$name( |\$)" > /dev/null; then echo "$name: already running"; return; fi
   (cd "$BG" && OMP_NUM_THREADS=1 nohup nice -n 10 "$@" >> "$LOGS/$(echo "$name" | tr ' /' '__').log" 2>&1 &) \
     < /dev/null > /dev/null 2>&1  # detached: the backgrounded list must not hold this script's stdout open
   echo "$name: started"
@@ -75,10 +76,10 @@ from modzoo.bullet.data import dataset_path
 from modzoo.grid.plan import load_experiment
 print(' '.join(t for t in load_experiment('gfdt-50k').tasks if not dataset_path(t).exists()))")
 if [ -n "$missing" ]; then
-  start "modzoo experiment gfdt-50k$" bash -c "printf '%s\n' $missing | xargs -P 2 -I{} .venv/bin/modzoo data collect {} --seed 0
-    exec .venv/bin/modzoo experiment gfdt-50k"
+  start "modzoo experiment gfdt-50k" bash -c "printf '%s\n' $missing | xargs -P 2 -I{} .venv/bin/modzoo data collect {} --seed 0
+    exec .venv/bin/modzoo experiment gfdt-50k --rebuild"
 else
-  start "modzoo experiment gfdt-50k$" .venv/bin/modzoo experiment gfdt-50k
+  start "modzoo experiment gfdt-50k" .venv/bin/modzoo experiment gfdt-50k --rebuild
 fi
 start "modzoo experiment gfdt-50k-ablation" .venv/bin/modzoo experiment gfdt-50k-ablation
 if ! pgrep -f "experiment zoo-more" > /dev/null; then  # two workers, above the grid's priority

@@ -355,6 +355,113 @@ def test_a_summary_made_under_another_config_or_data_is_not_kept(tiny_experiment
         assert status[f"{TASK}/idql-gf/seed{s}"] == "ok" and status[f"{TASK}/dql-gf-iql/seed{s}"] == "ok"
 
 
+def _lose_a_run_dir_and_the_swap_that_needed_it(tiny_experiment, tmp_path):
+    """The grid finished; on a new machine idql-joint seed 0's run dir is gone (its summary is committed), and seed
+    1's other-seed swap, which needs seed 0's guidance, was never recorded. Returns seed 0's summary folder."""
+    import shutil
+
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    shutil.rmtree(tmp_path / "runs" / TASK / "idql-joint" / "seed0")
+    for root in ("runs", "summaries"):
+        path = tmp_path / root / TASK / "idql-joint" / "seed1" / "swaps.json"
+        sw = json.loads(path.read_text())
+        del sw["other_seed"]
+        path.write_text(json.dumps(sw))
+    return tmp_path / "summaries" / TASK / "idql-joint" / "seed0"
+
+
+def test_rebuild_retrains_a_run_a_lost_swap_needs_and_keeps_the_swaps_it_reproduces(tiny_experiment, tmp_path):
+    from modzoo.grid.status import grid_status
+
+    summary = _lose_a_run_dir_and_the_swap_that_needed_it(tiny_experiment, tmp_path)
+    before = {name: json.loads((summary / name).read_text()) for name in ("result.json", "swaps.json")}
+    other_alg = json.loads((tmp_path / "runs" / TASK / "dql-gf-iql" / "seed0" / "swaps.json").read_text())
+    exp = load_experiment(str(tiny_experiment))
+    rows, swaps = grid_status(exp)
+    assert swaps["swaps_unpaired"] == 1
+    rows, swaps = grid_status(exp, rebuild=True)  # --status --rebuild: what such a grid run would do
+    assert swaps["swaps_unpaired"] == 0
+    assert {r["key"]: r["state"] for r in rows}[f"{TASK}/idql-joint/seed0"] == "not started"
+
+    lines: list[str] = []
+    plain = run_experiment(str(tiny_experiment), log=lines.append, report=False)
+    assert not [r for r in plain["results"] if r["status"] == "ok"]  # without --rebuild nothing trains
+    assert any("--rebuild trains again the runs they need" in m for m in lines)
+
+    lines.clear()
+    out = run_experiment(str(tiny_experiment), log=lines.append, report=False, rebuild=True)
+    status = {r["key"]: r["status"] for r in out["results"]}
+    assert status[f"{TASK}/idql-joint/seed0"] == "ok"
+    assert {v for k, v in status.items() if ":" not in k and "idql-joint/seed0" not in k} == {"skipped"}
+    assert status[next(k for k in status if k.endswith("idql-joint/seed1:other_seed"))] == "ok"  # the lost swap
+    rec = json.loads((summary / "rebuild.json").read_text())
+    assert rec["reproduced"] and rec["differences"] == [] and rec["swaps_carried"] == ["other_seed"]
+    assert any(m.startswith(f"REBUILT {TASK}/idql-joint/seed0: reproduces") for m in lines)
+    result = json.loads((summary / "result.json").read_text())
+    assert result["eval"]["returns"] == before["result.json"]["eval"]["returns"]
+    # its own swap against seed 1 was evaluated on the same policy where it first trained: carried, not redone
+    carried = json.loads((summary / "swaps.json").read_text())["other_seed"]
+    assert carried.pop("before_rebuild") is True and carried == before["swaps.json"]["other_seed"]
+    assert status[next(k for k in status if k.endswith("idql-joint/seed0:other_seed"))] == "skipped"
+    # a swap ranked by the rebuilt guidance is evaluated again (its checkpoint is new) and scores the same
+    again = json.loads((tmp_path / "runs" / TASK / "dql-gf-iql" / "seed0" / "swaps.json").read_text())
+    assert again["other_algorithm"]["returns"] == other_alg["other_algorithm"]["returns"]
+    assert again["other_algorithm"]["checkpoints_ns"] != other_alg["other_algorithm"]["checkpoints_ns"]
+    # and a later rerun has nothing left to do
+    last = run_experiment(str(tiny_experiment), log=lambda m: None, report=False, rebuild=True)
+    assert {r["status"] for r in last["results"]} == {"skipped"}
+
+
+def test_a_rebuild_that_does_not_reproduce_keeps_the_committed_record_beside_it(tiny_experiment, tmp_path):
+    summary = _lose_a_run_dir_and_the_swap_that_needed_it(tiny_experiment, tmp_path)
+    r = json.loads((summary / "result.json").read_text())
+    r["eval"]["returns"][0] += 1.0  # as if the machine that trained it had computed otherwise
+    (summary / "result.json").write_text(json.dumps(r))
+    committed = {name: (summary / name).read_bytes() for name in ("result.json", "swaps.json", "curve.csv")}
+    lines: list[str] = []
+    out = run_experiment(str(tiny_experiment), log=lines.append, report=False, rebuild=True)
+    rec = json.loads((summary / "rebuild.json").read_text())
+    assert not rec["reproduced"] and rec["swaps_carried"] == []
+    assert rec["differences"] == [f"final evaluation: 1 of {len(r['eval']['returns'])} returns differ (normalized "
+                                  f"{r['normalized_score']:.1f} -> {r['normalized_score']:.1f})"]
+    assert any(m.startswith(f"REBUILT {TASK}/idql-joint/seed0: DIFFERS") for m in lines)
+    # nothing committed is lost; the summary now describes the run whose checkpoints are here
+    assert {name: (summary / "before-rebuild" / name).read_bytes() for name in committed} == committed
+    assert json.loads((summary / "result.json").read_text())["eval"]["returns"][0] == r["eval"]["returns"][0] - 1.0
+    # the committed swaps were of the other policy: evaluated again, none carried
+    status = {x["key"]: x["status"] for x in out["results"]}
+    assert status[next(k for k in status if k.endswith("idql-joint/seed0:other_seed"))] == "ok"
+    assert not any(v.get("before_rebuild") for v in json.loads((summary / "swaps.json").read_text()).values())
+
+
+def test_a_rebuild_sets_the_committed_summary_aside_once(tiny_experiment, tmp_path):
+    """An interrupted rebuild resumes against the record set aside before its first step, not the summary as a
+    later write left it."""
+    from modzoo.grid.summary import set_aside
+
+    summary = _lose_a_run_dir_and_the_swap_that_needed_it(tiny_experiment, tmp_path)
+    specs = {s.key: s for s in plan(load_experiment(str(tiny_experiment)))}
+    s0 = specs[f"{TASK}/idql-joint/seed0"]
+    first = (summary / "result.json").read_bytes()
+    assert set_aside(s0)
+    (summary / "result.json").write_text("{}")
+    assert set_aside(s0)
+    assert (tmp_path / "runs" / TASK / "idql-joint" / "seed0" / "before-rebuild" / "result.json").read_bytes() == first
+    assert not set_aside(specs[f"{TASK}/idql-joint/seed1"])  # trained here: its run dir is its record
+
+
+def test_the_cli_passes_rebuild_to_the_grid_and_to_status(monkeypatch, capsys):
+    import importlib
+    cli = importlib.import_module("modzoo.cli.main")  # the package exports the function main under that name
+    seen = {}
+    monkeypatch.setattr(cli, "run_experiment", lambda *a, **k: seen.update(k) or
+                        {"experiment": "x", "runs": 0, "failed": 0, "seconds": 0.0})
+    assert cli.main(["experiment", "gfdt-50k", "--rebuild"]) == 0 and seen["rebuild"] is True
+    monkeypatch.setattr(cli, "grid_status", lambda exp, rebuild=False: seen.update(status=rebuild) or ([], {
+        "swaps": 0, "swaps_done": 0, "jobs": []}))
+    assert cli.main(["experiment", "gfdt-50k", "--status", "--rebuild"]) == 0 and seen["status"] is True
+
+
 def test_a_swap_starts_as_soon_as_its_two_runs_have_finished(tiny_experiment, tmp_path):
     """Not after the whole grid: an interrupted grid must already hold the swaps of the runs it finished."""
     out = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)

@@ -202,6 +202,23 @@ def summary_only_runs(specs: list[RunSpec]) -> dict[str, Path]:
     return kept
 
 
+def runs_to_rebuild(exp: DictConfig, specs: list[RunSpec], kept: dict[str, Path],
+                    finish_here: set[str]) -> list[RunSpec]:
+    """The runs finished elsewhere (``kept``) to train again here so that the swaps they pair can run: each swap
+    not yet recorded whose two runs finish here (``finish_here``) or are kept, and one of them is kept; and the
+    kept runs whose guidance those reuse. In plan order (sources before the runs that reuse them)."""
+    need: set[str] = set()
+    for j in swap_jobs(exp):
+        pair = {j["policy_run"], j["guidance_run"]}
+        if pair & set(kept) and pair <= finish_here | set(kept) \
+                and j["label"] not in recorded_swaps(j["policy_run"], kept):
+            need |= pair & set(kept)
+    for s in reversed(specs):  # a run that reuses a guidance comes after its source
+        if s.out in need and s.guidance_from in kept:
+            need.add(s.guidance_from)
+    return [s for s in specs if s.out in need]
+
+
 def recorded_swaps(policy_run: str, kept: dict[str, Path]) -> dict[str, Any]:
     """The swaps recorded for a policy run, by label: its run dir's ``swaps.json``, or its summary's for a run
     finished elsewhere (``kept``: :func:`summary_only_runs`)."""

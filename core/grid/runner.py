@@ -6,7 +6,6 @@ can be regenerated from the repository without the checkpoints.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -20,10 +19,11 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from ..errors import ConfigError
-from .plan import (RunSpec, config_drift, is_finished, load_experiment, plan, recorded_swaps, stale_runs,
-                   summary_only_runs, swap_jobs)
+from .plan import (RunSpec, config_drift, is_finished, load_experiment, plan, recorded_swaps, runs_to_rebuild,
+                   stale_runs, summary_only_runs, swap_jobs)
 from ..run.training import evaluate, load_policy_and_guidance, run_config, train
 from .report import write_report
+from .summary import BEFORE, reproduced, set_aside, write_summary
 
 
 def wait_for_guidance(run_dir: str | Path, poll: float = 5.0, timeout: float = 7 * 24 * 3600) -> Path:
@@ -58,6 +58,7 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     (Path(s.out) / "FAILED").unlink(missing_ok=True)
     t0 = time.time()
     try:
+        set_aside(s)  # its summary stands (trained elsewhere): kept aside, then compared when this run finishes
         if s.guidance_from:
             run["guidance_ckpt"] = str(wait_for_guidance(s.guidance_from))
         cfg = run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed, out=s.out,
@@ -70,8 +71,9 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         (Path(s.out) / "LOCK").unlink(missing_ok=True)
     write_summary(s)
+    rebuilt = Path(s.out) / "rebuild.json"
     return {"key": s.key, "status": "ok", "seconds": time.time() - t0, "normalized": result.normalized_score,
-            "pid": os.getpid()}
+            "pid": os.getpid(), **({"rebuild": json.loads(rebuilt.read_text())} if rebuilt.exists() else {})}
 
 
 def lock_holder(run_dir: Path) -> int | None:
@@ -108,26 +110,6 @@ def _take_lock(run_dir: Path) -> bool:
     return False
 
 
-def write_summary(s: RunSpec) -> None:
-    """Copy the small files the report needs (never the checkpoints) into the summaries folder."""
-    if not s.summaries:
-        return
-    src, dst = Path(s.out), Path(s.summaries)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("result.json", "swaps.json", "config.yaml"):  # the config: which settings made these numbers
-        if (src / name).exists():
-            shutil.copyfile(src / name, dst / name)
-    metrics = src / "metrics.jsonl"
-    if metrics.exists():
-        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-        with (dst / "curve.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "normalized_mean", "normalized_std", "return_mean"])
-            for r in rows:
-                if r.get("phase") == "eval":
-                    w.writerow([r["step"], r["normalized_mean"], r["normalized_std"], r["return_mean"]])
-
-
 def _swap_pair(job: dict[str, Any]) -> dict[str, Any]:
     """The pair a swap evaluates, down to the checkpoint files: a cached result counts only for the same pair (a
     changed seed list pairs another guidance run; a retrained run writes new checkpoints)."""
@@ -141,6 +123,9 @@ def swap_cached(job: dict[str, Any]) -> bool:
     old = recorded_swaps(job["policy_run"], {}).get(job["label"])
     if old is None:
         return False
+    if old.get("before_rebuild"):  # evaluated where the policy run first trained; its rebuild reproduced that run
+        return old.get("guidance_run") == job["guidance_run"] and old.get("episodes", job["episodes"]) == \
+            job["episodes"] and reproduced(job["guidance_run"]) is not False
     pair = _swap_pair(job)
     return old.get("guidance_run") == pair["guidance_run"] and \
         old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"] and \
@@ -332,11 +317,22 @@ def run_jobs(jobs: list[Job], backend: str, workers: int, ray_cfg: dict[str, Any
     return results
 
 
+def _log_rebuild(key: str, rec: dict[str, Any], log: Callable[[str], None]) -> None:
+    if rec["reproduced"]:
+        log(f"REBUILT {key}: reproduces its committed summary (curve and final returns equal); "
+            f"{len(rec['swaps_carried'])} swaps it recorded carried over")
+    else:
+        log(f"REBUILT {key}: DIFFERS from its committed summary ({'; '.join(rec['differences'][:3])}); the summary "
+            f"now holds the run as retrained here, the committed one is kept in its {BEFORE}/ folder")
+
+
 def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backend: str | None = None,
                    workers: int | None = None, log: Callable[[str], None] = print,
-                   report: bool = True, train: bool = True) -> dict[str, Any]:
+                   report: bool = True, train: bool = True, rebuild: bool = False) -> dict[str, Any]:
     """Run (or resume) the grid and its swaps, each swap as soon as its two runs have finished, then write the
-    report (``train=False``: only the swaps whose runs have finished, and the report)."""
+    report (``train=False``: only the swaps whose runs have finished, and the report). ``rebuild``: also train
+    again, after the runs still to train, the runs finished elsewhere that a swap still to run needs
+    (:mod:`modzoo.grid.summary` says how each is checked against its committed summary)."""
     exp = load_experiment(name, overrides)
     backend = backend or exp.get("backend", "local")
     workers = int(workers or exp.get("workers", 1))
@@ -356,14 +352,24 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
             write_summary(s)
             results.append({"key": s.key, "status": "skipped"})
     kept = summary_only_runs(specs)
-    results += [{"key": s.key, "status": "summary only"} for s in specs if s.out in kept]
     todo = [s for s in specs if s.out not in stale and s.out not in done and s.out not in kept] if train else []
+    rebuilds = runs_to_rebuild(exp, specs, kept, done | {s.out for s in todo}) if train and rebuild else []
+    summaries = dict(kept)  # a rebuild's recorded swaps: carried over once it reproduces its summary
+    for s in rebuilds:
+        del kept[s.out]
+    results += [{"key": s.key, "status": "summary only"} for s in specs if s.out in kept]
     if train:
         log(f"{len(specs)} runs ({len(done)} already finished, skipped; {len(stale)} stale, left alone)")
     if kept:
         log(f"{len(kept)} runs finished elsewhere: their summaries are here but not their run dirs, so they are "
-            f"kept and not retrained, and no swap can pair them (it needs their checkpoints). To retrain one, "
-            f"delete its summary, e.g. {next(iter(kept.values()))}")
+            f"kept and not retrained, and no swap can pair them (it needs their checkpoints). --rebuild trains "
+            f"again those a swap needs, each checked against its summary; to retrain any one, delete its summary, "
+            f"e.g. {next(iter(kept.values()))}")
+    if rebuilds:
+        log(f"{len(rebuilds)} runs finished elsewhere are trained again (--rebuild), after the runs still to "
+            f"train, for the swaps that need their checkpoints; each is compared with its committed summary when it "
+            f"finishes: {', '.join(s.key for s in rebuilds)}")
+    todo += rebuilds
     # A swap pairs runs that have finished or will in this grid; a stale run's policy or guidance is from another
     # config, so no swap pairs it with the current ones. Swaps go first in the queue: each starts as soon as its
     # two runs have finished, so an interrupted grid already holds the swaps of what it finished.
@@ -373,7 +379,7 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     for j in swap_jobs(exp):
         if not {j["policy_run"], j["guidance_run"]} <= will_finish:
             unpaired += ({j["policy_run"], j["guidance_run"]} <= will_finish | set(kept)
-                         and j["label"] not in recorded_swaps(j["policy_run"], kept))
+                         and j["label"] not in recorded_swaps(j["policy_run"], summaries))
             continue
         if {j["policy_run"], j["guidance_run"]} <= done and swap_cached(j):
             results.append({"key": f"{j['policy_run']}:{j['label']}", "status": "skipped"})
@@ -383,10 +389,13 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
         log(f"{len(swaps)} inference-time swap evaluations")
     if unpaired:
         log(f"{unpaired} swaps pair a run finished elsewhere and are not recorded in its summary: they cannot run "
-            f"here")
+            f"here{'' if rebuild else ' (--rebuild trains again the runs they need)'}")
     # a fresh process per job (isolate_runs, default on): a phase's peak RSS is then its run's alone
     results += run_jobs(swaps + [(execute_run, asdict(s)) for s in todo], backend, workers, ray_cfg, log,
                         isolate=bool(exp.get("isolate_runs", True)))
+    for r in results:
+        if "rebuild" in r:
+            _log_rebuild(r["key"], r["rebuild"], log)
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
         log(f"FAILED {r['key']}: {r['error']}")

@@ -12,8 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .plan import RunSpec, config_drift, is_finished, plan, recorded_swaps, summary_only_runs, swap_jobs
+from .plan import (RunSpec, config_drift, is_finished, plan, recorded_swaps, runs_to_rebuild, stale_runs,
+                   summary_only_runs, swap_jobs)
 from .runner import lock_holder
+from .summary import BEFORE, RECORD
 
 STATES = ("finished", "running", "interrupted", "failed", "stale", "not started")
 
@@ -53,13 +55,15 @@ def run_status(s: RunSpec, summary: Path | None = None) -> dict[str, Any]:
     if is_finished(out):
         result = json.loads((out / "result.json").read_text())
         score = result.get("normalized_score")
-        return {**row, "state": "finished", "detail": "" if score is None else f"normalized {score:.1f}",
-                "result": result}
+        return {**row, "state": "finished", "detail": ("" if score is None else f"normalized {score:.1f}")
+                + _rebuilt(out), "result": result}
     (last, last_eval), pid = _last_records(out), lock_holder(out)
     row["last"] = last
     at = f"{last['phase']} step {last['step']}" if last else "starting"
     if last_eval is not None:  # how a long run is doing, not only how far it is
         at += f", evaluated {last_eval['normalized_mean']:.1f} at step {last_eval['step']}"
+    if (out / BEFORE).exists():
+        at += " (rebuilding: its committed summary stands until it finishes)"
     if pid is not None:
         return {**row, "state": "running", "detail": f"{at} (pid {pid})"}
     if (out / "FAILED").exists():
@@ -67,6 +71,15 @@ def run_status(s: RunSpec, summary: Path | None = None) -> dict[str, Any]:
     if last or (out / "train_state.pt").exists():
         return {**row, "state": "interrupted", "detail": f"{at}; resumes there"}
     return row
+
+
+def _rebuilt(out: Path) -> str:
+    """How a finished rebuild compared with its committed summary, for the detail column."""
+    if not (out / RECORD).exists():
+        return " (rebuilt: not yet compared)" if (out / BEFORE).exists() else ""
+    rec = json.loads((out / RECORD).read_text())
+    return (" (rebuilt: reproduces its committed summary)" if rec["reproduced"]
+            else f" (rebuilt: DIFFERS from its committed summary: {rec['differences'][0]})")
 
 
 def _costs(result: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
@@ -156,19 +169,26 @@ def format_time_left(left: dict[str, float], workers: int) -> str:
             f"worker{'s' if workers > 1 else ''}")
 
 
-def grid_status(exp: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def grid_status(exp: DictConfig, rebuild: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every run's status (:func:`run_status`), and the swap evaluations the experiment asks for: how many, how
     many are done (recorded in their policy runs' ``swaps.json``, or in the summary of a run finished elsewhere),
     how many can never run here (``swaps_unpaired``: not done, and a run they pair has no checkpoints here), and each
-    other job with its record (None while pending)."""
+    other job with its record (None while pending). ``rebuild``: as a grid run with ``--rebuild`` would see it, the
+    runs finished elsewhere that it would train again counted as not started, and the swaps their summaries record
+    as done (carried over when the rebuild reproduces the run)."""
     specs = plan(exp)
     kept = summary_only_runs(specs)
+    summaries = dict(kept)  # a rebuild that reproduces its summary keeps the swaps it records: counted as done
+    if rebuild:
+        stale = stale_runs(specs)
+        for s in runs_to_rebuild(exp, specs, kept, {s.out for s in specs if s.out not in kept and s.out not in stale}):
+            del kept[s.out]
     rows = [run_status(s, kept.get(s.out)) for s in specs]
     recorded: dict[str, dict[str, Any]] = {}  # each policy run's swaps.json, read once
     jobs, unpaired = [], 0
     for j in swap_jobs(exp):
         if j["policy_run"] not in recorded:
-            recorded[j["policy_run"]] = recorded_swaps(j["policy_run"], kept)
+            recorded[j["policy_run"]] = recorded_swaps(j["policy_run"], summaries)
         rec = recorded[j["policy_run"]].get(j["label"])
         if rec is None and {j["policy_run"], j["guidance_run"]} & set(kept):
             unpaired += 1  # pending for good: a summary-only run's checkpoints are not here
