@@ -371,7 +371,7 @@ def _lose_a_run_dir_and_the_swap_that_needed_it(tiny_experiment, tmp_path):
 
 
 def test_rebuild_retrains_a_run_a_lost_swap_needs_and_keeps_the_swaps_it_reproduces(tiny_experiment, tmp_path):
-    from modzoo.grid.status import grid_status
+    from modzoo.grid.status import grid_status, seconds_left
 
     summary = _lose_a_run_dir_and_the_swap_that_needed_it(tiny_experiment, tmp_path)
     before = {name: json.loads((summary / name).read_text()) for name in ("result.json", "swaps.json")}
@@ -380,8 +380,15 @@ def test_rebuild_retrains_a_run_a_lost_swap_needs_and_keeps_the_swaps_it_reprodu
     rows, swaps = grid_status(exp)
     assert swaps["swaps_unpaired"] == 1
     rows, swaps = grid_status(exp, rebuild=True)  # --status --rebuild: what such a grid run would do
-    assert swaps["swaps_unpaired"] == 0
-    assert {r["key"]: r["state"] for r in rows}[f"{TASK}/idql-joint/seed0"] == "not started"
+    assert swaps["swaps_unpaired"] == 0 and swaps["swaps_done"] == swaps["swaps"] - 1  # its recorded ones count
+    row = next(r for r in rows if r["key"] == f"{TASK}/idql-joint/seed0")
+    assert row["state"] == "not started"
+    committed = (summary / "result.json").read_bytes()
+    slow = json.loads(committed)
+    slow["phases"][0]["cpu_s"] = 1e6  # as if it had cost that where it first trained
+    (summary / "result.json").write_text(json.dumps(slow))
+    assert seconds_left(*grid_status(exp, rebuild=True))["cpu"] >= 1e6  # priced at its own record
+    (summary / "result.json").write_bytes(committed)
 
     lines: list[str] = []
     plain = run_experiment(str(tiny_experiment), log=lines.append, report=False)

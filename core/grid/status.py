@@ -122,14 +122,15 @@ def seconds_left(rows: list[dict[str, Any]], swaps: dict[str, Any]) -> dict[str,
     arm (the same policy and candidate count, another critic); a ``selection=none`` swap samples one candidate
     instead of ranking many, so it is priced only from swaps of its own kind. Wall time is what the finished runs
     met on the machine as it was shared then; CPU time is the floor, a core each. None before any run has
-    finished. Failed and stale runs are left out, as a grid does not redo them. ``rows`` and ``swaps``:
+    finished. A run to rebuild (``prior``: its committed ``result.json``) is priced at its own recorded cost, and
+    that cost prices the others too. Failed and stale runs are left out, as a grid does not redo them. ``rows`` and ``swaps``:
     :func:`grid_status`'s, so no file is read again."""
     runs: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
     episodes: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
     for row in rows:
         s = row["spec"]
-        if row["state"] == "finished":
-            for clock, (total, episode) in _costs(row["result"]).items():
+        if row["state"] == "finished" or row.get("prior"):
+            for clock, (total, episode) in _costs(row["result"] or row["prior"]).items():
                 runs[clock].setdefault((s.arm, s.task), []).append(total)
                 if episode is not None:
                     episodes[clock].setdefault((s.arm, s.task), []).append(episode)
@@ -148,7 +149,9 @@ def seconds_left(rows: list[dict[str, Any]], swaps: dict[str, Any]) -> dict[str,
     left = {"wall": 0.0, "cpu": 0.0}
     for clock in left:
         for row in rows:
-            if row["state"] in ("running", "interrupted", "not started"):
+            if row.get("prior"):  # a run to rebuild, at its own recorded cost
+                left[clock] += _costs(row["prior"])[clock][0]
+            elif row["state"] in ("running", "interrupted", "not started"):
                 s = row["spec"]
                 left[clock] += _priced(runs[clock], s.arm, s.task) * (1.0 - _done_fraction(s, row["last"]))
         for kind, j in pending:
@@ -184,6 +187,9 @@ def grid_status(exp: DictConfig, rebuild: bool = False) -> tuple[list[dict[str, 
         for s in runs_to_rebuild(exp, specs, kept, {s.out for s in specs if s.out not in kept and s.out not in stale}):
             del kept[s.out]
     rows = [run_status(s, kept.get(s.out)) for s in specs]
+    for row in rows:  # a run to rebuild: what it cost where it first trained prices it
+        if row["spec"].out in summaries and row["spec"].out not in kept and row["state"] == "not started":
+            row["prior"] = json.loads((summaries[row["spec"].out] / "result.json").read_text())
     recorded: dict[str, dict[str, Any]] = {}  # each policy run's swaps.json, read once
     jobs, unpaired = [], 0
     for j in swap_jobs(exp):
