@@ -123,8 +123,8 @@ def seconds_left(rows: list[dict[str, Any]], swaps: dict[str, Any]) -> dict[str,
     instead of ranking many, so it is priced only from swaps of its own kind. Wall time is what the finished runs
     met on the machine as it was shared then; CPU time is the floor, a core each. None before any run has
     finished. A run to rebuild (``prior``: its committed ``result.json``) is priced at its own recorded cost, and
-    that cost prices the others too. Failed and stale runs are left out, as a grid does not redo them. ``rows`` and ``swaps``:
-    :func:`grid_status`'s, so no file is read again."""
+    that cost prices the others too. Failed and stale runs are left out, as a grid does not redo them. ``rows``
+    and ``swaps``: :func:`grid_status`'s, so no file is read again."""
     runs: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
     episodes: dict[str, dict[tuple[str, str], list[float]]] = {"wall": {}, "cpu": {}}
     for row in rows:
