@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from .plan import (RunSpec, config_drift, is_finished, load_experiment, plan, recorded_swaps, runs_to_rebuild,
@@ -317,6 +317,31 @@ def run_jobs(jobs: list[Job], backend: str, workers: int, ray_cfg: dict[str, Any
     return results
 
 
+def _runs_to_train(exp: DictConfig, specs: list[RunSpec], stale: dict[str, list[str]], done: set[str], train: bool,
+                   rebuild: bool, log: Callable[[str], None]) -> tuple[list[RunSpec], dict[str, Path], dict[str, Path]]:
+    """The runs to train, in order (``rebuild``: then the runs finished elsewhere that a swap needs), the runs
+    finished elsewhere kept as they are, and the summary folders of all runs finished elsewhere, rebuilt or not
+    (a rebuild that reproduces its summary carries that summary's swaps over)."""
+    kept = summary_only_runs(specs)
+    todo = [s for s in specs if s.out not in stale and s.out not in done and s.out not in kept] if train else []
+    rebuilds = runs_to_rebuild(exp, specs, kept, done | {s.out for s in todo}) if train and rebuild else []
+    summaries = dict(kept)
+    for s in rebuilds:
+        del kept[s.out]
+    if train:
+        log(f"{len(specs)} runs ({len(done)} already finished, skipped; {len(stale)} stale, left alone)")
+    if kept:
+        log(f"{len(kept)} runs finished elsewhere: their summaries are here but not their run dirs, so they are "
+            f"kept and not retrained, and no swap can pair them (it needs their checkpoints). --rebuild trains "
+            f"again those a swap needs, each checked against its summary; to retrain any one, delete its summary, "
+            f"e.g. {next(iter(kept.values()))}")
+    if rebuilds:
+        log(f"{len(rebuilds)} runs finished elsewhere are trained again (--rebuild), after the runs still to "
+            f"train, for the swaps that need their checkpoints; each is compared with its committed summary when it "
+            f"finishes: {', '.join(s.key for s in rebuilds)}")
+    return todo + rebuilds, kept, summaries
+
+
 def _log_rebuild(key: str, rec: dict[str, Any], log: Callable[[str], None]) -> None:
     if rec["reproduced"]:
         log(f"REBUILT {key}: reproduces its committed summary (curve and final returns equal); "
@@ -351,25 +376,8 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
         if s.out in done:
             write_summary(s)
             results.append({"key": s.key, "status": "skipped"})
-    kept = summary_only_runs(specs)
-    todo = [s for s in specs if s.out not in stale and s.out not in done and s.out not in kept] if train else []
-    rebuilds = runs_to_rebuild(exp, specs, kept, done | {s.out for s in todo}) if train and rebuild else []
-    summaries = dict(kept)  # a rebuild's recorded swaps: carried over once it reproduces its summary
-    for s in rebuilds:
-        del kept[s.out]
+    todo, kept, summaries = _runs_to_train(exp, specs, stale, done, train, rebuild, log)
     results += [{"key": s.key, "status": "summary only"} for s in specs if s.out in kept]
-    if train:
-        log(f"{len(specs)} runs ({len(done)} already finished, skipped; {len(stale)} stale, left alone)")
-    if kept:
-        log(f"{len(kept)} runs finished elsewhere: their summaries are here but not their run dirs, so they are "
-            f"kept and not retrained, and no swap can pair them (it needs their checkpoints). --rebuild trains "
-            f"again those a swap needs, each checked against its summary; to retrain any one, delete its summary, "
-            f"e.g. {next(iter(kept.values()))}")
-    if rebuilds:
-        log(f"{len(rebuilds)} runs finished elsewhere are trained again (--rebuild), after the runs still to "
-            f"train, for the swaps that need their checkpoints; each is compared with its committed summary when it "
-            f"finishes: {', '.join(s.key for s in rebuilds)}")
-    todo += rebuilds
     # A swap pairs runs that have finished or will in this grid; a stale run's policy or guidance is from another
     # config, so no swap pairs it with the current ones. Swaps go first in the queue: each starts as soon as its
     # two runs have finished, so an interrupted grid already holds the swaps of what it finished.
