@@ -417,6 +417,11 @@ def test_rebuild_retrains_a_run_a_lost_swap_needs_and_keeps_the_swaps_it_reprodu
     # and a later rerun has nothing left to do
     last = run_experiment(str(tiny_experiment), log=lambda m: None, report=False, rebuild=True)
     assert {r["status"] for r in last["results"]} == {"skipped"}
+    from modzoo.grid.report import write_report
+    text = write_report(exp).read_text()  # the report says which runs trained twice and how they compared
+    assert "**Trained twice**: 1 runs were trained again" in text
+    assert (f"1 reproduced their first record (curve and final returns equal, float for float): "
+            f"{TASK}/idql-joint/seed0. 0 did not.") in text
 
 
 def test_a_rebuild_that_does_not_reproduce_keeps_the_committed_record_beside_it(tiny_experiment, tmp_path):
@@ -439,6 +444,10 @@ def test_a_rebuild_that_does_not_reproduce_keeps_the_committed_record_beside_it(
     status = {x["key"]: x["status"] for x in out["results"]}
     assert status[next(k for k in status if k.endswith("idql-joint/seed0:other_seed"))] == "ok"
     assert not any(v.get("before_rebuild") for v in json.loads((summary / "swaps.json").read_text()).values())
+    from modzoo.grid.report import write_report
+    text = write_report(load_experiment(str(tiny_experiment))).read_text()
+    assert "0 reproduced their first record (curve and final returns equal, float for float). 1 did not" in text
+    assert f"- {TASK}/idql-joint/seed0: final evaluation: 1 of" in text
 
 
 def test_a_rebuild_sets_the_committed_summary_aside_once(tiny_experiment, tmp_path):

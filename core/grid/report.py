@@ -568,11 +568,31 @@ def split_stale(exp: DictConfig, runs: list[RunSummary]) -> tuple[list[RunSummar
     return kept, left
 
 
+def rebuilt_runs(summaries: str | Path) -> list[str]:
+    """The report's lines on the runs trained a second time after their summary was committed (``--rebuild``,
+    :mod:`modzoo.grid.summary`): how many reproduced their first record, and each that did not."""
+    records = {p.parent: json.loads(p.read_text()) for p in sorted(Path(summaries).glob("*/*/seed*/rebuild.json"))}
+    if not records:
+        return []
+    name = {d: f"{d.parent.parent.name}/{d.parent.name}/{d.name}" for d in records}
+    same = [name[d] for d, r in records.items() if r["reproduced"]]
+    differ = [f"- {name[d]}: {'; '.join(r['differences'])} (the first record: `{d / 'before-rebuild'}`)"
+              for d, r in records.items() if not r["reproduced"]]
+    return [f"**Trained twice**: {len(records)} runs were trained again (`--rebuild`, for swaps that needed their "
+            f"checkpoints) after their first summary had been committed; their time rows are the second "
+            f"training's. {len(same)} reproduced their first record (curve and final returns equal, float for "
+            f"float){': ' + ', '.join(same) if same else ''}. {len(differ)} did not"
+            + (", and their summaries now hold the second training:" if differ else "."), *differ]
+
+
 def write_report(exp: DictConfig, grid_seconds: float | None = None) -> Path:
     runs, stale = split_stale(exp, load_summaries(exp.summaries))
     out = Path(exp.report)
     img_dir = out.parent / "results" / str(exp.name)
     text = render(exp, runs, img_dir, os.path.relpath(img_dir, out.parent), grid_seconds)
+    twice = rebuilt_runs(exp.summaries)
+    if twice:
+        text = text.replace("\n## Budget\n", "\n" + "\n".join(twice) + "\n\n## Budget\n", 1)
     if stale:
         text = text.replace("\n## Budget\n", "\n**Left out of every number below**: "
                             f"{len(stale)} run summaries made under another config than this grid's current one "
