@@ -60,8 +60,10 @@ checkout() {  # dir: clone it on first use; else update it from here, only while
 checkout "$BG"
 checkout "$BG2"
 
-start() {  # name, command...: run in $BG at low priority unless a job of that name (then a space or the end of its
-  local name=$1; shift  # command line) already runs
+# start name command...: run the command in $BG at low priority, unless a job whose command line holds the name
+# (followed by a space or its end, so gfdt-50k is not gfdt-50k-ablation) already runs
+start() {
+  local name=$1; shift
   if pgrep -f "$name( |\$)" > /dev/null; then echo "$name: already running"; return; fi
   (cd "$BG" && OMP_NUM_THREADS=1 nohup nice -n 10 "$@" >> "$LOGS/$(echo "$name" | tr ' /' '__').log" 2>&1 &) \
     < /dev/null > /dev/null 2>&1  # detached: the backgrounded list must not hold this script's stdout open
