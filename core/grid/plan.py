@@ -219,6 +219,23 @@ def runs_to_rebuild(exp: DictConfig, specs: list[RunSpec], kept: dict[str, Path]
     return [s for s in specs if s.out in need]
 
 
+def finished_elsewhere(exp: DictConfig, specs: list[RunSpec], rebuild_beside: dict[str, list[str]] | None
+                       ) -> tuple[dict[str, Path], dict[str, Path], list[RunSpec]]:
+    """The runs finished elsewhere, as a grid run and ``--status`` both see them: those kept as they are
+    (:func:`summary_only_runs`), the summary folders of all of them (a rebuild that reproduces its summary carries
+    that summary's swaps over), and the runs to rebuild (:func:`runs_to_rebuild`). ``rebuild_beside``: the stale
+    runs (:func:`stale_runs`), which do not finish here, when rebuilding; None for no rebuild."""
+    kept = summary_only_runs(specs)
+    summaries = dict(kept)
+    rebuilds: list[RunSpec] = []
+    if rebuild_beside is not None:
+        here = {s.out for s in specs if s.out not in kept and s.out not in rebuild_beside}
+        rebuilds = runs_to_rebuild(exp, specs, kept, here)
+        for s in rebuilds:
+            del kept[s.out]
+    return kept, summaries, rebuilds
+
+
 def recorded_swaps(policy_run: str, kept: dict[str, Path]) -> dict[str, Any]:
     """The swaps recorded for a policy run, by label: its run dir's ``swaps.json``, or its summary's for a run
     finished elsewhere (``kept``: :func:`summary_only_runs`)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -19,11 +18,11 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
-from .plan import (RunSpec, config_drift, is_finished, load_experiment, plan, recorded_swaps, runs_to_rebuild,
-                   stale_runs, summary_only_runs, swap_jobs)
+from .plan import (RunSpec, config_drift, finished_elsewhere, is_finished, load_experiment, plan, recorded_swaps,
+                   stale_runs, swap_jobs)
 from ..run.training import evaluate, load_policy_and_guidance, run_config, train
 from .report import write_report
-from .summary import BEFORE, reproduced, set_aside, write_summary
+from .summary import BEFORE, reproduced, set_aside, update_swaps, write_summary
 
 
 def wait_for_guidance(run_dir: str | Path, poll: float = 5.0, timeout: float = 7 * 24 * 3600) -> Path:
@@ -137,7 +136,6 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
     import torch
     torch.set_num_threads(1)
     pdir = Path(job["policy_run"])
-    path = pdir / "swaps.json"
     key = job["label"]
     if swap_cached(job):
         return {"key": f"{pdir}:{key}", "status": "skipped"}
@@ -155,20 +153,10 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
     ev = evaluate(policy, guidance, job["task"], episodes=job["episodes"], seed=job["seed"],
                   candidates=1 if rule == "none" else None)
     cost = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}  # loading included
-    # Read, merge and write under a lock: two workers may finish two swaps of the same policy run together, and a
-    # plain read-modify-write would drop one of them.
-    import fcntl
-    with open(pdir / "swaps.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = json.loads(path.read_text()) if path.exists() else {}
-        done[key] = {**ev.to_dict(), **pair, **cost, "guidance": guidance.algorithm if guidance else "none",
-                     **({"temperature": policy.cfg["temperature"]} if scale is not None else {})}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(done, indent=2))
-        tmp.replace(path)
-        if job.get("summaries"):
-            Path(job["summaries"]).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, Path(job["summaries"]) / "swaps.json")
+    entry = {**ev.to_dict(), **pair, **cost, "guidance": guidance.algorithm if guidance else "none",
+             **({"temperature": policy.cfg["temperature"]} if scale is not None else {})}
+    update_swaps(pdir, lambda done: {**done, key: entry},
+                 Path(job["summaries"]) if job.get("summaries") else None)
     return {"key": f"{pdir}:{key}", "status": "ok", "normalized": ev.normalized_mean}
 
 
@@ -322,12 +310,8 @@ def _runs_to_train(exp: DictConfig, specs: list[RunSpec], stale: dict[str, list[
     """The runs to train, in order (``rebuild``: then the runs finished elsewhere that a swap needs), the runs
     finished elsewhere kept as they are, and the summary folders of all runs finished elsewhere, rebuilt or not
     (a rebuild that reproduces its summary carries that summary's swaps over)."""
-    kept = summary_only_runs(specs)
-    todo = [s for s in specs if s.out not in stale and s.out not in done and s.out not in kept] if train else []
-    rebuilds = runs_to_rebuild(exp, specs, kept, done | {s.out for s in todo}) if train and rebuild else []
-    summaries = dict(kept)
-    for s in rebuilds:
-        del kept[s.out]
+    kept, summaries, rebuilds = finished_elsewhere(exp, specs, stale if train and rebuild else None)
+    todo = [s for s in specs if s.out not in stale and s.out not in done and s.out not in summaries] if train else []
     if train:
         log(f"{len(specs)} runs ({len(done)} already finished, skipped; {len(stale)} stale, left alone)")
     if kept:

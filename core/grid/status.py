@@ -12,8 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .plan import (RunSpec, config_drift, is_finished, plan, recorded_swaps, runs_to_rebuild, stale_runs,
-                   summary_only_runs, swap_jobs)
+from .plan import (RunSpec, config_drift, finished_elsewhere, is_finished, plan, recorded_swaps, stale_runs,
+                   swap_jobs)
 from .runner import lock_holder
 from .summary import BEFORE, RECORD
 
@@ -180,12 +180,7 @@ def grid_status(exp: DictConfig, rebuild: bool = False) -> tuple[list[dict[str, 
     runs finished elsewhere that it would train again counted as not started, and the swaps their summaries record
     as done (carried over when the rebuild reproduces the run)."""
     specs = plan(exp)
-    kept = summary_only_runs(specs)
-    summaries = dict(kept)  # a rebuild that reproduces its summary keeps the swaps it records: counted as done
-    if rebuild:
-        stale = stale_runs(specs)
-        for s in runs_to_rebuild(exp, specs, kept, {s.out for s in specs if s.out not in kept and s.out not in stale}):
-            del kept[s.out]
+    kept, summaries, _ = finished_elsewhere(exp, specs, stale_runs(specs) if rebuild else None)
     rows = [run_status(s, kept.get(s.out)) for s in specs]
     for row in rows:  # a run to rebuild: what it cost where it first trained prices it
         if row["spec"].out in summaries and row["spec"].out not in kept and row["state"] == "not started":

@@ -20,7 +20,7 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .plan import RunSpec, config_drift
 
@@ -85,16 +85,15 @@ def set_aside(s: RunSpec) -> bool:
     return True
 
 
-def differences(s: RunSpec) -> list[str]:
-    """How a finished rebuild's record differs from the one set aside: empty when it reproduces it (the same
-    config, data, curve and final returns, float for float). Timings and dates are not compared."""
+def differences(s: RunSpec, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """How a finished rebuild's record (``new``: its ``result.json``) differs from the one set aside (``old``):
+    empty when it reproduces it (the same config, data, curve and final returns, float for float). Timings and
+    dates are not compared."""
     out, before = Path(s.out), Path(s.out) / BEFORE
     if not (before / "config.yaml").exists():
         diffs = ["config: the committed summary has none"]
     else:
         diffs = [f"config: {d}" for d in config_drift(s, before / "config.yaml")]
-    old = json.loads((before / "result.json").read_text())
-    new = json.loads((out / "result.json").read_text())
     fp = [(r.get("dataset") or {}).get("fingerprint") for r in (old, new)]
     if fp[0] != fp[1]:
         diffs.append(f"dataset: fingerprint {fp[0]} -> {fp[1]}")
@@ -137,9 +136,9 @@ def conclude(s: RunSpec) -> dict[str, Any] | None:
         return None
     if (out / RECORD).exists():
         return json.loads((out / RECORD).read_text())
-    diffs = differences(s)
     old = json.loads((out / BEFORE / "result.json").read_text())
     new = json.loads((out / "result.json").read_text())
+    diffs = differences(s, old, new)
     record: dict[str, Any] = {"reproduced": not diffs, "differences": diffs,
                               "before": {"normalized_score": old.get("normalized_score"),
                                          "finished": old.get("finished")},
@@ -149,18 +148,30 @@ def conclude(s: RunSpec) -> dict[str, Any] | None:
     old_swaps = out / BEFORE / "swaps.json"
     if not diffs and old_swaps.exists():
         carried = {k: {**v, "before_rebuild": True} for k, v in json.loads(old_swaps.read_text()).items()}
-        with open(out / "swaps.lock", "w") as lock:  # a swap of this run may already be writing (runner)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            path = out / "swaps.json"
-            now = json.loads(path.read_text()) if path.exists() else {}
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**carried, **now}, indent=2))
-            tmp.replace(path)
+        now = update_swaps(out, lambda done: {**carried, **done})  # a swap of this run may already be writing
         record["swaps_carried"] = sorted(set(carried) - set(now))
     tmp = out / f"{RECORD}.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(out / RECORD)
     return record
+
+
+def update_swaps(run_dir: Path, merge: Callable[[dict[str, Any]], dict[str, Any]],
+                 copy_to: Path | None = None) -> dict[str, Any]:
+    """Rewrite a run dir's ``swaps.json`` as ``merge`` of what it holds, under the run's swaps lock, and copy it to
+    the summaries folder ``copy_to``; returns what it held before. Two workers may finish two swaps of the same
+    policy run together, or a swap and a rebuild's carry-over, and a plain read-modify-write would drop one."""
+    with open(run_dir / "swaps.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = run_dir / "swaps.json"
+        before = json.loads(path.read_text()) if path.exists() else {}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merge(before), indent=2))
+        tmp.replace(path)
+        if copy_to is not None:
+            copy_to.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy_to / "swaps.json")
+    return before
 
 
 def reproduced(run_dir: str | Path) -> bool | None:
