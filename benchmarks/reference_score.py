@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
             _save_state(a.state, agent, curve, done)
     out = {"task": a.task, "seed": a.seed, "steps": a.steps, "episodes": a.episodes, "grad_norm": gn,
            "lr_decay": a.lr_decay,
-           "curve": curve, "torch": torch.__version__}
+           "curve": curve, "torch": torch.__version__,
+           "dataset": {"fingerprint": ds.fingerprint}}  # as a grid run's result.json: which data it was
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
     return out

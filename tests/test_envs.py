@@ -252,3 +252,54 @@ def test_unseeded_envs_do_not_replay_one_stream() -> None:
         starts.append(env.reset()[0])
         env.close()
     assert not np.allclose(starts[0], starts[1])
+
+
+_ACTOR_PROBE = """
+import hashlib, sys
+import numpy as np
+from modzoo.bullet.behaviour import TorchActorPolicy, committed_actor
+actor = TorchActorPolicy(committed_actor("walker2d", "medium"))
+states = np.random.default_rng(0).normal(size=(500, 22)).astype(np.float32)
+acts = np.concatenate([actor.forward64(s[None], np.asarray([i])) for i, s in enumerate(states)])
+assert actor(states[:1], np.asarray([0])).dtype == np.float32
+print(hashlib.sha1(acts.tobytes()).hexdigest())
+"""
+
+
+def test_a_sac_behaviour_actor_acts_the_same_under_every_mkl_code_path() -> None:
+    """A dataset collected from an exported SAC actor must be the same file on any CPU, or re-collecting it on a
+    new machine turns a grid's finished runs stale. MKL picks its matrix kernels by CPU; ``MKL_CBWR`` makes it
+    take another CPU's path here. Through torch the three paths gave three sets of float32 actions, and float64
+    ones that differ in their last bits (which moved one action of a million across a float32 rounding step)."""
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for branch in ("AUTO", "COMPATIBLE", "AVX2"):
+        env = {**os.environ, "MKL_CBWR": branch, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", _ACTOR_PROBE], env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, digests
+
+
+def test_a_sac_behaviour_actor_rounds_a_float64_forward() -> None:
+    """The actions are the float64 MLP's, rounded once to float32 (a float32 forward differs from them in the last
+    bits): pinned on a CPU too, where MKL's paths happen to agree."""
+    import torch
+
+    from modzoo.bullet.behaviour import TorchActorPolicy, committed_actor, time_feature
+
+    path = committed_actor("walker2d", "medium")
+    actor = TorchActorPolicy(path)
+    sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    layers = sorted({k.split(".")[0] for k in sd}, key=int)
+    states = np.random.default_rng(1).normal(size=(200, 22)).astype(np.float32)
+    t = np.arange(200)
+    x = np.concatenate([states, time_feature(t, 1000)[:, None]], axis=1).astype(np.float64)
+    for i, name in enumerate(layers):
+        x = x @ sd[f"{name}.weight"].double().numpy().T + sd[f"{name}.bias"].double().numpy()
+        x = np.maximum(x, 0.0) if i < len(layers) - 1 else np.tanh(np.clip(x, -2.0, 2.0))  # clip_mean 2
+    got = np.concatenate([actor(s[None], np.asarray([k])) for k, s in zip(t, states)])
+    assert (got == x.astype(np.float32)).mean() > 0.999
+    assert np.abs(actor.forward64(states, t) - x).max() < 1e-12

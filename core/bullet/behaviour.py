@@ -133,7 +133,15 @@ def _actor_module(obs_dim: int, act_dim: int, hidden: list[int], clip_mean: floa
 
 
 class TorchActorPolicy:
-    """Deterministic SAC actor (the squashed mean) loaded from an exported state dict."""
+    """Deterministic SAC actor (the squashed mean) loaded from an exported state dict.
+
+    It acts the same on every CPU, so that a dataset collected from it is the same file on any machine. Torch's
+    float32 products differ in their last bits between MKL's code paths (AVX-512 on one CPU, AVX2 or another
+    vendor's kernels on the next), and the simulator turns those bits into other episodes: the re-collected
+    dataset gets another fingerprint, and every finished run of a grid made from it turns stale. Even in float64,
+    MKL's paths moved one action of a million across float32's rounding step. So the forward pass runs in numpy
+    float64 with a fixed summation order (each product and sum is correctly rounded on any x86 CPU, and no BLAS
+    kernel chooses the order), and the action is rounded to float32 once."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import torch
@@ -150,16 +158,29 @@ class TorchActorPolicy:
         #: episode length the actor's time feature counts down over (None: the actor sees only obs)
         self.time_feature: int | None = int(meta["time_feature"]) if meta.get("time_feature") else None
         self.net.eval()
-        self._torch = torch
+        linears = [m for m in self.net if isinstance(m, torch.nn.Linear)]
+        self._layers = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy())
+                        for m in linears]
+        self._clip = float(meta["clip_mean"]) if meta.get("clip_mean") else None
 
-    def __call__(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
-        x = np.asarray(obs, dtype=np.float32)
+    def forward64(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        """The actions in float64, before their one rounding to float32."""
+        x = np.asarray(obs, dtype=np.float64)
         if self.time_feature:
             if t is None:
                 raise ModzooError(f"behaviour policy {self.path.name} was trained with a time feature: pass each row's episode step t")
             x = np.concatenate([x, time_feature(np.asarray(t), self.time_feature)[:, None]], axis=1)
-        with self._torch.no_grad():
-            return self.net(self._torch.as_tensor(x)).numpy().astype(np.float32)
+        for i, (w, b) in enumerate(self._layers):
+            # (batch, in, 1) * (1, in, out) summed over `in` one row after another: no BLAS, one order everywhere
+            x = (x[:, :, None] * w[None]).sum(axis=1) + b
+            if i < len(self._layers) - 1:
+                x = np.maximum(x, 0.0)
+        if self._clip:
+            x = np.clip(x, -self._clip, self._clip)
+        return np.tanh(x)
+
+    def __call__(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        return self.forward64(obs, t).astype(np.float32)
 
 
 def time_feature(t: np.ndarray, max_steps: int) -> np.ndarray:
