@@ -96,6 +96,9 @@ if ! pgrep -f reference_score.py > /dev/null && [ -d "$REF" ]; then
     for task in bullet-hopper-medium-v0 bullet-halfcheetah-medium-v0 bullet-walker2d-medium-v0; do
       json=experiments/results/reference-dql-50k/$task-seed0.json
       [ -f "$json" ] && continue
+      # on a fresh machine the grid job collects the datasets first: wait for this one (written atomically)
+      until .venv/bin/python -c "import sys; from modzoo.bullet.data import dataset_path
+sys.exit(not dataset_path(sys.argv[1]).exists())" $task; do sleep 60; done
       OMP_NUM_THREADS=1 nice -n 12 .venv/bin/python benchmarks/reference_score.py --reference-dir '"$REF"' \
         --task $task --steps 50000 --eval-every 10000 --episodes 10 --seed 0 \
         --state '"$STATE"'/$task-seed0.pt --json "$json"
