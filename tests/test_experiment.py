@@ -945,3 +945,17 @@ def test_a_two_stage_split_given_as_a_fraction_is_compared_as_the_steps_it_ran(t
     assert config_drift(spec) == []
     spec.overrides.append("policy.behaviour_steps=0.25")
     assert config_drift(spec) == ["policy.behaviour_steps: 3 -> 1"]
+
+
+def test_the_report_says_when_a_cells_runs_trained_on_different_files_of_one_dataset():
+    """A re-collected dataset can be another file with the same config (another CPU, another collector): the
+    config check keeps both kinds of run, so the report has to name the split."""
+    from modzoo.grid.report import RunSummary, _data_line
+
+    def run(arm, seed, fp):
+        return RunSummary("t", arm, seed, {"normalized_score": 1.0, "dataset": {"fingerprint": fp}})
+    same = _data_line({"a": [run("a", 1, "f1"), run("a", 0, "f1")], "b": [run("b", 0, "f1")]})
+    assert same == ["", "Data: every run above trained on the same file (dataset fingerprint `f1`)."]
+    mixed = " ".join(_data_line({"a": [run("a", 0, "f1"), run("a", 1, "f2")], "b": [run("b", 0, "f1")]}))
+    assert "2 different files" in mixed and "`f1`: a seed 0, b seed 0; `f2`: a seed 1" in mixed
+    assert _data_line({"a": [RunSummary("t", "a", 0, {"normalized_score": 1.0})]}) == []  # nothing recorded

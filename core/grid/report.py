@@ -222,6 +222,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
                          f"{_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {_fmt(s['iqr'])} | {e['n']} | "
                          f"{_fmt(e['mean'])} | {_fmt(e['std'])} | {_fmt(e['median'])} | {_fmt(e['iqr'])} | "
                          f"{fell([r.result.get('eval', {}) for r in arms[a]], limit)} |")
+        lines += _data_line(arms)
         lines += ["", "Wall time and peak memory per phase, mean over the runs counted in `runs` (each run in a "
                   "process of its own; RSS includes the dataset and Python, sampled every 50 ms; CUDA: "
                   "`torch.cuda.max_memory_allocated`, GPU runs only). `wall s` is the phase's updates alone: "
@@ -281,6 +282,24 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
         lines += ["(No findings written yet: read the tables above, then write them in "
                   f"`{exp.get('findings', 'experiments/<name>.findings.md')}`.)", ""]
     return "\n".join(lines)
+
+
+def _data_line(arms: dict[str, list[RunSummary]]) -> list[str]:
+    """Which file of the task's dataset the cell's runs trained on, by the fingerprint each ``result.json``
+    records. A dataset collected again can be another file (another machine, another collector): runs on two
+    files do not measure one problem, and the config check that drops stale summaries cannot see it."""
+    by_print: dict[str, list[str]] = {}
+    for a in sorted(arms):
+        for r in sorted(arms[a], key=lambda r: r.seed):
+            fp = (r.result.get("dataset") or {}).get("fingerprint") or "not recorded"
+            by_print.setdefault(fp, []).append(f"{a} seed {r.seed}")
+    if len(by_print) == 1:
+        fp = next(iter(by_print))
+        return ["", f"Data: every run above trained on the same file (dataset fingerprint `{fp}`)."] \
+            if fp != "not recorded" else []
+    files = "; ".join(f"`{fp}`: {', '.join(keys)}" for fp, keys in by_print.items())
+    return ["", f"**Data: the runs above trained on {len(by_print)} different files of this dataset**, so their "
+                f"spread mixes the data's draw into the seeds' (by dataset fingerprint: {files})."]
 
 
 def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
