@@ -294,6 +294,26 @@ def test_a_finished_run_made_from_other_data_is_stale(tiny_experiment, tmp_path)
     assert status[f"{TASK}/idql-gf/seed0"]["status"] == "skipped"
 
 
+def test_an_interrupted_run_made_from_other_data_is_stale_before_any_run_starts(tiny_experiment, tmp_path):
+    """Resuming it would refuse inside a worker (and fail the runs reusing its guidance); the grid says so up
+    front instead, and leaves its run dir as it is."""
+    import torch
+
+    run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    d = tmp_path / "runs" / TASK / "idql-gf" / "seed1"
+    fp = json.loads((d / "result.json").read_text())["dataset"]["fingerprint"]
+    (d / "result.json").unlink()  # as if stopped mid-phase, on a dataset since re-collected
+    torch.save({"guidance": {"dataset": {"fingerprint": "deadbeef"}}, "phase": "policy", "step": 2},
+               d / "train_state.pt")
+    before = _tree(d)
+    again = run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
+    status = {x["key"]: x for x in again["results"]}
+    assert status[f"{TASK}/idql-gf/seed1"]["status"] == "stale"
+    assert status[f"{TASK}/idql-gf/seed1"]["drift"] == [f"dataset: fingerprint deadbeef -> {fp} (an interrupted run)"]
+    assert status[f"{TASK}/dql-gf-iql/seed1"]["status"] == "stale"  # it reuses that run's guidance
+    assert _tree(d) == before
+
+
 def _tree(root):
     return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
 

@@ -157,6 +157,20 @@ def _data_drift(result: Path, current: Callable[[RunSpec], str | None], s: RunSp
     return [f"dataset: fingerprint {was} -> {now}"] if was and now and was != now else []
 
 
+def _state_data_drift(state: Path, current: Callable[[RunSpec], str | None], s: RunSpec) -> list[str]:
+    """:func:`_data_drift` for an interrupted run, from the fingerprint its ``train_state.pt`` saved (memory-mapped:
+    the halves' tensors are not read). A state that cannot be read is left to the run to report."""
+    import torch
+
+    try:
+        st = torch.load(state, map_location="cpu", weights_only=True, mmap=True)
+        was = ((st.get("guidance") or {}).get("dataset") or {}).get("fingerprint")
+    except Exception:
+        return []
+    now = current(s) if was else None
+    return [f"dataset: fingerprint {was} -> {now} (an interrupted run)"] if was and now and was != now else []
+
+
 def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
     """``config_drift`` of every run of a grid, by out dir, checked before any job starts; a run that reuses a
     stale run's guidance (``guidance_from``) is stale too, even if its own settings did not change."""
@@ -164,9 +178,11 @@ def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
     current = _fingerprint_reader()
     for s in specs:  # plan() puts the runs that reuse a guidance after the run they take it from
         drift = config_drift(s)
-        res = Path(s.out) / "result.json"
+        res, state = Path(s.out) / "result.json", Path(s.out) / "train_state.pt"
         if res.exists():  # a finished run made from other data (a re-collected dataset) is stale too
             drift += _data_drift(res, current, s)
+        elif state.exists():  # so is an interrupted one: resuming it would refuse, in a worker, hours in
+            drift += _state_data_drift(state, current, s)
         if s.guidance_from and s.guidance_from in out:
             drift = [*drift, f"its guidance comes from {s.guidance_from}, which is stale"]
         if drift:
