@@ -140,8 +140,9 @@ class TorchActorPolicy:
     vendor's kernels on the next), and the simulator turns those bits into other episodes: the re-collected
     dataset gets another fingerprint, and every finished run of a grid made from it turns stale. Even in float64,
     MKL's paths moved one action of a million across float32's rounding step. So the forward pass runs in numpy
-    float64 with a fixed summation order (each product and sum is correctly rounded on any x86 CPU, and no BLAS
-    kernel chooses the order), and the action is rounded to float32 once."""
+    float64 with a fixed summation order (each product and sum is correctly rounded on any CPU, and no BLAS
+    kernel chooses the order), and the action is rounded to float32 once. The one step left to the CPU is numpy's
+    tanh, whose SIMD variants may differ in the last bit of a float64: far below float32's rounding step."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import torch
