@@ -8,8 +8,9 @@
 # BG: the background checkout (cloned from this one on first use; updated with `git pull` only while none of its
 # jobs runs: a running grid's workers import the code again for every run). REF: where the authors' Diffusion-QL
 # code is unpacked (git archive of github.com/Zhendong-Wang/Diffusion-Policies-for-Offline-RL, see
-# benchmarks/reference_score.py). BG2: issue #20's zoo-more experiment's checkout, kept the same way. Logs go to
-# $LOGS.
+# benchmarks/reference_score.py). Logs go to $LOGS. The pilot, the ablation and zoo-more are finished and are not
+# started here: their halfcheetah runs were trained on the first data (experiments/results/gfdt-50k-first-data/),
+# so on a machine with the re-collected file they would all train again.
 #
 # Only the repository outlives a machine: on a new one the run dirs (checkpoints) are gone. The grid then keeps the
 # runs whose summaries are committed as finished elsewhere; --rebuild trains again, behind the runs still to
@@ -21,7 +22,6 @@ BG=${BG:-/work/bg}
 REF=${REF:-/work/ref/dql}
 LOGS=${LOGS:-/work/logs}
 STATE=${STATE:-/work/ref-run/state}
-BG2=${BG2:-/work/bg2}   # issue #20's zoo-more experiment, from a checkout of its own
 mkdir -p "$LOGS" "$STATE"
 
 busy() {  # dir: true while any process runs with its working directory in dir (a job of that checkout)
@@ -58,7 +58,6 @@ checkout() {  # dir: clone it on first use; else update it from here, only while
     && rm -rf modzoo.egg-info)
 }
 checkout "$BG"
-checkout "$BG2"
 
 # start name command...: run the command in $BG at low priority, unless a job whose command line holds the name
 # (followed by a space or its end, so gfdt-50k is not gfdt-50k-ablation) already runs
@@ -82,12 +81,6 @@ if [ -n "$missing" ]; then
     exec .venv/bin/modzoo experiment gfdt-50k --rebuild"
 else
   start "modzoo experiment gfdt-50k" .venv/bin/modzoo experiment gfdt-50k --rebuild
-fi
-start "modzoo experiment gfdt-50k-ablation" .venv/bin/modzoo experiment gfdt-50k-ablation
-if ! pgrep -f "experiment zoo-more" > /dev/null; then  # two workers, above the grid's priority
-  (cd "$BG2" && OMP_NUM_THREADS=1 nohup nice -n 5 .venv/bin/python -m modzoo.cli experiment zoo-more workers=2 \
-    >> "$LOGS/zoo-more.log" 2>&1 &) < /dev/null > /dev/null 2>&1
-  echo "zoo-more: started"
 fi
 
 # the authors' Diffusion-QL at 50k steps, one seed per task, one after another
