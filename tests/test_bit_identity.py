@@ -2,7 +2,7 @@
 
 The fingerprints in ``tests/data/bit_identity.json`` were written before the core was reorganised; a change that
 reorders random draws, a reduction or an update shows up here although every other test still passes. On the
-machine type that wrote them (same torch build and CPU kernel level) the checkpoints must hash identically; on
+machine type that wrote them (same torch build, CPU kernel level and CPU vendor) the checkpoints must hash identically; on
 another one float rounding may differ, so a strided sample of every parameter is compared to a tolerance that drift
 over these few steps stays far inside and a changed algorithm is far outside.
 
@@ -41,7 +41,17 @@ PAIRS = {
 
 
 def _machine() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+    """What decides the float kernels: torch's build, its CPU kernel level, and the CPU's vendor, by which MKL
+    picks its own kernels (an AMD and an Intel CPU both at AVX512 train to different bits)."""
+    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(), "cpu_vendor": _vendor()}
+
+
+def _vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "unknown")
+    except OSError:
+        return "unknown"
 
 
 def _fingerprint(run: Path) -> dict[str, Any]:
