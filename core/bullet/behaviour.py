@@ -151,15 +151,14 @@ class TorchActorPolicy:
         try:
             blob = torch.load(self.path, map_location="cpu", weights_only=True)
             meta = blob["meta"]
-            self.net = _actor_module(int(meta["obs_dim"]), int(meta["act_dim"]), [int(h) for h in meta["hidden"]], meta.get("clip_mean"))
-            self.net.load_state_dict(blob["state_dict"])
+            net = _actor_module(int(meta["obs_dim"]), int(meta["act_dim"]), [int(h) for h in meta["hidden"]], meta.get("clip_mean"))
+            net.load_state_dict(blob["state_dict"])  # checks every shape against the metadata
         except Exception as exc:  # corrupt/incompatible file: one clear line for the user
             raise ModzooError(f"behaviour policy {self.path} could not be loaded ({exc.__class__.__name__}: {exc}); re-export it with `modzoo data train-behaviour`") from exc
         self.meta = dict(meta)
         #: episode length the actor's time feature counts down over (None: the actor sees only obs)
         self.time_feature: int | None = int(meta["time_feature"]) if meta.get("time_feature") else None
-        self.net.eval()
-        linears = [m for m in self.net if isinstance(m, torch.nn.Linear)]
+        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
         self._layers = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy())
                         for m in linears]
         self._clip = float(meta["clip_mean"]) if meta.get("clip_mean") else None

@@ -152,9 +152,13 @@ def _fingerprint_reader() -> Callable[[RunSpec], str | None]:
 def _data_drift(result: Path, current: Callable[[RunSpec], str | None], s: RunSpec) -> list[str]:
     """``["dataset: fingerprint A -> B"]`` when a finished run's ``result.json`` was made from other data than
     the run would load now (a re-collected dataset), else empty."""
-    was = (json.loads(result.read_text()).get("dataset") or {}).get("fingerprint")
+    return _fingerprint_drift((json.loads(result.read_text()).get("dataset") or {}).get("fingerprint"), current, s)
+
+
+def _fingerprint_drift(was: str | None, current: Callable[[RunSpec], str | None], s: RunSpec,
+                       what: str = "") -> list[str]:
     now = current(s) if was else None
-    return [f"dataset: fingerprint {was} -> {now}"] if was and now and was != now else []
+    return [f"dataset: fingerprint {was} -> {now}{what}"] if was and now and was != now else []
 
 
 def _state_data_drift(state: Path, current: Callable[[RunSpec], str | None], s: RunSpec) -> list[str]:
@@ -167,8 +171,7 @@ def _state_data_drift(state: Path, current: Callable[[RunSpec], str | None], s: 
         was = ((st.get("guidance") or {}).get("dataset") or {}).get("fingerprint")
     except Exception:
         return []
-    now = current(s) if was else None
-    return [f"dataset: fingerprint {was} -> {now} (an interrupted run)"] if was and now and was != now else []
+    return _fingerprint_drift(was, current, s, " (an interrupted run)")
 
 
 def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
