@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from modzoo.grid.plan import load_experiment
-from modzoo.grid.report import load_summaries, render, split_stale
+from modzoo.grid.report import load_summaries, report_text, split_stale
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = sorted(p for p in (ROOT / "experiments").glob("*.yaml"))
@@ -34,7 +34,7 @@ def test_no_committed_summary_is_stale_and_the_committed_report_is_regenerated(p
     assert kept, f"{path.name}: its summaries directory holds no finished run"
     report = Path(str(exp.report))
     img_rel = os.path.relpath(report.parent / "results" / str(exp.name), report.parent)
-    text = render(exp, kept, tmp_path, img_rel) + "\n"  # as write_report writes it, plots aside
+    text = report_text(exp, tmp_path, img_rel) + "\n"  # as write_report writes it, plots aside
     assert report.is_file() and report.read_text() == text, (
         f"{report} is not what `modzoo experiment {exp.name} --report-only` writes from the committed summaries "
         "and findings under the current code: regenerate it and commit it")

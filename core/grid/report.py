@@ -604,11 +604,12 @@ def rebuilt_runs(summaries: str | Path) -> list[str]:
             + (", and their summaries now hold the second training:" if differ else "."), *differ]
 
 
-def write_report(exp: DictConfig, grid_seconds: float | None = None) -> Path:
+def report_text(exp: DictConfig, img_dir: Path, img_rel: str, grid_seconds: float | None = None) -> str:
+    """The whole report as :func:`write_report` writes it (plots into ``img_dir``): the rendered tables plus the
+    lines on runs trained twice and on stale summaries, which only the summaries directory knows about. One
+    function, so that a check that the committed report is regenerated compares against every line of it."""
     runs, stale = split_stale(exp, load_summaries(exp.summaries))
-    out = Path(exp.report)
-    img_dir = out.parent / "results" / str(exp.name)
-    text = render(exp, runs, img_dir, os.path.relpath(img_dir, out.parent), grid_seconds)
+    text = render(exp, runs, img_dir, img_rel, grid_seconds)
     twice = rebuilt_runs(exp.summaries)
     if twice:
         text = text.replace("\n## Budget\n", "\n" + "\n".join(twice) + "\n\n## Budget\n", 1)
@@ -617,6 +618,13 @@ def write_report(exp: DictConfig, grid_seconds: float | None = None) -> Path:
                             f"{len(stale)} run summaries made under another config than this grid's current one "
                             "(rerun them, or restore the setting):\n\n" + "\n".join(f"- {x}" for x in stale)
                             + "\n\n## Budget\n", 1)
+    return text
+
+
+def write_report(exp: DictConfig, grid_seconds: float | None = None) -> Path:
+    out = Path(exp.report)
+    img_dir = out.parent / "results" / str(exp.name)
+    text = report_text(exp, img_dir, os.path.relpath(img_dir, out.parent), grid_seconds)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     return out
