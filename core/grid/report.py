@@ -597,7 +597,8 @@ def rebuilt_runs(summaries: str | Path) -> list[str]:
     same = [name[d] for d, r in records.items() if r["reproduced"]]
     differ = [f"- {name[d]}: {'; '.join(r['differences'])} (the first record: `{d / 'before-rebuild'}`)"
               for d, r in records.items() if not r["reproduced"]]
-    return [f"**Trained twice**: {len(records)} runs were trained again (`--rebuild`, for swaps that needed their "
+    were = "run was" if len(records) == 1 else "runs were"
+    return [f"**Trained twice**: {len(records)} {were} trained again (`--rebuild`, for swaps that needed their "
             f"checkpoints) after their first summary had been committed; their time rows are the second "
             f"training's. {len(same)} reproduced their first record (curve and final returns equal, float for "
             f"float){': ' + ', '.join(same) if same else ''}. {len(differ)} did not"
