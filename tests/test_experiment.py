@@ -1,6 +1,8 @@
 """A tiny grid end to end: runs, swaps, summaries and the report, checked against the run dirs independently."""
 import json
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -441,7 +443,9 @@ def test_rebuild_retrains_a_run_a_lost_swap_needs_and_keeps_the_swaps_it_reprodu
     text = write_report(exp).read_text()  # the report says which runs trained twice and how they compared
     assert "**Trained twice**: 1 run was trained again" in text
     from modzoo.grid.report import report_text  # what the committed-report check compares against: all of it
-    assert "**Trained twice**" in report_text(exp, tmp_path / "plots", "plots")
+    out = Path(str(exp.report))
+    assert report_text(exp, tmp_path / "plots", os.path.relpath(out.parent / "results" / str(exp.name),
+                                                               out.parent)) + "\n" == text
     assert (f"1 reproduced their first record (curve and final returns equal, float for float): "
             f"{TASK}/idql-joint/seed0. 0 did not.") in text
 
