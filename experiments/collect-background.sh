@@ -6,7 +6,7 @@
 #   BG=/work/bg bash experiments/collect-background.sh [EXPERIMENT ...]   # default: gfdt-50k
 #
 # A run's summary is copied once its result.json exists (a finished run); its swaps.json grows as the swaps that
-# need it finish, so rerunning this later copies the newer one. The reference runs' JSONs
+# need it finish, so rerunning this later copies the newer one, also after the result.json beside it was committed. The reference runs' JSONs
 # (experiments/results/reference-dql-50k) come along, as the gfdt-50k reports read them. A JSON written by an older
 # reference_score.py lacks its episode count (the report then says n/a): rerun the newer script here with the same
 # arguments and --state, which resumes at the last step and only rewrites the JSON.
@@ -28,8 +28,11 @@ copy() {  # relative path: copy it from $BG when it is new here or differs
 for name in "${EXPERIMENTS[@]}"; do
   summaries=$(.venv/bin/python -c "from modzoo.grid.plan import load_experiment as l; print(l('$name').summaries)")
   [ -d "$BG/$summaries" ] || { echo "$name: no summaries in $BG/$summaries yet"; continue; }
-  for res in $(cd "$BG" && find "$summaries" -name result.json | sort); do
-    for f in $(cd "$BG" && find "$(dirname "$res")" -maxdepth 1 -type f | sort); do copy "$f"; done
+  # a finished run: its result.json is there, or here (sync-checkout.sh clears a committed copy out of $BG, and
+  # the grid then writes only the swaps.json that grows)
+  for run in $(cd "$BG" && find "$summaries" \( -name result.json -o -name swaps.json \) -printf '%h\n' | sort -u); do
+    [ -e "$BG/$run/result.json" ] || [ -e "$run/result.json" ] || continue
+    for f in $(cd "$BG" && find "$run" -maxdepth 1 -type f | sort); do copy "$f"; done
   done
 done
 # a reference JSON is written once, at the end of its run: copied only when it is not here yet (one rewritten here

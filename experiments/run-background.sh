@@ -38,24 +38,9 @@ checkout() {  # dir: clone it on first use; else update it from here, only while
     return
   fi
   if busy "$dir"; then echo "jobs are running in $dir; not updating it"; return; fi
-  # summaries already committed here exist there as untracked copies; drop those that match the incoming commit
-  # byte for byte so the pull can write them, and keep any that differ (the pull then stops on them). The reports
-  # a grid writes there (docs/) are regenerated here from the summaries: the incoming ones replace them.
-  (cd "$dir" && git fetch -q "$HERE" HEAD \
-    && git ls-files --others --exclude-standard experiments/results | while read -r f; do
-         if git cat-file -e "FETCH_HEAD:$f" 2>/dev/null && git show "FETCH_HEAD:$f" | cmp -s - "$f"; then rm "$f"; fi
-       done \
-    && git ls-files --others --exclude-standard docs | while read -r f; do
-         if git cat-file -e "FETCH_HEAD:$f" 2>/dev/null; then rm "$f"; fi
-       done \
-    && git checkout -q -- docs \
-    && git ls-files --modified experiments/results | while read -r f; do
-         if git cat-file -e "FETCH_HEAD:$f" 2>/dev/null && git show "FETCH_HEAD:$f" | cmp -s - "$f"; then
-           git checkout -q -- "$f"
-         fi
-       done \
-    && git merge -q --ff-only FETCH_HEAD && .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . \
-    && rm -rf modzoo.egg-info)
+  # refuses, changing nothing there, while it holds summaries newer than this commit (collect them first)
+  bash "$HERE/experiments/sync-checkout.sh" "$HERE" "$dir"
+  (cd "$dir" && .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . && rm -rf modzoo.egg-info)
 }
 checkout "$BG"
 
