@@ -446,8 +446,9 @@ def test_rebuild_retrains_a_run_a_lost_swap_needs_and_keeps_the_swaps_it_reprodu
     out = Path(str(exp.report))
     assert report_text(exp, tmp_path / "plots", os.path.relpath(out.parent / "results" / str(exp.name),
                                                                out.parent)) + "\n" == text
-    assert (f"1 reproduced their first record (curve and final returns equal, float for float): "
-            f"{TASK}/idql-joint/seed0. 0 did not.") in text
+    assert (f"after its first summary had been committed; its time rows are the second training's. Reproduced "
+            f"the first record (curve and final returns equal, float for float): 1 ({TASK}/idql-joint/seed0). "
+            f"Did not: 0.") in text
 
 
 def test_a_rebuild_that_does_not_reproduce_keeps_the_committed_record_beside_it(tiny_experiment, tmp_path):
@@ -472,7 +473,8 @@ def test_a_rebuild_that_does_not_reproduce_keeps_the_committed_record_beside_it(
     assert not any(v.get("before_rebuild") for v in json.loads((summary / "swaps.json").read_text()).values())
     from modzoo.grid.report import write_report
     text = write_report(load_experiment(str(tiny_experiment))).read_text()
-    assert "0 reproduced their first record (curve and final returns equal, float for float). 1 did not" in text
+    assert ("Reproduced the first record (curve and final returns equal, float for float): 0. Did not: 1 (its "
+            "summary now holds the second training):") in text
     assert f"- {TASK}/idql-joint/seed0: final evaluation: 1 of" in text
 
 

@@ -597,12 +597,14 @@ def rebuilt_runs(summaries: str | Path) -> list[str]:
     same = [name[d] for d, r in records.items() if r["reproduced"]]
     differ = [f"- {name[d]}: {'; '.join(r['differences'])} (the first record: `{d / 'before-rebuild'}`)"
               for d, r in records.items() if not r["reproduced"]]
-    were = "run was" if len(records) == 1 else "runs were"
-    return [f"**Trained twice**: {len(records)} {were} trained again (`--rebuild`, for swaps that needed their "
-            f"checkpoints) after their first summary had been committed; their time rows are the second "
-            f"training's. {len(same)} reproduced their first record (curve and final returns equal, float for "
-            f"float){': ' + ', '.join(same) if same else ''}. {len(differ)} did not"
-            + (", and their summaries now hold the second training:" if differ else "."), *differ]
+    its = "its" if len(records) == 1 else "their"
+    return [f"**Trained twice**: {len(records)} {'run was' if len(records) == 1 else 'runs were'} trained again "
+            f"(`--rebuild`, for swaps that needed {its} checkpoints) after {its} first summary had been committed; "
+            f"{its} time rows are the second training's. Reproduced the first record (curve and final returns "
+            f"equal, float for float): {len(same)}{' (' + ', '.join(same) + ')' if same else ''}. "
+            f"Did not: {len(differ)}"
+            + ((" (its summary now holds" if len(differ) == 1 else " (their summaries now hold")
+               + " the second training):" if differ else "."), *differ]
 
 
 def report_text(exp: DictConfig, img_dir: Path, img_rel: str, grid_seconds: float | None = None) -> str:
