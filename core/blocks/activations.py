@@ -40,7 +40,7 @@ _CONSTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor
 
 def _consts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """0-dim tensors 1 and 2 of x's dtype and device: a Python number in an op is wrapped into a tensor and
-    converted on every call (~2 us each, measured), a cached tensor is not."""
+    converted on every call, a cached tensor is not (docs/performance.md, "Each change kept")."""
     key = (x.dtype, x.device)
     c = _CONSTS.get(key)
     if c is None:
@@ -61,9 +61,8 @@ def _parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 # Tensors of more than _SLICE_ABOVE elements are processed in slices of _CHUNK: each of the formula's passes
 # then works on operands that stay in the L2 cache (64k float32 = 256 KB), and no full-size temporaries are
-# allocated. Alone, on a 12800 x 256 tensor (50 states x 256 candidates), the unsliced form measured slower than
-# F.mish and the sliced one about 4x faster than unsliced; in that whole selection call 1.37x. At 2500 x 256 it
-# measured neutral, and up to ~256k elements no better (noise either way), so smaller tensors keep the plain path.
+# allocated. That pays on the many-candidate selection's large activations and not below the threshold, so
+# smaller tensors keep the plain path (docs/performance.md, "Mish on its own" and "Each change kept").
 _CHUNK = 1 << 16
 _SLICE_ABOVE = 1 << 18
 
@@ -139,9 +138,9 @@ def _backward(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, d: torch.Tensor
 
 
 class _MishEager(torch.autograd.Function):
-    """Mish with a hand-written backward, in torch's classic Function style: measured ~25 us cheaper per
-    forward+backward than the ``setup_context`` style below, so it is the one used whenever no torch.func
-    transform is active."""
+    """Mish with a hand-written backward, in torch's classic Function style: cheaper per forward+backward than
+    the ``setup_context`` style below (docs/performance.md, "Each change kept"), so it is the one used whenever no
+    torch.func transform is active."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def, override]

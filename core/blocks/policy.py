@@ -168,7 +168,7 @@ class DDPMPolicy(DiffusionPolicy):
         """Diffusion-QL's TD-target action: one sample of the EMA actor."""
         return self.sample(next_obs, 1, model="ema")[:, 0]
 
-    @torch.inference_mode()  # actions for an environment never enter a graph; measured ~4% faster than no_grad
+    @torch.inference_mode()  # actions for an environment never enter a graph: no autograd bookkeeping at all
     def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
         n = int(n or self.cfg["candidates"])
         cands = self.candidates(obs, n)

@@ -57,9 +57,9 @@ def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam or AdamW by config name, with torch's fused kernel where this torch has one for the device.
 
-    The fused step is the same algorithm in one kernel over all tensors: measured about 3x faster than the
-    default per-tensor loop for a critic's or a denoiser's parameters on this CPU (docs/performance.md), equal
-    to it up to float rounding (tests/test_speed_paths.py).
+    The fused step is the same algorithm in one kernel over all tensors instead of a loop over them, which pays
+    for the many small tensors of a critic or a denoiser (docs/performance.md, "Each change kept"); it equals the
+    loop up to float rounding (tests/test_speed_paths.py).
     """
     params = list(params)
     if name not in ("adam", "adamw"):

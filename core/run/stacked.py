@@ -226,7 +226,7 @@ def train_seeds(cfgs: list[Any], dataset: Any = None, *, mode: str = "auto", pro
 
     ``mode``: ``vmap`` takes each step for all seeds at once (:class:`StackedStepper`); ``lockstep`` steps the
     seeds in turn (one dataset copy in memory, the same work as separate runs); ``off`` trains them one after
-    another; ``auto`` (default) is ``vmap`` on a GPU and ``lockstep`` on a CPU, where ``vmap`` measured slower
+    another; ``auto`` (default) is ``vmap`` on a GPU and ``lockstep`` on a CPU, where ``vmap`` is slower
     (docs/performance.md), and ``lockstep`` where the halves cannot stack.
     """
     if mode not in STACK_MODES:
