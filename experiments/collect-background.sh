@@ -25,6 +25,13 @@ copy() {  # relative path: copy it from $BG when it is new here or differs
   fi
 }
 
+older() {  # result.json path: the copy in $BG differs from the one here and finished no later than it
+  [ -e "$BG/$1" ] && [ -e "$1" ] && ! cmp -s "$BG/$1" "$1" && .venv/bin/python -c "
+import json, sys
+there, here = (json.load(open(p)).get('finished', '') for p in sys.argv[1:])
+sys.exit(not there <= here)" "$BG/$1" "$1"
+}
+
 for name in "${EXPERIMENTS[@]}"; do
   summaries=$(.venv/bin/python -c "from modzoo.grid.plan import load_experiment as l; print(l('$name').summaries)")
   [ -d "$BG/$summaries" ] || { echo "$name: no summaries in $BG/$summaries yet"; continue; }
@@ -32,6 +39,11 @@ for name in "${EXPERIMENTS[@]}"; do
   # the grid then writes only the swaps.json that grows)
   for run in $(cd "$BG" && find "$summaries" \( -name result.json -o -name swaps.json \) -printf '%h\n' | sort -u); do
     [ -e "$BG/$run/result.json" ] || [ -e "$run/result.json" ] || continue
+    if older "$run/result.json"; then
+      echo "kept $run here: the result.json in $BG finished before this one, so it is no newer training" \
+        "(compare them and the run dir's result.json there before copying anything by hand)" >&2
+      continue
+    fi
     for f in $(cd "$BG" && find "$run" -maxdepth 1 -type f | sort); do copy "$f"; done
   done
 done

@@ -987,3 +987,22 @@ def test_the_report_says_when_a_cells_runs_trained_on_different_files_of_one_dat
     mixed = " ".join(_data_line({"a": [run("a", 0, "f1"), run("a", 1, "f2")], "b": [run("b", 0, "f1")]}))
     assert "2 different files" in mixed and "`f1`: a seed 0, b seed 0; `f2`: a seed 1" in mixed
     assert _data_line({"a": [RunSummary("t", "a", 0, {"normalized_score": 1.0})]}) == []  # nothing recorded
+
+
+def test_a_damaged_summary_is_named_in_one_line(tmp_path):
+    from modzoo.errors import ModzooError
+    from modzoo.grid.report import load_summaries
+    d = tmp_path / TASK / "idql-joint" / "seed0"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text('{"normalized_score": 5.0, "eval": {"normalized": [5.0')  # a copy cut short
+    with pytest.raises(ModzooError, match=r"result\.json: not valid JSON .* restore it from git"):
+        load_summaries(tmp_path)
+    (d / "result.json").write_text('{"normalized_score": 5.0, "eval": {"normalized": [5.0]}}')
+    (d / "swaps.json").write_text('{"other_seed": 1}')
+    with pytest.raises(ModzooError, match=r"swaps\.json: swap 'other_seed' is not an evaluation record"):
+        load_summaries(tmp_path)
+    (d / "swaps.json").write_text('[]')
+    with pytest.raises(ModzooError, match=r"swaps\.json: a run summary is a JSON object, this holds a list"):
+        load_summaries(tmp_path)
+    (d / "swaps.json").write_text('{"other_seed": {"normalized": [4.0]}}')
+    assert [r.swaps for r in load_summaries(tmp_path)] == [{"other_seed": {"normalized": [4.0]}}]

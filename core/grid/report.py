@@ -40,6 +40,19 @@ class RunSummary:
         return float(self.result["normalized_score"])
 
 
+def _summary_json(path: Path) -> dict[str, Any]:
+    """A summary file's JSON object; a damaged one (a copy cut short, a hand edit) is named in one line rather
+    than failing deep inside a table."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModzooError(f"{path}: not valid JSON ({e}); restore it from git or from the run dir it came from") from e
+    if not isinstance(data, dict):
+        raise ModzooError(f"{path}: a run summary is a JSON object, this holds a {type(data).__name__}; restore it "
+                          "from git or from the run dir it came from")
+    return data
+
+
 def load_summaries(root: str | Path) -> list[RunSummary]:
     """Read ``<root>/<task>/<arm>/seed<k>/{result.json,curve.csv,swaps.json}``."""
     out = []
@@ -49,8 +62,12 @@ def load_summaries(root: str | Path) -> list[RunSummary]:
         if (d / "curve.csv").exists():
             with (d / "curve.csv").open() as f:
                 curve = [(int(r["step"]), float(r["normalized_mean"])) for r in csv.DictReader(f)]
-        swaps = json.loads((d / "swaps.json").read_text()) if (d / "swaps.json").exists() else {}
-        result = json.loads(res.read_text())
+        swaps = _summary_json(d / "swaps.json") if (d / "swaps.json").exists() else {}
+        bad = [k for k, v in swaps.items() if not isinstance(v, dict)]
+        if bad:
+            raise ModzooError(f"{d / 'swaps.json'}: swap {bad[0]!r} is not an evaluation record; restore the file "
+                              "from git or from the run dir it came from")
+        result = _summary_json(res)
         if "normalized_score" not in result:
             continue
         out.append(RunSummary(d.parent.parent.name, d.parent.name, int(d.name[4:]), result, curve, swaps))
