@@ -6,10 +6,11 @@
 #   BG=/work/bg bash experiments/collect-background.sh [EXPERIMENT ...]   # default: gfdt-50k
 #
 # A run's summary is copied once its result.json exists (a finished run); its swaps.json grows as the swaps that
-# need it finish, so rerunning this later copies the newer one, also after the result.json beside it was committed. The reference runs' JSONs
-# (experiments/results/reference-dql-50k) come along, as the gfdt-50k reports read them. A JSON written by an older
-# reference_score.py lacks its episode count (the report then says n/a): rerun the newer script here with the same
-# arguments and --state, which resumes at the last step and only rewrites the JSON.
+# need it finish, so rerunning this later copies the newer one, also after the result.json beside it was
+# committed. A run whose result.json there finished before the one here is not copied (it is no newer training).
+# The reference runs' JSONs (experiments/results/reference-dql-50k) come along, as the gfdt-50k reports read them.
+# A JSON written by an older reference_score.py lacks its episode count (the report then says n/a): rerun the newer
+# script here with the same arguments and --state, which resumes at the last step and only rewrites the JSON.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 BG=${BG:-/work/bg}

@@ -28,6 +28,14 @@ done
 for f in $modified; do  # a modified tracked file blocks the merge unless it is what the commit brings
   matches "$f" || differ+=("$f")
 done
+# any other local change there (code, configs) would stop the merge halfway: refuse before touching anything
+mapfile -t others < <(git diff --name-only HEAD -- . ':!experiments/results' ':!docs')
+if [ ${#others[@]} -gt 0 ]; then
+  echo "$DIR has local changes outside its summaries and reports; nothing was changed there. Commit them here" \
+    "or undo them there, and run this again:" >&2
+  printf '  %s\n' "${others[@]}" >&2
+  exit 1
+fi
 if [ ${#differ[@]} -gt 0 ]; then
   echo "$DIR holds ${#differ[@]} summaries that differ from the commit being pulled; nothing was changed there." \
     "Bring them here first (BG=$DIR bash experiments/collect-background.sh), commit, and run this again:" >&2

@@ -94,3 +94,16 @@ def test_leaves_a_summary_the_commit_does_not_hold(repos: tuple[Path, Path]) -> 
     run = sync(here, bg)
     assert run.returncode == 0, run.stderr
     assert (bg / SWAPS).read_text() == "two swaps\n"  # not collected yet: still there for the next collect
+
+
+def test_refuses_while_code_there_was_changed_by_hand(repos: tuple[Path, Path]) -> None:
+    here, bg = repos
+    commit(here, {RESULT: "trained again\n", SWAPS: "two swaps\n", "core/x.py": "a = 1\n"}, "collect")
+    assert sync(here, bg).returncode == 0  # the code file exists there now ...
+    commit(here, {"core/x.py": "a = 2\n"}, "change it")
+    write(bg, "core/x.py", "a = 3\n")  # ... and is edited there by hand
+    write(bg, SWAPS, "three swaps\n")
+    run = sync(here, bg)
+    assert run.returncode == 1
+    assert "core/x.py" in run.stderr and "local changes outside its summaries" in run.stderr
+    assert (bg / SWAPS).read_text() == "three swaps\n" and (bg / "core/x.py").read_text() == "a = 3\n"
