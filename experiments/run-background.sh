@@ -5,6 +5,9 @@
 #
 #   BG=/work/bg REF=/work/ref bash experiments/run-background.sh
 #
+# Collect first (collect-background.sh) and commit: the background checkout is updated only when none of its
+# summaries is newer than this commit, and a swaps.json goes on growing after its run was collected.
+#
 # BG: the background checkout (cloned from this one on first use; updated with `git pull` only while none of its
 # jobs runs: a running grid's workers import the code again for every run). REF: where the authors' Diffusion-QL
 # code is unpacked (git archive of github.com/Zhendong-Wang/Diffusion-Policies-for-Offline-RL, see
