@@ -16,14 +16,14 @@ DIR=$2
 cd "$DIR"
 git fetch -q "$HERE" HEAD
 
-# the incoming commit's version of f matches the file in DIR
-matches() { git cat-file -e "FETCH_HEAD:$1" 2>/dev/null && git show "FETCH_HEAD:$1" | cmp -s - "$1"; }
+held() { git cat-file -e "FETCH_HEAD:$1" 2>/dev/null; }  # the incoming commit holds path f
+matches() { held "$1" && git show "FETCH_HEAD:$1" | cmp -s - "$1"; }  # ... and its version is the file in DIR
 
 untracked=$(git ls-files --others --exclude-standard experiments/results)
 modified=$(git ls-files --modified experiments/results)
 differ=()
 for f in $untracked; do  # an untracked file the commit does not hold is left alone by the merge
-  if git cat-file -e "FETCH_HEAD:$f" 2>/dev/null && ! matches "$f"; then differ+=("$f"); fi
+  if held "$f" && ! matches "$f"; then differ+=("$f"); fi
 done
 for f in $modified; do  # a modified tracked file blocks the merge unless it is what the commit brings
   matches "$f" || differ+=("$f")
@@ -43,10 +43,10 @@ if [ ${#differ[@]} -gt 0 ]; then
   exit 1
 fi
 
-for f in $untracked; do if git cat-file -e "FETCH_HEAD:$f" 2>/dev/null; then rm "$f"; fi; done
+for f in $untracked; do if held "$f"; then rm "$f"; fi; done
 for f in $modified; do git checkout -q -- "$f"; done
 git ls-files --others --exclude-standard docs | while read -r f; do
-  if git cat-file -e "FETCH_HEAD:$f" 2>/dev/null; then rm "$f"; fi
+  if held "$f"; then rm "$f"; fi
 done
 git checkout -q -- docs
 git merge -q --ff-only FETCH_HEAD
