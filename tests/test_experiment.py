@@ -705,6 +705,8 @@ def test_beside_puts_another_grids_scores_next_to_this_ones_and_flags_a_rebuilt_
     from modzoo.grid.plan import load_experiment
     from modzoo.grid.report import _beside, load_summaries
 
+    a, b = "bullet-hopper-medium-v0", "bullet-walker2d-medium-v0"  # real tasks and preset: the grid is checked
+
     def grid(name: str, steps: int, scores: dict[tuple[str, str, int], tuple[float, str]], **extra):
         root = tmp_path / name
         for (task, arm, seed), (score, fp) in scores.items():
@@ -712,19 +714,19 @@ def test_beside_puts_another_grids_scores_next_to_this_ones_and_flags_a_rebuilt_
             d.mkdir(parents=True)
             (d / "result.json").write_text(json.dumps({"normalized_score": score, "dataset": {"fingerprint": fp}}))
         cfg = {"name": name, "out": str(root / "runs"), "summaries": str(root / "summaries"), "report": "r.md",
-               "tasks": ["a", "b"], "seeds": [0, 1], "budget": {"policy_steps": steps},
-               "arms": {"x": {"guidance": "idql", "policy": "idql", "preset": "p"},
+               "tasks": [a, b], "seeds": [0, 1], "budget": {"policy_steps": steps},
+               "arms": {"x": {"guidance": "idql", "policy": "idql", "preset": "gfdt-authors"},
                         "only-here": {"guidance": "idql", "policy": "idql"}}, **extra}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         return tmp_path / f"{name}.yaml"
 
-    old = grid("old", 5, {("a", "x", 0): (10.0, "f1"), ("a", "x", 1): (20.0, "f1"), ("b", "x", 0): (1.0, "old-b")})
-    new = grid("new", 50, {("a", "x", 0): (30.0, "f1"), ("b", "x", 0): (2.0, "new-b"),
-                           ("a", "only-here", 0): (5.0, "f1")}, beside={"experiment": str(old)})
+    old = grid("old", 5, {(a, "x", 0): (10.0, "f1"), (a, "x", 1): (20.0, "f1"), (b, "x", 0): (1.0, "old-b")})
+    new = grid("new", 50, {(a, "x", 0): (30.0, "f1"), (b, "x", 0): (2.0, "new-b"),
+                           (a, "only-here", 0): (5.0, "f1")}, beside={"experiment": str(old)})
     exp = load_experiment(str(new))
     lines = _beside(exp, load_summaries(exp.summaries))
-    assert "| a | x | 30.0 ± n/a (1) | 15.0 ± 5.0 (2) | yes |" in lines
-    assert "| b | x | 2.0 ± n/a (1) | 1.0 ± n/a (1) | no |" in lines  # its dataset was rebuilt in between
+    assert f"| {a} | x | 30.0 ± n/a (1) | 15.0 ± 5.0 (2) | yes |" in lines
+    assert f"| {b} | x | 2.0 ± n/a (1) | 1.0 ± n/a (1) | no |" in lines  # its dataset was rebuilt in between
     assert not any("only-here" in line for line in lines)  # an arm the other grid did not run has no row
     assert "this grid at 50 policy steps, `old` at 5" in " ".join(lines)
     assert _beside(load_experiment(str(old)), []) == []  # no `beside`: no section

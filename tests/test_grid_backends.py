@@ -54,7 +54,11 @@ def test_local_pool_and_ray_agree(tmp_path, small_dataset_path):
 def test_failed_run_is_retried_once_and_reported(tmp_path, small_dataset_path):
     p = write_exp(tmp_path, small_dataset_path, "bad", "local", workers=1)
     exp = yaml.safe_load(p.read_text())
-    exp["arms"]["idql"]["overrides"] = TINY + ["policy.selection=nonsense"]  # fails at evaluation time
+    # a file that is there but is no HDF5: the grid's checks before it starts see only that it exists, so each
+    # run fails in its worker when it reads the data (a bad config would be refused before any run started)
+    corrupt = tmp_path / "corrupt.hdf5"
+    corrupt.write_bytes(b"not an hdf5 file")
+    exp["budget"]["dataset"] = str(corrupt)
     exp["arms"].pop("mix")
     p.write_text(yaml.safe_dump(exp))
     logs = []

@@ -230,8 +230,7 @@ def read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A D4RL-layout file's arrays (as stored, before transitions are built) and its attributes."""
     import h5py
 
-    if not path.exists():
-        raise DatasetError(f"dataset file {path} does not exist: give an existing path or build it with `modzoo data collect NAME --out {path}`")
+    _must_exist(path)
     try:
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
@@ -329,6 +328,22 @@ def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:
             )
         return path, t
     return p, task or ""
+
+
+def _must_exist(path: Path) -> None:
+    if not path.exists():
+        raise DatasetError(f"dataset file {path} does not exist: give an existing path or build it with `modzoo data collect NAME --out {path}`")
+
+
+def dataset_file(name_or_path: str, task: str | None = None) -> Path | None:
+    """The file :func:`load_dataset` would read, without reading it, or the one line it would fail with on a
+    missing file: a grid checks every dataset its runs need before the first of them starts. None for a Minari
+    id, whose data Minari finds."""
+    if is_minari_id(str(name_or_path)) and not Path(str(name_or_path)).expanduser().exists():
+        return None
+    path, _ = _resolve(str(name_or_path), task)
+    _must_exist(path)
+    return path
 
 
 def _demo_hint(task: str) -> str:

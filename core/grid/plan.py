@@ -21,6 +21,7 @@ from ..run.training import final_episodes, run_config
 from ..bullet.data import load_dataset
 from ..blocks.policy import behaviour_split
 from ..blocks.selection import RULES
+from .check import check_cells, check_structure, read_experiment
 
 EXPERIMENT_DIRS = (Path("experiments"),)
 
@@ -62,13 +63,32 @@ def find_experiment(name: str) -> Path:
 def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The experiment config with ``key=value`` overrides (struct mode: a misspelt key is an error)."""
     path = find_experiment(name)
-    cfg = OmegaConf.load(path)
+    cfg = read_experiment(path)
     OmegaConf.set_struct(cfg, True)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except Exception as e:  # omegaconf raises several types for unknown keys and bad values
         raise ConfigError(f"experiment {name}: bad override ({str(e).splitlines()[0]})") from None
+    check_experiment(cfg, path)
     return cfg
+
+
+def check_experiment(exp: DictConfig, source: Path | str) -> None:
+    """The whole experiment checked before any run starts (:mod:`modzoo.grid.check`): its keys and shapes, the
+    experiment it is shown beside, then every (task, arm)'s run config as the runs will build it, and its swaps."""
+    check_structure(exp, source)
+    other = (exp.get("beside") or {}).get("experiment")
+    if other:
+        try:
+            find_experiment(str(other))
+        except ConfigError as e:
+            raise ConfigError(f"experiment {source}: beside: {e}") from None
+    specs = plan(exp)
+    first = {}
+    for s in specs:
+        first.setdefault((s.task, s.arm), s)
+    check_cells(((s.task, s.arm, lambda s=s: spec_config(s)) for s in first.values()), source)
+    swap_jobs(exp)
 
 
 def plan(exp: DictConfig) -> list[RunSpec]:
@@ -101,6 +121,13 @@ def plan(exp: DictConfig) -> list[RunSpec]:
     return specs
 
 
+def spec_config(s: RunSpec, **run: Any) -> DictConfig:
+    """The run config a grid cell trains with (``run``: settings known only when it starts, such as the
+    checkpoint of the guidance it reuses)."""
+    return run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed, out=s.out,
+                      **{**s.run, **run})
+
+
 def is_finished(out: str | Path) -> bool:
     return (Path(out) / "result.json").exists()
 
@@ -123,8 +150,7 @@ def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:
     if not path.exists():
         return []
     saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    now = OmegaConf.to_container(run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule,
-                                            seed=s.seed, out=s.out, **s.run), resolve=True)
+    now = OmegaConf.to_container(spec_config(s), resolve=True)
     policy = now.get("policy") or {}
     if isinstance(policy.get("behaviour_steps"), float):  # saved as the step count the trainer made of it
         policy["behaviour_steps"] = behaviour_split(policy["behaviour_steps"], int(now["run"]["policy_steps"]))
@@ -347,8 +373,7 @@ def _check_swap_arms(exp: DictConfig, sw: dict[str, Any]) -> None:
         return
     specs = {(s.task, s.arm): s for s in plan(exp) if s.arm in temp}
     for (task, a), s in specs.items():
-        rule = run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed,
-                          out=s.out, **s.run).policy.get("selection")
+        rule = spec_config(s).policy.get("selection")
         if rule != "softmax":
             raise ConfigError(f"swaps.temperature.{a}: its policy selects by {rule!r} on {task}, and the "
                               f"temperature is the softmax rule's: add policy.selection=softmax to the arm, or drop "

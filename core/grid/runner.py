@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
+from ..bullet.data import dataset_file
+from ..errors import ConfigError, DatasetError
 from .plan import (RunSpec, config_drift, finished_elsewhere, is_finished, load_experiment, plan, recorded_swaps,
-                   stale_runs, swap_jobs)
-from ..run.training import evaluate, load_policy_and_guidance, run_config, train
+                   spec_config, stale_runs, swap_jobs)
+from ..run.training import evaluate, load_policy_and_guidance, train
 from .report import write_report
 from .summary import BEFORE, reproduced, set_aside, update_swaps, write_summary
 
@@ -50,7 +51,6 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     if is_finished(s.out):
         write_summary(s)
         return {"key": s.key, "status": "skipped"}
-    run = dict(s.run)
     Path(s.out).mkdir(parents=True, exist_ok=True)
     if not _take_lock(Path(s.out)):
         return {"key": s.key, "status": "busy"}
@@ -58,10 +58,8 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
     try:
         set_aside(s)  # its summary stands (trained elsewhere): kept aside, then compared when this run finishes
-        if s.guidance_from:
-            run["guidance_ckpt"] = str(wait_for_guidance(s.guidance_from))
-        cfg = run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed, out=s.out,
-                         **run)
+        cfg = spec_config(s, **({"guidance_ckpt": str(wait_for_guidance(s.guidance_from))} if s.guidance_from
+                                 else {}))
         result = train(cfg, progress=False, resume=(Path(s.out) / "config.yaml").exists())
     except BaseException as e:  # leave a marker so runs waiting on this one stop waiting
         Path(s.out).mkdir(parents=True, exist_ok=True)
@@ -326,6 +324,21 @@ def _runs_to_train(exp: DictConfig, specs: list[RunSpec], stale: dict[str, list[
     return todo + rebuilds, kept, summaries
 
 
+def _check_datasets(todo: list[RunSpec]) -> None:
+    """Every dataset a run still to train reads is there before the first run starts: a missing one would
+    otherwise fail its runs in their workers, after the other tasks' runs had trained for hours, and be said only
+    at the grid's end."""
+    seen: set[str] = set()
+    for s in todo:
+        source = str(s.run.get("dataset") or s.task)
+        if source not in seen:
+            seen.add(source)
+            try:
+                dataset_file(source, task=s.task)
+            except DatasetError as e:
+                raise DatasetError(f"{s.key} (and every run reading the same data): {e}; no run was started") from None
+
+
 def _log_rebuild(key: str, rec: dict[str, Any], log: Callable[[str], None]) -> None:
     if rec["reproduced"]:
         log(f"REBUILT {key}: reproduces its committed summary (curve and final returns equal); "
@@ -382,6 +395,7 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     if unpaired:
         log(f"{unpaired} swaps pair a run finished elsewhere and are not recorded in its summary: they cannot run "
             f"here{'' if rebuild else ' (--rebuild trains again the runs they need)'}")
+    _check_datasets(todo)
     # a fresh process per job (isolate_runs, default on): a phase's peak RSS is then its run's alone
     results += run_jobs(swaps + [(execute_run, asdict(s)) for s in todo], backend, workers, ray_cfg, log,
                         isolate=bool(exp.get("isolate_runs", True)))

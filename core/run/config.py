@@ -120,7 +120,14 @@ def parse_overrides(items: Iterable[str]) -> list[str]:
 
 def build_run_config(guidance: dict[str, Any], policy: dict[str, Any], run: dict[str, Any],
                      overrides: Iterable[str] = ()) -> DictConfig:
-    """Merge the three sections and the user's dotted overrides in struct mode."""
+    """Merge the three sections and the user's dotted overrides in struct mode.
+
+    A ``run`` key the defaults do not have is refused like a misspelt override: merged in, it would widen the
+    struct and be recorded in ``config.yaml`` while the run trained with the default it meant to replace (an
+    experiment's ``budget: {polcy_steps: 50000}`` trained 1000 steps)."""
+    unknown = [k for k in run if k not in RUN_DEFAULTS]
+    if unknown:
+        raise ConfigError(f"unknown config key 'run.{unknown[0]}'; keys in 'run': {', '.join(RUN_DEFAULTS)}")
     base = OmegaConf.create({"run": {**RUN_DEFAULTS, **run}, "guidance": guidance, "policy": policy})
     OmegaConf.set_struct(base, True)
     try:
