@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from modzoo.errors import ConfigError, DatasetError
+from modzoo.grid.check import read_experiment
 from modzoo.grid.plan import load_experiment
 from modzoo.grid.runner import run_experiment
 from modzoo.run.training import run_config
@@ -52,10 +53,19 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
     assert str(path) in msg and "not valid YAML at line 3" in msg
 
 
+def test_a_number_in_e_notation_stays_a_number(tmp_path):
+    """The file is read by OmegaConf's YAML loader, as before the check: plain PyYAML reads 2.5e-1 as a string."""
+    exp = _exp(tmp_path)
+    exp["ray"] = {"gpus_per_run": "GPUS"}
+    path = _write(tmp_path, exp)
+    path.write_text(path.read_text().replace("GPUS", "2.5e-1"))
+    assert read_experiment(path).ray.gpus_per_run == 0.25
+
+
 def test_a_file_that_is_not_a_mapping_is_refused(tmp_path):
     path = tmp_path / "list.yaml"
     path.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="holds list, not a mapping"):
+    with pytest.raises(ConfigError, match="holds a ListConfig, not a mapping"):
         load_experiment(str(path))
 
 
