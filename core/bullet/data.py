@@ -335,11 +335,16 @@ def _must_exist(path: Path) -> None:
         raise DatasetError(f"dataset file {path} does not exist: give an existing path or build it with `modzoo data collect NAME --out {path}`")
 
 
+def _from_minari(name_or_path: str) -> bool:
+    """A Minari dataset id, unless a file of that name is here (a path wins)."""
+    return is_minari_id(name_or_path) and not Path(name_or_path).expanduser().exists()
+
+
 def dataset_file(name_or_path: str, task: str | None = None) -> Path | None:
     """The file :func:`load_dataset` would read, without reading it, or the one line it would fail with on a
     missing file: a grid checks every dataset its runs need before the first of them starts. None for a Minari
     id, whose data Minari finds."""
-    if is_minari_id(str(name_or_path)) and not Path(str(name_or_path)).expanduser().exists():
+    if _from_minari(str(name_or_path)):
         return None
     path, _ = _resolve(str(name_or_path), task)
     _must_exist(path)
@@ -362,7 +367,7 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
     The task (which env the data belongs to) is, in order: the ``task`` argument, the file's ``task``
     attribute, or the file name (D4RL's ``bullet-hopper_medium.hdf5`` or ``bullet-hopper-medium-v0.hdf5``).
     """
-    if is_minari_id(str(name_or_path)) and not Path(str(name_or_path)).expanduser().exists():
+    if _from_minari(str(name_or_path)):
         return _load_minari(str(name_or_path))
     path, t = _resolve(str(name_or_path), task)
     raw, attrs = read_raw(path)

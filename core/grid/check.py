@@ -2,8 +2,8 @@
 
 A grid runs for hours, and each run builds its own config in a worker: a misspelt key, an override a plugin does
 not have or a task that does not exist would otherwise surface as one FAILED line per run after the other runs had
-trained, or not at all (an unknown top-level or swap key was read by nothing). Everything here is pure: no dataset
-is read and no run dir touched, so ``--status`` and ``--report-only`` get the same checks for free.
+trained, or not at all (an unknown top-level or swap key was read by nothing). Nothing here reads a dataset
+or touches a run dir, so ``--status`` and ``--report-only`` get the same checks for free.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..bullet.minari_data import is_minari_id
 from ..bullet.tasks import task_of
-from ..errors import ConfigError, EnvError, ModzooError
+from ..errors import ConfigError, EnvError
 
 #: Top-level keys with what each is for; every one is read somewhere in :mod:`modzoo.grid`.
 KEYS: dict[str, str] = {
@@ -31,6 +31,8 @@ REQUIRED = ("name", "out", "summaries", "report", "tasks", "seeds", "budget", "a
 ARM_KEYS = ("guidance", "policy", "schedule", "preset", "overrides", "run", "guidance_from")
 SWAP_KEYS = ("other_seed", "other_algorithm", "selection", "temperature", "episodes")
 RAY_KEYS = ("address", "num_cpus", "cpus_per_run", "gpus_per_run")
+#: The arm the reference check sits beside when ``reference`` names none.
+REFERENCE_ARM = "dql-joint"
 
 
 def read_experiment(path: Path) -> DictConfig:
@@ -99,8 +101,8 @@ def check_structure(exp: DictConfig, source: Path | str) -> None:
     if ref is not None:
         if not isinstance(ref, dict) or set(ref) - {"dir", "arm"} or "dir" not in ref:
             fail(f"'reference' must be {{dir: FOLDER, arm: ARM}} (the arm the reference sits beside), got {ref!r}")
-        if ref.get("arm", "dql-joint") not in arms:
-            fail(f"reference.arm: {ref.get('arm', 'dql-joint')!r} is not an arm of this experiment; its arms: "
+        if ref.get("arm", REFERENCE_ARM) not in arms:
+            fail(f"reference.arm: {ref.get('arm', REFERENCE_ARM)!r} is not an arm of this experiment; its arms: "
                  f"{', '.join(arms)}")
     beside = c.get("beside")
     if beside is not None and (not isinstance(beside, dict) or set(beside) != {"experiment"}):
@@ -141,16 +143,6 @@ def _check_mapping(c: dict[str, Any], key: str, known: Iterable[str], fail: Call
     for k in value:
         if k not in known:
             fail(f"{key}: unknown key {k!r}{_near(k, known)}; known: {', '.join(known)}")
-
-
-def check_cells(cells: Iterable[tuple[str, str, Callable[[], Any]]], source: Path | str) -> None:
-    """Build each (task, arm)'s run config once; the first that fails names its arm and task. ``cells``:
-    (task, arm, a function building that cell's config)."""
-    for task, arm, build in cells:
-        try:
-            build()
-        except ModzooError as e:
-            raise ConfigError(f"experiment {source}: arm {arm!r} on {task}: {e}") from None
 
 
 def _near(key: str, known: Iterable[str]) -> str:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from ..bullet.tasks import task_of
 from ..errors import ModzooError
 from .aggregate import REPS, iqm_difference, iqm_interval, probability_of_improvement
+from .check import REFERENCE_ARM
 from .plan import config_drift, load_experiment, plan
 
 
@@ -328,7 +329,7 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
     ref = exp.get("reference")
     if not ref or not Path(str(ref.get("dir", ""))).is_dir():
         return []
-    arm = str(ref.get("arm", "dql-joint"))
+    arm = str(ref.get("arm", REFERENCE_ARM))
     ours = {(r.task, r.seed): dict(r.curve) for r in runs if r.arm == arm}
     rows, episodes = [], set()
     tasks = set(exp.get("tasks") or [])

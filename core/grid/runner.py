@@ -58,8 +58,8 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
     try:
         set_aside(s)  # its summary stands (trained elsewhere): kept aside, then compared when this run finishes
-        cfg = spec_config(s, **({"guidance_ckpt": str(wait_for_guidance(s.guidance_from))} if s.guidance_from
-                                 else {}))
+        reused = {"guidance_ckpt": str(wait_for_guidance(s.guidance_from))} if s.guidance_from else {}
+        cfg = spec_config(s, **reused)
         result = train(cfg, progress=False, resume=(Path(s.out) / "config.yaml").exists())
     except BaseException as e:  # leave a marker so runs waiting on this one stop waiting
         Path(s.out).mkdir(parents=True, exist_ok=True)
@@ -330,11 +330,10 @@ def _check_datasets(todo: list[RunSpec]) -> None:
     at the grid's end."""
     seen: set[str] = set()
     for s in todo:
-        source = str(s.run.get("dataset") or s.task)
-        if source not in seen:
-            seen.add(source)
+        if s.data_source not in seen:
+            seen.add(s.data_source)
             try:
-                dataset_file(source, task=s.task)
+                dataset_file(s.data_source, task=s.task)
             except DatasetError as e:
                 raise DatasetError(f"{s.key} (and every run reading the same data): {e}; no run was started") from None
 
