@@ -44,6 +44,19 @@ def test_the_valid_experiment_loads(tmp_path):
     assert load_experiment(str(_write(tmp_path, _exp(tmp_path)))).name == "chk"
 
 
+def test_a_path_that_is_no_experiment_file_says_so_not_unknown_name(tmp_path):
+    """A typo in a path used to be reported as an unknown experiment name, listing the shipped ones."""
+    other = tmp_path / "notes.txt"
+    other.write_text("tasks: []\n")
+    for arg, expected in ((str(other), "is not an experiment file: give a .yaml or .yml file"),
+                          (str(tmp_path / "gone.yaml"), f"no experiment file {tmp_path / 'gone.yaml'}: check the path"),
+                          (str(tmp_path / "gone"), "no experiment file"),
+                          ("no-such-grid", "unknown experiment 'no-such-grid'; known: gfdt-50k")):
+        with pytest.raises(ConfigError) as e:
+            load_experiment(arg)
+        assert expected in _one_line(e), arg
+
+
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\ntasks: [a,\n")

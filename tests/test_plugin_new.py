@@ -181,6 +181,10 @@ def test_registry_file_describes_first_party_plugins_whatever_else_is_installed(
         assert registry_yaml_text() == committed.read_text()
         rc, out, err = run_cli(capsys, "registry", "--check", "--path", str(committed))
         assert rc == 0 and "is current" in out, err
+        rc, _, err = run_cli(capsys, "registry", "--check", "--path", str(tmp_path / "r.yaml"))
+        assert rc == 2 and "r.yaml does not exist" in err and "out of date" not in err
+        rc, _, err = run_cli(capsys, "registry", "--write", "--path", str(tmp_path / "no" / "r.yaml"))
+        assert rc == 2 and f"its folder {tmp_path / 'no'} does not exist" in err
         rc, _, err = run_cli(capsys, "registry", "--write", "--path", str(tmp_path / "r.yaml"))
         assert rc == 0, err
         written = (tmp_path / "r.yaml").read_text()

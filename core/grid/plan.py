@@ -54,8 +54,12 @@ class RunSpec:
 
 def find_experiment(name: str) -> Path:
     p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
+    if p.is_file():
+        raise ConfigError(f"{name} is not an experiment file: give a .yaml or .yml file, or an experiment's name")
+    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
+        raise ConfigError(f"no experiment file {name}: check the path, or give the name of one in ./experiments/")
     for d in EXPERIMENT_DIRS:
         for cand in (d / f"{name}.yaml", d / f"{name}.yml"):
             if cand.exists():
