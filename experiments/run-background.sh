@@ -18,7 +18,10 @@
 # Only the repository outlives a machine: on a new one the run dirs (checkpoints) are gone. The grid then keeps the
 # runs whose summaries are committed as finished elsewhere; --rebuild trains again, behind the runs still to
 # train, those whose checkpoints a swap still needs (each checked against its committed summary), and a run that
-# was mid-training starts again from step 0.
+# was mid-training starts again from step 0. All the rebuilds a swap needs can be more than one machine's lifetime
+# (a new machine loses them again): REBUILD_ONLY="PATTERN ..." (run-key globs, task/arm/seedN) rebuilds just those,
+# e.g. REBUILD_ONLY="bullet-walker2d-medium-v0/idql-joint/seed2"; `modzoo experiment gfdt-50k --status
+# --rebuild-only PATTERN` prices a choice first.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 BG=${BG:-/work/bg}
@@ -46,6 +49,11 @@ checkout() {  # dir: clone it on first use; else update it from here, only while
   (cd "$dir" && .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . && rm -rf modzoo.egg-info)
 }
 checkout "$BG"
+rebuild=(--rebuild)
+if [ -n "${REBUILD_ONLY:-}" ]; then
+  rebuild=()
+  for p in $REBUILD_ONLY; do rebuild+=(--rebuild-only "$p"); done
+fi
 
 # start name command...: run the command in $BG at low priority, unless a job whose command line holds the name
 # (followed by a space or its end, so gfdt-50k is not gfdt-50k-ablation) already runs
@@ -66,9 +74,9 @@ from modzoo.grid.plan import load_experiment
 print(' '.join(t for t in load_experiment('gfdt-50k').tasks if not dataset_path(t).exists()))")
 if [ -n "$missing" ]; then
   start "modzoo experiment gfdt-50k" bash -c "printf '%s\n' $missing | xargs -P 2 -I{} .venv/bin/modzoo data collect {} --seed 0
-    exec .venv/bin/modzoo experiment gfdt-50k --rebuild"
+    exec .venv/bin/modzoo experiment gfdt-50k $(printf "%q " "${rebuild[@]}")"
 else
-  start "modzoo experiment gfdt-50k" .venv/bin/modzoo experiment gfdt-50k --rebuild
+  start "modzoo experiment gfdt-50k" .venv/bin/modzoo experiment gfdt-50k "${rebuild[@]}"
 fi
 
 # the authors' Diffusion-QL at 50k steps, one seed per task, one after another

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+from modzoo.errors import ConfigError
 from modzoo.grid.plan import load_experiment, plan
 from modzoo.grid.runner import run_experiment
 
@@ -189,7 +190,6 @@ def test_a_run_reusing_a_stale_runs_guidance_is_stale_too(tiny_experiment, tmp_p
 
 
 def test_unknown_experiment_lists_known():
-    from modzoo.errors import ConfigError
     with pytest.raises(ConfigError, match="gfdt-cpu"):
         load_experiment("nope")
 
@@ -494,6 +494,36 @@ def test_a_rebuild_sets_the_committed_summary_aside_once(tiny_experiment, tmp_pa
     assert not set_aside(specs[f"{TASK}/idql-joint/seed1"])  # trained here: its run dir is its record
 
 
+def test_rebuild_only_retrains_just_the_runs_it_names(tiny_experiment, tmp_path):
+    """Both idql-joint run dirs lost: --rebuild would retrain both; --rebuild-only seed0 retrains seed 0 alone (a
+    machine that lives one session), and a pattern that matches no run to rebuild is refused before any trains."""
+    import shutil
+    from modzoo.grid.status import grid_status
+
+    _lose_a_run_dir_and_the_swap_that_needed_it(tiny_experiment, tmp_path)
+    shutil.rmtree(tmp_path / "runs" / TASK / "idql-joint" / "seed1")
+    for root in ("runs", "summaries"):
+        path = tmp_path / root / TASK / "idql-joint" / "seed0" / "swaps.json"
+        if path.exists():
+            sw = json.loads(path.read_text())
+            sw.pop("other_seed", None)
+            path.write_text(json.dumps(sw))
+    exp = load_experiment(str(tiny_experiment))
+    s0, s1 = f"{TASK}/idql-joint/seed0", f"{TASK}/idql-joint/seed1"
+    states = lambda **k: {r["key"]: r["state"] for r in grid_status(exp, **k)[0]}  # noqa: E731
+    assert states(rebuild=True)[s0] == states(rebuild=True)[s1] == "not started"
+    only = states(rebuild_only=[f"{TASK}/idql-joint/seed0"])
+    assert only[s0] == "not started" and only[s1] == "finished"
+    with pytest.raises(ConfigError, match=rf"--rebuild-only \*/dql-\*/\*: no run to rebuild matches it; those a "
+                                          rf"swap still needs: {s0}, {s1}$"):
+        run_experiment(str(tiny_experiment), log=lambda m: None, report=False, rebuild_only=["*/dql-*/*"])
+    assert not (tmp_path / "runs" / TASK / "idql-joint" / "seed0").exists()  # refused before anything started
+    out = run_experiment(str(tiny_experiment), log=lambda m: None, report=False, rebuild_only=["*/idql-joint/seed0"])
+    status = {r["key"]: r["status"] for r in out["results"]}
+    assert status[s0] == "ok" and status[s1] == "summary only"
+    assert not any(k.endswith(":other_seed") and v == "ok" for k, v in status.items())  # they pair seed 1
+
+
 def test_the_cli_passes_rebuild_to_the_grid_and_to_status(monkeypatch, capsys):
     import importlib
     cli = importlib.import_module("modzoo.cli.main")  # the package exports the function main under that name
@@ -501,9 +531,13 @@ def test_the_cli_passes_rebuild_to_the_grid_and_to_status(monkeypatch, capsys):
     monkeypatch.setattr(cli, "run_experiment", lambda *a, **k: seen.update(k) or
                         {"experiment": "x", "runs": 0, "failed": 0, "seconds": 0.0})
     assert cli.main(["experiment", "gfdt-50k", "--rebuild"]) == 0 and seen["rebuild"] is True
-    monkeypatch.setattr(cli, "grid_status", lambda exp, rebuild=False: seen.update(status=rebuild) or ([], {
-        "swaps": 0, "swaps_done": 0, "jobs": []}))
+    assert cli.main(["experiment", "gfdt-50k", "--rebuild-only", "a/*", "--rebuild-only", "b"]) == 0
+    assert seen["rebuild_only"] == ["a/*", "b"]
+    monkeypatch.setattr(cli, "grid_status", lambda exp, rebuild=False, rebuild_only=(): seen.update(
+        status=rebuild, status_only=rebuild_only) or ([], {"swaps": 0, "swaps_done": 0, "jobs": []}))
     assert cli.main(["experiment", "gfdt-50k", "--status", "--rebuild"]) == 0 and seen["status"] is True
+    assert cli.main(["experiment", "gfdt-50k", "--status", "--rebuild-only", "x"]) == 0
+    assert seen["status_only"] == ["x"]
 
 
 def test_a_swap_starts_as_soon_as_its_two_runs_have_finished(tiny_experiment, tmp_path):

@@ -295,7 +295,7 @@ def _print_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> No
 def cmd_experiment(args: argparse.Namespace) -> int:
     if args.status:
         exp = load_experiment(args.name, args.overrides)
-        rows, swaps = grid_status(exp, rebuild=args.rebuild)
+        rows, swaps = grid_status(exp, rebuild=args.rebuild, rebuild_only=args.rebuild_only)
         print(format_status(str(exp.name), rows, swaps))
         left = seconds_left(rows, swaps)
         if left and left["wall"]:  # None before a run has finished, 0 once none is left to run
@@ -306,7 +306,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     summary = run_experiment(args.name, args.overrides, backend=args.backend, workers=args.workers,
-                             train=not args.swaps_only, rebuild=args.rebuild)
+                             train=not args.swaps_only, rebuild=args.rebuild, rebuild_only=args.rebuild_only)
     print(f"experiment {summary['experiment']}: {summary['runs']} runs, {summary['failed']} failed, "
           f"{summary['seconds']:.0f} s")
     return 1 if summary["failed"] else 0
@@ -445,6 +445,10 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
                         "here, no run dir) whose checkpoints a swap still to run needs; each is compared with its "
                         "committed summary, whose swaps it keeps if it reproduces it and which is kept beside it "
                         "(before-rebuild/) if not. With --status: where the grid stands counting those runs")
+    p.add_argument("--rebuild-only", action="append", default=[], metavar="PATTERN",
+                   help="--rebuild, but only the runs whose key (task/arm/seedN) matches this glob, e.g. "
+                        "'bullet-walker2d-medium-v0/idql-*/seed2' (repeatable; the runs whose guidance they reuse "
+                        "come along): the few rebuilds that close some swaps within one machine's lifetime")
     p.add_argument("overrides", nargs="*", help="e.g. seeds=[0,1] budget.policy_steps=1000")
     p.set_defaults(func=cmd_experiment)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from fnmatch import fnmatch
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -260,34 +261,45 @@ def summary_only_runs(specs: list[RunSpec]) -> dict[str, Path]:
 
 
 def runs_to_rebuild(exp: DictConfig, specs: list[RunSpec], kept: dict[str, Path],
-                    finish_here: set[str]) -> list[RunSpec]:
+                    finish_here: set[str], only: Sequence[str] = ()) -> list[RunSpec]:
     """The runs finished elsewhere (``kept``) to train again here so that the swaps they pair can run: each swap
     not yet recorded whose two runs finish here (``finish_here``) or are kept, and one of them is kept; and the
-    kept runs whose guidance those reuse. In plan order (sources before the runs that reuse them)."""
+    kept runs whose guidance those reuse. In plan order (sources before the runs that reuse them).
+
+    ``only``: glob patterns of run keys (``task/arm/seedN``): just the runs to rebuild that match one, so that a
+    machine that holds its run dirs only for a session rebuilds the few that close some swaps, not all of them."""
     need: set[str] = set()
     for j in swap_jobs(exp):
         pair = {j["policy_run"], j["guidance_run"]}
         if pair & set(kept) and pair <= finish_here | set(kept) \
                 and j["label"] not in recorded_swaps(j["policy_run"], kept):
             need |= pair & set(kept)
+    if only:
+        keys = {s.out: s.key for s in specs if s.out in need}
+        for pattern in only:
+            if not any(fnmatch(k, pattern) for k in keys.values()):
+                raise ConfigError(f"--rebuild-only {pattern}: no run to rebuild matches it; those a swap still "
+                                  f"needs: {', '.join(sorted(keys.values())) or 'none'}")
+        need = {out for out, k in keys.items() if any(fnmatch(k, p) for p in only)}
     for s in reversed(specs):  # a run that reuses a guidance comes after its source
         if s.out in need and s.guidance_from in kept:
             need.add(s.guidance_from)
     return [s for s in specs if s.out in need]
 
 
-def finished_elsewhere(exp: DictConfig, specs: list[RunSpec], rebuild_beside: dict[str, list[str]] | None
-                       ) -> tuple[dict[str, Path], dict[str, Path], list[RunSpec]]:
+def finished_elsewhere(exp: DictConfig, specs: list[RunSpec], rebuild_beside: dict[str, list[str]] | None,
+                       only: Sequence[str] = ()) -> tuple[dict[str, Path], dict[str, Path], list[RunSpec]]:
     """The runs finished elsewhere, as a grid run and ``--status`` both see them: those kept as they are
     (:func:`summary_only_runs`), the summary folders of all of them (a rebuild that reproduces its summary carries
     that summary's swaps over), and the runs to rebuild (:func:`runs_to_rebuild`). ``rebuild_beside``: the stale
-    runs (:func:`stale_runs`), which do not finish here, when rebuilding; None for no rebuild."""
+    runs (:func:`stale_runs`), which do not finish here, when rebuilding; None for no rebuild. ``only``: the
+    rebuilds' key patterns (:func:`runs_to_rebuild`)."""
     kept = summary_only_runs(specs)
     summaries = dict(kept)
     rebuilds: list[RunSpec] = []
     if rebuild_beside is not None:
         here = {s.out for s in specs if s.out not in kept and s.out not in rebuild_beside}
-        rebuilds = runs_to_rebuild(exp, specs, kept, here)
+        rebuilds = runs_to_rebuild(exp, specs, kept, here, only)
         for s in rebuilds:
             del kept[s.out]
     return kept, summaries, rebuilds

@@ -13,7 +13,7 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -304,11 +304,12 @@ def run_jobs(jobs: list[Job], backend: str, workers: int, ray_cfg: dict[str, Any
 
 
 def _runs_to_train(exp: DictConfig, specs: list[RunSpec], stale: dict[str, list[str]], done: set[str], train: bool,
-                   rebuild: bool, log: Callable[[str], None]) -> tuple[list[RunSpec], dict[str, Path], dict[str, Path]]:
+                   rebuild: bool, log: Callable[[str], None], only: Sequence[str] = ()
+                   ) -> tuple[list[RunSpec], dict[str, Path], dict[str, Path]]:
     """The runs to train, in order (``rebuild``: then the runs finished elsewhere that a swap needs), the runs
     finished elsewhere kept as they are, and the summary folders of all runs finished elsewhere, rebuilt or not
     (a rebuild that reproduces its summary carries that summary's swaps over)."""
-    kept, summaries, rebuilds = finished_elsewhere(exp, specs, stale if train and rebuild else None)
+    kept, summaries, rebuilds = finished_elsewhere(exp, specs, stale if train and rebuild else None, only)
     todo = [s for s in specs if s.out not in stale and s.out not in done and s.out not in summaries] if train else []
     if train:
         log(f"{len(specs)} runs ({len(done)} already finished, skipped; {len(stale)} stale, left alone)")
@@ -349,11 +350,13 @@ def _log_rebuild(key: str, rec: dict[str, Any], log: Callable[[str], None]) -> N
 
 def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backend: str | None = None,
                    workers: int | None = None, log: Callable[[str], None] = print,
-                   report: bool = True, train: bool = True, rebuild: bool = False) -> dict[str, Any]:
+                   report: bool = True, train: bool = True, rebuild: bool = False,
+                   rebuild_only: Sequence[str] = ()) -> dict[str, Any]:
     """Run (or resume) the grid and its swaps, each swap as soon as its two runs have finished, then write the
     report (``train=False``: only the swaps whose runs have finished, and the report). ``rebuild``: also train
     again, after the runs still to train, the runs finished elsewhere that a swap still to run needs
-    (:mod:`modzoo.grid.summary` says how each is checked against its committed summary)."""
+    (:mod:`modzoo.grid.summary` says how each is checked against its committed summary); ``rebuild_only``: just
+    those of them whose key matches one of these glob patterns (:func:`~modzoo.grid.plan.runs_to_rebuild`)."""
     exp = load_experiment(name, overrides)
     backend = backend or exp.get("backend", "local")
     workers = int(workers or exp.get("workers", 1))
@@ -372,7 +375,8 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
         if s.out in done:
             write_summary(s)
             results.append({"key": s.key, "status": "skipped"})
-    todo, kept, summaries = _runs_to_train(exp, specs, stale, done, train, rebuild, log)
+    todo, kept, summaries = _runs_to_train(exp, specs, stale, done, train, rebuild or bool(rebuild_only), log,
+                                           rebuild_only)
     results += [{"key": s.key, "status": "summary only"} for s in specs if s.out in kept]
     # A swap pairs runs that have finished or will in this grid; a stale run's policy or guidance is from another
     # config, so no swap pairs it with the current ones. Swaps go first in the queue: each starts as soon as its

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
@@ -172,15 +172,18 @@ def format_time_left(left: dict[str, float], workers: int) -> str:
             f"worker{'s' if workers > 1 else ''}")
 
 
-def grid_status(exp: DictConfig, rebuild: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def grid_status(exp: DictConfig, rebuild: bool = False, rebuild_only: Sequence[str] = ()
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every run's status (:func:`run_status`), and the swap evaluations the experiment asks for: how many, how
     many are done (recorded in their policy runs' ``swaps.json``, or in the summary of a run finished elsewhere),
     how many can never run here (``swaps_unpaired``: not done, and a run they pair has no checkpoints here), and each
     other job with its record (None while pending). ``rebuild``: as a grid run with ``--rebuild`` would see it, the
     runs finished elsewhere that it would train again counted as not started, and the swaps their summaries record
-    as done (carried over when the rebuild reproduces the run)."""
+    as done (carried over when the rebuild reproduces the run); ``rebuild_only``: with only the rebuilds whose keys
+    match these patterns."""
     specs = plan(exp)
-    kept, summaries, _ = finished_elsewhere(exp, specs, stale_runs(specs) if rebuild else None)
+    rebuild = rebuild or bool(rebuild_only)
+    kept, summaries, _ = finished_elsewhere(exp, specs, stale_runs(specs) if rebuild else None, rebuild_only)
     rows = [run_status(s, kept.get(s.out)) for s in specs]
     for row in rows:  # a run to rebuild: what it cost where it first trained prices it
         if row["spec"].out in summaries and row["spec"].out not in kept and row["state"] == "not started":
