@@ -518,6 +518,12 @@ def test_rebuild_only_retrains_just_the_runs_it_names(tiny_experiment, tmp_path)
                                           rf"swap still needs: {s0}, {s1}$"):
         run_experiment(str(tiny_experiment), log=lambda m: None, report=False, rebuild_only=["*/dql-*/*"])
     assert not (tmp_path / "runs" / TASK / "idql-joint" / "seed0").exists()  # refused before anything started
+    # interrupted after its first step: its run dir now exists, so it resumes as a run to train, and the same
+    # --rebuild-only that started it must still be accepted
+    from modzoo.grid.summary import set_aside
+    spec = next(s for s in plan(exp) if s.key == s0)
+    assert set_aside(spec)
+    shutil.copyfile(tmp_path / "summaries" / TASK / "idql-joint" / "seed0" / "config.yaml", Path(spec.out) / "config.yaml")
     out = run_experiment(str(tiny_experiment), log=lambda m: None, report=False, rebuild_only=["*/idql-joint/seed0"])
     status = {r["key"]: r["status"] for r in out["results"]}
     assert status[s0] == "ok" and status[s1] == "summary only"

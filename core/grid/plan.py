@@ -260,6 +260,9 @@ def summary_only_runs(specs: list[RunSpec]) -> dict[str, Path]:
     return kept
 
 
+BEFORE = "before-rebuild"  # the committed summary of a run being rebuilt, set aside in its run dir
+
+
 def runs_to_rebuild(exp: DictConfig, specs: list[RunSpec], kept: dict[str, Path],
                     finish_here: set[str], only: Sequence[str] = ()) -> list[RunSpec]:
     """The runs finished elsewhere (``kept``) to train again here so that the swaps they pair can run: each swap
@@ -276,8 +279,10 @@ def runs_to_rebuild(exp: DictConfig, specs: list[RunSpec], kept: dict[str, Path]
             need |= pair & set(kept)
     if only:
         keys = {s.out: s.key for s in specs if s.out in need}
+        # a rebuild that started here before an interruption now has a run dir, so it resumes as a run to train
+        started = [s.key for s in specs if (Path(s.out) / BEFORE).is_dir() and not is_finished(s.out)]
         for pattern in only:
-            if not any(fnmatch(k, pattern) for k in keys.values()):
+            if not any(fnmatch(k, pattern) for k in [*keys.values(), *started]):
                 raise ConfigError(f"--rebuild-only {pattern}: no run to rebuild matches it; those a swap still "
                                   f"needs: {', '.join(sorted(keys.values())) or 'none'}")
         need = {out for out, k in keys.items() if any(fnmatch(k, p) for p in only)}

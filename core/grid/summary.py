@@ -22,10 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from .plan import RunSpec, config_drift
+from .plan import BEFORE, RunSpec, config_drift
 
 SUMMARY_FILES = ("result.json", "swaps.json", "config.yaml")  # with curve.csv, made from metrics.jsonl
-BEFORE = "before-rebuild"  # the committed summary of a run being rebuilt, set aside
 RECORD = "rebuild.json"  # how a rebuild compares with that summary
 
 
