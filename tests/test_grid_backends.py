@@ -66,3 +66,47 @@ def test_failed_run_is_retried_once_and_reported(tmp_path, small_dataset_path):
     assert out["failed"] == 2
     assert any("retrying 2 failed job(s) once" in m for m in logs)
     assert sum(m.startswith("FAILED") for m in logs) == 2
+
+
+def test_a_sigterm_to_the_grid_stops_its_workers(tmp_path, small_dataset_path):
+    """`kill` of the grid process used to end it alone: its pool's workers trained on as orphans, holding their
+    runs' LOCKs against the next grid. Now they stop with it, and the next grid resumes the runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from modzoo.grid.runner import lock_holder
+
+    p = write_exp(tmp_path, small_dataset_path, "killed", "local", workers=2)
+    exp = yaml.safe_load(p.read_text())
+    exp["budget"].update(guidance_steps=10**6, policy_steps=10**6)  # still training when the signal comes
+    p.write_text(yaml.safe_dump(exp))
+    runs = tmp_path / "killed" / "runs" / TASK
+    grid = subprocess.Popen([sys.executable, "-c", "import sys; from modzoo.cli import main; sys.exit(main())",
+                             "experiment", str(p)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            workers = [pid for d in runs.glob("*/seed*") if (pid := lock_holder(d))]
+            if len(workers) == 2:
+                break
+            time.sleep(0.5)
+        assert len(workers) == 2, "the two runs never started"
+        grid.send_signal(signal.SIGTERM)
+        assert grid.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.time() + 30
+        while time.time() < deadline and any(lock_holder(d) for d in runs.glob("*/seed*")):
+            time.sleep(0.2)
+        for pid in workers:  # gone, not training on
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if grid.poll() is None:
+            grid.kill()
+        for d in runs.glob("*/seed*"):
+            if (pid := lock_holder(Path(d))):
+                os.kill(pid, signal.SIGKILL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import warnings
@@ -292,6 +293,12 @@ def _print_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> No
         print(f"  # {why}\n  {prog} {shlex.join(argv)}")
 
 
+def _exit_on_sigterm() -> None:
+    """A SIGTERM (``kill``, a scheduler's stop) ends the grid as Ctrl-C does: through its cleanup, which stops the
+    pool's workers; by default it would end this process alone and leave them training as orphans."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     if args.status:
         exp = load_experiment(args.name, args.overrides)
@@ -305,6 +312,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         path = write_report(load_experiment(args.name, args.overrides))
         print(f"wrote {path}")
         return 0
+    _exit_on_sigterm()
     summary = run_experiment(args.name, args.overrides, backend=args.backend, workers=args.workers,
                              train=not args.swaps_only, rebuild=args.rebuild, rebuild_only=args.rebuild_only)
     print(f"experiment {summary['experiment']}: {summary['runs']} runs, {summary['failed']} failed, "

@@ -196,6 +196,8 @@ class _Serial:
     def close(self) -> None:
         pass
 
+    abort = close  # the job runs in this process: it stops with it
+
 
 class _Pool:
     """A local process pool; ``isolate``: a worker serves one job, so a job's peak RSS is its own."""
@@ -215,6 +217,14 @@ class _Pool:
 
     def close(self) -> None:
         self.ex.shutdown()
+
+    def abort(self) -> None:
+        """End the workers with the grid: left running, each trains on as an orphan, holding its run's LOCK
+        against the next grid. ``ProcessPoolExecutor`` has no public way to stop a busy worker before Python 3.14
+        (``terminate_workers``), hence its ``_processes``; a killed run resumes from its last checkpoint."""
+        for proc in list((getattr(self.ex, "_processes", None) or {}).values()):
+            proc.terminate()
+        self.ex.shutdown(wait=False, cancel_futures=True)
 
 
 class _Ray:
@@ -244,6 +254,10 @@ class _Ray:
 
     def close(self) -> None:
         pass
+
+    def abort(self) -> None:
+        """Ray ends a driver's running tasks when the driver disconnects (and a local cluster's workers with it)."""
+        self.ray.shutdown()
 
 
 def _drain(pool: Any, jobs: list[Job], ready: Callable[[Job], bool]) -> tuple[list[dict[str, Any]], list[Job]]:
@@ -296,8 +310,10 @@ def run_jobs(jobs: list[Job], backend: str, workers: int, ray_cfg: dict[str, Any
             results += _drain(pool, runs, lambda job: True)[0]
         if len(runs) < len(waiting):
             log(f"{len(waiting) - len(runs)} swap evaluation(s) left out: a run they pair did not finish")
-    finally:
-        pool.close()
+    except BaseException:  # Ctrl-C, or a SIGTERM (the CLI turns it into SystemExit): the workers stop too
+        pool.abort()
+        raise
+    pool.close()
     for r in results:
         r.pop("fn", None)
     return results
