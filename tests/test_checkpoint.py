@@ -89,6 +89,11 @@ def test_missing_and_wrong_kind(tmp_path):
     save_half(modzoo.make_guidance("idql", 5, 2, hidden=[8]), tmp_path / "g.pt")
     with pytest.raises(CheckpointError, match="holds a guidance"):
         load_checkpoint(tmp_path / "g.pt", kind="policy")
+    # a run dir given where its checkpoint goes: one line naming the file inside (was an IsADirectoryError)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "g.pt").rename(tmp_path / "run" / "guidance.pt")
+    with pytest.raises(CheckpointError, match=f"is a folder, not a file; pass {tmp_path / 'run' / 'guidance.pt'}$"):
+        load_checkpoint(tmp_path / "run")
 
 
 def test_dims_mismatch_refused_and_dataset_mismatch_warned():

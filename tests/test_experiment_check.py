@@ -141,3 +141,14 @@ def test_status_and_report_need_no_dataset(tmp_path):
     exp = _exp(tmp_path, dataset=str(tmp_path / "nope.hdf5"))
     summary = run_experiment(str(_write(tmp_path, exp)), log=lambda m: None, train=False)
     assert summary["failed"] == 0 and (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_workers_below_one_is_refused_before_anything_runs(capsys, tmp_path, workers):
+    """--workers 0 used to fall back to the experiment's own count, and -1 ran the grid on one worker."""
+    from modzoo.cli.main import main
+
+    path = _write(tmp_path, _exp(tmp_path))
+    assert main(["experiment", str(path), "--workers", workers]) == 2
+    assert f"--workers {workers}: give at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -295,11 +295,18 @@ def _print_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> No
 
 def _exit_on_sigterm() -> None:
     """A SIGTERM (``kill``, a scheduler's stop) ends the grid as Ctrl-C does: through its cleanup, which stops the
-    pool's workers; by default it would end this process alone and leave them training as orphans."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    pool's workers; by default it would end this process alone and leave them training as orphans. A second one
+    (``timeout`` signals the whole process group) must not break into that cleanup."""
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1 (or leave it out for the experiment's own)")
     if args.status:
         exp = load_experiment(args.name, args.overrides)
         rows, swaps = grid_status(exp, rebuild=args.rebuild, rebuild_only=args.rebuild_only)
