@@ -45,7 +45,10 @@ for name in "${EXPERIMENTS[@]}"; do
         "(compare them and the run dir's result.json there before copying anything by hand)" >&2
       continue
     fi
-    for f in $(cd "$BG" && find "$run" -maxdepth 1 -type f | sort); do copy "$f"; done
+    # with a rebuild that did not reproduce its committed summary, that record, set aside in before-rebuild/
+    for f in $(cd "$BG" && find "$run" "$run/before-rebuild" -maxdepth 1 -type f 2>/dev/null | sort); do
+      copy "$f"
+    done
   done
 done
 # a reference JSON is written once, at the end of its run: copied only when it is not here yet (one rewritten here
