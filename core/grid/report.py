@@ -617,7 +617,8 @@ def rebuilt_runs(summaries: str | Path) -> list[str]:
               for d, r in records.items() if not r["reproduced"]]
     its = "its" if len(records) == 1 else "their"
     return [f"**Trained twice**: {len(records)} {'run was' if len(records) == 1 else 'runs were'} trained again "
-            f"(`--rebuild`, for swaps that needed {its} checkpoints) after {its} first summary had been committed; "
+            f"(for the checkpoints a swap, or a run reusing {its} guidance, needed: `--rebuild`) after {its} first "
+            f"summary had been committed; "
             f"{its} time rows are the second training's. Reproduced the first record (curve and final returns "
             f"equal, float for float): {len(same)}{' (' + ', '.join(same) + ')' if same else ''}. "
             f"Did not: {len(differ)}"
