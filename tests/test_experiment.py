@@ -523,7 +523,8 @@ def test_rebuild_only_retrains_just_the_runs_it_names(tiny_experiment, tmp_path)
     from modzoo.grid.summary import set_aside
     spec = next(s for s in plan(exp) if s.key == s0)
     assert set_aside(spec)
-    shutil.copyfile(tmp_path / "summaries" / TASK / "idql-joint" / "seed0" / "config.yaml", Path(spec.out) / "config.yaml")
+    shutil.copyfile(tmp_path / "summaries" / TASK / "idql-joint" / "seed0" / "config.yaml",
+                    Path(spec.out) / "config.yaml")
     out = run_experiment(str(tiny_experiment), log=lambda m: None, report=False, rebuild_only=["*/idql-joint/seed0"])
     status = {r["key"]: r["status"] for r in out["results"]}
     assert status[s0] == "ok" and status[s1] == "summary only"

@@ -70,7 +70,7 @@ def test_failed_run_is_retried_once_and_reported(tmp_path, small_dataset_path):
 
 def test_a_sigterm_to_the_grid_stops_its_workers(tmp_path, small_dataset_path):
     """`kill` of the grid process used to end it alone: its pool's workers trained on as orphans, holding their
-    runs' LOCKs against the next grid. Now they stop with it, and the next grid resumes the runs."""
+    runs' LOCKs against the next grid. Now they stop with it."""
     import os
     import signal
     import subprocess
