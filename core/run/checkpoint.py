@@ -219,9 +219,9 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the guidance.pt/policy.pt of a run dir")
     if path.is_dir():
-        inside = [p.name for p in (path / "guidance.pt", path / "policy.pt") if p.is_file()]
+        inside = " or ".join(str(p) for p in (path / "guidance.pt", path / "policy.pt") if p.is_file())
         raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass "
-                              f"{' or '.join(str(path / n) for n in inside) or 'the guidance.pt/policy.pt of a run dir'}")
+                              f"{inside or 'the guidance.pt/policy.pt of a run dir'}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
