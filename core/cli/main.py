@@ -73,17 +73,15 @@ def cmd_registry(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if args.write:
         if not path.parent.is_dir():
-            print(f"error: cannot write {path}: its folder {path.parent} does not exist; create it or give another "
-                  f"--path", file=sys.stderr)
-            return 2
+            raise ConfigError(f"cannot write {path}: its folder {path.parent} does not exist; create it or give "
+                              f"another --path")
         path.write_text(text)
         print(f"wrote {path}")
         return 0
     if args.check:
         if not path.is_file():
-            print(f"error: {path} does not exist; give the registry file's --path or create it with "
-                  f"`modzoo registry --write --path {path}`", file=sys.stderr)
-            return 2
+            raise ConfigError(f"{path} does not exist; give the registry file's --path or create it with "
+                              f"`modzoo registry --write --path {path}`")
         if path.read_text() != text:
             print(f"{path} is out of date with the first-party plugins (modzoo.plugins); run `modzoo registry --write`",
                   file=sys.stderr)
