@@ -38,7 +38,7 @@ def test_vector_equals_sequential_hopper() -> None:
 
 
 def test_expert_on_ant_and_result_api() -> None:
-    from modzoo.bullet.behaviour import load_pybullet_expert
+    from modzoo.bullet.experts import load_pybullet_expert
 
     res = evaluate_policy(load_pybullet_expert("ant"), "bullet-ant-expert-v0", episodes=2, seed=0, max_steps=200)
     assert isinstance(res, EvalResult)

@@ -204,7 +204,7 @@ def test_bad_presets_are_one_line_errors(tmp_path) -> None:
 def test_an_experiment_arm_names_its_preset(tmp_path) -> None:
     from omegaconf import OmegaConf
 
-    from modzoo.grid.plan import plan
+    from modzoo_lab.grid.plan import plan
     exp = OmegaConf.create({"out": str(tmp_path), "summaries": str(tmp_path / "s"), "tasks": [TASK], "seeds": [0],
                             "budget": {"policy_steps": 10},
                             "arms": {"a": {"guidance": "dql", "policy": "dql", "preset": "gfdt-authors"},

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .behaviour import (ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy,
+from .experts import (ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy,
                         actor_filename, load_pybullet_expert, read_progress, snapshot_near)
 from .data import attr_value, dataset_path, episode_returns_from_raw, write_d4rl_file
 from .envs import make_env

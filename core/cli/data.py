@@ -1,4 +1,4 @@
-"""The ``modzoo data`` command: ``fetch``, ``collect``, ``info``, ``train-behaviour``.
+"""The ``modzoo data`` command: ``fetch``, ``collect``, ``info``, ``export-minari``.
 
 :func:`add_data_commands` adds it to the main parser's subparsers; every leaf sets ``func`` to a handler
 that takes the parsed namespace and returns an exit code. Handlers raise :class:`~modzoo.errors.ModzooError`
@@ -24,18 +24,18 @@ from ..errors import DatasetError, EnvError, ModzooError
 from ..bullet import minari_data
 from ..bullet.data import dataset_path, export_minari, load_dataset
 from ..bullet.minari_data import is_minari_id
-from ..bullet.tasks import bullet_task, robot_of, task_of
+from ..bullet.tasks import bullet_task, task_of
 from ..progress import progress_bar
 from ..bullet.scores import DATASET_URLS, normalized_score
 from ..bullet.collect import collect, collect_replay_from_run
-from ..bullet.behaviour import TrainConfig, export_choice, pack_run, train_behaviour
 
 
 def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``data`` with its subcommands to an ``argparse`` subparsers object; returns the parser."""
-    data = subparsers.add_parser("data", help="fetch, collect, inspect Bullet D4RL datasets; train behaviour policies",
+    data = subparsers.add_parser("data", help="fetch, collect, inspect Bullet D4RL datasets",
                                  description="Bullet D4RL datasets: D4RL's HDF5 layout, cached in $D4RL_DATASET_DIR (default ~/.d4rl/datasets).")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.commands = sub  # where another package adds a subcommand (the lab's train-behaviour)
     sub.required = True
 
     p = sub.add_parser("fetch", help="download a dataset from D4RL's server, or a Minari id through Minari (network)")
@@ -73,25 +73,6 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train-behaviour", help="train a SAC behaviour policy (stable-baselines3; resumable)")
-    p.add_argument("env", metavar="ENV", help="robot (halfcheetah, walker2d, hopper, ant) or task name")
-    p.add_argument("--steps", type=int, default=1_000_000, help="total env steps (default 1000000, rl-baselines3-zoo's)")
-    p.add_argument("--run-dir", help="checkpoint directory (default runs/behaviour/<robot>); an existing run resumes")
-    p.add_argument("--eval-every", type=int, default=10_000)
-    p.add_argument("--eval-episodes", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--net-arch", default="400,300", help="hidden sizes of actor and critics (default 400,300, the zoo's)")
-    p.add_argument("--lr-schedule", default="linear", choices=["linear", "constant"], help="7.3e-4 decayed linearly to 0 over --steps (the zoo's lin_7.3e-4), or constant")
-    p.add_argument("--buffer-size", type=int, default=300_000)
-    p.add_argument("--time-feature", type=int, default=1000, metavar="STEPS", help="append the zoo's time feature (1 - t/STEPS) to what SAC sees; 0: none. Datasets record the env's observation either way")
-    p.add_argument("--export-to", help="after training, write behaviour-<robot>-expert.pt (best snapshot) and behaviour-<robot>-medium.pt here (modzoo's bundled ones: core/bullet/assets)")
-    p.add_argument("--export-only", action="store_true", help="do not train; only export from the existing run")
-    p.add_argument("--pack-to", metavar="DIR", help="do not train; write a compact copy of the run to DIR that resumes "
-                                                    "with --run-dir DIR (model, progress, chosen snapshots, the newest "
-                                                    "--keep-transitions of its replay)")
-    p.add_argument("--keep-transitions", type=int, default=100_000)
-    p.add_argument("--medium-return", type=float, default=None, help="target return for the medium snapshot (default: d4rl-pybullet's medium return)")
-    p.set_defaults(func=cmd_train_behaviour)
     return data
 
 
@@ -239,34 +220,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     for s in info.get("segments") or []:
         t.add_row(f"segment {s['label']}", f"{s['transitions']:,} steps, {s['policy']}, sigma {s['sigma_start']}->{s['sigma_end']}, mean return {s['mean_return']:.1f}")
     Console().print(t)
-    return 0
-
-
-# ------------------------------------------------------------------------------------- train-behaviour
-def cmd_train_behaviour(args: argparse.Namespace) -> int:
-
-    robot = robot_of(args.env)
-    run_dir = Path(args.run_dir or Path("runs") / "behaviour" / robot)
-    if args.pack_to:
-        packed = pack_run(run_dir, args.pack_to, keep_transitions=args.keep_transitions)
-        print(f"packed {run_dir} at step {packed['step']} into {args.pack_to}: {packed['snapshots']} snapshots, "
-              f"{packed['transitions']} replay transitions; resume with --run-dir {args.pack_to}")
-        return 0
-    if not args.export_only:
-        try:
-            net = tuple(int(h) for h in args.net_arch.split(","))
-        except ValueError:
-            raise ModzooError(f"--net-arch {args.net_arch!r} is not a comma-separated list of sizes, e.g. 400,300") from None
-        for name in ("steps", "eval_every", "eval_episodes", "buffer_size"):
-            if getattr(args, name) < 1:
-                raise ModzooError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
-        cfg = TrainConfig(total_steps=args.steps, eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
-                          net_arch=net, lr_schedule=args.lr_schedule, buffer_size=args.buffer_size, time_feature=args.time_feature)
-        best = train_behaviour(robot, run_dir, cfg, log=lambda s: print(s, flush=True))
-        print(f"best snapshot: {best}")
-    if args.export_to:
-        for which, path in export_choice(robot, run_dir, Path(args.export_to), args.medium_return).items():
-            print(f"exported {which}: {path}")
     return 0
 
 

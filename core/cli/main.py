@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 import warnings
@@ -23,10 +22,6 @@ from ..run.stacked import train_seeds
 from ..bullet.collect import collect
 from ..bullet.data import demo_dataset_path, load_dataset
 from ..bullet.scores import normalized_score
-from ..grid.plan import load_experiment
-from ..grid.runner import run_experiment
-from ..grid.report import write_report
-from ..grid.status import format_status, format_time_left, grid_status, seconds_left
 from ..run.config import preset_names
 from ..run.validation import check_sample_steps
 
@@ -291,40 +286,6 @@ def _print_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> No
         print(f"  # {why}\n  {prog} {shlex.join(argv)}")
 
 
-def _exit_on_sigterm() -> None:
-    """A SIGTERM (``kill``, a scheduler's stop) ends the grid as Ctrl-C does: through its cleanup, which stops the
-    pool's workers; by default it would end this process alone and leave them training as orphans. A second one
-    (``timeout`` signals the whole process group) must not break into that cleanup."""
-    def stop(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: give at least 1 (or leave it out for the experiment's own)")
-    if args.status:
-        exp = load_experiment(args.name, args.overrides)
-        rows, swaps = grid_status(exp, rebuild=args.rebuild, rebuild_only=args.rebuild_only)
-        print(format_status(str(exp.name), rows, swaps))
-        left = seconds_left(rows, swaps)
-        if left and left["wall"]:  # None before a run has finished, 0 once none is left to run
-            print(format_time_left(left, int(args.workers or exp.get("workers") or 1)))
-        return 0
-    if args.report_only:
-        path = write_report(load_experiment(args.name, args.overrides))
-        print(f"wrote {path}")
-        return 0
-    _exit_on_sigterm()
-    summary = run_experiment(args.name, args.overrides, backend=args.backend, workers=args.workers,
-                             train=not args.swaps_only, rebuild=args.rebuild, rebuild_only=args.rebuild_only)
-    print(f"experiment {summary['experiment']}: {summary['runs']} runs, {summary['failed']} failed, "
-          f"{summary['seconds']:.0f} s")
-    return 1 if summary["failed"] else 0
-
-
 # ---- parser -----------------------------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
@@ -442,30 +403,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _add_experiment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("experiment", help="run (or resume) a grid from experiments/NAME.yaml and write its report")
-    p.add_argument("name", help="experiment name in ./experiments/ or a path to its YAML")
-    p.add_argument("--backend", choices=["local", "ray"], default=None, help="default: the experiment's (local)")
-    p.add_argument("--workers", type=int, default=None, help="parallel runs on the local pool")
-    p.add_argument("--report-only", action="store_true", help="regenerate the report from the run summaries")
-    p.add_argument("--status", action="store_true",
-                   help="where each run stands (finished with its score, running at step N, interrupted, failed, "
-                        "stale) and the swaps done; changes nothing")
-    p.add_argument("--swaps-only", action="store_true",
-                   help="train nothing: evaluate the swaps whose runs have finished, then write the report")
-    p.add_argument("--rebuild", action="store_true",
-                   help="also train again, after the runs still to train, the runs finished elsewhere (a summary "
-                        "here, no run dir) whose checkpoints a swap still to run needs; each is compared with its "
-                        "committed summary, whose swaps it keeps if it reproduces it and which is kept beside it "
-                        "(before-rebuild/) if not. With --status: where the grid stands counting those runs")
-    p.add_argument("--rebuild-only", action="append", default=[], metavar="PATTERN",
-                   help="--rebuild, but only the runs whose key (task/arm/seedN) matches this glob, e.g. "
-                        "'bullet-walker2d-medium-v0/idql-*/seed2' (repeatable; the runs whose guidance they reuse "
-                        "come along): the few rebuilds that close some swaps within one machine's lifetime")
-    p.add_argument("overrides", nargs="*", help="e.g. seeds=[0,1] budget.policy_steps=1000")
-    p.set_defaults(func=cmd_experiment)
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="modzoo", description="Offline RL with diffusion policies, as a plugin zoo.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -476,10 +413,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_guidance(sub)
     _add_eval(sub)
     _add_demo(sub)
-    _add_experiment(sub)
     add_data_commands(sub)
     add_plugin_commands(sub)
+    add_installed_commands(sub)
     return ap
+
+
+def add_installed_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands other packages add through the ``modzoo.commands`` entry-point group: each entry is a callable
+    ``add(subparsers)`` (modzoo's lab adds ``experiment`` and ``data train-behaviour`` this way). One that fails to
+    load is named in one line and left out; the library's own commands still work."""
+    from importlib.metadata import entry_points
+    for ep in entry_points(group="modzoo.commands"):
+        try:
+            ep.load()(sub)
+        except Exception as e:  # a broken extension must not take the library's CLI down with it
+            print(f"warning: commands from {ep.value} not loaded ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

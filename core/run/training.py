@@ -49,7 +49,7 @@ EVAL_SEED_STRIDE = 100_000
 
 def eval_seed(seed: int) -> int:
     """The first env seed of a run's evaluations (and of its sampling generator there): one formula, so that
-    another code scored "on the same episodes" (benchmarks/reference_score.py) really is."""
+    another code scored "on the same episodes" (lab/benchmarks/reference_score.py) really is."""
     return EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * seed
 
 

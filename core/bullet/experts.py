@@ -1,0 +1,216 @@
+"""The behaviour policies that generate modzoo's Bullet datasets, as collection loads them.
+
+Two kinds, both usable without TensorFlow or stable-baselines3:
+
+* pybullet's bundled 2017 "enjoy_TF" experts: small numpy MLPs whose weights are array literals inside
+  ``pybullet_envs/examples/enjoy_TF_*BulletEnv_v0_2017may.py``. Importing those modules (or
+  ``pybullet_envs`` itself) fails with current gym, so :func:`load_pybullet_expert` finds the file by path
+  and reads the literals with :mod:`ast`. The hopper and ant experts work on the gymnasium port; the
+  halfcheetah and walker2d ones do not (returns about -860 and 150).
+* SAC actors for halfcheetah and walker2d (trained by the lab, ``modzoo data train-behaviour``), shipped as a
+  plain torch state dict of the deterministic actor MLP (``tanh(mu(relu-MLP(obs)))``) that loads with
+  ``torch.load(weights_only=True)`` and needs no SB3.
+
+A policy here is a callable ``policy(obs, t=None)``: ``obs (n, obs_dim) float32 -> actions (n, act_dim)`` in
+[-1, 1], where ``t`` (n,) is each row's step index in its episode. Only an actor trained with a time feature
+(rl-baselines3-zoo's ``TimeFeatureWrapper``) reads ``t``; the dataset still records the env's own observation,
+so D4RL's layout is kept whatever the behaviour policy saw.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .envs import env_dims
+from .tasks import ROBOTS, robot_of
+from ..errors import EnvError, ModzooError
+
+Policy = Callable[..., np.ndarray]  # (obs, t=None) -> actions; see the module docstring
+
+#: pybullet's bundled experts that work on the gymnasium envs (measured, see docs/datasets.md).
+PYBULLET_EXPERTS = {"hopper": "HopperBulletEnv", "ant": "AntBulletEnv"}
+#: Where committed SAC actors live: package data, flat (``behaviour-<robot>-<which>.pt``) because the
+#: package-data glob ``assets/*`` does not descend into subdirectories.
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def actor_filename(robot: str, which: str) -> str:
+    """File name of an exported actor, in the assets and in any ``--behaviour-dir``/``--export-to``."""
+    return f"behaviour-{robot}-{which}.pt"
+
+
+# ----------------------------------------------------------------------------------------------------
+# pybullet's numpy experts
+# ----------------------------------------------------------------------------------------------------
+def pybullet_examples_dir() -> Path:
+    """Directory of ``pybullet_envs/examples`` in the installed pybullet wheel, found without importing
+    ``pybullet_envs`` (its ``__init__`` needs legacy gym)."""
+    spec = importlib.util.find_spec("pybullet_envs")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModzooError("pybullet_envs is not installed: `pip install pybullet` provides the bundled experts")
+    return Path(list(spec.submodule_search_locations)[0]) / "examples"
+
+
+def _parse_weights(path: Path) -> dict[str, np.ndarray]:
+    """Read the module-level ``weights_* = np.array([...])`` assignments of an enjoy_TF file."""
+    tree = ast.parse(path.read_text())
+    weights: dict[str, np.ndarray] = {}
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id.startswith("weights_")
+            and isinstance(node.value, ast.Call)
+            and node.value.args
+        ):
+            weights[node.targets[0].id] = np.asarray(ast.literal_eval(node.value.args[0]), dtype=np.float64)
+    return weights
+
+
+class NumpyMLPPolicy:
+    """pybullet's ``SmallReactivePolicy``: relu(128) -> relu(64) -> linear, outputs clipped to [-1, 1]
+    (the env clips torques anyway; datasets must hold actions inside the action space)."""
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.layers = layers
+
+    def __call__(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        x = np.asarray(obs, dtype=np.float64)
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0.0)
+        return np.clip(x, -1.0, 1.0).astype(np.float32)
+
+
+def load_pybullet_expert(robot: str) -> NumpyMLPPolicy:
+    """pybullet's bundled 2017 expert for ``robot`` (any robot with an enjoy_TF file; only hopper and ant
+    are good on the gymnasium port)."""
+    robot = robot_of(robot)
+    cls = ROBOTS[robot][0]
+    path = pybullet_examples_dir() / f"enjoy_TF_{cls}_v0_2017may.py"
+    if not path.is_file():
+        raise ModzooError(f"pybullet expert file {path} not found: reinstall pybullet (`pip install --force-reinstall pybullet`)")
+    w = _parse_weights(path)
+    names = ["dense1", "dense2", "final"]
+    missing = [n for n in names if f"weights_{n}_w" not in w or f"weights_{n}_b" not in w]
+    if missing:
+        raise ModzooError(f"pybullet expert file {path} lacks weights for layers {missing}: unexpected pybullet version")
+    layers = [(w[f"weights_{n}_w"], w[f"weights_{n}_b"]) for n in names]
+    obs_dim, act_dim = env_dims(robot)
+    if layers[0][0].shape[0] != obs_dim or layers[-1][0].shape[1] != act_dim:
+        raise ModzooError(f"pybullet expert {path.name} has shape {layers[0][0].shape[0]}->{layers[-1][0].shape[1]}, env {obs_dim}->{act_dim}")
+    return NumpyMLPPolicy(layers)
+
+
+# ----------------------------------------------------------------------------------------------------
+# exported SAC actors (torch, no SB3)
+# ----------------------------------------------------------------------------------------------------
+def actor_module(obs_dim: int, act_dim: int, hidden: list[int], clip_mean: float | None) -> Any:
+    import torch.nn as nn
+
+    layers: list[nn.Module] = []
+    d = obs_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        d = h
+    layers.append(nn.Linear(d, act_dim))
+    if clip_mean:
+        layers.append(nn.Hardtanh(-clip_mean, clip_mean))
+    layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class TorchActorPolicy:
+    """Deterministic SAC actor (the squashed mean) loaded from an exported state dict.
+
+    It acts the same on every CPU, so that a dataset collected from it is the same file on any machine. Torch's
+    float32 products differ in their last bits between MKL's code paths (AVX-512 on one CPU, AVX2 or another
+    vendor's kernels on the next), and the simulator turns those bits into other episodes: the re-collected
+    dataset gets another fingerprint, and every finished run of a grid made from it turns stale. Even in float64,
+    MKL's paths moved one action of a million across float32's rounding step. So the forward pass runs in numpy
+    float64 with a fixed summation order (each product and sum is correctly rounded on any CPU, and no BLAS
+    kernel chooses the order), and the action is rounded to float32 once. The one step left to the CPU is numpy's
+    tanh, whose SIMD variants may differ in the last bit of a float64: far below float32's rounding step."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import torch
+
+        self.path = Path(path)
+        try:
+            blob = torch.load(self.path, map_location="cpu", weights_only=True)
+            meta = blob["meta"]
+            net = actor_module(int(meta["obs_dim"]), int(meta["act_dim"]), [int(h) for h in meta["hidden"]], meta.get("clip_mean"))
+            net.load_state_dict(blob["state_dict"])  # checks every shape against the metadata
+        except Exception as exc:  # corrupt/incompatible file: one clear line for the user
+            raise ModzooError(f"behaviour policy {self.path} could not be loaded ({exc.__class__.__name__}: {exc}); re-export it with `modzoo data train-behaviour`") from exc
+        self.meta = dict(meta)
+        #: episode length the actor's time feature counts down over (None: the actor sees only obs)
+        self.time_feature: int | None = int(meta["time_feature"]) if meta.get("time_feature") else None
+        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+        self._layers = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy())
+                        for m in linears]
+        self._clip = float(meta["clip_mean"]) if meta.get("clip_mean") else None
+
+    def forward64(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        """The actions in float64, before their one rounding to float32."""
+        x = np.asarray(obs, dtype=np.float64)
+        if self.time_feature:
+            if t is None:
+                raise ModzooError(f"behaviour policy {self.path.name} was trained with a time feature: pass each row's episode step t")
+            x = np.concatenate([x, time_feature(np.asarray(t), self.time_feature)[:, None]], axis=1)
+        for i, (w, b) in enumerate(self._layers):
+            # (batch, in, 1) * (1, in, out) summed over `in` one row after another: no BLAS, one order everywhere
+            x = (x[:, :, None] * w[None]).sum(axis=1) + b
+            if i < len(self._layers) - 1:
+                x = np.maximum(x, 0.0)
+        if self._clip:
+            x = np.clip(x, -self._clip, self._clip)
+        return np.tanh(x)
+
+    def __call__(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        return self.forward64(obs, t).astype(np.float32)
+
+
+def time_feature(t: np.ndarray, max_steps: int) -> np.ndarray:
+    """rl-baselines3-zoo's time feature (sb3-contrib ``TimeFeatureWrapper``): 1 at reset, falling linearly to 0
+    at the time limit. It lets a value function tell a timeout from a fall; only the behaviour actor sees it."""
+    return (1.0 - np.asarray(t, dtype=np.float32) / float(max_steps)).astype(np.float32)
+
+
+def read_progress(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluated snapshots of a ``train-behaviour`` run (its ``progress.jsonl``), oldest first."""
+    p = run_dir / "progress.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def snapshot_near(run_dir: str | os.PathLike[str], target_return: float, max_step: int | None = None) -> Path:
+    """The earliest snapshot whose evaluation return is closest to ``target_return`` (for "medium")."""
+    run_dir = Path(run_dir)
+    progress = [r for r in read_progress(run_dir) if max_step is None or r["step"] <= max_step]
+    if not progress:
+        raise ModzooError(f"no evaluated snapshots in {run_dir}: run `modzoo data train-behaviour` first")
+    best = min(progress, key=lambda r: abs(r["eval_mean"] - target_return))
+    return run_dir / "snapshots" / best["snapshot"]
+
+
+def committed_actor(robot: str, which: str) -> Path:
+    """Path of a committed SAC actor (``which`` in {"expert", "medium"}) in the package assets."""
+    robot = robot_of(robot)
+    p = ASSET_DIR / actor_filename(robot, which)
+    if not p.is_file():
+        raise EnvError(f"no committed {which} behaviour policy for {robot} ({p}): train one with `modzoo data train-behaviour {robot}`")
+    return p
+
+
+#: Mean episode returns of d4rl-pybullet's medium datasets (takuseno): the target for "medium".
+D4RL_PYBULLET_MEDIUM_RETURN = {"hopper": 1078.4, "halfcheetah": 787.4, "walker2d": 1106.7, "ant": 570.8}

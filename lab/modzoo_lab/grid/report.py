@@ -1,0 +1,652 @@
+"""The experiment report (``docs/results.md``), generated from committed run summaries, never typed.
+
+Two spreads are reported and named as such:
+- **across seeds**: one number per seed (the mean normalized score of that seed's final evaluation episodes);
+- **across episodes**: every final evaluation episode of every seed pooled (the GFDT authors' IQR is presumably
+  over episodes of one evaluation; ours pools seeds too, and says so).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from modzoo.bullet.tasks import task_of
+from modzoo.errors import ModzooError
+from .aggregate import REPS, iqm_difference, iqm_interval, probability_of_improvement
+from .check import REFERENCE_ARM
+from .plan import config_drift, load_experiment, plan
+
+
+@dataclass
+class RunSummary:
+    task: str
+    arm: str
+    seed: int
+    result: dict[str, Any]
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    swaps: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_episodes(self) -> np.ndarray:
+        return np.asarray(self.result.get("eval", {}).get("normalized", []), dtype=float)
+
+    @property
+    def final_score(self) -> float:
+        return float(self.result["normalized_score"])
+
+
+def _summary_json(path: Path) -> dict[str, Any]:
+    """A summary file's JSON object; a damaged one (a copy cut short, a hand edit) is named in one line rather
+    than failing deep inside a table."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModzooError(f"{path}: not valid JSON ({e}); restore it from git or from the run dir it came from") from e
+    if not isinstance(data, dict):
+        raise ModzooError(f"{path}: a run summary is a JSON object, this holds a {type(data).__name__}; restore it "
+                          "from git or from the run dir it came from")
+    return data
+
+
+def load_summaries(root: str | Path) -> list[RunSummary]:
+    """Read ``<root>/<task>/<arm>/seed<k>/{result.json,curve.csv,swaps.json}``."""
+    out = []
+    for res in sorted(Path(root).glob("*/*/seed*/result.json")):
+        d = res.parent
+        curve = []
+        if (d / "curve.csv").exists():
+            with (d / "curve.csv").open() as f:
+                curve = [(int(r["step"]), float(r["normalized_mean"])) for r in csv.DictReader(f)]
+        swaps = _summary_json(d / "swaps.json") if (d / "swaps.json").exists() else {}
+        bad = [k for k, v in swaps.items() if not isinstance(v, dict)]
+        if bad:
+            raise ModzooError(f"{d / 'swaps.json'}: swap {bad[0]!r} is not an evaluation record; restore the file "
+                              "from git or from the run dir it came from")
+        result = _summary_json(res)
+        if "normalized_score" not in result:
+            continue
+        out.append(RunSummary(d.parent.parent.name, d.parent.name, int(d.name[4:]), result, curve, swaps))
+    return out
+
+
+def spread(x: np.ndarray | list[float]) -> dict[str, float]:
+    """mean, std (population), median and IQR (75th - 25th percentile, numpy's linear interpolation)."""
+    a = np.asarray(x, dtype=float)
+    if a.size == 0:
+        return {"n": 0, "mean": float("nan"), "std": float("nan"), "median": float("nan"), "iqr": float("nan")}
+    q75, q25 = np.percentile(a, [75, 25])
+    if a.size < 2:  # one value has no spread to measure: say n/a rather than print a measured-looking 0.0
+        return {"n": 1, "mean": float(a[0]), "std": float("nan"), "median": float(a[0]), "iqr": float("nan")}
+    return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std()), "median": float(np.median(a)),
+            "iqr": float(q75 - q25)}
+
+
+def _peak_covers_phase(ph: dict[str, Any], curve: list[tuple[int, float]]) -> bool:
+    """Whether a phase's recorded peak RSS stands for the whole phase.
+
+    A phase resumed after an interruption was metered by its last process only. That process still ran every
+    kind of work the phase does, so its peak is the phase's, when the phase has no interim evaluations (a
+    guidance phase) or one of them fell after the restart (the curve has a step past ``resumed_at``). A process
+    that only trained the last steps missed the evaluations' envs, and its peak would understate the phase.
+    """
+    first = ph.get("resumed_at")
+    if not first or ph.get("evals") == 0:
+        return True
+    return any(first < step < ph.get("steps", 0) for step, _ in curve)
+
+
+def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
+    seeds = spread([r.final_score for r in runs])
+    episodes = spread(np.concatenate([r.final_episodes for r in runs]) if runs else [])
+    phases: dict[str, dict[str, float]] = {}
+    for r in runs:
+        for ph in r.result.get("phases", []):
+            p = phases.setdefault(ph["phase"], {"wall_s": [], "rss_peak_mb": [], "steps": [], "evals": [],
+                                                 "eval_wall_s": [], "cuda_peak_mb": [], "cpu_s": []})
+            p["wall_s"].append(ph["wall_s"])
+            # summaries written before 2026-11-27 have no CPU time: nan, so a cell's mean is n/a unless every
+            # run has it (a CPU mean over some runs would not compare with the wall mean over all)
+            p["cpu_s"].append(ph.get("cpu_s", float("nan")))
+            if _peak_covers_phase(ph, r.curve):
+                p["rss_peak_mb"].append(ph["rss_peak_mb"])
+            p["steps"].append(ph.get("steps", ph.get("episodes", 0)))
+            # summaries written before 2026-11-25 timed interim evaluations inside wall_s: n/a, not 0
+            p["evals"].append(ph.get("evals", float("nan")))
+            p["eval_wall_s"].append(ph.get("eval_wall_s", float("nan")))
+            if "cuda_peak_mb" in ph:
+                p["cuda_peak_mb"].append(ph["cuda_peak_mb"])
+    phase_means = {k: {"runs": len(d["wall_s"]),
+                       **{m: float(np.mean(v)) if v else float("nan") for m, v in d.items()}}
+                   for k, d in phases.items()}
+    # each run's training time (its phases but the final evaluation), kept per run for a median: on a shared
+    # machine one run slowed by other work moves a mean of a few seeds, not their median
+    train = [sum(ph["wall_s"] for ph in r.result.get("phases", []) if ph["phase"] != "eval") for r in runs]
+    return {"seeds": seeds, "episodes": episodes, "phases": phase_means, "train_wall_s": train,
+            "guidance_wall_s": [ph["wall_s"] for r in runs for ph in r.result.get("phases", [])
+                                if ph["phase"] == "guidance"],
+            "parameters": runs[0].result.get("parameters", {}) if runs else {}}
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}"
+
+
+def _nanmax(xs: list[float]) -> float:
+    """The largest of the values that are not nan (nan if none is): a phase with no trustworthy peak is skipped."""
+    return max((x for x in xs if x == x), default=float("nan"))
+
+
+def _group(runs: list[RunSummary]) -> dict[str, dict[str, list[RunSummary]]]:
+    g: dict[str, dict[str, list[RunSummary]]] = {}
+    for r in runs:
+        g.setdefault(r.task, {}).setdefault(r.arm, []).append(r)
+    return g
+
+
+def _plots(task: str, arms: dict[str, list[RunSummary]], img_dir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    img_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    curves = {arm: sorted({s for r in runs for s, _ in r.curve}) for arm, runs in sorted(arms.items())}
+    if any(curves.values()):  # runs without interim evaluations have no curve to draw
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for arm, steps in curves.items():
+            if not steps:
+                continue
+            mat = np.array([[dict(r.curve).get(s, np.nan) for s in steps] for r in arms[arm]], dtype=float)
+            ax.plot(steps, np.nanmean(mat, 0), label=arm)
+            ax.fill_between(steps, np.nanmin(mat, 0), np.nanmax(mat, 0), alpha=0.15)
+        ax.set_xlabel("policy steps")
+        ax.set_ylabel("D4RL-normalized score")
+        ax.set_title(f"{task}: mean over seeds, band = min..max across seeds")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"curves_{task}.png"
+        fig.savefig(img_dir / name, dpi=90)
+        plt.close(fig)
+        names.append(name)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = sorted(arms)
+    ax.boxplot([[r.final_score for r in arms[a]] for a in labels])
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("final normalized score (one point per seed)")
+    ax.set_title(task)
+    fig.tight_layout()
+    name = f"box_{task}.png"
+    fig.savefig(img_dir / name, dpi=90)
+    plt.close(fig)
+    names.append(name)
+    return names
+
+
+def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
+           grid_seconds: float | None = None) -> str:
+    cmd = f"modzoo experiment {exp.name}"
+    rep = f"modzoo experiment {exp.name} --report-only"
+    lines = [f"# Results: experiment `{exp.name}`", "",
+             f"Generated by `{rep}` from the run summaries in `{exp.summaries}` (written by `{cmd}`). "
+             "Do not edit by hand: edit the findings file and regenerate.", ""]
+    if "description" in exp and exp.description:
+        lines += [str(exp.description).strip(), ""]
+    b = exp.budget
+    lines += ["## Budget", "",
+              f"- per run: guidance {b.get('guidance_steps')} steps (guidance-first arms), policy {b.get('policy_steps')}"
+              f" steps, evaluation every {b.get('eval_every')} policy steps with {b.get('eval_episodes')} episodes "
+              + (f"({b.get('final_eval_episodes')} at the end) " if b.get("final_eval_episodes") is not None else "")
+              + "in a vector of envs; the GFDT authors train 200k steps per run and evaluate 50 episodes "
+              "(`lab/experiments/gfdt-paper.yaml` holds that budget).",
+              f"- tasks: {', '.join(exp.tasks)}; seeds: {', '.join(map(str, exp.seeds))}; arms: "
+              f"{', '.join(exp.arms.keys())}."]
+    special = _arm_settings(exp)
+    if special:
+        lines.append("- arms that depart from the budget or the plugin defaults: " + "; ".join(special) + ".")
+    cost = _grid_cost(runs)
+    if cost:
+        lines.append(cost)
+    if grid_seconds is not None:
+        lines.append(f"- the last `{cmd}` call took {grid_seconds:.0f} s of wall time (finished runs are skipped, "
+                     "so a resumed grid reports only its own part).")
+    lines.append("")
+    groups = _group(runs)
+    if not groups:
+        lines += ["No finished runs yet.", ""]
+    lines += _overview(groups, rep)
+    lines += _aggregate(exp, groups, rep)
+    for task, arms in sorted(groups.items()):
+        limit = time_limit(task)
+        limit_words = f"{limit}-step time limit" if limit else "time limit (n/a: none known for this task)"
+        lines += [f"## {task}", "", f"Final D4RL-normalized scores (×100). Command: `{cmd}`. *Across seeds*: "
+                  "one number per seed (the mean over that seed's final evaluation episodes), spread over the "
+                  "`seeds` of the cell; *across episodes*: every final episode of every seed pooled (each seed "
+                  "evaluates from its own start states). std is the population std; IQR is the 75th minus the "
+                  "25th percentile (numpy's linear interpolation); n/a where one value has no spread. *fell*: "
+                  f"of the pooled final episodes, those that ended before the {limit_words} (the env "
+                  "terminated them: in locomotion, the robot fell; halfcheetah never terminates).", "",
+                  "| arm | guidance | policy | schedule | seeds | across seeds: mean | std | median | IQR | "
+                  "episodes | across episodes: mean | std | median | IQR | fell |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        stats = {a: arm_stats(rs) for a, rs in arms.items()}
+        for a in sorted(arms):
+            s, e, r0 = stats[a]["seeds"], stats[a]["episodes"], arms[a][0].result
+            lines.append(f"| {a} | {r0.get('guidance')} | {r0.get('policy')} | {r0.get('schedule')} | {s['n']} | "
+                         f"{_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {_fmt(s['iqr'])} | {e['n']} | "
+                         f"{_fmt(e['mean'])} | {_fmt(e['std'])} | {_fmt(e['median'])} | {_fmt(e['iqr'])} | "
+                         f"{fell([r.result.get('eval', {}) for r in arms[a]], limit)} |")
+        lines += _data_line(arms)
+        lines += ["", "Wall time and peak memory per phase, mean over the runs counted in `runs` (each run in a "
+                  "process of its own; RSS includes the dataset and Python, sampled every 50 ms; CUDA: "
+                  "`torch.cuda.max_memory_allocated`, GPU runs only). `wall s` is the phase's updates alone: "
+                  "the evaluations every `eval_every` steps inside it are timed apart (`interim evals`, their "
+                  "`eval s`), and the final evaluation is the `eval` phase; `n/a` there marks summaries written "
+                  "before 2026-11-25, whose `wall s` still includes those evaluations. `peak RSS MB` leaves out "
+                  "a phase resumed after an interruption unless its last process also ran an interim evaluation "
+                  "(or the phase has none): a process that only trained the last steps never built the "
+                  "evaluation's envs. "
+                  "`CPU s` is the process's CPU time (all its threads) for what `wall s` times, which other "
+                  "work on a shared machine stretches far less than wall time; n/a for summaries written before "
+                  "2026-11-27. Command: "
+                  f"`{rep}`.", "",
+                  "| arm | phase | runs | steps | wall s | ms per step | interim evals | eval s | CPU s | "
+                  "peak RSS MB | peak CUDA MB | parameters (guidance / policy) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for a in sorted(arms):
+            p = stats[a]["parameters"]
+            for ph, m in stats[a]["phases"].items():
+                per = 1e3 * m["wall_s"] / m["steps"] if ph != "eval" and m["steps"] else float("nan")
+                evals = "n/a" if m["evals"] != m["evals"] else f"{m['evals']:.0f}"
+                lines.append(f"| {a} | {ph} | {m['runs']} | {m['steps']:.0f} | {m['wall_s']:.1f} | {_fmt(per)} | "
+                             f"{evals} | {_fmt(m['eval_wall_s'])} | {_fmt(m['cpu_s'])} | "
+                             f"{_fmt(m['rss_peak_mb'], 0)} | "
+                             f"{_fmt(m['cuda_peak_mb'])} | {p.get('guidance', 'n/a')} / {p.get('policy', 'n/a')} |")
+        ratios = _gfdt_ratios(exp, stats)
+        if ratios:
+            lines += ["", "GFDT vs joint (training wall time of the policy's run, guidance phase included, "
+                      "interim evaluations left out, as the ratio of each arm's mean over its runs and of its "
+                      "median run, which one run slowed by other work on the machine does not move; the same "
+                      "ratio of mean CPU time, n/a where a summary has none; and the largest peak RSS of any "
+                      "training phase). `n/a` where a reused guidance's run has not finished:", "",
+                      "| GFDT arm | joint arm | runs (GFDT / joint) | time ratio (means) | time ratio (medians) | "
+                      "CPU time ratio (means) | peak RSS ratio |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| {g} | {j} | {n} | {_fmt(t, 2)} | {_fmt(tm, 2)} | {_fmt(c, 2)} | {_fmt(m, 2)} |"
+                      for g, j, n, t, tm, c, m in ratios]
+        sw = _swap_rows(arms, limit)
+        if sw:
+            lines += ["", "Inference-time swap: the final policies ranked by the same arm's guidance from another "
+                      "seed, or by another algorithm's guidance, beside the same policies ranked by their own "
+                      f"guidance on the same seeds (IQR across seeds and across pooled episodes; *fell* as above). "
+                      f"Command: `{rep}`.",
+                      "", "| policy arm | ranked by | seeds | mean | std | median | IQR seeds | IQR episodes | fell | "
+                      "own guidance: mean | IQR seeds | IQR episodes | fell |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += sw
+        for name in _plots(task, arms, img_dir):
+            lines += ["", f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)"]
+        lines.append("")
+    lines += _reference_check(exp, runs)
+    lines += _beside(exp, runs)
+    findings = Path(str(exp.get("findings", "") or ""))
+    lines += ["## Findings", ""]
+    if findings.is_file():
+        lines += [findings.read_text().strip(), ""]
+    else:
+        lines += ["(No findings written yet: read the tables above, then write them in "
+                  f"`{exp.get('findings', 'lab/experiments/<name>.findings.md')}`.)", ""]
+    return "\n".join(lines)
+
+
+def _data_line(arms: dict[str, list[RunSummary]]) -> list[str]:
+    """Which file of the task's dataset the cell's runs trained on, by the fingerprint each ``result.json``
+    records. A dataset collected again can be another file (another machine, another collector): runs on two
+    files do not measure one problem, and the config check that drops stale summaries cannot see it."""
+    by_print: dict[str, list[str]] = {}
+    for a in sorted(arms):
+        for r in sorted(arms[a], key=lambda r: r.seed):
+            fp = (r.result.get("dataset") or {}).get("fingerprint") or "not recorded"
+            by_print.setdefault(fp, []).append(f"{a} seed {r.seed}")
+    if len(by_print) == 1:
+        fp = next(iter(by_print))
+        return ["", f"Data: every run above trained on the same file (dataset fingerprint `{fp}`)."] \
+            if fp != "not recorded" else []
+    files = "; ".join(f"`{fp}`: {', '.join(keys)}" for fp, keys in by_print.items())
+    return ["", f"**Data: the runs above trained on {len(by_print)} different files of this dataset**, so their "
+                f"spread mixes the data's draw into the seeds' (by dataset fingerprint: {files})."]
+
+
+def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
+    """The authors' own Diffusion-QL, trained on the same dataset for the same steps and scored on the same
+    episodes (``lab/benchmarks/reference_score.py``), beside the grid's DQL arm of the same seed at the same steps.
+
+    Why it is in the report: a DQL arm that scores badly is only a finding about Diffusion-QL if the authors' code
+    does the same on the same data; otherwise it is a bug in modzoo's DQL."""
+    ref = exp.get("reference")
+    if not ref or not Path(str(ref.get("dir", ""))).is_dir():
+        return []
+    arm = str(ref.get("arm", REFERENCE_ARM))
+    ours = {(r.task, r.seed): dict(r.curve) for r in runs if r.arm == arm}
+    rows, episodes = [], set()
+    tasks = set(exp.get("tasks") or [])
+    for f in sorted(Path(str(ref.dir)).glob("*.json")):
+        d = json.loads(f.read_text())
+        if tasks and d["task"] not in tasks:  # a reference directory shared by experiments of other tasks
+            continue
+        episodes.add(d.get("episodes"))  # None: a JSON written before the script recorded its episode count
+        for pt in d.get("curve", []):
+            m = ours.get((d["task"], int(d["seed"])), {}).get(int(pt["step"]))
+            rows.append(f"| {d['task']} | {d['seed']} | {pt['step']} | {pt['normalized_mean']:.1f} ± "
+                        f"{pt['normalized_std']:.1f} | {pt['mean_length']:.0f} | {_fmt(m) if m is not None else 'n/a'} |")
+    if not rows:
+        return []
+    counts = "/".join(str(e) for e in sorted(episodes - {None}))
+    over = (f"{counts} episodes per evaluation" + (" where the JSON records it" if None in episodes else "")
+            if counts else "episodes per evaluation (the JSONs do not record how many)")
+    return ["## Reference check: the authors' Diffusion-QL on the same data", "",
+            f"The reference Diffusion-QL code (its own `Diffusion_QL.train` and `sample_action`, gn from its table, "
+            f"constant LR, raw observations and rewards: its own pipeline, not a preset's), trained on modzoo's "
+            f"dataset for the same number of steps and scored from the same env seeds as modzoo's `{arm}` run of the "
+            f"same seed{_arm_preset(exp, arm)} (normalized score, mean ± std over {over}; mean episode length; "
+            f"modzoo's column is that run's evaluation at the step, its `final_eval_episodes` at the last one). "
+            f"Command per row: `python lab/benchmarks/reference_score.py --reference-dir <its checkout> "
+            f"--task TASK --steps {exp.budget.get('policy_steps')} --eval-every {exp.budget.get('eval_every')} "
+            + (f"--episodes {counts} " if counts else "") + "--seed SEED --json "
+            f"{ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
+            f"| task | seed | step | reference | reference episode length | modzoo {arm} |", "|---|---|---|---|---|---|",
+            *rows, ""]
+
+
+def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
+    """This grid's final scores next to another experiment's (``beside: {experiment: NAME}``) for each task and
+    arm both ran, e.g. the 50k grid beside the 5k one: what more training changed. The other grid's stale runs are
+    left out as its own report leaves them out; a task whose two grids read different dataset files says so (the
+    fingerprints in the summaries), since then the rows are not the same problem."""
+    other_name = (exp.get("beside") or {}).get("experiment")
+    if not other_name:
+        return []
+    other = load_experiment(str(other_name))
+    theirs, _ = split_stale(other, load_summaries(other.summaries))
+    cells: dict[tuple[str, str], tuple[list[RunSummary], list[RunSummary]]] = {}
+    for side, rs in ((0, runs), (1, theirs)):
+        for r in rs:
+            cells.setdefault((r.task, r.arm), ([], []))[side].append(r)
+    rows, shown = [], set()
+    for (task, arm), (ours, others) in sorted(cells.items()):
+        if not ours or not others:
+            continue
+        shown.add(arm)
+        a, b = spread([r.final_score for r in ours]), spread([r.final_score for r in others])
+        prints = [{r.result.get("dataset", {}).get("fingerprint") for r in side} for side in (ours, others)]
+        same = "yes" if prints[0] == prints[1] and len(prints[0]) == 1 else "no"
+        rows.append(f"| {task} | {arm} | {_fmt(a['mean'])} ± {_fmt(a['std'])} ({a['n']}) | "
+                    f"{_fmt(b['mean'])} ± {_fmt(b['std'])} ({b['n']}) | {same} |")
+    if not rows:
+        return []
+    steps = [f"{e.budget.get('policy_steps')}" for e in (exp, other)]
+    ours_set, settings = ([x for x in _arm_settings(e) if x.split("`")[1] in shown] for e in (exp, other))
+    return [f"## Beside experiment `{other.name}` ({other.get('report', '')})", "",
+            f"Final normalized score per task and arm, mean ± std across seeds (seeds in brackets): this grid at "
+            f"{steps[0]} policy steps, `{other.name}` at {steps[1]}. `same data`: both grids' runs of the task read "
+            f"the same dataset file (its fingerprint); `no` means the task's dataset was rebuilt in between "
+            f"(docs/datasets.md lists the replaced files), so the row compares two problems. The arms' settings "
+            f"differ too: here {'; '.join(ours_set) or 'the plugin defaults'}; there "
+            f"{'; '.join(settings) or 'the plugin defaults'}. Command: `modzoo experiment {exp.name} --report-only`.",
+            "", f"| task | arm | {exp.name} | {other.name} | same data |", "|---|---|---|---|---|", *rows, ""]
+
+
+def _arm_preset(exp: DictConfig, arm: str) -> str:
+    """`` under preset P`` for an arm run under a preset: the reference beside it runs without one."""
+    preset = ((exp.get("arms") or {}).get(arm) or {}).get("preset")
+    return f" under preset {preset}" if preset else ""
+
+
+def _arm_settings(exp: DictConfig) -> list[str]:
+    """Each arm's preset, overrides and run settings, so that a row's score can be read with what made it."""
+    out = []
+    for name, arm in exp.arms.items():
+        parts = []
+        if arm.get("preset"):
+            parts.append(f"preset {arm.preset}")
+        parts += [str(o) for o in arm.get("overrides", []) or []]
+        parts += [f"run.{k}={v}" for k, v in (arm.get("run") or {}).items()]
+        if parts:
+            out.append(f"`{name}`: {', '.join(parts)}")
+    return out
+
+
+def _grid_cost(runs: list[RunSummary]) -> str:
+    """What the finished runs cost, from their summaries alone: process time summed over runs (each run is one
+    process: its training phases, interim and final evaluations), that of the swap evaluations that recorded theirs,
+    and the span from the first run's start to the last one's end (start = end minus that run's own time)."""
+    import datetime as dt
+    spans = []
+    for r in runs:
+        t = sum(ph.get("wall_s", 0.0) + ph.get("eval_wall_s", 0.0) for ph in r.result.get("phases", []))
+        end = r.result.get("finished")
+        spans.append((t, dt.datetime.fromisoformat(end) if end else None))
+    if not spans:
+        return ""
+    total = sum(t for t, _ in spans)
+    swaps = [sw for r in runs for sw in r.swaps.values()]
+    timed = [float(sw["wall_s"]) for sw in swaps if "wall_s" in sw]
+    if not timed:
+        swap_cost = "swap evaluations not counted"
+    else:
+        swap_cost = f"their {len(timed)} timed swap evaluations took {sum(timed) / 3600:.1f} h more"
+        if len(swaps) > len(timed):
+            swap_cost += f", {len(swaps) - len(timed)} more were not timed"
+    line = (f"- cost: the {len(runs)} finished runs took {total / 3600:.1f} h of process time in all (training "
+            f"and evaluation; {swap_cost})")
+    ends = [(e - dt.timedelta(seconds=t), e) for t, e in spans if e is not None]
+    if ends:
+        first, last = min(a for a, _ in ends), max(b for _, b in ends)
+        line += f", finishing between {first:%Y-%m-%d %H:%M} and {last:%Y-%m-%d %H:%M} (the machine's local time)"
+    return line + "."
+
+
+def _overview(groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[str]:
+    """Every task's final scores side by side (mean ± std across seeds, and the number of seeds), so that an arm's
+    standing across tasks is read in one place; the per-task sections below hold the full spreads."""
+    if len(groups) < 2:
+        return []
+    tasks = sorted(groups)
+    arms = sorted({a for t in tasks for a in groups[t]})
+    short = [t.removeprefix("bullet-").removesuffix("-v0") for t in tasks]
+    out = ["## All tasks", "", "Final D4RL-normalized score per arm and task: mean ± std across seeds (population "
+           f"std), seeds in brackets. Command: `{rep}`.", "",
+           "| arm | " + " | ".join(short) + " |", "|---|" + "---|" * len(tasks)]
+    for a in arms:
+        cells = []
+        for t in tasks:
+            s = spread([r.final_score for r in groups[t].get(a, [])])
+            cells.append("" if not s["n"] else f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({s['n']})")
+        out.append(f"| {a} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[str]:
+    """Each arm's runs pooled across the tasks every arm has finished runs on: IQM with its stratified-bootstrap
+    interval, and the probability that the GFDT arm of each ``gfdt_pairs`` entry beats its joint arm
+    (:mod:`modzoo_lab.grid.aggregate`). Tasks some arm lacks are left out, so that every arm is read on the same tasks."""
+    arms = sorted({a for t in groups for a in groups[t]})
+    tasks = [t for t in sorted(groups) if all(groups[t].get(a) for a in arms)]
+    if len(tasks) < 2:
+        return []
+    scores = {a: {t: [r.final_score for r in groups[t][a]] for t in tasks} for a in arms}
+    short = ", ".join(t.removeprefix("bullet-").removesuffix("-v0") for t in tasks)
+    out = ["## Across tasks", "",
+           f"Each arm's final normalized scores pooled over {short} (the tasks on which every arm has finished "
+           "runs): the mean, and the interquartile mean (IQM: the mean of the middle half of the runs, which one "
+           "collapsed seed moves far less) with its 95% interval from a stratified bootstrap (each task's runs "
+           f"resampled within that task, {REPS} resamples, fixed seed; Agarwal et al. 2021, the method of "
+           f"`rliable`). Command: `{rep}`.", "",
+           "| arm | tasks | runs | mean | IQM | IQM 95% interval |", "|---|---|---|---|---|---|"]
+    for a in arms:
+        pooled = [x for t in tasks for x in scores[a][t]]
+        point, lo, hi = iqm_interval(scores[a])
+        out.append(f"| {a} | {len(tasks)} | {len(pooled)} | {_fmt(float(np.mean(pooled)))} | {_fmt(point)} | "
+                   f"{_between(lo, hi, scores[a])} |")
+    pairs = [(g, j) for g, j in (exp.get("gfdt_pairs", {}) or {}).items() if g in scores and j in scores]
+    if pairs:
+        out += ["", "Probability of improvement: the chance that a run of the GFDT arm scores above a run of its "
+                "joint arm on the same task (ties count half), averaged over the tasks above, with its 95% "
+                "stratified-bootstrap interval; 0.5 is a tie, and an interval that holds 0.5 does not tell the "
+                "two apart. It counts wins, not their size: a task where both arms fail by a hair's difference "
+                "weighs as much as one where one arm wins by far, so read it beside the per-task scores. The "
+                "IQM difference (the GFDT arm's IQM less the joint arm's, in normalized points, with its interval "
+                "from the same stratified bootstrap) says by how much.", "",
+                "| GFDT arm | joint arm | P(GFDT > joint) | 95% interval | IQM difference | 95% interval |",
+                "|---|---|---|---|---|---|"]
+        for g, j in pairs:
+            p, lo, hi = probability_of_improvement(scores[g], scores[j])
+            d, dlo, dhi = iqm_difference(scores[g], scores[j])
+            out.append(f"| {g} | {j} | {_fmt(p, 2)} | {_between(lo, hi, scores[g], scores[j], digits=2)} | "
+                       f"{_fmt(d)} | {_between(dlo, dhi, scores[g], scores[j])} |")
+    return out + [""]
+
+
+def _between(lo: float, hi: float, *scores: dict[str, list[float]], digits: int = 1) -> str:
+    """A bootstrap interval, or n/a while some task holds a single run: resampling one run gives it back every
+    time, an interval of zero width that would read as certainty."""
+    if any(len(v) < 2 for sc in scores for v in sc.values()):
+        return "n/a (one run on a task)"
+    return f"{_fmt(lo, digits)} to {_fmt(hi, digits)}"
+
+
+def _gfdt_ratios(exp: DictConfig, stats: dict[str, Any]
+                 ) -> list[tuple[str, str, str, float, float, float, float]]:
+    """(GFDT arm, joint arm, runs, time ratio of means, of medians, CPU time ratio of means, peak RSS ratio)."""
+    pairs = exp.get("gfdt_pairs", {}) or {}
+    out = []
+    for g, j in pairs.items():
+        if g not in stats or j not in stats:
+            continue
+
+        def cost(a):
+            ph = {k: v for k, v in stats[a]["phases"].items() if k != "eval"}
+            extra = exp.arms[a].get("guidance_from") if a in exp.arms else None
+            t = sum(v["wall_s"] for v in ph.values())
+            tm = float(np.median(stats[a]["train_wall_s"])) if stats[a]["train_wall_s"] else float("nan")
+            cpu = sum(v["cpu_s"] for v in ph.values())  # nan if a phase has no CPU time
+            mem = _nanmax([v["rss_peak_mb"] for v in ph.values()])
+            if extra:  # the shared guidance's training counts against this arm too
+                gph = stats[extra]["phases"].get("guidance") if extra in stats else None
+                if not gph:  # its source has no finished run yet: no ratio rather than one without that cost
+                    return (float("nan"),) * 4
+                t += gph["wall_s"]
+                tm += float(np.median(stats[extra]["guidance_wall_s"]))
+                cpu += gph["cpu_s"]
+                mem = _nanmax([mem, gph["rss_peak_mb"]])
+            return t, tm, cpu, mem
+        (tg, tmg, cg, mg), (tj, tmj, cj, mj) = cost(g), cost(j)
+        out.append((g, j, f"{stats[g]['seeds']['n']} / {stats[j]['seeds']['n']}",
+                    *(x / y if y else float("nan") for x, y in ((tg, tj), (tmg, tmj), (cg, cj), (mg, mj)))))
+    return out
+
+
+def time_limit(task: str) -> int | None:
+    """The task's episode time limit, or None where it has none or the task cannot be read here (a Minari
+    dataset that is not installed): its ``fell`` cells then read n/a."""
+    try:
+        return task_of(task).max_episode_steps
+    except ModzooError:
+        return None
+
+
+def fell(evals: list[dict[str, Any]], limit: int | None) -> str:
+    """``"k/n"``: of the n episodes of these evaluations, the k that ended before the time limit, which the
+    env does only when the robot falls (halfcheetah's never does); a score mean hides whether a low number is
+    every episode walking worse or some falling at once and the rest walking well."""
+    lengths = [n for ev in evals for n in (ev.get("lengths") or [])]
+    if limit is None or not lengths or len(lengths) != sum(len(ev.get("normalized") or []) for ev in evals):
+        return "n/a"
+    return f"{sum(n < limit for n in lengths)}/{len(lengths)}"
+
+
+def _swap_rows(arms: dict[str, list[RunSummary]], limit: int | None) -> list[str]:
+    """One row per policy arm and swap, beside the same policies ranked by their own guidance on the same seeds
+    (a swap missing for some seed must not be compared with an own-guidance figure over other seeds)."""
+    rows = []
+    for a in sorted(arms):
+        runs = arms[a]
+        for lab in sorted({k for r in runs for k in r.swaps}):
+            have = [r for r in runs if lab in r.swaps]
+            sw = spread([float(np.mean(r.swaps[lab]["normalized"])) for r in have])
+            sw_ep = spread(np.concatenate([np.asarray(r.swaps[lab]["normalized"], dtype=float) for r in have]))
+            own = spread([r.final_score for r in have])
+            own_ep = spread(np.concatenate([r.final_episodes for r in have]))
+            g = have[0].swaps[lab].get("guidance")
+            rows.append(f"| {a} | {lab} ({g}) | {sw['n']} | {_fmt(sw['mean'])} | {_fmt(sw['std'])} | "
+                        f"{_fmt(sw['median'])} | {_fmt(sw['iqr'])} | {_fmt(sw_ep['iqr'])} | "
+                        f"{fell([r.swaps[lab] for r in have], limit)} | {_fmt(own['mean'])} | "
+                        f"{_fmt(own['iqr'])} | {_fmt(own_ep['iqr'])} | "
+                        f"{fell([r.result.get('eval', {}) for r in have], limit)} |")
+    return rows
+
+
+def split_stale(exp: DictConfig, runs: list[RunSummary]) -> tuple[list[RunSummary], list[str]]:
+    """Summaries whose saved config differs from the one the grid would run now are left out of every number
+    (a changed default must not mix two configs in one cell); returns (kept, one line per left-out run)."""
+    specs = {(s.task, s.arm, s.seed): s for s in plan(exp)}
+    kept, left = [], []
+    for r in runs:
+        cfg = Path(exp.summaries) / r.task / r.arm / f"seed{r.seed}" / "config.yaml"
+        spec = specs.get((r.task, r.arm, r.seed))
+        drift = config_drift(spec, cfg) if spec is not None and cfg.exists() else []
+        if drift:
+            left.append(f"{r.task}/{r.arm}/seed{r.seed}: {'; '.join(drift)}")
+        else:
+            kept.append(r)
+    return kept, left
+
+
+def rebuilt_runs(summaries: str | Path) -> list[str]:
+    """The report's lines on the runs trained a second time after their summary was committed (``--rebuild``,
+    :mod:`modzoo_lab.grid.summary`): how many reproduced their first record, and each that did not."""
+    records = {p.parent: json.loads(p.read_text()) for p in sorted(Path(summaries).glob("*/*/seed*/rebuild.json"))}
+    if not records:
+        return []
+    name = {d: f"{d.parent.parent.name}/{d.parent.name}/{d.name}" for d in records}
+    same = [name[d] for d, r in records.items() if r["reproduced"]]
+    differ = [f"- {name[d]}: {'; '.join(r['differences'])} (the first record: `{d / 'before-rebuild'}`)"
+              for d, r in records.items() if not r["reproduced"]]
+    its = "its" if len(records) == 1 else "their"
+    return [f"**Trained twice**: {len(records)} {'run was' if len(records) == 1 else 'runs were'} trained again "
+            f"(for the checkpoints a swap, or a run reusing {its} guidance, needed: `--rebuild`) after {its} first "
+            f"summary had been committed; "
+            f"{its} time rows are the second training's. Reproduced the first record (curve and final returns "
+            f"equal, float for float): {len(same)}{' (' + ', '.join(same) + ')' if same else ''}. "
+            f"Did not: {len(differ)}"
+            + ((" (its summary now holds" if len(differ) == 1 else " (their summaries now hold")
+               + " the second training):" if differ else "."), *differ]
+
+
+def report_text(exp: DictConfig, img_dir: Path, img_rel: str, grid_seconds: float | None = None) -> str:
+    """The whole report as :func:`write_report` writes it (plots into ``img_dir``): the rendered tables plus the
+    lines on runs trained twice and on stale summaries, which only the summaries directory knows about. One
+    function, so that a check that the committed report is regenerated compares against every line of it."""
+    runs, stale = split_stale(exp, load_summaries(exp.summaries))
+    text = render(exp, runs, img_dir, img_rel, grid_seconds)
+    twice = rebuilt_runs(exp.summaries)
+    if twice:
+        text = text.replace("\n## Budget\n", "\n" + "\n".join(twice) + "\n\n## Budget\n", 1)
+    if stale:
+        text = text.replace("\n## Budget\n", "\n**Left out of every number below**: "
+                            f"{len(stale)} run summaries made under another config than this grid's current one "
+                            "(rerun them, or restore the setting):\n\n" + "\n".join(f"- {x}" for x in stale)
+                            + "\n\n## Budget\n", 1)
+    return text
+
+
+def write_report(exp: DictConfig, grid_seconds: float | None = None) -> Path:
+    out = Path(exp.report)
+    img_dir = out.parent / "results" / str(exp.name)
+    text = report_text(exp, img_dir, os.path.relpath(img_dir, out.parent), grid_seconds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return out
