@@ -163,8 +163,7 @@ def cmd_train_guidance(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or 1)  # run.threads' default, for the same reason
     if args.candidates is not None and args.candidates < 1:
         raise ConfigError(f"--candidates must be at least 1 (the actions sampled per state), got {args.candidates}")
     if args.episodes < 1:
@@ -291,7 +290,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; use 1 when other processes share the cores)")
+                   help="torch CPU threads (default 1, measured fastest for these small nets; more may pay on a "
+                        "large idle machine)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -36,8 +36,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "final_eval": True,
     "seed": 0,
     "device": "auto",
-    "threads": None,          # torch intra-op threads; null: torch's default. Use 1 per process when several
-                              # processes share the cores: spinning thread pools slow a step down up to 50x.
+    "threads": 1,             # torch intra-op threads (null: torch's default, one per core). One is the fastest
+                              # measured for these small nets (docs/performance.md, "Threads"); a spinning pool
+                              # on shared cores slowed a step down up to 50x.
     "out": None,
     "log_every": 100,
     "logger": "jsonl",        # where scalars go besides metrics.jsonl (always written): jsonl, tensorboard, wandb,
