@@ -30,7 +30,8 @@ from .blocks.critics import TwinCriticGuidance  # noqa: E402
 from .bullet.scores import normalized_score  # noqa: E402
 from .run.checkpoint import load_checkpoint, save_half  # noqa: E402
 from .run.halves import make_guidance, make_policy  # noqa: E402
-from .run.training import evaluate, run_config, train  # noqa: E402
+from .run.evaluation import evaluate  # noqa: E402
+from .run.training import run_config, train  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -61,7 +61,7 @@ def test_saved_guidance_is_reused_at_training_and_at_inference(capsys, small_dat
 
     import torch
 
-    from modzoo.run.training import evaluate, load_policy_and_guidance
+    from modzoo.run.evaluation import evaluate, load_policy_and_guidance
     got = {}
     for rule in ("argmax", "expectile"):
         rc, out, err = run_cli(capsys, "eval", "--policy", str(tmp_path / "d" / "policy.pt"), "--guidance", str(gpt),

@@ -14,7 +14,7 @@ from modzoo.run.config import PRESET_DIR, load_preset
 from modzoo.bullet.data import load_dataset
 from modzoo.errors import ConfigError
 from modzoo.contract.normalization import fit_obs_norm, gaussian_stats, obs_stats
-from modzoo.run.training import load_policy_and_guidance
+from modzoo.run.evaluation import load_policy_and_guidance
 
 TASK = "bullet-hopper-medium-v0"
 TINY = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64",

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import modzoo
+import modzoo.run.rundir as rundir
 import modzoo.run.training as training
 from modzoo.run.checkpoint import save_half
 from modzoo.cli import main
@@ -327,7 +328,7 @@ def test_the_free_space_estimate_is_the_size_of_the_checkpoints_a_run_writes(sma
     c = modzoo.run_config("idql", "idql", TASK, TINY, policy_steps=3, eval_episodes=0, device="cpu",
                           dataset=str(small_dataset_path), out=str(tmp_path / "r"), schedule="joint")
     run = training.setup_run(c, None, False, None)
-    need = training.checkpoints_need(tmp_path / "fresh", run.guidance, run.policy)
+    need = rundir.checkpoints_need(tmp_path / "fresh", run.guidance, run.policy)
     shutil.rmtree(tmp_path / "r")
     import warnings
     with warnings.catch_warnings():

@@ -17,7 +17,8 @@ from ..errors import AlreadyFinished, ConfigError, ModzooError
 from .data import add_data_commands
 from .plugin import add_plugin_commands
 from ..contract.registry import load_registry
-from ..run.training import evaluate, load_policy_and_guidance, run_config, train
+from ..run.evaluation import evaluate, load_policy_and_guidance
+from ..run.training import run_config, train
 from ..run.stacked import train_seeds
 from ..bullet.collect import collect
 from ..bullet.data import demo_dataset_path, load_dataset

@@ -5,16 +5,25 @@ A diffusion policy's cost is per *call* (T denoising steps over N candidates), n
 for all live episodes together; finished episodes drop out of the batch. :func:`evaluate_sequential`
 runs the same episodes one after another (the benchmark's baseline). Episode ``i`` is reset with seed
 ``seed + i`` in both, and the envs reset deterministically, so both see identical episodes.
+
+:func:`evaluate` is the user's call (a policy and the guidance that ranks its candidates, seeded apart from
+training), and :func:`load_policy_and_guidance` is ``modzoo eval``'s loader of the two checkpoints.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from .checkpoint import check_guidance_fits, load_checkpoint
+from .halves import resolve_device
 from ..bullet.envs import env_dims, make_env
-from ..errors import ModzooError
+from ..contract.interfaces import DiffusionPolicy, GuidanceModule
+from ..errors import CheckpointError, ConfigError, ModzooError
 from ..progress import progress_bar
 from ..bullet.scores import normalized_score
 
@@ -130,3 +139,95 @@ def evaluate_sequential(
     finally:
         env.close()
     return _result(task, returns, lengths)
+
+
+EVAL_SEED_OFFSET = 10_000  # evaluation episodes never share seeds with training noise
+
+
+# Run seed s evaluates episodes with env seeds OFFSET + STRIDE * s + i: the episodes of different seeds start from
+# different states, so episodes pooled across seeds are that many distinct starts (with a stride of 1 the 5
+# seeds x 10 episodes of a grid cell had only 14 distinct starts among 50).
+EVAL_SEED_STRIDE = 100_000
+
+
+def eval_seed(seed: int) -> int:
+    """The first env seed of a run's evaluations (and of its sampling generator there): one formula, so that
+    another code scored "on the same episodes" (lab/benchmarks/reference_score.py) really is."""
+    return EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * seed
+
+
+def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, task: str | None = None,
+             episodes: int = 10, seed: int = 0, progress: bool = False, candidates: int | None = None):
+    """Run ``episodes`` episodes in lockstep (one batched ``act`` per env step); returns an ``EvalResult``."""
+    task = task or getattr(policy, "dataset_meta", {}).get("name")
+    if not task:
+        raise ConfigError("evaluate needs a task name (e.g. bullet-hopper-medium-v0)")
+    if candidates is not None and int(candidates) < 1:
+        raise ConfigError(f"candidates (--candidates) must be at least 1, got {candidates}")
+    check_policy_fits_env(policy, task)
+    device = policy.device
+
+    def act_fn(obs):
+        with torch.inference_mode():
+            o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            return policy.act(o, guidance, n=candidates).cpu().numpy()
+
+    base = eval_seed(seed)
+    # The policy samples its candidates (and picks among them) from a generator seeded like the episodes, not
+    # from its training stream: an evaluation is then reproducible, and how often a run evaluates does not
+    # change the noise its training draws.
+    training_gen = policy.generator
+    policy.use_generator(torch.Generator(device=device).manual_seed(base))
+    try:
+        return evaluate_policy(act_fn, task, episodes=episodes, seed=base, progress=progress)
+    finally:
+        policy.use_generator(training_gen)
+
+
+def check_policy_fits_env(policy: DiffusionPolicy, task: str) -> None:
+    """Refuse to act in an env of other dims with one line naming both, rather than a matmul shape error from
+    the policy's first layer: a checkpoint knows its dims and the task it was trained on."""
+    obs_dim, act_dim = env_dims(task)
+    if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
+        trained = getattr(policy, "dataset_meta", {}).get("name") or "another task"
+        raise CheckpointError(f"policy {policy.algorithm!r} was trained on {trained} (obs/act dims {policy.obs_dim}/"
+                              f"{policy.act_dim}), but {task} has obs/act dims {obs_dim}/{act_dim}: evaluate it on "
+                              f"its own robot's tasks (--env), or leave --env out to use its own task")
+
+
+def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path | None = None,
+                             device: str | torch.device = "cpu", task: str | None = None
+                             ) -> tuple[DiffusionPolicy, GuidanceModule | None]:
+    """For ``modzoo eval``: a policy checkpoint and the guidance that ranks its candidates.
+
+    Without ``guidance_ckpt`` the run's own ``guidance.pt`` beside the policy is used when present. ``task``: the
+    env it will act in, checked against the policy's dims before anything else is loaded.
+    """
+    device = resolve_device(str(device))
+    policy = load_checkpoint(policy_ckpt, device, kind="policy")
+    if task:
+        check_policy_fits_env(policy, task)
+    gpath = Path(guidance_ckpt) if guidance_ckpt else Path(policy_ckpt).with_name("guidance.pt")
+    guidance = None
+    if not guidance_ckpt and not gpath.exists():
+        _warn_no_guidance(policy, policy_ckpt, gpath)
+    else:
+        guidance = load_checkpoint(gpath, device, kind="guidance")
+        missing = policy.needs - guidance.provides
+        if missing:
+            raise CheckpointError(f"guidance {gpath} ({guidance.algorithm}) lacks {sorted(missing)}, which policy "
+                                  f"{policy.algorithm!r} needs to select actions")
+        meta = getattr(policy, "dataset_meta", {})
+        check_guidance_fits(guidance, policy.obs_dim, policy.act_dim, meta.get("fingerprint"), meta.get("name"))
+        guidance.freeze()
+    return policy, guidance
+
+
+def _warn_no_guidance(policy: DiffusionPolicy, policy_ckpt: str | Path, looked: Path) -> None:
+    """A policy that ranks candidates, found without its guidance (moved out of its run dir), still evaluates, but
+    as one unranked sample per state: say so, since its score is then not the run's."""
+    n = int(policy.cfg.get("candidates", 1) or 1)
+    if n > 1:
+        warnings.warn(f"no guidance found for {policy_ckpt} (no --guidance, and no {looked}): policy "
+                      f"{policy.algorithm!r} acts with one sample per state instead of ranking {n} candidates; pass "
+                      f"--guidance PATH to rank them", stacklevel=3)

@@ -1,4 +1,5 @@
-"""Halves built by plugin name: a half's default config for a task, and the half made from a resolved config.
+"""Halves built by plugin name: a half's default config for a task, the half made from a resolved config, and
+the device it goes on.
 
 Every layer that needs a half (training, validation, the conformance kit, benchmarks) builds it here, so a
 plugin's constructor errors become one :class:`~modzoo.errors.ConfigError` line in one place.
@@ -6,6 +7,8 @@ plugin's constructor errors become one :class:`~modzoo.errors.ConfigError` line 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..contract.registry import load_registry
@@ -56,3 +59,16 @@ def _merge_kwargs(cfg: dict[str, Any], overrides: dict[str, Any], what: str) -> 
     if unknown:
         raise ConfigError(f"{what} has no config keys {sorted(unknown)}; keys: {', '.join(sorted(cfg))}")
     return {**cfg, **overrides}
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA on a machine without it is a clear error."""
+    name = name or "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but torch sees no GPU; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or auto") from None

@@ -21,7 +21,7 @@ import torch
 
 import modzoo
 from modzoo.bullet.data import load_dataset
-from modzoo.run.training import load_policy_and_guidance
+from modzoo.run.evaluation import load_policy_and_guidance
 
 ROWS = [("posterior", 100), ("posterior", 20), ("posterior", 10), ("posterior", 5),
         ("ddim", 100), ("ddim", 20), ("ddim", 10), ("ddim", 5),

@@ -13,7 +13,7 @@ import modzoo  # noqa: F401  (sets OMP_WAIT_POLICY before torch runs)
 import torch
 
 from modzoo import ModzooError
-from modzoo.run.training import evaluate, load_policy_and_guidance
+from modzoo.run.evaluation import evaluate, load_policy_and_guidance
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ from modzoo.run.config import half_config  # noqa: E402
 from modzoo.bullet.data import load_dataset  # noqa: E402
 from modzoo.run.evaluation import evaluate_policy  # noqa: E402
 from modzoo.contract.registry import load_registry  # noqa: E402
-from modzoo.run.training import eval_seed  # noqa: E402
+from modzoo.run.evaluation import eval_seed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

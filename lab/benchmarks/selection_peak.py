@@ -32,7 +32,7 @@ import modzoo
 from modzoo.blocks.selection import candidate_q, effective_rule, select_with_guidance, selection_probs
 from modzoo.bullet.tasks import task_of
 from modzoo.run.evaluation import evaluate_policy
-from modzoo.run.training import eval_seed
+from modzoo.run.evaluation import eval_seed
 
 
 def replay_check(run_dir: Path, normalized: np.ndarray) -> str:

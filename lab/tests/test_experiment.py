@@ -648,7 +648,7 @@ def test_a_selection_swap_evaluates_the_runs_own_guidance_with_another_rule(tiny
     import torch
 
     from modzoo.errors import ConfigError
-    from modzoo.run.training import evaluate, load_policy_and_guidance
+    from modzoo.run.evaluation import evaluate, load_policy_and_guidance
     exp = yaml.safe_load(tiny_experiment.read_text())
     exp["swaps"] = {"selection": {"idql-joint": ["softmax", "none"]}}
     tiny_experiment.write_text(yaml.safe_dump(exp))
@@ -678,7 +678,7 @@ def test_a_selection_swap_evaluates_the_runs_own_guidance_with_another_rule(tiny
 def test_a_temperature_swap_scales_the_runs_own_softmax_temperature(tiny_experiment, tmp_path):
     import torch
 
-    from modzoo.run.training import evaluate, load_policy_and_guidance
+    from modzoo.run.evaluation import evaluate, load_policy_and_guidance
     exp = yaml.safe_load(tiny_experiment.read_text())
     exp["swaps"] = {"temperature": {"dql-gf-iql": [1000]}}
     tiny_experiment.write_text(yaml.safe_dump(exp))

@@ -21,7 +21,8 @@ from modzoo.bullet.data import dataset_file
 from modzoo.errors import ConfigError, DatasetError
 from .plan import (RunSpec, config_drift, finished_elsewhere, is_finished, load_experiment, plan, recorded_swaps,
                    spec_config, stale_runs, swap_jobs)
-from modzoo.run.training import evaluate, load_policy_and_guidance, train
+from modzoo.run.evaluation import evaluate, load_policy_and_guidance
+from modzoo.run.training import train
 from .report import write_report
 from .summary import BEFORE, reproduced, set_aside, update_swaps, write_summary
 

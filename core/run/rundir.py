@@ -1,0 +1,136 @@
+"""The run directory: its metrics log, its config record and what a resume may change, the space its
+checkpoints need, and its ``result.json``."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import atomic_write_text, checkpoint_bytes, existing_parent, remove_stale_temp_files, size_text
+from .config import config_diff, to_dict
+from .loggers import Sink
+from ..contract.interfaces import DiffusionPolicy, GuidanceModule
+from ..errors import AlreadyFinished, ConfigError, StorageError
+
+
+class RunLog:
+    """``metrics.jsonl`` (always, when there is a run dir) and the extra sinks of ``run.logger``, fed the same
+    records."""
+
+    def __init__(self, run_dir: Path | None, sinks: list[Sink] | None = None) -> None:
+        self.path = run_dir / "metrics.jsonl" if run_dir else None
+        self.sinks = list(sinks or [])
+
+    def truncate_after(self, phase: str | None, step: int) -> None:
+        """On resume, drop what was logged after the restored state (it will be logged again), so the curve
+        has no duplicate steps: everything when nothing was restored, else the restored phase's later steps
+        (evaluations belong to the policy phase)."""
+        if self.path is None or not self.path.exists():
+            return
+        keep = []
+        if phase is not None:
+            for line in self.path.read_text().splitlines():
+                rec = json.loads(line)
+                ph = "policy" if rec.get("phase") == "eval" else rec.get("phase")
+                if ph != phase or rec.get("step", 0) <= step:
+                    if not (phase == "guidance" and ph == "policy"):
+                        keep.append(line)
+        atomic_write_text(self.path, "".join(x + "\n" for x in keep))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        clean = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+        line = json.dumps(clean) + "\n"
+        try:
+            with self.path.open("a") as f:
+                f.write(line)
+        except OSError as e:
+            raise StorageError(f"could not append to {self.path}: {e.strerror or e}; free space (or fix the "
+                               f"directory) and resume with --resume") from None
+        for sink in self.sinks:
+            sink.write(clean)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+
+
+#: run keys a resume may change: where the run dir is named from, and the process's thread count
+RESUME_MAY_CHANGE = ("run.out", "run.threads")
+
+
+def saved_config(run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The saved config of the run ``resume`` continues in ``run_dir`` (None: nothing saved there yet).
+
+    A finished run is refused with :class:`AlreadyFinished` before anything is read or written: resuming it
+    used to train it again from step 0 over its own results.
+    """
+    if resume and (run_dir / "result.json").exists():
+        raise AlreadyFinished(f"run dir {run_dir} holds a finished run (its result.json): --resume has nothing to "
+                              f"continue, and no file was changed")
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return None
+    if not resume:
+        raise ConfigError(f"run dir {run_dir} already holds a run; pass --resume to continue it or choose "
+                          f"another --out (nothing was overwritten)")
+    return OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+
+
+def refuse_changes(saved: dict[str, Any], cfg: DictConfig, schedule: str, run_dir: Path) -> None:
+    """A resume continues the run its ``config.yaml`` describes, so any other setting is refused with what
+    differs: resuming under it would train the rest of the run under values no record shows. Left out: the keys
+    of :data:`RESUME_MAY_CHANGE`, and a ``pretrained`` run's guidance settings, which its checkpoint fixed (the
+    record holds the checkpoint's own; the overrides never built it)."""
+    diff = config_diff(saved, to_dict(cfg), lambda name, old, new: name in RESUME_MAY_CHANGE or (
+        schedule == "pretrained" and name.startswith("guidance.") and name != "guidance.name"))
+    if diff:
+        raise ConfigError(f"--resume of run dir {run_dir} with another config than its config.yaml ({'; '.join(diff)})"
+                          f": resume with the run's own settings, or start a new run in another --out")
+
+
+def open_run_dir(run_dir: Path, cfg: DictConfig) -> None:
+    """Make the run dir, drop the temp files of saves killed mid-write in an earlier start, and write the config
+    (once: a resumed run keeps the record it started with, which the resume was checked against)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"could not make run dir {run_dir} (--out): {e.strerror or e}; choose another --out") \
+            from None
+    remove_stale_temp_files(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+
+
+def checkpoints_need(run_dir: Path, guidance: GuidanceModule, policy: DiffusionPolicy | None) -> int:
+    """About the free bytes the checkpoints of a run in ``run_dir`` will take: guidance.pt, policy.pt and
+    train_state.pt (both halves again) at their trained size, plus the temp copy of the largest, which a save
+    writes beside the file it replaces. Files a resumed run already holds count as space it has."""
+    g = checkpoint_bytes(guidance)
+    p = checkpoint_bytes(policy) if policy is not None else 0
+    files = {"guidance.pt": g, "policy.pt": p, "train_state.pt": g + p}
+    on_disk = sum((run_dir / name).stat().st_size for name in files if (run_dir / name).is_file())
+    return sum(files.values()) + max(files.values()) - on_disk
+
+
+def warn_if_short_of_space(run_dir: Path, guidance: GuidanceModule, policy: DiffusionPolicy | None) -> None:
+    """One warning line, before training, when the run dir's file system has less free space than the run's
+    checkpoints need: a full disk found only at the first save costs the training before it. A warning, not an
+    error: the estimate is rough, other files come and go, and a failed save keeps what is on disk and says so."""
+    need = checkpoints_need(run_dir, guidance, policy)
+    try:
+        free = shutil.disk_usage(existing_parent(run_dir)).free
+    except OSError:
+        return  # nothing to measure against: the save itself reports a failure
+    if free < need:
+        warnings.warn(f"run dir {run_dir}: its file system has {size_text(free)} free, but this run's checkpoints "
+                      f"need about {size_text(need)} (guidance.pt, policy.pt, train_state.pt and a save's temp "
+                      f"copy); training starts anyway, but free space or choose another --out, or a save will fail",
+                      stacklevel=3)
