@@ -115,11 +115,10 @@ def test_keys_read_only_when_acting_are_required_at_construction_and_old_overrid
     overrides ``sample`` with the signature it had before the inference samplers keeps acting."""
     import torch
 
-    from modzoo import DDPMPolicy
-    from modzoo.plugins import bc
+    from modzoo import DDPMPolicy, load_registry
     from modzoo.run.config import half_config
 
-    section = half_config(yaml.safe_load(bc.CONFIG.read_text())["policy"])
+    section = half_config(load_registry().policies["bc"].default_config())  # bc.yaml over DDPMPolicy's machinery
 
     class OldSample(DDPMPolicy):
         """A policy written against the older DDPMPolicy.sample(obs, n, model, init_scale)."""
@@ -133,3 +132,67 @@ def test_keys_read_only_when_acting_are_required_at_construction_and_old_overrid
     assert policy.act(torch.zeros(2, 11)).shape == (2, 3)
     with pytest.raises(KeyError, match="act_sampler"):
         OldSample(11, 3, {k: v for k, v in section.items() if k != "act_sampler"})
+
+
+def test_a_plugin_yaml_states_only_the_machinery_keys_its_method_changes() -> None:
+    """Each key is said once: the machinery defaults live in the base class's YAML (DDPMPolicy's, TwinCriticGuidance's),
+    and a first-party plugin's YAML restates one only with another value, so what it holds is its method's."""
+    from modzoo import load_registry
+
+    reg = load_registry().first_party()
+    restated = []
+    for kind, halves in (("guidance", reg.guidances), ("policy", reg.policies)):
+        for name, spec in halves.items():
+            own = yaml.safe_load(open(spec.config).read())[kind]
+            restated += [f"{name}.yaml {kind}.{k}: {v!r}" for k, v in spec.base_defaults().items()
+                         if k in own and own[k] == v]
+    assert not restated, "at the base's default (drop them from the plugin's YAML):\n" + "\n".join(restated)
+
+
+def test_a_half_built_on_a_base_gets_its_machinery_defaults_and_overrides_them() -> None:
+    """A plugin YAML without the machinery keys still builds (the base's fill in), and a key it states wins."""
+    from modzoo import DDPMPolicy, HalfSpec
+
+    class Tiny(DDPMPolicy):
+        """A diffusion BC policy whose YAML holds only its method's keys."""
+
+        needs = frozenset()
+
+        def loss(self, batch, guidance):  # type: ignore[no-untyped-def]
+            return self.diffusion.loss(batch["actions"], batch["observations"]), {}
+
+    method = {"batch_size": 8, "denoiser": "mlp", "hidden": 16, "depth": 2, "t_dim": 8, "activation": "mish", "T": 3,
+              "schedule": "vp", "sampler": "posterior", "loss_reduce": "mean", "lr": 1e-3, "ema_decay": 0.9,
+              "ema_every": 1, "ema_start": 0, "act_model": "ema", "candidates": 1, "selection": "argmax",
+              "temperature": 1.0, "tau": 0.7, "cond_dim": 0, "grad_norm": 5.0}
+    cfg = HalfSpec("tiny", Tiny, {"policy": method}).default_config()
+    assert cfg["grad_norm"] == 5.0 and cfg["optimizer"] == "adam" and cfg["obs_norm"] == "none"
+    assert list(cfg)[:len(method)] == list(method)  # the plugin's own keys first, in its order
+    Tiny(4, 2, cfg)  # every key the base reads is there
+
+
+def test_modzoo_config_names_the_layer_each_value_comes_from(capsys) -> None:
+    """Base machinery, the plugin's YAML, its task override, a preset, an override: the last layer that set a key
+    is the one named, and the values are run_config's."""
+    from modzoo.cli.main import main
+    from modzoo.run.training import config_sources, run_config
+
+    task = "bullet-walker2d-medium-v0"
+    rows = config_sources("dql", "dql", task, ["policy.eta=2.5"])
+    got = {k: (v, s) for k, v, s in rows}
+    assert got["policy.optimizer"] == ("adam", "base DDPMPolicy")
+    assert got["guidance.update_target"] == (True, "base TwinCriticGuidance")
+    assert got["policy.ema_decay"] == (0.995, "plugin dql")
+    assert got["policy.grad_norm"] == (1.0, f"plugin dql task_overrides[{task!r}]")
+    assert got["policy.eta"] == (2.5, "override")
+    assert got["run.threads"] == (1, "run default") and got["run.task"] == (task, "argument")
+    from omegaconf import OmegaConf
+    resolved = OmegaConf.to_container(run_config("dql", "dql", task, ["policy.eta=2.5"]))
+    assert {k: v for k, (v, _) in got.items()} == {f"{s}.{k}": v for s in ("run", "guidance", "policy")
+                                                    for k, v in resolved[s].items()}
+    preset = {k: (v, s) for k, v, s in config_sources("dql", "dql", task, preset="gfdt-authors")}
+    assert preset["policy.act_temperature"] == (0.5, "preset gfdt-authors")
+    assert preset["policy.temperature"][1] == f"preset task_overrides[{task!r}]"
+    assert main(["config", "--guidance", "idql", "--policy", "dql", "--env", task, "policy.eta=2.5"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("policy.eta "))
+    assert line.split() == ["policy.eta", "2.5", "override"]

@@ -1,6 +1,7 @@
 """``TwinCritic``: an ensemble Q with its Polyak target and optimizer, the part both papers' critics share."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,8 @@ class TwinCriticGuidance(GuidanceModule):
     Subclasses implement :meth:`td_target`; the update is then one stage (``stages``): sum_i MSE(Q_i, target),
     then the Polyak target update. Subclasses whose update has more stages (IQL's V step) extend ``stages``.
     """
+
+    config_defaults = Path(__file__).with_name("critics.yaml")
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)

@@ -7,6 +7,7 @@ guidance by the configured rule).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,6 +69,8 @@ def build_diffusion(denoiser: torch.nn.Module, act_dim: int, cfg: dict[str, Any]
 class DDPMPolicy(DiffusionPolicy):
     """A DDPM actor with EMA, an optimizer and candidate selection; subclasses implement :meth:`loss`, the
     algorithm's actor loss, and get the update (optimizer step, grad-norm clip, LR schedule, EMA) from here."""
+
+    config_defaults = Path(__file__).with_name("policy.yaml")
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)

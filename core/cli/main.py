@@ -18,7 +18,7 @@ from .data import add_data_commands
 from .plugin import add_plugin_commands
 from ..contract.registry import load_registry
 from ..run.evaluation import evaluate, load_policy_and_guidance
-from ..run.training import run_config, train
+from ..run.training import config_sources, run_config, train
 from ..run.stacked import train_seeds
 from ..bullet.collect import collect
 from ..bullet.data import demo_dataset_path, load_dataset
@@ -286,6 +286,18 @@ def _print_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> No
         print(f"  # {why}\n  {prog} {shlex.join(argv)}")
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """The resolved config of a run, each value with where it comes from: what ``modzoo run`` with the same
+    arguments would train with (a run then sets the halves' seed from run.seed and an unset LR horizon from its
+    steps)."""
+    rows = config_sources(args.guidance, args.policy, args.env, args.overrides, schedule=args.schedule,
+                          preset=args.preset)
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, source in rows:
+        print(f"{key:<{width}}  {json.dumps(value):<24}  {source}")
+    return 0
+
+
 # ---- parser -----------------------------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
@@ -346,6 +358,17 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0 guidance.expectile=0.9")
     p.set_defaults(func=cmd_run)
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print a run's resolved config with where each value comes from")
+    p.add_argument("--guidance")
+    p.add_argument("--policy")
+    p.add_argument("--env", required=True, help="task name, e.g. bullet-hopper-medium-v0")
+    p.add_argument("--schedule", default="joint", choices=["joint", "guidance-first", "pretrained"])
+    _preset_arg(p)
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0")
+    p.set_defaults(func=cmd_config)
 
 
 def _add_train_guidance(sub: argparse._SubParsersAction) -> None:
@@ -411,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list(sub)
     _add_registry(sub)
     _add_run(sub)
+    _add_config(sub)
     _add_train_guidance(sub)
     _add_eval(sub)
     _add_demo(sub)

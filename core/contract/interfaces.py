@@ -16,6 +16,7 @@ Contract (checked by :mod:`modzoo.testing`):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +39,11 @@ class Half(nn.Module):
     #: through :mod:`modzoo.contract.rng`: then several seeds can train as one stacked ensemble
     #: (:mod:`modzoo.run.stacked`).
     stackable: ClassVar[bool] = False
+
+    #: a base class's machinery defaults: the path of a YAML with a ``guidance:`` or ``policy:`` section that the
+    #: halves built on it start from (:meth:`modzoo.contract.registry.HalfSpec.default_config`), so a plugin's own
+    #: YAML holds only its method's keys and the keys whose value its method changes.
+    config_defaults: ClassVar[Path | None] = None
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__()

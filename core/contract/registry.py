@@ -53,12 +53,34 @@ class HalfSpec:
             self.description = doc.split("\n\n")[0].replace("\n", " ").strip() if doc else ""
 
     def default_config(self) -> dict[str, Any]:
-        """The ``guidance:`` or ``policy:`` section of the plugin's YAML (task overrides included)."""
+        """The ``guidance:`` or ``policy:`` section of the plugin's YAML (task overrides included), over the
+        machinery defaults of the base classes it is built on (:attr:`~modzoo.contract.interfaces.Half.config_defaults`):
+        the plugin's keys in its own order, then the base's keys it does not state."""
+        merged = self.own_defaults()
+        for key, value in self.base_defaults().items():
+            merged.setdefault(key, value)
+        return copy.deepcopy(merged)  # a caller's edits must reach neither the cache nor the plugin's dict
+
+    def own_defaults(self) -> dict[str, Any]:
+        """The section as the plugin's YAML (or dict) writes it, without the base's machinery."""
         raw = self.config if isinstance(self.config, dict) else _parsed_yaml(Path(self.config).read_text())
         section = (raw or {}).get(self.kind)
         if section is None:
             raise PluginError(f"plugin {self.plugin or self.name!r}: its config has no '{self.kind}:' section")
-        return copy.deepcopy(section)  # a caller's edits must reach neither the cache nor the plugin's dict
+        return dict(section)
+
+    def base_defaults(self) -> dict[str, Any]:
+        """The machinery defaults of the classes the half is built on, the nearest base's winning."""
+        out: dict[str, Any] = {}
+        for klass in self.bases():
+            for key, value in ((_parsed_yaml(Path(klass.config_defaults).read_text()) or {}).get(self.kind)
+                               or {}).items():
+                out.setdefault(key, value)
+        return out
+
+    def bases(self) -> list[type]:
+        """The classes in the half's MRO that bring machinery defaults (``config_defaults``), nearest first."""
+        return [k for k in getattr(self.cls, "__mro__", ()) if vars(k).get("config_defaults") is not None]
 
     @property
     def capabilities(self) -> frozenset[str]:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, atomic_write_text, check_guidance_fits, half_payload, save_half
-from .config import apply_preset, build_run_config, load_preset, to_dict
+from .config import RUN_DEFAULTS, apply_preset, build_run_config, load_preset, task_layers, to_dict
 from .evaluation import evaluate
 from .halves import build_half, default_config, resolve_device
 from .loggers import open_sinks
@@ -37,6 +37,7 @@ from ..blocks.policy import behaviour_split
 from ..blocks.utils import seed_everything
 from ..bullet.data import load_dataset
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
+from ..contract.registry import load_registry
 from ..errors import ConfigError
 from ..progress import progress_bar
 
@@ -57,6 +58,39 @@ def run_config(guidance: str | None, policy: str | None, task: str, overrides: l
     validate_config(cfg)
     return cfg
 
+
+
+def config_sources(guidance: str | None, policy: str | None, task: str, overrides: list[str] | tuple[str, ...] = (),
+                   **run: Any) -> list[tuple[str, Any, str]]:
+    """Every key of :func:`run_config`'s result, its value and the layer that set it, in the order the layers
+    apply: a base class's machinery defaults, the plugin's YAML, its task override, a preset and its task override,
+    the run defaults, a run setting, an override. (A run then derives the halves' ``seed`` from ``run.seed`` and an
+    unset ``lr_decay_steps`` from its steps.)"""
+    cfg = to_dict(run_config(guidance, policy, task, overrides, **run))
+    run = {k: v for k, v in run.items() if v is not None}
+    preset = load_preset(str(run["preset"])) if run.get("preset") else {}
+    source: dict[str, str] = {}
+    for kind, name in (("guidance", guidance), ("policy", policy)):
+        if not name:
+            continue
+        spec = load_registry().half(kind, name)
+        own = spec.own_defaults()
+        layers = [(f"base {k.__name__}", (spec.base_defaults() if i == 0 else {})) for i, k in enumerate(spec.bases())]
+        layers.append((f"plugin {name}", own))
+        merged = spec.default_config()
+        layers += [(f"plugin {name} task_overrides[{p!r}]", v) for p, v in task_layers(merged.get("task_overrides"), task)]
+        values = dict((preset.get(kind) or {}).get(name) or {})
+        layers.append((f"preset {preset.get('name', run.get('preset'))}", values))
+        layers += [(f"preset task_overrides[{p!r}]", v) for p, v in task_layers(values.pop("task_overrides", None), task)]
+        for label, layer in layers:
+            source.update({f"{kind}.{k}": label for k in layer if k != "task_overrides"})
+        source[f"{kind}.name"] = "argument"
+    source.update({f"run.{k}": "run default" for k in RUN_DEFAULTS})
+    source.update({f"run.{k}": f"preset {preset.get('name', run.get('preset'))}" for k in preset.get("run") or {}})
+    source.update({f"run.{k}": "argument" for k in ("task", *run)})
+    source.update({item.split("=", 1)[0]: "override" for item in overrides})
+    return [(f"{section}.{key}", value, source.get(f"{section}.{key}", "?"))
+            for section in ("run", "guidance", "policy") for key, value in (cfg.get(section) or {}).items()]
 
 # ---- the training loop --------------------------------------------------------------------------------------
 @dataclass
