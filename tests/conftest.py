@@ -13,6 +13,12 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``cuda`` marker here (not in pyproject.toml) so ``pytest -m cuda`` selects the GPU tests
+    without an unknown-marker warning; they skip themselves on a machine without a GPU (tests/test_cuda.py)."""
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped without one (run with -m cuda on a GPU)")
+
+
 @pytest.fixture(scope="session")
 def small_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ~5k-transition bullet-hopper-medium file made by ``modzoo data collect`` (about 3 s).
