@@ -44,7 +44,7 @@ def expect(ok: bool, check: Callable[[], None]) -> None:
 def cfg(plugin: str, kind: str, **over) -> dict:
     d = yaml.safe_load((PLUGINS / f"{plugin}.yaml").read_text())[kind]
     d.pop("task_overrides")
-    d["hidden"] = [32, 32]
+    d.update(hidden=[32, 32]) if kind == "guidance" else d.update(hidden=32, depth=2)
     d.update(over)
     return d
 

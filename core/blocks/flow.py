@@ -69,9 +69,10 @@ class FlowMLP(nn.Module):
 
 
 def flow_net(obs_dim: int, act_dim: int, cfg: dict[str, Any], time: bool = True) -> FlowMLP:
-    """A :class:`FlowMLP` from a policy's keys: ``hidden``, ``activation``, ``layer_norm``, ``obs_norm``."""
-    return FlowMLP(obs_dim, act_dim, list(cfg["hidden"]), act=cfg["activation"], layer_norm=cfg["layer_norm"],
-                   time=time, obs_norm=obs_norm_enabled(cfg))
+    """A :class:`FlowMLP` from a policy's keys: ``depth`` layers of width ``hidden`` (a policy's widths, as
+    ``DDPMPolicy``'s), ``activation``, ``layer_norm``, ``obs_norm``."""
+    return FlowMLP(obs_dim, act_dim, [int(cfg["hidden"])] * int(cfg["depth"]), act=cfg["activation"],
+                   layer_norm=cfg["layer_norm"], time=time, obs_norm=obs_norm_enabled(cfg))
 
 
 def polyak_from(stage: Stage, when: str) -> Stage:
