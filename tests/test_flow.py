@@ -448,3 +448,20 @@ def test_fql_guidance_on_dataset_actions_trains_guidance_first(flow_plugins, tmp
     check_guidance("fql", overrides={"target_actions": "dataset"}, workdir=tmp_path, checks=["schedules"])
     assert not build(fql.FQLGuidance, "fql", "guidance", target_actions="dataset").requires_policy
     assert build(fql.FQLGuidance, "fql", "guidance").requires_policy
+
+
+def test_an_ema_flow_where_configured_is_averaged_untrained_and_sampled_from():
+    """ema_decay > 0 keeps an EMA copy of the flow (off in the three plugins' defaults, as in the reference)."""
+    assert build(fbc.FlowBCPolicy, "fbc", "policy").ema_flow is None
+    p = build(fbc.FlowBCPolicy, "fbc", "policy", ema_decay=0.75)
+    init = [q.detach().clone() for q in p.flow.parameters()]
+    p.update(batch())
+    for e, i, q in zip(p.ema_flow.parameters(), init, p.flow.parameters()):
+        torch.testing.assert_close(e, 0.75 * i + 0.25 * q.detach())
+    trained = {id(q) for group in p.opt.param_groups for q in group["params"]}
+    assert not trained & {id(q) for q in p.ema_flow.parameters()}
+    obs = torch.randn(4, OBS)
+    state = p.gen().get_state()
+    a = p.sample(obs, 1)[:, 0]
+    p.gen().set_state(state)
+    torch.testing.assert_close(a, euler(p.ema_flow, obs, torch.randn(4, ACT, generator=p.gen()), 10))
