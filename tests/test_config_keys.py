@@ -16,7 +16,8 @@ from modzoo.bullet.data import load_dataset
 from modzoo.contract.registry import load_registry
 
 TASK = "bullet-hopper-medium-v0"
-FIRST_PARTY = {"guidance": ["dql", "idql"], "policy": ["bc", "cfg", "dql", "dtql", "edp", "idql", "qgpo", "sfbc", "srpo"]}
+FIRST_PARTY = {"guidance": ["dql", "fql", "idql", "ifql"],
+               "policy": ["bc", "cfg", "dql", "dtql", "edp", "fbc", "fql", "idql", "ifql", "qgpo", "sfbc", "srpo"]}
 
 
 class Recording(dict):

@@ -47,8 +47,8 @@ def test_incompatible_pair_is_refused_with_what_is_missing():
     modzoo.register_plugin(plugin, name="needs_v_plugin")
     try:
         reg = load_registry()
-        assert reg.compatible("needs_v") == ["idql"]
-        with pytest.raises(PluginError, match=r"missing \['v'\].*compatible guidances: idql"):
+        assert reg.compatible("needs_v") == ["idql", "ifql"]
+        with pytest.raises(PluginError, match=r"missing \['v'\].*compatible guidances: idql, ifql"):
             reg.check_pair("dql", "needs_v")
         reg.check_pair("idql", "needs_v")
     finally:
@@ -100,7 +100,7 @@ def test_broken_plugin_is_reported_and_does_not_stop_the_others():
 
 
 def test_unknown_plugin_lists_known_ones():
-    with pytest.raises(PluginError, match="known guidances: dql, idql"):
+    with pytest.raises(PluginError, match="known guidances: dql, fql, idql, ifql"):
         load_registry().guidance("iqll")
 
 

@@ -24,6 +24,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # flax's nn.gelu (approximate=True by default): FQL's nets
 }
 
 
@@ -41,16 +42,23 @@ def _maybe_norm(obs_dim: int, enabled: bool) -> ObsNorm | None:
     return ObsNorm(obs_dim) if enabled else None
 
 
+#: ``layer_norm: post``: LayerNorm after the activation with flax's eps, as FQL's ``MLP`` (utils/networks.py:53-57)
+POST_LN_EPS = 1e-6
+
+
 def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, act: str = "mish",
-        layer_norm: bool = False) -> nn.Sequential:
-    """Plain MLP: Linear (+LayerNorm) + act for each hidden width, then a linear head."""
+        layer_norm: bool | str = False) -> nn.Sequential:
+    """Plain MLP: Linear (+LayerNorm) + act for each hidden width, then a linear head. ``layer_norm``: False, True
+    (LayerNorm before the activation) or ``"post"`` (after it, eps 1e-6: FQL's networks)."""
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
         layers.append(nn.Linear(d, h))
-        if layer_norm:
+        if layer_norm and layer_norm != "post":
             layers.append(nn.LayerNorm(h))
         layers.append(activation(act))
+        if layer_norm == "post":
+            layers.append(nn.LayerNorm(h, eps=POST_LN_EPS))
         d = h
     layers.append(nn.Linear(d, out_dim))
     return nn.Sequential(*layers)
@@ -279,16 +287,18 @@ class EnsembleMLP(nn.Module):
     """E MLPs with the same shape evaluated together; input (B, in) or (E, B, in), output (E, B, out)."""
 
     def __init__(self, ensemble: int, in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int,
-                 act: str = "mish", layer_norm: bool = False) -> None:
+                 act: str = "mish", layer_norm: bool | str = False) -> None:
         super().__init__()
         self.ensemble = ensemble
         layers: list[nn.Module] = []
         d = in_dim
         for h in hidden:
             layers.append(EnsembleLinear(ensemble, d, h))
-            if layer_norm:  # affine parameters per member, as E separate LayerNorms would have
+            if layer_norm and layer_norm != "post":  # affine parameters per member, as E separate LayerNorms
                 layers.append(_EnsembleLayerNorm(ensemble, h))
             layers.append(activation(act))
+            if layer_norm == "post":  # after the activation, flax's eps (as :func:`mlp`)
+                layers.append(_EnsembleLayerNorm(ensemble, h, eps=POST_LN_EPS))
             d = h
         layers.append(EnsembleLinear(ensemble, d, out_dim))
         self.net = nn.Sequential(*layers)
@@ -307,28 +317,28 @@ class EnsembleMLP(nn.Module):
             if isinstance(layer, EnsembleLinear):
                 x = torch.baddbmm(layer.bias.index_select(0, idx), x, layer.weight.index_select(0, idx))
             elif isinstance(layer, _EnsembleLayerNorm):
-                x = F.layer_norm(x, (layer.dim,)) * layer.weight.index_select(0, idx) + layer.bias.index_select(0, idx)
+                x = F.layer_norm(x, (layer.dim,), eps=layer.eps) * layer.weight.index_select(0, idx) + layer.bias.index_select(0, idx)
             else:
                 x = layer(x)
         return x
 
 
 class _EnsembleLayerNorm(nn.Module):
-    def __init__(self, ensemble: int, dim: int) -> None:
+    def __init__(self, ensemble: int, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ensemble, 1, dim))
         self.bias = nn.Parameter(torch.zeros(ensemble, 1, dim))
-        self.dim = dim
+        self.dim, self.eps = dim, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (self.dim,)) * self.weight + self.bias
+        return F.layer_norm(x, (self.dim,), eps=self.eps) * self.weight + self.bias
 
 
 class EnsembleQ(nn.Module):
     """E state-action critics Q_i(s, a) in one forward: returns (E, B)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int] | tuple[int, ...], ensemble: int = 2,
-                 act: str = "relu", layer_norm: bool = False, obs_norm: bool = False) -> None:
+                 act: str = "relu", layer_norm: bool | str = False, obs_norm: bool = False) -> None:
         super().__init__()
         self.obs_norm = _maybe_norm(obs_dim, obs_norm)
         self.body = EnsembleMLP(ensemble, obs_dim + act_dim, hidden, 1, act=act, layer_norm=layer_norm)
@@ -349,7 +359,7 @@ class ValueNet(nn.Module):
     """State value V(s): returns (B,)."""
 
     def __init__(self, obs_dim: int, hidden: list[int] | tuple[int, ...], act: str = "relu",
-                 layer_norm: bool = False, obs_norm: bool = False) -> None:
+                 layer_norm: bool | str = False, obs_norm: bool = False) -> None:
         super().__init__()
         self.obs_norm = _maybe_norm(obs_dim, obs_norm)
         self.body = mlp(obs_dim, hidden, 1, act=act, layer_norm=layer_norm)

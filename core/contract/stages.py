@@ -41,6 +41,9 @@ class Stage:
     sched: Any = None                     # an LR scheduler stepped after the optimizer, or None
     grad_norm: float = 0.0                # clip the stage's global gradient norm to this (0: no clipping)
     after: Callable[[], None] | None = None  # e.g. the Polyak target update; runs after the step
+    #: runs once the gradients are in, before the optimizer step: a target averaged from the pre-update
+    #: parameters (FQL's ``target_update`` reads ``self.network``, not the new one)
+    before: Callable[[], None] | None = None
 
     def params(self) -> list[torch.Tensor]:
         return [p for p in self.module.parameters() if p.requires_grad]
@@ -59,7 +62,9 @@ def step_stage(stage: Stage, loss: torch.Tensor) -> torch.Tensor | None:
 
 
 def finish_step(stage: Stage) -> None:
-    """Everything after the gradients are in place: optimizer, LR schedule, ``after``."""
+    """Everything after the gradients are in place: ``before``, optimizer, LR schedule, ``after``."""
+    if stage.before is not None:
+        stage.before()
     stage.opt.step()
     if stage.sched is not None:
         stage.sched.step()

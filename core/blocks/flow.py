@@ -1,0 +1,169 @@
+"""Flow matching for policies: the linear path, the Euler sampler, the velocity MLP and ``FlowPolicy``.
+
+As in FQL's reference code (seohongpark/fql, agents/fql.py): a velocity field v(s, x, t) is fit on the straight
+path from noise x0 ~ N(0, I) to a data action x1 (``flow_matching_loss``), and sampled by Euler steps at the left
+end points t = i/K, clipped to [-1, 1] once, after the last step (``euler``). ``FlowPolicy`` is the
+``DiffusionPolicy`` base for such a model, as ``DDPMPolicy`` is for a DDPM: plugins write ``loss``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..contract import rng
+from ..contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
+from ..contract.normalization import ObsNorm, obs_norm_enabled
+from ..contract.stages import Stage, run_stages
+from .nets import init_, mlp
+from .selection import select_with_guidance
+from .utils import EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
+
+#: v(obs (B, S), x (B, A), t (B, 1)) -> (B, A)
+Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def flow_path(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear path's point x_t = (1 - t) x0 + t x1 and its velocity x1 - x0 (fql.py:52-56)."""
+    return (1 - t) * x0 + t * x1, x1 - x0
+
+
+def flow_matching_loss(velocity: Velocity, obs: torch.Tensor, actions: torch.Tensor,
+                       generator: rng.Gen = None) -> torch.Tensor:
+    """mean over batch and action dims of (v(s, x_t, t) - (x1 - x0))^2, x0 ~ N(0, I), one t ~ U[0, 1) per sample
+    (fql.py:52-59). The mean over action dims fixes the scale that FQL's alpha is tuned against."""
+    b, a = actions.shape
+    x0 = rng.randn((b, a), generator, actions.device)
+    t = rng.rand((b, 1), generator, actions.device)
+    x_t, target = flow_path(x0, actions, t)
+    return (velocity(obs, x_t, t) - target).square().mean()
+
+
+def euler(velocity: Velocity, obs: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """x <- x + v(s, x, i/K) / K for i = 0..K-1 from x = noise, then one clip to [-1, 1] (fql.py:155-171).
+    Clipping inside the loop would be another sampler: a path that leaves the box and comes back ends elsewhere."""
+    x = noise
+    for i in range(steps):
+        x = x + velocity(obs, x, torch.full_like(x[:, :1], i / steps)) / steps
+    return x.clamp(-1.0, 1.0)
+
+
+class FlowMLP(nn.Module):
+    """FQL's ``ActorVectorField`` (utils/networks.py:197-232): MLP([s, x, t]) with the raw scalar t (no time
+    embedding), or MLP([s, z]) without t (the one-step policy); GELU (tanh), Glorot-uniform weights, zero biases
+    (``init_(..., 'flax')``), LayerNorm after the activation when ``layer_norm`` is ``post``."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], act: str = "gelu_tanh",
+                 layer_norm: bool | str = False, time: bool = True, obs_norm: bool = False) -> None:
+        super().__init__()
+        self.obs_norm = ObsNorm(obs_dim) if obs_norm else None
+        self.time = time
+        self.net = init_(mlp(obs_dim + act_dim + int(time), list(hidden), act_dim, act=act, layer_norm=layer_norm),
+                         "flax")
+
+    def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
+        return self.net(torch.cat([obs, x, t] if self.time else [obs, x], dim=-1))
+
+
+def flow_net(obs_dim: int, act_dim: int, cfg: dict[str, Any], time: bool = True) -> FlowMLP:
+    """A :class:`FlowMLP` from a policy's keys: ``depth`` layers of width ``hidden`` (a policy's widths, as
+    ``DDPMPolicy``'s), ``activation``, ``layer_norm``, ``obs_norm``."""
+    return FlowMLP(obs_dim, act_dim, [int(cfg["hidden"])] * int(cfg["depth"]), act=cfg["activation"],
+                   layer_norm=cfg["layer_norm"], time=time, obs_norm=obs_norm_enabled(cfg))
+
+
+def polyak_from(stage: Stage, when: str) -> Stage:
+    """Run ``stage``'s target update (its ``after``) from the pre-update critic (``pre_update``: FQL's
+    ``target_update`` reads ``self.network``, fql.py:113-120,130-131) or the post-update one (``post_update``:
+    :class:`~modzoo.blocks.critics.TwinCriticGuidance`'s and most ports')."""
+    if when == "pre_update":
+        stage.before, stage.after = stage.after, None
+    elif when != "post_update":
+        raise ValueError(f"unknown polyak_from {when!r}; known: pre_update, post_update")
+    return stage
+
+
+class FlowPolicy(DiffusionPolicy):
+    """A flow-matching actor: a velocity MLP, an optional EMA copy, one Adam over every trained net, candidate
+    selection with any guidance. Subclasses write :meth:`loss`; :meth:`extra_nets` adds nets the same optimizer
+    trains (FQL's one-step policy); :meth:`sample` is what acting, candidates and TD targets draw from."""
+
+    config_defaults = Path(__file__).with_name("flow.yaml")
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__(obs_dim, act_dim, cfg)
+        self.flow = flow_net(obs_dim, act_dim, cfg)
+        for name, net in self.extra_nets().items():
+            setattr(self, name, net)
+        trained = [p for p in self.parameters() if p.requires_grad]
+        # ema_decay 0: no EMA model (FQL and IFQL act with the live nets); the EMA copy is made after the
+        # optimizer's parameter list, so it is never trained
+        self.ema_flow = frozen_copy(self.flow) if cfg["ema_decay"] else None
+        self.ema = EMA(cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"])
+        self.opt = make_optimizer(trained, cfg["optimizer"], cfg["lr"])
+        self.sched = make_scheduler(self.opt, cfg["lr_schedule"], cfg["lr_decay_steps"])
+        self.require("flow_steps", "grad_norm", "candidates", "selection", "temperature", "tau")
+
+    def extra_nets(self) -> dict[str, nn.Module]:
+        """Nets besides the flow, built before the optimizer so that it trains them too."""
+        return {}
+
+    # ---- training --------------------------------------------------------------------------------------------
+    def bc_loss(self, batch: Batch) -> torch.Tensor:
+        """The flow-matching loss of the live flow on the batch's actions."""
+        return flow_matching_loss(self.flow, batch["observations"], batch["actions"], self.gen())
+
+    def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
+        raise NotImplementedError(f"policy {self.algorithm!r} must implement loss()")
+
+    def stages(self) -> list[Stage]:
+        """One stage over every trained net (they share no parameters, so one Adam is one Adam per net)."""
+        return [Stage("actor", self, self.loss, self.opt, self.sched, float(self.cfg["grad_norm"] or 0.0),
+                      self._ema_step if self.ema_flow is not None else None)]
+
+    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
+        self.train()
+        metrics = run_stages(self.stages(), batch, guidance)
+        self._steps += 1
+        return metrics
+
+    def _ema_step(self) -> None:
+        self.ema.step(self.ema_flow, self.flow, self.steps)
+
+    # ---- sampling and acting ---------------------------------------------------------------------------------
+    def flow_actions(self, obs: torch.Tensor, noise: torch.Tensor, ema: bool = True) -> torch.Tensor:
+        """Euler from ``noise`` with ``flow_steps`` steps, through the EMA flow when there is one and ``ema``."""
+        flow = self.ema_flow if ema and self.ema_flow is not None else self.flow
+        return euler(flow, obs, noise, int(self.cfg["flow_steps"]))
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, n: int = 1) -> torch.Tensor:
+        """n flow samples per state from fresh noise: (B, n, act_dim)."""
+        rep = obs.repeat_interleave(n, dim=0)
+        noise = rng.randn((rep.shape[0], self.act_dim), self.gen(), obs.device)
+        return self.flow_actions(rep, noise).reshape(obs.shape[0], n, self.act_dim)
+
+    def candidates(self, obs: torch.Tensor, n: int) -> torch.Tensor:
+        """The n actions per state acting chooses among (the trainer's pre-run probe calls this too)."""
+        return self.sample(obs, n)
+
+    @torch.inference_mode()
+    def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
+        """One of ``candidates`` samples per state, chosen by ``selection`` with the guidance (IFQL: argmax of
+        32), all states in one batch; without a guidance or with one candidate, the first sample."""
+        n = int(n or self.cfg["candidates"])
+        cands = self.candidates(obs, n)
+        if guidance is None or n == 1:
+            return cands[:, 0]
+        return select_with_guidance(cands, obs, guidance, self.cfg["selection"], temperature=self.cfg["temperature"],
+                                    tau=self.cfg["tau"], generator=self.gen())
+
+    def extra_state(self) -> dict[str, Any]:
+        return optim_state(self.opt, self.sched)
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        load_optim_state(state, self.opt, self.sched)
