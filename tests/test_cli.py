@@ -130,8 +130,9 @@ def explode_in_plugin_code(cfg):
 def test_debug_shows_the_plugin_frame_of_a_constructor_error(capsys, tmp_path):
     """A plugin constructor's ValueError is one ConfigError line; with --debug the traceback reaches into the
     plugin's own code (the frame that raised), not only the builder that reworded it."""
-    from types import SimpleNamespace
     import traceback
+    from types import SimpleNamespace
+
     import modzoo
     from modzoo.errors import ConfigError
     from modzoo.plugins.bc import CONFIG, DiffusionBCPolicy

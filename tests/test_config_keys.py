@@ -10,13 +10,14 @@ import pytest
 import yaml
 
 from modzoo.blocks.policy import BehaviourFirstPolicy
-from modzoo.run.buffer import ReplayBuffer
-from modzoo.run.config import half_config
 from modzoo.bullet.data import load_dataset
 from modzoo.contract.registry import load_registry
+from modzoo.run.buffer import ReplayBuffer
+from modzoo.run.config import half_config
 
 TASK = "bullet-hopper-medium-v0"
-FIRST_PARTY = {"guidance": ["dql", "idql"], "policy": ["bc", "cfg", "dql", "dtql", "edp", "idql", "qgpo", "sfbc", "srpo"]}
+FIRST_PARTY = {"guidance": ["dql", "idql"],
+               "policy": ["bc", "cfg", "dql", "dtql", "edp", "idql", "qgpo", "sfbc", "srpo"]}
 
 
 class Recording(dict):

@@ -18,8 +18,8 @@ from typing import Any
 import pluggy
 import yaml
 
-from . import hookspecs
 from ..errors import PluginError
+from . import hookspecs
 from .interfaces import DiffusionPolicy, GuidanceModule
 
 ENTRY_POINT_GROUP = "modzoo"

@@ -14,9 +14,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..bullet.envs import env_dims, make_env
+from ..bullet.scores import normalized_score
 from ..errors import ModzooError
 from ..progress import progress_bar
-from ..bullet.scores import normalized_score
 
 ActFn = Callable[[np.ndarray], np.ndarray]
 
@@ -64,9 +64,11 @@ class EvalResult:
 def _check_actions(acts: Any, n: int, act_dim: int) -> np.ndarray:
     a = np.asarray(acts, dtype=np.float32)
     if a.shape != (n, act_dim):
-        raise ModzooError(f"policy returned actions of shape {a.shape} for {n} states: expected ({n}, {act_dim}); check the policy's action dimension matches the task")
+        raise ModzooError(f"policy returned actions of shape {a.shape} for {n} states: expected ({n}, {act_dim}); "
+                          "check the policy's action dimension matches the task")
     if not np.isfinite(a).all():
-        raise ModzooError("policy returned NaN or inf actions: the checkpoint is likely diverged; evaluate an earlier one")
+        raise ModzooError("policy returned NaN or inf actions: the checkpoint is likely diverged; "
+                          "evaluate an earlier one")
     # Our datasets hold actions in [-1, 1] and the env clips torques anyway; clipping keeps the
     # electricity cost (computed from the raw action) consistent with the data.
     return np.clip(a, -1.0, 1.0)

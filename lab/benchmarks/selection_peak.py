@@ -45,8 +45,8 @@ def replay_check(run_dir: Path, normalized: np.ndarray) -> str:
     if len(theirs) != len(normalized):
         return f"is not checked: the run's final evaluation has {len(theirs)} episodes, this one {len(normalized)}"
     same = np.allclose(theirs, normalized, rtol=0, atol=1e-6)
-    return "matches the run's final evaluation episode for episode" if same else \
-        "DIFFERS from the run's final evaluation: the table does not describe it"
+    return ("matches the run's final evaluation episode for episode" if same
+            else "DIFFERS from the run's final evaluation: the table does not describe it")
 
 
 def main() -> None:
