@@ -30,8 +30,8 @@ def checkpoint_tensors(payload: Any, prefix: str = "") -> dict[str, torch.Tensor
     """Every floating tensor of a checkpoint payload, optimizer state included, by its path in the payload (for
     tests that compare two runs' checkpoints number by number)."""
     out: dict[str, torch.Tensor] = {}
-    items = payload.items() if isinstance(payload, dict) else enumerate(payload) \
-        if isinstance(payload, (list, tuple)) else []
+    items = (payload.items() if isinstance(payload, dict)
+             else enumerate(payload) if isinstance(payload, (list, tuple)) else [])
     for k, v in items:
         if isinstance(v, torch.Tensor) and v.is_floating_point():
             out[f"{prefix}{k}"] = v

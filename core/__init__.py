@@ -18,20 +18,20 @@ import os as _os
 # (docs/performance.md). A user who set the variable keeps their value.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .version import __version__  # noqa: E402
-from .errors import CheckpointError, ConfigError, DatasetError, EnvError, ModzooError, PluginError  # noqa: E402
-from .contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics  # noqa: E402
-from .contract.registry import HalfSpec, load_registry, register_plugin, unregister_plugin  # noqa: E402
-from .contract.hookspecs import hookimpl  # noqa: E402
-from .contract.stages import Stage, run_stages  # noqa: E402
-from .contract.normalization import ObsNorm, obs_norm_enabled  # noqa: E402
-from .blocks.policy import DDPMPolicy  # noqa: E402
 from .blocks.critics import TwinCriticGuidance  # noqa: E402
+from .blocks.policy import DDPMPolicy  # noqa: E402
 from .bullet.scores import normalized_score  # noqa: E402
+from .contract.hookspecs import hookimpl  # noqa: E402
+from .contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics  # noqa: E402
+from .contract.normalization import ObsNorm, obs_norm_enabled  # noqa: E402
+from .contract.registry import HalfSpec, load_registry, register_plugin, unregister_plugin  # noqa: E402
+from .contract.stages import Stage, run_stages  # noqa: E402
+from .errors import CheckpointError, ConfigError, DatasetError, EnvError, ModzooError, PluginError  # noqa: E402
 from .run.checkpoint import load_checkpoint, save_half  # noqa: E402
-from .run.halves import make_guidance, make_policy  # noqa: E402
 from .run.evaluation import evaluate  # noqa: E402
+from .run.halves import make_guidance, make_policy  # noqa: E402
 from .run.training import run_config, train  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -19,8 +19,17 @@ from typing import Any
 
 import torch
 
-from modzoo import (Batch, DDPMPolicy, DiffusionPolicy, GuidanceModule, HalfSpec, Metrics, TwinCriticGuidance,
-                    hookimpl, obs_norm_enabled)
+from modzoo import (
+    Batch,
+    DDPMPolicy,
+    DiffusionPolicy,
+    GuidanceModule,
+    HalfSpec,
+    Metrics,
+    TwinCriticGuidance,
+    hookimpl,
+    obs_norm_enabled,
+)
 from modzoo.blocks.diffusion import GaussianDiffusion
 from modzoo.blocks.nets import MLPDenoiser
 from modzoo.blocks.utils import frozen_copy

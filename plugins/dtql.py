@@ -26,8 +26,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from modzoo import (Batch, DiffusionPolicy, GuidanceModule, HalfSpec, Metrics, ObsNorm, Stage, hookimpl,
-                    obs_norm_enabled, run_stages)
+from modzoo import (
+    Batch,
+    DiffusionPolicy,
+    GuidanceModule,
+    HalfSpec,
+    Metrics,
+    ObsNorm,
+    Stage,
+    hookimpl,
+    obs_norm_enabled,
+    run_stages,
+)
 from modzoo.blocks.karras import KarrasDiffusion
 from modzoo.blocks.nets import SinusoidalPosEmb, activation, mlp
 from modzoo.blocks.selection import select_with_guidance

@@ -14,8 +14,18 @@ from typing import Any
 
 import torch
 
-from modzoo import (Batch, DDPMPolicy, DiffusionPolicy, GuidanceModule, HalfSpec, Metrics, Stage, TwinCriticGuidance,
-                    hookimpl, obs_norm_enabled)
+from modzoo import (
+    Batch,
+    DDPMPolicy,
+    DiffusionPolicy,
+    GuidanceModule,
+    HalfSpec,
+    Metrics,
+    Stage,
+    TwinCriticGuidance,
+    hookimpl,
+    obs_norm_enabled,
+)
 from modzoo.blocks.nets import ValueNet, init_
 from modzoo.blocks.utils import load_optim_state, make_optimizer, make_scheduler, optim_state
 

@@ -18,8 +18,17 @@ from typing import Any
 
 import torch
 
-from modzoo import Batch, DiffusionPolicy, GuidanceModule, HalfSpec, Metrics, Stage, TwinCriticGuidance, hookimpl, \
-    obs_norm_enabled
+from modzoo import (
+    Batch,
+    DiffusionPolicy,
+    GuidanceModule,
+    HalfSpec,
+    Metrics,
+    Stage,
+    TwinCriticGuidance,
+    hookimpl,
+    obs_norm_enabled,
+)
 from modzoo.blocks.flow import FlowPolicy, polyak_from
 from modzoo.blocks.nets import ValueNet, init_
 from modzoo.blocks.utils import make_optimizer, make_scheduler

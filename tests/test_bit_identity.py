@@ -2,9 +2,9 @@
 
 The fingerprints in ``tests/data/bit_identity.json`` were written before the core was reorganised; a change that
 reorders random draws, a reduction or an update shows up here although every other test still passes. On the
-machine type that wrote them (same torch build, CPU kernel level and CPU vendor) the checkpoints must hash identically; on
-another one float rounding may differ, so a strided sample of every parameter is compared to a tolerance that drift
-over these few steps stays far inside and a changed algorithm is far outside.
+machine type that wrote them (same torch build, CPU kernel level and CPU vendor) the checkpoints must hash
+identically; on another one float rounding may differ, so a strided sample of every parameter is compared to a
+tolerance that drift over these few steps stays far inside and a changed algorithm is far outside.
 
 Rewrite the file only for a change meant to alter training:
 ``MODZOO_WRITE_FINGERPRINTS=1 pytest tests/test_bit_identity.py``.
@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import checkpoint_tensors
 
 import modzoo
+from conftest import checkpoint_tensors
 
 TASK = "bullet-hopper-medium-v0"
 FILE = Path(__file__).parent / "data" / "bit_identity.json"

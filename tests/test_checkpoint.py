@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import modzoo
-from modzoo.run.checkpoint import check_guidance_fits, load_checkpoint, save_half
 from modzoo.errors import CheckpointError
+from modzoo.run.checkpoint import check_guidance_fits, load_checkpoint, save_half
 
 
 def test_round_trip_gives_the_same_outputs(tmp_path):

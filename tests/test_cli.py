@@ -105,7 +105,7 @@ def test_bad_inputs_get_one_clear_line(capsys, small_dataset_path, tmp_path):
     data = str(small_dataset_path)
     base = ["--env", TASK, "--dataset", data, "--policy-steps", "2", "--no-progress", "--device", "cpu"]
     msg = _one_line_error(capsys, "run", "--guidance", "iqll", "--policy", "dql", *base)
-    assert "known guidances: dql, idql" in msg
+    assert "known guidances: dql, fql, idql, ifql" in msg
     msg = _one_line_error(capsys, "run", "--guidance", "idql", "--policy", "dql", *base, "policy.etaa=1")
     assert "policy.etaa" in msg
     msg = _one_line_error(capsys, "run", "--guidance", "idql", "--policy", "dql", "--env", TASK, "--dataset",
@@ -130,8 +130,9 @@ def explode_in_plugin_code(cfg):
 def test_debug_shows_the_plugin_frame_of_a_constructor_error(capsys, tmp_path):
     """A plugin constructor's ValueError is one ConfigError line; with --debug the traceback reaches into the
     plugin's own code (the frame that raised), not only the builder that reworded it."""
-    from types import SimpleNamespace
     import traceback
+    from types import SimpleNamespace
+
     import modzoo
     from modzoo.errors import ConfigError
     from modzoo.plugins.bc import CONFIG, DiffusionBCPolicy

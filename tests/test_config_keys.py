@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from modzoo.blocks.policy import BehaviourFirstPolicy
-from modzoo.run.buffer import ReplayBuffer
-from modzoo.run.config import half_config
 from modzoo.bullet.data import load_dataset
 from modzoo.contract.registry import load_registry
+from modzoo.run.buffer import ReplayBuffer
+from modzoo.run.config import half_config
 
 TASK = "bullet-hopper-medium-v0"
 FIRST_PARTY = {"guidance": ["dql", "fql", "idql", "ifql"],

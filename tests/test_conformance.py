@@ -14,7 +14,6 @@ from modzoo.plugins.idql import IQLGuidance
 from modzoo.testing import ConformanceError, check_guidance, check_plugin, check_policy, synthetic_dataset
 
 
-
 def first_party():
     reg = modzoo.load_registry(refresh=True)
     return sorted({s.plugin for s in [*reg.guidances.values(), *reg.policies.values()]

@@ -16,9 +16,9 @@ from typing import Any, Iterator
 
 import pytest
 import torch
-from conftest import checkpoint_tensors
 
 import modzoo
+from conftest import checkpoint_tensors
 from modzoo.contract.registry import load_registry
 from modzoo.run.checkpoint import load_checkpoint, save_half
 from modzoo.run.halves import default_config

@@ -183,7 +183,8 @@ def test_write_roundtrip_atomic(tmp_path: Path) -> None:
     arr = _hand_arrays()
     out = tmp_path / "sub" / "w.hdf5"
     write_d4rl_file(out, arr["observations"], arr["actions"], arr["rewards"], arr["terminals"], arr["timeouts"],
-                    {"task": "bullet-hopper-random-v0", "recipe": {"sigma": 0.3}, "seed": 3}, next_observations=arr["observations"])
+                    {"task": "bullet-hopper-random-v0", "recipe": {"sigma": 0.3}, "seed": 3},
+                    next_observations=arr["observations"])
     assert sorted(p.name for p in out.parent.iterdir()) == ["w.hdf5"]  # no temp file left
     ds = load_dataset(str(out))
     assert ds.name == "bullet-hopper-random-v0"
@@ -234,7 +235,8 @@ def test_plans_follow_d4rl_levels() -> None:
 def test_medium_expert_is_medium_plus_expert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """D4RL's definition, bit for bit: simulated medium-expert == cached medium + cached expert."""
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "cache"))
-    sim = collect("bullet-hopper-medium-expert-v0", transitions=600, seed=1, out=tmp_path / "sim.hdf5", progress=False, reuse=False)
+    sim = collect("bullet-hopper-medium-expert-v0", transitions=600, seed=1, out=tmp_path / "sim.hdf5", progress=False,
+                  reuse=False)
     collect("bullet-hopper-medium-v0", transitions=300, seed=1, progress=False)
     collect("bullet-hopper-expert-v0", transitions=300, seed=1, progress=False)
     re = collect("bullet-hopper-medium-expert-v0", transitions=600, seed=1, out=tmp_path / "re.hdf5", progress=False)
@@ -262,11 +264,14 @@ def test_medium_replay_from_training_run(tmp_path: Path) -> None:
     dones = np.zeros(9, np.float32)
     dones[1] = 1.0  # a real terminal
     for lo, hi, step in ((0, 5, 5), (5, 9, 9)):
-        np.savez(run / "replay" / f"chunk_{step}.npz", observations=obs[lo:hi], actions=np.zeros((hi - lo, ACT), np.float32),
-                 rewards=np.ones(hi - lo, np.float32), next_observations=nxt[lo:hi], dones=dones[lo:hi], timeouts=np.zeros(hi - lo, np.float32))
+        np.savez(run / "replay" / f"chunk_{step}.npz", observations=obs[lo:hi],
+                 actions=np.zeros((hi - lo, ACT), np.float32), rewards=np.ones(hi - lo, np.float32),
+                 next_observations=nxt[lo:hi], dones=dones[lo:hi], timeouts=np.zeros(hi - lo, np.float32))
     (run / "progress.jsonl").write_text(
-        "\n".join(json.dumps({"step": s, "eval_mean": m, "snapshot": f"step_{s}.pt"}) for s, m in ((5, 1000.0), (9, 2000.0))) + "\n")
-    res = collect_replay_from_run("bullet-hopper-medium-replay-v0", run, out=tmp_path / "r.hdf5")  # medium ~1078 -> step 5
+        "\n".join(json.dumps({"step": s, "eval_mean": m, "snapshot": f"step_{s}.pt"})
+                  for s, m in ((5, 1000.0), (9, 2000.0))) + "\n")
+    # medium ~1078 -> step 5
+    res = collect_replay_from_run("bullet-hopper-medium-replay-v0", run, out=tmp_path / "r.hdf5")
     with h5py.File(res.path) as f:
         np.testing.assert_array_equal(f["terminals"][()], [0, 1, 0, 0, 0])
         np.testing.assert_array_equal(f["timeouts"][()], [0, 0, 0, 1, 1])
@@ -287,7 +292,8 @@ def _cli(*argv: str) -> int:
 
 def test_cli_collect_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.hdf5"
-    assert _cli("data", "collect", "bullet-walker2d-random-v0", "--transitions", "300", "--seed", "2", "--out", str(out), "--no-progress") == 0
+    assert _cli("data", "collect", "bullet-walker2d-random-v0", "--transitions", "300", "--seed", "2",
+                "--out", str(out), "--no-progress") == 0
     assert "300 transitions" in capsys.readouterr().out
     assert _cli("data", "info", str(out), "--json") == 0
     import json
@@ -313,7 +319,8 @@ def test_cli_fetch_without_network_fails_fast(tmp_path: Path) -> None:
 def test_cli_fetch_validates_download(tmp_path: Path, small_dataset_path: Path) -> None:
     """A (local) download is hashed, validated as the named task, and renamed into place."""
     out = tmp_path / "got.hdf5"
-    assert _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(out), "--url", small_dataset_path.as_uri()) == 0
+    assert _cli("data", "fetch", "bullet-hopper-medium-v0", "--out", str(out),
+                "--url", small_dataset_path.as_uri()) == 0
     assert load_dataset(str(out)).fingerprint == load_dataset(str(small_dataset_path)).fingerprint
     bad = tmp_path / "bad.hdf5"
     bad.write_text("<html>not found</html>")

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 import modzoo
+from conftest import random_batch
 from modzoo.blocks.karras import KarrasDiffusion, c_noise, edm_scalings, log_logistic_sigma
 from modzoo.cli import main
 from modzoo.contract.stages import run_stages
 from modzoo.plugins.dtql import DTQLPolicy
 from modzoo.run.config import half_config
 from modzoo.testing import check_plugin
-from conftest import random_batch
 
 OBS, ACT = 4, 2
 TASK = "bullet-hopper-medium-v0"
@@ -115,8 +115,8 @@ def test_bad_noise_levels_are_refused_at_construction():
 def test_networks_are_the_authors_shapes():
     p = policy(hidden=256)
     linears = [m for m in p.diffusion.model.net if isinstance(m, nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == \
-        [(ACT + OBS + 16, 256), (256, 256), (256, 256), (256, 256), (256, ACT)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (ACT + OBS + 16, 256), (256, 256), (256, 256), (256, 256), (256, ACT)]
     assert isinstance(p.diffusion.model.net[1], nn.Linear)  # no activation after the input layer
     actor = [m for m in p.actor.net if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in actor] == [(OBS, 256), (256, 256), (256, 256), (256, 2 * ACT)]

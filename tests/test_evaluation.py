@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from modzoo.bullet.scores import normalized_score
 from modzoo.errors import ModzooError
 from modzoo.run.evaluation import EvalResult, evaluate_policy, evaluate_sequential
-from modzoo.bullet.scores import normalized_score
 
 
 def _linear_policy(obs_dim: int, act_dim: int, seed: int = 0):

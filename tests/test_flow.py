@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 import modzoo
+from conftest import random_batch
 from modzoo.blocks import flow as flowmod
 from modzoo.blocks.flow import FlowMLP, euler, flow_matching_loss, flow_path
 from modzoo.plugins import fbc, fql, ifql
 from modzoo.testing import check_plugin
-
-from conftest import random_batch
 
 PLUGINS = Path(fql.__file__).parent
 OBS, ACT, B = 5, 3, 16

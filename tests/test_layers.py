@@ -42,8 +42,8 @@ def _imports(path: Path) -> list[tuple[str, str, int]]:
             if mod == "modzoo" or mod.startswith("modzoo."):
                 for a in node.names:
                     sub = f"{mod}.{a.name}"
-                    is_module = (CORE / Path(*sub.split(".")[1:])).with_suffix(".py").exists() or \
-                        (CORE / Path(*sub.split(".")[1:])).is_dir()
+                    is_module = ((CORE / Path(*sub.split(".")[1:])).with_suffix(".py").exists()
+                                 or (CORE / Path(*sub.split(".")[1:])).is_dir())
                     out.append((sub, "", node.lineno) if is_module else (mod, a.name, node.lineno))
         elif isinstance(node, ast.Import):
             out += [(a.name, "", node.lineno) for a in node.names if a.name.startswith("modzoo")]
@@ -161,8 +161,8 @@ def test_first_party_plugins_use_only_the_public_api_and_the_blocks() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("modzoo"):
                 names = [a.name for a in node.names]
-                ok = node.module == "modzoo" or node.module.startswith("modzoo.blocks.") or \
-                    (node.module == "modzoo.contract" and names == ["rng"])
+                ok = (node.module == "modzoo" or node.module.startswith("modzoo.blocks.")
+                      or (node.module == "modzoo.contract" and names == ["rng"]))
                 if not ok:
                     bad.append(f"{path.name}:{node.lineno} from {node.module} import {', '.join(names)}")
     assert allowed and not bad, "\n".join(bad)

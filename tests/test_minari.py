@@ -14,8 +14,8 @@ pytest.importorskip("mujoco")
 import modzoo  # noqa: E402
 from modzoo.bullet import minari_data  # noqa: E402
 from modzoo.bullet.data import export_minari, load_dataset  # noqa: E402
-from modzoo.bullet.tasks import task_of  # noqa: E402
 from modzoo.bullet.scores import REF_MAX_SCORE  # noqa: E402
+from modzoo.bullet.tasks import task_of  # noqa: E402
 from modzoo.errors import CheckpointError, DatasetError  # noqa: E402
 
 TINY = ["guidance.hidden=[16,16]", "guidance.batch_size=32", "policy.hidden=16", "policy.batch_size=32"]
@@ -130,8 +130,8 @@ def test_cli_fetch_offline_and_export_say_what_happened(minari_dir: Path, small_
     monkeypatch.setattr(minari, "download_dataset", offline)
     assert main(["data", "fetch", "mujoco/hopper/medium-v0"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "could not fetch Minari dataset 'mujoco/hopper/medium-v0'" in err[0] \
-        and "copy its folder into" in err[0]
+    assert (len(err) == 1 and "could not fetch Minari dataset 'mujoco/hopper/medium-v0'" in err[0]
+            and "copy its folder into" in err[0])
     assert main(["data", "export-minari", "bullet-hopper-medium-v0", "--out", "modzoo/hopper/cli-v0", "--file",
                  str(small_dataset_path)]) == 0
     assert "wrote Minari dataset modzoo/hopper/cli-v0" in capsys.readouterr().out

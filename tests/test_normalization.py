@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import modzoo
+from modzoo.bullet.data import load_dataset
+from modzoo.contract.normalization import fit_obs_norm, gaussian_stats, obs_stats
+from modzoo.errors import ConfigError
 from modzoo.run.checkpoint import load_checkpoint
 from modzoo.run.config import PRESET_DIR, load_preset
-from modzoo.bullet.data import load_dataset
-from modzoo.errors import ConfigError
-from modzoo.contract.normalization import fit_obs_norm, gaussian_stats, obs_stats
 from modzoo.run.evaluation import load_policy_and_guidance
 
 TASK = "bullet-hopper-medium-v0"

@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 import modzoo
@@ -166,6 +166,7 @@ def test_registry_file_describes_first_party_plugins_whatever_else_is_installed(
     are listed live by `modzoo list`, and neither --check nor the test of the committed file may break on them;
     --write writes first-party halves only (no third-party guidance among a policy's compatible ones either)."""
     from types import SimpleNamespace
+
     from modzoo.cli.main import registry_yaml_text
     from modzoo.plugins.idql import CONFIG, IQLGuidance
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import modzoo
-from modzoo.run.config import build_run_config
-from modzoo.errors import ConfigError, PluginError
 from modzoo.contract.registry import HalfSpec, load_registry
+from modzoo.errors import ConfigError, PluginError
+from modzoo.run.config import build_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,8 @@ def test_first_party_plugins_come_through_entry_points():
 
 def test_registry_yaml_is_current():
     from modzoo.cli.main import registry_yaml_text
-    assert (ROOT / "registry.yaml").read_text() == registry_yaml_text(), \
-        "registry.yaml is stale: run `modzoo registry --write`"
+    assert (ROOT / "registry.yaml").read_text() == registry_yaml_text(), (
+        "registry.yaml is stale: run `modzoo registry --write`")
 
 
 class NeedsV(modzoo.DiffusionPolicy):

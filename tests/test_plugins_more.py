@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import modzoo
-from modzoo.cli import main
+from conftest import random_batch
 from modzoo.blocks.diffusion import GaussianDiffusion
 from modzoo.blocks.nets import MLPDenoiser
+from modzoo.cli import main
 from modzoo.plugins.cfg import cfg_combine
 from modzoo.plugins.edp import edp_q_loss
 from modzoo.plugins.sfbc import sfbc_probs, sfbc_select
-from conftest import random_batch
 
 OBS, ACT = 4, 2
 TASK = "bullet-hopper-medium-v0"

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 import modzoo
+from conftest import random_batch
 from modzoo.blocks.sde import VPSDE, VPSDEDiffusion, gaussian_eps
 from modzoo.cli import main
 from modzoo.plugins.qgpo import EnergyNet, QGPOPolicy, cep_loss, energy_grad, energy_guide, guided_eps
-from conftest import random_batch
 
 OBS, ACT = 4, 2
 TASK = "bullet-hopper-medium-v0"

@@ -22,9 +22,9 @@ import torch
 import modzoo
 import modzoo.run.rundir as rundir
 import modzoo.run.training as training
-from modzoo.run.checkpoint import save_half
 from modzoo.cli import main
 from modzoo.plugins.idql import IDQLPolicy, IQLGuidance
+from modzoo.run.checkpoint import save_half
 
 TASK = "bullet-hopper-medium-v0"
 TINY = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64",
@@ -364,8 +364,8 @@ def test_eval_on_an_env_of_other_dims_names_both(capsys, tmp_path, trained, dims
     save_half(modzoo.make_policy("idql", *dims, hidden=16), tmp_path / "policy.pt", {"name": trained})
     msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--env", env, "--episodes", "1",
                          "--no-progress", "--device", "cpu")
-    assert f"trained on {trained} (obs/act dims {dims[0]}/{dims[1]})" in msg and f"{env} has obs/act dims {env_dims}" \
-        in msg
+    assert (f"trained on {trained} (obs/act dims {dims[0]}/{dims[1]})" in msg
+            and f"{env} has obs/act dims {env_dims}" in msg)
 
 
 def test_a_policy_moved_out_of_its_run_dir_says_it_found_no_guidance(capsys, tmp_path):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from modzoo.bullet import scores
+from modzoo.bullet.scores import REF_MAX_SCORE, REF_MIN_SCORE, normalized_score
 from modzoo.bullet.tasks import TASKS
 from modzoo.errors import EnvError, ModzooError
-from modzoo.bullet.scores import REF_MAX_SCORE, REF_MIN_SCORE, normalized_score
 
 
 def test_every_task_has_references_and_url() -> None:
@@ -26,7 +26,8 @@ def test_normalized_score_values() -> None:
     assert normalized_score(t, 1441.8059623430963) == pytest.approx(100.0)
     # halfcheetah: min -1275.766996, max 2381.6725 -> midpoint scores 50
     assert normalized_score("bullet-halfcheetah-expert-v0", (-1275.766996 + 2381.6725) / 2) == pytest.approx(50.0)
-    assert normalized_score("bullet-walker2d-random-v0", 16.523877 + 0.1 * (1623.6476303317536 - 16.523877)) == pytest.approx(10.0)
+    assert normalized_score("bullet-walker2d-random-v0",
+                            16.523877 + 0.1 * (1623.6476303317536 - 16.523877)) == pytest.approx(10.0)
     arr = normalized_score("bullet-ant-medium-v0", np.array([373.705955, 2650.495]))
     assert isinstance(arr, np.ndarray) and np.allclose(arr, [0.0, 100.0])
     assert isinstance(normalized_score(t, 100), float)

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import checkpoint_tensors
 
 import modzoo
 import modzoo.plugins.idql
-from modzoo.errors import ConfigError
+from conftest import checkpoint_tensors
 from modzoo.contract.rng import StackedGenerator
-from modzoo.run.stacked import train_seeds
 from modzoo.contract.stages import clip_per_seed
+from modzoo.errors import ConfigError
+from modzoo.run.stacked import train_seeds
 
 TASK = "bullet-hopper-medium-v0"
 TINY = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64",

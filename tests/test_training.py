@@ -232,7 +232,8 @@ def test_evaluation_is_reproducible_and_leaves_the_training_stream_alone(small_d
 
 
 # ---- the shape probe before training ------------------------------------------------------------------------------
-from modzoo.plugins.bc import CONFIG as BC_CONFIG, DiffusionBCPolicy  # noqa: E402
+from modzoo.plugins.bc import CONFIG as BC_CONFIG  # noqa: E402
+from modzoo.plugins.bc import DiffusionBCPolicy  # noqa: E402
 
 
 class FlatSample(DiffusionBCPolicy):

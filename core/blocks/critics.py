@@ -9,10 +9,9 @@ import torch.nn.functional as F
 
 from ..contract.interfaces import GuidanceModule
 from ..contract.normalization import obs_norm_enabled
-from .nets import EnsembleQ, init_
 from ..contract.stages import Stage, run_stages
-from .utils import frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state, \
-    polyak_update
+from .nets import EnsembleQ, init_
+from .utils import frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state, polyak_update
 
 
 class TwinCriticGuidance(GuidanceModule):

@@ -317,7 +317,8 @@ class EnsembleMLP(nn.Module):
             if isinstance(layer, EnsembleLinear):
                 x = torch.baddbmm(layer.bias.index_select(0, idx), x, layer.weight.index_select(0, idx))
             elif isinstance(layer, _EnsembleLayerNorm):
-                x = F.layer_norm(x, (layer.dim,), eps=layer.eps) * layer.weight.index_select(0, idx) + layer.bias.index_select(0, idx)
+                x = (F.layer_norm(x, (layer.dim,), eps=layer.eps) * layer.weight.index_select(0, idx)
+                     + layer.bias.index_select(0, idx))
             else:
                 x = layer(x)
         return x

@@ -12,15 +12,14 @@ from typing import Any
 
 import torch
 
-from .diffusion import GaussianDiffusion
 from ..contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
 from ..contract.normalization import obs_norm_enabled
+from ..contract.stages import Stage, run_stages
+from .diffusion import GaussianDiffusion
 from .nets import LNResNetDenoiser, MLPDenoiser, init_
 from .sde import VPSDEDiffusion
 from .selection import select_with_guidance
-from ..contract.stages import Stage, run_stages
-from .utils import (DEFAULT_DECAY_STEPS, EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler,
-                    optim_state)
+from .utils import DEFAULT_DECAY_STEPS, EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
 
 
 def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:

@@ -31,14 +31,23 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .experts import (ASSET_DIR, D4RL_PYBULLET_MEDIUM_RETURN, PYBULLET_EXPERTS, Policy, TorchActorPolicy,
-                        actor_filename, load_pybullet_expert, read_progress, snapshot_near)
+from ..errors import DatasetError, EnvError
+from ..progress import progress_bar
 from .data import attr_value, dataset_path, episode_returns_from_raw, write_d4rl_file
 from .envs import make_env
-from .tasks import Task, bullet_task
-from ..errors import DatasetError, EnvError
+from .experts import (
+    ASSET_DIR,
+    D4RL_PYBULLET_MEDIUM_RETURN,
+    PYBULLET_EXPERTS,
+    Policy,
+    TorchActorPolicy,
+    actor_filename,
+    load_pybullet_expert,
+    read_progress,
+    snapshot_near,
+)
 from .scores import normalized_score
-from ..progress import progress_bar
+from .tasks import Task, bullet_task
 
 #: Default sizes: D4RL's (1M for random/medium/expert, medium+expert concatenated = 2M). D4RL's
 #: medium-replay size is whatever SAC's buffer held at "medium"; 200k is of that order for bullet.
@@ -80,7 +89,8 @@ def behaviour_policy(robot: str, which: str, behaviour_dir: str | os.PathLike[st
     assets in ``modzoo/assets``).
     """
     if robot in PYBULLET_EXPERTS:
-        return load_pybullet_expert(robot), f"pybullet enjoy_TF_{PYBULLET_EXPERTS[robot]}_v0_2017may expert (numpy MLP 128-64)"
+        return (load_pybullet_expert(robot),
+                f"pybullet enjoy_TF_{PYBULLET_EXPERTS[robot]}_v0_2017may expert (numpy MLP 128-64)")
     d = Path(behaviour_dir) if behaviour_dir else ASSET_DIR
     p = d / actor_filename(robot, which)
     if not p.is_file():
@@ -90,10 +100,12 @@ def behaviour_policy(robot: str, which: str, behaviour_dir: str | os.PathLike[st
         )
     pol = TorchActorPolicy(p)
     m = pol.meta
-    return pol, f"SB3 SAC actor {p.name} (step {m.get('step')}, eval return {m.get('eval_mean', float('nan')):.1f}, seed {m.get('seed')})"
+    return pol, (f"SB3 SAC actor {p.name} (step {m.get('step')}, "
+                 f"eval return {m.get('eval_mean', float('nan')):.1f}, seed {m.get('seed')})")
 
 
-def plan(task: str | Task, transitions: int | None = None, behaviour_dir: str | os.PathLike[str] | None = None) -> list[Segment]:
+def plan(task: str | Task, transitions: int | None = None,
+         behaviour_dir: str | os.PathLike[str] | None = None) -> list[Segment]:
     """The segments that make up ``task``'s dataset (see the module docstring)."""
     parsed = bullet_task(task, "modzoo data collect")
     robot, level, task = parsed.robot, parsed.level, parsed.name
@@ -119,13 +131,14 @@ def plan(task: str | Task, transitions: int | None = None, behaviour_dir: str | 
     ]
 
 
-def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any, out: dict[str, list[np.ndarray]]) -> list[float]:
+def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any,
+                 out: dict[str, list[np.ndarray]]) -> list[float]:
     """Roll ``seg.transitions`` steps into ``out``; an episode cut by the segment's end is marked as a
     timeout (it was truncated, not terminated). Returns the segment's complete-or-cut episode returns."""
     obs_dim = env.observation_space.shape[0]
     act_dim = env.action_space.shape[0]
     n = seg.transitions
-    O = np.empty((n, obs_dim), np.float32)
+    OBS = np.empty((n, obs_dim), np.float32)
     A = np.empty((n, act_dim), np.float32)
     R = np.empty(n, np.float32)
     NO = np.empty((n, obs_dim), np.float32)
@@ -144,7 +157,7 @@ def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any, out
                 a = a + sigma * rng.standard_normal(act_dim)
             a = np.clip(a, -1.0, 1.0).astype(np.float32)
         nxt, r, term, trunc, _ = env.step(a)
-        O[i], A[i], R[i], NO[i] = obs, a, r, nxt
+        OBS[i], A[i], R[i], NO[i] = obs, a, r, nxt
         ep_ret += r
         last = i == n - 1
         if term:
@@ -160,7 +173,8 @@ def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any, out
             bar.set_postfix(episodes=len(returns), last_return=f"{returns[-1]:.0f}", refresh=False)
         obs = nxt
         bar.update(1)
-    for k, v in (("observations", O), ("actions", A), ("rewards", R), ("next_observations", NO), ("terminals", T), ("timeouts", TO)):
+    for k, v in (("observations", OBS), ("actions", A), ("rewards", R), ("next_observations", NO),
+                 ("terminals", T), ("timeouts", TO)):
         out.setdefault(k, []).append(v)
     return returns
 
@@ -196,7 +210,8 @@ def collect(
     seg_info = []
     all_returns: list[float] = []
     t0 = time.time()
-    with progress_bar(total=total, desc=f"collect {task}", unit="step", disable=not progress, mininterval=0.5, unit_scale=True) as bar:
+    with progress_bar(total=total, desc=f"collect {task}", unit="step", disable=not progress, mininterval=0.5,
+                      unit_scale=True) as bar:
         for seg in segments:
             # Each segment starts from the same seeds as the standalone file of its level, so
             # medium-expert is exactly medium + expert concatenated (D4RL's definition), and a cached
@@ -241,7 +256,8 @@ def collect(
         "wall_seconds": round(wall, 1), "steps_per_second": round(total / max(wall, 1e-9), 1),
         "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet"),
     }
-    write_d4rl_file(path, data["observations"], data["actions"], data["rewards"], data["terminals"], data["timeouts"], attrs, data["next_observations"])
+    write_d4rl_file(path, data["observations"], data["actions"], data["rewards"], data["terminals"], data["timeouts"],
+                    attrs, data["next_observations"])
     if log:
         log(f"wrote {path}: {total} transitions, {len(rets)} episodes, mean return {rets.mean():.1f} "
             f"(normalized {attrs['normalized_score']:.1f}), {attrs['steps_per_second']:.0f} steps/s")
@@ -266,8 +282,9 @@ def _reuse_cached(robot: str, seg: Segment, seed: int) -> dict[str, np.ndarray] 
             if not (isinstance(segs, list) and len(segs) == 1 and attr_value(f.attrs.get("seed")) == seed):
                 return None
             s0 = segs[0]
-            if (s0.get("label"), s0.get("policy"), s0.get("transitions"), s0.get("sigma_start"), s0.get("sigma_end")) != (
-                seg.label, seg.policy_desc, seg.transitions, seg.sigma_start, seg.sigma_end
+            if (
+                (s0.get("label"), s0.get("policy"), s0.get("transitions"), s0.get("sigma_start"), s0.get("sigma_end"))
+                != (seg.label, seg.policy_desc, seg.transitions, seg.sigma_start, seg.sigma_end)
             ):
                 return None
             return {k: f[k][()] for k in _ARRAY_KEYS}
@@ -322,9 +339,11 @@ def collect_replay_from_run(
     chunks = sorted((run / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
     chunks = [c for c in chunks if int(c.stem.split("_")[1]) <= upto_step]
     if not chunks:
-        raise DatasetError(f"no replay chunks up to step {upto_step} in {run / 'replay'}: run `modzoo data train-behaviour {robot}` first")
+        raise DatasetError(f"no replay chunks up to step {upto_step} in {run / 'replay'}: "
+                           f"run `modzoo data train-behaviour {robot}` first")
     parts = [np.load(c) for c in chunks]
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")}
+    cat = {k: np.concatenate([p[k] for p in parts])
+           for k in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")}
     if _json.loads((run / "config.json").read_text()).get("time_feature"):
         # SAC's buffer holds the observation with the time feature appended; the dataset keeps the env's own.
         cat["observations"], cat["next_observations"] = cat["observations"][:, :-1], cat["next_observations"][:, :-1]
@@ -341,7 +360,8 @@ def collect_replay_from_run(
     prog = [r for r in read_progress(run) if r["step"] == upto_step]
     n = len(cat["rewards"])
     attrs: dict[str, Any] = {
-        "task": task, "robot": robot, "level": level, "env_id": parsed.env_id, "seed": _json.loads((run / "config.json").read_text()).get("seed"),
+        "task": task, "robot": robot, "level": level, "env_id": parsed.env_id,
+        "seed": _json.loads((run / "config.json").read_text()).get("seed"),
         "transitions": n, "episodes": len(rets), "mean_return": float(rets.mean()), "std_return": float(rets.std()),
         "normalized_score": float(normalized_score(task, rets.mean())),
         "segments": [{"label": "medium-replay", "policy": f"SB3 SAC replay buffer of {run} up to step {upto_step}",
@@ -349,12 +369,15 @@ def collect_replay_from_run(
                       "episodes": len(rets), "mean_return": float(rets.mean()), "std_return": float(rets.std()),
                       "normalized_score": float(normalized_score(task, rets.mean())), "source": "replay chunks",
                       "snapshot_eval_return": prog[0]["eval_mean"] if prog else None}],
-        "modzoo_version": _pkg_version("modzoo"), "command": f"modzoo data collect {task} --from-run {run} --upto-step {upto_step}",
-        "generator": "modzoo data collect --from-run", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "modzoo_version": _pkg_version("modzoo"),
+        "command": f"modzoo data collect {task} --from-run {run} --upto-step {upto_step}",
+        "generator": "modzoo data collect --from-run",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet"),
     }
     path = Path(out).expanduser() if out else dataset_path(parsed)
-    write_d4rl_file(path, cat["observations"], cat["actions"], cat["rewards"], terminals, timeouts, attrs, cat["next_observations"])
+    write_d4rl_file(path, cat["observations"], cat["actions"], cat["rewards"], terminals, timeouts, attrs,
+                    cat["next_observations"])
     if log:
         log(f"wrote {path}: {n} transitions, {len(rets)} episodes, mean return {rets.mean():.1f}")
     return CollectResult(path, attrs)

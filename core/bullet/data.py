@@ -22,12 +22,12 @@ from typing import Any, Mapping
 import gymnasium
 import numpy as np
 
-from .envs import env_dims
-from . import minari_data
-from .minari_data import is_minari_id
-from .tasks import MAX_EPISODE_STEPS, TASKS, Task, task_of
 from ..errors import DatasetError, EnvError
+from . import minari_data
+from .envs import env_dims
+from .minari_data import is_minari_id
 from .scores import DATASET_URLS
+from .tasks import MAX_EPISODE_STEPS, TASKS, Task, task_of
 
 #: Keys every D4RL file has (d4rl's ``get_dataset`` asserts exactly these).
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
@@ -182,7 +182,8 @@ def qlearning_transitions(
     }
 
 
-def episode_boundaries(terminals: np.ndarray, timeouts: np.ndarray | None, max_episode_steps: int = MAX_EPISODE_STEPS) -> np.ndarray:
+def episode_boundaries(terminals: np.ndarray, timeouts: np.ndarray | None,
+                       max_episode_steps: int = MAX_EPISODE_STEPS) -> np.ndarray:
     """Boolean per row: the row ends an episode (terminal or timeout; without timeouts, every
     ``max_episode_steps``-th step since the last end, d4rl's fallback)."""
     ends = terminals.astype(bool).copy()
@@ -245,7 +246,8 @@ def read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 if k in keys:
                     obj = f[k]
                     if not isinstance(obj, h5py.Dataset):
-                        raise DatasetError(f"dataset file {path}: {k!r} is a group, not an array; not a D4RL-format file, rebuild it with `modzoo data collect NAME`")
+                        raise DatasetError(f"dataset file {path}: {k!r} is a group, not an array; not a D4RL-format "
+                                           "file, rebuild it with `modzoo data collect NAME`")
                     raw[k] = obj[()]
             attrs = {str(k): attr_value(v) for k, v in f.attrs.items()}
     except DatasetError:
@@ -264,9 +266,11 @@ def _validate(path: Path, raw: dict[str, np.ndarray], task: str | Task) -> None:
     fix = "rebuild it with `modzoo data collect NAME`"
     obs, act = raw["observations"], raw["actions"]
     if obs.ndim != 2 or obs.shape[1] != obs_dim:
-        raise DatasetError(f"dataset file {path}: observations have shape {obs.shape}, but {task} needs (N, {obs_dim}); wrong task for this file? pass the right task or {fix}")
+        raise DatasetError(f"dataset file {path}: observations have shape {obs.shape}, but {task} needs "
+                           f"(N, {obs_dim}); wrong task for this file? pass the right task or {fix}")
     if act.ndim != 2 or act.shape[1] != act_dim:
-        raise DatasetError(f"dataset file {path}: actions have shape {act.shape}, but {task} needs (N, {act_dim}); wrong task for this file? pass the right task or {fix}")
+        raise DatasetError(f"dataset file {path}: actions have shape {act.shape}, but {task} needs (N, {act_dim}); "
+                           f"wrong task for this file? pass the right task or {fix}")
     n = obs.shape[0]
     if n == 0:
         raise DatasetError(f"dataset file {path} holds no transitions: {fix}")
@@ -275,12 +279,14 @@ def _validate(path: Path, raw: dict[str, np.ndarray], task: str | Task) -> None:
             raise DatasetError(f"dataset file {path}: {k!r} is a single value, expected one per row ({n}); {fix}")
     for k in ("actions", "rewards", "terminals", "timeouts", "next_observations"):
         if k in raw and raw[k].shape[0] != n:
-            raise DatasetError(f"dataset file {path}: {k!r} has {raw[k].shape[0]} rows but observations have {n}; the file is inconsistent, {fix}")
+            raise DatasetError(f"dataset file {path}: {k!r} has {raw[k].shape[0]} rows but observations have {n}; "
+                               f"the file is inconsistent, {fix}")
     for k in ("rewards", "terminals", "timeouts"):
         if k in raw and raw[k].ndim != 1:
             raise DatasetError(f"dataset file {path}: {k!r} has shape {raw[k].shape}, expected ({n},); {fix}")
     if "next_observations" in raw and raw["next_observations"].shape != obs.shape:
-        raise DatasetError(f"dataset file {path}: next_observations have shape {raw['next_observations'].shape}, observations {obs.shape}; {fix}")
+        raise DatasetError(f"dataset file {path}: next_observations have shape {raw['next_observations'].shape}, "
+                           f"observations {obs.shape}; {fix}")
     f32_max = float(np.finfo(np.float32).max)
     for k in ("observations", "actions", "rewards", "next_observations"):
         if k in raw:
@@ -323,7 +329,8 @@ def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:
         if not path.exists():
             raise DatasetError(
                 f"dataset {name_or_path} not found at {path}: build it with `modzoo data collect {name_or_path}` "
-                f"(or `modzoo data fetch {name_or_path}` where D4RL's server is reachable; set ${DATASET_DIR_ENV} to use another directory)"
+                f"(or `modzoo data fetch {name_or_path}` where D4RL's server is reachable; "
+                f"set ${DATASET_DIR_ENV} to use another directory)"
                 f"{_demo_hint(name_or_path)}"
             )
         return path, t
@@ -332,7 +339,8 @@ def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:
 
 def _must_exist(path: Path) -> None:
     if not path.exists():
-        raise DatasetError(f"dataset file {path} does not exist: give an existing path or build it with `modzoo data collect NAME --out {path}`")
+        raise DatasetError(f"dataset file {path} does not exist: give an existing path or build it with "
+                           f"`modzoo data collect NAME --out {path}`")
 
 
 def _from_minari(name_or_path: str) -> bool:
@@ -374,7 +382,8 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
     if not t:
         t = str(attrs.get("task") or "") or (task_from_filename(path) or "")
     if not t:
-        raise DatasetError(f"dataset file {path}: cannot tell which task it belongs to (no 'task' attribute, file name not D4RL's); pass the task, e.g. load_dataset(path, task='bullet-hopper-medium-v0')")
+        raise DatasetError(f"dataset file {path}: cannot tell which task it belongs to (no 'task' attribute, file name "
+                           "not D4RL's); pass the task, e.g. load_dataset(path, task='bullet-hopper-medium-v0')")
     try:
         parsed = task_of(t)
     except EnvError as exc:
@@ -388,8 +397,10 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
     timeouts = raw.get("timeouts")
     tr = qlearning_transitions(raw["observations"], raw["actions"], raw["rewards"], raw["terminals"], timeouts)
     if len(tr["rewards"]) == 0:
-        raise DatasetError(f"dataset file {path} yields no transitions (every row is an episode's last step); rebuild it with `modzoo data collect NAME`")
-    rets, lens = episode_returns_from_raw(raw["rewards"].astype(np.float64), episode_boundaries(raw["terminals"], timeouts))
+        raise DatasetError(f"dataset file {path} yields no transitions (every row is an episode's last step); "
+                           "rebuild it with `modzoo data collect NAME`")
+    rets, lens = episode_returns_from_raw(raw["rewards"].astype(np.float64),
+                                          episode_boundaries(raw["terminals"], timeouts))
     fp = fingerprint_arrays(tr["observations"], tr["actions"], tr["rewards"], tr["next_observations"], tr["terminals"])
     return Dataset(
         name=t, path=str(path), attrs=attrs, fingerprint=fp,

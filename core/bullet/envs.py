@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import EnvError
 from .tasks import MAX_EPISODE_STEPS, ROBOTS, AnyTask, MinariTask, Task, robot_of, task_of, unknown_task
 
+
 def env_id(task_or_robot: str | Task) -> str:
     """The gymnasium id for a task or robot: ``bullet-hopper-medium-v0`` -> ``modzoo/bullet-hopper-v0``."""
     return f"modzoo/bullet-{robot_of(task_or_robot)}-v0"
@@ -163,7 +164,8 @@ def make_env(task: str | AnyTask, seed: int | None = None, render_mode: str | No
     """
     register_envs()
     t = None if _is_robot(task) else task_of(task)
-    if isinstance(t, MinariTask):  # the evaluation env recorded in the Minari dataset (e.g. gymnasium's MuJoCo Hopper-v5)
+    if isinstance(t, MinariTask):
+        # the evaluation env recorded in the Minari dataset (e.g. gymnasium's MuJoCo Hopper-v5)
         env = gymnasium.make(t.spec(), render_mode=render_mode, disable_env_checker=True)
     else:
         env = gymnasium.make(env_id(task), render_mode=render_mode, disable_env_checker=True)

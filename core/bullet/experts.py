@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import EnvError, ModzooError
 from .envs import env_dims
 from .tasks import ROBOTS, robot_of
-from ..errors import EnvError, ModzooError
 
 Policy = Callable[..., np.ndarray]  # (obs, t=None) -> actions; see the module docstring
 
@@ -97,16 +97,19 @@ def load_pybullet_expert(robot: str) -> NumpyMLPPolicy:
     cls = ROBOTS[robot][0]
     path = pybullet_examples_dir() / f"enjoy_TF_{cls}_v0_2017may.py"
     if not path.is_file():
-        raise ModzooError(f"pybullet expert file {path} not found: reinstall pybullet (`pip install --force-reinstall pybullet`)")
+        raise ModzooError(f"pybullet expert file {path} not found: "
+                          "reinstall pybullet (`pip install --force-reinstall pybullet`)")
     w = _parse_weights(path)
     names = ["dense1", "dense2", "final"]
     missing = [n for n in names if f"weights_{n}_w" not in w or f"weights_{n}_b" not in w]
     if missing:
-        raise ModzooError(f"pybullet expert file {path} lacks weights for layers {missing}: unexpected pybullet version")
+        raise ModzooError(f"pybullet expert file {path} lacks weights for layers {missing}: "
+                          "unexpected pybullet version")
     layers = [(w[f"weights_{n}_w"], w[f"weights_{n}_b"]) for n in names]
     obs_dim, act_dim = env_dims(robot)
     if layers[0][0].shape[0] != obs_dim or layers[-1][0].shape[1] != act_dim:
-        raise ModzooError(f"pybullet expert {path.name} has shape {layers[0][0].shape[0]}->{layers[-1][0].shape[1]}, env {obs_dim}->{act_dim}")
+        raise ModzooError(f"pybullet expert {path.name} has shape {layers[0][0].shape[0]}->{layers[-1][0].shape[1]}, "
+                          f"env {obs_dim}->{act_dim}")
     return NumpyMLPPolicy(layers)
 
 
@@ -147,10 +150,12 @@ class TorchActorPolicy:
         try:
             blob = torch.load(self.path, map_location="cpu", weights_only=True)
             meta = blob["meta"]
-            net = actor_module(int(meta["obs_dim"]), int(meta["act_dim"]), [int(h) for h in meta["hidden"]], meta.get("clip_mean"))
+            net = actor_module(int(meta["obs_dim"]), int(meta["act_dim"]), [int(h) for h in meta["hidden"]],
+                               meta.get("clip_mean"))
             net.load_state_dict(blob["state_dict"])  # checks every shape against the metadata
         except Exception as exc:  # corrupt/incompatible file: one clear line for the user
-            raise ModzooError(f"behaviour policy {self.path} could not be loaded ({exc.__class__.__name__}: {exc}); re-export it with `modzoo data train-behaviour`") from exc
+            raise ModzooError(f"behaviour policy {self.path} could not be loaded ({exc.__class__.__name__}: {exc}); "
+                              "re-export it with `modzoo data train-behaviour`") from exc
         self.meta = dict(meta)
         #: episode length the actor's time feature counts down over (None: the actor sees only obs)
         self.time_feature: int | None = int(meta["time_feature"]) if meta.get("time_feature") else None
@@ -164,7 +169,8 @@ class TorchActorPolicy:
         x = np.asarray(obs, dtype=np.float64)
         if self.time_feature:
             if t is None:
-                raise ModzooError(f"behaviour policy {self.path.name} was trained with a time feature: pass each row's episode step t")
+                raise ModzooError(f"behaviour policy {self.path.name} was trained with a time feature: "
+                                  "pass each row's episode step t")
             x = np.concatenate([x, time_feature(np.asarray(t), self.time_feature)[:, None]], axis=1)
         for i, (w, b) in enumerate(self._layers):
             # (batch, in, 1) * (1, in, out) summed over `in` one row after another: no BLAS, one order everywhere
@@ -208,7 +214,8 @@ def committed_actor(robot: str, which: str) -> Path:
     robot = robot_of(robot)
     p = ASSET_DIR / actor_filename(robot, which)
     if not p.is_file():
-        raise EnvError(f"no committed {which} behaviour policy for {robot} ({p}): train one with `modzoo data train-behaviour {robot}`")
+        raise EnvError(f"no committed {which} behaviour policy for {robot} ({p}): "
+                       f"train one with `modzoo data train-behaviour {robot}`")
     return p
 
 

@@ -124,8 +124,8 @@ def write(dataset_id: str, episodes: list[dict[str, np.ndarray]], env_id: str, r
             description=description, author="modzoo", author_email="modzoo@localhost",
             code_permalink="https://github.com/modzoo/modzoo")
     except ImportError as e:
-        raise DatasetError(f"writing a Minari dataset needs minari[create] ({e}): pip install 'minari[create]'") \
-            from None
+        raise DatasetError(f"writing a Minari dataset needs minari[create] ({e}): "
+                           "pip install 'minari[create]'") from None
     return datasets_path() / dataset_id
 
 

@@ -20,20 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError, EnvError, ModzooError
 from ..bullet import minari_data
+from ..bullet.collect import collect, collect_replay_from_run
 from ..bullet.data import dataset_path, export_minari, load_dataset
 from ..bullet.minari_data import is_minari_id
-from ..bullet.tasks import bullet_task, task_of
-from ..progress import progress_bar
 from ..bullet.scores import DATASET_URLS, normalized_score
-from ..bullet.collect import collect, collect_replay_from_run
+from ..bullet.tasks import bullet_task, task_of
+from ..errors import DatasetError, EnvError, ModzooError
+from ..progress import progress_bar
 
 
 def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``data`` with its subcommands to an ``argparse`` subparsers object; returns the parser."""
     data = subparsers.add_parser("data", help="fetch, collect, inspect Bullet D4RL datasets",
-                                 description="Bullet D4RL datasets: D4RL's HDF5 layout, cached in $D4RL_DATASET_DIR (default ~/.d4rl/datasets).")
+                                 description="Bullet D4RL datasets: D4RL's HDF5 layout, cached in $D4RL_DATASET_DIR "
+                                             "(default ~/.d4rl/datasets).")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.commands = sub  # where another package adds a subcommand (the lab's train-behaviour)
     sub.required = True
@@ -56,15 +57,20 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("collect", help="generate a dataset with modzoo's behaviour policies (no network)")
     p.add_argument("name", metavar="NAME", help="task name, e.g. bullet-hopper-medium-v0")
-    p.add_argument("--transitions", type=int, default=None, help="number of transitions (default: D4RL's size for the level)")
+    p.add_argument("--transitions", type=int, default=None,
+                   help="number of transitions (default: D4RL's size for the level)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="file to write (default: the D4RL cache path)")
-    p.add_argument("--behaviour-dir", help="directory with exported SAC actors behaviour-<robot>-{medium,expert}.pt (default: modzoo's bundled ones)")
+    p.add_argument("--behaviour-dir", help="directory with exported SAC actors behaviour-<robot>-{medium,expert}.pt "
+                                           "(default: modzoo's bundled ones)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-reuse", action="store_true", help="medium-expert: simulate both halves even if the cached medium/expert files match")
-    p.add_argument("--from-run", help="medium-replay only: write the replay buffer of this train-behaviour run (D4RL's exact recipe)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="medium-expert: simulate both halves even if the cached medium/expert files match")
+    p.add_argument("--from-run",
+                   help="medium-replay only: write the replay buffer of this train-behaviour run (D4RL's exact recipe)")
     p.add_argument("--force", action="store_true", help="replace an existing file at the destination")
-    p.add_argument("--upto-step", type=int, help="with --from-run: last step to include (default: the run's medium snapshot)")
+    p.add_argument("--upto-step", type=int,
+                   help="with --from-run: last step to include (default: the run's medium snapshot)")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("info", help="summarize a dataset file or a cached dataset")
@@ -114,12 +120,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 f"`modzoo data collect {args.name}`"
             ) from exc
         total = int(resp.headers.get("Content-Length") or 0) or None
-        with resp, open(tmp, "wb") as f, progress_bar(total=total, unit="B", unit_scale=True, desc=f"fetch {args.name}") as bar:
+        with resp, open(tmp, "wb") as f, progress_bar(total=total, unit="B", unit_scale=True,
+                                                      desc=f"fetch {args.name}") as bar:
             while True:
                 try:
                     chunk = resp.read(1 << 20)
                 except (socket.timeout, OSError, http.client.HTTPException) as exc:  # IncompleteRead is the latter
-                    raise DatasetError(f"download of {url} broke off ({exc}); retry, or build it with `modzoo data collect {args.name}`") from exc
+                    raise DatasetError(f"download of {url} broke off ({exc}); retry, or build it with "
+                                       f"`modzoo data collect {args.name}`") from exc
                 if not chunk:
                     break
                 f.write(chunk)
@@ -138,7 +146,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         try:
             ds = load_dataset(str(tmp), task=args.name)
         except DatasetError as exc:
-            raise DatasetError(f"the download from {url} is not a valid {args.name} dataset, nothing was written to {out} ({exc}); retry later or build it with `modzoo data collect {args.name}`") from exc
+            raise DatasetError(
+                f"the download from {url} is not a valid {args.name} dataset, nothing was written to {out} ({exc}); "
+                f"retry later or build it with `modzoo data collect {args.name}`"
+            ) from exc
         os.replace(tmp, out)
         out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
     finally:
@@ -166,7 +177,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
         res = collect_replay_from_run(args.name, args.from_run, out=args.out, upto_step=args.upto_step)
         a = res.attrs
-        print(f"wrote {res.path}: {a['transitions']} transitions, {a['episodes']} episodes, mean return {a['mean_return']:.1f} (normalized {a['normalized_score']:.1f})")
+        print(f"wrote {res.path}: {a['transitions']} transitions, {a['episodes']} episodes, "
+              f"mean return {a['mean_return']:.1f} (normalized {a['normalized_score']:.1f})")
         return 0
     res = collect(args.name, transitions=args.transitions, seed=args.seed, out=args.out,
                   progress=not args.no_progress, behaviour_dir=args.behaviour_dir, reuse=not args.no_reuse)
@@ -176,7 +188,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
           f"{a['steps_per_second']:.0f} steps/s")
     for s in a["segments"]:
         if len(a["segments"]) > 1:
-            print(f"  {s['label']}: {s['transitions']} transitions, mean return {s['mean_return']:.1f} (normalized {s['normalized_score']:.1f})")
+            print(f"  {s['label']}: {s['transitions']} transitions, mean return {s['mean_return']:.1f} "
+                  f"(normalized {s['normalized_score']:.1f})")
     return 0
 
 
@@ -210,15 +223,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     t = Table(title=f"{info['task']}  ({info['path']})", show_header=False)
     t.add_row("transitions (q-learning)", f"{info['transitions']:,}")
-    t.add_row("episodes", f"{info['episodes']:,} (mean length {info['episode_length_mean']:.0f}, {info['terminals']} terminal)")
+    t.add_row("episodes",
+              f"{info['episodes']:,} (mean length {info['episode_length_mean']:.0f}, {info['terminals']} terminal)")
     t.add_row("obs / act dims", f"{info['obs_dim']} / {info['act_dim']}")
-    t.add_row("episode return", f"{info['return_mean']:.1f} ± {info['return_std']:.1f} (min {info['return_min']:.1f}, max {info['return_max']:.1f})")
+    t.add_row("episode return", f"{info['return_mean']:.1f} ± {info['return_std']:.1f} "
+                                f"(min {info['return_min']:.1f}, max {info['return_max']:.1f})")
     t.add_row("normalized score", f"{info['normalized_mean']:.1f} ± {info['normalized_std']:.1f}")
     t.add_row("fingerprint", info["fingerprint"])
     for k, v in info["recipe"].items():
         t.add_row(k, str(v))
     for s in info.get("segments") or []:
-        t.add_row(f"segment {s['label']}", f"{s['transitions']:,} steps, {s['policy']}, sigma {s['sigma_start']}->{s['sigma_end']}, mean return {s['mean_return']:.1f}")
+        t.add_row(f"segment {s['label']}",
+                  f"{s['transitions']:,} steps, {s['policy']}, sigma {s['sigma_start']}->{s['sigma_end']}, "
+                  f"mean return {s['mean_return']:.1f}")
     Console().print(t)
     return 0
 

@@ -13,18 +13,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import AlreadyFinished, ConfigError, ModzooError
-from .data import add_data_commands
-from .plugin import add_plugin_commands
-from ..contract.registry import load_registry
-from ..run.evaluation import evaluate, load_policy_and_guidance
-from ..run.training import config_sources, run_config, train
-from ..run.stacked import train_seeds
 from ..bullet.collect import collect
 from ..bullet.data import demo_dataset_path, load_dataset
 from ..bullet.scores import normalized_score
+from ..contract.registry import load_registry
+from ..errors import AlreadyFinished, ConfigError, ModzooError
 from ..run.config import preset_names
+from ..run.evaluation import evaluate, load_policy_and_guidance
+from ..run.stacked import train_seeds
+from ..run.training import config_sources, run_config, train
 from ..run.validation import check_sample_steps
+from .data import add_data_commands
+from .plugin import add_plugin_commands
 
 DEMO_TASK = "bullet-hopper-medium-v0"
 

@@ -21,8 +21,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from ..errors import ConfigError
 from ..contract.registry import load_registry
+from ..errors import ConfigError
 from ..version import __version__
 
 KINDS = ("guidance", "policy", "both")
@@ -44,8 +44,8 @@ def check_name(name: str) -> None:
         raise ConfigError(f"plugin name {name!r} is not a lower-case identifier (letters, digits, '_', starting with "
                           f"a letter), e.g. my_algo")
     reg = load_registry()
-    taken = {s.plugin for s in [*reg.guidances.values(), *reg.policies.values()]} | set(reg.guidances) | \
-        set(reg.policies)
+    taken = ({s.plugin for s in [*reg.guidances.values(), *reg.policies.values()]} | set(reg.guidances)
+             | set(reg.policies))
     if name in taken:
         raise ConfigError(f"a plugin or half named {name!r} is already registered ({', '.join(sorted(taken))}); "
                           f"choose another name")
@@ -61,8 +61,8 @@ def new_plugin(name: str, directory: str | Path = ".", kind: str = "both", force
         raise ConfigError(f"{root} already exists and is not empty; choose another --dir (nothing was written)")
     package = f"modzoo_{name}"
     has_g, has_p = kind in ("guidance", "both"), kind in ("policy", "both")
-    names = ["Batch", "HalfSpec"] + (["DiffusionPolicy", "TwinCriticGuidance"] if has_g else []) \
-        + (["DDPMPolicy", "GuidanceModule", "Metrics"] if has_p else [])
+    names = (["Batch", "HalfSpec"] + (["DiffusionPolicy", "TwinCriticGuidance"] if has_g else [])
+             + (["DDPMPolicy", "GuidanceModule", "Metrics"] if has_p else []))
     imports = ["import torch", "", f"from modzoo import {', '.join(sorted(names))}, hookimpl"]
     fields = {
         "name": name, "package": package, "Class": _class_name(name), "modzoo_version": __version__,

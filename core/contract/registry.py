@@ -18,8 +18,8 @@ from typing import Any
 import pluggy
 import yaml
 
-from . import hookspecs
 from ..errors import PluginError
+from . import hookspecs
 from .interfaces import DiffusionPolicy, GuidanceModule
 
 ENTRY_POINT_GROUP = "modzoo"
@@ -54,8 +54,9 @@ class HalfSpec:
 
     def default_config(self) -> dict[str, Any]:
         """The ``guidance:`` or ``policy:`` section of the plugin's YAML (task overrides included), over the
-        machinery defaults of the base classes it is built on (:attr:`~modzoo.contract.interfaces.Half.config_defaults`):
-        the plugin's keys in its own order, then the base's keys it does not state."""
+        machinery defaults of the base classes it is built on
+        (:attr:`~modzoo.contract.interfaces.Half.config_defaults`): the plugin's keys in its own order, then the
+        base's keys it does not state."""
         merged = self.own_defaults()
         for key, value in self.base_defaults().items():
             merged.setdefault(key, value)

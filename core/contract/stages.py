@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-
 #: ``loss(batch, other_half) -> (loss, metrics)``; must draw randomness through :mod:`modzoo.contract.rng`.
 LossFn = Callable[[dict[str, torch.Tensor], Any], tuple[torch.Tensor, dict[str, Any]]]
 

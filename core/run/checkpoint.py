@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, StorageError
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule, Half
-from .config import ADDED_KEYS, half_config
-from ..version import __version__
 from ..contract.registry import load_registry
+from ..errors import CheckpointError, StorageError
+from ..version import __version__
+from .config import ADDED_KEYS, half_config
 
 FORMAT = "modzoo.half/1"
 REQUIRED = ("format", "kind", "algorithm", "obs_dim", "act_dim", "config", "state")

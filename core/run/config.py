@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
-
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 

@@ -19,13 +19,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .checkpoint import check_guidance_fits, load_checkpoint
-from .halves import resolve_device
 from ..bullet.envs import env_dims, make_env
+from ..bullet.scores import normalized_score
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..errors import CheckpointError, ConfigError, ModzooError
 from ..progress import progress_bar
-from ..bullet.scores import normalized_score
+from .checkpoint import check_guidance_fits, load_checkpoint
+from .halves import resolve_device
 
 ActFn = Callable[[np.ndarray], np.ndarray]
 
@@ -73,9 +73,11 @@ class EvalResult:
 def _check_actions(acts: Any, n: int, act_dim: int) -> np.ndarray:
     a = np.asarray(acts, dtype=np.float32)
     if a.shape != (n, act_dim):
-        raise ModzooError(f"policy returned actions of shape {a.shape} for {n} states: expected ({n}, {act_dim}); check the policy's action dimension matches the task")
+        raise ModzooError(f"policy returned actions of shape {a.shape} for {n} states: expected ({n}, {act_dim}); "
+                          "check the policy's action dimension matches the task")
     if not np.isfinite(a).all():
-        raise ModzooError("policy returned NaN or inf actions: the checkpoint is likely diverged; evaluate an earlier one")
+        raise ModzooError("policy returned NaN or inf actions: the checkpoint is likely diverged; "
+                          "evaluate an earlier one")
     # Our datasets hold actions in [-1, 1] and the env clips torques anyway; clipping keeps the
     # electricity cost (computed from the raw action) consistent with the data.
     return np.clip(a, -1.0, 1.0)

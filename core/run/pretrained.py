@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
-from .checkpoint import load_checkpoint
 from ..contract.interfaces import GuidanceModule
 from ..errors import ConfigError
+from .checkpoint import load_checkpoint
 
 
 def pretrained_guidance(cfg: DictConfig, guidance: GuidanceModule | None, device: torch.device) -> GuidanceModule:

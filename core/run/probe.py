@@ -13,7 +13,6 @@ from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..contract.registry import load_registry
 from ..errors import PluginError
 
-
 #: the probe before training: states taken from the dataset, and candidates asked of ``sample``
 PROBE_STATES, PROBE_CANDIDATES = 2, 2
 

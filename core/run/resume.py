@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from .buffer import ReplayBuffer
-from .checkpoint import build_from_payload
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..errors import ConfigError
+from .buffer import ReplayBuffer
+from .checkpoint import build_from_payload
 
 
 def generator_state(half: Any) -> torch.Tensor:

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..contract.interfaces import DiffusionPolicy, GuidanceModule
+from ..errors import AlreadyFinished, ConfigError, StorageError
 from .checkpoint import atomic_write_text, checkpoint_bytes, existing_parent, remove_stale_temp_files, size_text
 from .config import config_diff, to_dict
 from .loggers import Sink
-from ..contract.interfaces import DiffusionPolicy, GuidanceModule
-from ..errors import AlreadyFinished, ConfigError, StorageError
 
 
 class RunLog:
@@ -102,8 +102,8 @@ def open_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StorageError(f"could not make run dir {run_dir} (--out): {e.strerror or e}; choose another --out") \
-            from None
+        msg = f"could not make run dir {run_dir} (--out): {e.strerror or e}; choose another --out"
+        raise StorageError(msg) from None
     remove_stale_temp_files(run_dir)
     if not (run_dir / "config.yaml").exists():
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))

@@ -26,13 +26,13 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ..blocks.activations import first_order
-from ..errors import ConfigError
+from ..bullet.data import load_dataset
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule, Half
 from ..contract.registry import load_registry
 from ..contract.rng import StackedGenerator
 from ..contract.stages import Stage, clip_per_seed, finish_step
+from ..errors import ConfigError
 from .training import ActiveRun, RunResult, Stepper, setup_run, train, train_group
-from ..bullet.data import load_dataset
 
 
 def stackable(guidance: type | None, policy: type | None) -> str | None:

@@ -21,6 +21,13 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig
 
+from ..blocks.policy import behaviour_split
+from ..blocks.utils import seed_everything
+from ..bullet.data import load_dataset
+from ..contract.interfaces import DiffusionPolicy, GuidanceModule
+from ..contract.registry import load_registry
+from ..errors import ConfigError
+from ..progress import progress_bar
 from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, atomic_write_text, check_guidance_fits, half_payload, save_half
 from .config import RUN_DEFAULTS, apply_preset, build_run_config, load_preset, task_layers, to_dict
@@ -33,13 +40,6 @@ from .profiling import PhaseMeter
 from .resume import generator_state, restore
 from .rundir import RunLog, open_run_dir, refuse_changes, saved_config, warn_if_short_of_space
 from .validation import check_out_dir, validate_config
-from ..blocks.policy import behaviour_split
-from ..blocks.utils import seed_everything
-from ..bullet.data import load_dataset
-from ..contract.interfaces import DiffusionPolicy, GuidanceModule
-from ..contract.registry import load_registry
-from ..errors import ConfigError
-from ..progress import progress_bar
 
 
 def run_config(guidance: str | None, policy: str | None, task: str, overrides: list[str] | tuple[str, ...] = (),
@@ -78,10 +78,12 @@ def config_sources(guidance: str | None, policy: str | None, task: str, override
         layers = [(f"base {k.__name__}", (spec.base_defaults() if i == 0 else {})) for i, k in enumerate(spec.bases())]
         layers.append((f"plugin {name}", own))
         merged = spec.default_config()
-        layers += [(f"plugin {name} task_overrides[{p!r}]", v) for p, v in task_layers(merged.get("task_overrides"), task)]
+        layers += [(f"plugin {name} task_overrides[{p!r}]", v)
+                   for p, v in task_layers(merged.get("task_overrides"), task)]
         values = dict((preset.get(kind) or {}).get(name) or {})
         layers.append((f"preset {preset.get('name', run.get('preset'))}", values))
-        layers += [(f"preset task_overrides[{p!r}]", v) for p, v in task_layers(values.pop("task_overrides", None), task)]
+        layers += [(f"preset task_overrides[{p!r}]", v)
+                   for p, v in task_layers(values.pop("task_overrides", None), task)]
         for label, layer in layers:
             source.update({f"{kind}.{k}": label for k in layer if k != "task_overrides"})
         source[f"{kind}.name"] = "argument"

@@ -17,14 +17,15 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig
 
-from .config import RUN_DEFAULTS, SCHEDULES, to_dict
-from ..blocks.diffusion import FAST_SAMPLERS, SAMPLERS, SCHEDULES as NOISE_SCHEDULES
-from ..errors import ConfigError
+from ..blocks.diffusion import FAST_SAMPLERS, SAMPLERS
+from ..blocks.diffusion import SCHEDULES as NOISE_SCHEDULES
 from ..blocks.nets import ACTIVATIONS, INITS, TIME_EMBEDS
 from ..blocks.sde import SDE_SAMPLERS
-from ..contract.normalization import OBS_NORMS
 from ..blocks.selection import RULES
+from ..contract.normalization import OBS_NORMS
 from ..contract.registry import load_registry
+from ..errors import ConfigError
+from .config import RUN_DEFAULTS, SCHEDULES, to_dict
 from .halves import default_config
 from .loggers import check_available
 

@@ -55,17 +55,17 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..run.checkpoint import REQUIRED, load_checkpoint, read_payload, save_half
-from ..errors import ConfigError
+from ..bullet.data import load_dataset, write_d4rl_file
+from ..bullet.envs import env_dims
 from ..contract.hookspecs import hookimpl
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..contract.registry import HalfSpec, load_registry, register_plugin, unregister_plugin
-from ..bullet.data import load_dataset, write_d4rl_file
-from ..bullet.envs import env_dims
+from ..errors import ConfigError
 from ..run.buffer import ReplayBuffer
-from ..run.training import run_config, train
-from ..run.stacked import stackable, train_seeds
+from ..run.checkpoint import REQUIRED, load_checkpoint, read_payload, save_half
 from ..run.evaluation import evaluate_policy
+from ..run.stacked import stackable, train_seeds
+from ..run.training import run_config, train
 
 TASK = "bullet-hopper-medium-v0"
 OBS_DIM, ACT_DIM = 15, 3  # bullet-hopper's dims: the synthetic dataset and the env check use this task
@@ -246,8 +246,8 @@ def _scalar(v: Any) -> float | None:
 def _equal(a: Any, b: Any) -> bool:
     """Deep equality of nested dicts/lists of tensors and plain values."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and \
-            a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu()))
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
@@ -497,8 +497,8 @@ def check_determinism(h: _Harness) -> None:
         metrics = [{k: _scalar(v) for k, v in h.update(m, b, partner).items()} for b in batches]
         probe = batches[0]
         with torch.no_grad():
-            out = m.q(probe["observations"], probe["actions"]) if h.kind == "guidance" else \
-                m.sample(probe["observations"][:4], 2)
+            out = (m.q(probe["observations"], probe["actions"]) if h.kind == "guidance"
+                   else m.sample(probe["observations"][:4], 2))
         runs.append((m, metrics, out))
     (a, ma, oa), (b, mb, ob) = runs
     diff = _state_diff(a, b)
@@ -785,8 +785,8 @@ def check_policy(name_or_cls: str | type, **kwargs: Any) -> Report:
 def plugin_halves(plugin: str) -> list[tuple[str, str]]:
     """(kind, half name) of every half the plugin (entry-point name) contributes; a half name works too."""
     reg = load_registry()
-    halves = [("guidance", n) for n, s in sorted(reg.guidances.items()) if s.plugin == plugin] + \
-             [("policy", n) for n, s in sorted(reg.policies.items()) if s.plugin == plugin]
+    halves = ([("guidance", n) for n, s in sorted(reg.guidances.items()) if s.plugin == plugin]
+              + [("policy", n) for n, s in sorted(reg.policies.items()) if s.plugin == plugin])
     if not halves:
         halves = [("guidance", plugin)] * (plugin in reg.guidances) + [("policy", plugin)] * (plugin in reg.policies)
     if not halves:

@@ -35,8 +35,8 @@ root, bench, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sys.path.insert(0, root)
 sys.path.insert(1, bench)
 import modzoo
-assert os.path.realpath(modzoo.__file__).startswith(os.path.realpath(root)) or \
-    os.path.dirname(modzoo.__file__).startswith(root), modzoo.__file__
+assert (os.path.realpath(modzoo.__file__).startswith(os.path.realpath(root))
+        or os.path.dirname(modzoo.__file__).startswith(root)), modzoo.__file__
 from speed_common import case, set_threads
 set_threads(threads)
 fns = {}

@@ -15,6 +15,8 @@ import os
 import time
 
 import modzoo  # noqa: F401  (sets OMP_WAIT_POLICY before torch runs)
+
+# isort: split
 import torch
 
 from modzoo.run.halves import default_config, make_guidance, make_policy

@@ -28,8 +28,16 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_common import activation_calls, build_halves, cpu_alternate, joint_step, machine, median, set_threads, \
-    synthetic_dataset  # noqa: E402
+from speed_common import (  # noqa: E402
+    activation_calls,
+    build_halves,
+    cpu_alternate,
+    joint_step,
+    machine,
+    median,
+    set_threads,
+    synthetic_dataset,
+)
 
 
 def build(ds: Any, mode: str | None) -> tuple[Callable[[], Any], Callable[[], Any]]:
@@ -50,10 +58,10 @@ def build(ds: Any, mode: str | None) -> tuple[Callable[[], Any], Callable[[], An
 
 
 def _graph_friendly(*mods: torch.nn.Module) -> None:
-    """Make the halves traceable as one graph: ``nn.Mish`` for FastMish, unseeded global draws for ``modzoo.contract.rng``
-    (this changes the random streams, so it is for timing only)."""
-    from modzoo.contract import rng
+    """Make the halves traceable as one graph: ``nn.Mish`` for FastMish, unseeded global draws for
+    ``modzoo.contract.rng`` (this changes the random streams, so it is for timing only)."""
     from modzoo.blocks.activations import FastMish
+    from modzoo.contract import rng
 
     rng.randn = lambda shape, g=None, device=None: torch.randn(shape, device=device)
     rng.rand = lambda shape, g=None, device=None: torch.rand(shape, device=device)
@@ -98,7 +106,8 @@ def whole_loss(ds: Any, rounds: int) -> None:
     res = cpu_alternate(fns, rounds)
     base = res["eager FastMish step"]
     for k, v in res.items():
-        print(f"{k:40s} {median(v) * 1e3:8.2f} ms CPU   eager FastMish/this {median([b / x for b, x in zip(base, v)]):.2f}x")
+        print(f"{k:40s} {median(v) * 1e3:8.2f} ms CPU   "
+              f"eager FastMish/this {median([b / x for b, x in zip(base, v)]):.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,7 +39,8 @@ def make_act_fn(seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     obs_dim, act_dim = env_dims(TASK)
-    diffusion = GaussianDiffusion(MLPDenoiser(obs_dim, act_dim, hidden=256, depth=3), act_dim, T=T, schedule="vp").eval()
+    diffusion = GaussianDiffusion(MLPDenoiser(obs_dim, act_dim, hidden=256, depth=3), act_dim, T=T,
+                                  schedule="vp").eval()
     q1 = mlp(obs_dim + act_dim, [256] * 3, 1, act="mish").eval()
     q2 = mlp(obs_dim + act_dim, [256] * 3, 1, act="mish").eval()
     gen = torch.Generator().manual_seed(seed)
@@ -59,14 +60,16 @@ def make_act_fn(seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
 def test_eval_vectorized(benchmark) -> None:  # type: ignore[no-untyped-def]
     act = make_act_fn()
     benchmark.group = "evaluation, 10 x halfcheetah episodes, diffusion act_fn (T=5, 50 candidates)"
-    res = benchmark.pedantic(lambda: evaluate_policy(act, TASK, episodes=EPISODES, seed=0, max_steps=MAX_STEPS), rounds=1, iterations=1)
+    res = benchmark.pedantic(lambda: evaluate_policy(act, TASK, episodes=EPISODES, seed=0, max_steps=MAX_STEPS),
+                             rounds=1, iterations=1)
     assert (res.lengths == MAX_STEPS).all()
 
 
 def test_eval_sequential(benchmark) -> None:  # type: ignore[no-untyped-def]
     act = make_act_fn()
     benchmark.group = "evaluation, 10 x halfcheetah episodes, diffusion act_fn (T=5, 50 candidates)"
-    res = benchmark.pedantic(lambda: evaluate_sequential(act, TASK, episodes=EPISODES, seed=0, max_steps=MAX_STEPS), rounds=1, iterations=1)
+    res = benchmark.pedantic(lambda: evaluate_sequential(act, TASK, episodes=EPISODES, seed=0, max_steps=MAX_STEPS),
+                             rounds=1, iterations=1)
     assert (res.lengths == MAX_STEPS).all()
 
 
@@ -101,7 +104,8 @@ def main() -> None:
     evaluate_sequential(act, TASK, episodes=EPISODES, seed=0, max_steps=MAX_STEPS)
     t_seq = time.perf_counter() - t0
     print(f"torch {torch.__version__}, threads {THREADS}, {EPISODES} episodes x {MAX_STEPS} steps of {TASK}")
-    print(f"vectorized {t_vec:.1f} s, sequential {t_seq:.1f} s, ratio {t_vec / t_seq:.3f} (speed-up {t_seq / t_vec:.1f}x)")
+    print(f"vectorized {t_vec:.1f} s, sequential {t_seq:.1f} s, ratio {t_vec / t_seq:.3f} "
+          f"(speed-up {t_seq / t_vec:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import os
 import statistics
 import time
 
-import modzoo  # sets OMP_WAIT_POLICY before torch runs
 import torch
 
+import modzoo  # sets OMP_WAIT_POLICY before torch runs
 from modzoo.run.halves import make_guidance, make_policy
 
 OBS, ACT = 15, 3  # bullet-hopper

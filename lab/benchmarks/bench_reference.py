@@ -39,8 +39,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_common import ACT_DIM, BATCH, OBS_DIM, T, build_halves, joint_step, machine, median, set_threads, \
-    synthetic_dataset  # noqa: E402
+from speed_common import (  # noqa: E402
+    ACT_DIM,
+    BATCH,
+    OBS_DIM,
+    T,
+    build_halves,
+    joint_step,
+    machine,
+    median,
+    set_threads,
+    synthetic_dataset,
+)
 
 
 def import_reference(ref_dir: Path) -> tuple[Any, Any]:

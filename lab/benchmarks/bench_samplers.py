@@ -1,8 +1,9 @@
 """Samplers at inference: one policy trained with T = 100 steps, acting with fewer (docs/performance.md).
 
 Trains EDP (T = 100, its own 50 candidates ranked by softmax over Q) jointly with the IQL critic on ``--task``
-(policy-independent: Diffusion-QL's critic would run the 100-step chain for every TD target), once, into ``--out`` (reused when it is there), then scores the same checkpoint with each sampler at
-each number of grid points and times ``act`` on a batch of dataset states:
+(policy-independent: Diffusion-QL's critic would run the 100-step chain for every TD target), once, into
+``--out`` (reused when it is there), then scores the same checkpoint with each sampler at each number of grid
+points and times ``act`` on a batch of dataset states:
 
     python lab/benchmarks/bench_samplers.py --task bullet-hopper-medium-v0 --steps 10000 --episodes 5 \\
         --json lab/experiments/results/bench-samplers/hopper-edp.json

@@ -66,7 +66,6 @@ def _copy(half: Any) -> Any:
 
 def matmul(k: int = 5, d: int = 256, n: int = 200) -> dict[str, float]:
     """Microseconds for k seeds' d x d layer at batch d: one ``bmm`` against k ``mm``."""
-    import time
     x, w = torch.randn(k, d, d), torch.randn(k, d, d)
     fns = {"bmm": lambda: torch.bmm(x, w), "mm_each": lambda: [torch.mm(x[i], w[i]) for i in range(k)]}
     t = sc.alternate(fns, rounds=5, repeat=n)
@@ -86,7 +85,8 @@ def profile(arm: str = "dql", k: int = 5) -> None:
         mat = sum(e.self_cpu_time_total for e in ev if e.key in ("aten::mm", "aten::bmm", "aten::addmm",
                                                                  "aten::baddbmm"))
         total = sum(e.self_cpu_time_total for e in ev)
-        print(f"{name}: {total / 3e3:.1f} ms per step, matmuls {mat / 3e3:.1f} ms, the rest {(total - mat) / 3e3:.1f} ms")
+        print(f"{name}: {total / 3e3:.1f} ms per step, matmuls {mat / 3e3:.1f} ms, "
+              f"the rest {(total - mat) / 3e3:.1f} ms")
 
 
 def main() -> None:

@@ -59,18 +59,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import modzoo  # first: it sets OMP_WAIT_POLICY before torch starts its threads
 import torch
 
+import modzoo  # first: it sets OMP_WAIT_POLICY before torch starts its threads
 from modzoo.bullet.data import load_dataset
 from modzoo.bullet.envs import env_dims
 from modzoo.contract import rng
 from modzoo.run.buffer import ReplayBuffer
 from modzoo.run.checkpoint import load_checkpoint
-from modzoo.run.evaluation import evaluate_policy
+from modzoo.run.evaluation import eval_seed, evaluate_policy
 from modzoo.run.halves import default_config, make_guidance, make_policy
 from modzoo.run.stacked import StackedStepper
-from modzoo.run.evaluation import eval_seed
 from modzoo.run.training import ActiveRun, Stepper, _train_step, setup_run
 from modzoo.testing import synthetic_dataset, tiny_overrides
 
@@ -300,8 +299,8 @@ def host_random_numbers() -> Iterator[None]:
 def _float_tensors(payload: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every floating tensor of a checkpoint payload (parameters, buffers, optimizer moments), by its path."""
     out: dict[str, torch.Tensor] = {}
-    items = payload.items() if isinstance(payload, dict) else \
-        enumerate(payload) if isinstance(payload, (list, tuple)) else []
+    items = (payload.items() if isinstance(payload, dict)
+             else enumerate(payload) if isinstance(payload, (list, tuple)) else [])
     for k, v in items:
         if isinstance(v, torch.Tensor) and v.is_floating_point():
             out[f"{prefix}{k}"] = v
@@ -590,8 +589,8 @@ def compile_nets(half: torch.nn.Module, mode: str | None, backend: str) -> list[
     for path, owner in list(half.named_modules()):
         for attr in COMPILE_ATTRS:
             net = owner._modules.get(attr)
-            if isinstance(net, torch.nn.Module) and any(True for _ in net.parameters()) \
-                    and not hasattr(net, "_orig_mod"):
+            if (isinstance(net, torch.nn.Module) and any(True for _ in net.parameters())
+                    and not hasattr(net, "_orig_mod")):
                 kw = {"mode": mode} if backend == "inductor" else {}
                 owner._modules[attr] = torch.compile(net, dynamic=False, backend=backend, **kw)
                 done.append(f"{path + '.' if path else ''}{attr}")
@@ -609,8 +608,8 @@ def compile_child(s: Setup, dataset: Any, arms: list[str], mode: str, backend: s
                 runs, stepper = build_group(s, arm, 1, dataset)
                 t0 = time.perf_counter()
                 if variant != "eager":
-                    row["compiled"] = compile_nets(runs[0].guidance, mode, backend) + \
-                        compile_nets(runs[0].policy, mode, backend)
+                    row["compiled"] = (compile_nets(runs[0].guidance, mode, backend)
+                                       + compile_nets(runs[0].policy, mode, backend))
                 step = step_fn(runs, stepper)
                 for _ in range(3):  # compiles forward, backward and the act shapes
                     step()
@@ -739,8 +738,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines += ["", "| arm | seeds | variant | steps/s | ms per step | act ms (1 state) | warm-up s | note |",
               "|---|---|---|---:|---:|---:|---:|---|"]
     for r in res["compile"]:
-        note = r.get("unsupported") or r.get("error") or r.get("skipped") or \
-            (f"compiled: {', '.join(r['compiled'])}" if r.get("compiled") else "")
+        note = (r.get("unsupported") or r.get("error") or r.get("skipped")
+                or (f"compiled: {', '.join(r['compiled'])}" if r.get("compiled") else ""))
         lines.append(f"| {r['arm']} | {r['seeds']} | {r['variant']} | {_f(r.get('steps_per_s'))} | "
                      f"{_f(r.get('ms_per_step'), 2)} | {_f(r.get('act_ms'), 2)} | {_f(r.get('warmup_s'))} | {note} |")
     lines += ["", "| arm | candidates | sampler | act latency, 1 state: median ms | p90 ms | calls |",
@@ -881,8 +880,8 @@ def main(argv: list[str] | None = None) -> int:
         res["eval"] = eval_rows(s, a.arms, a.eval_episodes, budget, reserve("compile"),
                                 a.budget * share["eval"] / max(1, len(a.arms)))
         res["compile"] = compile_rows(s, a, a.arms, budget, 0.0, work)
-        res["peak_gpu_mib"] = max((r.get("peak_gpu_mib") or 0 for r in res["train"]), default=None) \
-            if device.type == "cuda" else None
+        res["peak_gpu_mib"] = (max((r.get("peak_gpu_mib") or 0 for r in res["train"]), default=None)
+                               if device.type == "cuda" else None)
         res["grid"] = grid_cost(res["train"], res["eval"])
         res["wall_s"] = round(time.perf_counter() - budget.start, 1)
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@ noise, as used to pick ``modzoo.bullet.collect.MEDIUM_SIGMA`` (figures in docs/d
 
     python lab/benchmarks/measure_policies.py hopper --sigmas 0,0.1,0.25,0.3,0.35 --episodes 20
     python lab/benchmarks/measure_policies.py halfcheetah --which medium --sigmas 0,0.1 --episodes 10
-    python lab/benchmarks/measure_policies.py walker2d --gait runs/behaviour/walker2d --steps 90000,140000,150000,170000,200000 --episodes 4
+    python lab/benchmarks/measure_policies.py walker2d --gait runs/behaviour/walker2d \\
+        --steps 90000,140000,150000,170000,200000 --episodes 4
 
 Episodes use seeds 0..episodes-1; noise is added after the policy's output is clipped to [-1, 1] and the
 result clipped again, exactly as ``modzoo data collect`` does.
@@ -13,9 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from modzoo_lab.behaviour import rollout_returns
 from modzoo.bullet.collect import behaviour_policy
 from modzoo.bullet.scores import normalized_score
+from modzoo_lab.behaviour import rollout_returns
 
 
 def gait(robot: str, run_dir: str, steps: list[int], episodes: int) -> None:
@@ -51,7 +52,8 @@ def main() -> None:
     for s in (float(x) for x in a.sigmas.split(",")):
         t = time.time()
         r = rollout_returns(pol, a.robot, a.episodes, seed=0, noise=s)
-        print(f"sigma {s:<5} return {r.mean():8.1f} ± {r.std():6.1f}  normalized {normalized_score(a.robot, r.mean()):6.1f}"
+        print(f"sigma {s:<5} return {r.mean():8.1f} ± {r.std():6.1f}  "
+              f"normalized {normalized_score(a.robot, r.mean()):6.1f}"
               f"  ({a.episodes} episodes, {time.time() - t:.1f} s)", flush=True)
 
 

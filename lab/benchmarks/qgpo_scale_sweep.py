@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 
 import modzoo  # noqa: F401  (sets OMP_WAIT_POLICY before torch runs)
+
+# isort: split
 import torch
 
 from modzoo import ModzooError

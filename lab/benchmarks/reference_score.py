@@ -34,11 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reference import import_reference  # noqa: E402
 
 import modzoo  # noqa: E402,F401  (registers the envs; sets OMP_WAIT_POLICY before torch runs)
-from modzoo.run.config import half_config  # noqa: E402
 from modzoo.bullet.data import load_dataset  # noqa: E402
-from modzoo.run.evaluation import evaluate_policy  # noqa: E402
 from modzoo.contract.registry import load_registry  # noqa: E402
-from modzoo.run.evaluation import eval_seed  # noqa: E402
+from modzoo.run.config import half_config  # noqa: E402
+from modzoo.run.evaluation import eval_seed, evaluate_policy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

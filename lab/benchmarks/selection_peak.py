@@ -31,8 +31,7 @@ from omegaconf import OmegaConf
 import modzoo
 from modzoo.blocks.selection import candidate_q, effective_rule, select_with_guidance, selection_probs
 from modzoo.bullet.tasks import task_of
-from modzoo.run.evaluation import evaluate_policy
-from modzoo.run.evaluation import eval_seed
+from modzoo.run.evaluation import eval_seed, evaluate_policy
 
 
 def replay_check(run_dir: Path, normalized: np.ndarray) -> str:
@@ -45,8 +44,8 @@ def replay_check(run_dir: Path, normalized: np.ndarray) -> str:
     if len(theirs) != len(normalized):
         return f"is not checked: the run's final evaluation has {len(theirs)} episodes, this one {len(normalized)}"
     same = np.allclose(theirs, normalized, rtol=0, atol=1e-6)
-    return "matches the run's final evaluation episode for episode" if same else \
-        "DIFFERS from the run's final evaluation: the table does not describe it"
+    return ("matches the run's final evaluation episode for episode" if same
+            else "DIFFERS from the run's final evaluation: the table does not describe it")
 
 
 def main() -> None:

@@ -18,8 +18,15 @@ import gymnasium
 import numpy as np
 
 from modzoo.bullet.envs import make_env
-from modzoo.bullet.experts import (Policy, TorchActorPolicy, actor_module, actor_filename, read_progress,
-                                   time_feature, D4RL_PYBULLET_MEDIUM_RETURN)
+from modzoo.bullet.experts import (
+    D4RL_PYBULLET_MEDIUM_RETURN,
+    Policy,
+    TorchActorPolicy,
+    actor_filename,
+    actor_module,
+    read_progress,
+    time_feature,
+)
 from modzoo.bullet.scores import normalized_score
 from modzoo.bullet.tasks import robot_of
 from modzoo.errors import ModzooError
@@ -70,7 +77,8 @@ def export_sb3_actor(model: Any, path: str | os.PathLike[str], extra: dict[str, 
     for s, d in zip(src, dst):
         d.weight.data.copy_(s.weight.data)
         d.bias.data.copy_(s.bias.data)
-    meta = {"obs_dim": obs_dim, "act_dim": mu_linear.out_features, "hidden": hidden, "clip_mean": clip_mean, "time_feature": None}
+    meta = {"obs_dim": obs_dim, "act_dim": mu_linear.out_features, "hidden": hidden, "clip_mean": clip_mean,
+            "time_feature": None}
     meta.update(extra or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +100,8 @@ class Rollouts:
     forward_m: np.ndarray
 
 
-def rollout(policy: Policy, robot: str, episodes: int, seed: int, noise: float = 0.0, max_steps: int = 1000) -> Rollouts:
+def rollout(policy: Policy, robot: str, episodes: int, seed: int, noise: float = 0.0,
+            max_steps: int = 1000) -> Rollouts:
     """``episodes`` episodes (seeds seed+i) of ``policy`` plus Gaussian action noise ``noise`` (clipped to
     [-1, 1]). Used to measure experts, tune the medium noise levels and tell walking from standing."""
     env = make_env(robot)
@@ -166,7 +175,8 @@ def _sb3() -> Any:
     try:
         import stable_baselines3
     except ImportError as exc:
-        raise ModzooError("training behaviour policies needs stable-baselines3: `pip install -e 'lab[behaviour]'`") from exc
+        raise ModzooError("training behaviour policies needs stable-baselines3: "
+                          "`pip install -e 'lab[behaviour]'`") from exc
     return stable_baselines3
 
 
@@ -229,7 +239,8 @@ def _progress_record(model: Any, ev: Any, robot: str, snap: Path, wall_s: float)
     }
 
 
-def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfig | None = None, log: Callable[[str], None] = print) -> Path:
+def train_behaviour(robot: str, run_dir: str | os.PathLike[str], cfg: TrainConfig | None = None,
+                    log: Callable[[str], None] = print) -> Path:
     """Train (or resume) SAC on ``robot`` in ``run_dir``; returns the path of the best exported actor.
 
     Every ``eval_every`` env steps it evaluates the deterministic actor on ``eval_episodes`` episodes
@@ -383,8 +394,9 @@ def export_choice(
 ) -> dict[str, Path]:
     """Pick a run's expert (best re-evaluated snapshot) and medium (re-evaluated return nearest
     ``medium_return``, default d4rl-pybullet's medium return) snapshots among the ``candidates`` best by the
-    training-time evaluation, re-evaluating each on ``episodes`` episodes, and write them as ``behaviour-<robot>-{expert,medium}.pt`` in ``export_dir`` with the
-    evaluation in their metadata (collection records it in the dataset's recipe)."""
+    training-time evaluation, re-evaluating each on ``episodes`` episodes, and write them as
+    ``behaviour-<robot>-{expert,medium}.pt`` in ``export_dir`` with the evaluation in their metadata (collection
+    records it in the dataset's recipe)."""
     import torch
 
     robot = robot_of(robot)

@@ -88,22 +88,29 @@ def _add_experiment(sub: Any) -> None:
 def _add_train_behaviour(data: argparse.ArgumentParser) -> None:
     p = data.commands.add_parser("train-behaviour", help="train a SAC behaviour policy (stable-baselines3; resumable)")
     p.add_argument("env", metavar="ENV", help="robot (halfcheetah, walker2d, hopper, ant) or task name")
-    p.add_argument("--steps", type=int, default=1_000_000, help="total env steps (default 1000000, rl-baselines3-zoo's)")
+    p.add_argument("--steps", type=int, default=1_000_000,
+                   help="total env steps (default 1000000, rl-baselines3-zoo's)")
     p.add_argument("--run-dir", help="checkpoint directory (default runs/behaviour/<robot>); an existing run resumes")
     p.add_argument("--eval-every", type=int, default=10_000)
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--net-arch", default="400,300", help="hidden sizes of actor and critics (default 400,300, the zoo's)")
-    p.add_argument("--lr-schedule", default="linear", choices=["linear", "constant"], help="7.3e-4 decayed linearly to 0 over --steps (the zoo's lin_7.3e-4), or constant")
+    p.add_argument("--net-arch", default="400,300",
+                   help="hidden sizes of actor and critics (default 400,300, the zoo's)")
+    p.add_argument("--lr-schedule", default="linear", choices=["linear", "constant"],
+                   help="7.3e-4 decayed linearly to 0 over --steps (the zoo's lin_7.3e-4), or constant")
     p.add_argument("--buffer-size", type=int, default=300_000)
-    p.add_argument("--time-feature", type=int, default=1000, metavar="STEPS", help="append the zoo's time feature (1 - t/STEPS) to what SAC sees; 0: none. Datasets record the env's observation either way")
-    p.add_argument("--export-to", help="after training, write behaviour-<robot>-expert.pt (best snapshot) and behaviour-<robot>-medium.pt here (modzoo's bundled ones: core/bullet/assets)")
+    p.add_argument("--time-feature", type=int, default=1000, metavar="STEPS",
+                   help="append the zoo's time feature (1 - t/STEPS) to what SAC sees; 0: none. "
+                        "Datasets record the env's observation either way")
+    p.add_argument("--export-to", help="after training, write behaviour-<robot>-expert.pt (best snapshot) and "
+                                       "behaviour-<robot>-medium.pt here (modzoo's bundled ones: core/bullet/assets)")
     p.add_argument("--export-only", action="store_true", help="do not train; only export from the existing run")
     p.add_argument("--pack-to", metavar="DIR", help="do not train; write a compact copy of the run to DIR that resumes "
                                                     "with --run-dir DIR (model, progress, chosen snapshots, the newest "
                                                     "--keep-transitions of its replay)")
     p.add_argument("--keep-transitions", type=int, default=100_000)
-    p.add_argument("--medium-return", type=float, default=None, help="target return for the medium snapshot (default: d4rl-pybullet's medium return)")
+    p.add_argument("--medium-return", type=float, default=None,
+                   help="target return for the medium snapshot (default: d4rl-pybullet's medium return)")
     p.set_defaults(func=cmd_train_behaviour)
 
 
@@ -121,12 +128,14 @@ def cmd_train_behaviour(args: argparse.Namespace) -> int:
         try:
             net = tuple(int(h) for h in args.net_arch.split(","))
         except ValueError:
-            raise ModzooError(f"--net-arch {args.net_arch!r} is not a comma-separated list of sizes, e.g. 400,300") from None
+            raise ModzooError(f"--net-arch {args.net_arch!r} is not a comma-separated list of sizes, "
+                              "e.g. 400,300") from None
         for name in ("steps", "eval_every", "eval_episodes", "buffer_size"):
             if getattr(args, name) < 1:
                 raise ModzooError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
-        cfg = TrainConfig(total_steps=args.steps, eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
-                          net_arch=net, lr_schedule=args.lr_schedule, buffer_size=args.buffer_size, time_feature=args.time_feature)
+        cfg = TrainConfig(total_steps=args.steps, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+                          seed=args.seed, net_arch=net, lr_schedule=args.lr_schedule, buffer_size=args.buffer_size,
+                          time_feature=args.time_feature)
         best = train_behaviour(robot, run_dir, cfg, log=lambda s: print(s, flush=True))
         print(f"best snapshot: {best}")
     if args.export_to:

@@ -14,8 +14,8 @@ ROBOT_NAMES = list(ROBOTS)
 def test_short_expert_rollout(robot: str) -> None:
     """300 steps of each robot's expert: hopper/ant (pybullet's) and halfcheetah/walker2d (our SAC)
     must earn reward; the broken pybullet experts of the latter only have to run."""
-    from modzoo.bullet.experts import PYBULLET_EXPERTS, load_pybullet_expert
     from modzoo.bullet.collect import behaviour_policy
+    from modzoo.bullet.experts import PYBULLET_EXPERTS, load_pybullet_expert
 
     if robot in PYBULLET_EXPERTS:
         policy, _ = behaviour_policy(robot, "expert")
@@ -119,9 +119,9 @@ def test_collection_feeds_time_feature_actors_their_episode_step(tmp_path) -> No
     """A time-feature behaviour actor acts on (obs, t) during collection, while the dataset records the env's own
     observation; medium-replay built from that run's buffer drops the feature column too."""
     pytest.importorskip("stable_baselines3")
+    from modzoo.bullet.collect import Segment, _run_segment, collect_replay_from_run
     from modzoo.bullet.experts import TorchActorPolicy
     from modzoo_lab.behaviour import TrainConfig, train_behaviour
-    from modzoo.bullet.collect import Segment, _run_segment, collect_replay_from_run
 
     run = tmp_path / "run"
     train_behaviour("hopper", run, TrainConfig(total_steps=120, eval_every=60, eval_episodes=1, learning_starts=40),

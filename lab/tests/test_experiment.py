@@ -242,7 +242,8 @@ def test_a_cached_swap_counts_only_for_the_same_pair_of_checkpoints(tiny_experim
     run_experiment(str(tiny_experiment), log=lambda m: None, report=False)
     path = tmp_path / "runs" / TASK / "idql-joint" / "seed0" / "swaps.json"
     sw = json.loads(path.read_text())
-    assert sw["other_seed"]["guidance_run"].endswith("idql-joint/seed1") and len(sw["other_seed"]["checkpoints_ns"]) == 2
+    assert (sw["other_seed"]["guidance_run"].endswith("idql-joint/seed1")
+            and len(sw["other_seed"]["checkpoints_ns"]) == 2)
     sw["other_seed"]["guidance_run"] = sw["other_seed"]["guidance_run"].replace("seed1", "seed7")  # an old pairing
     sw["other_seed"]["mean"] = 12345.0
     path.write_text(json.dumps(sw))
@@ -498,6 +499,7 @@ def test_rebuild_only_retrains_just_the_runs_it_names(tiny_experiment, tmp_path)
     """Both idql-joint run dirs lost: --rebuild would retrain both; --rebuild-only seed0 retrains seed 0 alone (a
     machine that lives one session), and a pattern that matches no run to rebuild is refused before any trains."""
     import shutil
+
     from modzoo_lab.grid.status import grid_status
 
     _lose_a_run_dir_and_the_swap_that_needed_it(tiny_experiment, tmp_path)
@@ -561,8 +563,8 @@ def test_a_swap_starts_as_soon_as_its_two_runs_have_finished(tiny_experiment, tm
     assert seed0_mix_swap < first_seed1_run, keys
     # the other-seed swaps of idql-joint need seed 1's idql-joint: they come right after it, before its idql-gf
     seed1_idql = keys.index(f"{TASK}/idql-joint/seed1")
-    assert {k.rsplit("/", 1)[-1] for k in keys[seed1_idql + 1:seed1_idql + 3]} == \
-        {"seed0:other_seed", "seed1:other_seed"}, keys
+    assert ({k.rsplit("/", 1)[-1] for k in keys[seed1_idql + 1:seed1_idql + 3]}
+            == {"seed0:other_seed", "seed1:other_seed"}), keys
 
 
 def test_the_scheduler_starts_a_job_only_once_what_it_needs_has_finished():

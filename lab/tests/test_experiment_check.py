@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from modzoo.errors import ConfigError, DatasetError
+from modzoo.run.training import run_config
 from modzoo_lab.grid.check import read_experiment
 from modzoo_lab.grid.plan import load_experiment
 from modzoo_lab.grid.runner import run_experiment
-from modzoo.run.training import run_config
 
 TASK = "bullet-hopper-medium-v0"
 

@@ -128,8 +128,8 @@ def test_act_eval_and_compile_sections_produce_figures(report: dict[str, Any]) -
         assert r["stepping_env_steps_per_s"] > r["env_steps_per_s"]
     rows = report["compile"]
     measured = [r for r in rows if r["seeds"] == 1]
-    assert {(r["arm"], r["variant"].split()[0]) for r in measured} == \
-        {(arm, v) for arm in gpu_check.ARMS for v in ("eager", "compiled")}
+    assert ({(r["arm"], r["variant"].split()[0]) for r in measured}
+            == {(arm, v) for arm in gpu_check.ARMS for v in ("eager", "compiled")})
     for r in measured:
         assert "error" not in r and r["steps_per_s"] > 0 and r["act_ms"] > 0, r
         if r["variant"] != "eager":

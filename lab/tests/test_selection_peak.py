@@ -1,4 +1,5 @@
-"""lab/benchmarks/selection_peak.py replays a run's final evaluation exactly, so its weights describe that evaluation."""
+"""lab/benchmarks/selection_peak.py replays a run's final evaluation exactly, so its weights describe that
+evaluation."""
 import json
 import subprocess
 import sys

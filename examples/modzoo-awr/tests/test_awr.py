@@ -1,8 +1,8 @@
 """The awr plugin keeps modzoo's contract, and its weights are IQL's."""
 import torch
+from modzoo_awr.plugin import awr_weights
 
 from modzoo.testing import check_plugin
-from modzoo_awr.plugin import awr_weights
 
 
 def test_awr_passes_modzoo_conformance(tmp_path):

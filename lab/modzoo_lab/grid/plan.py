@@ -1,8 +1,8 @@
 """Experiment plans: which runs and swaps a grid YAML asks for, and whether a run dir still matches it.
 
-An experiment is a YAML file in ``lab/experiments/`` (see ``lab/experiments/gfdt-cpu.yaml``). Each arm names a guidance, a
-policy, a schedule, and optional config overrides; an arm may reuse another arm's guidance of the same task and
-seed (``guidance_from``), which is the GFDT way to spend compute: one guidance, many policies. After training,
+An experiment is a YAML file in ``lab/experiments/`` (see ``lab/experiments/gfdt-cpu.yaml``). Each arm names a
+guidance, a policy, a schedule, and optional config overrides; an arm may reuse another arm's guidance of the same
+task and seed (``guidance_from``), which is the GFDT way to spend compute: one guidance, many policies. After training,
 ``swaps`` evaluate finished policies with a second, independently trained guidance ranking their candidates.
 :mod:`modzoo_lab.grid.runner` executes a plan; :mod:`modzoo_lab.grid.report` reads what it leaves.
 """
@@ -16,12 +16,13 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from modzoo.blocks.policy import behaviour_split
+from modzoo.blocks.selection import RULES
+from modzoo.bullet.data import load_dataset
 from modzoo.errors import ConfigError, ModzooError
 from modzoo.run.config import config_diff
 from modzoo.run.training import final_episodes, run_config
-from modzoo.bullet.data import load_dataset
-from modzoo.blocks.policy import behaviour_split
-from modzoo.blocks.selection import RULES
+
 from .check import check_structure, read_experiment
 
 EXPERIMENT_DIRS = (Path("lab/experiments"),)
@@ -274,8 +275,8 @@ def runs_to_rebuild(exp: DictConfig, specs: list[RunSpec], kept: dict[str, Path]
     need: set[str] = set()
     for j in swap_jobs(exp):
         pair = {j["policy_run"], j["guidance_run"]}
-        if pair & set(kept) and pair <= finish_here | set(kept) \
-                and j["label"] not in recorded_swaps(j["policy_run"], kept):
+        if (pair & set(kept) and pair <= finish_here | set(kept)
+                and j["label"] not in recorded_swaps(j["policy_run"], kept)):
             need |= pair & set(kept)
     if only:
         keys = {s.out: s.key for s in specs if s.out in need}

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
+
 from modzoo.bullet.tasks import task_of
 from modzoo.errors import ModzooError
+
 from .aggregate import REPS, iqm_difference, iqm_interval, probability_of_improvement
 from .check import REFERENCE_ARM
 from .plan import config_drift, load_experiment, plan
@@ -198,8 +200,9 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
         lines += [str(exp.description).strip(), ""]
     b = exp.budget
     lines += ["## Budget", "",
-              f"- per run: guidance {b.get('guidance_steps')} steps (guidance-first arms), policy {b.get('policy_steps')}"
-              f" steps, evaluation every {b.get('eval_every')} policy steps with {b.get('eval_episodes')} episodes "
+              f"- per run: guidance {b.get('guidance_steps')} steps (guidance-first arms), "
+              f"policy {b.get('policy_steps')} steps, evaluation every {b.get('eval_every')} policy steps "
+              f"with {b.get('eval_episodes')} episodes "
               + (f"({b.get('final_eval_episodes')} at the end) " if b.get("final_eval_episodes") is not None else "")
               + "in a vector of envs; the GFDT authors train 200k steps per run and evaluate 50 episodes "
               "(`lab/experiments/gfdt-paper.yaml` holds that budget).",
@@ -313,8 +316,8 @@ def _data_line(arms: dict[str, list[RunSummary]]) -> list[str]:
             by_print.setdefault(fp, []).append(f"{a} seed {r.seed}")
     if len(by_print) == 1:
         fp = next(iter(by_print))
-        return ["", f"Data: every run above trained on the same file (dataset fingerprint `{fp}`)."] \
-            if fp != "not recorded" else []
+        return (["", f"Data: every run above trained on the same file (dataset fingerprint `{fp}`)."]
+                if fp != "not recorded" else [])
     files = "; ".join(f"`{fp}`: {', '.join(keys)}" for fp, keys in by_print.items())
     return ["", f"**Data: the runs above trained on {len(by_print)} different files of this dataset**, so their "
                 f"spread mixes the data's draw into the seeds' (by dataset fingerprint: {files})."]
@@ -341,7 +344,8 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
         for pt in d.get("curve", []):
             m = ours.get((d["task"], int(d["seed"])), {}).get(int(pt["step"]))
             rows.append(f"| {d['task']} | {d['seed']} | {pt['step']} | {pt['normalized_mean']:.1f} ± "
-                        f"{pt['normalized_std']:.1f} | {pt['mean_length']:.0f} | {_fmt(m) if m is not None else 'n/a'} |")
+                        f"{pt['normalized_std']:.1f} | {pt['mean_length']:.0f} | "
+                        f"{_fmt(m) if m is not None else 'n/a'} |")
     if not rows:
         return []
     counts = "/".join(str(e) for e in sorted(episodes - {None}))
@@ -357,7 +361,8 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
             f"--task TASK --steps {exp.budget.get('policy_steps')} --eval-every {exp.budget.get('eval_every')} "
             + (f"--episodes {counts} " if counts else "") + "--seed SEED --json "
             f"{ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
-            f"| task | seed | step | reference | reference episode length | modzoo {arm} |", "|---|---|---|---|---|---|",
+            f"| task | seed | step | reference | reference episode length | modzoo {arm} |",
+            "|---|---|---|---|---|---|",
             *rows, ""]
 
 
@@ -472,7 +477,8 @@ def _overview(groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[
 def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[str]:
     """Each arm's runs pooled across the tasks every arm has finished runs on: IQM with its stratified-bootstrap
     interval, and the probability that the GFDT arm of each ``gfdt_pairs`` entry beats its joint arm
-    (:mod:`modzoo_lab.grid.aggregate`). Tasks some arm lacks are left out, so that every arm is read on the same tasks."""
+    (:mod:`modzoo_lab.grid.aggregate`). Tasks some arm lacks are left out, so that every arm is read on the same
+    tasks."""
     arms = sorted({a for t in groups for a in groups[t]})
     tasks = [t for t in sorted(groups) if all(groups[t].get(a) for a in arms)]
     if len(tasks) < 2:

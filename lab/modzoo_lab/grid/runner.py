@@ -1,8 +1,8 @@
 """Running a grid: each run and swap of a plan as a job, resumable, on a local process pool or on Ray.
 
 Every finished run leaves a small summary (``result.json``, the evaluation curve as ``curve.csv``, ``swaps.json``)
-copied to the experiment's ``summaries`` folder; the report (:mod:`modzoo_lab.grid.report`) is built from those alone, so it
-can be regenerated from the repository without the checkpoints.
+copied to the experiment's ``summaries`` folder; the report (:mod:`modzoo_lab.grid.report`) is built from those
+alone, so it can be regenerated from the repository without the checkpoints.
 """
 from __future__ import annotations
 
@@ -19,10 +19,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from modzoo.bullet.data import dataset_file
 from modzoo.errors import ConfigError, DatasetError
-from .plan import (RunSpec, config_drift, finished_elsewhere, is_finished, load_experiment, plan, recorded_swaps,
-                   spec_config, stale_runs, swap_jobs)
 from modzoo.run.evaluation import evaluate, load_policy_and_guidance
 from modzoo.run.training import train
+
+from .plan import (
+    RunSpec,
+    config_drift,
+    finished_elsewhere,
+    is_finished,
+    load_experiment,
+    plan,
+    recorded_swaps,
+    spec_config,
+    stale_runs,
+    swap_jobs,
+)
 from .report import write_report
 from .summary import BEFORE, reproduced, set_aside, update_swaps, write_summary
 
@@ -122,12 +133,13 @@ def swap_cached(job: dict[str, Any]) -> bool:
     if old is None:
         return False
     if old.get("before_rebuild"):  # evaluated where the policy run first trained; its rebuild reproduced that run
-        return old.get("guidance_run") == job["guidance_run"] and old.get("episodes", job["episodes"]) == \
-            job["episodes"] and reproduced(job["guidance_run"]) is not False
+        return (old.get("guidance_run") == job["guidance_run"]
+                and old.get("episodes", job["episodes"]) == job["episodes"]
+                and reproduced(job["guidance_run"]) is not False)
     pair = _swap_pair(job)
-    return old.get("guidance_run") == pair["guidance_run"] and \
-        old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"] and \
-        old.get("episodes", job["episodes"]) == job["episodes"]
+    return (old.get("guidance_run") == pair["guidance_run"]
+            and old.get("checkpoints_ns", pair["checkpoints_ns"]) == pair["checkpoints_ns"]
+            and old.get("episodes", job["episodes"]) == job["episodes"])
 
 
 def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
@@ -380,8 +392,8 @@ def run_experiment(name: str, overrides: list[str] | tuple[str, ...] = (), backe
     ray_cfg = OmegaConf.to_container(exp.ray, resolve=True) if "ray" in exp and exp.ray else {}
     specs = plan(exp)
     t0 = time.time()
-    if backend == "ray" and str(exp.budget.get("device", "cpu")) in ("auto", "cuda") and \
-            not float(ray_cfg.get("gpus_per_run", 0) or 0):
+    if (backend == "ray" and str(exp.budget.get("device", "cpu")) in ("auto", "cuda")
+            and not float(ray_cfg.get("gpus_per_run", 0) or 0)):
         log("note: ray.gpus_per_run is 0, so Ray hides the GPUs from every run and device auto trains on CPU; "
             "set ray.gpus_per_run (e.g. 0.25) to use them")
     stale = stale_runs(specs)

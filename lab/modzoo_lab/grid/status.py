@@ -12,8 +12,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from .plan import (RunSpec, config_drift, finished_elsewhere, is_finished, plan, recorded_swaps, stale_runs,
-                   swap_jobs)
+from .plan import RunSpec, config_drift, finished_elsewhere, is_finished, plan, recorded_swaps, stale_runs, swap_jobs
 from .runner import lock_holder
 from .summary import BEFORE, RECORD
 

@@ -49,4 +49,5 @@ class AWRPolicy(DDPMPolicy):
 
 @hookimpl
 def modzoo_policies() -> list[HalfSpec]:
-    return [HalfSpec("awr", AWRPolicy, CONFIG, paper="Peng et al. 2019, arXiv:1910.00177; Kostrikov et al. 2022 (IQL), arXiv:2110.06169")]
+    return [HalfSpec("awr", AWRPolicy, CONFIG,
+                     paper="Peng et al. 2019, arXiv:1910.00177; Kostrikov et al. 2022 (IQL), arXiv:2110.06169")]
