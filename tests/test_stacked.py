@@ -34,10 +34,10 @@ ARMS = {
 }
 
 
-def _cfg(arm: str, data: Path, seed: int, out: Path) -> Any:
+def _cfg(arm: str, data: Path, seed: int, out: Path, **run: Any) -> Any:
     g, p, schedule, extra = ARMS[arm]
     return modzoo.run_config(g, p, TASK, TINY + extra, policy_steps=8, guidance_steps=6, eval_episodes=0,
-                             device="cpu", dataset=str(data), out=str(out), seed=seed, schedule=schedule)
+                             device="cpu", dataset=str(data), out=str(out), seed=seed, schedule=schedule, **run)
 
 
 def _metrics(run: Path) -> list[dict[str, float]]:
@@ -88,10 +88,7 @@ def test_lockstep_seeds_are_bit_identical_to_alone(small_dataset_path: Path, tmp
 def test_seeds_at_different_points_are_not_forced_together(small_dataset_path: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     def cfgs() -> list[Any]:
-        out = [_cfg("idql-gf", small_dataset_path, s, tmp_path / f"r{s}") for s in (0, 1)]
-        for c in out:
-            c.run.save_every = 3
-        return out
+        return [_cfg("idql-gf", small_dataset_path, s, tmp_path / f"r{s}", save_every=3) for s in (0, 1)]
     # seed 0 is interrupted after its 4th guidance step: its resume state is at guidance step 3
     real_update, calls = modzoo.plugins.idql.IQLGuidance.update, []
 
@@ -152,10 +149,7 @@ def test_an_interrupted_stacked_group_resumes_stacked_and_ends_as_if_never_stopp
     from modzoo.run.stacked import StackedStepper
 
     def cfgs(tag: str) -> list[Any]:
-        out = [_cfg("dql-joint", small_dataset_path, s, tmp_path / f"{tag}{s}") for s in SEEDS]
-        for c in out:
-            c.run.save_every = 3
-        return out
+        return [_cfg("dql-joint", small_dataset_path, s, tmp_path / f"{tag}{s}", save_every=3) for s in SEEDS]
     real, calls = StackedStepper.policy_step, []
 
     def interrupted(self, batches):  # type: ignore[no-untyped-def]

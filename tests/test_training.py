@@ -49,8 +49,9 @@ def test_policy_dependent_guidance_cannot_go_first(small_dataset_path):
     with pytest.raises(ConfigError, match="only train jointly"):
         modzoo.train(cfg("dql", "dql", small_dataset_path, schedule="guidance-first"), progress=False)
     # the SARSA variant is policy-independent and may
-    c = cfg("dql", "dql", small_dataset_path, schedule="guidance-first", eval_episodes=0)
-    c.guidance.target_actions = "dataset"
+    c = modzoo.run_config("dql", "dql", TASK, [*TINY, "guidance.target_actions=dataset"], policy_steps=12,
+                          guidance_steps=10, eval_episodes=0, device="cpu", dataset=str(small_dataset_path),
+                          schedule="guidance-first")
     assert modzoo.train(c, progress=False).guidance.frozen
 
 
@@ -306,3 +307,25 @@ def test_the_shape_probe_leaves_every_random_stream_and_mode_as_it_found_them(sm
     before = policy.generator.get_state()
     probe_policy(policy, guidance, data)
     assert torch.equal(policy.generator.get_state(), before)  # an existing stream is rewound, not replaced
+
+
+def test_the_config_a_run_records_is_the_frozen_one_it_was_built_as(small_dataset_path, tmp_path):
+    """run_config validates, fills what follows from the run (the halves' seeds, LR horizons) and freezes: an edit
+    after validation is refused instead of running unchecked, and config.yaml is that object. A hand-built config is
+    validated and filled by train on a copy: the caller's object is not edited."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ReadonlyConfigError
+
+    c = cfg("idql", "idql", small_dataset_path, tmp_path / "r", seed=3, eval_episodes=0)
+    assert OmegaConf.is_readonly(c) and c.policy.seed == 3 and c.policy.lr_decay_steps == 12
+    with pytest.raises(ReadonlyConfigError):
+        c.policy.candidates = 2
+    modzoo.train(c, progress=False)
+    assert OmegaConf.load(tmp_path / "r" / "config.yaml") == c
+    loose = OmegaConf.create(OmegaConf.to_container(cfg("idql", "idql", small_dataset_path, tmp_path / "s", seed=4,
+                                                           eval_episodes=0)))
+    loose.policy.lr_decay_steps, loose.policy.seed = None, 0  # as a hand-written config would leave them
+    modzoo.train(loose, progress=False)
+    assert loose.policy.lr_decay_steps is None and not OmegaConf.is_readonly(loose)
+    saved = OmegaConf.load(tmp_path / "s" / "config.yaml")
+    assert saved.policy.lr_decay_steps == 12 and saved.policy.seed == 4

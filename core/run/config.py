@@ -6,12 +6,13 @@ a run is saved as ``config.yaml`` in its run dir, so the run can be repeated or 
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ..errors import ConfigError
@@ -181,3 +182,22 @@ def config_diff(saved: Mapping[str, Any], now: Mapping[str, Any],
             if old.get(key) != new.get(key):
                 out.append(f"{name}: {old.get(key)!r} -> {new.get(key)!r}")
     return out
+
+
+def frozen(cfg: DictConfig) -> DictConfig:
+    """``cfg`` made read-only: what a run trains with and records, which nothing may edit afterwards (a setting
+    changed in place after validation would run unchecked, and a recorded config could say another thing than the
+    run did). Derive a changed one with :func:`derived`."""
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def derived(cfg: DictConfig, **sections: Any) -> DictConfig:
+    """A frozen copy of ``cfg`` with whole top-level ``sections`` replaced or added (a pretrained run's recorded
+    guidance); ``cfg`` itself is left as it is."""
+    out = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(out, False)
+    with open_dict(out):
+        for key, value in sections.items():
+            out[key] = value
+    return frozen(out)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..blocks.policy import behaviour_split
 from ..blocks.utils import seed_everything
@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..progress import progress_bar
 from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, atomic_write_text, check_guidance_fits, half_payload, save_half
-from .config import RUN_DEFAULTS, apply_preset, build_run_config, load_preset, task_layers, to_dict
+from .config import RUN_DEFAULTS, apply_preset, build_run_config, derived, frozen, load_preset, task_layers, to_dict
 from .evaluation import evaluate
 from .halves import build_half, default_config, resolve_device
 from .loggers import open_sinks
@@ -45,7 +45,9 @@ from .validation import check_out_dir, validate_config
 def run_config(guidance: str | None, policy: str | None, task: str, overrides: list[str] | tuple[str, ...] = (),
                **run: Any) -> DictConfig:
     """The full config of a run: both halves' defaults for ``task``, the preset named by ``run['preset']`` (if
-    any), ``run`` settings, then ``overrides``."""
+    any), ``run`` settings, then ``overrides``; validated, with the settings that follow from the run filled in
+    (:func:`settled`), and frozen: what :func:`train` runs and records. Pass every setting here; a changed config
+    is another call (or :func:`modzoo.run.config.derived`)."""
     g = default_config("guidance", guidance, task) if guidance else {}
     p = default_config("policy", policy, task) if policy else {}
     run = {k: v for k, v in run.items() if v is not None}
@@ -56,7 +58,7 @@ def run_config(guidance: str | None, policy: str | None, task: str, overrides: l
         run = {**(preset.get("run") or {}), **run}
     cfg = build_run_config(g, p, {"task": task, **run}, overrides)
     validate_config(cfg)
-    return cfg
+    return settled(cfg)
 
 
 
@@ -161,12 +163,13 @@ class ActiveRun:
 
 
 def _fresh_halves(cfg: DictConfig, schedule: str, guidance: GuidanceModule | None, has_policy: bool, dataset: Any,
-                  device: torch.device) -> tuple[GuidanceModule, DiffusionPolicy | None]:
+                  device: torch.device) -> tuple[DictConfig, GuidanceModule, DiffusionPolicy | None]:
     """The halves of a new run, fitted to the data: a saved guidance (frozen) for ``pretrained``, the one passed
-    in, or one built from the config; and the policy."""
+    in, or one built from the config; and the policy. The config comes back as the run records it (a pretrained
+    guidance's own settings)."""
     obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
     if schedule == "pretrained":
-        guidance = pretrained_guidance(cfg, guidance, device)
+        guidance, cfg = pretrained_guidance(cfg, guidance, device)
         check_guidance_fits(guidance, obs_dim, act_dim, dataset.fingerprint, dataset.name)
         guidance.freeze()
     elif guidance is None:
@@ -176,7 +179,7 @@ def _fresh_halves(cfg: DictConfig, schedule: str, guidance: GuidanceModule | Non
     if has_policy:
         policy = build_half("policy", to_dict(cfg.policy), obs_dim, act_dim).to(device)
         policy.fit_data(dataset)
-    return guidance, policy
+    return cfg, guidance, policy
 
 
 def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule | None,
@@ -184,19 +187,19 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
     """Validate the config, build or restore the halves and create the run dir (only once the input is known to
     be good: a refused run leaves no dir behind, and a refused resume changes no file). ``share``: another run's
     buffer on the same data, whose device tensors this run reuses (seeds trained in one process)."""
+    if not OmegaConf.is_readonly(cfg):  # not from run_config (a loaded config.yaml, a hand-built one): check it here
+        validate_config(cfg, guidance_given=guidance is not None)
+        cfg = settled(cfg)
     r = cfg.run
     run_dir = Path(r.out) if r.out else None
     saved = saved_config(run_dir, resume) if run_dir is not None else None
-    validate_config(cfg, guidance_given=guidance is not None)
     if run_dir is not None:
         check_out_dir(run_dir)
     device = resolve_device(r.device)
     if r.get("threads"):
         torch.set_num_threads(int(r.threads))
     seed_everything(int(r.seed))
-    has_policy = bool(cfg.policy) and bool(cfg.policy.get("name"))
-    schedule = r.schedule if has_policy else "guidance-first"
-    _fill_from_run(cfg, has_policy, schedule)
+    has_policy, schedule = _plan_of(cfg)
     if saved is not None:
         refuse_changes(saved, cfg, schedule, run_dir)
     if dataset is None:
@@ -211,14 +214,14 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
     if resume and state_path is not None and state_path.exists():
         guidance, policy, phase, start_step, phases_done, phase_time = restore(state_path, dataset, device, buffer)
     else:
-        guidance, policy = _fresh_halves(cfg, schedule, guidance, has_policy, dataset, device)
+        cfg, guidance, policy = _fresh_halves(cfg, schedule, guidance, has_policy, dataset, device)
         phase, start_step, phases_done, phase_time = None, 0, [], {}
     if schedule == "guidance-first" and guidance.requires_policy and not guidance.frozen:
         raise ConfigError(f"guidance {guidance.algorithm!r} with this config samples the policy in its TD target, "
                           f"so it can only train jointly; use --schedule joint, or a policy-independent guidance "
                           f"(e.g. idql, or dql with guidance.target_actions=dataset)")
     if schedule == "pretrained" and saved is not None:
-        keep_recorded_guidance(cfg, saved)
+        cfg = keep_recorded_guidance(cfg, saved)
     if policy is not None:
         probe_policy(policy, guidance, dataset)
 
@@ -239,10 +242,24 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
                      plan=plan, phase=phase, start_step=start_step, phase_time=phase_time)
 
 
+def _plan_of(cfg: DictConfig) -> tuple[bool, str]:
+    """Whether the run trains a policy, and its schedule (a guidance alone trains as guidance-first)."""
+    has_policy = bool(cfg.policy) and bool(cfg.policy.get("name"))
+    return has_policy, (cfg.run.schedule if has_policy else "guidance-first")
+
+
+def settled(cfg: DictConfig) -> DictConfig:
+    """A frozen copy of a validated ``cfg`` with the settings of the halves that follow from the run: one seed
+    drives both halves' noise streams, an LR decay horizon left null is the length of the phase that half trains
+    in, and a behaviour/actor split given as a fraction becomes a step count."""
+    out = derived(cfg)
+    OmegaConf.set_readonly(out, False)
+    _fill_from_run(out, *_plan_of(out))
+    return frozen(out)
+
+
 def _fill_from_run(cfg: DictConfig, has_policy: bool, schedule: str) -> None:
-    """Settings of the halves that follow from the run: one seed drives both halves' noise streams, an LR decay
-    horizon left null is the length of the phase that half trains in, and a behaviour/actor split given as a
-    fraction becomes a step count (the pairing was checked with the settings, by :func:`validate_config`)."""
+    """:func:`settled`'s settings, written into ``cfg`` (a fresh copy only)."""
     r = cfg.run
     for section in ("guidance", "policy"):
         if cfg[section] and "seed" in cfg[section]:
