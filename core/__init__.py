@@ -20,6 +20,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .blocks.critics import TwinCriticGuidance  # noqa: E402
 from .blocks.policy import DDPMPolicy  # noqa: E402
+from .bullet.data import load_dataset  # noqa: E402
 from .bullet.scores import normalized_score  # noqa: E402
 from .contract.hookspecs import hookimpl  # noqa: E402
 from .contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics  # noqa: E402
@@ -28,9 +29,9 @@ from .contract.registry import HalfSpec, load_registry, register_plugin, unregis
 from .contract.stages import Stage, run_stages  # noqa: E402
 from .errors import CheckpointError, ConfigError, DatasetError, EnvError, ModzooError, PluginError  # noqa: E402
 from .run.checkpoint import load_checkpoint, save_half  # noqa: E402
-from .run.evaluation import evaluate  # noqa: E402
+from .run.evaluation import EvalResult, evaluate  # noqa: E402
 from .run.halves import make_guidance, make_policy  # noqa: E402
-from .run.training import run_config, train  # noqa: E402
+from .run.training import RunResult, run_config, train  # noqa: E402
 from .version import __version__  # noqa: E402
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
     "load_registry", "register_plugin", "unregister_plugin",
     # a library user's calls
     "make_guidance", "make_policy", "run_config", "train", "evaluate", "load_checkpoint", "save_half",
-    "normalized_score",
+    "normalized_score", "load_dataset", "RunResult", "EvalResult",
     # errors
     "ModzooError", "ConfigError", "PluginError", "DatasetError", "CheckpointError", "EnvError",
 ]

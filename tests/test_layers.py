@@ -132,7 +132,7 @@ PUBLIC_API = [
     "DDPMPolicy", "TwinCriticGuidance",
     "load_registry", "register_plugin", "unregister_plugin",
     "make_guidance", "make_policy", "run_config", "train", "evaluate", "load_checkpoint", "save_half",
-    "normalized_score",
+    "normalized_score", "load_dataset", "RunResult", "EvalResult",
     "ModzooError", "ConfigError", "PluginError", "DatasetError", "CheckpointError", "EnvError",
 ]
 

@@ -370,7 +370,9 @@ def _demo_hint(task: str) -> str:
 
 
 def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
-    """Load and validate a D4RL-format dataset by task name (from :func:`dataset_dir`) or by path.
+    """Load and validate a D4RL-format dataset by task name (from :func:`dataset_dir`), by path, or by Minari id;
+    the result holds the transitions as numpy arrays, the file's recipe (``attrs``) and a ``fingerprint`` that
+    every run records.
 
     The task (which env the data belongs to) is, in order: the ``task`` argument, the file's ``task``
     attribute, or the file name (D4RL's ``bullet-hopper_medium.hdf5`` or ``bullet-hopper-medium-v0.hdf5``).

@@ -25,7 +25,7 @@ import gymnasium
 import numpy as np
 
 from ..errors import EnvError
-from .tasks import MAX_EPISODE_STEPS, ROBOTS, AnyTask, MinariTask, Task, robot_of, task_of, unknown_task
+from .tasks import MAX_EPISODE_STEPS, ROBOTS, TASKS, AnyTask, MinariTask, Task, robot_of, task_of, unknown_task
 
 
 def env_id(task_or_robot: str | Task) -> str:
@@ -49,15 +49,17 @@ def env_dims(task_or_robot: str | AnyTask) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """Silence C-level stdout: pybullet prints ``argv[0]=`` whenever a physics client connects, which
-    would land in the middle of CLI output and progress bars."""
+def _quiet_stdout(stream: Any = None) -> Iterator[None]:
+    """Silence a C-level stream (stdout unless ``stream`` says otherwise): pybullet prints ``argv[0]=`` whenever a
+    physics client connects, and its build time on stderr when it is first imported, which would land in the
+    middle of CLI output and progress bars."""
+    stream = stream or sys.stdout
     try:
-        fd = sys.stdout.fileno()
+        fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # e.g. stdout replaced by a StringIO
         yield
         return
-    sys.stdout.flush()
+    stream.flush()
     saved = os.dup(fd)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -92,7 +94,8 @@ class BulletLocomotionEnv(gymnasium.Env):
 
     def _ensure_inner(self) -> Any:
         if self._inner is None:
-            import pybullet_envs_gymnasium.gym_locomotion_envs as loco
+            with _quiet_stdout(sys.stderr):  # pybullet's "pybullet build time: ..." line, once per process
+                import pybullet_envs_gymnasium.gym_locomotion_envs as loco
 
             cls = getattr(loco, ROBOTS[self.robot][0])
             with _quiet_stdout():
@@ -141,9 +144,12 @@ class BulletLocomotionEnv(gymnasium.Env):
 
 
 def register_envs() -> None:
-    """Register ``modzoo/bullet-<robot>-v0`` for the four robots; safe to call any number of times."""
-    for robot in ROBOTS:
-        eid = f"modzoo/bullet-{robot}-v0"
+    """Register ``modzoo/bullet-<robot>-v0`` for the four robots, and every Bullet task name
+    (``bullet-hopper-medium-v0`` ...) as the env its dataset is evaluated in, so that ``gymnasium.make(task)``
+    works as with D4RL; safe to call any number of times."""
+    ids = {f"modzoo/bullet-{robot}-v0": robot for robot in ROBOTS}
+    ids.update({name: robot_of(name) for name in TASKS})
+    for eid, robot in ids.items():
         if eid in gymnasium.registry:
             continue
         gymnasium.register(

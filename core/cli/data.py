@@ -64,6 +64,8 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--behaviour-dir", help="directory with exported SAC actors behaviour-<robot>-{medium,expert}.pt "
                                            "(default: modzoo's bundled ones)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1, as for training; the behaviour actors act in numpy)")
     p.add_argument("--no-reuse", action="store_true",
                    help="medium-expert: simulate both halves even if the cached medium/expert files match")
     p.add_argument("--from-run",
@@ -167,7 +169,11 @@ def _refuse_overwrite(out: Path, force: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------- collect
 def cmd_collect(args: argparse.Namespace) -> int:
+    import torch
 
+    if args.threads < 1:
+        raise DatasetError(f"--threads {args.threads}: give at least 1")
+    torch.set_num_threads(args.threads)
     try:
         bullet_task(args.name, "modzoo data collect")
     except EnvError as exc:

@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -181,3 +182,19 @@ class DiffusionPolicy(Half, ABC):
     def target_actions(self, next_obs: torch.Tensor) -> torch.Tensor:
         """Actions for a policy-dependent critic's TD target (Diffusion-QL: one EMA-policy sample)."""
         return self.sample(next_obs, 1)[:, 0]
+
+    def predict(self, obs: Any, guidance: GuidanceModule | None = None) -> np.ndarray:
+        """The action for an observation as an env gives it, as SB3's ``predict`` does: ``obs`` a numpy array (or
+        list) of shape (obs_dim,) for one state or (B, obs_dim) for a batch; returns float32 numpy actions of shape
+        (act_dim,) or (B, act_dim). :meth:`act` is the same on tensors already on the policy's device.
+
+        Acting draws candidates from the policy's own noise stream; for evaluation numbers use
+        :func:`modzoo.evaluate`, which seeds it apart from training."""
+        x = np.asarray(obs, dtype=np.float32)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
+            raise ValueError(f"policy {self.algorithm!r} takes observations of shape ({self.obs_dim},) or "
+                             f"(batch, {self.obs_dim}), got {x.shape}")
+        with torch.inference_mode():
+            act = self.act(torch.as_tensor(x.reshape(-1, self.obs_dim), device=self.device), guidance)
+        out = act.cpu().numpy().astype(np.float32)
+        return out[0] if x.ndim == 1 else out

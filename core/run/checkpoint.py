@@ -168,6 +168,10 @@ def half_payload(module: Half, dataset: dict[str, Any] | None = None) -> dict[st
 
 
 def save_half(module: Half, path: str | Path, dataset: dict[str, Any] | None = None) -> Path:
+    """Write a trained half to ``path`` as one file that :func:`load_checkpoint` rebuilds without executing code
+    (tensors and plain data, read with ``weights_only=True``): its kind, algorithm, dims, config, step count,
+    weights and optimizer state, and ``dataset`` (``{"name", "fingerprint", "path"}`` of the data it trained on,
+    which a later pairing is checked against). Written atomically: a crash leaves the previous file whole."""
     atomic_torch_save(half_payload(module, dataset), path)
     return Path(path)
 
@@ -280,7 +284,10 @@ def _to_device(obj: Any, device: torch.device | str) -> Any:
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
                     kind: str | None = None) -> GuidanceModule | DiffusionPolicy:
-    """Rebuild a guidance or policy from its checkpoint; ``kind`` checks which one was expected."""
+    """Rebuild a guidance or policy from a :func:`save_half` file, on ``device``, with the weights, step count and
+    optimizer state it was saved with; its plugin must be installed (the file names it, and the half is built by
+    that plugin's class, so no code is read from the file). ``kind`` ("guidance" or "policy") refuses the other
+    kind with one line."""
     payload = read_payload(path)
     if kind is not None and payload["kind"] != kind:
         raise CheckpointError(f"checkpoint {path} holds a {payload['kind']} ({payload['algorithm']}), "

@@ -47,7 +47,14 @@ def run_config(guidance: str | None, policy: str | None, task: str, overrides: l
     """The full config of a run: both halves' defaults for ``task``, the preset named by ``run['preset']`` (if
     any), ``run`` settings, then ``overrides``; validated, with the settings that follow from the run filled in
     (:func:`settled`), and frozen: what :func:`train` runs and records. Pass every setting here; a changed config
-    is another call (or :func:`modzoo.run.config.derived`)."""
+    is another call (or :func:`modzoo.run.config.derived`).
+
+    ``guidance`` / ``policy``: plugin names (``modzoo list``; ``policy=None`` trains the guidance alone).
+    ``overrides``: ``"section.key=value"`` strings (``"policy.eta=2.0"``). ``run``: the keys of
+    :data:`modzoo.run.config.RUN_DEFAULTS`, each documented there, e.g. ``schedule`` (joint, guidance-first,
+    pretrained), ``guidance_steps``, ``policy_steps``, ``guidance_ckpt``, ``preset``, ``dataset`` (a path),
+    ``eval_every``, ``eval_episodes``, ``seed``, ``device``, ``threads``, ``out`` (the run dir), ``save_every``,
+    ``logger``. ``modzoo config`` prints a run's every key with where its value comes from."""
     g = default_config("guidance", guidance, task) if guidance else {}
     p = default_config("policy", policy, task) if policy else {}
     run = {k: v for k, v in run.items() if v is not None}
@@ -99,6 +106,10 @@ def config_sources(guidance: str | None, policy: str | None, task: str, override
 # ---- the training loop --------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
+    """What :func:`train` returns: the run dir (None without ``run.out``), the trained halves, the final
+    evaluation (an :class:`~modzoo.run.evaluation.EvalResult`, None when evaluation is off) and one record per
+    phase (steps, wall and CPU time, peak memory), as ``result.json`` holds them."""
+
     run_dir: Path | None
     guidance: GuidanceModule
     policy: DiffusionPolicy | None
@@ -107,6 +118,7 @@ class RunResult:
 
     @property
     def normalized_score(self) -> float | None:
+        """The final evaluation's mean D4RL-normalized score (x100, as papers report it)."""
         return None if self.eval is None else float(self.eval.normalized_mean)
 
 
