@@ -48,6 +48,7 @@ class CFGPolicy(DDPMPolicy):
     A DDPM actor with one extra input, the value label, dropped to a null token with probability p_uncond."""
 
     needs = frozenset({"q"})  # "v" is used when the guidance has it (signal: auto)
+    config_needs = {"signal": {"advantage": frozenset({"v"})}}
     uses_guidance_in_training = True
     # not stackable: the loss moves the running label statistics in place (observe), a write a vmapped step
     # over seeds cannot make

@@ -90,11 +90,11 @@ class IQLGuidance(TwinCriticGuidance):
 
 
 class IDQLPolicy(DDPMPolicy):
-    """Diffusion BC actor (LN-ResNet, T=5), candidates resampled by expectile weights.
+    """Diffusion BC actor (LN-ResNet, T=5); the argmax of Q over its candidates (selection=expectile: resampled).
 
     IDQL's actor: pure diffusion BC on an LN-ResNet; the guidance is used only to select actions."""
 
-    needs = frozenset({"q"})  # expectile selection also uses V when the guidance has it
+    needs = frozenset({"q"})  # selection=expectile also needs V (DDPMPolicy.config_needs)
 
     stackable = True
 

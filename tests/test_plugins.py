@@ -1,4 +1,5 @@
 """Plugin discovery, the registry file, pairing rules and config handling."""
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -130,3 +131,46 @@ def test_unknown_schedule_is_refused():
 def test_make_half_rejects_unknown_kwargs():
     with pytest.raises(ConfigError, match="no config keys"):
         modzoo.make_policy("dql", 3, 2, etaa=1.0)
+
+
+@pytest.mark.parametrize("guidance,policy,setting", [("dql", "idql", "policy.selection=expectile"),
+                                                     ("fql", "dql", "policy.selection=expectile"),
+                                                     ("dql", "cfg", "policy.signal=advantage")])
+def test_a_setting_that_needs_v_is_refused_with_a_guidance_without_it_before_any_data(guidance, policy, setting,
+                                                                                      tmp_path, capsys):
+    """No silent fallback: the setting, the guidance and the fix in one line, in under a second, before the
+    dataset (which does not exist here) is looked at, and no run dir is made."""
+    import time
+
+    from modzoo.cli.main import main
+
+    t0 = time.perf_counter()
+    with pytest.raises(modzoo.ConfigError, match=rf"{re.escape(setting)} needs \['v'\] from the guidance, which "
+                                                 rf"'{guidance}' does not provide.*idql"):
+        modzoo.run_config(guidance, policy, "bullet-hopper-medium-v0", [setting], dataset=str(tmp_path / "none.h5"))
+    assert time.perf_counter() - t0 < 1.0
+    assert main(["run", "--guidance", guidance, "--policy", policy, "--env", "bullet-hopper-medium-v0", "--dataset",
+                 str(tmp_path / "none.h5"), "--out", str(tmp_path / "r"), setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and setting in err[0] and "none.h5" not in err[0]  # the setting, not the missing data
+    assert not (tmp_path / "r").exists()
+    modzoo.run_config("idql", policy, "bullet-hopper-medium-v0", [setting])  # a guidance with V takes it
+
+
+def test_acting_by_a_rule_the_guidance_cannot_drive_is_refused_not_replaced() -> None:
+    """expectile with a Q-only guidance used to act by argmax while the config said expectile."""
+    import torch
+
+    from modzoo.blocks.selection import select_with_guidance
+
+    class QOnly:
+        algorithm, provides = "qonly", frozenset({"q"})
+
+        def q(self, obs, act):  # type: ignore[no-untyped-def]
+            return act.sum(-1)
+
+    cands, obs = torch.rand(2, 4, 3), torch.rand(2, 5)
+    with pytest.raises(modzoo.ConfigError, match="selection 'expectile' needs \\['v'\\].*'qonly'"):
+        select_with_guidance(cands, obs, QOnly(), "expectile")
+    chosen = select_with_guidance(cands, obs, QOnly(), "argmax")
+    assert torch.equal(chosen, cands[torch.arange(2), cands.sum(-1).argmax(1)])

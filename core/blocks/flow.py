@@ -18,7 +18,7 @@ from ..contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metric
 from ..contract.normalization import ObsNorm, obs_norm_enabled
 from ..contract.stages import Stage, run_stages
 from .nets import init_, mlp
-from .selection import select_with_guidance
+from .selection import RULE_NEEDS, select_with_guidance
 from .utils import EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
 
 #: v(obs (B, S), x (B, A), t (B, 1)) -> (B, A)
@@ -93,6 +93,7 @@ class FlowPolicy(DiffusionPolicy):
     trains (FQL's one-step policy); :meth:`sample` is what acting, candidates and TD targets draw from."""
 
     config_defaults = Path(__file__).with_name("flow.yaml")
+    config_needs = {"selection": RULE_NEEDS}  # ranking candidates by expectile weights reads V
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)

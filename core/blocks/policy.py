@@ -18,7 +18,7 @@ from ..contract.stages import Stage, run_stages
 from .diffusion import GaussianDiffusion
 from .nets import LNResNetDenoiser, MLPDenoiser, init_
 from .sde import VPSDEDiffusion
-from .selection import select_with_guidance
+from .selection import RULE_NEEDS, select_with_guidance
 from .utils import DEFAULT_DECAY_STEPS, EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
 
 
@@ -70,6 +70,7 @@ class DDPMPolicy(DiffusionPolicy):
     algorithm's actor loss, and get the update (optimizer step, grad-norm clip, LR schedule, EMA) from here."""
 
     config_defaults = Path(__file__).with_name("policy.yaml")
+    config_needs = {"selection": RULE_NEEDS}  # ranking candidates by expectile weights reads V
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)

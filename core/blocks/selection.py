@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 RULES = ("argmax", "softmax", "expectile")
+#: what each rule reads from the guidance beyond Q: a policy that selects declares it (``config_needs``)
+RULE_NEEDS: dict[str, frozenset[str]] = {"expectile": frozenset({"v"})}
 
 
 def selection_probs(rule: str, q: torch.Tensor, v: torch.Tensor | None = None, *, temperature: float = 1.0,
@@ -51,19 +55,22 @@ def candidate_q(candidates: torch.Tensor, obs: torch.Tensor, guidance) -> torch.
     return guidance.q(obs_rep, candidates.reshape(b * n, a)).reshape(b, n)
 
 
-def effective_rule(rule: str, guidance) -> str:
-    """The rule a guidance can drive: ``expectile`` needs V, and falls back to ``argmax`` (IDQL's own default
-    extraction) for a guidance without one, so a policy can be ranked by any guidance at inference."""
-    return "argmax" if rule == "expectile" and "v" not in guidance.provides else rule
+def check_rule(rule: str, guidance) -> None:
+    """Refuse a rule the guidance cannot drive (``expectile`` without V) instead of acting by another one while the
+    config records this one."""
+    missing = RULE_NEEDS.get(rule, frozenset()) - frozenset(guidance.provides)
+    if missing:
+        raise ConfigError(f"selection {rule!r} needs {sorted(missing)} from the guidance, which "
+                          f"{guidance.algorithm!r} does not provide (it provides {sorted(guidance.provides)}): select "
+                          f"by argmax or softmax (policy.selection, --selection), or rank with a guidance that has it")
 
 
 def select_with_guidance(candidates: torch.Tensor, obs: torch.Tensor, guidance, rule: str, *,
                          temperature: float = 1.0, tau: float = 0.7,
                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """Score (B, N, A) candidates with ``guidance`` and pick one per state with ``rule``
-    (:func:`effective_rule`)."""
+    """Score (B, N, A) candidates with ``guidance`` and pick one per state with ``rule`` (:func:`check_rule`)."""
+    check_rule(rule, guidance)
     q = candidate_q(candidates, obs, guidance)
-    rule = effective_rule(rule, guidance)
     v = guidance.v(obs) if rule == "expectile" else None
     return gather_actions(candidates, select_index(rule, q, v, temperature=temperature, tau=tau,
                                                    generator=generator))

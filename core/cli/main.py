@@ -19,7 +19,7 @@ from ..bullet.scores import normalized_score
 from ..contract.registry import load_registry
 from ..errors import AlreadyFinished, ConfigError, ModzooError
 from ..run.config import preset_names
-from ..run.evaluation import evaluate, load_policy_and_guidance
+from ..run.evaluation import check_ranking, evaluate, load_policy_and_guidance
 from ..run.stacked import train_seeds
 from ..run.training import config_sources, run_config, train
 from ..run.validation import check_sample_steps
@@ -45,7 +45,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, s in sorted(reg.guidances.items()):
         rows.append(["guidance", name, s.plugin, "provides " + ",".join(sorted(s.capabilities)), s.description])
     for name, s in sorted(reg.policies.items()):
-        rows.append(["policy", name, s.plugin, "guidance: " + (", ".join(reg.compatible(name)) or "none"),
+        extra = "".join(f"; {key}={value} needs {','.join(sorted(caps))}"
+                        for key, table in s.cls.needs_by_setting().items() for value, caps in table.items())
+        rows.append(["policy", name, s.plugin, "guidance: " + (", ".join(reg.compatible(name)) or "none") + extra,
                      s.description])
     _print_table(rows, ["half", "name", "plugin", "pairs with", "description"])
     for b in reg.broken:
@@ -183,6 +185,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if value is not None:
             policy.cfg[key] = value
     check_sample_steps(policy.cfg)
+    if guidance is not None:
+        check_ranking(policy, guidance, args.guidance)
     task = args.env or policy.dataset_meta.get("name")
     ev = evaluate(policy, guidance, task, episodes=args.episodes, seed=args.seed, progress=not args.no_progress,
                   candidates=args.candidates)

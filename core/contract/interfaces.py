@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -164,8 +164,30 @@ class DiffusionPolicy(Half, ABC):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: Needs that a setting adds: ``{key: {value: capabilities}}`` (an expectile selection needs V). Declared here,
+    #: collected along the class's bases by :meth:`needs_for`, checked with the pairing before any data loads, and
+    #: listed by ``modzoo list``; a run never falls back silently to a rule its guidance can drive.
+    config_needs: ClassVar[dict[str, dict[Any, frozenset[str]]]] = {}
     #: True when ``update`` uses the guidance (Diffusion-QL's Q term); False when only ``act`` does (IDQL).
     uses_guidance_in_training: ClassVar[bool] = False
+
+    @classmethod
+    def needs_by_setting(cls) -> dict[str, dict[Any, frozenset[str]]]:
+        """:attr:`config_needs` of the class and its bases, the nearest class's entry for a key winning."""
+        out: dict[str, dict[Any, frozenset[str]]] = {}
+        for klass in reversed(cls.__mro__):
+            out.update(vars(klass).get("config_needs") or {})
+        return out
+
+    @classmethod
+    def needs_for(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
+        """What a guidance must provide for this policy under ``cfg``: each capability with the reason, either
+        ``"policy"`` (:attr:`needs`) or the setting that adds it (``"policy.selection=expectile"``)."""
+        out = {cap: "policy" for cap in cls.needs}
+        for key, table in cls.needs_by_setting().items():
+            for cap in table.get(cfg.get(key), frozenset()):
+                out.setdefault(cap, f"policy.{key}={cfg.get(key)}")
+        return out
 
     @abstractmethod
     def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:

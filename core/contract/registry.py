@@ -13,12 +13,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Mapping
 
 import pluggy
 import yaml
 
-from ..errors import PluginError
+from ..errors import ConfigError, PluginError
 from . import hookspecs
 from .interfaces import DiffusionPolicy, GuidanceModule
 
@@ -148,8 +148,10 @@ class Registry:
         needs = self.policy(policy).capabilities
         return sorted(g for g, spec in self.guidances.items() if needs <= spec.capabilities)
 
-    def check_pair(self, guidance: str, policy: str) -> None:
-        """Refuse a pairing whose guidance lacks a capability the policy needs, saying what is missing."""
+    def check_pair(self, guidance: str, policy: str, policy_cfg: Mapping[str, Any] | None = None) -> None:
+        """Refuse a pairing whose guidance lacks a capability the policy needs, saying what is missing; with the
+        policy's config, also what its settings add (:meth:`~modzoo.contract.interfaces.DiffusionPolicy.needs_for`),
+        naming the setting and the fix."""
         g, p = self.guidance(guidance), self.policy(policy)
         missing = p.capabilities - g.capabilities
         if missing:
@@ -157,6 +159,14 @@ class Registry:
                 f"policy {policy!r} needs a guidance providing {sorted(p.capabilities)}, but {guidance!r} provides "
                 f"{sorted(g.capabilities)} (missing {sorted(missing)}); compatible guidances: "
                 f"{', '.join(self.compatible(policy)) or 'none'}")
+        if policy_cfg is not None:
+            by = {cap: why for cap, why in p.cls.needs_for(policy_cfg).items() if cap not in g.capabilities}
+            if by:
+                fit = [n for n, s in sorted(self.guidances.items()) if set(by) <= s.capabilities]
+                raise ConfigError(
+                    f"{', '.join(sorted(set(by.values())))} needs {sorted(by)} from the guidance, which {guidance!r} "
+                    f"does not provide: change that setting, or use a guidance that has it "
+                    f"({', '.join(fit) or 'none installed'})")
 
     def first_party(self) -> "Registry":
         """Only the halves of plugins under ``modzoo.plugins``: what ``registry.yaml`` describes, so that the

@@ -215,10 +215,7 @@ def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path 
         _warn_no_guidance(policy, policy_ckpt, gpath)
     else:
         guidance = load_checkpoint(gpath, device, kind="guidance")
-        missing = policy.needs - guidance.provides
-        if missing:
-            raise CheckpointError(f"guidance {gpath} ({guidance.algorithm}) lacks {sorted(missing)}, which policy "
-                                  f"{policy.algorithm!r} needs to select actions")
+        check_ranking(policy, guidance, str(gpath))
         meta = getattr(policy, "dataset_meta", {})
         check_guidance_fits(guidance, policy.obs_dim, policy.act_dim, meta.get("fingerprint"), meta.get("name"))
         guidance.freeze()
@@ -233,3 +230,17 @@ def _warn_no_guidance(policy: DiffusionPolicy, policy_ckpt: str | Path, looked: 
         warnings.warn(f"no guidance found for {policy_ckpt} (no --guidance, and no {looked}): policy "
                       f"{policy.algorithm!r} acts with one sample per state instead of ranking {n} candidates; pass "
                       f"--guidance PATH to rank them", stacklevel=3)
+
+
+def check_ranking(policy: DiffusionPolicy, guidance: GuidanceModule, where: str | None = None) -> None:
+    """Refuse, before any episode, a guidance that lacks what the policy needs under its current settings (its
+    ``needs``, and what a setting adds: an expectile selection needs V), naming the setting to change."""
+    missing = {cap: why for cap, why in policy.needs_for(policy.cfg).items() if cap not in guidance.provides}
+    if not missing:
+        return
+    what = f"guidance {where} ({guidance.algorithm})" if where else f"guidance {guidance.algorithm!r}"
+    if set(missing.values()) == {"policy"}:
+        raise CheckpointError(f"{what} lacks {sorted(missing)}, which policy {policy.algorithm!r} needs to select "
+                              f"actions")
+    raise ConfigError(f"{', '.join(sorted(set(missing.values())))} needs {sorted(missing)} from the guidance, which "
+                      f"{what} lacks: select by argmax or softmax (--selection), or rank with a guidance that has it")

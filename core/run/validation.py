@@ -246,7 +246,7 @@ def _check_pair(c: Mapping[str, Any]) -> None:
     run (and a missing dataset does not hide the real problem)."""
     g, p = (c.get("guidance") or {}).get("name"), (c.get("policy") or {}).get("name")
     if g and p:
-        load_registry().check_pair(g, p)
+        load_registry().check_pair(g, p, c.get("policy") or {})
 
 
 def _check_budget(r: Mapping[str, Any], has_policy: bool, guidance_given: bool) -> None:

@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 import modzoo
-from modzoo.blocks.selection import candidate_q, effective_rule, select_with_guidance, selection_probs
+from modzoo.blocks.selection import candidate_q, select_with_guidance, selection_probs
 from modzoo.bullet.tasks import task_of
 from modzoo.run.evaluation import eval_seed, evaluate_policy
 
@@ -77,7 +77,8 @@ def main() -> None:
         chosen = select_with_guidance(cands, obs, own, rule, temperature=temp, tau=tau, generator=policy.gen())
         step = []
         for g in [own, *others]:
-            q, r = candidate_q(cands, obs, g), effective_rule(rule, g)
+            # a guidance without V cannot weigh by expectile: its view is its argmax, as the grid's swaps rank
+            q, r = candidate_q(cands, obs, g), ("argmax" if rule == "expectile" and "v" not in g.provides else rule)
             p = selection_probs(r, q, g.v(obs) if r == "expectile" else None, temperature=temp, tau=tau)
             step.append({"ess": (1.0 / (p ** 2).sum(1)).numpy(), "p_max": p.max(1).values.numpy(),
                          "spread": (temp * (q.max(1).values - q.min(1).values)).numpy()})

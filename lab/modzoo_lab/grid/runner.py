@@ -158,6 +158,12 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
         guidance = None
     elif rule:
         policy.cfg["selection"] = rule
+    if guidance is not None and "v" not in guidance.provides and policy.cfg.get("selection") == "expectile":
+        # IDQL's expectile weights read V, which this guidance lacks: rank by argmax of Q (IDQL's own extraction),
+        # said in the record (the library refuses a rule its guidance cannot drive)
+        policy.cfg["selection"] = fallback = "argmax"
+    else:
+        fallback = None
     scale = job.get("temperature_scale")
     if scale is not None:  # softmax(t * Q) with t scaled (the plan checked that the policy selects by softmax)
         policy.cfg["temperature"] = float(policy.cfg["temperature"]) * float(scale)
@@ -165,7 +171,8 @@ def execute_swap(job: dict[str, Any]) -> dict[str, Any]:
                   candidates=1 if rule == "none" else None)
     cost = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}  # loading included
     entry = {**ev.to_dict(), **pair, **cost, "guidance": guidance.algorithm if guidance else "none",
-             **({"temperature": policy.cfg["temperature"]} if scale is not None else {})}
+             **({"temperature": policy.cfg["temperature"]} if scale is not None else {}),
+             **({"selection": f"{fallback} (expectile needs V)"} if fallback else {})}
     update_swaps(pdir, lambda done: {**done, key: entry},
                  Path(job["summaries"]) if job.get("summaries") else None)
     return {"key": f"{pdir}:{key}", "status": "ok", "normalized": ev.normalized_mean}
