@@ -302,7 +302,40 @@ def test_cli_collect_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert info["task"] == "bullet-walker2d-random-v0" and info["obs_dim"] == 22 and info["act_dim"] == 6
     assert info["recipe"]["command"] == "modzoo data collect bullet-walker2d-random-v0 --transitions 300 --seed 2"
     assert _cli("data", "info", str(out)) == 0
-    assert "normalized score" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "normalized score" in shown
+    # the recipe: behaviour policy, noise, size and the data's own score, one row each
+    for label in ("behaviour policy", "action noise", "size", "data's own score"):
+        assert f"segment random: {label}" in shown, label
+
+
+def test_info_recipe_rows_say_policy_own_score_noise_size_and_the_datas_score() -> None:
+    from modzoo.cli.data import recipe_rows
+
+    medium = {"label": "medium", "policy": "pybullet enjoy_TF_HopperBulletEnv_v0_2017may expert", "transitions":
+              1_000_000, "noise": "gaussian, clipped to [-1, 1]", "sigma_start": 0.3, "sigma_end": 0.3,
+              "episodes": 2178, "mean_return": 1032.2, "std_return": 649.8}
+    rows = dict(recipe_rows("bullet-hopper-medium-v0", [medium]))
+    assert rows["segment medium: behaviour policy"] == "pybullet enjoy_TF_HopperBulletEnv_v0_2017may expert"
+    assert "not recorded for pybullet's bundled experts" in rows["segment medium: its own score"]
+    assert rows["segment medium: action noise"] == "gaussian, clipped to [-1, 1], sigma 0.3"
+    assert rows["segment medium: size"] == "1,000,000 steps, 2178 episodes"
+    # hopper's D4RL references 20.058972 and 1441.805962: 100 (1032.2 - 20.06) / 1421.75 = 71.2, 100 x 649.8 /
+    # 1421.75 = 45.7 (a spread is scaled, not shifted)
+    assert rows["segment medium: data's own score"] == "return 1032.2 ± 649.8, normalized 71.2 ± 45.7"
+    ladder = dict(medium, label="medium-replay", sigma_start=1.0)
+    assert (dict(recipe_rows("bullet-hopper-medium-replay-v0", [ladder]))["segment medium-replay: action noise"]
+            == "gaussian, clipped to [-1, 1], sigma 1.0 falling to 0.3 across the segment")
+    replay = {"label": "medium-replay", "policy": "SB3 SAC replay buffer of runs/x up to step 120000",
+              "transitions": 120_000, "noise": "SAC's own exploration (gSDE)", "sigma_start": None,
+              "sigma_end": None, "episodes": 1315, "mean_return": 108.5, "snapshot_eval_return": 1311.2}
+    rows = dict(recipe_rows("bullet-walker2d-medium-replay-v0", [replay]))
+    assert rows["segment medium-replay: action noise"] == "SAC's own exploration (gSDE)"
+    assert rows["segment medium-replay: its own score"].startswith("return 1311.2 at that step")
+    assert rows["segment medium-replay: data's own score"] == "return 108.5 (spread not recorded)"
+    assert dict(recipe_rows("bullet-hopper-random-v0", [dict(medium, sigma_start=0.0, sigma_end=0.0)]))[
+        "segment medium: action noise"] == "none"
+    assert recipe_rows("bullet-hopper-medium-v0", None)[0][1].startswith("not recorded in this file")
 
 
 def test_cli_fetch_without_network_fails_fast(tmp_path: Path) -> None:

@@ -238,12 +238,49 @@ def cmd_info(args: argparse.Namespace) -> int:
     t.add_row("fingerprint", info["fingerprint"])
     for k, v in info["recipe"].items():
         t.add_row(k, str(v))
-    for s in info.get("segments") or []:
-        t.add_row(f"segment {s['label']}",
-                  f"{s['transitions']:,} steps, {s['policy']}, sigma {s['sigma_start']}->{s['sigma_end']}, "
-                  f"mean return {s['mean_return']:.1f}")
+    for label, text in recipe_rows(info["task"], info.get("segments")):
+        t.add_row(label, text)
     Console().print(t)
     return 0
+
+
+def recipe_rows(task: str, segments: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    """The recipe a collected file records, one (label, text) row per fact and segment: the behaviour policy and
+    its own score, the noise, the size, and the segment's own episodes' score.
+
+    Why each: a dataset's name says nothing of how it was made, and modzoo's ``bullet-*`` files are made here, not
+    D4RL's; a reader comparing a policy's score with its data needs the behaviour policy's own score (what the
+    noise took away) and the data's (what the policy is trained on), which the file keeps with it."""
+    if not segments:
+        return [("recipe", "not recorded in this file (not made by `modzoo data collect`); docs/datasets.md")]
+    rows = []
+    for s in segments:
+        name = f"segment {s['label']}"
+        rows.append((f"{name}: behaviour policy", str(s.get("policy"))))
+        own = s.get("snapshot_eval_return")
+        rows.append((f"{name}: its own score",
+                     f"return {own:.1f} at that step (its training's evaluation)" if own is not None
+                     else "as its description above says (SAC actors: their evaluation return when exported); "
+                          "not recorded for pybullet's bundled experts (docs/datasets.md measures them)"))
+        if s.get("sigma_start") is None:
+            noise = str(s.get("noise", "none recorded"))
+        elif s["sigma_start"] == s["sigma_end"] == 0:
+            noise = "none"
+        else:
+            sig = (f"sigma {s['sigma_start']}" if s["sigma_start"] == s["sigma_end"]
+                   else f"sigma {s['sigma_start']} falling to {s['sigma_end']} across the segment")
+            noise = f"{s.get('noise', 'gaussian')}, {sig}"
+        rows.append((f"{name}: action noise", noise))
+        rows.append((f"{name}: size", f"{s['transitions']:,} steps, {s.get('episodes', 'n/a')} episodes"))
+        if "std_return" in s:
+            zero = float(normalized_score(task, 0.0))
+            norm_std = float(normalized_score(task, s["std_return"])) - zero
+            rows.append((f"{name}: data's own score",
+                         f"return {s['mean_return']:.1f} ± {s['std_return']:.1f}, normalized "
+                         f"{float(normalized_score(task, s['mean_return'])):.1f} ± {norm_std:.1f}"))
+        else:
+            rows.append((f"{name}: data's own score", f"return {s['mean_return']:.1f} (spread not recorded)"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -274,7 +274,7 @@ def demo_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> list
         ("the demo's dataset", ["data", "info", str(data)]),
         ("its policy again, on 10 other episodes", ["eval", "--policy", str(run_dir / "policy.pt"), "--episodes",
                                                      "10", "--seed", "1", *threads]),
-        ("Diffusion-QL's actor trained on its frozen IQL critic (one algorithm's guidance training another's policy)",
+        ("Diffusion-QL's actor trained on its frozen IQL critic (modzoo's modular claim)",
          ["run", "--guidance", args.guidance, "--policy", "dql", "--env", DEMO_TASK, "--dataset", str(data),
           "--schedule", "pretrained", "--guidance-ckpt", str(run_dir / "guidance.pt"), "--policy-steps", "4000",
           *threads]),

@@ -76,12 +76,15 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
         assert float(cells[6]) == pytest.approx(np.std(scores), abs=0.051)  # population std, as the text says
         assert float(cells[7]) == pytest.approx(np.median(scores), abs=0.051)
         assert float(cells[8]) == pytest.approx(q75 - q25, abs=0.051)
-        assert int(cells[9]) == 4
-        assert float(cells[10]) == pytest.approx(episodes.mean(), abs=0.051)
-        assert float(cells[13]) == pytest.approx(e75 - e25, abs=0.051)
+        # between seeds: the per-seed means' min-max and, with two seeds, a bootstrap interval that is the same
+        lo, hi = f"{min(scores):.1f}", f"{max(scores):.1f}"
+        assert cells[9] == f"[{lo}, {hi}]" and cells[10] == f"{lo} to {hi}"
+        assert int(cells[11]) == 4
+        assert float(cells[12]) == pytest.approx(episodes.mean(), abs=0.051)
+        assert float(cells[15]) == pytest.approx(e75 - e25, abs=0.051)
         lengths = np.concatenate([json.loads((runs / arm / f"seed{s}" / "result.json").read_text())
                                   ["eval"]["lengths"] for s in (0, 1)])
-        assert cells[14] == f"{int((lengths < 1000).sum())}/4"  # episodes the env ended before its time limit
+        assert cells[16] == f"{int((lengths < 1000).sum())}/4"  # episodes the env ended before its time limit
     # the swap table: the swap's per-seed means beside the own guidance on the same seeds
     sws = [json.loads((runs / "idql-joint" / f"seed{s}" / "swaps.json").read_text())["other_seed"] for s in (0, 1)]
     own = [json.loads((runs / "idql-joint" / f"seed{s}" / "result.json").read_text())["normalized_score"]
@@ -118,7 +121,7 @@ def test_tiny_grid_end_to_end(tiny_experiment, tmp_path):
     assert all(ph["cpu_s"] > 0 for ph in gf_policy)
     assert float(cells[8]) == pytest.approx(np.mean([ph["cpu_s"] for ph in gf_policy]), abs=0.051)
     imgs = list((tmp_path / "docs" / "results" / "tiny").glob("*.png"))
-    assert {p.name for p in imgs} == {f"curves_{TASK}.png", f"box_{TASK}.png"}
+    assert {p.name for p in imgs} == {f"curves_{TASK}.png", f"box_{TASK}.png", "sample_efficiency.png"}
     # summaries hold only small files, never checkpoints
     assert not list((tmp_path / "summaries").rglob("*.pt"))
     assert (tmp_path / "summaries" / TASK / "idql-gf" / "seed1" / "curve.csv").exists()

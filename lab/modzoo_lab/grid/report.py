@@ -4,6 +4,10 @@ Two spreads are reported and named as such:
 - **across seeds**: one number per seed (the mean normalized score of that seed's final evaluation episodes);
 - **across episodes**: every final evaluation episode of every seed pooled (the GFDT authors' IQR is presumably
   over episodes of one evaluation; ours pools seeds too, and says so).
+
+A pooled spread mostly counts episodes that fall, so wherever one is printed (a cell's IQR, a swap's IQR cut) its
+between-seed counterpart stands beside it: the per-seed means' IQR, min-max and bootstrap interval
+(:func:`modzoo_lab.grid.aggregate.between_seeds`).
 """
 from __future__ import annotations
 
@@ -17,11 +21,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from modzoo.bullet.tasks import task_of
+from modzoo.bullet.collect import EXPERT_SIGMA, MEDIUM_SIGMA, REPLAY_SIGMA_START
+from modzoo.bullet.experts import PYBULLET_EXPERTS
+from modzoo.bullet.tasks import Task, task_of
 from modzoo.errors import ModzooError
 
-from .aggregate import REPS, iqm_difference, iqm_interval, probability_of_improvement
+from .aggregate import REPS, between_seeds, iqm_difference, iqm_interval, probability_of_improvement
 from .check import REFERENCE_ARM
+from .efficiency import FRACTION, normalized_auc, steps_to_fraction
 from .plan import config_drift, load_experiment, plan
 
 
@@ -198,6 +205,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
              "Do not edit by hand: edit the findings file and regenerate.", ""]
     if "description" in exp and exp.description:
         lines += [str(exp.description).strip(), ""]
+    lines += _datasets_header(exp)
     b = exp.budget
     lines += ["## Budget", "",
               f"- per run: guidance {b.get('guidance_steps')} steps (guidance-first arms), "
@@ -211,6 +219,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
     special = _arm_settings(exp)
     if special:
         lines.append("- arms that depart from the budget or the plugin defaults: " + "; ".join(special) + ".")
+    lines += _mixed_arm_labels(exp)
     cost = _grid_cost(runs)
     if cost:
         lines.append(cost)
@@ -223,6 +232,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
         lines += ["No finished runs yet.", ""]
     lines += _overview(groups, rep)
     lines += _aggregate(exp, groups, rep)
+    lines += _efficiency(exp, groups, rep, img_dir, img_rel)
     for task, arms in sorted(groups.items()):
         limit = time_limit(task)
         limit_words = f"{limit}-step time limit" if limit else "time limit (n/a: none known for this task)"
@@ -232,15 +242,21 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
                   "evaluates from its own start states). std is the population std; IQR is the 75th minus the "
                   "25th percentile (numpy's linear interpolation); n/a where one value has no spread. *fell*: "
                   f"of the pooled final episodes, those that ended before the {limit_words} (the env "
-                  "terminated them: in locomotion, the robot fell; halfcheetah never terminates).", "",
+                  "terminated them: in locomotion, the robot fell; halfcheetah never terminates). The pooled "
+                  "IQR mostly measures how often episodes fall; the between-seed spread is the *across seeds* "
+                  "block: IQR, min-max of the per-seed means, and the 95% interval of their mean from a "
+                  f"bootstrap over seeds ({REPS} resamples, fixed seed; {_FEW_SEEDS}).", "",
                   "| arm | guidance | policy | schedule | seeds | across seeds: mean | std | median | IQR | "
+                  "min-max | mean 95% interval | "
                   "episodes | across episodes: mean | std | median | IQR | fell |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         stats = {a: arm_stats(rs) for a, rs in arms.items()}
         for a in sorted(arms):
             s, e, r0 = stats[a]["seeds"], stats[a]["episodes"], arms[a][0].result
+            b = between_seeds([r.final_score for r in arms[a]])
             lines.append(f"| {a} | {r0.get('guidance')} | {r0.get('policy')} | {r0.get('schedule')} | {s['n']} | "
-                         f"{_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {_fmt(s['iqr'])} | {e['n']} | "
+                         f"{_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['median'])} | {_fmt(s['iqr'])} | "
+                         f"{_range(b['min'], b['max'])} | {_range(b['lo'], b['hi'], ' to ')} | {e['n']} | "
                          f"{_fmt(e['mean'])} | {_fmt(e['std'])} | {_fmt(e['median'])} | {_fmt(e['iqr'])} | "
                          f"{fell([r.result.get('eval', {}) for r in arms[a]], limit)} |")
         lines += _data_line(arms)
@@ -290,6 +306,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
                       "own guidance: mean | IQR seeds | IQR episodes | fell |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += sw
+            lines += _iqr_cuts(arms, rep)
         for name in _plots(task, arms, img_dir):
             lines += ["", f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)"]
         lines.append("")
@@ -303,6 +320,229 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
         lines += ["(No findings written yet: read the tables above, then write them in "
                   f"`{exp.get('findings', 'lab/experiments/<name>.findings.md')}`.)", ""]
     return "\n".join(lines)
+
+
+def _range(lo: float, hi: float, sep: str | None = None, digits: int = 1) -> str:
+    """``[lo, hi]`` (a min-max; brackets, since a dash between negative scores misreads), ``lo{sep}hi`` with a
+    separator (an interval), or n/a where one value has no spread."""
+    if lo != lo or hi != hi:
+        return "n/a"
+    return f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]" if sep is None else f"{_fmt(lo, digits)}{sep}{_fmt(hi, digits)}"
+
+
+#: What the between-seed bootstrap interval can say with few seeds, said wherever it is printed.
+_FEW_SEEDS = ("with n seeds each end of the min-max is a whole resample with chance 1/n^n, above 2.5% for n <= 3, "
+              "so with 3 seeds the interval is the min-max itself: it shows how few seeds there are, not a "
+              "narrower range")
+
+
+#: How each guidance plugin's critic is named in prose (the mixed arms' labels); another plugin is named as is.
+_CRITIC_WORDS = {"idql": "IQL", "dql": "Diffusion-QL", "iql": "IQL"}
+_POLICY_WORDS = {"idql": "IDQL", "dql": "Diffusion-QL"}
+
+
+def _recipe_words(task: Task) -> str:
+    """How ``modzoo data collect`` makes ``task``'s file, in words, from the collector's own constants (so the
+    header follows the code rather than a copy of it)."""
+    robot, level = task.robot, task.level
+    pyb = robot in PYBULLET_EXPERTS
+    expert = "pybullet's bundled 2017 expert" if pyb else "a SAC actor trained here"
+    medium = expert if pyb else "an earlier snapshot of the SAC run trained here"
+    if level == "random":
+        return "uniform random actions"
+    if level == "expert":
+        return f"{expert} + noise sigma {EXPERT_SIGMA}"
+    if level == "medium":
+        return f"{medium} + noise sigma {MEDIUM_SIGMA[robot]}"
+    if level == "medium-replay":
+        return (f"{medium} with noise falling from sigma {REPLAY_SIGMA_START[robot]} to {MEDIUM_SIGMA[robot]} "
+                "across the file" + ("" if pyb else ", or SAC's own replay buffer (`--from-run`)"))
+    return "the medium file followed by the expert file"
+
+
+def _datasets_header(exp: DictConfig) -> list[str]:
+    """The paragraph that says what the data is before any score is read: made here in PyBullet, by which
+    recipe, and not comparable with published D4RL MuJoCo tables. A reader who knows D4RL's hopper-medium
+    (a SAC policy stopped at a third of expert) would otherwise read these scores against it."""
+    recipes = []
+    for name in exp.tasks:
+        try:
+            t = task_of(str(name))
+        except ModzooError:
+            continue
+        if isinstance(t, Task):
+            recipes.append(f"`{t.name}`: {_recipe_words(t)}")
+    if not recipes:
+        return []
+    link = os.path.relpath("docs/datasets.md", Path(str(exp.get("report", "docs/x.md"))).parent)
+    return ["**The data is made here, in PyBullet, not D4RL's.** D4RL's Bullet files cannot be downloaded here, so "
+            "`modzoo data collect` simulates each dataset with D4RL's file layout and scores it with D4RL's "
+            "reference returns: a behaviour policy run with Gaussian action noise (clipped to [-1, 1]). This "
+            f"grid's: {'; '.join(recipes)}. D4RL's MuJoCo datasets come from SAC policies (medium: one stopped at "
+            "about a third of the expert's return), and Bullet's robots are not MuJoCo's, so **the normalized "
+            "scores below do not compare with published D4RL MuJoCo tables**; compare arms within this report. "
+            f"Each task's behaviour policy, its own score, the noise, the size and the data's own score, beside "
+            f"D4RL's recipe for the same name: [docs/datasets.md]({link}).", ""]
+
+
+def _mixed_arm_labels(exp: DictConfig) -> list[str]:
+    """What an arm that trains one algorithm's policy on another's frozen guidance (``guidance_from``) is, and
+    what it is not: the GFDT authors' code uses another algorithm's guidance only to rank candidates at
+    inference, which here is the ``other_algorithm`` swap of a policy trained by its own algorithm."""
+    swaps = (exp.get("swaps") or {}).get("other_algorithm") or {}
+    own = [f"`{p}` ranked by `{g}`" for p, g in swaps.items()
+           if p in exp.arms and exp.arms[p].get("guidance") == exp.arms[p].get("policy")]
+    out = []
+    for name, arm in exp.arms.items():
+        g, pol = str(arm.get("guidance")), str(arm.get("policy"))
+        if not arm.get("guidance_from") or g == pol:
+            continue
+        analogue = (f"; the analogue of the authors' protocol is the `other_algorithm` swap ({', '.join(own)})"
+                    if own else "")
+        out.append(f"- `{name}` is a frozen {_CRITIC_WORDS.get(g, g)} critic (`{arm.guidance_from}`'s, same task "
+                   f"and seed) guiding {_POLICY_WORDS.get(pol, pol)}'s training and ranking: modzoo's modular "
+                   "claim, that one algorithm's trained guidance can train another's actor. It is not the GFDT "
+                   "paper's cross-algorithm protocol: the authors' code uses another algorithm's guidance only to "
+                   f"rank candidates at inference{analogue}.")
+    return out
+
+
+def _per_seed(values: list[float]) -> str:
+    """A per-seed list of values, in seed order, each to one decimal (n/a for a missing one)."""
+    return ", ".join(_fmt(v, 0) if abs(v) >= 1000 else _fmt(v) for v in values) if values else "n/a"
+
+
+def _efficiency(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], rep: str, img_dir: Path,
+                img_rel: str) -> list[str]:
+    """Sample efficiency of each ``gfdt_pairs`` pair, per task, from the runs' curves
+    (:mod:`modzoo_lab.grid.efficiency`): the paper claims guidance-first training is more sample efficient, which
+    a final score cannot show. Per seed, then the mean with its between-seed spread, and a figure."""
+    pairs = [(str(g), str(j)) for g, j in (exp.get("gfdt_pairs", {}) or {}).items()]
+    rows, diffs, fig = [], [], {}
+    for task, arms in sorted(groups.items()):
+        for g, j in pairs:
+            if not arms.get(g) or not arms.get(j) or not any(r.curve for r in arms[g] + arms[j]):
+                continue
+            per: dict[str, dict[int, tuple[float, float]]] = {}
+            for a in (g, j):
+                per[a] = {r.seed: (steps_to_fraction(r.curve, r.final_score), normalized_auc(r.curve))
+                          for r in sorted(arms[a], key=lambda r: r.seed) if r.curve}
+                st = [v[0] for v in per[a].values()]
+                auc = [v[1] for v in per[a].values()]
+                bs, ba = between_seeds([x for x in st if x == x]), between_seeds(auc)
+                missing = sum(x != x for x in st)
+                rows.append(f"| {task} | {a} | {', '.join(map(str, per[a]))} | {_per_seed(st)} | "
+                            f"{_fmt(bs['mean'], 0)}{f' ({missing} n/a)' if missing else ''} | "
+                            f"{_range(bs['min'], bs['max'], digits=0)} | {_per_seed(auc)} | {_fmt(ba['mean'])} | "
+                            f"{_fmt(ba['iqr'])} | {_range(ba['min'], ba['max'])} | "
+                            f"{_range(ba['lo'], ba['hi'], ' to ')} |")
+                fig.setdefault(task, {})[a] = (st, auc)
+            seeds = sorted(set(per[g]) & set(per[j]))
+            d_auc = [per[g][s][1] - per[j][s][1] for s in seeds]
+            d_st = [per[g][s][0] - per[j][s][0] for s in seeds]
+            b = between_seeds(d_auc)
+            known = [x for x in d_st if x == x]  # a seed without a target on either side has no difference
+            d_mean = _fmt(float(np.mean(known)), 0) if known else "n/a"
+            diffs.append(f"| {task} | {g} - {j} | {len(seeds)} | {d_mean} | "
+                         f"{sum(x < 0 for x in d_st)} / {sum(x > 0 for x in d_st)} | {_per_seed(d_auc)} | "
+                         f"{_fmt(b['mean'])} | {_range(b['lo'], b['hi'], ' to ')} | {sum(x > 0 for x in d_auc)} |")
+    if not rows:
+        return []
+    b = exp.budget
+    out = ["## Sample efficiency", "",
+           f"From each run's curve (`curve.csv`: an evaluation every {b.get('eval_every')} policy steps, the last "
+           "one the final evaluation): *steps to 90%*, the first evaluated step at which the run scores at least "
+           f"{FRACTION:.0%} of its own final score (its resolution is the evaluation grid; n/a where the final score "
+           "is not positive); *AUC*, the area under the curve by the trapezoid rule from the first evaluation to "
+           "the last, divided by the steps between them: the mean normalized score over training. Per seed (in "
+           "the order of `seeds`), then the mean over seeds with the between-seed spread: IQR, min-max and the 95% "
+           f"interval of the mean from a bootstrap over seeds ({REPS} resamples, fixed seed; {_FEW_SEEDS}). "
+           "Interim evaluations "
+           "are as many episodes as the budget and arm settings above give (fewer than the final one), so a curve "
+           f"point is noisier than the final score. Command: `{rep}` "
+           "(`modzoo_lab.grid.efficiency`).", "",
+           "| task | arm | seeds | steps to 90% per seed | mean | min-max | AUC per seed | AUC mean | IQR | "
+           "min-max | mean 95% interval |", "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+           "GFDT against joint, seed by seed (same seed): the mean difference in steps to 90% (negative: GFDT "
+           "gets there sooner) and the seeds where GFDT is sooner / later; the AUC difference per seed, its mean "
+           "with the bootstrap interval over seeds, and the seeds where GFDT's AUC is higher. The x-axis is policy "
+           "steps: a GFDT arm's guidance was trained to the end before its policy's first step, so every point of "
+           "its curve is ranked (and, where the policy trains on the guidance, trained) by a finished guidance, "
+           "while a joint arm's guidance has had only as many steps as its policy. Counted in all steps, "
+           "guidance's included, the GFDT arm starts its curve that many steps later.", "",
+           "| task | GFDT - joint | seeds | steps to 90%: mean difference | sooner / later | AUC difference per "
+           "seed | mean | 95% interval | seeds GFDT higher |", "|---|---|---|---|---|---|---|---|---|", *diffs, ""]
+    name = _efficiency_plot(fig, img_dir)
+    return out + [f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)", ""]
+
+
+def _efficiency_plot(fig_data: dict[str, dict[str, tuple[list[float], list[float]]]], img_dir: Path) -> str:
+    """Steps to 90% and AUC per arm and task, one dot per seed and a bar at the mean."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    img_dir.mkdir(parents=True, exist_ok=True)
+    tasks = sorted(fig_data)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 6), squeeze=False)
+    for col, task in enumerate(tasks):
+        arms = list(fig_data[task])
+        for row, (idx, label) in enumerate(((0, "steps to 90% of final"), (1, "AUC / steps (mean score)"))):
+            ax = axes[row][col]
+            for k, a in enumerate(arms):
+                vals = np.asarray(fig_data[task][a][idx], dtype=float)
+                ok = vals[vals == vals]
+                ax.bar(k, ok.mean() if ok.size else 0.0, color="C0" if k % 2 == 0 else "C1", alpha=0.4)
+                ax.plot(np.full(ok.size, k), ok, "k.", markersize=6)
+            ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel(label, fontsize=8)
+            if row == 0:
+                ax.set_title(task.removeprefix("bullet-").removesuffix("-v0"), fontsize=9)
+    fig.suptitle("GFDT vs joint: bar = mean over seeds, dots = seeds", fontsize=9)
+    fig.tight_layout()
+    name = "sample_efficiency.png"
+    fig.savefig(img_dir / name, dpi=90)
+    plt.close(fig)
+    return name
+
+
+def _iqr_cuts(arms: dict[str, list[RunSummary]], rep: str) -> list[str]:
+    """Each swap's change of spread against the own guidance on the same seeds, pooled and between seeds.
+
+    The GFDT paper reports an IQR cut from ranking with another guidance. Over the pooled final episodes of every
+    seed, such a cut mostly counts episodes that stop falling; the same cut of the per-seed means (with their
+    min-max and bootstrap interval) says whether the seeds themselves land closer together."""
+    rows = []
+    for a in sorted(arms):
+        runs = arms[a]
+        for lab in sorted({k for r in runs for k in r.swaps}):
+            have = sorted((r for r in runs if lab in r.swaps), key=lambda r: r.seed)
+            if len(have) < 2:
+                continue
+            sw_ep = spread(np.concatenate([np.asarray(r.swaps[lab]["normalized"], dtype=float) for r in have]))
+            own_ep = spread(np.concatenate([r.final_episodes for r in have]))
+            sw = between_seeds([float(np.mean(r.swaps[lab]["normalized"])) for r in have])
+            own = between_seeds([r.final_score for r in have])
+            rows.append(f"| {a} | {lab} | {len(have)} | {_fmt(own_ep['iqr'])} -> {_fmt(sw_ep['iqr'])} | "
+                        f"{_cut(own_ep['iqr'], sw_ep['iqr'])} | {_fmt(own['iqr'])} -> {_fmt(sw['iqr'])} | "
+                        f"{_cut(own['iqr'], sw['iqr'])} | {_range(own['min'], own['max'])} -> "
+                        f"{_range(sw['min'], sw['max'])} | {_range(own['lo'], own['hi'], ' to ')} -> "
+                        f"{_range(sw['lo'], sw['hi'], ' to ')} |")
+    if not rows:
+        return []
+    return ["", "The swaps' change of spread, own guidance -> swap on the same seeds (swaps with at least two "
+            "seeds): the IQR over the pooled final episodes and its change, which mostly counts episodes that fall "
+            "or stop falling; beside it the between-seed counterpart, from the per-seed means: their IQR and its "
+            f"change, their min-max, and the 95% interval of their mean (bootstrap over seeds, {REPS} resamples, "
+            f"fixed seed; {_FEW_SEEDS}). Command: `{rep}`.", "",
+            "| policy arm | ranked by | seeds | IQR episodes | change | IQR seeds | change | min-max seeds | "
+            "mean 95% interval |", "|---|---|---|---|---|---|---|---|---|", *rows]
+
+
+def _cut(before: float, after: float) -> str:
+    """The relative change of a spread, in percent (n/a from a zero or unmeasured spread)."""
+    if before != before or after != after or before == 0:
+        return "n/a"
+    return f"{100 * (after - before) / before:+.0f}%"
 
 
 def _data_line(arms: dict[str, list[RunSummary]]) -> list[str]:
@@ -629,7 +869,42 @@ def rebuilt_runs(summaries: str | Path) -> list[str]:
             f"equal, float for float): {len(same)}{' (' + ', '.join(same) + ')' if same else ''}. "
             f"Did not: {len(differ)}"
             + ((" (its summary now holds" if len(differ) == 1 else " (their summaries now hold")
-               + " the second training):" if differ else "."), *differ]
+               + " the second training):" if differ else "."), *differ, *noise_floor(summaries)]
+
+
+def rebuild_pairs(summaries: str | Path) -> list[tuple[str, float, float, bool]]:
+    """(run, first final score, second final score, same data file) for every run trained twice: the first record
+    read from ``before-rebuild/result.json`` where the rebuild differed (``rebuild.json``'s copy where it
+    reproduced, which kept no second folder), the second from the summary itself."""
+    out = []
+    for rec in sorted(Path(summaries).glob("*/*/seed*/rebuild.json")):
+        d = rec.parent
+        after = _summary_json(d / "result.json")
+        first = d / "before-rebuild" / "result.json"
+        before = _summary_json(first) if first.is_file() else json.loads(rec.read_text())["before"]
+        prints = {(r.get("dataset") or {}).get("fingerprint") for r in (before, after)}
+        same = first.is_file() and len(prints) == 1 and None not in prints
+        out.append((f"{d.parent.parent.name}/{d.parent.name}/{d.name}", float(before["normalized_score"]),
+                    float(after["normalized_score"]), same or not first.is_file()))
+    return out
+
+
+def noise_floor(summaries: str | Path) -> list[str]:
+    """The noise floor that a machine alone puts under every cell: the same seeded run, same config and same
+    data file, trained on two machines. Seeded runs reproduce float for float on one CPU make and not across
+    makes (MKL picks its kernels by CPU), so two arms closer than this are not told apart by one seed each."""
+    pairs = rebuild_pairs(summaries)
+    moved = [(n, b, a) for n, b, a, _ in pairs if a != b]
+    if not moved:
+        return []
+    same = all(ok for *_, ok in pairs)
+    cells = "; ".join(f"{n}: {_fmt(b)} -> {_fmt(a)} ({a - b:+.1f})" for n, b, a in moved)
+    data = ", same data file by its fingerprint" if same else ""
+    return ["", f"**Noise floor between machines.** The same seeded run (same config{data}) trained on two "
+            "machines moved its final score by up to "
+            f"{max(abs(a - b) for _, b, a in moved):.1f} points: {cells} (first record: the summary folder's "
+            f"`before-rebuild/`; {len(pairs) - len(moved)} of {len(pairs)} rebuilds reproduced theirs exactly). "
+            "A difference between two cells smaller than this can be the machine, not the method."]
 
 
 def report_text(exp: DictConfig, img_dir: Path, img_rel: str, grid_seconds: float | None = None) -> str:
