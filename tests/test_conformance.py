@@ -26,9 +26,10 @@ def test_first_party_plugin_passes_the_suite(plugin, tmp_path):
     assert reports
     reg = modzoo.load_registry()
     for r in reports.values():
-        expected = {"construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules", "stacked"}
+        expected = {"construct", "shapes", "update", "determinism", "checkpoint", "learns", "trains", "schedules",
+                    "stacked"}
         if r.kind == "policy":
-            expected.add("env")
+            expected |= {"env", "pairs"}
         claims = reg.half(r.kind, r.name).cls.stackable
         assert set(r.passed) == expected - ({"stacked"} if not claims else set())
         assert set(r.skipped) == ({"stacked"} if not claims else set())
@@ -119,6 +120,14 @@ class NoisyGuidance(IQLGuidance):
         return super().rewards(batch) + 0.1 * torch.randn(batch["rewards"].shape, generator=g)
 
 
+class DivergingPolicy(DiffusionBCPolicy):
+    """Trains normally, until its loss turns NaN at update 150: past what every other check runs."""
+
+    def update(self, batch, guidance=None):
+        metrics = super().update(batch, guidance)
+        return {**metrics, "bc_loss": torch.tensor(float("nan"))} if self.steps >= 150 else metrics
+
+
 class GlobalNoisePolicy(DiffusionBCPolicy):
     """Claims it can train as stacked seeds, but adds noise from torch's global RNG, which every stacked seed
     would share (a lone run's global RNG is seeded by its own seed)."""
@@ -139,6 +148,8 @@ class GlobalNoisePolicy(DiffusionBCPolicy):
     (PicklingGuidance, "guidance", IQL_CFG, "checkpoint", "weights_only", ["construct", "update", "determinism"]),
     (NoisyGuidance, "guidance", IQL_CFG, "determinism", "same seed", ["construct", "update", "checkpoint"]),
     (GlobalNoisePolicy, "policy", BC_CFG, "stacked", "stacked but", ["construct", "update", "learns"]),
+    (DivergingPolicy, "policy", BC_CFG, "trains", r"'bc_loss' is not finite \(nan\) at update 150 of 200",
+     ["construct", "update", "learns", "checkpoint"]),
     (LyingPolicy, "policy", BC_CFG, "stacked", "overrides update", ["construct", "checkpoint"]),
     (UndeclaredVPolicy, "policy", BC_CFG, "shapes", r"called guidance\.v\(\).*needs \['q'\].*'v'",
      ["construct", "update", "learns"]),
@@ -181,7 +192,7 @@ def test_pytest_option_runs_the_suite_per_check(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
-    assert "1 failed, 11 passed, 6 deselected" in out, out
+    assert "1 failed, 15 passed, 6 deselected" in out, out
     assert "modzoo[policy:lazy:learns]" in out and "did not lower 'bc_loss'" in out
 
 
@@ -230,3 +241,17 @@ def test_pytest_option_reports_a_broken_or_unknown_plugin_without_internalerror(
     assert proc.returncode == rc and "INTERNALERROR" not in out, out
     for m in messages:
         assert m in out, out
+
+
+def test_the_pytest_option_runs_the_kit_alone_from_inside_a_project(tmp_path):
+    """Started in a project with tests of its own (one failing), ``--modzoo-plugin`` runs the kit's items and none
+    of the project's, once."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_mine.py").write_text("def test_mine():\n    assert False\n")
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ntestpaths = ['tests']\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--modzoo-plugin=bc",
+                           "-k", "construct or shapes"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "2 passed" in out and "test_mine" not in out, out

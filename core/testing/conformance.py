@@ -25,9 +25,15 @@ What is checked (each a named check; :data:`GUIDANCE_CHECKS`, :data:`POLICY_CHEC
   outputs.
 - ``checkpoint``: ``save_half`` -> ``load_checkpoint`` (``weights_only=True``: tensors and plain values only)
   restores the class, dims, config, step count, every tensor, the optimizer state, and (guidance) the same Q.
-- ``learns``: ``learn_steps`` updates on one fixed batch lower the first ``*loss*`` metric ``update`` returns.
+- ``learns``: ``learn_steps`` updates on one fixed batch lower the first ``*loss*`` metric ``update`` returns
+  (every update's metrics finite).
+- ``trains``: :data:`TRAIN_STEPS` updates on fresh batches of the tiny dataset, every metric of every update
+  finite (a failure names the update and the metric), then ``save_half`` -> ``load_checkpoint`` restores every
+  tensor and the optimizer state exactly.
 - ``schedules``: :func:`modzoo.train` runs ``joint``, ``guidance-first`` and ``pretrained`` with a partner half
   and writes a complete run dir; a policy-dependent guidance must be *refused* by guidance-first.
+- ``pairs`` (policy): a short joint run with every registered guidance that provides what the policy needs
+  under its config (:meth:`~modzoo.contract.interfaces.DiffusionPolicy.needs_for`), each log line finite.
 - ``env`` (policy): ``act`` drives the real Bullet env for a few steps.
 - ``stacked``: only for a half that declares ``stackable = True`` (skipped otherwise, in :attr:`Report.skipped`):
   two seeds trained together with ``--stack vmap`` (:mod:`modzoo.run.stacked`) log the same losses (to float
@@ -70,9 +76,12 @@ from ..run.training import run_config, train
 TASK = "bullet-hopper-medium-v0"
 OBS_DIM, ACT_DIM = 15, 3  # bullet-hopper's dims: the synthetic dataset and the env check use this task
 SCHEDULE_STEPS = 3
-GUIDANCE_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules", "stacked")
-POLICY_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "schedules", "env",
-                 "stacked")
+#: updates of the ``trains`` check: long enough for a loss that drifts to infinity on a tiny dataset to get there
+TRAIN_STEPS = 200
+GUIDANCE_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "trains", "schedules",
+                   "stacked")
+POLICY_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "trains", "schedules",
+                 "pairs", "env", "stacked")
 
 #: what every guidance answers (``construct`` checks it), so a policy may use it without declaring it in ``needs``
 GUARANTEED = frozenset({"q"})
@@ -476,17 +485,17 @@ def check_update(h: _Harness) -> None:
                                       "the guidance")
 
 
-def _check_metrics(h: _Harness, metrics: Any) -> None:
+def _check_metrics(h: _Harness, metrics: Any, check: str = "update", where: str = "") -> None:
     if not isinstance(metrics, dict) or not metrics:
-        raise h.fail("update", f"update must return a non-empty dict of metrics, got {type(metrics).__name__}")
+        raise h.fail(check, f"update must return a non-empty dict of metrics{where}, got {type(metrics).__name__}")
     for k, v in metrics.items():
         if not isinstance(k, str):
-            raise h.fail("update", f"metric key {k!r} is not a string")
+            raise h.fail(check, f"metric key {k!r} is not a string")
         x = _scalar(v)
         if x is None:
-            raise h.fail("update", f"metric {k!r} is not a scalar (a 0-d/1-element tensor or a number)")
+            raise h.fail(check, f"metric {k!r} is not a scalar (a 0-d/1-element tensor or a number)")
         if not math.isfinite(x):
-            raise h.fail("update", f"metric {k!r} is not finite ({x})")
+            raise h.fail(check, f"metric {k!r} is not finite ({x}){where}")
 
 
 def check_determinism(h: _Harness) -> None:
@@ -565,6 +574,7 @@ def check_learns(h: _Harness) -> None:
     key = None
     for _ in range(h.learn_steps):
         metrics = h.update(m, batch, partner)
+        _check_metrics(h, metrics, "learns")
         if key is None:
             key = next((k for k in metrics if "loss" in k), None)
             if key is None:
@@ -575,6 +585,37 @@ def check_learns(h: _Harness) -> None:
     if not last < first:
         raise h.fail("learns", f"{h.learn_steps} updates on one fixed batch did not lower {key!r}: mean "
                                   f"of the first {w} {first:.4g}, of the last {w} {last:.4g}")
+
+
+def check_trains(h: _Harness) -> None:
+    m, partner = h.build(), h.partner_for_update()
+    for step in range(1, TRAIN_STEPS + 1):
+        _check_metrics(h, h.update(m, h.batch(), partner), "trains", f" at update {step} of {TRAIN_STEPS}")
+    path = h.workdir / f"{h.kind}-{h.name}-trained.pt"
+    save_half(m, path, {"name": TASK, "fingerprint": h.dataset.fingerprint, "path": str(h.data_path)})
+    loaded = load_checkpoint(path, h.device, kind=h.kind)
+    diff = _state_diff(loaded, m)
+    if diff or loaded.steps != TRAIN_STEPS:
+        raise h.fail("trains", f"after {TRAIN_STEPS} updates the checkpoint does not round-trip: {diff[:4]}")
+    if not _equal(loaded.extra_state(), m.extra_state()):
+        raise h.fail("trains", f"after {TRAIN_STEPS} updates the optimizer state does not round-trip")
+
+
+def check_pairs(h: _Harness) -> None:
+    needs = type(h.build()).needs_for(h.cfg_of("policy", h.name, own=True))
+    fits = [g for g, s in sorted(h.reg.guidances.items()) if set(needs) <= s.capabilities]
+    if not fits:
+        raise h.fail("pairs", f"no registered guidance provides {sorted(needs)}")
+    for g in fits:
+        out = h.workdir / f"joint-{g}"
+        try:
+            h._run(g, h.name, "joint", out)
+        except Exception as e:
+            raise h.fail("pairs", f"joint with guidance {g!r} raised {type(e).__name__}: {e}") from None
+        for line in (out / "metrics.jsonl").read_text().splitlines():
+            bad = [k for k, v in json.loads(line).items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                raise h.fail("pairs", f"joint with guidance {g!r}: {bad} not finite in {line}")
 
 
 def check_stacked(h: _Harness) -> None:
@@ -691,6 +732,8 @@ CHECKS: dict[str, Callable[[_Harness], None]] = {
     "determinism": check_determinism,
     "checkpoint": check_checkpoint,
     "learns": check_learns,
+    "trains": check_trains,
+    "pairs": check_pairs,
     "stacked": check_stacked,
     "schedules": check_schedules,
     "env": check_env,

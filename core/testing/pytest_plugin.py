@@ -93,6 +93,8 @@ def _plugin_items(session: pytest.Session, plugin: str) -> list[pytest.Item]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Append the conformance items before -k/-m selection runs, so both apply to them."""
-    for plugin in config.getoption("modzoo_plugin"):
-        items.extend(_plugin_items(session, plugin))
+    """With ``--modzoo-plugin``, the session runs the conformance items alone (a project's own tests, collected
+    from where pytest was started, are dropped), added before -k/-m selection runs so both apply to them."""
+    plugins = config.getoption("modzoo_plugin")
+    if plugins:
+        items[:] = [item for plugin in plugins for item in _plugin_items(session, plugin)]
