@@ -135,7 +135,7 @@ def test_the_check_tells_online_from_target():
     assert _reads({w: x.q(obs, act) for w, x in g.items()}) == "target"
 
 
-@pytest.mark.parametrize("name", ["dql", "fql", "idql"])
+@pytest.mark.parametrize("name", ["dql", "fql", "idql", "qgpo"])
 def test_twin_critic_guidances_rank_with_the_target(name):
     """``q`` of every guidance on the twin-critic base is its target's minimum; ``target_q_ensemble`` its target."""
     g = _guidances(name)
