@@ -6,7 +6,7 @@ Two policies are trained on the same batch, one after the other:
         theta <- argmin E[ (1 / c_out^2) || D_theta(a + sigma eps, sigma, s) - a ||^2 ],
         sigma ~ log-logistic(ln 0.5, 0.5) truncated to [0.002, 80],  D clamped to [-1, 1]
     one-step policy pi_phi(s) = tanh(N(mu_phi(s), std_phi(s))), log std clamped to [-5, 2]:
-        phi <- argmin  alpha L_TR(phi) - E[ Q(s, a_pi) ]  (- gamma E[ log pi_phi(a | s) ], 0 on locomotion),
+        phi <- argmin  alpha L_TR(phi) - E[ min_i Q_i(s, a_pi) ]  (- gamma E[ log pi_phi(a | s) ], 0 on locomotion),
         L_TR(phi) = E[ (1 / c_out^2) || D_theta(a_pi + sigma eps, sigma, s) - a_pi ||^2 ],  a_pi ~ pi_phi(s)
 
 The trust-region loss L_TR is the BC loss evaluated at the policy's own action: it is small only where the
@@ -14,6 +14,7 @@ behaviour diffusion model denoises well, i.e. inside the data's support. Its gra
 diffusion model, which the actor's step does not move. The first ``pretrain_steps`` updates train only the BC
 diffusion (the authors pretrain it, with the critic, for 50k steps).
 
+Q_i are the guidance's online critics (``q_ensemble``); selection ranks with its target (``q``), as the authors do.
 Action selection: 1024 actions of the one-step policy per state, one drawn from softmax(Q). Acting costs one
 actor pass and one Q pass over the candidates; no diffusion chain is ever sampled.
 Guidance: any Q. DTQL's own critic is IQL's (expectile V, twin Q, never queries the policy): ``idql``.
@@ -140,14 +141,15 @@ class DTQLPolicy(DiffusionPolicy):
         return loss, {"bc_loss": loss.detach()}
 
     def actor_loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
-        """alpha L_TR - mean Q (raw, the guidance's ensemble minimum) - gamma mean log pi(a_data | s)."""
+        """alpha L_TR - mean Q (raw, the minimum of the guidance's *online* members, as ``self.critic.q_min`` in
+        the authors' ``agents/dtql.py:144``) - gamma mean log pi(a_data | s)."""
         obs = batch["observations"]
         a_pi = self.actor.rsample(obs, self.gen())
         tr = self.diffusion.loss(a_pi, obs, generator=self.gen())  # fresh sigma and eps
         loss = float(self.cfg["alpha"]) * tr
         out: Metrics = {"tr_loss": tr.detach()}
         if guidance is not None:
-            q = guidance.q(obs, a_pi).mean()
+            q = guidance.q_ensemble(obs, a_pi).min(0).values.mean()
             loss = loss - q
             out["q_loss"] = -q.detach()
         gamma = float(self.cfg["gamma"])

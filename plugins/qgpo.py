@@ -17,8 +17,13 @@ i.e. the guided score is the behaviour score plus s_scale grad f. s_scale = 0 sa
 
 Support actions are drawn per batch from the frozen behaviour model (the authors draw them once for the whole
 dataset), so an energy step costs K x ``support_steps`` behaviour calls per state of its batch.
-Guidance: any Q (the policy-independent IQL critic ``idql`` is the guidance-first default; QGPO's own is an
-in-support softmax Q-learning critic on the same support actions).
+
+Guidance (QGPO's own critic, ``--guidance qgpo``): in-support softmax Q-learning, twin Q with a Polyak target,
+    Q_i <- argmin E[ (Q_i(s, a) - (r + gamma (1 - d) V(s')))^2 ],
+    V(s') = sum_j softmax_j(q_alpha Qtarg(s', a'_j)) Qtarg(s', a'_j),  a'_1..a'_K ~ mu_theta(. | s'),  K = 16
+with Qtarg the target twin's minimum and q_alpha 1: a soft maximum over behaviour samples, so Q stays in the
+data's support without an expectile. The a'_j come from the policy's behaviour model, so this critic trains jointly
+only. Any Q serves the policy: the policy-independent IQL critic ``idql`` is the guidance-first alternative.
 """
 from __future__ import annotations
 
@@ -28,7 +33,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from modzoo import Batch, GuidanceModule, HalfSpec, Metrics, ObsNorm, Stage, hookimpl, obs_norm_enabled
+from modzoo import (
+    Batch,
+    DiffusionPolicy,
+    GuidanceModule,
+    HalfSpec,
+    Metrics,
+    ObsNorm,
+    Stage,
+    TwinCriticGuidance,
+    hookimpl,
+    obs_norm_enabled,
+)
 from modzoo.blocks.nets import FourierFeatures, mlp
 from modzoo.blocks.policy import BehaviourFirstPolicy
 from modzoo.blocks.sde import VPSDE, VPSDEDiffusion
@@ -53,6 +69,12 @@ def cep_loss(f: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
 def guided_eps(eps: torch.Tensor, sigma: torch.Tensor, grad_f: torch.Tensor, scale: float) -> torch.Tensor:
     """eps - s sigma_t grad f (``sigma``: (B,)): the eps of the score grad log mu_t + s grad f."""
     return eps - scale * sigma[:, None] * grad_f
+
+
+def softmax_value(q: torch.Tensor, q_alpha: float) -> torch.Tensor:
+    """sum_j softmax_j(q_alpha q_j) q_j over the last dim (QGPO's next-state value, ``model.py:157-158``): a soft
+    maximum of the support actions' Q, the mean at q_alpha 0 and the maximum as q_alpha grows. (B, K) -> (B,)."""
+    return (torch.softmax(q_alpha * q, dim=-1) * q).sum(-1)
 
 
 class EnergyNet(nn.Module):
@@ -173,6 +195,54 @@ class QGPOPolicy(BehaviourFirstPolicy):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
         load_optim_state(state.get("energy", {}), self.energy_opt)
+
+
+class QGPOGuidance(TwinCriticGuidance):
+    """QGPO's in-support softmax Q-learning: twin Q bootstrapped from a softmax over behaviour samples (joint only).
+
+    The TD target's next-state value is :func:`softmax_value` of the target twin's minimum over ``support_actions``
+    samples of the policy's behaviour model at s' (:meth:`QGPOPolicy.support_actions`, unguided; any other policy's
+    ``sample``). ``q`` (what the energy labels and any ranking read) is the target twin's minimum, as the authors'
+    ``q0_target`` forward."""
+
+    # every draw is the policy's (its support sampler goes through modzoo.contract.rng), and the update is the
+    # base's one critic stage
+    stackable = True
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__(obs_dim, act_dim, cfg)
+        if int(cfg["support_actions"]) < 1:
+            raise ValueError("qgpo guidance: support_actions must be at least 1")
+        self.require("q_alpha")
+
+    @property
+    def requires_policy(self) -> bool:
+        """The next-state support actions are the policy's behaviour samples: joint training only."""
+        return True
+
+    def next_support(self, next_obs: torch.Tensor, policy: DiffusionPolicy) -> torch.Tensor:
+        """K behaviour actions per next state, (B, K, A): QGPO's unguided support sampler when the policy is
+        QGPO's (the authors' ``fake_a_``), otherwise the policy's own ``sample`` candidates."""
+        k = int(self.cfg["support_actions"])
+        if isinstance(policy, QGPOPolicy):
+            return policy.support_actions(next_obs, k)
+        return policy.sample(next_obs, k)
+
+    def td_target(self, batch: Batch, policy: DiffusionPolicy | None = None) -> torch.Tensor:
+        if policy is None:
+            raise RuntimeError("qgpo guidance bootstraps from the policy's behaviour samples: joint training only")
+        nxt = batch["next_observations"]
+        b = nxt.shape[0]
+        support = self.next_support(nxt, policy)
+        k = support.shape[1]
+        qn = self.critic_target(nxt.repeat_interleave(k, 0), support.reshape(b * k, -1)).min(0).values
+        next_v = softmax_value(qn.reshape(b, k), float(self.cfg["q_alpha"]))
+        return self.rewards(batch) + self.gamma * (1 - batch["terminals"]) * next_v
+
+
+@hookimpl
+def modzoo_guidances() -> list[HalfSpec]:
+    return [HalfSpec("qgpo", QGPOGuidance, CONFIG, paper="Lu et al. 2023 (QGPO), arXiv:2304.12824")]
 
 
 @hookimpl

@@ -4,7 +4,7 @@ Behaviour model first (continuous-time VP SDE, eps-prediction, the first ``behav
     eps_psi <- argmin E_{t ~ U(1e-3, 1), z} [ || eps_psi(alpha_t a + sigma_t z, t, s) - z ||^2 ]
 Then a deterministic one-step actor a = pi_theta(s), with eps_psi and the critic frozen:
     L(theta) = E_{s, t ~ U(0.02, 0.98), z} [ w(t) eps_psi(alpha_t a + sigma_t z, t, s) . a  -  beta grad_a Q(s, a) . a ]
-    w(t) = sigma_t^2,   Q = the mean of the twin critics,   a = pi_theta(s)
+    w(t) = sigma_t^2,   Q = the mean of the twin *target* critics (``target_q_ensemble``),   a = pi_theta(s)
 Both inner terms are surrogates: their gradients in a are w(t) eps_psi (the behaviour score, which pulls the actor
 towards the data's modes, since grad_a KL(pi || mu) is a weighted integral of -score over t) and beta grad_a Q.
 No chain is run when acting: the action is pi_theta(s), the cheapest selection in the zoo.
@@ -79,8 +79,9 @@ class SRPOPolicy(BehaviourFirstPolicy):
         if guidance is None or beta == 0:
             dq, q = torch.zeros_like(act), torch.zeros(())
         else:
-            # torch.func.grad rather than autograd.grad: it also runs inside the stacked trainer's vmap(grad(...))
-            dq, q = torch.func.grad_and_value(lambda a: guidance.q_ensemble(obs, a).mean(0).sum())(act.detach())
+            # grad_a of the *target* critics' mean, as SRPO.py:46-51 (q0_target.both); torch.func.grad rather than
+            # autograd.grad: it also runs inside the stacked trainer's vmap(grad(...))
+            dq, q = torch.func.grad_and_value(lambda a: guidance.target_q_ensemble(obs, a).mean(0).sum())(act.detach())
             q = q / obs.shape[0]
         loss = srpo_loss(act, reg, dq.detach(), beta)
         return loss, {"actor_loss": loss.detach(), "q": q.detach()}

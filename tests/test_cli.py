@@ -105,7 +105,7 @@ def test_bad_inputs_get_one_clear_line(capsys, small_dataset_path, tmp_path):
     data = str(small_dataset_path)
     base = ["--env", TASK, "--dataset", data, "--policy-steps", "2", "--no-progress", "--device", "cpu"]
     msg = _one_line_error(capsys, "run", "--guidance", "iqll", "--policy", "dql", *base)
-    assert "known guidances: dql, fql, idql, ifql" in msg
+    assert "known guidances: dql, fql, idql, ifql, qgpo" in msg
     msg = _one_line_error(capsys, "run", "--guidance", "idql", "--policy", "dql", *base, "policy.etaa=1")
     assert "policy.etaa" in msg
     msg = _one_line_error(capsys, "run", "--guidance", "idql", "--policy", "dql", "--env", TASK, "--dataset",

@@ -16,7 +16,7 @@ from modzoo.run.buffer import ReplayBuffer
 from modzoo.run.config import half_config
 
 TASK = "bullet-hopper-medium-v0"
-FIRST_PARTY = {"guidance": ["dql", "fql", "idql", "ifql"],
+FIRST_PARTY = {"guidance": ["dql", "fql", "idql", "ifql", "qgpo"],
                "policy": ["bc", "cfg", "dql", "dtql", "edp", "fbc", "fql", "idql", "ifql", "qgpo", "sfbc", "srpo"]}
 
 

@@ -11,10 +11,11 @@ from torch import nn
 import modzoo
 from conftest import random_batch
 from modzoo.blocks.karras import KarrasDiffusion, c_noise, edm_scalings, log_logistic_sigma
+from modzoo.bullet.data import load_dataset
 from modzoo.cli import main
 from modzoo.contract.stages import run_stages
 from modzoo.plugins.dtql import DTQLPolicy
-from modzoo.run.config import half_config
+from modzoo.run.config import half_config, to_dict
 from modzoo.testing import check_plugin
 
 OBS, ACT = 4, 2
@@ -172,7 +173,7 @@ def test_act_picks_the_highest_q_candidate():
 def test_dtql_passes_the_conformance_suite(tmp_path):
     report = check_plugin("dtql", workdir=tmp_path)["policy:dtql"]
     assert set(report.passed) == {"construct", "shapes", "update", "determinism", "checkpoint", "learns",
-                                  "schedules", "env", "stacked"}
+                                  "trains", "schedules", "pairs", "env", "stacked"}
 
 
 @pytest.mark.parametrize("schedule", ["joint", "guidance-first"])
@@ -188,3 +189,22 @@ def test_dtql_trains_and_evaluates_through_the_cli(capsys, small_dataset_path, t
     assert rc == 0, err
     assert "normalized score:" in out
     assert (tmp_path / "r" / "policy.pt").exists() and (tmp_path / "r" / "result.json").exists()
+
+
+def test_the_dtql_authors_preset_gives_the_idql_guidance_dtqls_raw_rewards_and_critic(small_dataset_path):
+    """DTQL trains its critic on raw rewards (main.py:170, reward_tune='no'); idql scales them IQL's way unless
+    the preset says otherwise, and the preset touches the guidance only."""
+    plain = modzoo.run_config("idql", "dtql", TASK)
+    cfg = modzoo.run_config("idql", "dtql", TASK, preset="dtql-authors")
+    assert plain.guidance.reward_norm == "iql" and cfg.guidance.reward_norm == "none"
+    assert (list(cfg.guidance.hidden), cfg.guidance.activation, cfg.guidance.layer_norm, cfg.guidance.init) == (
+        [256, 256, 256], "mish", True, "torch")
+    assert to_dict(cfg)["policy"] == to_dict(plain)["policy"]
+    data = load_dataset(str(small_dataset_path), task=TASK)
+    for run, scale in ((plain, None), (cfg, 1.0)):
+        g = modzoo.load_registry().guidance("idql").cls(OBS, ACT, {**to_dict(run)["guidance"], "hidden": [8]})
+        g.prepare(data)
+        if scale is None:
+            assert float(g.reward_scale) != 1.0  # the IQL rule moved it
+        else:
+            assert float(g.reward_scale) == scale

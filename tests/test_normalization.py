@@ -192,7 +192,7 @@ def test_every_preset_value_cites_its_source() -> None:
 
 
 def test_bad_presets_are_one_line_errors(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="unknown preset 'gfdt'; known: gfdt-authors"):
+    with pytest.raises(ConfigError, match="unknown preset 'gfdt'; known: dtql-authors, gfdt-authors"):
         modzoo.run_config("dql", "dql", TASK, preset="gfdt")
     bad = tmp_path / "p.yaml"
     bad.write_text("name: p\npolicy:\n  dql: {temprature: 3.0}\n")

@@ -101,7 +101,7 @@ def test_broken_plugin_is_reported_and_does_not_stop_the_others():
 
 
 def test_unknown_plugin_lists_known_ones():
-    with pytest.raises(PluginError, match="known guidances: dql, fql, idql, ifql"):
+    with pytest.raises(PluginError, match="known guidances: dql, fql, idql, ifql, qgpo"):
         load_registry().guidance("iqll")
 
 

@@ -15,7 +15,16 @@ import modzoo
 from conftest import random_batch
 from modzoo.blocks.sde import VPSDE, VPSDEDiffusion, gaussian_eps
 from modzoo.cli import main
-from modzoo.plugins.qgpo import EnergyNet, QGPOPolicy, cep_loss, energy_grad, energy_guide, guided_eps
+from modzoo.plugins.qgpo import (
+    EnergyNet,
+    QGPOGuidance,
+    QGPOPolicy,
+    cep_loss,
+    energy_grad,
+    energy_guide,
+    guided_eps,
+    softmax_value,
+)
 
 OBS, ACT = 4, 2
 TASK = "bullet-hopper-medium-v0"
@@ -249,12 +258,98 @@ def test_refuses_a_discrete_chain():
         policy(schedule="vp", sampler="eps_clip", T=5)
 
 
+# ---- (d') QGPO's own critic: in-support softmax Q-learning -------------------------------------------------------
+def guidance(**over) -> QGPOGuidance:  # type: ignore[no-untyped-def]
+    cfg = {**modzoo.load_registry().guidance("qgpo").default_config(), "hidden": [16, 16], "batch_size": 32,
+           "support_actions": 3, **over}
+    cfg.pop("task_overrides")
+    torch.manual_seed(0)
+    return QGPOGuidance(OBS, ACT, cfg)
+
+
+def test_softmax_value_by_hand():
+    q = torch.tensor([[1.0, 2.0, 4.0], [0.0, 0.0, 3.0]])
+    e = [math.exp(1), math.exp(2), math.exp(4)]
+    row0 = (e[0] * 1 + e[1] * 2 + e[2] * 4) / sum(e)
+    row1 = 3 * math.exp(3) / (2 + math.exp(3))
+    assert softmax_value(q, 1.0).tolist() == pytest.approx([row0, row1], rel=1e-6)
+    assert torch.allclose(softmax_value(q, 0.0), q.mean(1))  # q_alpha 0: the support's mean
+    assert torch.allclose(softmax_value(q, 100.0), q.max(1).values, atol=1e-4)  # large q_alpha: its maximum
+
+
+class _Support:
+    """A stand-in policy whose K samples at state i are distinct, known actions (row i, sample j)."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def sample(self, obs: torch.Tensor, n: int = 1) -> torch.Tensor:
+        self.asked.append(n)
+        j = torch.arange(n, dtype=torch.float32)[None, :, None]
+        return torch.tanh(obs[:, None, :1] * (j + 1) * 0.7 + torch.arange(ACT)[None, None, :] * 0.3 - j * 0.2)
+
+
+def test_td_target_is_the_softmax_weighted_target_q_of_the_next_states_support_state_by_state():
+    """r + gamma (1 - d) sum_j softmax_j(q_alpha Qtarg(s', a'_j)) Qtarg(s', a'_j), Qtarg the target twin's minimum,
+    computed here one state and one support action at a time (model.py:155-161)."""
+    g = guidance(reward_norm="none", q_alpha=2.0)
+    with torch.no_grad():  # make the target differ from the online critic, so reading the wrong one fails
+        for p in g.critic_target.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    b = batch(6)
+    b["terminals"] = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    pol = _Support()
+    got = g.td_target(b, pol)
+    assert pol.asked == [3]
+    support = pol.sample(b["next_observations"], 3)
+    for i in range(6):
+        s1 = b["next_observations"][i:i + 1]
+        q = torch.stack([g.critic_target(s1, support[i, j:j + 1]).min(0).values[0] for j in range(3)])
+        v = (torch.softmax(2.0 * q, 0) * q).sum()
+        want = b["rewards"][i] + 0.99 * (1 - b["terminals"][i]) * v
+        assert got[i].item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+
+
+def test_the_support_of_a_qgpo_policy_is_its_unguided_behaviour_sampler(monkeypatch):
+    """With QGPO's policy, a' are the behaviour model's samples at guidance scale 0 (the authors' fake_a_), not the
+    energy-guided actions its ``sample`` would give."""
+    g, p = guidance(), policy(**TINY)
+    seen = []
+
+    def support(obs: torch.Tensor, k: int) -> torch.Tensor:
+        seen.append((obs.shape[0], k))
+        return torch.zeros(obs.shape[0], k, ACT)
+
+    monkeypatch.setattr(p, "support_actions", support)
+    monkeypatch.setattr(p, "sample", lambda *a, **k: pytest.fail("the guided sampler was used"))
+    g.td_target(batch(5), p)
+    assert seen == [(5, 3)]
+
+
+def test_qgpo_guidance_trains_jointly_only():
+    g = guidance()
+    assert g.requires_policy
+    with pytest.raises(RuntimeError, match="joint"):
+        g.td_target(batch(4), None)
+
+
+def test_qgpo_guidance_defaults_are_the_authors():
+    cfg = modzoo.load_registry().guidance("qgpo").default_config()
+    assert (cfg["hidden"], cfg["activation"], cfg["num_q"], cfg["layer_norm"]) == ([256, 256, 256], "relu", 2, False)
+    assert (cfg["gamma"], cfg["polyak"], cfg["lr"], cfg["batch_size"]) == (0.99, 0.005, 3.0e-4, 256)
+    assert (cfg["support_actions"], cfg["q_alpha"], cfg["reward_norm"]) == (16, 1.0, "iql")
+
+
 # ---- (e) the conformance suite, (f) the CLI ----------------------------------------------------------------------
 def test_qgpo_passes_the_conformance_suite(tmp_path):
     from modzoo.testing import check_plugin
-    report = check_plugin("qgpo", workdir=tmp_path)["policy:qgpo"]
+    reports = check_plugin("qgpo", workdir=tmp_path)
+    report = reports["policy:qgpo"]
     assert set(report.passed) == {"construct", "shapes", "update", "determinism", "checkpoint", "learns",
-                                  "schedules", "env", "stacked"} and not report.skipped
+                                  "trains", "schedules", "pairs", "env", "stacked"} and not report.skipped
+    report = reports["guidance:qgpo"]
+    assert set(report.passed) == {"construct", "shapes", "update", "determinism", "checkpoint", "learns",
+                                  "trains", "schedules", "stacked"} and not report.skipped
 
 
 TINY_RUN = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64",

@@ -60,6 +60,10 @@ class TwinCriticGuidance(GuidanceModule):
         """``q_ensemble(obs, act)[idx]`` computing only those members (``idx``: 1-D index tensor): (len(idx), B)."""
         return self.critic.members(obs, act, idx)
 
+    def target_q_ensemble(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Every member of the Polyak target ensemble: (E, B), differentiable w.r.t. ``act``."""
+        return self.critic_target(obs, act)
+
     def q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return self.target_q(obs, act)
 

@@ -212,6 +212,10 @@ class _Spy(GuidanceModule):
         self._ask("q", "q_ensemble()")
         return self.inner.q_ensemble(obs, act)
 
+    def target_q_ensemble(self, obs, act):
+        self._ask("q", "target_q_ensemble()")
+        return self.inner.target_q_ensemble(obs, act)
+
     def q(self, obs, act):
         self._ask("q", "q()")
         return self.inner.q(obs, act)
@@ -441,6 +445,7 @@ def check_shapes(h: _Harness) -> None:
         if qe.dim() != 2 or qe.shape[1] != b:
             raise h.fail("shapes", f"q_ensemble has shape {tuple(qe.shape)}, expected (E, {b})")
         expect(qe, (qe.shape[0], b), "q_ensemble")
+        expect(m.target_q_ensemble(obs, act), tuple(qe.shape), "target_q_ensemble")
         expect(m.q(obs, act), (b,), "q")
         if "v" in m.provides:
             expect(m.v(obs), (b,), "v")
