@@ -255,8 +255,8 @@ def read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise DatasetError(
-            f"dataset file {path} is unreadable or corrupt ({msg}): delete it and rebuild it with "
-            f"`modzoo data collect NAME` or download it again with `modzoo data fetch NAME`"
+            f"dataset file {path} is unreadable or corrupt ({msg}); the file was left alone: rebuild it with "
+            f"`modzoo data collect NAME --force` or download it again with `modzoo data fetch NAME --force`"
         ) from exc
     return raw, attrs
 
@@ -341,6 +341,10 @@ def _must_exist(path: Path) -> None:
     if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist: give an existing path or build it with "
                            f"`modzoo data collect NAME --out {path}`")
+    if path.is_dir():
+        # never advise deleting it: a directory given by mistake is usually someone's data
+        raise DatasetError(f"dataset {path} is a directory, not a dataset file: give the .hdf5 file itself (e.g. "
+                           f"{path / 'NAME.hdf5'}), or a task name or Minari dataset id")
 
 
 def _from_minari(name_or_path: str) -> bool:

@@ -109,8 +109,8 @@ def write(dataset_id: str, episodes: list[dict[str, np.ndarray]], env_id: str, r
     """Create a local Minari dataset from episode buffers (needs ``minari[create]``); refuses an existing id."""
     minari = _minari()
     if dataset_id in minari.list_local_datasets():
-        raise DatasetError(f"Minari dataset {dataset_id!r} already exists in {datasets_path()}; delete it first "
-                           f"(minari.delete_dataset) or choose another --out")
+        raise DatasetError(f"Minari dataset {dataset_id!r} already exists in {datasets_path()} and was left "
+                           f"alone; choose another --out")
     import gymnasium
     from minari.data_collector import EpisodeBuffer
 

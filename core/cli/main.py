@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 import warnings
@@ -17,11 +18,13 @@ from ..bullet.collect import collect
 from ..bullet.data import demo_dataset_path, load_dataset
 from ..bullet.scores import normalized_score
 from ..contract.registry import load_registry
-from ..errors import AlreadyFinished, ConfigError, ModzooError
+from ..errors import AlreadyFinished, ConfigError, ModzooError, PluginFailure, RunStopped
+from ..run.attribution import frame_text
 from ..run.config import preset_names
 from ..run.evaluation import check_ranking, evaluate, load_policy_and_guidance
 from ..run.stacked import train_seeds
-from ..run.training import config_sources, run_config, train
+from ..run.stops import stop_on_signals
+from ..run.training import config_sources, final_episodes, run_config, train
 from ..run.validation import check_sample_steps
 from .data import add_data_commands
 from .plugin import add_plugin_commands
@@ -121,16 +124,42 @@ def _parse_seeds(text: str | None, default: int) -> list[int]:
     return seeds
 
 
+def _check_resumable(outs: Sequence[str]) -> None:
+    """``--resume`` where no run was ever started is refused in one line: it used to start a fresh run in a
+    misspelt or wrong ``--out`` and say nothing. A run exists once its ``config.yaml`` is written (before the
+    first step); with several seeds one started run is enough (the others resume from step 0)."""
+    if any((Path(out) / "config.yaml").is_file() for out in outs):
+        return
+    out = Path(outs[0]).parent if len(outs) > 1 else Path(outs[0])
+    why = "does not exist" if not out.exists() else "holds no run (no config.yaml)"
+    raise ConfigError(f"--resume: run dir {out} (--out) {why}, so there is nothing to resume; check --out, or "
+                      f"drop --resume to start a new run there")
+
+
+def _say_if_no_evaluation(args: argparse.Namespace, cfg: Any) -> None:
+    """One line when the run will play no episode: a run that ends without a score should not look like one
+    whose evaluation went missing."""
+    r = cfg.run
+    if r.final_eval and final_episodes(r) > 0:
+        return
+    how = "--eval-episodes 0" if args.eval_episodes == 0 else "run.final_eval_episodes=0"
+    print(f"evaluation is off ({how}): the run trains and saves policy.pt but plays no episode and reports no "
+          f"score; score it later with `modzoo eval --policy {Path(r.out) / 'policy.pt'}`")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     task = args.env
     seeds = _parse_seeds(args.seeds, args.seed)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR, the run dir to continue")
     base = args.out or _default_out("run", task, [args.guidance, args.policy, args.schedule], seeds[0])
+    args.out = base  # the resume command printed on a stop names it
+    outs = [str(Path(base) / f"seed{seed}") if len(seeds) > 1 else base for seed in seeds]
+    if args.resume:
+        _check_resumable(outs)
     cfgs = []
-    for seed in seeds:
+    for seed, out in zip(seeds, outs):
         # several seeds: one run dir each, <out>/seed<k>, exactly as if each had been run alone
-        out = str(Path(base) / f"seed{seed}") if len(seeds) > 1 else base
         if args.resume and (Path(out) / "result.json").exists():
             print(f"run dir {out} holds a finished run (its result.json): nothing to resume, no file was changed")
             continue
@@ -143,6 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                logger=args.logger))
     if not cfgs:
         return 0
+    _say_if_no_evaluation(args, cfgs[0])
     if len(cfgs) == 1:
         _report(train(cfgs[0], progress=not args.no_progress, resume=args.resume))
         return 0
@@ -154,11 +184,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train_guidance(args: argparse.Namespace) -> int:
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR, the run dir to continue")
     out = args.out or _default_out("guidance", args.env, [args.guidance], args.seed)
+    args.out = out  # the resume command printed on a stop names it
+    if args.resume:
+        _check_resumable([out])
     cfg = run_config(args.guidance, None, args.env, args.overrides, dataset=args.dataset, schedule="guidance-first",
                      guidance_steps=args.steps, seed=args.seed, device=args.device, threads=args.threads,
                      out=out, preset=args.preset, logger=args.logger)
-    result = train(cfg, progress=not args.no_progress)
+    result = train(cfg, progress=not args.no_progress, resume=args.resume)
     _report(result)
     print(f"guidance checkpoint: {Path(out) / 'guidance.pt'}")
     return 0
@@ -384,6 +419,8 @@ def _add_train_guidance(sub: argparse._SubParsersAction) -> None:
     _preset_arg(p)
     _logger_arg(p)
     p.add_argument("--out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out, with the same arguments")
     _common(p)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_train_guidance)
@@ -472,19 +509,57 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     return args
 
 
+#: the commands that train, and so save and stop on SIGINT/SIGTERM (:mod:`modzoo.run.stops`)
+TRAINING_COMMANDS = ("run", "train-guidance")
+
+
+def resume_command(argv: Sequence[str], args: argparse.Namespace) -> str:
+    """The command that continues a stopped run: the one the user typed, with ``--out`` (a default run dir has a
+    time stamp that only this process knows) and ``--resume``, right after the command's name."""
+    argv = list(argv)
+    at = argv.index(args.command) + 1 if args.command in argv else len(argv)
+    added = []
+    if not any(a == "--out" or a.startswith("--out=") for a in argv):
+        added += ["--out", str(args.out)]
+    if "--resume" not in argv:
+        added.append("--resume")
+    return shlex.join([_program(), *argv[:at], *added, *argv[at:]])
+
+
+def _stopped(e: RunStopped, argv: Sequence[str], args: argparse.Namespace) -> int:
+    """One line for a run stopped by a signal, with the command that continues it; the exit status a shell gives a
+    process ended by that signal (130 for SIGINT, 143 for SIGTERM)."""
+    started = args.out is not None and any(Path(args.out).glob("**/config.yaml"))
+    if not started:
+        print(f"{e.where or 'stopped'} before training started, so there is nothing to resume; start it again with: "
+              f"{shlex.join([_program(), *argv])}", file=sys.stderr)
+    else:
+        lost = "" if e.saved else " (the steps since its last save are lost)"
+        print(f"{e.where or 'stopped'}{lost}; resume with: {resume_command(argv, args)}", file=sys.stderr)
+    return 128 + e.signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(parser, argv)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         try:
+            if args.command in TRAINING_COMMANDS:
+                with stop_on_signals():
+                    return int(args.func(args) or 0)
             return int(args.func(args) or 0)
         except AlreadyFinished as e:  # nothing to do is not a failure
             print(e)
             return 0
+        except RunStopped as e:
+            return _stopped(e, argv, args)
         except ModzooError as e:
             if args.debug:
+                if isinstance(e, PluginFailure):
+                    print(f"error: {e} (raised at {frame_text(e)})", file=sys.stderr)
                 raise
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -44,7 +44,10 @@ RUN_DEFAULTS: dict[str, Any] = {
     "logger": "jsonl",        # where scalars go besides metrics.jsonl (always written): jsonl, tensorboard, wandb,
                               # comma-separated (modzoo.run.loggers)
     "wandb_project": "modzoo",  # the W&B project of run.logger=wandb
-    "save_every": 0,          # 0: save training state only at phase ends
+    "save_every": 0,          # also save the resume state every N steps (0: by save_every_s and at phase ends)
+    "save_every_s": 600,      # also save it once this many seconds have passed since the last save (0: never by
+                              # time): what a hard kill (kill -9, a node lost) can cost; SIGTERM/SIGINT save anyway
+    "on_nonfinite": "stop",   # a NaN/Inf loss or guidance value: stop (keeping the last good state) or warn
 }
 
 
@@ -159,6 +162,9 @@ ADDED_KEYS: dict[str, Any] = {
     "policy.cond_dim": 0, "policy.cond_emb": 32, "run.logger": "jsonl", "run.wandb_project": "modzoo",
     "policy.act_sampler": "trained", "policy.sample_steps": 0, "policy.ddim_eta": 0.0,
     "policy.time_embed": "learned",
+    # a run saved before these: no timed saves, no guard (the closest is warn); neither changes a trained number,
+    # so a resume may change them (rundir.RESUME_MAY_CHANGE) and a grid does not compare them
+    "run.save_every_s": 0, "run.on_nonfinite": "warn",
 }
 
 _ABSENT = object()

@@ -11,7 +11,8 @@ import torch
 
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..contract.registry import load_registry
-from ..errors import PluginError
+from ..errors import NonFiniteError, PluginError
+from .attribution import half_label
 
 #: the probe before training: states taken from the dataset, and candidates asked of ``sample``
 PROBE_STATES, PROBE_CANDIDATES = 2, 2
@@ -25,7 +26,28 @@ def probe_policy(policy: DiffusionPolicy, guidance: GuidanceModule | None, datas
     b, n, a = obs.shape[0], PROBE_CANDIDATES, policy.act_dim
     with _untouched(policy, guidance), torch.no_grad():
         _expect_shape(policy, f"sample(obs, {n})", policy.sample(obs, n), (b, n, a), "(states, n, act_dim)")
-        _expect_shape(policy, "act(obs, guidance)", policy.act(obs, guidance), (b, a), "(states, act_dim)")
+        try:
+            acted = policy.act(obs, guidance)
+        except Exception:
+            _refuse_nonfinite_guidance(policy, guidance, obs, dataset)
+            raise
+        _expect_shape(policy, "act(obs, guidance)", acted, (b, a), "(states, act_dim)")
+
+
+def _refuse_nonfinite_guidance(policy: DiffusionPolicy, guidance: GuidanceModule | None, obs: torch.Tensor,
+                               dataset: Any) -> None:
+    """When ``act`` failed: a guidance answering NaN (a diverged checkpoint) is why, more often than the policy's
+    code; name it, instead of the torch error from deep inside the selection rule."""
+    if guidance is None:
+        return
+    act = torch.as_tensor(dataset.actions[:len(obs)], dtype=torch.float32, device=policy.device)
+    found = probe_guidance(guidance, policy, obs, act)
+    if found is not None:
+        name, value = found
+        call = "q(obs, act)" if name == "q" else f"{name}(obs)"
+        raise NonFiniteError(f"{half_label(guidance)} gave a non-finite {call} = {value} on dataset states (policy "
+                             f"{policy.algorithm!r} reads it) before training; nothing was trained: check the guidance "
+                             f"(its checkpoint or its plugin's maths)")
 
 
 def _expect_shape(policy: DiffusionPolicy, call: str, out: Any, want: tuple[int, ...], axes: str) -> None:
@@ -64,3 +86,20 @@ def _untouched(*halves: Any) -> Iterator[None]:
                 with torch.no_grad():
                     for x, old in zip(half.buffers(), buffers):
                         x.copy_(old)
+
+
+def probe_guidance(guidance: GuidanceModule, policy: DiffusionPolicy | None, observations: torch.Tensor,
+                   actions: torch.Tensor) -> tuple[str, float] | None:
+    """Which output the policy reads from ``guidance`` is non-finite on these dataset states (``"q"`` or
+    ``"v"``) and its first bad value, or None. Leaves no trace: the noise streams, buffers and modes are put back,
+    so a run trains to the same numbers with the probe as without it."""
+    needs = set(getattr(policy, "needs", ()) or ()) | {"q"}
+    with _untouched(guidance, policy), torch.no_grad():
+        outputs = {"q": lambda: guidance.q(observations, actions)}
+        if "v" in needs and "v" in guidance.provides:
+            outputs["v"] = lambda: guidance.v(observations)
+        for name, call in outputs.items():
+            out = call()
+            if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                return name, float(out[~torch.isfinite(out)].flatten()[0])
+    return None

@@ -3,6 +3,7 @@ checkpoints need, and its ``result.json``."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -18,9 +19,30 @@ from .config import config_diff, to_dict
 from .loggers import Sink
 
 
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN and infinity (in nested dicts and lists too) replaced by None: what
+    ``metrics.jsonl`` and ``result.json`` write for them, so both stay strict JSON (Python's ``json`` would write
+    bare ``NaN``, which no other JSON reader accepts)."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of ``value`` with non-finite numbers as null (:func:`finite_or_null`)."""
+    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
+
+
 class RunLog:
     """``metrics.jsonl`` (always, when there is a run dir) and the extra sinks of ``run.logger``, fed the same
-    records."""
+    records. A NaN or infinite value is written as null (strict JSON, one object per line); the non-finite guard
+    (:mod:`modzoo.run.guard`) names it when it stops or warns."""
 
     def __init__(self, run_dir: Path | None, sinks: list[Sink] | None = None) -> None:
         self.path = run_dir / "metrics.jsonl" if run_dir else None
@@ -45,8 +67,8 @@ class RunLog:
     def log(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        clean = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
-        line = json.dumps(clean) + "\n"
+        clean = finite_or_null(record)
+        line = json.dumps(clean, allow_nan=False) + "\n"
         try:
             with self.path.open("a") as f:
                 f.write(line)
@@ -62,8 +84,9 @@ class RunLog:
         self.sinks = []
 
 
-#: run keys a resume may change: where the run dir is named from, and the process's thread count
-RESUME_MAY_CHANGE = ("run.out", "run.threads")
+#: run keys a resume may change: where the run dir is named from, the process's thread count, how often it saves
+#: by wall time and what it does on a non-finite value (none of them changes a number the run trains)
+RESUME_MAY_CHANGE = ("run.out", "run.threads", "run.save_every_s", "run.on_nonfinite")
 
 
 def saved_config(run_dir: Path, resume: bool) -> dict[str, Any] | None:

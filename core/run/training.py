@@ -12,7 +12,6 @@ lives beside it: the run dir (:mod:`.rundir`), the resume state (:mod:`.resume`)
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,19 +25,22 @@ from ..blocks.utils import seed_everything
 from ..bullet.data import load_dataset
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..contract.registry import load_registry
-from ..errors import ConfigError
+from ..errors import ConfigError, RunStopped
 from ..progress import progress_bar
+from . import stops
+from .attribution import attribute
 from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, atomic_write_text, check_guidance_fits, half_payload, save_half
 from .config import RUN_DEFAULTS, apply_preset, build_run_config, derived, frozen, load_preset, task_layers, to_dict
 from .evaluation import evaluate
+from .guard import MAX_PENDING, PROBE_ROWS, NonFiniteGuard, nonfinite_message, react
 from .halves import build_half, default_config, resolve_device
 from .loggers import open_sinks
 from .pretrained import keep_recorded_guidance, pretrained_guidance
-from .probe import probe_policy
+from .probe import probe_guidance, probe_policy
 from .profiling import PhaseMeter
 from .resume import generator_state, restore
-from .rundir import RunLog, open_run_dir, refuse_changes, saved_config, warn_if_short_of_space
+from .rundir import RunLog, open_run_dir, refuse_changes, saved_config, strict_json, warn_if_short_of_space
 from .validation import check_out_dir, validate_config
 
 
@@ -154,6 +156,8 @@ class ActiveRun:
     # time spent in ``phase`` before an interruption: {"train_s", "eval_s", "evals", "train_cpu_s",
     # "eval_cpu_s"} (empty for a fresh run; no CPU keys in a state saved by older versions)
     phase_time: dict[str, float] = field(default_factory=dict)
+    #: the (phase, step) of the resume state on disk, set by the loop: what a stopped run keeps
+    saved_at: tuple[str, int] | None = None
 
     @property
     def r(self) -> DictConfig:
@@ -172,6 +176,7 @@ class ActiveRun:
                            "generators": {k: generator_state(h) for k, h in (("guidance", self.guidance),
                                                                                ("policy", self.policy))
                                           if h is not None}}, self.state_path)
+        self.saved_at = (ph, step)
 
 
 def _fresh_halves(cfg: DictConfig, schedule: str, guidance: GuidanceModule | None, has_policy: bool, dataset: Any,
@@ -358,14 +363,114 @@ def _train_step(runs: list[ActiveRun], stepper: Stepper, ph: str, joint: bool, s
     return ms
 
 
+class _Watch:
+    """What the loop checks between steps for a group of runs: non-finite values (:mod:`.guard`), a signal to stop
+    at this step boundary (:mod:`.stops`), and the wall-time save interval (``run.save_every_s``) that bounds what
+    a hard kill, which no handler sees, can lose."""
+
+    def __init__(self, runs: list[ActiveRun], stepper: Stepper) -> None:
+        self.runs, self.stepper = runs, stepper
+        r = runs[0].r
+        self.on_nonfinite = str(r.get("on_nonfinite") or "stop")  # a config saved before the key: the default
+        self.save_every_s = float(r.get("save_every_s") or 0)     # ... and before this one: no timed saves
+        self.guard = NonFiniteGuard()
+        self.warned: set[str] = set()
+        self.last_save = time.monotonic()
+        for run in runs:
+            if run.saved_at is None and run.phase is not None:
+                run.saved_at = (run.phase, run.start_step)  # a resumed run's state on disk
+
+    def _kept(self, run: ActiveRun) -> str:
+        if run.saved_at is None or run.state_path is None:
+            kept = "the run stopped before its first save (nothing to resume) and wrote no score"
+        else:
+            ph, step = run.saved_at
+            kept = (f"the run stopped, keeping its last good state ({ph} phase, step {step}, in {run.state_path}), "
+                    f"and wrote no score")
+        return kept
+
+    def _seed(self, run: ActiveRun) -> str:
+        return f" (seed {run.r.seed})" if len(self.runs) > 1 else ""
+
+    def check(self, phase: str) -> None:
+        """Read the metrics gathered since the last check (one host sync); a non-finite one stops the run or
+        warns, per ``run.on_nonfinite``."""
+        bad = self.guard.first_bad()
+        if bad is None:
+            return
+        run = self.runs[bad.run]
+        half = run.guidance if bad.metric.startswith("guidance/") else run.policy
+        msg = nonfinite_message(half, bad.metric, bad.value, f"in the {phase} phase at step {bad.step}",
+                                self._seed(run))
+        react(self.on_nonfinite, msg, self._kept(run) + "; lower the learning rate or fix the plugin's loss, or set "
+              "run.on_nonfinite=warn to train on through it", self.warned, f"{bad.run}:{bad.metric}")
+
+    def check_guidance(self, where: str) -> None:
+        """The values each run's policy reads from its guidance (``q``, and ``v`` where it needs it), probed on
+        dataset states: a frozen guidance has no loss left to watch. The halves must be synced."""
+        for run in self.runs:
+            if run.policy is None:
+                continue
+            data = run.buffer.data
+            found = probe_guidance(run.guidance, run.policy, data["observations"][:PROBE_ROWS],
+                                   data["actions"][:PROBE_ROWS])
+            if found is not None:
+                name, value = found
+                call = "q(obs, act)" if name == "q" else f"{name}(obs)"
+                msg = nonfinite_message(run.guidance, call, value, f"on dataset states (policy "
+                                        f"{run.policy.algorithm!r} reads it) {where}", self._seed(run))
+                react(self.on_nonfinite, msg, self._kept(run) + "; check the guidance (its checkpoint or its "
+                      "plugin's maths), or set run.on_nonfinite=warn to go on", self.warned, f"guidance:{name}")
+
+    def save(self, ph: str, phase: str, step: int, clock: "_PhaseClock", meter: PhaseMeter) -> None:
+        """Every run's resume state at ``step``, written only from finite numbers (checked first)."""
+        self.check(phase)
+        self.stepper.sync()
+        for i, run in enumerate(self.runs):
+            run.save_state(ph, step, clock.times(i, meter))
+        self.last_save = time.monotonic()
+
+    def save_due(self) -> bool:
+        return bool(self.save_every_s) and time.monotonic() - self.last_save >= self.save_every_s
+
+    def stop_if_asked(self, ph: str, step: int, total: int) -> None:
+        """After a save at this boundary: stop for the signal received since the last step, if any."""
+        signum = stops.pending()
+        if signum is None:
+            return
+        dirs = ", ".join(str(run.run_dir) for run in self.runs if run.run_dir is not None)
+        saved = f"; its state is saved in {dirs}" if dirs else ""
+        raise RunStopped(signum, f"stopped by {stops.signal_name(signum)} at step {step} of {total} of the {ph} "
+                                 f"phase{saved}")
+
+
+def _attributed(exc: Exception, runs: list[ActiveRun], phase: str, step: int) -> Exception:
+    """The exception to end the run with: :class:`~modzoo.errors.PluginFailure` naming the half whose code raised
+    ``exc``, or ``exc`` itself when no plugin code did (a bug of modzoo's keeps its own traceback) or when it is a
+    stop (a second signal lands wherever the step is, a plugin's code included)."""
+    if isinstance(exc, RunStopped):
+        return exc
+    return attribute(exc, [runs[0].guidance, runs[0].policy], phase, step) or exc
+
+
 def _interim_eval(runs: list[ActiveRun], stepper: Stepper, step: int, clock: _PhaseClock,
-                  on_eval: Callable[[int, Any], None] | None) -> None:
-    """Evaluate every run of the group at ``step`` of its policy phase, timed apart from training."""
+                  on_eval: Callable[[int, Any], None] | None, watch: _Watch | None = None) -> None:
+    """Evaluate every run of the group at ``step`` of its policy phase, timed apart from training; never on
+    non-finite numbers (a policy over a NaN guidance dies inside torch, naming nothing)."""
     stepper.sync()
+    if watch is not None:
+        watch.check("policy")
+        watch.check_guidance(f"before the evaluation at policy step {step}")
     clock.evals += 1
     for i, run in enumerate(runs):
         t_ev, c_ev = time.perf_counter(), time.process_time()
-        ev = evaluate(run.policy, run.guidance, run.r.task, int(run.r.eval_episodes), int(run.r.seed))
+        try:
+            ev = evaluate(run.policy, run.guidance, run.r.task, int(run.r.eval_episodes), int(run.r.seed))
+        except Exception as exc:
+            failure = _attributed(exc, [run], "the evaluation during the policy phase", step)
+            if failure is exc:
+                raise
+            raise failure from exc
         clock.eval_s[i] += time.perf_counter() - t_ev
         clock.eval_cpu[i] += time.process_time() - c_ev
         run.log.log({"phase": "eval", "step": step, "normalized_mean": ev.normalized_mean,
@@ -389,7 +494,9 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
     """The training loop for runs that share a config but their seeds (a lone run is a group of one).
 
     Every run keeps its own run dir, log, checkpoints and evaluation; only the step itself goes through
-    ``stepper``. Before anything reads a run's halves (evaluation, a checkpoint) the stepper syncs them.
+    ``stepper``. Before anything reads a run's halves (evaluation, a checkpoint) the stepper syncs them. Between
+    steps the loop watches (:class:`_Watch`) for non-finite numbers, a stop signal and the timed save; an exception
+    from a plugin's code ends the run attributed to that plugin (:mod:`.attribution`).
     """
     lead = runs[0]
     r, cfg, schedule = lead.r, lead.cfg, lead.schedule
@@ -401,43 +508,63 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
     order = [p for p, _ in lead.plan]
     phase, start_step = lead.phase, lead.start_step
     tag = f" x{len(runs)} seeds" if len(runs) > 1 else ""
-    for ph, total in lead.plan:
-        if phase in order and order.index(ph) < order.index(phase):
-            continue  # finished before the interruption
-        first = start_step if ph == phase else 0
-        if first >= total:
-            continue  # finished before the interruption (which came after it); its record is in the phases
-        joint = ph == "policy" and schedule == "joint"
-        clock = _PhaseClock.start(runs, resumed=ph == phase)
-        with PhaseMeter(ph if not joint else "joint", lead.device) as meter:
-            bar = progress_bar(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}",
-                               disable=not progress, initial=first, total=total, dynamic_ncols=True)
-            for step in bar:
-                ms = _train_step(runs, stepper, ph, joint, step, pbs, gbs, delay)
-                if (step + 1) % log_every == 0 or step + 1 == total:
-                    for run, m in zip(runs, ms):
-                        run.log.log({"phase": ph, "step": step + 1, **{k: float(v) for k, v in m.items()}})
-                    bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in list(ms[0].items())[:3]})
-                if ph == "policy" and eval_every and (step + 1) % eval_every == 0 and step + 1 < total:
-                    _interim_eval(runs, stepper, step + 1, clock, on_eval)
-                if save_every and (step + 1) % save_every == 0 and step + 1 < total:
-                    stepper.sync()
-                    for i, run in enumerate(runs):
-                        run.save_state(ph, step + 1, clock.times(i, meter))
-            bar.close()
-        stepper.sync()
-        for i, run in enumerate(runs):
-            run.result.phases.append(_phase_record(meter, clock.times(i, meter), total, first, stepper, len(runs)))
-            if (ph == "guidance" or joint) and run.run_dir is not None:
-                save_half(run.guidance, run.run_dir / "guidance.pt", run.meta)
+    watch = _Watch(runs, stepper)
+    with stops.deferred():
+        for ph, total in lead.plan:
+            if phase in order and order.index(ph) < order.index(phase):
+                continue  # finished before the interruption
+            first = start_step if ph == phase else 0
+            if first >= total:
+                continue  # finished before the interruption (which came after it); its record is in the phases
+            joint = ph == "policy" and schedule == "joint"
+            label = "joint" if joint else ph
+            clock = _PhaseClock.start(runs, resumed=ph == phase)
+            watch.last_save = time.monotonic()
+            with PhaseMeter(label, lead.device) as meter:
+                if ph == "policy":
+                    watch.check_guidance(f"at the start of the {label} phase (step {first})")
+                bar = progress_bar(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}",
+                                   disable=not progress, initial=first, total=total, dynamic_ncols=True)
+                for step in bar:
+                    try:
+                        ms = _train_step(runs, stepper, ph, joint, step, pbs, gbs, delay)
+                    except Exception as exc:
+                        failure = _attributed(exc, runs, f"the {label} phase", step + 1)
+                        if failure is exc:
+                            raise
+                        raise failure from exc
+                    watch.guard.observe(step + 1, ms)
+                    if len(watch.guard.pending) >= MAX_PENDING:
+                        watch.check(label)  # a long log interval must not hold every step's metrics
+                    if (step + 1) % log_every == 0 or step + 1 == total:
+                        for run, m in zip(runs, ms):
+                            run.log.log({"phase": ph, "step": step + 1, **{k: float(v) for k, v in m.items()}})
+                        bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in list(ms[0].items())[:3]})
+                        watch.check(label)
+                    if ph == "policy" and eval_every and (step + 1) % eval_every == 0 and step + 1 < total:
+                        _interim_eval(runs, stepper, step + 1, clock, on_eval, watch)
+                    if step + 1 < total and (save_every and (step + 1) % save_every == 0 or watch.save_due()
+                                             or stops.pending() is not None):
+                        watch.save(ph, label, step + 1, clock, meter)
+                        watch.stop_if_asked(ph, step + 1, total)
+                bar.close()
+            watch.check(label)
+            stepper.sync()
+            for i, run in enumerate(runs):
+                run.result.phases.append(_phase_record(meter, clock.times(i, meter), total, first, stepper,
+                                                       len(runs)))
+                if (ph == "guidance" or joint) and run.run_dir is not None:
+                    save_half(run.guidance, run.run_dir / "guidance.pt", run.meta)
+                if ph == "guidance":
+                    run.guidance.freeze()
             if ph == "guidance":
-                run.guidance.freeze()
-        if ph == "guidance":
-            stepper.frozen_guidance()
-        for run in runs:
-            run.save_state(ph, total)
-        phase, start_step = None, 0
-    return [_finish(run, progress) for run in runs]
+                stepper.frozen_guidance()
+            for run in runs:
+                run.save_state(ph, total)
+            watch.last_save = time.monotonic()
+            watch.stop_if_asked(ph, total, total)
+            phase, start_step = None, 0
+    return [_finish(run, progress, watch) for run in runs]
 
 
 def final_episodes(r: Any) -> int:
@@ -446,18 +573,27 @@ def final_episodes(r: Any) -> int:
     return int(r.eval_episodes if n is None else n)
 
 
-def _finish(run: ActiveRun, progress: bool) -> RunResult:
+def _finish(run: ActiveRun, progress: bool, watch: _Watch | None = None) -> RunResult:
     """Final checkpoints, the final evaluation and ``result.json``; removes the resume state."""
     r, guidance, policy, run_dir, result = run.r, run.guidance, run.policy, run.run_dir, run.result
+    episodes = final_episodes(r)
+    evaluates = policy is not None and r.final_eval and episodes > 0
+    if evaluates and watch is not None:
+        watch.check_guidance("before the final evaluation")
     if run_dir is not None:
         if not (run_dir / "guidance.pt").exists() or run.schedule == "pretrained":
             save_half(guidance, run_dir / "guidance.pt", run.meta)
         if policy is not None:
             save_half(policy, run_dir / "policy.pt", run.meta)
-    episodes = final_episodes(r)
-    if policy is not None and r.final_eval and episodes > 0:
+    if evaluates:
         with PhaseMeter("eval", run.device) as meter:
-            result.eval = evaluate(policy, guidance, r.task, episodes, int(r.seed), progress=progress)
+            try:
+                result.eval = evaluate(policy, guidance, r.task, episodes, int(r.seed), progress=progress)
+            except Exception as exc:
+                failure = _attributed(exc, [run], "the final evaluation", int(r.policy_steps))
+                if failure is exc:
+                    raise
+                raise failure from exc
         result.phases.append({**meter.result, "episodes": episodes})
         run.log.log({"phase": "eval", "step": int(r.policy_steps), "normalized_mean": result.eval.normalized_mean,
                      "normalized_std": result.eval.normalized_std, "return_mean": result.eval.mean})
@@ -476,7 +612,7 @@ def _finish(run: ActiveRun, progress: bool) -> RunResult:
         if result.eval is not None:
             summary["eval"] = result.eval.to_dict()
             summary["normalized_score"] = float(result.eval.normalized_mean)
-        atomic_write_text(run_dir / "result.json", json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / "result.json", strict_json(summary, indent=2))
         if run.state_path is not None:
             run.state_path.unlink(missing_ok=True)
     run.log.close()

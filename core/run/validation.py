@@ -26,6 +26,7 @@ from ..contract.normalization import OBS_NORMS
 from ..contract.registry import load_registry
 from ..errors import ConfigError
 from .config import RUN_DEFAULTS, SCHEDULES, to_dict
+from .guard import ON_NONFINITE
 from .halves import default_config
 from .loggers import check_available
 
@@ -84,6 +85,7 @@ RUN_RULES: dict[str, Rule] = {
     "schedule": one_of(*SCHEDULES), "guidance_steps": at_least(0), "policy_steps": at_least(0),
     "guidance_delay": at_least(0), "eval_every": at_least(0), "eval_episodes": at_least(0),
     "final_eval_episodes": at_least(0), "threads": at_least(1), "log_every": at_least(0), "save_every": at_least(0),
+    "save_every_s": at_least(0), "on_nonfinite": one_of(*ON_NONFINITE),
 }
 
 _HALF_RULES: dict[str, Rule] = {

@@ -147,8 +147,9 @@ def is_finished(out: str | Path) -> bool:
 
 
 # Filled in by training's setup whatever the defaults say (the halves' seed from run.seed, decay horizons from the
-# budget), or path-like: not settings a changed default can alter.
-_NOT_COMPARED = {"seed", "lr_decay_steps", "guidance_ckpt", "out"}
+# budget), path-like, or how a run saves and guards itself (no trained number depends on those): not settings a
+# changed default can alter.
+_NOT_COMPARED = {"seed", "lr_decay_steps", "guidance_ckpt", "out", "save_every_s", "on_nonfinite"}
 
 
 def config_drift(s: RunSpec, path: str | Path | None = None) -> list[str]:

@@ -1,0 +1,81 @@
+"""Stops that lose nothing: SIGINT and SIGTERM turned into a save at the next step boundary.
+
+A scheduler's preemption (SIGTERM) or a closed terminal (SIGINT) used to end a run wherever it was, losing every
+step since the last save, and with ``run.save_every: 0`` the whole phase in progress. Inside
+:func:`stop_on_signals` (the CLI wraps ``modzoo run`` and ``train-guidance`` in it) the first signal only sets a
+flag; the training loop reads it after each step (:func:`pending`: one attribute read, no system call), saves every
+run's resume state there and raises :class:`~modzoo.errors.RunStopped`. Outside the loop (loading data, the final
+evaluation) there is no step to finish, and everything that matters is already saved, so the signal stops the run
+at once with the same exception. A second signal does not wait: it stops at once too, for a step that hangs.
+
+Library calls (``modzoo.train`` from Python) install nothing: a notebook's Ctrl-C stays a ``KeyboardInterrupt``.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any, Iterator
+
+from ..errors import RunStopped
+
+#: the signals a run saves and stops on
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _State:
+    signum: int | None = None   # the first signal received, until the loop acts on it
+    deferring: int = 0          # > 0 while a training loop will act on it at its next step boundary
+    installed: bool = False
+
+
+_state = _State()
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _handler(signum: int, frame: Any) -> None:
+    if _state.signum is not None or not _state.deferring:
+        _state.signum = signum
+        # a second signal, or none of the loop to wait for: stop now (a save being written is atomic)
+        raise RunStopped(signum, f"stopped by {signal_name(signum)}", saved=_state.deferring == 0)
+    _state.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM save and stop the run trained inside (see the module docstring); the previous handlers
+    are put back on exit. Only the main thread can own signal handlers: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or _state.installed:
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    _state.signum, _state.installed = None, True
+    for s in SIGNALS:
+        signal.signal(s, _handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _state.signum, _state.installed = None, False
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """While the training loop runs: a first signal waits for the step boundary, where the loop saves."""
+    _state.deferring += 1
+    try:
+        yield
+    finally:
+        _state.deferring -= 1
+
+
+def pending() -> int | None:
+    """The signal the loop must stop for at this step boundary (None: go on)."""
+    return _state.signum
