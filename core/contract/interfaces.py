@@ -109,8 +109,20 @@ class Half(nn.Module):
 class GuidanceModule(Half, ABC):
     """A value estimator learned from offline batches: the half that says how good an action is.
 
-    ``q`` reduces the critic ensemble with the minimum (the conservative estimate both papers act on);
-    ``q_ensemble`` exposes the members for algorithms that need them separately (Diffusion-QL's Q term).
+    What a policy may rely on (B states, E critic members; every value float32 on the guidance's device):
+
+    - ``q_ensemble(obs, act)`` -> (E, B): the *online* members, the critics being trained, differentiable w.r.t.
+      ``act``. A policy's training loss reads these (Diffusion-QL, EDP, DTQL, FQL), as their authors' actors do.
+    - ``target_q_ensemble(obs, act)`` -> (E, B): the *target* members (the online ones for a guidance without a
+      target network), differentiable w.r.t. ``act``; SRPO's actor reads these, as its authors' code does.
+    - ``q(obs, act)`` -> (B,): the ranking value, the minimum over members of the target network where there is
+      one (what IDQL's ``eval_actions`` and Diffusion-QL's ``sample_action`` rank with). Every selection rule and
+      candidate ranking reads ``q``.
+    - ``v(obs)`` -> (B,): V(s), only with ``"v"`` in :attr:`provides` (the expectile rule, cfg's advantage).
+
+    A guidance with one network answers all of them from it. Which one each first-party policy reads, with the
+    authors' file and line, is in docs/algorithms.md ("Which critic each policy reads"); the kit checks every
+    declared capability's shape and finiteness.
     """
 
     #: what this guidance can answer: {"q"} or {"q", "v"}. Policies declare which of these they need.
@@ -128,7 +140,7 @@ class GuidanceModule(Half, ABC):
 
     @abstractmethod
     def q_ensemble(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """Every critic member's Q(s, a): (E, B). Differentiable w.r.t. ``act``."""
+        """Every online critic member's Q(s, a): (E, B), the ensemble on axis 0. Differentiable w.r.t. ``act``."""
 
     def target_q_ensemble(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """Every *target* critic member's Q(s, a): (E, B), differentiable w.r.t. ``act``. A policy whose authors

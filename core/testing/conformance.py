@@ -28,8 +28,8 @@ What is checked (each a named check; :data:`GUIDANCE_CHECKS`, :data:`POLICY_CHEC
 - ``learns``: ``learn_steps`` updates on one fixed batch lower the first ``*loss*`` metric ``update`` returns
   (every update's metrics finite).
 - ``trains``: :data:`TRAIN_STEPS` updates on fresh batches of the tiny dataset, every metric of every update
-  finite (a failure names the update and the metric), then ``save_half`` -> ``load_checkpoint`` restores every
-  tensor and the optimizer state exactly.
+  finite (a failure names the update and the metric), a guidance's every declared capability still finite, then
+  ``save_half`` -> ``load_checkpoint`` restores every tensor and the optimizer state exactly.
 - ``schedules``: :func:`modzoo.train` runs ``joint``, ``guidance-first`` and ``pretrained`` with a partner half
   and writes a complete run dir; a policy-dependent guidance must be *refused* by guidance-first.
 - ``pairs`` (policy): a short joint run with every registered guidance that provides what the policy needs
@@ -596,6 +596,15 @@ def check_trains(h: _Harness) -> None:
     m, partner = h.build(), h.partner_for_update()
     for step in range(1, TRAIN_STEPS + 1):
         _check_metrics(h, h.update(m, h.batch(), partner), "trains", f" at update {step} of {TRAIN_STEPS}")
+    if h.kind == "guidance":  # every declared capability still answers finite values after training
+        probe = h.batch(8)
+        answers = {"q_ensemble": m.q_ensemble(probe["observations"], probe["actions"]),
+                   "target_q_ensemble": m.target_q_ensemble(probe["observations"], probe["actions"]),
+                   "q": m.q(probe["observations"], probe["actions"]),
+                   **({"v": m.v(probe["observations"])} if "v" in m.provides else {})}
+        bad = [k for k, x in answers.items() if not torch.isfinite(x).all()]
+        if bad:
+            raise h.fail("trains", f"after {TRAIN_STEPS} updates {bad} answer non-finite values")
     path = h.workdir / f"{h.kind}-{h.name}-trained.pt"
     save_half(m, path, {"name": TASK, "fingerprint": h.dataset.fingerprint, "path": str(h.data_path)})
     loaded = load_checkpoint(path, h.device, kind=h.kind)
