@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -23,20 +22,6 @@ def small_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("data") / "bullet-hopper-medium-v0.hdf5"
     collect("bullet-hopper-medium-v0", transitions=5000, seed=0, out=out, progress=False)
-    return out
-
-
-def checkpoint_tensors(payload: Any, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every floating tensor of a checkpoint payload, optimizer state included, by its path in the payload (for
-    tests that compare two runs' checkpoints number by number)."""
-    out: dict[str, torch.Tensor] = {}
-    items = (payload.items() if isinstance(payload, dict)
-             else enumerate(payload) if isinstance(payload, (list, tuple)) else [])
-    for k, v in items:
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            out[f"{prefix}{k}"] = v
-        elif isinstance(v, (dict, list, tuple)):
-            out.update(checkpoint_tensors(v, f"{prefix}{k}."))
     return out
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import modzoo
-from conftest import checkpoint_tensors
+from modzoo.testing import checkpoint_tensors
 
 TASK = "bullet-hopper-medium-v0"
 FILE = Path(__file__).parent / "data" / "bit_identity.json"

@@ -18,12 +18,11 @@ import pytest
 import torch
 
 import modzoo
-from conftest import checkpoint_tensors
 from modzoo.contract.registry import load_registry
 from modzoo.run.checkpoint import load_checkpoint, save_half
 from modzoo.run.halves import default_config
 from modzoo.run.stacked import train_seeds
-from modzoo.testing import synthetic_dataset, tiny_overrides
+from modzoo.testing import checkpoint_tensors, synthetic_dataset, tiny_overrides
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")]

@@ -10,11 +10,11 @@ import torch
 
 import modzoo
 import modzoo.plugins.idql
-from conftest import checkpoint_tensors
 from modzoo.contract.rng import StackedGenerator
 from modzoo.contract.stages import clip_per_seed
 from modzoo.errors import ConfigError
 from modzoo.run.stacked import train_seeds
+from modzoo.testing import checkpoint_tensors
 
 TASK = "bullet-hopper-medium-v0"
 TINY = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64",

@@ -27,7 +27,6 @@ import torch
 
 import modzoo
 import modzoo.run.training as training
-from conftest import checkpoint_tensors
 from modzoo.bullet.data import load_dataset
 from modzoo.cli import main
 from modzoo.errors import DatasetError, NonFiniteError, PluginFailure
@@ -41,7 +40,7 @@ from modzoo.run.config import to_dict
 from modzoo.run.guard import NonFiniteGuard
 from modzoo.run.halves import build_half
 from modzoo.run.rundir import RunLog
-from modzoo.testing import synthetic_dataset
+from modzoo.testing import checkpoint_tensors, synthetic_dataset
 
 TASK = "bullet-hopper-medium-v0"
 TINY = ["guidance.hidden=[32,32]", "guidance.batch_size=32", "policy.hidden=32", "policy.batch_size=32",
@@ -174,8 +173,8 @@ def test_timed_saves_bound_what_a_hard_kill_loses(data, tmp_path, monkeypatch):
     for seconds, kept in ((4, {4, 8, 12}), (0, None)):
         out = tmp_path / f"every{seconds}"
         cfg = modzoo.run_config("idql", "idql", TASK, TINY, dataset=str(data), schedule="guidance-first",
-                                guidance_steps=20, policy_steps=5, eval_episodes=0, device="cpu", out=str(out))
-        cfg.run.save_every_s = seconds
+                                guidance_steps=20, policy_steps=5, eval_episodes=0, device="cpu", out=str(out),
+                                save_every_s=seconds)
         calls[0] = 0
         with pytest.raises(SystemExit):
             modzoo.train(cfg, progress=False)

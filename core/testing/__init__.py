@@ -10,6 +10,7 @@ from .conformance import (
                           check_guidance,
                           check_plugin,
                           check_policy,
+                          checkpoint_tensors,
                           plugin_halves,
                           run_case,
                           synthetic_dataset,
@@ -17,4 +18,5 @@ from .conformance import (
 )
 
 __all__ = ["check_plugin", "check_guidance", "check_policy", "synthetic_dataset", "tiny_overrides", "Report",
-           "ConformanceError", "GUIDANCE_CHECKS", "POLICY_CHECKS", "plugin_halves", "cases", "run_case", "TASK"]
+           "ConformanceError", "GUIDANCE_CHECKS", "POLICY_CHECKS", "plugin_halves", "cases", "run_case", "TASK",
+           "checkpoint_tensors"]

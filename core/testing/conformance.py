@@ -130,6 +130,20 @@ def synthetic_dataset(path: str | Path, transitions: int = 2000, seed: int = 0, 
                            next_observations=cat(nxt))
 
 
+def checkpoint_tensors(payload: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every floating tensor of a checkpoint payload (parameters, buffers, optimizer moments), by its path in the
+    payload: for comparing two runs' checkpoints number by number (an exact resume, a device round trip)."""
+    out: dict[str, torch.Tensor] = {}
+    items = (payload.items() if isinstance(payload, dict)
+             else enumerate(payload) if isinstance(payload, (list, tuple)) else [])
+    for k, v in items:
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            out[f"{prefix}{k}"] = v
+        elif isinstance(v, (dict, list, tuple)):
+            out.update(checkpoint_tensors(v, f"{prefix}{k}."))
+    return out
+
+
 def tiny_overrides(defaults: dict[str, Any]) -> dict[str, Any]:
     """Overrides that shrink a half's defaults for fast checks: widths, batch sizes, candidate counts.
 

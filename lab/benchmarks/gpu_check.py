@@ -71,7 +71,7 @@ from modzoo.run.evaluation import eval_seed, evaluate_policy
 from modzoo.run.halves import default_config, make_guidance, make_policy
 from modzoo.run.stacked import StackedStepper
 from modzoo.run.training import ActiveRun, Stepper, _train_step, setup_run
-from modzoo.testing import synthetic_dataset, tiny_overrides
+from modzoo.testing import checkpoint_tensors, synthetic_dataset, tiny_overrides
 
 SCHEMA = 1
 TASK = "bullet-hopper-medium-v0"  # training shapes: hopper (obs 15, act 3), as every CPU figure in the docs
@@ -296,19 +296,6 @@ def host_random_numbers() -> Iterator[None]:
         ReplayBuffer.sample = saved_sample  # type: ignore[method-assign]
 
 
-def _float_tensors(payload: Any, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every floating tensor of a checkpoint payload (parameters, buffers, optimizer moments), by its path."""
-    out: dict[str, torch.Tensor] = {}
-    items = (payload.items() if isinstance(payload, dict)
-             else enumerate(payload) if isinstance(payload, (list, tuple)) else [])
-    for k, v in items:
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            out[f"{prefix}{k}"] = v
-        elif isinstance(v, (dict, list, tuple)):
-            out.update(_float_tensors(v, f"{prefix}{k}."))
-    return out
-
-
 def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-12)
 
@@ -343,8 +330,8 @@ def param_agreement(a: Path, b: Path) -> dict[str, Any]:
     buffers, targets, EMA copies, optimizer moments), and which one."""
     worst, name, count = 0.0, None, 0
     for half in ("guidance.pt", "policy.pt"):
-        ta = _float_tensors(torch.load(a / half, map_location="cpu", weights_only=True))
-        tb = _float_tensors(torch.load(b / half, map_location="cpu", weights_only=True))
+        ta = checkpoint_tensors(torch.load(a / half, map_location="cpu", weights_only=True))
+        tb = checkpoint_tensors(torch.load(b / half, map_location="cpu", weights_only=True))
         if ta.keys() != tb.keys():
             return {"why": f"{half}: the checkpoints hold different tensors"}
         for key in ta:
