@@ -178,6 +178,51 @@ def test_gfdt_authors_preset_merges_between_defaults_and_user_overrides() -> Non
     assert cfg_half.policy.obs_norm == "none" and cfg_half.guidance.obs_norm == "gaussian"
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("half", ["dql", "idql"])
+def test_gfdt_authors_v2_adds_the_actors_weight_decay_and_v1_is_unchanged(half) -> None:
+    """The authors' pipelines build each actor's optimizer as CleanDiffuser's ``torch.optim.AdamW(params,
+    lr=...)``, so torch's default weight decay 0.01 applies: v2 has it. v1 (the preset every committed gfdt-50k run
+    recorded) keeps Diffusion-QL's Adam and IDQL's AdamW without decay, and the two differ in nothing else."""
+    from omegaconf import OmegaConf
+
+    from modzoo.run.halves import build_half
+    for schedule in ("joint", "guidance-first"):
+        v1 = modzoo.run_config(half, half, TASK, preset="gfdt-authors", schedule=schedule)
+        v2 = modzoo.run_config(half, half, TASK, preset="gfdt-authors-v2", schedule=schedule)
+        assert v2.run.preset == "gfdt-authors-v2" and v1.run.preset == "gfdt-authors"
+        assert (v2.policy.optimizer, v2.policy.weight_decay) == ("adamw", 0.01)
+        assert (v1.policy.optimizer, v1.policy.weight_decay) == ("adam" if half == "dql" else "adamw", 0.0)
+        a, b = _flat(OmegaConf.to_container(v1)), _flat(OmegaConf.to_container(v2))
+        changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+        assert changed == {"run.preset", "policy.weight_decay"} | ({"policy.optimizer"} if half == "dql" else set())
+    # the built actor's optimizer is torch's AdamW with that decay on every parameter group
+    policy = build_half("policy", {"name": half, **OmegaConf.to_container(v2.policy)}, 15, 3)
+    assert type(policy.opt) is torch.optim.AdamW
+    assert {g["weight_decay"] for g in policy.opt.param_groups} == {0.01}
+    # the user's key=value still wins over the preset
+    user = modzoo.run_config(half, half, TASK, ["policy.weight_decay=0.0"], preset="gfdt-authors-v2")
+    assert user.policy.weight_decay == 0.0
+
+
+def test_the_two_gfdt_presets_differ_only_in_the_actors_optimizer() -> None:
+    v1, v2 = load_preset("gfdt-authors"), load_preset("gfdt-authors-v2")
+    assert (v1["name"], v2["name"]) == ("gfdt-authors", "gfdt-authors-v2")
+    assert v1["guidance"] == v2["guidance"]
+    for half in ("dql", "idql"):
+        assert not {"optimizer", "weight_decay"} & set(v1["policy"][half])
+        assert v2["policy"][half] == {**v1["policy"][half], "optimizer": "adamw", "weight_decay": 0.01}
+
+
 def test_every_preset_value_cites_its_source() -> None:
     for path in PRESET_DIR.glob("*.yaml"):
         data = load_preset(path.stem)
@@ -192,7 +237,7 @@ def test_every_preset_value_cites_its_source() -> None:
 
 
 def test_bad_presets_are_one_line_errors(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="unknown preset 'gfdt'; known: dtql-authors, gfdt-authors"):
+    with pytest.raises(ConfigError, match="unknown preset 'gfdt'; known: dtql-authors, gfdt-authors, gfdt-authors-v2"):
         modzoo.run_config("dql", "dql", TASK, preset="gfdt")
     bad = tmp_path / "p.yaml"
     bad.write_text("name: p\npolicy:\n  dql: {temprature: 3.0}\n")
