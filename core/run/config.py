@@ -37,8 +37,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "threads": 1,             # torch intra-op threads (null: torch's default, one per core). One is the fastest
-                              # measured for these small nets (docs/performance.md, "The threads pitfall"); a spinning pool
-                              # on shared cores slowed a step down up to 50x.
+                              # measured for these small nets (docs/performance.md, "The threads pitfall"); a
+                              # spinning pool on shared cores slowed a step down up to 50x.
     "out": None,
     "log_every": 100,
     "logger": "jsonl",        # where scalars go besides metrics.jsonl (always written): jsonl, tensorboard, wandb,

@@ -202,6 +202,12 @@ def test_shipped_experiments_plan():
         exp = load_experiment(name)
         assert len(plan(exp)) == n
     assert load_experiment("gfdt-paper").budget.policy_steps == 200000
+    # issue #38's hopper pilot: 6 alphas x 1 seed, then 3 arms x 3 seeds, FQL's two arms under one alpha
+    assert len(plan(load_experiment("flow-alpha"))) == 6
+    pilot = plan(load_experiment("flow-pilot"))
+    assert len(pilot) == 9
+    fql = {tuple(s.overrides) for s in pilot if s.policy == "fql"}
+    assert len(fql) == 1 and "policy.normalize_q_loss=true" in next(iter(fql))
 
 
 def test_every_shipped_experiments_swaps_pass_their_checks():

@@ -51,10 +51,11 @@ def test_a_path_that_is_no_experiment_file_says_so_not_unknown_name(tmp_path):
     for arg, expected in ((str(other), "is not an experiment file: give a .yaml or .yml file"),
                           (str(tmp_path / "gone.yaml"), f"no experiment file {tmp_path / 'gone.yaml'}: check the path"),
                           (str(tmp_path / "gone"), "no experiment file"),
-                          ("no-such-grid", "unknown experiment 'no-such-grid'; known: gfdt-50k")):
+                          ("no-such-grid", "unknown experiment 'no-such-grid'; known: ")):
         with pytest.raises(ConfigError) as e:
             load_experiment(arg)
         assert expected in _one_line(e), arg
+    assert "gfdt-50k, " in _one_line(e)  # the name's error lists the shipped experiments
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
