@@ -9,7 +9,6 @@ needs the plugins registered, and registers them in-process when their entry poi
 """
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +23,6 @@ from conftest import random_batch
 from modzoo.blocks import flow as flowmod
 from modzoo.blocks.flow import FlowMLP, euler, flow_matching_loss, flow_path
 from modzoo.plugins import fbc, fql, ifql
-from modzoo.testing import check_plugin
 
 PLUGINS = Path(fql.__file__).parent
 OBS, ACT, B = 5, 3, 16
@@ -424,26 +422,7 @@ def test_fbc_acts_with_one_euler_sample():
     torch.testing.assert_close(a, euler(p.flow, obs, z, 10).detach())
 
 
-# ---- the plugin kit --------------------------------------------------------------------------------------------
-@pytest.fixture
-def flow_plugins():
-    """The three plugins in the registry: from their entry points once installed, else registered here."""
-    reg = modzoo.load_registry(refresh=True)
-    added = [name for name in ("fql", "ifql", "fbc") if name not in reg.policies]
-    for name in added:
-        modzoo.register_plugin(importlib.import_module(f"modzoo.plugins.{name}"), name=name)
-    yield
-    for name in added:
-        modzoo.unregister_plugin(name)
-
-
-@pytest.mark.parametrize("plugin", ["fql", "ifql", "fbc"])
-def test_flow_plugins_pass_the_conformance_suite(flow_plugins, plugin, tmp_path):
-    reports = check_plugin(plugin, workdir=tmp_path)
-    assert all(not r.skipped for r in reports.values())
-
-
-def test_fql_guidance_on_dataset_actions_trains_guidance_first(flow_plugins, tmp_path):
+def test_fql_guidance_on_dataset_actions_trains_guidance_first(tmp_path):
     from modzoo.testing import check_guidance
     check_guidance("fql", overrides={"target_actions": "dataset"}, workdir=tmp_path, checks=["schedules"])
     assert not build(fql.FQLGuidance, "fql", "guidance", target_actions="dataset").requires_policy
