@@ -134,7 +134,7 @@ class QGPOPolicy(BehaviourFirstPolicy):
         super().__init__(obs_dim, act_dim, cfg)
         if not isinstance(self.diffusion, VPSDEDiffusion):
             raise ValueError("qgpo's behaviour model is the continuous-time VP SDE (its energy is a function of "
-                             "real t): set policy.schedule=vp_sde")
+                             "real t): set policy.noise_schedule=vp_sde")
         self.energy = EnergyNet(obs_dim, act_dim, cfg["energy_hidden"], t_dim=int(cfg["energy_t_dim"]),
                                 act=cfg["energy_activation"], obs_norm=obs_norm_enabled(cfg))
         self.energy_opt = make_optimizer(self.energy.parameters(), cfg["optimizer"], cfg["energy_lr"],

@@ -58,7 +58,7 @@ class SRPOPolicy(BehaviourFirstPolicy):
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
         if not isinstance(self.diffusion, VPSDEDiffusion):
-            raise ValueError("srpo's behaviour model is the continuous-time VP SDE: set policy.schedule=vp_sde")
+            raise ValueError("srpo's behaviour model is the continuous-time VP SDE: set policy.noise_schedule=vp_sde")
         self.actor = init_(DeterministicActor(obs_dim, act_dim, list(cfg["actor_hidden"]),
                                               act=cfg["actor_activation"], obs_norm=obs_norm_enabled(cfg)),
                            cfg["init"])

@@ -163,7 +163,7 @@ def test_a_half_built_on_a_base_gets_its_machinery_defaults_and_overrides_them()
             return self.diffusion.loss(batch["actions"], batch["observations"]), {}
 
     method = {"batch_size": 8, "denoiser": "mlp", "hidden": 16, "depth": 2, "t_dim": 8, "activation": "mish", "T": 3,
-              "schedule": "vp", "sampler": "posterior", "loss_reduce": "mean", "lr": 1e-3, "ema_decay": 0.9,
+              "noise_schedule": "vp", "sampler": "posterior", "loss_reduce": "mean", "lr": 1e-3, "ema_decay": 0.9,
               "ema_every": 1, "ema_start": 0, "act_model": "ema", "candidates": 1, "selection": "argmax",
               "temperature": 1.0, "tau": 0.7, "cond_dim": 0, "grad_norm": 5.0}
     cfg = HalfSpec("tiny", Tiny, {"policy": method}).default_config()
@@ -197,3 +197,35 @@ def test_modzoo_config_names_the_layer_each_value_comes_from(capsys) -> None:
     assert main(["config", "--guidance", "idql", "--policy", "dql", "--env", task, "policy.eta=2.5"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("policy.eta "))
     assert line.split() == ["policy.eta", "2.5", "override"]
+
+
+def test_the_noise_schedule_is_named_so_and_its_old_name_still_reads(tmp_path) -> None:
+    """"schedule" meant the training plan, the noise schedule and the LR schedule; the policy's noise schedule is
+    noise_schedule. An override, a preset or a plugin YAML that says policy.schedule is read under the new name with
+    a one-line notice; a saved config.yaml and a checkpoint that say it are read silently (records are not
+    rewritten), so old runs neither turn stale nor load with the default schedule."""
+    import warnings
+
+    import torch
+
+    import modzoo
+    from modzoo.run.checkpoint import read_payload
+    from modzoo.run.config import config_diff
+
+    task = "bullet-hopper-medium-v0"
+    with pytest.warns(UserWarning, match=r"policy.schedule is now policy.noise_schedule"):
+        cfg = modzoo.run_config("idql", "dql", task, ["policy.schedule=cosine"])
+    assert cfg.policy.noise_schedule == "cosine" and "schedule" not in cfg.policy
+    saved = {s: dict(cfg[s]) for s in ("run", "guidance", "policy")}
+    saved["policy"]["schedule"] = saved["policy"].pop("noise_schedule")  # as a config.yaml written before the rename
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config_diff(saved, {s: dict(cfg[s]) for s in ("run", "guidance", "policy")}) == []
+    policy = modzoo.make_policy("dql", 15, 3, noise_schedule="cosine", hidden=16)
+    path = modzoo.save_half(policy, tmp_path / "p.pt")
+    payload = read_payload(path)
+    payload["config"]["schedule"] = payload["config"].pop("noise_schedule")
+    torch.save(payload, path)
+    loaded = modzoo.load_checkpoint(path)
+    assert loaded.cfg["noise_schedule"] == "cosine" and "schedule" not in loaded.cfg
+    torch.testing.assert_close(loaded.diffusion.betas, policy.diffusion.betas)

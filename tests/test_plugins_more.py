@@ -337,7 +337,7 @@ def _tiny(policy):
     d = spec.default_config()
     over = ["guidance.hidden=[32,32]", "guidance.batch_size=64", "policy.hidden=32", "policy.batch_size=64"]
     if "T" in d:  # a short chain: 3 DDPM steps, or 3 solver steps of a continuous-time model
-        over += ["policy.T=3"] if d["schedule"] == "vp_sde" else ["policy.T=3", "policy.schedule=vp"]
+        over += ["policy.T=3"] if d["noise_schedule"] == "vp_sde" else ["policy.T=3", "policy.noise_schedule=vp"]
     if d.get("candidates", 1) > 1:
         over.append("policy.candidates=4")
     if "select_per_state" in d:

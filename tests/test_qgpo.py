@@ -255,7 +255,7 @@ def test_obs_norm_reaches_the_energy_net():
 
 def test_refuses_a_discrete_chain():
     with pytest.raises(modzoo.ConfigError, match="vp_sde"):
-        policy(schedule="vp", sampler="eps_clip", T=5)
+        policy(noise_schedule="vp", sampler="eps_clip", T=5)
 
 
 # ---- (d') QGPO's own critic: in-support softmax Q-learning -------------------------------------------------------

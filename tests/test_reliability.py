@@ -82,7 +82,7 @@ def interrupt_at_first_interim_eval(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--policy-steps", "0"], "run.policy_steps"),
     (["policy.candidates=0"], "policy.candidates"),
     (["policy.sampler=ddim"], "policy.sampler"),
-    (["policy.schedule=sigmoid"], "policy.schedule"),
+    (["policy.noise_schedule=sigmoid"], "policy.noise_schedule"),
     (["guidance.obs_norm=zscore"], "guidance.obs_norm"),
     (["guidance.expectile=1.5"], "guidance.expectile"),
     (["--eval-every", "2", "--eval-episodes", "0"], "run.eval_episodes"),

@@ -100,4 +100,4 @@ def test_acting_is_the_actor_and_candidates_are_one_action_repeated():
 
 def test_a_discrete_schedule_is_refused_at_construction():
     with pytest.raises(ValueError, match="schedule=vp_sde"):
-        _policy(schedule="vp", sampler="eps_clip", time_embed="learned")
+        _policy(noise_schedule="vp", sampler="eps_clip", time_embed="learned")

@@ -58,11 +58,11 @@ def behaviour_steps(cfg: dict[str, Any]) -> int:
 
 def build_diffusion(denoiser: torch.nn.Module, act_dim: int, cfg: dict[str, Any]
                     ) -> GaussianDiffusion | VPSDEDiffusion:
-    """The diffusion named by ``cfg['schedule']``: a discrete DDPM of ``T`` steps, or (``vp_sde``) the
+    """The diffusion named by ``cfg['noise_schedule']``: a discrete DDPM of ``T`` steps, or (``vp_sde``) the
     continuous-time VP SDE, whose ``T`` is the number of solver steps when sampling."""
-    if cfg["schedule"] == "vp_sde":
+    if cfg["noise_schedule"] == "vp_sde":
         return VPSDEDiffusion(denoiser, act_dim, steps=cfg["T"], sampler=cfg["sampler"])
-    return GaussianDiffusion(denoiser, act_dim, T=cfg["T"], schedule=cfg["schedule"], sampler=cfg["sampler"])
+    return GaussianDiffusion(denoiser, act_dim, T=cfg["T"], schedule=cfg["noise_schedule"], sampler=cfg["sampler"])
 
 
 class DDPMPolicy(DiffusionPolicy):

@@ -10,6 +10,7 @@ import copy
 import functools
 import importlib.metadata as md
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,24 @@ from .interfaces import DiffusionPolicy, GuidanceModule
 ENTRY_POINT_GROUP = "modzoo"
 #: where first-party plugins live: the halves ``registry.yaml`` describes (others are a user's, listed live)
 FIRST_PARTY_PACKAGE = "modzoo.plugins"
+
+
+#: keys renamed since runs, checkpoints and plugin YAMLs were written with the old name: ``(kind, old) -> new``.
+#: "schedule" meant three things; a policy's noise schedule is ``noise_schedule`` now (``--schedule`` is the
+#: training plan, ``lr_schedule`` the learning rate's).
+RENAMED_KEYS: dict[tuple[str, str], str] = {("policy", "schedule"): "noise_schedule"}
+
+
+def renamed_keys(kind: str, section: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+    """``section`` (a half's config) with old key names replaced by the new ones, in place of the old key; with
+    ``where``, one warning line saying where the old name was read (records and checkpoints pass none)."""
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        new = RENAMED_KEYS.get((kind, key))
+        if new is not None and where is not None:
+            warnings.warn(f"{where}: {kind}.{key} is now {kind}.{new}; read as such (rename it there)", stacklevel=3)
+        out[new or key] = value
+    return out
 
 
 @dataclass
@@ -68,7 +87,7 @@ class HalfSpec:
         section = (raw or {}).get(self.kind)
         if section is None:
             raise PluginError(f"plugin {self.plugin or self.name!r}: its config has no '{self.kind}:' section")
-        return dict(section)
+        return renamed_keys(self.kind, section, f"plugin {self.plugin or self.name!r}'s config")
 
     def base_defaults(self) -> dict[str, Any]:
         """The machinery defaults of the classes the half is built on, the nearest base's winning."""

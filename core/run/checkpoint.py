@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule, Half
-from ..contract.registry import load_registry
+from ..contract.registry import load_registry, renamed_keys
 from ..errors import CheckpointError, StorageError
 from ..version import __version__
 from .config import ADDED_KEYS, half_config
@@ -264,8 +264,10 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
 def _complete_config(spec: Any, kind: str, saved: dict[str, Any]) -> dict[str, Any]:
     """The config to rebuild a saved half with. Halves read every key as ``cfg[key]``, so a checkpoint written
     before a key existed gets one: the value that keeps its old behaviour (:data:`~modzoo.run.config.ADDED_KEYS`),
-    else the plugin's current default. Keys the checkpoint has always win, and a key the plugin's config does not
+    else the plugin's current default. Keys the checkpoint has always win (under their current names: a checkpoint
+    saved before a key was renamed says ``schedule`` for ``noise_schedule``), and a key the plugin's config does not
     have (``time_embed`` of a half without an LN-ResNet) is not added."""
+    saved = renamed_keys(kind, saved)
     defaults = half_config(spec.default_config())
     added = {name: v for k, v in ADDED_KEYS.items() if k.startswith(f"{kind}.")
              and (name := k.partition(".")[2]) in defaults}

@@ -15,6 +15,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from ..contract.registry import renamed_keys
 from ..errors import ConfigError
 
 SCHEDULES = ("joint", "guidance-first", "pretrained")
@@ -101,6 +102,7 @@ def apply_preset(cfg: dict[str, Any], preset: dict[str, Any], kind: str, name: s
     values = dict(((preset.get(kind) or {}).get(name) or {}) if name else {})
     if not values:
         return cfg
+    values = renamed_keys(kind, values, f"preset {preset.get('name', '?')!r} ({kind} {name})")
     layers = [values] + [v for _, v in task_layers(values.pop("task_overrides", None), task)]
     out = dict(cfg)
     for layer in layers:
@@ -113,12 +115,16 @@ def apply_preset(cfg: dict[str, Any], preset: dict[str, Any], kind: str, name: s
 
 
 def parse_overrides(items: Iterable[str]) -> list[str]:
-    """Check ``key=value`` items (the value is parsed by omegaconf as YAML: numbers, lists, null ...)."""
+    """Check ``key=value`` items (the value is parsed by omegaconf as YAML: numbers, lists, null ...); a renamed
+    key (:data:`~modzoo.contract.registry.RENAMED_KEYS`) is read under its new name, with a notice."""
     out = []
     for item in items:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not key=value (e.g. policy.eta=2.0 or run.eval_every=500)")
-        out.append(item)
+        key, value = item.split("=", 1)
+        kind, _, name = key.partition(".")
+        new = renamed_keys(kind, {name: None}, f"override {item!r}") if name else {}
+        out.append(f"{kind}.{next(iter(new))}={value}" if new and name not in new else item)
     return out
 
 
@@ -178,7 +184,7 @@ def config_diff(saved: Mapping[str, Any], now: Mapping[str, Any],
     (:data:`ADDED_KEYS`, or null)."""
     out = []
     for section in ("run", "guidance", "policy"):
-        old, new = saved.get(section) or {}, now.get(section) or {}
+        old, new = renamed_keys(section, saved.get(section) or {}), now.get(section) or {}
         for key in sorted(set(old) | set(new)):
             name = f"{section}.{key}"
             if key not in old and new.get(key) in (None, ADDED_KEYS.get(name, _ABSENT)):

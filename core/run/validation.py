@@ -102,7 +102,7 @@ GUIDANCE_RULES: dict[str, Rule] = {
 }
 
 POLICY_RULES: dict[str, Rule] = {
-    **_HALF_RULES, "T": at_least(1), "schedule": one_of(*NOISE_SCHEDULES, "vp_sde"),
+    **_HALF_RULES, "T": at_least(1), "noise_schedule": one_of(*NOISE_SCHEDULES, "vp_sde"),
     "sampler": one_of(*SAMPLERS, *SDE_SAMPLERS), "time_embed": one_of(*TIME_EMBEDS),
     "denoiser": one_of("mlp", "ln_resnet"), "loss_reduce": one_of("mean", "sum"), "act_model": one_of("ema", "live"),
     "candidates": at_least(1), "selection": one_of(*RULES), "tau": UNIT, "temperature": at_least(0),
@@ -198,13 +198,13 @@ def check_sample_steps(policy: Mapping[str, Any]) -> None:
     """Each sampler solves its own kind of model (a continuous-time one an ODE, a discrete chain its T steps), and
     a chain at inference takes at most the T steps the policy trains with, fewer only with a sampler that can skip
     steps."""
-    if policy.get("schedule") == "vp_sde":
+    if policy.get("noise_schedule") == "vp_sde":
         _check_sde_samplers(policy)
         return
     for key in ("sampler", "act_sampler"):
         if policy.get(key) == "dpm_solver++_2s":
             raise ConfigError(f"config key policy.{key}=dpm_solver++_2s solves the continuous-time VP SDE only: "
-                              f"set policy.schedule=vp_sde, or use dpm_solver++ on this discrete chain")
+                              f"set policy.noise_schedule=vp_sde, or use dpm_solver++ on this discrete chain")
     if policy.get("sampler", SAMPLERS[0]) not in SAMPLERS:
         raise ConfigError(f"config key policy.sampler={policy.get('sampler')} is not a sampler a discrete chain "
                           f"trains with; use one of {', '.join(SAMPLERS)} (a faster one when acting: "
@@ -240,7 +240,7 @@ def _check_sde_samplers(policy: Mapping[str, Any]) -> None:
         value = policy.get(key)
         if value not in (None, "trained", *SDE_SAMPLERS):
             raise ConfigError(f"config key policy.{key}={value} is a discrete-chain sampler; with "
-                              f"policy.schedule=vp_sde use one of {', '.join(SDE_SAMPLERS)}")
+                              f"policy.noise_schedule=vp_sde use one of {', '.join(SDE_SAMPLERS)}")
 
 
 def _check_pair(c: Mapping[str, Any]) -> None:
