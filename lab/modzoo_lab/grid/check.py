@@ -21,7 +21,8 @@ from modzoo.errors import ConfigError, EnvError
 KEYS: dict[str, str] = {
     "name": "the experiment's name", "description": "a paragraph for the report",
     "out": "run dirs (checkpoints)", "summaries": "per-run summaries the report reads", "report": "the report's path",
-    "findings": "a markdown file spliced into the report", "reference": "{dir, arm}: the authors' code beside an arm",
+    "findings": "a markdown file spliced into the report",
+    "reference": "{dir, arm, code} or a list of them: the authors' code beside an arm",
     "beside": "{experiment: NAME}: another grid's scores next to these", "backend": "local or ray",
     "workers": "runs in parallel", "isolate_runs": "a fresh process per run", "tasks": "task names",
     "seeds": "integer seeds", "budget": "run settings shared by every arm", "arms": "name -> {guidance, policy, ...}",
@@ -33,6 +34,8 @@ SWAP_KEYS = ("other_seed", "other_algorithm", "selection", "temperature", "episo
 RAY_KEYS = ("address", "num_cpus", "cpus_per_run", "gpus_per_run")
 #: The arm the reference check sits beside when ``reference`` names none.
 REFERENCE_ARM = "dql-joint"
+# the authors' codes a reference JSON can come from (lab/benchmarks/reference_score.py, reference_idql.py)
+REFERENCE_CODES = ("dql", "idql")
 
 
 def read_experiment(path: Path) -> DictConfig:
@@ -97,13 +100,16 @@ def check_structure(exp: DictConfig, source: Path | str) -> None:
         for a in (g, j):
             if a not in arms:
                 fail(f"gfdt_pairs: {a!r} is not an arm of this experiment; its arms: {', '.join(arms)}")
-    ref = c.get("reference")
-    if ref is not None:
-        if not isinstance(ref, dict) or set(ref) - {"dir", "arm"} or "dir" not in ref:
-            fail(f"'reference' must be {{dir: FOLDER, arm: ARM}} (the arm the reference sits beside), got {ref!r}")
+    refs = c.get("reference")
+    for ref in ([] if refs is None else refs if isinstance(refs, list) else [refs]):
+        if not isinstance(ref, dict) or set(ref) - {"dir", "arm", "code"} or "dir" not in ref:
+            fail(f"'reference' must be {{dir: FOLDER, arm: ARM, code: {'|'.join(REFERENCE_CODES)}}} (the arm the "
+                 f"reference sits beside, the authors' code it ran), or a list of them, got {ref!r}")
         if ref.get("arm", REFERENCE_ARM) not in arms:
             fail(f"reference.arm: {ref.get('arm', REFERENCE_ARM)!r} is not an arm of this experiment; its arms: "
                  f"{', '.join(arms)}")
+        if ref.get("code", "dql") not in REFERENCE_CODES:
+            fail(f"reference.code: {ref.get('code')!r} is not one of {', '.join(REFERENCE_CODES)}")
     beside = c.get("beside")
     if beside is not None and (not isinstance(beside, dict) or set(beside) != {"experiment"}):
         fail(f"'beside' must be {{experiment: NAME}}, got {beside!r}")

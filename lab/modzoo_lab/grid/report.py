@@ -563,27 +563,54 @@ def _data_line(arms: dict[str, list[RunSummary]]) -> list[str]:
                 f"spread mixes the data's draw into the seeds' (by dataset fingerprint: {files})."]
 
 
-def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
-    """The authors' own Diffusion-QL, trained on the same dataset for the same steps and scored on the same
-    episodes (``lab/benchmarks/reference_score.py``), beside the grid's DQL arm of the same seed at the same steps.
+# What each authors' code a reference JSON can come from ran, and the script that wrote the JSON (check.REFERENCE_CODES)
+_REFERENCE_CODES = {
+    "dql": ("Diffusion-QL", "lab/benchmarks/reference_score.py",
+            "The reference Diffusion-QL code (its own `Diffusion_QL.train` and `sample_action`, gn from its table, "
+            "constant LR, raw observations and rewards: its own pipeline, not a preset's)", False),
+    "idql": ("IDQL", "lab/benchmarks/reference_idql.py",
+             "The reference IDQL code (github.com/philippe-eecs/IDQL: its own `DDPMIQLLearner.update` with its "
+             "launcher's D4RL-locomotion settings, batch 512, rewards through its own `normalize_returns`, trained on "
+             "its 95% split; selection by its own `eval_actions`, 64 candidates, argmax of the target critics' min Q; "
+             "its own pipeline, not a preset's; run in a JAX venv of its own, docs/lab/runbook.md)",
+             True),
+}
 
-    Why it is in the report: a DQL arm that scores badly is only a finding about Diffusion-QL if the authors' code
-    does the same on the same data; otherwise it is a bug in modzoo's DQL."""
-    ref = exp.get("reference")
-    if not ref or not Path(str(ref.get("dir", ""))).is_dir():
+
+def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
+    """The authors' own code (Diffusion-QL, IDQL), trained on the same dataset for the same steps and scored on the
+    same episodes (``lab/benchmarks/reference_score.py``, ``reference_idql.py``), beside the grid's arm of the same
+    seed at the same steps: one section per ``reference`` entry (a mapping, or a list of them).
+
+    Why it is in the report: an arm that scores badly is only a finding about its algorithm if the authors' code
+    does the same on the same data; otherwise it is a bug in modzoo's version."""
+    refs = exp.get("reference")
+    if not refs:
+        return []
+    out: list[str] = []
+    for ref in (list(refs) if not isinstance(refs, (dict, DictConfig)) else [refs]):
+        out += _one_reference(exp, runs, ref)
+    return out
+
+
+def _one_reference(exp: DictConfig, runs: list[RunSummary], ref: Any) -> list[str]:
+    if not Path(str(ref.get("dir", ""))).is_dir():
         return []
     arm = str(ref.get("arm", REFERENCE_ARM))
+    name, script, what, has_final = _REFERENCE_CODES[str(ref.get("code", "dql"))]
     ours = {(r.task, r.seed): dict(r.curve) for r in runs if r.arm == arm}
-    rows, episodes = [], set()
+    rows, episodes, finals = [], set(), set()
     tasks = set(exp.get("tasks") or [])
     for f in sorted(Path(str(ref.dir)).glob("*.json")):
         d = json.loads(f.read_text())
         if tasks and d["task"] not in tasks:  # a reference directory shared by experiments of other tasks
             continue
         episodes.add(d.get("episodes"))  # None: a JSON written before the script recorded its episode count
+        finals.add(d.get("final_episodes"))
         for pt in d.get("curve", []):
             m = ours.get((d["task"], int(d["seed"])), {}).get(int(pt["step"]))
-            rows.append(f"| {d['task']} | {d['seed']} | {pt['step']} | {pt['normalized_mean']:.1f} ± "
+            n = f" ({pt['episodes']})" if "episodes" in pt and pt["episodes"] != d.get("episodes") else ""
+            rows.append(f"| {d['task']} | {d['seed']} | {pt['step']}{n} | {pt['normalized_mean']:.1f} ± "
                         f"{pt['normalized_std']:.1f} | {pt['mean_length']:.0f} | "
                         f"{_fmt(m) if m is not None else 'n/a'} |")
     if not rows:
@@ -591,15 +618,17 @@ def _reference_check(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
     counts = "/".join(str(e) for e in sorted(episodes - {None}))
     over = (f"{counts} episodes per evaluation" + (" where the JSON records it" if None in episodes else "")
             if counts else "episodes per evaluation (the JSONs do not record how many)")
-    return ["## Reference check: the authors' Diffusion-QL on the same data", "",
-            f"The reference Diffusion-QL code (its own `Diffusion_QL.train` and `sample_action`, gn from its table, "
-            f"constant LR, raw observations and rewards: its own pipeline, not a preset's), trained on modzoo's "
+    final = "/".join(str(e) for e in sorted(finals - {None})) if has_final else ""
+    over += "; a step with another count names it in brackets" if final else ""
+    extra = f"--final-episodes {final} " if final else ""
+    return [f"## Reference check: the authors' {name} on the same data", "",
+            f"{what}, trained on modzoo's "
             f"dataset for the same number of steps and scored from the same env seeds as modzoo's `{arm}` run of the "
             f"same seed{_arm_preset(exp, arm)} (normalized score, mean ± std over {over}; mean episode length; "
             f"modzoo's column is that run's evaluation at the step, its `final_eval_episodes` at the last one). "
-            f"Command per row: `python lab/benchmarks/reference_score.py --reference-dir <its checkout> "
+            f"Command per row: `python {script} --reference-dir <its checkout> "
             f"--task TASK --steps {exp.budget.get('policy_steps')} --eval-every {exp.budget.get('eval_every')} "
-            + (f"--episodes {counts} " if counts else "") + "--seed SEED --json "
+            + (f"--episodes {counts} " if counts else "") + extra + "--seed SEED --json "
             f"{ref.dir}/TASK-seedSEED.json` (the reference's code stays outside modzoo).", "",
             f"| task | seed | step | reference | reference episode length | modzoo {arm} |",
             "|---|---|---|---|---|---|",
