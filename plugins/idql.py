@@ -26,15 +26,11 @@ from modzoo import (
     hookimpl,
     obs_norm_enabled,
 )
+from modzoo.blocks.critics import expectile_loss
 from modzoo.blocks.nets import ValueNet, init_
 from modzoo.blocks.utils import load_optim_state, make_optimizer, make_scheduler, optim_state
 
 CONFIG = Path(__file__).with_name("idql.yaml")
-
-
-def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
-    """Asymmetric L2: tau * u^2 for u > 0, (1 - tau) * u^2 otherwise (IQL eq. 1)."""
-    return torch.where(diff > 0, tau, 1 - tau) * diff**2
 
 
 class IQLGuidance(TwinCriticGuidance):

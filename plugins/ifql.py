@@ -29,16 +29,12 @@ from modzoo import (
     hookimpl,
     obs_norm_enabled,
 )
+from modzoo.blocks.critics import expectile_loss
 from modzoo.blocks.flow import FlowPolicy, polyak_from
 from modzoo.blocks.nets import ValueNet, init_
 from modzoo.blocks.utils import make_optimizer, make_scheduler
 
 CONFIG = Path(__file__).with_name("ifql.yaml")
-
-
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """w(u) u^2 with w = expectile where u >= 0, else 1 - expectile (ifql.py:26-30)."""
-    return torch.where(diff >= 0, expectile, 1 - expectile) * diff.square()
 
 
 class IFQLGuidance(TwinCriticGuidance):

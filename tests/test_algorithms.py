@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import modzoo
+from modzoo.blocks.critics import expectile_loss
 from modzoo.blocks.selection import select_index, selection_probs
 from modzoo.plugins.dql import normalized_q_loss
-from modzoo.plugins.idql import expectile_loss
 
 OBS, ACT = 4, 2
 

@@ -14,6 +14,12 @@ from .nets import EnsembleQ, init_
 from .utils import frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state, polyak_update
 
 
+def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
+    """Asymmetric L2: tau * u^2 for u > 0, (1 - tau) * u^2 otherwise (IQL eq. 1): the V loss of every IQL-style
+    guidance (IDQL's, IFQL's; at u = 0 the weight does not matter, so ``>`` and ``>=`` give the same loss)."""
+    return torch.where(diff > 0, tau, 1 - tau) * diff**2
+
+
 class TwinCriticGuidance(GuidanceModule):
     """Guidance built on E critics Q_i(s, a) (default 2) with a Polyak-averaged target copy.
 
