@@ -6,6 +6,7 @@ a twin Q costs one forward instead of two.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Callable
@@ -42,25 +43,32 @@ def _maybe_norm(obs_dim: int, enabled: bool) -> ObsNorm | None:
     return ObsNorm(obs_dim) if enabled else None
 
 
+def _normed(net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+    """``obs`` through ``net.obs_norm`` where the net has one (:func:`_maybe_norm`)."""
+    return obs if net.obs_norm is None else net.obs_norm(obs)
+
+
 #: ``layer_norm: post``: LayerNorm after the activation with flax's eps, as FQL's ``MLP`` (utils/networks.py:53-57)
 POST_LN_EPS = 1e-6
 
 
 def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, act: str = "mish",
-        layer_norm: bool | str = False) -> nn.Sequential:
+        layer_norm: bool | str = False, linear: Callable[..., nn.Module] = nn.Linear,
+        norm: Callable[..., nn.Module] = nn.LayerNorm) -> nn.Sequential:
     """Plain MLP: Linear (+LayerNorm) + act for each hidden width, then a linear head. ``layer_norm``: False, True
-    (LayerNorm before the activation) or ``"post"`` (after it, eps 1e-6: FQL's networks)."""
+    (LayerNorm before the activation) or ``"post"`` (after it, eps 1e-6: FQL's networks). ``linear(in, out)`` and
+    ``norm(dim, eps=)`` make the layers (:class:`EnsembleMLP` passes its batched ones)."""
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
-        layers.append(nn.Linear(d, h))
+        layers.append(linear(d, h))
         if layer_norm and layer_norm != "post":
-            layers.append(nn.LayerNorm(h))
+            layers.append(norm(h))
         layers.append(activation(act))
         if layer_norm == "post":
-            layers.append(nn.LayerNorm(h, eps=POST_LN_EPS))
+            layers.append(norm(h, eps=POST_LN_EPS))
         d = h
-    layers.append(nn.Linear(d, out_dim))
+    layers.append(linear(d, out_dim))
     return nn.Sequential(*layers)
 
 
@@ -82,9 +90,9 @@ class FourierFeatures(nn.Module):
     """Fourier features of the diffusion time: learnable with std 0.2 (IDQL's embedding of the step index), or
     fixed with std 30 (the Gaussian Fourier projection SfBC, QGPO and SRPO use on continuous t in (0, 1])."""
 
-    def __init__(self, out_dim: int, in_dim: int = 1, std: float = 0.2, learnable: bool = True) -> None:
+    def __init__(self, out_dim: int, std: float = 0.2, learnable: bool = True) -> None:
         super().__init__()
-        self.kernel = nn.Parameter(torch.randn(out_dim // 2, in_dim) * std, requires_grad=learnable)
+        self.kernel = nn.Parameter(torch.randn(out_dim // 2, 1) * std, requires_grad=learnable)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         f = 2 * math.pi * t.float().reshape(-1, 1) @ self.kernel.T
@@ -147,8 +155,7 @@ class MLPDenoiser(Denoiser):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
+        obs = _normed(self, obs)
         parts = [x, self.time_mlp(t), obs]
         if hasattr(self, "label_emb"):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
@@ -164,8 +171,7 @@ class MLPDenoiser(Denoiser):
         """
         if hasattr(self, "label_emb"):
             return None
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
+        obs = _normed(self, obs)
         first = self.net[0]
         t_dim = self.time_mlp[-1].out_features
         a = first.in_features - t_dim - obs.shape[-1]
@@ -186,13 +192,13 @@ class MLPDenoiser(Denoiser):
 class ResidualBlock(nn.Module):
     """IDQL's MLPResNet block: x + W2 act(W1 LN(dropout(x))), inner width 4x."""
 
-    def __init__(self, dim: int, dropout: float, act: str, layer_norm: bool = True, expand: int = 4) -> None:
+    def __init__(self, dim: int, dropout: float, act: str) -> None:
         super().__init__()
         self.dropout = SeededDropout(dropout) if dropout > 0 else nn.Identity()
-        self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
-        self.fc1 = nn.Linear(dim, dim * expand)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim * 4)
         self.act = activation(act)
-        self.fc2 = nn.Linear(dim * expand, dim)
+        self.fc2 = nn.Linear(dim * 4, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.fc2(self.act(self.fc1(self.norm(self.dropout(x)))))
@@ -227,8 +233,7 @@ class LNResNetDenoiser(Denoiser):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
+        obs = _normed(self, obs)
         parts = [self.cond(self.time_enc(t)), obs, x]
         if hasattr(self, "label_emb"):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
@@ -240,8 +245,7 @@ class LNResNetDenoiser(Denoiser):
         layer once per chain."""
         if hasattr(self, "label_emb"):
             return None
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
+        obs = _normed(self, obs)
         c = self.cond(self.time_enc(torch.arange(T, device=obs.device)))
         ch, o, w = c.shape[-1], obs.shape[-1], self.inp.weight
         return w[:, ch + o:], F.linear(obs, w[:, ch:ch + o], self.inp.bias), F.linear(c, w[:, :ch])
@@ -263,8 +267,7 @@ class DeterministicActor(nn.Module):
         self.net = mlp(obs_dim, hidden, act_dim, act=act)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
+        obs = _normed(self, obs)
         return torch.tanh(self.net(obs))
 
 
@@ -290,18 +293,9 @@ class EnsembleMLP(nn.Module):
                  act: str = "mish", layer_norm: bool | str = False) -> None:
         super().__init__()
         self.ensemble = ensemble
-        layers: list[nn.Module] = []
-        d = in_dim
-        for h in hidden:
-            layers.append(EnsembleLinear(ensemble, d, h))
-            if layer_norm and layer_norm != "post":  # affine parameters per member, as E separate LayerNorms
-                layers.append(_EnsembleLayerNorm(ensemble, h))
-            layers.append(activation(act))
-            if layer_norm == "post":  # after the activation, flax's eps (as :func:`mlp`)
-                layers.append(_EnsembleLayerNorm(ensemble, h, eps=POST_LN_EPS))
-            d = h
-        layers.append(EnsembleLinear(ensemble, d, out_dim))
-        self.net = nn.Sequential(*layers)
+        # LayerNorms with affine parameters per member, as E separate LayerNorms
+        self.net = mlp(in_dim, hidden, out_dim, act, layer_norm, functools.partial(EnsembleLinear, ensemble),
+                       functools.partial(_EnsembleLayerNorm, ensemble))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
@@ -345,14 +339,12 @@ class EnsembleQ(nn.Module):
         self.body = EnsembleMLP(ensemble, obs_dim + act_dim, hidden, 1, act=act, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
+        obs = _normed(self, obs)
         return self.body(torch.cat([obs, act], dim=-1)).squeeze(-1)
 
     def members(self, obs: torch.Tensor, act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Q of the members ``idx`` only: (len(idx), B), equal to ``forward(obs, act)[idx]``."""
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
+        obs = _normed(self, obs)
         return self.body.forward_members(torch.cat([obs, act], dim=-1), idx).squeeze(-1)
 
 
@@ -366,8 +358,7 @@ class ValueNet(nn.Module):
         self.body = mlp(obs_dim, hidden, 1, act=act, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
+        obs = _normed(self, obs)
         return self.body(obs).squeeze(-1)
 
 
