@@ -17,7 +17,7 @@ prediction, on a grid uniform in t from 1 to t_min (DPM-Solver's ``time_uniform`
 - ``"dpm_solver++"``: the multistep second-order solver (2M), first order on its first step;
 - ``"ddim"``: DDIM's first-order step (eta > 0 adds its stochastic part).
 
-The class keeps :class:`~modzoo.blocks.diffusion.GaussianDiffusion`'s interface (``training_terms``, ``loss``,
+The class has :class:`~modzoo.blocks.diffusion.GaussianDiffusion`'s interface (``training_terms``, ``loss``,
 ``predict_x0``, ``sample`` with a ``guide(x_t, t, obs) -> eps`` hook), so :class:`~modzoo.blocks.policy.DDPMPolicy`
 and its candidate selection serve either; there ``T`` is the default number of solver steps.
 """
@@ -36,7 +36,7 @@ SDE_SAMPLERS = ("dpm_solver++_2s", "dpm_solver++", "ddim")
 
 
 class VPSDE:
-    """The linear-beta VP SDE's marginals, log-SNR and its inverse (closed forms)."""
+    """The linear-beta VP SDE's marginals and log-SNR (closed forms)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         self.b0, self.b1 = float(beta_min), float(beta_max)
