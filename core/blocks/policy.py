@@ -43,15 +43,6 @@ def behaviour_split(fraction: float, policy_steps: int) -> int:
     return max(0, min(round(fraction * policy_steps), policy_steps - 1))
 
 
-def build_diffusion(denoiser: torch.nn.Module, act_dim: int, cfg: dict[str, Any]
-                    ) -> GaussianDiffusion | VPSDEDiffusion:
-    """The diffusion named by ``cfg['noise_schedule']``: a discrete DDPM of ``T`` steps, or (``vp_sde``) the
-    continuous-time VP SDE, whose ``T`` is the number of solver steps when sampling."""
-    if cfg["noise_schedule"] == "vp_sde":
-        return VPSDEDiffusion(denoiser, act_dim, steps=cfg["T"], sampler=cfg["sampler"])
-    return GaussianDiffusion(denoiser, act_dim, T=cfg["T"], schedule=cfg["noise_schedule"], sampler=cfg["sampler"])
-
-
 class CandidatePolicy(DiffusionPolicy):
     """What :class:`DDPMPolicy` and :class:`~modzoo.blocks.flow.FlowPolicy` share: the update (the subclass's
     ``stages``, then the step count, kept on the host for the EMA schedule), acting by choosing one of
@@ -113,7 +104,12 @@ class DDPMPolicy(CandidatePolicy):
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
         denoiser = init_(build_denoiser(obs_dim, act_dim, cfg), cfg["init"])
-        self.diffusion = build_diffusion(denoiser, act_dim, cfg)
+        # a discrete DDPM of T steps, or (vp_sde) the continuous-time VP SDE, whose T is its solver steps when sampling
+        if cfg["noise_schedule"] == "vp_sde":
+            self.diffusion = VPSDEDiffusion(denoiser, act_dim, steps=cfg["T"], sampler=cfg["sampler"])
+        else:
+            self.diffusion = GaussianDiffusion(denoiser, act_dim, T=cfg["T"], schedule=cfg["noise_schedule"],
+                                               sampler=cfg["sampler"])
         self.ema_diffusion = frozen_copy(self.diffusion)
         self.ema = EMA(cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"])
         self.opt = make_optimizer(self.diffusion.parameters(), cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
