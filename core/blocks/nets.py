@@ -155,8 +155,7 @@ class MLPDenoiser(Denoiser):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
-        obs = _normed(self, obs)
-        parts = [x, self.time_mlp(t), obs]
+        parts = [x, self.time_mlp(t), _normed(self, obs)]
         if hasattr(self, "label_emb"):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
         return self.net(torch.cat(parts, dim=-1))
@@ -171,14 +170,10 @@ class MLPDenoiser(Denoiser):
         """
         if hasattr(self, "label_emb"):
             return None
-        obs = _normed(self, obs)
-        first = self.net[0]
-        t_dim = self.time_mlp[-1].out_features
-        a = first.in_features - t_dim - obs.shape[-1]
-        w = first.weight
-        state = F.linear(obs, w[:, a + t_dim:], first.bias)
+        obs, first, t_dim = _normed(self, obs), self.net[0], self.time_mlp[-1].out_features
+        a, w = first.in_features - t_dim - obs.shape[-1], first.weight
         steps = F.linear(self.time_mlp(torch.arange(T, device=obs.device)), w[:, a:a + t_dim])
-        return w[:, :a], state, steps
+        return w[:, :a], F.linear(obs, w[:, a + t_dim:], first.bias), steps
 
     def chain_step(self, x: torch.Tensor, t: int, ctx: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``forward(x, full(t), obs)`` given ``chain_context(obs, T)``."""
@@ -233,8 +228,7 @@ class LNResNetDenoiser(Denoiser):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
-        obs = _normed(self, obs)
-        parts = [self.cond(self.time_enc(t)), obs, x]
+        parts = [self.cond(self.time_enc(t)), _normed(self, obs), x]
         if hasattr(self, "label_emb"):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
         h = self.inp(torch.cat(parts, dim=-1))
@@ -267,8 +261,7 @@ class DeterministicActor(nn.Module):
         self.net = mlp(obs_dim, hidden, act_dim, act=act)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        obs = _normed(self, obs)
-        return torch.tanh(self.net(obs))
+        return torch.tanh(self.net(_normed(self, obs)))
 
 
 class EnsembleLinear(nn.Module):
@@ -339,13 +332,11 @@ class EnsembleQ(nn.Module):
         self.body = EnsembleMLP(ensemble, obs_dim + act_dim, hidden, 1, act=act, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        obs = _normed(self, obs)
-        return self.body(torch.cat([obs, act], dim=-1)).squeeze(-1)
+        return self.body(torch.cat([_normed(self, obs), act], dim=-1)).squeeze(-1)
 
     def members(self, obs: torch.Tensor, act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Q of the members ``idx`` only: (len(idx), B), equal to ``forward(obs, act)[idx]``."""
-        obs = _normed(self, obs)
-        return self.body.forward_members(torch.cat([obs, act], dim=-1), idx).squeeze(-1)
+        return self.body.forward_members(torch.cat([_normed(self, obs), act], dim=-1), idx).squeeze(-1)
 
 
 class ValueNet(nn.Module):
@@ -358,8 +349,7 @@ class ValueNet(nn.Module):
         self.body = mlp(obs_dim, hidden, 1, act=act, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        obs = _normed(self, obs)
-        return self.body(obs).squeeze(-1)
+        return self.body(_normed(self, obs)).squeeze(-1)
 
 
 INITS = ("torch", "flax")
