@@ -148,10 +148,9 @@ class MLPDenoiser(Denoiser):
         self.obs_norm = _maybe_norm(obs_dim, obs_norm)
         self.time_mlp = nn.Sequential(SinusoidalPosEmb(t_dim), nn.Linear(t_dim, t_dim * 2), activation(act),
                                       nn.Linear(t_dim * 2, t_dim))
-        extra = cond_emb if cond_dim > 0 else 0
         if cond_dim > 0:
             self.label_emb = ConditionEmbedding(cond_dim, cond_emb, act)
-        self.net = mlp(act_dim + t_dim + obs_dim + extra, [hidden] * depth, act_dim, act=act)
+        self.net = mlp(act_dim + t_dim + obs_dim + (cond_emb if cond_dim > 0 else 0), [hidden] * depth, act_dim, act)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -218,10 +217,9 @@ class LNResNetDenoiser(Denoiser):
         self.time_enc = FourierFeatures(t_dim, **TIME_EMBEDS[time_embed])
         self.cond = nn.Sequential(nn.Linear(t_dim, cond_hidden), activation(act),
                                   nn.Linear(cond_hidden, cond_hidden))
-        extra = cond_emb if cond_dim > 0 else 0
         if cond_dim > 0:  # classifier-free guidance label, as in MLPDenoiser
             self.label_emb = ConditionEmbedding(cond_dim, cond_emb, act)
-        self.inp = nn.Linear(cond_hidden + obs_dim + act_dim + extra, hidden)
+        self.inp = nn.Linear(cond_hidden + obs_dim + act_dim + (cond_emb if cond_dim > 0 else 0), hidden)
         self.blocks = nn.Sequential(*[ResidualBlock(hidden, dropout, act) for _ in range(blocks)])
         self.act = activation(act)
         self.out = nn.Linear(hidden, act_dim)
