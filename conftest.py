@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,3 +34,13 @@ def random_batch(b: int, seed: int, obs_dim: int, act_dim: int) -> dict[str, tor
             "actions": torch.rand(b, act_dim, generator=g) * 2 - 1,
             "rewards": torch.randn(b, generator=g), "next_observations": torch.randn(b, obs_dim, generator=g),
             "terminals": torch.zeros(b), "next_actions": torch.rand(b, act_dim, generator=g) * 2 - 1}
+
+
+def gaussian_eps(x_t: torch.Tensor, t: torch.Tensor, sde: Any, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """The exact eps-prediction of a behaviour N(mean, std^2 I) under ``sde`` (a ``modzoo.blocks.sde.VPSDE``): its
+    marginal at t is N(alpha mean, (alpha^2 std^2 + sigma^2) I), so eps*(x_t) = -sigma_t grad log p_t =
+    sigma_t (x_t - alpha_t mean) / (alpha_t^2 std^2 + sigma_t^2). For tests of score-based losses and samplers
+    against closed forms."""
+    a, s = sde.alpha_sigma(t)
+    a, s = a[:, None], s[:, None]
+    return s * (x_t - a * mean) / (a ** 2 * std ** 2 + s ** 2)

@@ -10,7 +10,7 @@ from torch import nn
 
 import modzoo
 from conftest import random_batch
-from modzoo.blocks.karras import KarrasDiffusion, c_noise, edm_scalings, log_logistic_sigma
+from modzoo.blocks.karras import KarrasDiffusion, c_noise, edm_scalings
 from modzoo.bullet.data import load_dataset
 from modzoo.cli import main
 from modzoo.contract.stages import run_stages
@@ -96,7 +96,8 @@ def test_edm_loss_by_hand():
 
 def test_log_logistic_sigma_median_and_range():
     g = torch.Generator().manual_seed(0)
-    s = log_logistic_sigma((200_000,), g, loc=math.log(0.5), scale=0.5, sigma_min=0.002, sigma_max=80.0)
+    diff = KarrasDiffusion(nn.Identity(), 1, sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, sigma_scale=0.5)
+    s = diff.draw_sigma(200_000, g)
     assert s.dtype == torch.float32
     assert s.min() >= 0.002 and s.max() <= 80.0
     assert s.median().item() == pytest.approx(0.5, abs=0.01)  # exp(loc)

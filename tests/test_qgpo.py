@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import modzoo
-from conftest import random_batch
-from modzoo.blocks.sde import VPSDE, VPSDEDiffusion, gaussian_eps
+from conftest import gaussian_eps, random_batch
+from modzoo.blocks.sde import VPSDE, VPSDEDiffusion
 from modzoo.cli import main
 from modzoo.plugins.qgpo import (
     EnergyNet,

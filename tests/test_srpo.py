@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import modzoo
-from modzoo.blocks.sde import VPSDE, VPSDEDiffusion, gaussian_eps
+from conftest import gaussian_eps
+from modzoo.blocks.sde import VPSDE, VPSDEDiffusion
 from modzoo.plugins.srpo import SRPOPolicy, score_regularizer, srpo_loss
 
 

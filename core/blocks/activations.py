@@ -1,26 +1,21 @@
-"""A faster Mish for the CPU, numerically equivalent to ``torch.nn.functional.mish``.
+"""A faster Mish for the CPU, equal to ``torch.nn.functional.mish`` to float32 rounding (tests/test_activations.py).
 
-Why: both papers' networks use Mish, and on a CPU ``F.mish`` (``x * tanh(log1p(exp(x)))``) is the single most
-expensive op of a training step: on a 256x256 tensor it took about 390 us against about 7 us for ReLU and
-about 30 us for ``torch.sigmoid`` (this 2-core machine, 1 thread; docs/performance.md), more than the matmuls
-of the 3x256 MLP it sits in. Its backward kernel is slower still. Rewritten with the sigmoid, which torch
-vectorizes well here:
+Why: both papers' networks use Mish, and on a CPU ``F.mish`` (``x * tanh(log1p(exp(x)))``) and its slower backward
+are the most expensive ops of a training step, more than the matmuls of the 3x256 MLP they sit in (about 390 us on
+a 256x256 tensor against 30 us for ``torch.sigmoid``, 1 thread; docs/performance.md). Rewritten with the sigmoid,
+which torch vectorizes well:
 
     s = sigmoid(x),   w = s (2 - s) = 1 - (1 - s)^2,   tanh(softplus(x)) = w / (2 - w),   mish(x) = x w / (2 - w)
 
 (with n = e^x (e^x + 2): tanh(softplus x) = n / (n + 2), and w = n / (n + 1)). No exp can overflow, so no clamp
-is needed for large x, and for very negative x, w ~ 2 s keeps full relative precision. The backward is
-analytic:
+is needed for large x, and for very negative x, w ~ 2 s keeps full relative precision. The backward is analytic,
+in the right-hand form, which has no cancellation where tanh(sp) rounds to 1 (x > ~8):
 
     mish'(x) = tanh(sp) + x sigmoid(x) sech^2(sp),   sech^2(sp) = 1 - (w / (2 - w))^2 = 4 (1 - s)^2 / (2 - w)^2
 
-using the right-hand form, which has no cancellation where tanh(sp) rounds to 1 (x > ~8). Values and
-gradients agree with ``F.mish`` to float32 rounding (tests/test_activations.py).
-
-The fast path is taken only on CPU float32/float64 tensors; elsewhere (CUDA, where ``F.mish`` is one fused
-kernel, or half precision) ``mish`` is ``F.mish``. Works under ``torch.func`` transforms (vmap, grad, jacrev,
-hessian), with ``create_graph=True`` and in forward-mode AD: higher derivatives are rebuilt from differentiable
-ops.
+The fast path is taken only on CPU float32/float64 tensors (elsewhere, e.g. CUDA where ``F.mish`` is one fused
+kernel, ``mish`` is ``F.mish``). It works under ``torch.func`` transforms (vmap, grad, jacrev, hessian), with
+``create_graph=True`` and in forward-mode AD: higher derivatives are rebuilt from differentiable ops.
 """
 from __future__ import annotations
 
@@ -31,9 +26,6 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_FAST_DTYPES = (torch.float32, torch.float64)
-
 
 _CONSTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -98,11 +90,7 @@ def _derivative(x: torch.Tensor) -> torch.Tensor:
     return w / d + 4 * x * s * v * v
 
 
-class _FirstOrder(threading.local):
-    active = False
-
-
-_first_order = _FirstOrder()
+_first_order = threading.local()  # .active: inside first_order() on this thread
 
 
 @contextlib.contextmanager
@@ -110,7 +98,7 @@ def first_order() -> Iterator[None]:
     """Within this block Mish's backward is never differentiated again, even under ``torch.func.grad`` (which
     runs every backward with grad mode on): its gradient then reuses the forward's saved terms (about 3x less
     elementwise work than recomputing a differentiable derivative)."""
-    prev, _first_order.active = _first_order.active, True
+    prev, _first_order.active = getattr(_first_order, "active", False), True
     try:
         yield
     finally:
@@ -119,7 +107,7 @@ def first_order() -> Iterator[None]:
 
 def _backward(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, d: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """g mish'(x) from the forward's s, 2 - w and tanh(softplus) (flat, sliced, when x is large)."""
-    if torch.is_grad_enabled() and not _first_order.active:
+    if torch.is_grad_enabled() and not getattr(_first_order, "active", False):
         # create_graph=True: keep the graph of the derivative itself, for a higher derivative. torch.func.grad
         # always runs its backward this way, so a caller that only ever takes first derivatives under it (the
         # stacked-seed trainer) says so with ``first_order()`` and gets the fast formula.
@@ -185,10 +173,7 @@ class _MishFunction(torch.autograd.Function):
     def vmap(info, in_dims, x):  # type: ignore[no-untyped-def, override]
         """Elementwise, so a batched call is one call on the whole stacked tensor (stacked seeds: one pass over
         all seeds' activations, with the in-place fast formula, instead of functorch's generic rule)."""
-        bd = in_dims[0]
-        if bd is None:
-            return _MishFunction.apply(x), (None, None, None, None)
-        return _MishFunction.apply(x), (bd, bd, bd, bd)
+        return _MishFunction.apply(x), (in_dims[0],) * 4
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def, override]
@@ -206,14 +191,12 @@ class _MishFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor | None, *_: torch.Tensor | None) -> torch.Tensor | None:  # type: ignore[override]
-        if g is None:
-            return None
-        return _backward(g, *ctx.saved_tensors)
+        return None if g is None else _backward(g, *ctx.saved_tensors)
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:
     """Mish, x tanh(softplus(x)): the fast CPU form where it applies, ``F.mish`` elsewhere."""
-    if x.device.type != "cpu" or x.dtype not in _FAST_DTYPES:
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return F.mish(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return _MishFunction.apply(x)[0] if _functorch_active() else _MishEager.apply(x)

@@ -31,14 +31,10 @@ class TwinCriticGuidance(GuidanceModule):
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
-        self.critic = EnsembleQ(obs_dim, act_dim, list(cfg["hidden"]), cfg["num_q"],
-                                act=cfg["activation"], layer_norm=cfg["layer_norm"],
-                                obs_norm=obs_norm_enabled(cfg))
-        init_(self.critic, cfg["init"])
+        self.critic = init_(EnsembleQ(obs_dim, act_dim, list(cfg["hidden"]), cfg["num_q"], act=cfg["activation"],
+                                      layer_norm=cfg["layer_norm"], obs_norm=obs_norm_enabled(cfg)), cfg["init"])
         self.critic_target = frozen_copy(self.critic)
-        self.q_opt: torch.optim.Optimizer | None = make_optimizer(self.critic.parameters(),
-                                                                  cfg["optimizer"],
-                                                                  cfg["lr"])
+        self.q_opt: torch.optim.Optimizer | None = make_optimizer(self.critic.parameters(), cfg["optimizer"], cfg["lr"])
         self.q_sched = make_scheduler(self.q_opt, cfg["lr_schedule"], cfg["lr_decay_steps"])
         self.gamma, self.polyak = cfg["gamma"], cfg["polyak"]
         self.register_buffer("reward_scale", torch.ones(()))
@@ -86,10 +82,6 @@ class TwinCriticGuidance(GuidanceModule):
         """sum_i MSE(Q_i(s, a), target), the critics' loss."""
         with torch.no_grad():
             target = self.td_target(batch, policy)
-        return self._regression(batch, target)
-
-    def _regression(self, batch: dict[str, torch.Tensor], target: torch.Tensor
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         qs = self.critic(batch["observations"], batch["actions"])
         loss = F.mse_loss(qs, target.expand_as(qs), reduction="none").mean(1).sum()
         return loss, {"critic_loss": loss.detach(), "q": qs.detach().mean()}

@@ -84,14 +84,36 @@ SCHEDULES = {"vp": vp_beta_schedule, "linear": linear_beta_schedule, "cosine": c
              "linear_scaled": linear_scaled_beta_schedule}
 
 
-def eps_mse(terms: dict[str, torch.Tensor], reduce: bool = True) -> torch.Tensor:
-    """The simple loss of Ho et al. on one noising draw (``training_terms``): the epsilon MSE, a scalar, or per
-    sample (averaged over action dims) when ``reduce`` is False."""
-    err = (terms["eps"] - terms["noise"]) ** 2
-    return err.mean() if reduce else err.mean(-1)
+class ActionDiffusion(nn.Module):
+    """What the discrete DDPM and the VP SDE (:class:`~modzoo.blocks.sde.VPSDEDiffusion`) share: an
+    eps-predicting denoiser of (x_t, t, s), trained by the simple loss of Ho et al. on one noising draw.
+    Subclasses say how t is drawn (``draw_t``) and how x0 is noised (``q_sample``)."""
+
+    model: Denoiser
+
+    def training_terms(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
+                       **model_kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One noising draw and the denoiser's prediction: ``t``, ``noise``, ``x_t`` and ``eps``.
+
+        The pieces a loss is made of, for plugins whose loss uses more than the epsilon MSE (EDP reads the
+        one-step action approximation off the same prediction; classifier-free guidance passes ``cond``/``keep``
+        through ``model_kwargs``).
+        """
+        t = self.draw_t(x0.shape[0], generator, x0.device)
+        noise = rng.randn(x0.shape, generator, x0.device)
+        x_t = self.q_sample(x0, t, noise)
+        return {"t": t, "noise": noise, "x_t": x_t, "eps": self.model(x_t, t, obs, **model_kwargs)}
+
+    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
+             reduce: bool = True) -> torch.Tensor:
+        """The unweighted epsilon MSE on one draw, the behaviour-cloning loss of the papers: a scalar, or per
+        sample (averaged over action dims) when ``reduce`` is False."""
+        terms = self.training_terms(x0, obs, generator)
+        err = (terms["eps"] - terms["noise"]) ** 2
+        return err.mean() if reduce else err.mean(-1)
 
 
-class GaussianDiffusion(nn.Module):
+class GaussianDiffusion(ActionDiffusion):
     """A conditional DDPM p(a | s) around an epsilon-predicting denoiser.
 
     ``loss`` is the simple (unweighted) epsilon-MSE of Ho et al.; ``sample`` runs the whole reverse chain and is
@@ -135,24 +157,9 @@ class GaussianDiffusion(nn.Module):
         """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
         return self.sqrt_abar[t, None] * x0 + self.sqrt_one_minus_abar[t, None] * noise
 
-    def training_terms(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
-                       **model_kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One noising draw and the denoiser's prediction: ``t`` ~ U{0..T-1}, ``noise``, ``x_t`` and ``eps``.
-
-        The pieces a loss is made of, for plugins whose loss uses more than the epsilon MSE (EDP reads the
-        one-step action approximation off the same prediction; classifier-free guidance passes ``cond``/``keep``
-        through ``model_kwargs``).
-        """
-        b = x0.shape[0]
-        t = rng.randint(self.T, (b,), generator, x0.device)
-        noise = rng.randn(x0.shape, generator, x0.device)
-        x_t = self.q_sample(x0, t, noise)
-        return {"t": t, "noise": noise, "x_t": x_t, "eps": self.model(x_t, t, obs, **model_kwargs)}
-
-    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
-             reduce: bool = True) -> torch.Tensor:
-        """Epsilon-prediction MSE with t ~ U{0..T-1}: the behaviour-cloning loss of both papers."""
-        return eps_mse(self.training_terms(x0, obs, generator), reduce)
+    def draw_t(self, b: int, generator: rng.Gen, device: torch.device) -> torch.Tensor:
+        """t ~ U{0..T-1} per row."""
+        return rng.randint(self.T, (b,), generator, device)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) per row (``t``: (B,) step indices), clipped to the
@@ -176,9 +183,8 @@ class GaussianDiffusion(nn.Module):
             x = x + self.sqrt_beta[t] * noise
         return x.clamp(-self.max_action, self.max_action)
 
-    def sample(self, obs: torch.Tensor, generator: rng.Gen = None,
-               guide=None, init_scale: float = 1.0, sampler: str | None = None, steps: int | None = None,
-               eta: float = 0.0) -> torch.Tensor:
+    def sample(self, obs: torch.Tensor, generator: rng.Gen = None, guide: Any = None, init_scale: float = 1.0,
+               sampler: str | None = None, steps: int | None = None, eta: float = 0.0) -> torch.Tensor:
         """Run the reverse chain from N(0, init_scale^2 I) for each row of ``obs``: returns (B, act_dim).
 
         ``guide``, if given, maps (x_t, t, obs) -> eps and replaces the plain denoiser call (classifier-free or
@@ -187,8 +193,13 @@ class GaussianDiffusion(nn.Module):
         ``sampler`` / ``steps`` / ``eta``: another sampler than the trained one (:data:`FAST_SAMPLERS`) on
         ``steps`` of the T steps (None: all), DDIM's ``eta``; unset, the chain is the trained one.
         """
-        if sampler is not None and (sampler != self.sampler or (steps or self.T) != self.T):
-            return self._sample_fast(obs, generator, guide, init_scale, sampler, steps or self.T, eta)
+        fast = sampler is not None and (sampler != self.sampler or (steps or self.T) != self.T)
+        if fast and sampler == "posterior":
+            sampler, eta = "ddim", 1.0  # the posterior step on a sub-grid is DDIM's eta = 1 step
+        if fast and sampler not in FAST_SAMPLERS:
+            raise ValueError(f"sampler {sampler!r} cannot take a sub-grid of the T={self.T} training steps; use "
+                             f"one of {', '.join(FAST_SAMPLERS)} (or posterior)")
+        grid = step_grid(self.T, steps or self.T) if fast else None
         b = obs.shape[0]
         # A denoiser may precompute what the T steps share (the state's part of its first layer, the T time
         # embeddings): see MLPDenoiser.chain_context. Same function, less work per step.
@@ -197,14 +208,11 @@ class GaussianDiffusion(nn.Module):
         x = rng.randn((b, self.act_dim), generator, obs.device)
         if init_scale != 1.0:
             x = x * init_scale
+        if grid is not None:
+            return self._sample_fast(x, obs, generator, guide, ctx, sampler, grid, eta)
         for t in reversed(range(self.T)):
             noise = rng.randn((b, self.act_dim), generator, obs.device) if t > 0 else None
-            eps = None
-            if guide is not None:
-                eps = guide(x, torch.full((b,), t, device=obs.device, dtype=torch.long), obs)
-            elif ctx is not None:
-                eps = self.model.chain_step(x, t, ctx)
-            x = self.p_step(x, t, obs, noise, eps=eps)
+            x = self.p_step(x, t, obs, noise, eps=self._eps(x, t, obs, guide, ctx))
         return x.clamp(-self.max_action, self.max_action)
 
     def _eps(self, x: torch.Tensor, t: int, obs: torch.Tensor, guide: Any, ctx: Any) -> torch.Tensor:
@@ -213,28 +221,16 @@ class GaussianDiffusion(nn.Module):
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         return guide(x, tt, obs) if guide is not None else self.model(x, tt, obs)
 
-    def _sample_fast(self, obs: torch.Tensor, generator: rng.Gen, guide: Any, init_scale: float, sampler: str,
-                     steps: int, eta: float) -> torch.Tensor:
-        """DDIM or DPM-Solver++(2M) on :func:`step_grid` (see the module docstring)."""
-        if sampler == "posterior":
-            sampler, eta = "ddim", 1.0  # the posterior step on a sub-grid is DDIM's eta = 1 step
-        if sampler not in FAST_SAMPLERS:
-            raise ValueError(f"sampler {sampler!r} cannot take a sub-grid of the T={self.T} training steps; use "
-                             f"one of {', '.join(FAST_SAMPLERS)} (or posterior)")
-        b, lim = obs.shape[0], self.max_action
-        grid = step_grid(self.T, steps)
+    def _sample_fast(self, x: torch.Tensor, obs: torch.Tensor, generator: rng.Gen, guide: Any, ctx: Any,
+                     sampler: str, grid: list[int], eta: float) -> torch.Tensor:
+        """DDIM or DPM-Solver++(2M) from x on :func:`step_grid`'s ``grid`` (see the module docstring)."""
         abar = self.alphas_cumprod
-        chain_context = getattr(self.model, "chain_context", None) if guide is None else None
-        ctx = chain_context(obs, self.T) if chain_context is not None else None
-        x = rng.randn((b, self.act_dim), generator, obs.device)
-        if init_scale != 1.0:
-            x = x * init_scale
         prev_x0, prev_h = None, None
         for i, t in enumerate(grid):
             eps = self._eps(x, t, obs, guide, ctx)
-            x0 = self.predict_x0(x, torch.full((b,), t, device=x.device, dtype=torch.long), eps)
+            x0 = self.predict_x0(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), eps)
             if i == len(grid) - 1:
-                return x0  # from the last grid point (t = 0 on a full grid) to the data: x0
+                break  # from the last grid point (t = 0 on a full grid) to the data: x0
             s = grid[i + 1]
             a_t, a_s = abar[t], abar[s]
             if sampler == "ddim":
@@ -242,7 +238,7 @@ class GaussianDiffusion(nn.Module):
                 sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
                 x = a_s.sqrt() * x0 + (1 - a_s - sigma ** 2).clamp(min=0).sqrt() * eps_hat
                 if eta > 0:
-                    x = x + sigma * rng.randn((b, self.act_dim), generator, obs.device)
+                    x = x + sigma * rng.randn(x.shape, generator, x.device)
                 continue
             lam_t = 0.5 * (a_t.log() - (1 - a_t).log())
             lam_s = 0.5 * (a_s.log() - (1 - a_s).log())
@@ -251,4 +247,4 @@ class GaussianDiffusion(nn.Module):
             d = x0 if prev_x0 is None else (1 + h / (2 * prev_h)) * x0 - h / (2 * prev_h) * prev_x0
             x = ((1 - a_s) / (1 - a_t)).sqrt() * x - a_s.sqrt() * torch.expm1(-h) * d
             prev_x0, prev_h = x0, h
-        return x.clamp(-lim, lim)  # pragma: no cover - the loop returns at its last grid point
+        return x0

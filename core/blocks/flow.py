@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from ..contract import rng
-from ..contract.interfaces import Batch, DiffusionPolicy, GuidanceModule, Metrics
+from ..contract.interfaces import Batch, GuidanceModule, Metrics
 from ..contract.normalization import ObsNorm, obs_norm_enabled
-from ..contract.stages import Stage, run_stages
+from ..contract.stages import Stage
 from .nets import init_, mlp
-from .selection import RULE_NEEDS, select_with_guidance
-from .utils import EMA, frozen_copy, load_optim_state, make_optimizer, make_scheduler, optim_state
+from .policy import CandidatePolicy
+from .utils import EMA, frozen_copy, make_optimizer, make_scheduler
 
 #: v(obs (B, S), x (B, A), t (B, 1)) -> (B, A)
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -87,13 +87,12 @@ def polyak_from(stage: Stage, when: str) -> Stage:
     return stage
 
 
-class FlowPolicy(DiffusionPolicy):
+class FlowPolicy(CandidatePolicy):
     """A flow-matching actor: a velocity MLP, an optional EMA copy, one Adam over every trained net, candidate
     selection with any guidance. Subclasses write :meth:`loss`; :meth:`extra_nets` adds nets the same optimizer
     trains (FQL's one-step policy); :meth:`sample` is what acting, candidates and TD targets draw from."""
 
     config_defaults = Path(__file__).with_name("flow.yaml")
-    config_needs = {"selection": RULE_NEEDS}  # ranking candidates by expectile weights reads V
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
@@ -126,45 +125,15 @@ class FlowPolicy(DiffusionPolicy):
         return [Stage("actor", self, self.loss, self.opt, self.sched, float(self.cfg["grad_norm"] or 0.0),
                       self._ema_step if self.ema_flow is not None else None)]
 
-    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
-        self.train()
-        metrics = run_stages(self.stages(), batch, guidance)
-        self._steps += 1
-        return metrics
-
     def _ema_step(self) -> None:
-        self.ema.step(self.ema_flow, self.flow, self.steps)
+        self.ema.step(self.ema_flow, self.flow, self._host_steps())
 
-    # ---- sampling and acting ---------------------------------------------------------------------------------
-    def flow_actions(self, obs: torch.Tensor, noise: torch.Tensor, ema: bool = True) -> torch.Tensor:
-        """Euler from ``noise`` with ``flow_steps`` steps, through the EMA flow when there is one and ``ema``."""
-        flow = self.ema_flow if ema and self.ema_flow is not None else self.flow
-        return euler(flow, obs, noise, int(self.cfg["flow_steps"]))
-
+    # ---- sampling ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, n: int = 1) -> torch.Tensor:
-        """n flow samples per state from fresh noise: (B, n, act_dim)."""
+        """n flow samples per state from fresh noise: (B, n, act_dim), Euler with ``flow_steps`` steps through the
+        EMA flow when there is one."""
         rep = obs.repeat_interleave(n, dim=0)
         noise = rng.randn((rep.shape[0], self.act_dim), self.gen(), obs.device)
-        return self.flow_actions(rep, noise).reshape(obs.shape[0], n, self.act_dim)
-
-    def candidates(self, obs: torch.Tensor, n: int) -> torch.Tensor:
-        """The n actions per state acting chooses among (the trainer's pre-run probe calls this too)."""
-        return self.sample(obs, n)
-
-    @torch.inference_mode()
-    def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
-        """One of ``candidates`` samples per state, chosen by ``selection`` with the guidance (IFQL: argmax of
-        32), all states in one batch; without a guidance or with one candidate, the first sample."""
-        n = int(n or self.cfg["candidates"])
-        cands = self.candidates(obs, n)
-        if guidance is None or n == 1:
-            return cands[:, 0]
-        return select_with_guidance(cands, obs, guidance, self.cfg["selection"], temperature=self.cfg["temperature"],
-                                    tau=self.cfg["tau"], generator=self.gen())
-
-    def extra_state(self) -> dict[str, Any]:
-        return optim_state(self.opt, self.sched)
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        load_optim_state(state, self.opt, self.sched)
+        flow = self.ema_flow if self.ema_flow is not None else self.flow
+        return euler(flow, rep, noise, int(self.cfg["flow_steps"])).reshape(obs.shape[0], n, self.act_dim)

@@ -16,7 +16,6 @@ distribution truncated to [sigma_min, sigma_max] (location ln sd, scale 0.5 in D
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -33,22 +32,6 @@ def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, 
 def c_noise(sigma: torch.Tensor) -> torch.Tensor:
     """The noise level as the denoiser sees it: ln(sigma) / 4."""
     return sigma.log() / 4
-
-
-def log_logistic_sigma(shape: Sequence[int], generator: rng.Gen = None, device: torch.device | str | None = None,
-                       *, loc: float, scale: float, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """Noise levels from a log-logistic(loc, scale) distribution truncated to [sigma_min, sigma_max], float32.
-
-    ln sigma is logistic(loc, scale), so u ~ U(F(sigma_min), F(sigma_max)) with F the logistic CDF of ln sigma
-    gives sigma = exp(loc + scale logit(u)). The uniform comes from :func:`modzoo.contract.rng.rand` (float32, so
-    that stacked seeds draw it too); the inversion runs in float64, where the CDF at sigma_max is 1 - 4e-5 and
-    float32 would round the largest draws.
-    """
-    lo = 1 / (1 + math.exp(-(math.log(sigma_min) - loc) / scale))
-    hi = 1 / (1 + math.exp(-(math.log(sigma_max) - loc) / scale))
-    u = rng.rand(shape, generator, device).double() * (hi - lo) + lo
-    sigma = (torch.logit(u) * scale + loc).exp().clamp(sigma_min, sigma_max)
-    return sigma.float()
 
 
 class KarrasDiffusion(nn.Module):
@@ -72,9 +55,15 @@ class KarrasDiffusion(nn.Module):
 
     def draw_sigma(self, batch: int, generator: rng.Gen = None, device: torch.device | None = None
                    ) -> torch.Tensor:
-        """(batch,) training noise levels: the truncated log-logistic with location ln(sigma_data)."""
-        return log_logistic_sigma((batch,), generator, device, loc=self.sigma_loc, scale=self.sigma_scale,
-                                  sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+        """(batch,) float32 noise levels sigma = exp(loc + scale logit(u)), u ~ U(F(sigma_min), F(sigma_max)) with F
+        the logistic CDF of ln sigma (location ln sigma_data). u comes from :func:`modzoo.contract.rng.rand` (float32,
+        so that stacked seeds draw it too); the inversion runs in float64, where F(sigma_max) = 1 - 4e-5 and float32
+        would round the largest draws."""
+        loc, scale = self.sigma_loc, self.sigma_scale
+        lo = 1 / (1 + math.exp(-(math.log(self.sigma_min) - loc) / scale))
+        hi = 1 / (1 + math.exp(-(math.log(self.sigma_max) - loc) / scale))
+        u = rng.rand((batch,), generator, device).double() * (hi - lo) + lo
+        return (torch.logit(u) * scale + loc).exp().clamp(self.sigma_min, self.sigma_max).float()
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """D(x, sigma, s): the estimate of the clean action from x at noise level ``sigma`` (B,), clamped to

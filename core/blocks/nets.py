@@ -6,6 +6,7 @@ a twin Q costs one forward instead of two.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Callable
@@ -42,25 +43,32 @@ def _maybe_norm(obs_dim: int, enabled: bool) -> ObsNorm | None:
     return ObsNorm(obs_dim) if enabled else None
 
 
+def _normed(net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+    """``obs`` through ``net.obs_norm`` where the net has one (:func:`_maybe_norm`)."""
+    return obs if net.obs_norm is None else net.obs_norm(obs)
+
+
 #: ``layer_norm: post``: LayerNorm after the activation with flax's eps, as FQL's ``MLP`` (utils/networks.py:53-57)
 POST_LN_EPS = 1e-6
 
 
 def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, act: str = "mish",
-        layer_norm: bool | str = False) -> nn.Sequential:
+        layer_norm: bool | str = False, linear: Callable[..., nn.Module] = nn.Linear,
+        norm: Callable[..., nn.Module] = nn.LayerNorm) -> nn.Sequential:
     """Plain MLP: Linear (+LayerNorm) + act for each hidden width, then a linear head. ``layer_norm``: False, True
-    (LayerNorm before the activation) or ``"post"`` (after it, eps 1e-6: FQL's networks)."""
+    (LayerNorm before the activation) or ``"post"`` (after it, eps 1e-6: FQL's networks). ``linear(in, out)`` and
+    ``norm(dim, eps=)`` make the layers (:class:`EnsembleMLP` passes its batched ones)."""
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
-        layers.append(nn.Linear(d, h))
+        layers.append(linear(d, h))
         if layer_norm and layer_norm != "post":
-            layers.append(nn.LayerNorm(h))
+            layers.append(norm(h))
         layers.append(activation(act))
         if layer_norm == "post":
-            layers.append(nn.LayerNorm(h, eps=POST_LN_EPS))
+            layers.append(norm(h, eps=POST_LN_EPS))
         d = h
-    layers.append(nn.Linear(d, out_dim))
+    layers.append(linear(d, out_dim))
     return nn.Sequential(*layers)
 
 
@@ -82,9 +90,9 @@ class FourierFeatures(nn.Module):
     """Fourier features of the diffusion time: learnable with std 0.2 (IDQL's embedding of the step index), or
     fixed with std 30 (the Gaussian Fourier projection SfBC, QGPO and SRPO use on continuous t in (0, 1])."""
 
-    def __init__(self, out_dim: int, in_dim: int = 1, std: float = 0.2, learnable: bool = True) -> None:
+    def __init__(self, out_dim: int, std: float = 0.2, learnable: bool = True) -> None:
         super().__init__()
-        self.kernel = nn.Parameter(torch.randn(out_dim // 2, in_dim) * std, requires_grad=learnable)
+        self.kernel = nn.Parameter(torch.randn(out_dim // 2, 1) * std, requires_grad=learnable)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         f = 2 * math.pi * t.float().reshape(-1, 1) @ self.kernel.T
@@ -140,16 +148,13 @@ class MLPDenoiser(Denoiser):
         self.obs_norm = _maybe_norm(obs_dim, obs_norm)
         self.time_mlp = nn.Sequential(SinusoidalPosEmb(t_dim), nn.Linear(t_dim, t_dim * 2), activation(act),
                                       nn.Linear(t_dim * 2, t_dim))
-        extra = cond_emb if cond_dim > 0 else 0
         if cond_dim > 0:
             self.label_emb = ConditionEmbedding(cond_dim, cond_emb, act)
-        self.net = mlp(act_dim + t_dim + obs_dim + extra, [hidden] * depth, act_dim, act=act)
+        self.net = mlp(act_dim + t_dim + obs_dim + (cond_emb if cond_dim > 0 else 0), [hidden] * depth, act_dim, act)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
-        parts = [x, self.time_mlp(t), obs]
+        parts = [x, self.time_mlp(t), _normed(self, obs)]
         if hasattr(self, "label_emb"):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
         return self.net(torch.cat(parts, dim=-1))
@@ -164,15 +169,10 @@ class MLPDenoiser(Denoiser):
         """
         if hasattr(self, "label_emb"):
             return None
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
-        first = self.net[0]
-        t_dim = self.time_mlp[-1].out_features
-        a = first.in_features - t_dim - obs.shape[-1]
-        w = first.weight
-        state = F.linear(obs, w[:, a + t_dim:], first.bias)
+        obs, first, t_dim = _normed(self, obs), self.net[0], self.time_mlp[-1].out_features
+        a, w = first.in_features - t_dim - obs.shape[-1], first.weight
         steps = F.linear(self.time_mlp(torch.arange(T, device=obs.device)), w[:, a:a + t_dim])
-        return w[:, :a], state, steps
+        return w[:, :a], F.linear(obs, w[:, a + t_dim:], first.bias), steps
 
     def chain_step(self, x: torch.Tensor, t: int, ctx: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``forward(x, full(t), obs)`` given ``chain_context(obs, T)``."""
@@ -186,13 +186,13 @@ class MLPDenoiser(Denoiser):
 class ResidualBlock(nn.Module):
     """IDQL's MLPResNet block: x + W2 act(W1 LN(dropout(x))), inner width 4x."""
 
-    def __init__(self, dim: int, dropout: float, act: str, layer_norm: bool = True, expand: int = 4) -> None:
+    def __init__(self, dim: int, dropout: float, act: str) -> None:
         super().__init__()
         self.dropout = SeededDropout(dropout) if dropout > 0 else nn.Identity()
-        self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
-        self.fc1 = nn.Linear(dim, dim * expand)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim * 4)
         self.act = activation(act)
-        self.fc2 = nn.Linear(dim * expand, dim)
+        self.fc2 = nn.Linear(dim * 4, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.fc2(self.act(self.fc1(self.norm(self.dropout(x)))))
@@ -217,19 +217,16 @@ class LNResNetDenoiser(Denoiser):
         self.time_enc = FourierFeatures(t_dim, **TIME_EMBEDS[time_embed])
         self.cond = nn.Sequential(nn.Linear(t_dim, cond_hidden), activation(act),
                                   nn.Linear(cond_hidden, cond_hidden))
-        extra = cond_emb if cond_dim > 0 else 0
         if cond_dim > 0:  # classifier-free guidance label, as in MLPDenoiser
             self.label_emb = ConditionEmbedding(cond_dim, cond_emb, act)
-        self.inp = nn.Linear(cond_hidden + obs_dim + act_dim + extra, hidden)
+        self.inp = nn.Linear(cond_hidden + obs_dim + act_dim + (cond_emb if cond_dim > 0 else 0), hidden)
         self.blocks = nn.Sequential(*[ResidualBlock(hidden, dropout, act) for _ in range(blocks)])
         self.act = activation(act)
         self.out = nn.Linear(hidden, act_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
-        parts = [self.cond(self.time_enc(t)), obs, x]
+        parts = [self.cond(self.time_enc(t)), _normed(self, obs), x]
         if hasattr(self, "label_emb"):
             parts.append(self.label_emb(cond, keep, x.shape[0]))
         h = self.inp(torch.cat(parts, dim=-1))
@@ -240,8 +237,7 @@ class LNResNetDenoiser(Denoiser):
         layer once per chain."""
         if hasattr(self, "label_emb"):
             return None
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
+        obs = _normed(self, obs)
         c = self.cond(self.time_enc(torch.arange(T, device=obs.device)))
         ch, o, w = c.shape[-1], obs.shape[-1], self.inp.weight
         return w[:, ch + o:], F.linear(obs, w[:, ch:ch + o], self.inp.bias), F.linear(c, w[:, :ch])
@@ -263,9 +259,7 @@ class DeterministicActor(nn.Module):
         self.net = mlp(obs_dim, hidden, act_dim, act=act)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
-        return torch.tanh(self.net(obs))
+        return torch.tanh(self.net(_normed(self, obs)))
 
 
 class EnsembleLinear(nn.Module):
@@ -290,18 +284,9 @@ class EnsembleMLP(nn.Module):
                  act: str = "mish", layer_norm: bool | str = False) -> None:
         super().__init__()
         self.ensemble = ensemble
-        layers: list[nn.Module] = []
-        d = in_dim
-        for h in hidden:
-            layers.append(EnsembleLinear(ensemble, d, h))
-            if layer_norm and layer_norm != "post":  # affine parameters per member, as E separate LayerNorms
-                layers.append(_EnsembleLayerNorm(ensemble, h))
-            layers.append(activation(act))
-            if layer_norm == "post":  # after the activation, flax's eps (as :func:`mlp`)
-                layers.append(_EnsembleLayerNorm(ensemble, h, eps=POST_LN_EPS))
-            d = h
-        layers.append(EnsembleLinear(ensemble, d, out_dim))
-        self.net = nn.Sequential(*layers)
+        # LayerNorms with affine parameters per member, as E separate LayerNorms
+        self.net = mlp(in_dim, hidden, out_dim, act, layer_norm, functools.partial(EnsembleLinear, ensemble),
+                       functools.partial(_EnsembleLayerNorm, ensemble))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
@@ -345,15 +330,11 @@ class EnsembleQ(nn.Module):
         self.body = EnsembleMLP(ensemble, obs_dim + act_dim, hidden, 1, act=act, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
-        return self.body(torch.cat([obs, act], dim=-1)).squeeze(-1)
+        return self.body(torch.cat([_normed(self, obs), act], dim=-1)).squeeze(-1)
 
     def members(self, obs: torch.Tensor, act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Q of the members ``idx`` only: (len(idx), B), equal to ``forward(obs, act)[idx]``."""
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
-        return self.body.forward_members(torch.cat([obs, act], dim=-1), idx).squeeze(-1)
+        return self.body.forward_members(torch.cat([_normed(self, obs), act], dim=-1), idx).squeeze(-1)
 
 
 class ValueNet(nn.Module):
@@ -366,9 +347,7 @@ class ValueNet(nn.Module):
         self.body = mlp(obs_dim, hidden, 1, act=act, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
-        return self.body(obs).squeeze(-1)
+        return self.body(_normed(self, obs)).squeeze(-1)
 
 
 INITS = ("torch", "flax")

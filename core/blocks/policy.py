@@ -23,20 +23,16 @@ from .utils import DEFAULT_DECAY_STEPS, EMA, frozen_copy, load_optim_state, make
 
 
 def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:
-    """Denoiser from ``cfg['denoiser']`` (``mlp`` or ``ln_resnet``) and its widths."""
-    kind = cfg["denoiser"]
-    # cond_dim > 0: an extra condition input with a null token (classifier-free guidance, e.g. the cfg plugin)
-    label = {"cond_dim": int(cfg["cond_dim"]), "cond_emb": int(cfg["cond_emb"]),
-             "obs_norm": obs_norm_enabled(cfg)}
-    if kind == "mlp":
-        return MLPDenoiser(obs_dim, act_dim, hidden=cfg["hidden"], depth=cfg["depth"],
-                           t_dim=cfg["t_dim"], act=cfg["activation"], **label)
-    if kind == "ln_resnet":
-        return LNResNetDenoiser(obs_dim, act_dim, hidden=cfg["hidden"], blocks=cfg["blocks"],
-                                dropout=cfg["dropout"], t_dim=cfg["t_dim"],
-                                cond_hidden=cfg["cond_hidden"], act=cfg["activation"],
-                                time_embed=cfg["time_embed"], **label)
-    raise ValueError(f"unknown denoiser {kind!r}; known: mlp, ln_resnet")
+    """Denoiser from ``cfg['denoiser']`` (``mlp`` or ``ln_resnet``) and its widths; ``cond_dim`` > 0 adds a
+    condition input with a null token (classifier-free guidance, e.g. the cfg plugin)."""
+    common = {"hidden": cfg["hidden"], "t_dim": cfg["t_dim"], "act": cfg["activation"],
+              "cond_dim": int(cfg["cond_dim"]), "cond_emb": int(cfg["cond_emb"]), "obs_norm": obs_norm_enabled(cfg)}
+    if cfg["denoiser"] == "mlp":
+        return MLPDenoiser(obs_dim, act_dim, depth=cfg["depth"], **common)
+    if cfg["denoiser"] == "ln_resnet":
+        return LNResNetDenoiser(obs_dim, act_dim, blocks=cfg["blocks"], dropout=cfg["dropout"],
+                                cond_hidden=cfg["cond_hidden"], time_embed=cfg["time_embed"], **common)
+    raise ValueError(f"unknown denoiser {cfg['denoiser']!r}; known: mlp, ln_resnet")
 
 
 def behaviour_split(fraction: float, policy_steps: int) -> int:
@@ -47,43 +43,80 @@ def behaviour_split(fraction: float, policy_steps: int) -> int:
     return max(0, min(round(fraction * policy_steps), policy_steps - 1))
 
 
-def behaviour_steps(cfg: dict[str, Any]) -> int:
-    """``cfg['behaviour_steps']`` as a step count; a fraction the trainer has not resolved (a half built outside
-    a run) is taken of the LR horizon, as an unset horizon is."""
-    b = cfg["behaviour_steps"]
-    if isinstance(b, float):
-        return behaviour_split(b, int(cfg["lr_decay_steps"] or DEFAULT_DECAY_STEPS))
-    return int(b)
+class CandidatePolicy(DiffusionPolicy):
+    """What :class:`DDPMPolicy` and :class:`~modzoo.blocks.flow.FlowPolicy` share: the update (the subclass's
+    ``stages``, then the step count, kept on the host for the EMA schedule), acting by choosing one of
+    ``candidates`` with the guidance by the configured rule, and the checkpointed ``opt`` and ``sched``."""
+
+    config_needs = {"selection": RULE_NEEDS}  # ranking candidates by expectile weights reads V
+    opt: torch.optim.Optimizer
+    sched: Any
+
+    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
+        self.train()
+        metrics = run_stages(self.stages(), batch, guidance)
+        self.count_step()
+        return metrics
+
+    def count_step(self) -> None:
+        """One update done: the step counter, and its host-side copy for the EMA schedule."""
+        step = self._host_steps()
+        self._steps += 1
+        self._host_count = (step + 1, self._steps, self._steps._version)
+
+    def _host_steps(self) -> int:
+        """``steps`` for the EMA schedule without reading the device counter at every step (a host sync on a
+        GPU): read once, then counted on the host. It is read again whenever the buffer was replaced or written
+        elsewhere (a loaded state dict, a device move, ``fill_``), which its identity and version counter show."""
+        count = getattr(self, "_host_count", None)
+        if count is None or count[1] is not self._steps or count[2] != self._steps._version:
+            return self.steps
+        return count[0]
+
+    def candidates(self, obs: torch.Tensor, n: int) -> torch.Tensor:
+        """The n actions per state that acting chooses among: (B, n, act_dim)."""
+        return self.sample(obs, n)
+
+    @torch.inference_mode()  # actions for an environment never enter a graph: no autograd bookkeeping at all
+    def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
+        """One of ``candidates`` samples per state, chosen by ``selection`` with the guidance, all states in one
+        batch; without a guidance or with one candidate, the first sample."""
+        n = int(n or self.cfg["candidates"])
+        cands = self.candidates(obs, n)
+        if guidance is None or n == 1:
+            return cands[:, 0]
+        return select_with_guidance(cands, obs, guidance, self.cfg["selection"], temperature=self.cfg["temperature"],
+                                    tau=self.cfg["tau"], generator=self.gen())
+
+    def extra_state(self) -> dict[str, Any]:
+        return optim_state(self.opt, self.sched)
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        load_optim_state(state, self.opt, self.sched)
 
 
-def build_diffusion(denoiser: torch.nn.Module, act_dim: int, cfg: dict[str, Any]
-                    ) -> GaussianDiffusion | VPSDEDiffusion:
-    """The diffusion named by ``cfg['noise_schedule']``: a discrete DDPM of ``T`` steps, or (``vp_sde``) the
-    continuous-time VP SDE, whose ``T`` is the number of solver steps when sampling."""
-    if cfg["noise_schedule"] == "vp_sde":
-        return VPSDEDiffusion(denoiser, act_dim, steps=cfg["T"], sampler=cfg["sampler"])
-    return GaussianDiffusion(denoiser, act_dim, T=cfg["T"], schedule=cfg["noise_schedule"], sampler=cfg["sampler"])
-
-
-class DDPMPolicy(DiffusionPolicy):
+class DDPMPolicy(CandidatePolicy):
     """A DDPM actor with EMA, an optimizer and candidate selection; subclasses implement :meth:`loss`, the
     algorithm's actor loss, and get the update (optimizer step, grad-norm clip, LR schedule, EMA) from here."""
 
     config_defaults = Path(__file__).with_name("policy.yaml")
-    config_needs = {"selection": RULE_NEEDS}  # ranking candidates by expectile weights reads V
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
         denoiser = init_(build_denoiser(obs_dim, act_dim, cfg), cfg["init"])
-        self.diffusion = build_diffusion(denoiser, act_dim, cfg)
+        # a discrete DDPM of T steps, or (vp_sde) the continuous-time VP SDE, whose T is its solver steps when sampling
+        if cfg["noise_schedule"] == "vp_sde":
+            self.diffusion = VPSDEDiffusion(denoiser, act_dim, steps=cfg["T"], sampler=cfg["sampler"])
+        else:
+            self.diffusion = GaussianDiffusion(denoiser, act_dim, T=cfg["T"], schedule=cfg["noise_schedule"],
+                                               sampler=cfg["sampler"])
         self.ema_diffusion = frozen_copy(self.diffusion)
         self.ema = EMA(cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"])
-        self.opt = make_optimizer(self.diffusion.parameters(), cfg["optimizer"], cfg["lr"],
-                                  cfg["weight_decay"])
+        self.opt = make_optimizer(self.diffusion.parameters(), cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
         self.sched = make_scheduler(self.opt, cfg["lr_schedule"], cfg["lr_decay_steps"])
         self.require("loss_reduce", "grad_norm", "act_model", "act_temperature", "act_sampler", "sample_steps",
                      "ddim_eta")
-        if type(self).act is DDPMPolicy.act:  # the keys of the candidate selection below (SfBC has its own)
+        if type(self).act is CandidatePolicy.act:  # the keys of the candidate selection below (SfBC has its own)
             self.require("candidates", "selection", "temperature", "tau")
 
     # ---- helpers for subclasses ------------------------------------------------------------------------------
@@ -106,29 +139,8 @@ class DDPMPolicy(DiffusionPolicy):
         return [Stage("actor", self.diffusion, self.loss, self.opt, self.sched,
                       float(self.cfg["grad_norm"] or 0.0), self._ema_step)]
 
-    def update(self, batch: Batch, guidance: GuidanceModule | None = None) -> Metrics:
-        self.train()
-        metrics = run_stages(self.stages(), batch, guidance)
-        self.count_step()
-        return metrics
-
     def _ema_step(self) -> None:
         self.ema.step(self.ema_diffusion, self.diffusion, self._host_steps())
-
-    def count_step(self) -> None:
-        """One update done: the step counter, and its host-side copy for the EMA schedule."""
-        step = self._host_steps()
-        self._steps += 1
-        self._host_count = (step + 1, self._steps, self._steps._version)
-
-    def _host_steps(self) -> int:
-        """``steps`` for the EMA schedule without reading the device counter at every step (a host sync on a
-        GPU): read once, then counted on the host. It is read again whenever the buffer was replaced or written
-        elsewhere (a loaded state dict, a device move, ``fill_``), which its identity and version counter show."""
-        count = getattr(self, "_host_count", None)
-        if count is None or count[1] is not self._steps or count[2] != self._steps._version:
-            return self.steps
-        return count[0]
 
     def sampling_guide(self, diffusion: GaussianDiffusion, obs: torch.Tensor):
         """A ``guide(x_t, t, obs) -> eps`` for :meth:`GaussianDiffusion.sample`, or None for the plain denoiser.
@@ -171,22 +183,6 @@ class DDPMPolicy(DiffusionPolicy):
         """Diffusion-QL's TD-target action: one sample of the EMA actor."""
         return self.sample(next_obs, 1, model="ema")[:, 0]
 
-    @torch.inference_mode()  # actions for an environment never enter a graph: no autograd bookkeeping at all
-    def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
-        n = int(n or self.cfg["candidates"])
-        cands = self.candidates(obs, n)
-        if guidance is None or n == 1:
-            return cands[:, 0]
-        return select_with_guidance(cands, obs, guidance, self.cfg["selection"],
-                                    temperature=self.cfg["temperature"], tau=self.cfg["tau"],
-                                    generator=self.gen())
-
-    def extra_state(self) -> dict[str, Any]:
-        return optim_state(self.opt, self.sched)
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        load_optim_state(state, self.opt, self.sched)
-
 
 class BehaviourFirstPolicy(DDPMPolicy):
     """A policy trained in two stages: its diffusion, a behaviour model of the data, for the first
@@ -196,7 +192,10 @@ class BehaviourFirstPolicy(DDPMPolicy):
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
-        self.behaviour_steps = behaviour_steps(cfg)
+        b = cfg["behaviour_steps"]
+        if isinstance(b, float):  # a fraction no trainer resolved (a half built outside a run): of the LR horizon
+            b = behaviour_split(b, int(cfg["lr_decay_steps"] or DEFAULT_DECAY_STEPS))
+        self.behaviour_steps = int(b)
 
     def loss(self, batch: Batch, guidance: GuidanceModule | None = None) -> tuple[torch.Tensor, Metrics]:
         """The behaviour model's eps-MSE."""

@@ -17,7 +17,7 @@ prediction, on a grid uniform in t from 1 to t_min (DPM-Solver's ``time_uniform`
 - ``"dpm_solver++"``: the multistep second-order solver (2M), first order on its first step;
 - ``"ddim"``: DDIM's first-order step (eta > 0 adds its stochastic part).
 
-The class keeps :class:`~modzoo.blocks.diffusion.GaussianDiffusion`'s interface (``training_terms``, ``loss``,
+The class has :class:`~modzoo.blocks.diffusion.GaussianDiffusion`'s interface (``training_terms``, ``loss``,
 ``predict_x0``, ``sample`` with a ``guide(x_t, t, obs) -> eps`` hook), so :class:`~modzoo.blocks.policy.DDPMPolicy`
 and its candidate selection serve either; there ``T`` is the default number of solver steps.
 """
@@ -26,10 +26,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..contract import rng
-from .diffusion import eps_mse
+from .diffusion import ActionDiffusion
 from .nets import Denoiser
 
 #: the solvers :meth:`VPSDEDiffusion.sample` has (see the module docstring)
@@ -37,7 +36,7 @@ SDE_SAMPLERS = ("dpm_solver++_2s", "dpm_solver++", "ddim")
 
 
 class VPSDE:
-    """The linear-beta VP SDE's marginals, log-SNR and its inverse (closed forms)."""
+    """The linear-beta VP SDE's marginals and log-SNR (closed forms)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         self.b0, self.b1 = float(beta_min), float(beta_max)
@@ -55,14 +54,8 @@ class VPSDE:
         log_a = self.log_alpha(t)
         return log_a - 0.5 * torch.log(-torch.expm1(2 * log_a))
 
-    def t_of_lam(self, lam: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`lam`: -log alpha = u = softplus(-2 lam) / 2 solves the quadratic in t."""
-        u = 0.5 * torch.logaddexp(-2 * lam, torch.zeros_like(lam))
-        d = self.b1 - self.b0
-        return 4 * u / ((self.b0 ** 2 + 4 * d * u).sqrt() + self.b0)
 
-
-class VPSDEDiffusion(nn.Module):
+class VPSDEDiffusion(ActionDiffusion):
     """A conditional continuous-time diffusion p(a | s) around an eps-predicting denoiser of real t."""
 
     def __init__(self, denoiser: Denoiser, act_dim: int, steps: int = 15, sampler: str = "dpm_solver++_2s",
@@ -75,24 +68,16 @@ class VPSDEDiffusion(nn.Module):
         self.sde, self.t_min, self.max_action = VPSDE(beta_min, beta_max), float(t_min), max_action
 
     # ---- training -------------------------------------------------------------------------------------------
-    def perturb(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def draw_t(self, b: int, generator: rng.Gen, device: torch.device) -> torch.Tensor:
+        """t ~ U(t_min, 1) per row."""
+        return self.t_min + (1.0 - self.t_min) * rng.rand((b,), generator, device)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = alpha_t x0 + sigma_t eps (``t``: (B,))."""
         a, s = self.sde.alpha_sigma(t)
         return a[:, None] * x0 + s[:, None] * noise
 
-    def training_terms(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
-                       **model_kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """t ~ U(t_min, 1), ``noise``, ``x_t`` and the denoiser's ``eps`` (as GaussianDiffusion's)."""
-        b = x0.shape[0]
-        t = self.t_min + (1.0 - self.t_min) * rng.rand((b,), generator, x0.device)
-        noise = rng.randn(x0.shape, generator, x0.device)
-        x_t = self.perturb(x0, t, noise)
-        return {"t": t, "noise": noise, "x_t": x_t, "eps": self.model(x_t, t, obs, **model_kwargs)}
-
-    def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
-             reduce: bool = True) -> torch.Tensor:
-        """Unweighted eps-MSE, averaged over action dims (the policy's ``loss_reduce: sum`` scales it back)."""
-        return eps_mse(self.training_terms(x0, obs, generator), reduce)
+    perturb = q_sample  # the name QGPO's and SRPO's ports call it by
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """x0 = (x_t - sigma_t eps) / alpha_t per row, clipped to the action range by default."""
@@ -123,9 +108,6 @@ class VPSDEDiffusion(nn.Module):
             x = self._multistep(x, obs, guide, n, sampler, eta, generator)
         return x.clamp(-self.max_action, self.max_action)
 
-    def _grid(self, k: int, device: torch.device) -> torch.Tensor:
-        return torch.linspace(1.0, self.t_min, k + 1, device=device)
-
     def _singlestep(self, x: torch.Tensor, obs: torch.Tensor, guide: Any, n: int) -> torch.Tensor:
         """DPM-Solver++(2S) as QGPO's ``dpm_solver_pytorch`` runs it (``method='singlestep'``, ``order=2``): the n
         model calls lie on an n-interval grid; each second-order step spans two intervals, its intermediate point
@@ -133,7 +115,7 @@ class VPSDEDiffusion(nn.Module):
         2, ..., 2, 1, 1 for even n (``get_orders_for_singlestep_solver``)."""
         k = n // 2
         orders = [2] * k + [1] if n % 2 else [2] * (k - 1) + [1, 1]
-        grid, sde = self._grid(n, x.device), self.sde
+        grid, sde = torch.linspace(1.0, self.t_min, n + 1, device=x.device), self.sde
         i = 0
         for order in orders:
             s, t = grid[i], grid[i + order]
@@ -158,7 +140,7 @@ class VPSDEDiffusion(nn.Module):
     def _multistep(self, x: torch.Tensor, obs: torch.Tensor, guide: Any, n: int, sampler: str, eta: float,
                    generator: rng.Gen) -> torch.Tensor:
         """DPM-Solver++(2M) or DDIM on n + 1 grid points (n model calls)."""
-        grid, sde = self._grid(n, x.device), self.sde
+        grid, sde = torch.linspace(1.0, self.t_min, n + 1, device=x.device), self.sde
         prev_x0, prev_h = None, None
         for i in range(n):
             s, t = grid[i], grid[i + 1]
@@ -176,13 +158,4 @@ class VPSDEDiffusion(nn.Module):
             x = sig_t / sig_s * x - a_t * torch.expm1(-h) * d
             prev_x0, prev_h = x0, h
         return x
-
-
-def gaussian_eps(x_t: torch.Tensor, t: torch.Tensor, sde: VPSDE, mean: torch.Tensor, std: float) -> torch.Tensor:
-    """The exact eps-prediction of a behaviour N(mean, std^2 I): its marginal at t is N(alpha mean, (alpha^2 std^2 +
-    sigma^2) I), so eps*(x_t) = -sigma_t grad log p_t = sigma_t (x_t - alpha_t mean) / (alpha_t^2 std^2 + sigma_t^2).
-    For tests of score-based losses and samplers against closed forms."""
-    a, s = sde.alpha_sigma(t)
-    a, s = a[:, None], s[:, None]
-    return s * (x_t - a * mean) / (a ** 2 * std ** 2 + s ** 2)
 

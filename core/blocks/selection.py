@@ -43,11 +43,6 @@ def select_index(rule: str, q: torch.Tensor, v: torch.Tensor | None = None, *, t
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def gather_actions(candidates: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """candidates (B, N, A), idx (B,) -> (B, A)."""
-    return candidates[torch.arange(candidates.shape[0], device=candidates.device), idx]
-
-
 def candidate_q(candidates: torch.Tensor, obs: torch.Tensor, guidance) -> torch.Tensor:
     """Q of every (B, N, A) candidate at its state, (B, N): what every rule ranks by."""
     b, n, a = candidates.shape
@@ -55,22 +50,18 @@ def candidate_q(candidates: torch.Tensor, obs: torch.Tensor, guidance) -> torch.
     return guidance.q(obs_rep, candidates.reshape(b * n, a)).reshape(b, n)
 
 
-def check_rule(rule: str, guidance) -> None:
-    """Refuse a rule the guidance cannot drive (``expectile`` without V) instead of acting by another one while the
-    config records this one."""
+def select_with_guidance(candidates: torch.Tensor, obs: torch.Tensor, guidance, rule: str, *,
+                         temperature: float = 1.0, tau: float = 0.7,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Score (B, N, A) candidates with ``guidance`` and pick one per state with ``rule``: (B, A). A rule the
+    guidance cannot drive (``expectile`` without V) is refused, not replaced by another while the config records
+    this one."""
     missing = RULE_NEEDS.get(rule, frozenset()) - frozenset(guidance.provides)
     if missing:
         raise ConfigError(f"selection {rule!r} needs {sorted(missing)} from the guidance, which "
                           f"{guidance.algorithm!r} does not provide (it provides {sorted(guidance.provides)}): select "
                           f"by argmax or softmax (policy.selection, --selection), or rank with a guidance that has it")
-
-
-def select_with_guidance(candidates: torch.Tensor, obs: torch.Tensor, guidance, rule: str, *,
-                         temperature: float = 1.0, tau: float = 0.7,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
-    """Score (B, N, A) candidates with ``guidance`` and pick one per state with ``rule`` (:func:`check_rule`)."""
-    check_rule(rule, guidance)
     q = candidate_q(candidates, obs, guidance)
     v = guidance.v(obs) if rule == "expectile" else None
-    return gather_actions(candidates, select_index(rule, q, v, temperature=temperature, tau=tau,
-                                                   generator=generator))
+    idx = select_index(rule, q, v, temperature=temperature, tau=tau, generator=generator)
+    return candidates[torch.arange(candidates.shape[0], device=candidates.device), idx]

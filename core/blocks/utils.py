@@ -29,9 +29,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """target <- (1 - tau) target + tau source, for every parameter (one fused foreach op, no host sync)."""
-    tp = [p for p in target.parameters()]
-    sp = [p for p in source.parameters()]
-    torch._foreach_lerp_(tp, sp, tau)
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 class EMA:
@@ -93,10 +91,7 @@ def optim_state(opt: torch.optim.Optimizer | None, sched: Any = None) -> dict[st
     """Optimizer (and scheduler) state for a checkpoint."""
     if opt is None:
         return {}
-    out = {"opt": opt.state_dict()}
-    if sched is not None:
-        out["sched"] = sched.state_dict()
-    return out
+    return {"opt": opt.state_dict()} if sched is None else {"opt": opt.state_dict(), "sched": sched.state_dict()}
 
 
 def load_optim_state(state: dict[str, Any], opt: torch.optim.Optimizer | None, sched: Any = None) -> None:
