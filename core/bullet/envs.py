@@ -42,8 +42,7 @@ def env_dims(task_or_robot: str | AnyTask) -> tuple[int, int]:
     """``(obs_dim, act_dim)`` of a task's env, from the static table or the Minari dataset's spaces (no physics
     client is started)."""
     if _is_robot(task_or_robot):
-        _, obs_dim, act_dim = ROBOTS[robot_of(task_or_robot)]
-        return obs_dim, act_dim
+        return ROBOTS[robot_of(task_or_robot)][1:]
     t = task_of(task_or_robot)
     return t.obs_dim, t.act_dim
 
@@ -106,9 +105,8 @@ class BulletLocomotionEnv(gymnasium.Env):
             self._inner = inner
         return self._inner
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         inner = self._ensure_inner()
         if seed is None and inner.np_random is not self.np_random:
@@ -126,9 +124,7 @@ class BulletLocomotionEnv(gymnasium.Env):
             raise EnvError("step() called before reset(): call env.reset(seed=...) first")
         action = np.asarray(action, dtype=np.float32)
         if action.shape != self.action_space.shape:
-            raise EnvError(
-                f"action of shape {action.shape} for {self.robot}: expected {self.action_space.shape}"
-            )
+            raise EnvError(f"action of shape {action.shape} for {self.robot}: expected {self.action_space.shape}")
         obs, reward, terminated, truncated, info = self._inner.step(action)
         return np.asarray(obs, dtype=np.float32), float(reward), bool(terminated), bool(truncated), dict(info)
 
@@ -147,17 +143,11 @@ def register_envs() -> None:
     """Register ``modzoo/bullet-<robot>-v0`` for the four robots, and every Bullet task name
     (``bullet-hopper-medium-v0`` ...) as the env its dataset is evaluated in, so that ``gymnasium.make(task)``
     works as with D4RL; safe to call any number of times."""
-    ids = {f"modzoo/bullet-{robot}-v0": robot for robot in ROBOTS}
-    ids.update({name: robot_of(name) for name in TASKS})
+    ids = {**{f"modzoo/bullet-{robot}-v0": robot for robot in ROBOTS}, **{name: robot_of(name) for name in TASKS}}
     for eid, robot in ids.items():
-        if eid in gymnasium.registry:
-            continue
-        gymnasium.register(
-            id=eid,
-            entry_point="modzoo.bullet.envs:BulletLocomotionEnv",  # a string: the spec serializes (Minari)
-            max_episode_steps=MAX_EPISODE_STEPS,
-            kwargs={"robot": robot},
-        )
+        if eid not in gymnasium.registry:  # entry point as a string: the spec serializes (Minari)
+            gymnasium.register(id=eid, entry_point="modzoo.bullet.envs:BulletLocomotionEnv",
+                               max_episode_steps=MAX_EPISODE_STEPS, kwargs={"robot": robot})
 
 
 def make_env(task: str | AnyTask, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
@@ -170,11 +160,9 @@ def make_env(task: str | AnyTask, seed: int | None = None, render_mode: str | No
     """
     register_envs()
     t = None if _is_robot(task) else task_of(task)
-    if isinstance(t, MinariTask):
-        # the evaluation env recorded in the Minari dataset (e.g. gymnasium's MuJoCo Hopper-v5)
-        env = gymnasium.make(t.spec(), render_mode=render_mode, disable_env_checker=True)
-    else:
-        env = gymnasium.make(env_id(task), render_mode=render_mode, disable_env_checker=True)
+    # a Minari task's env is the evaluation env its dataset records (e.g. gymnasium's MuJoCo Hopper-v5)
+    spec = t.spec() if isinstance(t, MinariTask) else env_id(task)
+    env = gymnasium.make(spec, render_mode=render_mode, disable_env_checker=True)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

@@ -45,32 +45,14 @@ def actor_filename(robot: str, which: str) -> str:
     return f"behaviour-{robot}-{which}.pt"
 
 
-# ----------------------------------------------------------------------------------------------------
-# pybullet's numpy experts
-# ----------------------------------------------------------------------------------------------------
-def pybullet_examples_dir() -> Path:
-    """Directory of ``pybullet_envs/examples`` in the installed pybullet wheel, found without importing
-    ``pybullet_envs`` (its ``__init__`` needs legacy gym)."""
-    spec = importlib.util.find_spec("pybullet_envs")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModzooError("pybullet_envs is not installed: `pip install pybullet` provides the bundled experts")
-    return Path(list(spec.submodule_search_locations)[0]) / "examples"
-
-
 def _parse_weights(path: Path) -> dict[str, np.ndarray]:
     """Read the module-level ``weights_* = np.array([...])`` assignments of an enjoy_TF file."""
-    tree = ast.parse(path.read_text())
     weights: dict[str, np.ndarray] = {}
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-            and node.targets[0].id.startswith("weights_")
-            and isinstance(node.value, ast.Call)
-            and node.value.args
-        ):
-            weights[node.targets[0].id] = np.asarray(ast.literal_eval(node.value.args[0]), dtype=np.float64)
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and node.value.args:
+            name = node.targets[0].id if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) else ""
+            if name.startswith("weights_"):
+                weights[name] = np.asarray(ast.literal_eval(node.value.args[0]), dtype=np.float64)
     return weights
 
 
@@ -94,18 +76,19 @@ def load_pybullet_expert(robot: str) -> NumpyMLPPolicy:
     """pybullet's bundled 2017 expert for ``robot`` (any robot with an enjoy_TF file; only hopper and ant
     are good on the gymnasium port)."""
     robot = robot_of(robot)
-    cls = ROBOTS[robot][0]
-    path = pybullet_examples_dir() / f"enjoy_TF_{cls}_v0_2017may.py"
+    # found without importing ``pybullet_envs``, whose ``__init__`` needs legacy gym
+    spec = importlib.util.find_spec("pybullet_envs")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModzooError("pybullet_envs is not installed: `pip install pybullet` provides the bundled experts")
+    path = Path(list(spec.submodule_search_locations)[0]) / "examples" / f"enjoy_TF_{ROBOTS[robot][0]}_v0_2017may.py"
     if not path.is_file():
         raise ModzooError(f"pybullet expert file {path} not found: "
                           "reinstall pybullet (`pip install --force-reinstall pybullet`)")
     w = _parse_weights(path)
-    names = ["dense1", "dense2", "final"]
-    missing = [n for n in names if f"weights_{n}_w" not in w or f"weights_{n}_b" not in w]
-    if missing:
-        raise ModzooError(f"pybullet expert file {path} lacks weights for layers {missing}: "
-                          "unexpected pybullet version")
-    layers = [(w[f"weights_{n}_w"], w[f"weights_{n}_b"]) for n in names]
+    try:
+        layers = [(w[f"weights_{n}_w"], w[f"weights_{n}_b"]) for n in ("dense1", "dense2", "final")]
+    except KeyError as exc:
+        raise ModzooError(f"pybullet expert file {path} lacks the weights {exc}: unexpected pybullet version") from None
     obs_dim, act_dim = env_dims(robot)
     if layers[0][0].shape[0] != obs_dim or layers[-1][0].shape[1] != act_dim:
         raise ModzooError(f"pybullet expert {path.name} has shape {layers[0][0].shape[0]}->{layers[-1][0].shape[1]}, "
@@ -113,22 +96,14 @@ def load_pybullet_expert(robot: str) -> NumpyMLPPolicy:
     return NumpyMLPPolicy(layers)
 
 
-# ----------------------------------------------------------------------------------------------------
-# exported SAC actors (torch, no SB3)
-# ----------------------------------------------------------------------------------------------------
 def actor_module(obs_dim: int, act_dim: int, hidden: list[int], clip_mean: float | None) -> Any:
+    """The exported SAC actor's network, ``tanh(clip(mu(relu-MLP(obs))))`` (clip: SB3's ``clip_mean``)."""
     import torch.nn as nn
 
-    layers: list[nn.Module] = []
-    d = obs_dim
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.ReLU()]
-        d = h
-    layers.append(nn.Linear(d, act_dim))
-    if clip_mean:
-        layers.append(nn.Hardtanh(-clip_mean, clip_mean))
-    layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
+    dims = [obs_dim, *hidden]
+    layers = [m for d, h in zip(dims, hidden) for m in (nn.Linear(d, h), nn.ReLU())]
+    clip = [nn.Hardtanh(-clip_mean, clip_mean)] if clip_mean else []
+    return nn.Sequential(*layers, nn.Linear(dims[-1], act_dim), *clip, nn.Tanh())
 
 
 class TorchActorPolicy:
@@ -209,13 +184,15 @@ def snapshot_near(run_dir: str | os.PathLike[str], target_return: float, max_ste
     return run_dir / "snapshots" / best["snapshot"]
 
 
-def committed_actor(robot: str, which: str) -> Path:
-    """Path of a committed SAC actor (``which`` in {"expert", "medium"}) in the package assets."""
+def committed_actor(robot: str, which: str, directory: str | os.PathLike[str] | None = None) -> Path:
+    """Path of an exported SAC actor (``which`` in {"expert", "medium"}) in ``directory`` (default: the package
+    assets), or one line saying how to make it."""
     robot = robot_of(robot)
-    p = ASSET_DIR / actor_filename(robot, which)
+    d = Path(directory) if directory else ASSET_DIR
+    p = d / actor_filename(robot, which)
     if not p.is_file():
-        raise EnvError(f"no committed {which} behaviour policy for {robot} ({p}): "
-                       f"train one with `modzoo data train-behaviour {robot}`")
+        raise EnvError(f"no {which} behaviour policy for {robot} at {p}: train one with `modzoo data train-behaviour "
+                       f"{robot}` and export it (`modzoo data train-behaviour {robot} --export-to {d}`)")
     return p
 
 

@@ -1,9 +1,7 @@
 """A benchmark task as a value, parsed once where a name enters modzoo and passed down from there.
 
-A task name (``bullet-hopper-medium-replay-v0``) used to be a string that every layer split again to find its
-robot, level or env dims. :func:`task_of` parses it once into a :class:`Task` (robot, level, dims, env id); the
-functions that take a task accept either form, so a caller holding a ``Task`` never has it re-parsed, and a
-second kind of task source (a Minari dataset id, say) can become another constructor of the same value.
+:func:`task_of` parses a name (``bullet-hopper-medium-replay-v0``, or a Minari dataset id) once into a :class:`Task`
+or :class:`MinariTask` (robot, level, dims, env id); the functions that take a task accept either form.
 """
 from __future__ import annotations
 
@@ -137,10 +135,7 @@ def robot_of(task_or_robot: str | Task) -> str:
     """The robot of a task (name or value), an env id (``modzoo/bullet-ant-v0``) or a bare robot name."""
     if isinstance(task_or_robot, Task):
         return task_or_robot.robot
-    if task_or_robot in ROBOTS:
-        return task_or_robot
-    if task_or_robot.startswith("modzoo/bullet-") and task_or_robot.endswith("-v0"):
-        robot = task_or_robot[len("modzoo/bullet-"): -len("-v0")]
-        if robot in ROBOTS:
+    for robot in ROBOTS:
+        if task_or_robot in (robot, f"modzoo/bullet-{robot}-v0"):
             return robot
     return bullet_task(task_or_robot, "a robot").robot
