@@ -1,23 +1,20 @@
 """``modzoo data collect``: generate D4RL-format Bullet datasets with recorded recipes.
 
-D4RL's own ``bullet-*`` files cannot be downloaded here, so modzoo regenerates them as close to D4RL's
-recipe as the available policies allow (docs/datasets.md lists every difference):
+D4RL's own ``bullet-*`` files cannot be downloaded here, so modzoo regenerates them as close to D4RL's recipe as the
+available policies allow (docs/datasets.md lists every difference):
 
 * ``random``: uniform random actions in [-1, 1].
-* ``expert``: the expert policy with small Gaussian action noise (sigma ``EXPERT_SIGMA``, standing in for
-  the stochastic SAC actor D4RL sampled from). hopper/ant: pybullet's bundled 2017 experts;
-  halfcheetah/walker2d: SAC actors trained with ``modzoo data train-behaviour`` (pybullet's are broken).
-* ``medium``: hopper/ant: expert + Gaussian noise with sigma tuned (``MEDIUM_SIGMA``, measured) so the
-  mean return is near d4rl-pybullet's medium returns; halfcheetah/walker2d: a SAC snapshot taken when its
-  evaluation return was near that level (D4RL's "SAC stopped early") + the same small noise as expert.
-* ``medium-expert``: first half generated like ``medium``, second half like ``expert`` (D4RL concatenates
-  its medium and expert files).
-* ``medium-replay``: a "noise ladder" that imitates a learning run's replay buffer: the medium policy with
-  action noise falling linearly from ``REPLAY_SIGMA_START`` (close to random) to the medium noise over the
-  file, so early episodes are poor and late ones medium (D4RL stores SAC's actual replay buffer).
+* ``expert``: the expert (:mod:`~modzoo.bullet.experts`) with Gaussian action noise ``EXPERT_SIGMA``, standing in
+  for the stochastic SAC actor D4RL sampled from.
+* ``medium``: hopper/ant: the expert with noise ``MEDIUM_SIGMA`` (measured so the mean return is near
+  d4rl-pybullet's medium returns); halfcheetah/walker2d: a SAC snapshot taken when its evaluation return was near
+  that level (D4RL's "SAC stopped early") with the expert's small noise.
+* ``medium-expert``: the first half like ``medium``, the second like ``expert`` (D4RL concatenates the two files).
+* ``medium-replay``: the medium policy with noise falling linearly from ``REPLAY_SIGMA_START`` (close to random) to
+  the medium noise, imitating a learning run's replay buffer (D4RL stores SAC's actual one).
 
-Every file carries its recipe (policy, noise, seed, returns, normalized score, modzoo version, command)
-in its HDF5 attributes, and :func:`collect` is deterministic given (task, transitions, seed).
+Every file carries its recipe (policy, noise, seed, returns, normalized score, modzoo version, command) in its HDF5
+attributes, and :func:`collect` is deterministic given (task, transitions, seed).
 """
 from __future__ import annotations
 
@@ -32,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, ModzooError
 from ..progress import progress_bar
 from .data import attr_value, dataset_path, episode_returns_from_raw, write_d4rl_file
 from .envs import make_env
@@ -46,20 +43,14 @@ from .experts import (
     committed_actor,
     load_pybullet_expert,
     read_progress,
-    snapshot_near,
 )
 from .scores import normalized_score
 from .tasks import Task, bullet_task
 
 #: Default sizes: D4RL's (1M for random/medium/expert, medium+expert concatenated = 2M). D4RL's
 #: medium-replay size is whatever SAC's buffer held at "medium"; 200k is of that order for bullet.
-DEFAULT_TRANSITIONS = {
-    "random": 1_000_000,
-    "medium": 1_000_000,
-    "expert": 1_000_000,
-    "medium-expert": 2_000_000,
-    "medium-replay": 200_000,
-}
+DEFAULT_TRANSITIONS = {"random": 1_000_000, "medium": 1_000_000, "expert": 1_000_000, "medium-expert": 2_000_000,
+                       "medium-replay": 200_000}
 #: Gaussian action-noise sigma of the medium policy, chosen by measurement (docs/datasets.md). For
 #: hopper/ant it degrades pybullet's expert; for the SAC robots the medium snapshot itself is the
 #: medium policy and only the expert-level jitter is added.
@@ -212,15 +203,9 @@ def _recipe(t: Task, seed: Any, transitions: int, returns: Sequence[float], segm
             "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet")}
 
 
-def collect(
-    task: str,
-    transitions: int | None = None,
-    seed: int = 0,
-    out: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    behaviour_dir: str | os.PathLike[str] | None = None,
-    reuse: bool = True,
-) -> CollectResult:
+def collect(task: str, transitions: int | None = None, seed: int = 0, out: str | os.PathLike[str] | None = None,
+            progress: bool = True, behaviour_dir: str | os.PathLike[str] | None = None, reuse: bool = True
+            ) -> CollectResult:
     """Generate ``task``'s dataset and write it (atomically) to ``out`` or the D4RL cache path.
 
     With ``reuse``, a medium-expert segment whose standalone file (same seed, size and recipe) is in the
@@ -269,17 +254,21 @@ def collect(
     return CollectResult(path, attrs)
 
 
-def _exported_medium_source(robot: str, run: Path) -> Path | None:
-    """The snapshot of ``run`` that modzoo's exported medium actor came from (its recorded ``source``), if any:
-    medium-replay then ends exactly where the medium dataset's policy was taken."""
+def _medium_step(robot: str, run: Path) -> int:
+    """The step of ``run``'s medium snapshot: the one modzoo's exported medium actor came from (its recorded
+    ``source``), so that medium-replay ends where the medium dataset's policy was taken; else the earliest whose
+    evaluation return is closest to d4rl-pybullet's medium return."""
     import torch
 
-    path = ASSET_DIR / actor_filename(robot, "medium")
-    if not path.is_file():
-        return None
-    source = Path(torch.load(path, map_location="cpu", weights_only=True)["meta"].get("source", ""))
-    snap = run / "snapshots" / source.name
-    return snap if source.name and snap.is_file() else None
+    exported = ASSET_DIR / actor_filename(robot, "medium")
+    meta = torch.load(exported, map_location="cpu", weights_only=True)["meta"] if exported.is_file() else {}
+    name = Path(meta.get("source", "")).name
+    if not (name and (run / "snapshots" / name).is_file()):
+        progress = read_progress(run)
+        if not progress:
+            raise ModzooError(f"no evaluated snapshots in {run}: run `modzoo data train-behaviour` first")
+        name = min(progress, key=lambda r: abs(r["eval_mean"] - D4RL_PYBULLET_MEDIUM_RETURN[robot]))["snapshot"]
+    return int(Path(name).stem.split("_")[1])
 
 
 def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
@@ -292,9 +281,7 @@ def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str
     if parsed.level != "medium-replay":
         raise DatasetError(f"--from-run builds medium-replay datasets only, not {parsed}")
     run = Path(run_dir)
-    if upto_step is None:
-        snap = _exported_medium_source(robot, run) or snapshot_near(run, D4RL_PYBULLET_MEDIUM_RETURN[robot])
-        upto_step = int(snap.stem.split("_")[1])
+    upto_step = _medium_step(robot, run) if upto_step is None else upto_step
     chunks = sorted((run / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
     chunks = [c for c in chunks if int(c.stem.split("_")[1]) <= upto_step]
     if not chunks:

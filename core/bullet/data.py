@@ -110,7 +110,7 @@ class Dataset:
         return self.raw_episode_lengths
 
 
-def fingerprint(transitions: Mapping[str, np.ndarray]) -> str:
+def fingerprint_of(transitions: Mapping[str, np.ndarray]) -> str:
     """Short sha256 (16 hex) over the float32 bytes and shapes of the :data:`TRANSITION_KEYS` arrays."""
     h = hashlib.sha256()
     for k in TRANSITION_KEYS:
@@ -120,14 +120,9 @@ def fingerprint(transitions: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-def qlearning_transitions(
-    observations: np.ndarray,
-    actions: np.ndarray,
-    rewards: np.ndarray,
-    terminals: np.ndarray,
-    timeouts: np.ndarray | None,
-    max_episode_steps: int = MAX_EPISODE_STEPS,
-) -> dict[str, np.ndarray]:
+def qlearning_transitions(observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminals: np.ndarray,
+                          timeouts: np.ndarray | None, max_episode_steps: int = MAX_EPISODE_STEPS
+                          ) -> dict[str, np.ndarray]:
     """``d4rl.qlearning_dataset`` (``terminate_on_end=False``), vectorized.
 
     d4rl's rule: for ``i`` in ``0 .. N-2`` the transition is ``(obs[i], act[i], rew[i], obs[i+1],
@@ -142,12 +137,9 @@ def qlearning_transitions(
     elif timeouts is not None:
         keep = np.flatnonzero(~timeouts[: n - 1].astype(bool))
     else:
-        done = terminals.astype(bool)
-        kept = []
-        episode_step = 0
+        done, kept, episode_step = terminals.astype(bool), [], 0
         for i in range(n - 1):
-            final = episode_step == max_episode_steps - 1
-            if final:
+            if episode_step == max_episode_steps - 1:  # the episode's last step: d4rl's timeout
                 episode_step = 0
                 continue
             if done[i]:
@@ -365,7 +357,7 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
         raise DatasetError(f"dataset file {path} yields no transitions (every row is an episode's last step); {_FIX}")
     rets, lens = episode_returns_from_raw(raw["rewards"].astype(np.float64),
                                           episode_boundaries(raw["terminals"], timeouts))
-    return Dataset(name=t, path=str(path), attrs=attrs, fingerprint=fingerprint(tr),
+    return Dataset(name=t, path=str(path), attrs=attrs, fingerprint=fingerprint_of(tr),
                    raw_episode_returns=rets, raw_episode_lengths=lens, **tr)
 
 
@@ -385,20 +377,13 @@ def _load_minari(dataset_id: str) -> Dataset:
         raise DatasetError(f"Minari dataset {dataset_id!r}: actions span +-{t.act_high:g}, but modzoo's policies "
                            f"act in [-1, 1] (D4RL's locomotion range); rescale the dataset's actions first")
     return Dataset(name=dataset_id, path=str(minari_data.datasets_path() / dataset_id),
-                   attrs={"task": dataset_id, "source": "minari", "env_id": t.env_id}, fingerprint=fingerprint(tr),
+                   attrs={"task": dataset_id, "source": "minari", "env_id": t.env_id}, fingerprint=fingerprint_of(tr),
                    raw_episode_returns=rets, raw_episode_lengths=lens, **tr)
 
 
-def write_d4rl_file(
-    path: str | os.PathLike[str],
-    observations: np.ndarray,
-    actions: np.ndarray,
-    rewards: np.ndarray,
-    terminals: np.ndarray,
-    timeouts: np.ndarray,
-    attrs: Mapping[str, Any] | None = None,
-    next_observations: np.ndarray | None = None,
-) -> Path:
+def write_d4rl_file(path: str | os.PathLike[str], observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                    terminals: np.ndarray, timeouts: np.ndarray, attrs: Mapping[str, Any] | None = None,
+                    next_observations: np.ndarray | None = None) -> Path:
     """Write a D4RL-layout HDF5 file atomically (temp file in the same directory, then ``os.replace``),
     so an interrupted write never leaves a half file under the final name.
 

@@ -1,18 +1,13 @@
-"""Bullet locomotion environments for the D4RL ``bullet-*`` tasks.
+"""Bullet locomotion environments for the D4RL ``bullet-*`` tasks, registered as ``modzoo/bullet-<robot>-v0``.
 
-D4RL's ``bullet-*`` datasets were recorded on pybullet's ``HopperBulletEnv-v0`` and friends. Legacy
-``pybullet_envs`` no longer imports with current gym, so modzoo builds on the maintained gymnasium port
-(``pybullet_envs_gymnasium``) and registers its own ids ``modzoo/bullet-<robot>-v0``:
+D4RL recorded its ``bullet-*`` data on pybullet's ``HopperBulletEnv-v0`` and friends; legacy ``pybullet_envs`` no
+longer imports with current gym, so modzoo wraps the maintained gymnasium port (``pybullet_envs_gymnasium``):
 
-* ``reset(seed=s)`` is deterministic. The port is not: its very first reset builds the scene and the
-  ant settles differently from every later reset (which restores a saved physics state), so the same seed
-  gave two different first observations. :class:`BulletLocomotionEnv` does one hidden warm-up reset when
-  it creates the physics client so every reset the caller sees goes through the same restore path.
-* ``terminated`` is the robot falling (pybullet's own ``alive < 0`` rule; halfcheetah never falls, as in
-  pybullet); ``truncated`` comes from gymnasium's ``TimeLimit`` at 1000 steps, the D4RL episode length.
-
-Task names (``bullet-hopper-medium-v0``, parsed once into a :class:`~modzoo.bullet.tasks.Task`) map to these env
-ids through :func:`env_id`.
+* ``reset(seed=s)`` is deterministic. The port's very first reset builds the scene, and the ant settles differently
+  there than after later resets (which restore a saved state), so :class:`BulletLocomotionEnv` burns that reset
+  when it creates the physics client.
+* ``terminated`` is the robot falling (pybullet's ``alive < 0``; halfcheetah never falls); ``truncated`` is
+  gymnasium's ``TimeLimit`` at 1000 steps, D4RL's episode length.
 """
 from __future__ import annotations
 
@@ -84,8 +79,7 @@ class BulletLocomotionEnv(gymnasium.Env):
             raise unknown_task(robot)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise EnvError(f"render_mode {render_mode!r} is not supported: use 'rgb_array' or None")
-        self.robot = robot
-        self.render_mode = render_mode
+        self.robot, self.render_mode = robot, render_mode
         _, obs_dim, act_dim = ROBOTS[robot]
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
@@ -98,11 +92,8 @@ class BulletLocomotionEnv(gymnasium.Env):
 
             cls = getattr(loco, ROBOTS[self.robot][0])
             with _quiet_stdout():
-                inner = cls(render_mode=self.render_mode)
-                # Warm-up: the first reset loads the scene and takes a different path than all later
-                # ones (which restore a saved state); burn it so equal seeds give equal episodes.
-                inner.reset(seed=0)
-            self._inner = inner
+                self._inner = cls(render_mode=self.render_mode)
+                self._inner.reset(seed=0)  # the warm-up: burn the first reset (module docstring)
         return self._inner
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -129,9 +120,7 @@ class BulletLocomotionEnv(gymnasium.Env):
         return np.asarray(obs, dtype=np.float32), float(reward), bool(terminated), bool(truncated), dict(info)
 
     def render(self) -> np.ndarray | None:
-        if self._inner is None or self.render_mode is None:
-            return None
-        return self._inner.render()
+        return None if self._inner is None or self.render_mode is None else self._inner.render()
 
     def close(self) -> None:
         if self._inner is not None:

@@ -1,20 +1,15 @@
-"""The behaviour policies that generate modzoo's Bullet datasets, as collection loads them.
+"""The behaviour policies that generate modzoo's Bullet datasets, usable without TensorFlow or stable-baselines3.
 
-Two kinds, both usable without TensorFlow or stable-baselines3:
+* pybullet's bundled 2017 "enjoy_TF" experts: numpy MLPs whose weights are array literals in
+  ``pybullet_envs/examples/enjoy_TF_*BulletEnv_v0_2017may.py``. Importing those files fails with current gym, so
+  :func:`load_pybullet_expert` reads the literals with :mod:`ast`. Only hopper's and ant's walk on the gymnasium
+  port (halfcheetah and walker2d return about -860 and 150).
+* SAC actors for halfcheetah and walker2d (trained by the lab, ``modzoo data train-behaviour``), shipped as a plain
+  torch state dict of the deterministic actor that loads with ``torch.load(weights_only=True)``.
 
-* pybullet's bundled 2017 "enjoy_TF" experts: small numpy MLPs whose weights are array literals inside
-  ``pybullet_envs/examples/enjoy_TF_*BulletEnv_v0_2017may.py``. Importing those modules (or
-  ``pybullet_envs`` itself) fails with current gym, so :func:`load_pybullet_expert` finds the file by path
-  and reads the literals with :mod:`ast`. The hopper and ant experts work on the gymnasium port; the
-  halfcheetah and walker2d ones do not (returns about -860 and 150).
-* SAC actors for halfcheetah and walker2d (trained by the lab, ``modzoo data train-behaviour``), shipped as a
-  plain torch state dict of the deterministic actor MLP (``tanh(mu(relu-MLP(obs)))``) that loads with
-  ``torch.load(weights_only=True)`` and needs no SB3.
-
-A policy here is a callable ``policy(obs, t=None)``: ``obs (n, obs_dim) float32 -> actions (n, act_dim)`` in
-[-1, 1], where ``t`` (n,) is each row's step index in its episode. Only an actor trained with a time feature
-(rl-baselines3-zoo's ``TimeFeatureWrapper``) reads ``t``; the dataset still records the env's own observation,
-so D4RL's layout is kept whatever the behaviour policy saw.
+A policy is a callable ``policy(obs, t=None)``: ``obs (n, obs_dim) -> actions (n, act_dim)`` in [-1, 1], ``t`` (n,)
+each row's step in its episode, read only by an actor trained with a time feature (rl-baselines3-zoo's
+``TimeFeatureWrapper``); the dataset records the env's own observation whatever the policy saw.
 """
 from __future__ import annotations
 
@@ -109,14 +104,12 @@ def actor_module(obs_dim: int, act_dim: int, hidden: list[int], clip_mean: float
 class TorchActorPolicy:
     """Deterministic SAC actor (the squashed mean) loaded from an exported state dict.
 
-    It acts the same on every CPU, so that a dataset collected from it is the same file on any machine. Torch's
-    float32 products differ in their last bits between MKL's code paths (AVX-512 on one CPU, AVX2 or another
-    vendor's kernels on the next), and the simulator turns those bits into other episodes: the re-collected
-    dataset gets another fingerprint, and every finished run of a grid made from it turns stale. Even in float64,
-    MKL's paths moved one action of a million across float32's rounding step. So the forward pass runs in numpy
-    float64 with a fixed summation order (each product and sum is correctly rounded on any CPU, and no BLAS
-    kernel chooses the order), and the action is rounded to float32 once. The one step left to the CPU is numpy's
-    tanh, whose SIMD variants may differ in the last bit of a float64: far below float32's rounding step."""
+    It acts the same on every CPU, so that a dataset collected from it is the same file on any machine (else the
+    re-collected dataset gets another fingerprint and every finished run of a grid made from it turns stale).
+    Torch's float32 products, and even float64 ones, differ in their last bits between MKL's code paths (AVX-512,
+    AVX2, another vendor's kernels), and the simulator turns those bits into other episodes. So the forward pass
+    runs in numpy float64 with a fixed summation order (no BLAS kernel chooses it) and the action is rounded to
+    float32 once; numpy's tanh may differ in a float64's last bit, far below float32's rounding step."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import torch
@@ -134,9 +127,8 @@ class TorchActorPolicy:
         self.meta = dict(meta)
         #: episode length the actor's time feature counts down over (None: the actor sees only obs)
         self.time_feature: int | None = int(meta["time_feature"]) if meta.get("time_feature") else None
-        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
         self._layers = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy())
-                        for m in linears]
+                        for m in net if isinstance(m, torch.nn.Linear)]
         self._clip = float(meta["clip_mean"]) if meta.get("clip_mean") else None
 
     def forward64(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
@@ -169,19 +161,7 @@ def time_feature(t: np.ndarray, max_steps: int) -> np.ndarray:
 def read_progress(run_dir: Path) -> list[dict[str, Any]]:
     """The evaluated snapshots of a ``train-behaviour`` run (its ``progress.jsonl``), oldest first."""
     p = run_dir / "progress.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-
-
-def snapshot_near(run_dir: str | os.PathLike[str], target_return: float, max_step: int | None = None) -> Path:
-    """The earliest snapshot whose evaluation return is closest to ``target_return`` (for "medium")."""
-    run_dir = Path(run_dir)
-    progress = [r for r in read_progress(run_dir) if max_step is None or r["step"] <= max_step]
-    if not progress:
-        raise ModzooError(f"no evaluated snapshots in {run_dir}: run `modzoo data train-behaviour` first")
-    best = min(progress, key=lambda r: abs(r["eval_mean"] - target_return))
-    return run_dir / "snapshots" / best["snapshot"]
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
 def committed_actor(robot: str, which: str, directory: str | os.PathLike[str] | None = None) -> Path:

@@ -79,29 +79,22 @@ def metadata(dataset_id: str) -> dict[str, Any]:
 def episodes(dataset_id: str) -> dict[str, np.ndarray]:
     """The dataset's transitions, D4RL-style: observations, actions, rewards, next_observations, terminals (from
     ``terminations``), plus each episode's return and length."""
-    ds = open_dataset(dataset_id)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in
-                                          ("observations", "actions", "rewards", "next_observations", "terminals")}
+    keys = ("observations", "next_observations", "actions", "rewards", "terminals")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     returns, lengths = [], []
-    for ep in ds.iterate_episodes():
-        obs = np.asarray(ep.observations, dtype=np.float32)
-        n = len(ep.actions)
+    for ep in open_dataset(dataset_id).iterate_episodes():
+        obs, n = np.asarray(ep.observations, dtype=np.float32), len(ep.actions)
         if obs.shape[0] != n + 1:
             raise DatasetError(f"Minari dataset {dataset_id!r}: episode {ep.id} has {obs.shape[0]} observations "
                                f"for {n} actions (expected {n + 1})")
-        parts["observations"].append(obs[:-1])
-        parts["next_observations"].append(obs[1:])
-        parts["actions"].append(np.asarray(ep.actions, dtype=np.float32))
-        parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float32))
-        parts["terminals"].append(np.asarray(ep.terminations, dtype=np.float32))
+        for k, v in zip(keys, (obs[:-1], obs[1:], ep.actions, ep.rewards, ep.terminations)):
+            parts[k].append(np.asarray(v, dtype=np.float32))
         returns.append(float(np.sum(ep.rewards)))
         lengths.append(n)
     if not lengths:
         raise DatasetError(f"Minari dataset {dataset_id!r} holds no episodes; nothing to train on")
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    out["episode_returns"] = np.asarray(returns)
-    out["episode_lengths"] = np.asarray(lengths, dtype=np.int64)
-    return out
+    return {**{k: np.concatenate(v) for k, v in parts.items()}, "episode_returns": np.asarray(returns),
+            "episode_lengths": np.asarray(lengths, dtype=np.int64)}
 
 
 def write(dataset_id: str, episodes: list[dict[str, np.ndarray]], env_id: str, ref_min_score: float,

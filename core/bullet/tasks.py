@@ -96,11 +96,9 @@ AnyTask = Task | MinariTask
 
 def unknown_task(name: str) -> EnvError:
     """The one-line error for a name that is no task or robot, listing the known ones."""
-    return EnvError(
-        f"unknown task or robot {name!r}: use one of the robots {', '.join(ROBOTS)} or a task "
-        f"bullet-<robot>-<level>-v0 with level in {', '.join(LEVELS)} (e.g. bullet-hopper-medium-v0), or a Minari "
-        f"dataset id namespace/name-vN"
-    )
+    return EnvError(f"unknown task or robot {name!r}: use one of the robots {', '.join(ROBOTS)} or a task "
+                    f"bullet-<robot>-<level>-v0 with level in {', '.join(LEVELS)} (e.g. bullet-hopper-medium-v0), "
+                    f"or a Minari dataset id namespace/name-vN")
 
 
 @lru_cache(maxsize=None)
