@@ -29,21 +29,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DatasetError, ModzooError
+from ..errors import DatasetError
 from ..progress import progress_bar
 from .data import attr_value, dataset_path, episode_returns_from_raw, write_d4rl_file
 from .envs import make_env
-from .experts import (
-    ASSET_DIR,
-    D4RL_PYBULLET_MEDIUM_RETURN,
-    PYBULLET_EXPERTS,
-    Policy,
-    TorchActorPolicy,
-    actor_filename,
-    committed_actor,
-    load_pybullet_expert,
-    read_progress,
-)
+from .experts import PYBULLET_EXPERTS, Policy, TorchActorPolicy, committed_actor, load_pybullet_expert, medium_snapshot
 from .scores import normalized_score
 from .tasks import Task, bullet_task
 
@@ -164,19 +154,14 @@ def _reuse_cached(robot: str, seg: Segment, seed: int) -> dict[str, np.ndarray] 
     exactly this segment's recipe (seed, size, policy, noise); None otherwise."""
     import h5py
 
-    path = dataset_path(f"bullet-{robot}-{seg.label}-v0")
-    if not path.is_file():
-        return None
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(dataset_path(f"bullet-{robot}-{seg.label}-v0"), "r") as f:
             segs = attr_value(f.attrs.get("segments", ""))
-            if not (isinstance(segs, list) and len(segs) == 1 and attr_value(f.attrs.get("seed")) == seed):
-                return None
-            recipe = tuple(segs[0].get(k) for k in ("label", "policy", "transitions", "sigma_start", "sigma_end"))
-            if recipe != (seg.label, seg.policy_desc, seg.transitions, seg.sigma_start, seg.sigma_end):
-                return None
-            return {k: f[k][()] for k in _ARRAY_KEYS}
-    except (OSError, KeyError, ValueError):
+            same = (isinstance(segs, list) and len(segs) == 1 and attr_value(f.attrs.get("seed")) == seed
+                    and tuple(segs[0].get(k) for k in ("label", "policy", "transitions", "sigma_start", "sigma_end"))
+                    == (seg.label, seg.policy_desc, seg.transitions, seg.sigma_start, seg.sigma_end))
+            return {k: f[k][()] for k in _ARRAY_KEYS} if same else None
+    except (OSError, KeyError, ValueError):  # no such file, or not one collect wrote
         return None
 
 
@@ -237,12 +222,10 @@ def collect(task: str, transitions: int | None = None, seed: int = 0, out: str |
                 env.close()
                 source = "simulated"
             all_returns += rets
-            seg_info.append({
-                "label": seg.label, "policy": seg.policy_desc, "transitions": seg.transitions,
-                "noise": "gaussian, clipped to [-1, 1]" if seg.policy is not None else "none",
-                "sigma_start": seg.sigma_start, "sigma_end": seg.sigma_end, **_stats(parsed.name, rets),
-                "source": source,
-            })
+            seg_info.append({"label": seg.label, "policy": seg.policy_desc, "transitions": seg.transitions,
+                             "noise": "gaussian, clipped to [-1, 1]" if seg.policy is not None else "none",
+                             "sigma_start": seg.sigma_start, "sigma_end": seg.sigma_end,
+                             **_stats(parsed.name, rets), "source": source})
     wall = time.time() - t0
     data = {k: np.concatenate(v) for k, v in arrays.items()}
     attrs = _recipe(parsed, seed, total, all_returns, seg_info,
@@ -252,23 +235,6 @@ def collect(task: str, transitions: int | None = None, seed: int = 0, out: str |
     write_d4rl_file(path, data["observations"], data["actions"], data["rewards"], data["terminals"], data["timeouts"],
                     attrs, data["next_observations"])
     return CollectResult(path, attrs)
-
-
-def _medium_step(robot: str, run: Path) -> int:
-    """The step of ``run``'s medium snapshot: the one modzoo's exported medium actor came from (its recorded
-    ``source``), so that medium-replay ends where the medium dataset's policy was taken; else the earliest whose
-    evaluation return is closest to d4rl-pybullet's medium return."""
-    import torch
-
-    exported = ASSET_DIR / actor_filename(robot, "medium")
-    meta = torch.load(exported, map_location="cpu", weights_only=True)["meta"] if exported.is_file() else {}
-    name = Path(meta.get("source", "")).name
-    if not (name and (run / "snapshots" / name).is_file()):
-        progress = read_progress(run)
-        if not progress:
-            raise ModzooError(f"no evaluated snapshots in {run}: run `modzoo data train-behaviour` first")
-        name = min(progress, key=lambda r: abs(r["eval_mean"] - D4RL_PYBULLET_MEDIUM_RETURN[robot]))["snapshot"]
-    return int(Path(name).stem.split("_")[1])
 
 
 def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
@@ -281,13 +247,12 @@ def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str
     if parsed.level != "medium-replay":
         raise DatasetError(f"--from-run builds medium-replay datasets only, not {parsed}")
     run = Path(run_dir)
-    upto_step = _medium_step(robot, run) if upto_step is None else upto_step
-    chunks = sorted((run / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
-    chunks = [c for c in chunks if int(c.stem.split("_")[1]) <= upto_step]
-    if not chunks:
+    upto_step, snapshot_return = medium_snapshot(robot, run, upto_step)
+    chunks = {int(c.stem.split("_")[1]): c for c in (run / "replay").glob("chunk_*.npz")}
+    parts = [np.load(chunks[step]) for step in sorted(chunks) if step <= upto_step]
+    if not parts:
         raise DatasetError(f"no replay chunks up to step {upto_step} in {run / 'replay'}: "
                            f"run `modzoo data train-behaviour {robot}` first")
-    parts = [np.load(c) for c in chunks]
     cat = {k: np.concatenate([p[k] for p in parts])
            for k in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")}
     config = json.loads((run / "config.json").read_text())
@@ -298,18 +263,15 @@ def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str
     terminals = cat["dones"].astype(bool) & ~timeouts
     # Episodes cut without a flag: the buffer's end, and a resumed run (SB3 resets the env on load), seen
     # as a row whose stored successor is not the next row's observation. Mark them as timeouts.
-    ends = terminals | timeouts
-    broken = ~ends[:-1] & np.any(cat["next_observations"][:-1] != cat["observations"][1:], axis=1)
+    broken = ~(terminals | timeouts)[:-1] & np.any(cat["next_observations"][:-1] != cat["observations"][1:], axis=1)
     timeouts[:-1] |= broken
     timeouts[-1] = timeouts[-1] or not terminals[-1]
-
     rets, _ = episode_returns_from_raw(cat["rewards"].astype(np.float64), terminals | timeouts)
-    prog = [r for r in read_progress(run) if r["step"] == upto_step]
     n = len(cat["rewards"])
     segment = {"label": "medium-replay", "policy": f"SB3 SAC replay buffer of {run} up to step {upto_step}",
                "transitions": n, "noise": "SAC's own exploration (gSDE)", "sigma_start": None, "sigma_end": None,
                **_stats(parsed.name, rets), "source": "replay chunks",
-               "snapshot_eval_return": prog[0]["eval_mean"] if prog else None}
+               "snapshot_eval_return": snapshot_return}
     attrs = _recipe(parsed, config.get("seed"), n, rets, [segment],
                     f"modzoo data collect {parsed} --from-run {run} --upto-step {upto_step}",
                     "modzoo data collect --from-run")

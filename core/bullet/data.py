@@ -8,6 +8,7 @@ d4rl. Every problem a user can fix raises :class:`~modzoo.errors.DatasetError` n
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,13 +45,8 @@ def demo_dir() -> Path:
 
 def demo_dataset_path(task: str, transitions: int, directory: str | os.PathLike[str] | None = None) -> Path:
     """The file of ``modzoo demo``'s small dataset of ``task``: ``<task>-demo-<transitions>.hdf5`` in the demo's
-    cache.
-
-    Never D4RL's cache under D4RL's file name: a run or a grid that names the task (``--env`` without
-    ``--dataset``) must get the full dataset or a clear "not found", never 50k demo transitions standing in for
-    D4RL's million. The demo's file is used where it is named (``--dataset PATH``, ``data info PATH``: the demo
-    prints those commands), and the "not found" error for the task points at it.
-    """
+    cache, never D4RL's file: a run that names the task must get the full dataset or a clear "not found" (which
+    points at the demo's file), never 50k demo transitions standing in for D4RL's million."""
     return Path(directory or demo_dir()).expanduser() / f"{task}-demo-{int(transitions)}.hdf5"
 
 
@@ -192,10 +188,8 @@ def attr_value(v: Any) -> Any:
     if isinstance(v, (np.generic, np.ndarray)):
         v = v.tolist()
     if isinstance(v, str) and v[:1] in "{[":
-        try:
+        with contextlib.suppress(ValueError):
             return json.loads(v)
-        except ValueError:
-            return v
     return v
 
 
@@ -207,33 +201,31 @@ def read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
-            missing = [k for k in REQUIRED_KEYS if k not in keys]
-            if missing:
-                raise DatasetError(
-                    f"dataset file {path} has no key {missing[0]!r}: not a D4RL-format file "
-                    f"(keys: {', '.join(sorted(keys)) or 'none'}); rebuild it with `modzoo data collect NAME`"
-                )
+            for k in REQUIRED_KEYS:
+                if k not in keys:
+                    raise DatasetError(f"dataset file {path} has no key {k!r}: not a D4RL-format file (keys: "
+                                       f"{', '.join(sorted(keys)) or 'none'}); {_FIX}")
             raw: dict[str, np.ndarray] = {}
             for k in (*REQUIRED_KEYS, "timeouts", "next_observations"):
                 if k in keys:
                     if not isinstance(f[k], h5py.Dataset):
-                        raise DatasetError(f"dataset file {path}: {k!r} is a group, not an array; not a D4RL-format "
-                                           "file, rebuild it with `modzoo data collect NAME`")
+                        raise _broken(path, f"{k!r} is a group, not an array; not a D4RL-format file")
                     raw[k] = f[k][()]
             attrs = {str(k): attr_value(v) for k, v in f.attrs.items()}
-    except DatasetError:
-        raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise DatasetError(
-            f"dataset file {path} is unreadable or corrupt ({msg}); the file was left alone: rebuild it with "
-            f"`modzoo data collect NAME --force` or download it again with `modzoo data fetch NAME --force`"
-        ) from exc
+        raise DatasetError(f"dataset file {path} is unreadable or corrupt ({msg}); the file was left alone: rebuild "
+                           "it with `modzoo data collect NAME --force` or download it again with `modzoo data fetch "
+                           "NAME --force`") from exc
     return raw, attrs
 
 
 def _first_row(bad: np.ndarray) -> int:
     return int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
+
+
+def _broken(path: Path, problem: str) -> DatasetError:
+    return DatasetError(f"dataset file {path}: {problem}; {_FIX}")
 
 
 def _validate(path: Path, raw: dict[str, np.ndarray], task: Task) -> None:
@@ -246,36 +238,31 @@ def _validate(path: Path, raw: dict[str, np.ndarray], task: Task) -> None:
         raise DatasetError(f"dataset file {path} holds no transitions: {_FIX}")
     for k, a in raw.items():
         if a.ndim == 0:
-            raise DatasetError(f"dataset file {path}: {k!r} is a single value, expected one per row ({n}); {_FIX}")
+            raise _broken(path, f"{k!r} is a single value, expected one per row ({n})")
         if a.shape[0] != n:
-            raise DatasetError(f"dataset file {path}: {k!r} has {a.shape[0]} rows but observations have {n}; "
-                               f"the file is inconsistent, {_FIX}")
+            raise _broken(path, f"{k!r} has {a.shape[0]} rows but observations have {n}; the file is inconsistent")
         if k in ("rewards", "terminals", "timeouts") and a.ndim != 1:
-            raise DatasetError(f"dataset file {path}: {k!r} has shape {a.shape}, expected ({n},); {_FIX}")
+            raise _broken(path, f"{k!r} has shape {a.shape}, expected ({n},)")
     if "next_observations" in raw and raw["next_observations"].shape != raw["observations"].shape:
-        raise DatasetError(f"dataset file {path}: next_observations have shape {raw['next_observations'].shape}, "
-                           f"observations {raw['observations'].shape}; {_FIX}")
+        raise _broken(path, f"next_observations have shape {raw['next_observations'].shape}, observations "
+                            f"{raw['observations'].shape}")
     for k, a in raw.items():
         real = np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
         if k in ("terminals", "timeouts"):  # d4rl reads flags as booleans: anything but 0/1 is a broken file
             if not (real or a.dtype == np.bool_):
-                raise DatasetError(f"dataset file {path}: {k!r} has dtype {a.dtype}, expected 0/1 flags; {_FIX}")
+                raise _broken(path, f"{k!r} has dtype {a.dtype}, expected 0/1 flags")
             bad = ~np.isin(a.astype(np.float64), (0.0, 1.0))
             if bad.any():
                 row = _first_row(bad)
-                raise DatasetError(f"dataset file {path}: {k!r} holds {a[row]!r} at row {row}; flags must be 0 or "
-                                   f"1; {_FIX}")
-            continue
-        if not real:
-            raise DatasetError(f"dataset file {path}: {k!r} has dtype {a.dtype}, not real numbers; {_FIX}")
-        if (~np.isfinite(a)).any():
-            raise DatasetError(f"dataset file {path}: {k!r} contains NaN or inf (first at row "
-                               f"{_first_row(~np.isfinite(a))}); {_FIX}")
-        if np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 4:
+                raise _broken(path, f"{k!r} holds {a[row]!r} at row {row}; flags must be 0 or 1")
+        elif not real:
+            raise _broken(path, f"{k!r} has dtype {a.dtype}, not real numbers")
+        elif (~np.isfinite(a)).any():
+            raise _broken(path, f"{k!r} contains NaN or inf (first at row {_first_row(~np.isfinite(a))})")
+        elif np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 4:
             big = np.abs(a) > float(np.finfo(np.float32).max)  # would load as inf: everything trains in float32
             if big.any():
-                raise DatasetError(f"dataset file {path}: {k!r} holds a value beyond float32 (first at row "
-                                   f"{_first_row(big)}); {_FIX}")
+                raise _broken(path, f"{k!r} holds a value beyond float32 (first at row {_first_row(big)})")
 
 
 def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:
@@ -293,11 +280,9 @@ def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:
         demo = max(demo_dir().glob(f"{name_or_path}-demo-*.hdf5"), key=lambda f: (len(f.name), f.name), default=None)
         hint = (f"; the small dataset `modzoo demo` made is {demo}: pass it by path to use it (--dataset {demo}, or "
                 f"`modzoo data info {demo}`)") if demo else ""
-        raise DatasetError(
-            f"dataset {name_or_path} not found at {path}: build it with `modzoo data collect {name_or_path}` "
-            f"(or `modzoo data fetch {name_or_path}` where D4RL's server is reachable; "
-            f"set $D4RL_DATASET_DIR to use another directory){hint}"
-        )
+        raise DatasetError(f"dataset {name_or_path} not found at {path}: build it with `modzoo data collect "
+                           f"{name_or_path}` (or `modzoo data fetch {name_or_path}` where D4RL's server is reachable; "
+                           f"set $D4RL_DATASET_DIR to use another directory){hint}")
     return path, task or name_or_path
 
 
@@ -305,8 +290,7 @@ def _must_exist(path: Path) -> None:
     if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist: give an existing path or build it with "
                            f"`modzoo data collect NAME --out {path}`")
-    if path.is_dir():
-        # never advise deleting it: a directory given by mistake is usually someone's data
+    if path.is_dir():  # never advise deleting it: a directory given by mistake is usually someone's data
         raise DatasetError(f"dataset {path} is a directory, not a dataset file: give the .hdf5 file itself (e.g. "
                            f"{path / 'NAME.hdf5'}), or a task name or Minari dataset id")
 

@@ -43,11 +43,9 @@ def env_dims(task_or_robot: str | AnyTask) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _quiet_stdout(stream: Any = None) -> Iterator[None]:
-    """Silence a C-level stream (stdout unless ``stream`` says otherwise): pybullet prints ``argv[0]=`` whenever a
-    physics client connects, and its build time on stderr when it is first imported, which would land in the
-    middle of CLI output and progress bars."""
-    stream = stream or sys.stdout
+def _quiet(stream: Any) -> Iterator[None]:
+    """Silence a C-level stream: pybullet prints ``argv[0]=`` on stdout whenever a physics client connects, and its
+    build time on stderr when it is first imported, which would land in the middle of CLI output and progress bars."""
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # e.g. stdout replaced by a StringIO
@@ -66,11 +64,8 @@ def _quiet_stdout(stream: Any = None) -> Iterator[None]:
 
 
 class BulletLocomotionEnv(gymnasium.Env):
-    """One pybullet locomotion robot behind a clean gymnasium interface (see the module docstring).
-
-    The wrapped ``pybullet_envs_gymnasium`` env is created lazily on the first reset, so building the env
-    (e.g. to read its spaces) starts no physics.
-    """
+    """One pybullet robot behind a clean gymnasium interface (module docstring). The wrapped port's env is created
+    on the first reset, so building this one (e.g. to read its spaces) starts no physics."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 60}
 
@@ -87,11 +82,11 @@ class BulletLocomotionEnv(gymnasium.Env):
 
     def _ensure_inner(self) -> Any:
         if self._inner is None:
-            with _quiet_stdout(sys.stderr):  # pybullet's "pybullet build time: ..." line, once per process
+            with _quiet(sys.stderr):  # pybullet's "pybullet build time: ..." line, once per process
                 import pybullet_envs_gymnasium.gym_locomotion_envs as loco
 
             cls = getattr(loco, ROBOTS[self.robot][0])
-            with _quiet_stdout():
+            with _quiet(sys.stdout):
                 self._inner = cls(render_mode=self.render_mode)
                 self._inner.reset(seed=0)  # the warm-up: burn the first reset (module docstring)
         return self._inner
@@ -103,8 +98,7 @@ class BulletLocomotionEnv(gymnasium.Env):
         if seed is None and inner.np_random is not self.np_random:
             # Continue this env's own random stream rather than the warm-up's (``self.np_random`` is seeded from
             # entropy if this env was never seeded: unseeded envs must not all replay the warm-up's seed 0).
-            inner.np_random = self.np_random
-            inner.robot.np_random = self.np_random
+            inner.np_random = inner.robot.np_random = self.np_random
         obs, info = inner.reset(seed=seed)
         # Share one generator so gymnasium's seeding contract (same seed -> same RNG state) holds.
         self._np_random = inner.np_random

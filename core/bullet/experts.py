@@ -30,6 +30,8 @@ Policy = Callable[..., np.ndarray]  # (obs, t=None) -> actions; see the module d
 
 #: pybullet's bundled experts that work on the gymnasium envs (measured, see docs/datasets.md).
 PYBULLET_EXPERTS = {"hopper": "HopperBulletEnv", "ant": "AntBulletEnv"}
+#: Mean episode returns of d4rl-pybullet's medium datasets (takuseno): the target for "medium".
+D4RL_PYBULLET_MEDIUM_RETURN = {"hopper": 1078.4, "halfcheetah": 787.4, "walker2d": 1106.7, "ant": 570.8}
 #: Where committed SAC actors live: package data, flat (``behaviour-<robot>-<which>.pt``) because the
 #: package-data glob ``assets/*`` does not descend into subdirectories.
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
@@ -164,6 +166,26 @@ def read_progress(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
+def medium_snapshot(robot: str, run: Path, step: int | None = None) -> tuple[int, float | None]:
+    """The step of a ``train-behaviour`` run's medium snapshot (``step`` where given) and its evaluation return
+    (None if unevaluated). The medium snapshot is the one modzoo's exported medium actor came from (its recorded
+    ``source``), so that medium-replay ends where the medium dataset's policy was taken; else the earliest whose
+    evaluation return is closest to d4rl-pybullet's medium return."""
+    progress = read_progress(run)
+    if step is None:
+        import torch
+
+        exported = ASSET_DIR / actor_filename(robot, "medium")
+        meta = torch.load(exported, map_location="cpu", weights_only=True)["meta"] if exported.is_file() else {}
+        name = Path(meta.get("source", "")).name
+        if not (name and (run / "snapshots" / name).is_file()):
+            if not progress:
+                raise ModzooError(f"no evaluated snapshots in {run}: run `modzoo data train-behaviour` first")
+            name = min(progress, key=lambda r: abs(r["eval_mean"] - D4RL_PYBULLET_MEDIUM_RETURN[robot]))["snapshot"]
+        step = int(Path(name).stem.split("_")[1])
+    return step, next((r["eval_mean"] for r in progress if r["step"] == step), None)
+
+
 def committed_actor(robot: str, which: str, directory: str | os.PathLike[str] | None = None) -> Path:
     """Path of an exported SAC actor (``which`` in {"expert", "medium"}) in ``directory`` (default: the package
     assets), or one line saying how to make it."""
@@ -174,7 +196,3 @@ def committed_actor(robot: str, which: str, directory: str | os.PathLike[str] | 
         raise EnvError(f"no {which} behaviour policy for {robot} at {p}: train one with `modzoo data train-behaviour "
                        f"{robot}` and export it (`modzoo data train-behaviour {robot} --export-to {d}`)")
     return p
-
-
-#: Mean episode returns of d4rl-pybullet's medium datasets (takuseno): the target for "medium".
-D4RL_PYBULLET_MEDIUM_RETURN = {"hopper": 1078.4, "halfcheetah": 787.4, "walker2d": 1106.7, "ant": 570.8}

@@ -1,14 +1,11 @@
 """Minari datasets (the Farama Foundation's offline-RL format) as a second source of tasks and data.
 
-A Minari id (``namespace/name-vN``, e.g. ``mujoco/hopper/medium-v0``) names a dataset in
-``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``). Everything modzoo needs is in the dataset itself: its
-observation and action spaces, the env it was recorded on (``env_spec``) and the one to evaluate on
-(``eval_env_spec``), and, when the creator gave them, the returns that normalize a score to 0 and 100
-(``ref_min_score`` / ``ref_max_score``). Transitions are built as for D4RL files: Minari's ``terminations`` are
-terminals (no bootstrap), its ``truncations`` are not (time limits), and no transition crosses an episode.
-
-``minari`` is an optional dependency (``pip install 'modzoo[minari]'``); without it a Minari id is refused in one
-line. Creating datasets (``modzoo data export-minari``, ``minari.DataCollector``) needs ``minari[create]``.
+A Minari id (``namespace/name-vN``, e.g. ``mujoco/hopper/medium-v0``) names a dataset in ``$MINARI_DATASETS_PATH``
+(default ``~/.minari/datasets``) that holds all modzoo needs: its spaces, the env to evaluate on (``eval_env_spec``,
+else ``env_spec``) and, when its creator gave them, the returns that score 0 and 100 (``ref_min_score`` /
+``ref_max_score``). Transitions are built as for D4RL files: ``terminations`` are terminals, ``truncations`` (time
+limits) are not, and no transition crosses an episode. ``minari`` is optional (``pip install 'modzoo[minari]'``);
+writing datasets needs ``minari[create]``.
 """
 from __future__ import annotations
 
@@ -107,9 +104,7 @@ def write(dataset_id: str, episodes: list[dict[str, np.ndarray]], env_id: str, r
     import gymnasium
     from minari.data_collector import EpisodeBuffer
 
-    buffers = [EpisodeBuffer(id=i, observations=e["observations"], actions=e["actions"], rewards=e["rewards"],
-                             terminations=e["terminations"], truncations=e["truncations"])
-               for i, e in enumerate(episodes)]
+    buffers = [EpisodeBuffer(id=i, **e) for i, e in enumerate(episodes)]  # e: observations, actions, ... truncations
     try:
         minari.create_dataset_from_buffers(
             dataset_id=dataset_id, buffer=buffers, env=gymnasium.spec(env_id), eval_env=gymnasium.spec(env_id),

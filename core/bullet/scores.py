@@ -1,20 +1,17 @@
 """D4RL reference scores and dataset URLs for the ``bullet-*`` tasks.
 
 The numbers are copied from d4rl 1.1's ``d4rl/infos.py`` (the wheel on PyPI), for every name starting with
-``bullet-``; ``tests/test_scores.py`` checks them against an installed d4rl's file. modzoo carries them
-because d4rl cannot be imported without MuJoCo binaries; :func:`load_d4rl_infos` reads d4rl's file by
-path instead, without importing the package.
+``bullet-``; ``tests/test_scores.py`` checks them against an installed d4rl's file. modzoo carries them because d4rl
+cannot be imported without MuJoCo binaries.
 """
 from __future__ import annotations
 
-import importlib.util
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import EnvError, ModzooError
+from ..errors import EnvError
 from .minari_data import is_minari_id
 from .tasks import LEVELS, AnyTask, MinariTask, robot_of, task_of
 
@@ -74,25 +71,3 @@ def normalized_score(name: str | AnyTask, raw_return: Any) -> Any:
     if lo is not None and hi is not None:
         out = 100.0 * (out - lo) / (hi - lo)
     return float(out) if out.ndim == 0 else out
-
-
-def d4rl_infos_path() -> Path | None:
-    """Path of an installed d4rl's ``infos.py``, found without importing d4rl (whose ``__init__`` needs
-    MuJoCo); None when d4rl is not installed."""
-    try:
-        spec = importlib.util.find_spec("d4rl")
-    except (ImportError, ValueError):
-        return None
-    found = [Path(loc) / "infos.py" for loc in ((spec.submodule_search_locations or []) if spec else [])]
-    return next((p for p in found if p.is_file()), None)
-
-
-def load_d4rl_infos() -> dict[str, dict[str, Any]]:
-    """``{"DATASET_URLS", "REF_MIN_SCORE", "REF_MAX_SCORE"}`` from an installed d4rl's infos.py, executed
-    on its own (the file has no imports)."""
-    path = d4rl_infos_path()
-    if path is None:
-        raise ModzooError("d4rl is not installed: `pip install --no-deps d4rl` provides its infos.py")
-    namespace: dict[str, Any] = {"__name__": "d4rl_infos", "__file__": str(path)}
-    exec(compile(path.read_text(), str(path), "exec"), namespace)
-    return {k: dict(namespace[k]) for k in ("DATASET_URLS", "REF_MIN_SCORE", "REF_MAX_SCORE")}

@@ -52,10 +52,8 @@ class Task:
         """The gymnasium id modzoo registers for the robot (every level shares it)."""
         return f"modzoo/bullet-{self.robot}-v0"
 
-    @property
-    def max_episode_steps(self) -> int:
-        """The time limit: an evaluation episode shorter than this was terminated by the env (the robot fell)."""
-        return MAX_EPISODE_STEPS
+    #: The time limit: an evaluation episode shorter than this was terminated by the env (the robot fell).
+    max_episode_steps = MAX_EPISODE_STEPS
 
     def __str__(self) -> str:
         return self.name
@@ -113,11 +111,8 @@ def _parse(name: str) -> Task | MinariTask:
 
 def task_of(task: str | AnyTask) -> AnyTask:
     """The task value of a task name: a :class:`Task` for a D4RL ``bullet-*`` name, a :class:`MinariTask` for a
-    Minari dataset id (a task value passes through as it is).
-
-    Raises :class:`EnvError` listing the known names for anything else, a
-    :class:`~modzoo.errors.DatasetError` for a Minari id that cannot be read.
-    """
+    Minari dataset id (a task value passes through). Raises :class:`EnvError` listing the known names for anything
+    else, :class:`~modzoo.errors.DatasetError` for a Minari id that cannot be read."""
     return task if isinstance(task, (Task, MinariTask)) else _parse(str(task))
 
 
