@@ -2,18 +2,11 @@
 the behaviour policies that generate the data.
 
 Depends on :mod:`modzoo.contract` only; training knows it through datasets and envs. Importing it registers the
-envs with gymnasium.
+envs with gymnasium (as gymnasium's own env packages do), so ``gymnasium.make("modzoo/bullet-hopper-v0")`` works.
 """
-
-
-def _register_envs() -> None:
-    """Make ``modzoo/bullet-<robot>-v0`` known to ``gymnasium.make`` as soon as the benchmark is imported (as
-    gymnasium's own env packages do); without pybullet the ids are simply not registered."""
-    try:
-        from .envs import register_envs
-    except ImportError:
-        return
+try:
+    from .envs import register_envs
+except ImportError:  # without its dependencies the ids are simply not registered
+    pass
+else:
     register_envs()
-
-
-_register_envs()

@@ -1,63 +1,46 @@
 """``modzoo data collect``: generate D4RL-format Bullet datasets with recorded recipes.
 
-D4RL's own ``bullet-*`` files cannot be downloaded here, so modzoo regenerates them as close to D4RL's
-recipe as the available policies allow (docs/datasets.md lists every difference):
+D4RL's own ``bullet-*`` files cannot be downloaded here, so modzoo regenerates them as close to D4RL's recipe as the
+available policies allow (docs/datasets.md lists every difference):
 
 * ``random``: uniform random actions in [-1, 1].
-* ``expert``: the expert policy with small Gaussian action noise (sigma ``EXPERT_SIGMA``, standing in for
-  the stochastic SAC actor D4RL sampled from). hopper/ant: pybullet's bundled 2017 experts;
-  halfcheetah/walker2d: SAC actors trained with ``modzoo data train-behaviour`` (pybullet's are broken).
-* ``medium``: hopper/ant: expert + Gaussian noise with sigma tuned (``MEDIUM_SIGMA``, measured) so the
-  mean return is near d4rl-pybullet's medium returns; halfcheetah/walker2d: a SAC snapshot taken when its
-  evaluation return was near that level (D4RL's "SAC stopped early") + the same small noise as expert.
-* ``medium-expert``: first half generated like ``medium``, second half like ``expert`` (D4RL concatenates
-  its medium and expert files).
-* ``medium-replay``: a "noise ladder" that imitates a learning run's replay buffer: the medium policy with
-  action noise falling linearly from ``REPLAY_SIGMA_START`` (close to random) to the medium noise over the
-  file, so early episodes are poor and late ones medium (D4RL stores SAC's actual replay buffer).
+* ``expert``: the expert (:mod:`~modzoo.bullet.experts`) with Gaussian action noise ``EXPERT_SIGMA``, standing in
+  for the stochastic SAC actor D4RL sampled from.
+* ``medium``: hopper/ant: the expert with noise ``MEDIUM_SIGMA`` (measured so the mean return is near
+  d4rl-pybullet's medium returns); halfcheetah/walker2d: a SAC snapshot taken when its evaluation return was near
+  that level (D4RL's "SAC stopped early") with the expert's small noise.
+* ``medium-expert``: the first half like ``medium``, the second like ``expert`` (D4RL concatenates the two files).
+* ``medium-replay``: the medium policy with noise falling linearly from ``REPLAY_SIGMA_START`` (close to random) to
+  the medium noise, imitating a learning run's replay buffer (D4RL stores SAC's actual one).
 
-Every file carries its recipe (policy, noise, seed, returns, normalized score, modzoo version, command)
-in its HDF5 attributes, and :func:`collect` is deterministic given (task, transitions, seed).
+Every file carries its recipe (policy, noise, seed, returns, normalized score, modzoo version, command) in its HDF5
+attributes, and :func:`collect` is deterministic given (task, transitions, seed).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DatasetError, EnvError
+from ..errors import DatasetError
 from ..progress import progress_bar
 from .data import attr_value, dataset_path, episode_returns_from_raw, write_d4rl_file
 from .envs import make_env
-from .experts import (
-    ASSET_DIR,
-    D4RL_PYBULLET_MEDIUM_RETURN,
-    PYBULLET_EXPERTS,
-    Policy,
-    TorchActorPolicy,
-    actor_filename,
-    load_pybullet_expert,
-    read_progress,
-    snapshot_near,
-)
+from .experts import PYBULLET_EXPERTS, Policy, TorchActorPolicy, committed_actor, load_pybullet_expert, medium_snapshot
 from .scores import normalized_score
 from .tasks import Task, bullet_task
 
 #: Default sizes: D4RL's (1M for random/medium/expert, medium+expert concatenated = 2M). D4RL's
 #: medium-replay size is whatever SAC's buffer held at "medium"; 200k is of that order for bullet.
-DEFAULT_TRANSITIONS = {
-    "random": 1_000_000,
-    "medium": 1_000_000,
-    "expert": 1_000_000,
-    "medium-expert": 2_000_000,
-    "medium-replay": 200_000,
-}
+DEFAULT_TRANSITIONS = {"random": 1_000_000, "medium": 1_000_000, "expert": 1_000_000, "medium-expert": 2_000_000,
+                       "medium-replay": 200_000}
 #: Gaussian action-noise sigma of the medium policy, chosen by measurement (docs/datasets.md). For
 #: hopper/ant it degrades pybullet's expert; for the SAC robots the medium snapshot itself is the
 #: medium policy and only the expert-level jitter is added.
@@ -67,6 +50,7 @@ EXPERT_SIGMA = 0.1
 #: Noise at the start of the medium-replay ladder (actions then are close to random); ant's medium noise
 #: is already 1.0, so its ladder starts higher.
 REPLAY_SIGMA_START = {"hopper": 1.0, "ant": 2.0, "halfcheetah": 1.0, "walker2d": 1.0}
+_ARRAY_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
 
 @dataclass
@@ -81,6 +65,12 @@ class Segment:
     sigma_end: float
 
 
+@dataclass
+class CollectResult:
+    path: Path
+    attrs: dict[str, Any]
+
+
 def behaviour_policy(robot: str, which: str, behaviour_dir: str | os.PathLike[str] | None = None) -> tuple[Policy, str]:
     """The ``expert`` or ``medium`` base policy of ``robot`` and a description for the recipe.
 
@@ -91,16 +81,9 @@ def behaviour_policy(robot: str, which: str, behaviour_dir: str | os.PathLike[st
     if robot in PYBULLET_EXPERTS:
         return (load_pybullet_expert(robot),
                 f"pybullet enjoy_TF_{PYBULLET_EXPERTS[robot]}_v0_2017may expert (numpy MLP 128-64)")
-    d = Path(behaviour_dir) if behaviour_dir else ASSET_DIR
-    p = d / actor_filename(robot, which)
-    if not p.is_file():
-        raise EnvError(
-            f"no {which} behaviour policy for {robot} at {p}: train one with `modzoo data train-behaviour {robot}` "
-            f"and export it (`modzoo data train-behaviour {robot} --export-to {d}`)"
-        )
-    pol = TorchActorPolicy(p)
+    pol = TorchActorPolicy(committed_actor(robot, which, behaviour_dir))
     m = pol.meta
-    return pol, (f"SB3 SAC actor {p.name} (step {m.get('step')}, "
+    return pol, (f"SB3 SAC actor {pol.path.name} (step {m.get('step')}, "
                  f"eval return {m.get('eval_mean', float('nan')):.1f}, seed {m.get('seed')})")
 
 
@@ -108,7 +91,7 @@ def plan(task: str | Task, transitions: int | None = None,
          behaviour_dir: str | os.PathLike[str] | None = None) -> list[Segment]:
     """The segments that make up ``task``'s dataset (see the module docstring)."""
     parsed = bullet_task(task, "modzoo data collect")
-    robot, level, task = parsed.robot, parsed.level, parsed.name
+    robot, level = parsed.robot, parsed.level
     n = int(transitions if transitions is not None else DEFAULT_TRANSITIONS[level])
     if n < 2:
         raise DatasetError(f"--transitions {n} is too small: a dataset needs at least 2 transitions")
@@ -124,26 +107,17 @@ def plan(task: str | Task, transitions: int | None = None,
     if level == "medium-replay":
         return [Segment("medium-replay", med, med_desc, n, REPLAY_SIGMA_START[robot], s_med)]
     exp, exp_desc = behaviour_policy(robot, "expert", behaviour_dir)
-    half = n // 2
-    return [
-        Segment("medium", med, med_desc, half, s_med, s_med),
-        Segment("expert", exp, exp_desc, n - half, EXPERT_SIGMA, EXPERT_SIGMA),
-    ]
+    return [Segment("medium", med, med_desc, n // 2, s_med, s_med),
+            Segment("expert", exp, exp_desc, n - n // 2, EXPERT_SIGMA, EXPERT_SIGMA)]
 
 
 def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any,
                  out: dict[str, list[np.ndarray]]) -> list[float]:
     """Roll ``seg.transitions`` steps into ``out``; an episode cut by the segment's end is marked as a
     timeout (it was truncated, not terminated). Returns the segment's complete-or-cut episode returns."""
-    obs_dim = env.observation_space.shape[0]
-    act_dim = env.action_space.shape[0]
-    n = seg.transitions
-    OBS = np.empty((n, obs_dim), np.float32)
-    A = np.empty((n, act_dim), np.float32)
-    R = np.empty(n, np.float32)
-    NO = np.empty((n, obs_dim), np.float32)
-    T = np.zeros(n, bool)
-    TO = np.zeros(n, bool)
+    obs_dim, act_dim, n = env.observation_space.shape[0], env.action_space.shape[0], seg.transitions
+    OBS, A, NO = (np.empty((n, d), np.float32) for d in (obs_dim, act_dim, obs_dim))
+    R, T, TO = np.empty(n, np.float32), np.zeros(n, bool), np.zeros(n, bool)
     returns: list[float] = []
     obs, _ = env.reset()
     ep_ret, t = 0.0, 0  # t: step index in the episode (a time-feature actor reads it; the data does not)
@@ -160,10 +134,7 @@ def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any,
         OBS[i], A[i], R[i], NO[i] = obs, a, r, nxt
         ep_ret += r
         last = i == n - 1
-        if term:
-            T[i] = True
-        elif trunc or last:
-            TO[i] = True
+        T[i], TO[i] = term, (trunc or last) and not term
         t += 1
         if term or trunc or last:
             returns.append(ep_ret)
@@ -173,98 +144,9 @@ def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any,
             bar.set_postfix(episodes=len(returns), last_return=f"{returns[-1]:.0f}", refresh=False)
         obs = nxt
         bar.update(1)
-    for k, v in (("observations", OBS), ("actions", A), ("rewards", R), ("next_observations", NO),
-                 ("terminals", T), ("timeouts", TO)):
+    for k, v in zip(_ARRAY_KEYS, (OBS, A, R, NO, T, TO)):
         out.setdefault(k, []).append(v)
     return returns
-
-
-@dataclass
-class CollectResult:
-    path: Path
-    attrs: dict[str, Any]
-
-
-def collect(
-    task: str,
-    transitions: int | None = None,
-    seed: int = 0,
-    out: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    behaviour_dir: str | os.PathLike[str] | None = None,
-    log: Callable[[str], None] | None = None,
-    reuse: bool = True,
-) -> CollectResult:
-    """Generate ``task``'s dataset and write it (atomically) to ``out`` or the D4RL cache path.
-
-    With ``reuse``, a medium-expert segment whose standalone file (same seed, size and recipe) is in the
-    cache is read from it rather than simulated again; the result is bit-identical either way.
-    """
-
-    parsed = bullet_task(task, "modzoo data collect")
-    robot, level, task = parsed.robot, parsed.level, parsed.name
-    segments = plan(parsed, transitions, behaviour_dir)
-    total = sum(s.transitions for s in segments)
-    path = Path(out).expanduser() if out else dataset_path(parsed)
-    arrays: dict[str, list[np.ndarray]] = {}
-    seg_info = []
-    all_returns: list[float] = []
-    t0 = time.time()
-    with progress_bar(total=total, desc=f"collect {task}", unit="step", disable=not progress, mininterval=0.5,
-                      unit_scale=True) as bar:
-        for seg in segments:
-            # Each segment starts from the same seeds as the standalone file of its level, so
-            # medium-expert is exactly medium + expert concatenated (D4RL's definition), and a cached
-            # standalone file with the same recipe can be reused instead of simulated again.
-            reused = _reuse_cached(robot, seg, seed) if (reuse and len(segments) > 1) else None
-            if reused is not None:
-                src, rets = reused, _returns_of(reused)
-                for k, v in src.items():
-                    arrays.setdefault(k, []).append(v)
-                bar.update(seg.transitions)
-                source = f"reused {dataset_path(f'bullet-{robot}-{seg.label}-v0')}"
-            else:
-                env = make_env(parsed, seed=seed)
-                rng = np.random.default_rng(seed)
-                rets = _run_segment(env, seg, rng, bar, arrays)
-                env.close()
-                source = "simulated"
-            all_returns += rets
-            r = np.asarray(rets)
-            seg_info.append({
-                "label": seg.label, "policy": seg.policy_desc, "transitions": seg.transitions,
-                "noise": "gaussian, clipped to [-1, 1]" if seg.policy is not None else "none",
-                "sigma_start": seg.sigma_start, "sigma_end": seg.sigma_end, "episodes": len(rets),
-                "mean_return": float(r.mean()), "std_return": float(r.std()),
-                "normalized_score": float(normalized_score(task, r.mean())), "source": source,
-            })
-    wall = time.time() - t0
-    data = {k: np.concatenate(v) for k, v in arrays.items()}
-    rets = np.asarray(all_returns)
-    try:
-        version = importlib.metadata.version("modzoo")
-    except importlib.metadata.PackageNotFoundError:  # running from a plain checkout
-        version = "unknown"
-    cmd = f"modzoo data collect {task} --transitions {total} --seed {seed}"
-    attrs: dict[str, Any] = {
-        "task": task, "robot": robot, "level": level, "env_id": parsed.env_id, "seed": seed,
-        "transitions": total, "episodes": len(rets),
-        "mean_return": float(rets.mean()), "std_return": float(rets.std()),
-        "normalized_score": float(normalized_score(task, rets.mean())),
-        "segments": seg_info, "modzoo_version": version, "command": cmd,
-        "generator": "modzoo data collect", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "wall_seconds": round(wall, 1), "steps_per_second": round(total / max(wall, 1e-9), 1),
-        "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet"),
-    }
-    write_d4rl_file(path, data["observations"], data["actions"], data["rewards"], data["terminals"], data["timeouts"],
-                    attrs, data["next_observations"])
-    if log:
-        log(f"wrote {path}: {total} transitions, {len(rets)} episodes, mean return {rets.mean():.1f} "
-            f"(normalized {attrs['normalized_score']:.1f}), {attrs['steps_per_second']:.0f} steps/s")
-    return CollectResult(path, attrs)
-
-
-_ARRAY_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
 
 def _reuse_cached(robot: str, seg: Segment, seed: int) -> dict[str, np.ndarray] | None:
@@ -272,112 +154,128 @@ def _reuse_cached(robot: str, seg: Segment, seed: int) -> dict[str, np.ndarray] 
     exactly this segment's recipe (seed, size, policy, noise); None otherwise."""
     import h5py
 
-
-    path = dataset_path(f"bullet-{robot}-{seg.label}-v0")
-    if not path.is_file():
-        return None
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(dataset_path(f"bullet-{robot}-{seg.label}-v0"), "r") as f:
             segs = attr_value(f.attrs.get("segments", ""))
-            if not (isinstance(segs, list) and len(segs) == 1 and attr_value(f.attrs.get("seed")) == seed):
-                return None
-            s0 = segs[0]
-            if (
-                (s0.get("label"), s0.get("policy"), s0.get("transitions"), s0.get("sigma_start"), s0.get("sigma_end"))
-                != (seg.label, seg.policy_desc, seg.transitions, seg.sigma_start, seg.sigma_end)
-            ):
-                return None
-            return {k: f[k][()] for k in _ARRAY_KEYS}
-    except (OSError, KeyError, ValueError):
+            same = (isinstance(segs, list) and len(segs) == 1 and attr_value(f.attrs.get("seed")) == seed
+                    and tuple(segs[0].get(k) for k in ("label", "policy", "transitions", "sigma_start", "sigma_end"))
+                    == (seg.label, seg.policy_desc, seg.transitions, seg.sigma_start, seg.sigma_end))
+            return {k: f[k][()] for k in _ARRAY_KEYS} if same else None
+    except (OSError, KeyError, ValueError):  # no such file, or not one collect wrote
         return None
-
-
-def _returns_of(arrays: dict[str, np.ndarray]) -> list[float]:
-
-    rets, _ = episode_returns_from_raw(arrays["rewards"].astype(np.float64), arrays["terminals"] | arrays["timeouts"])
-    return [float(x) for x in rets]
 
 
 def _pkg_version(name: str) -> str:
     try:
         return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
+    except importlib.metadata.PackageNotFoundError:  # e.g. modzoo running from a plain checkout
         return "unknown"
 
 
-def _exported_medium_source(robot: str, run: Path) -> Path | None:
-    """The snapshot of ``run`` that modzoo's exported medium actor came from (its recorded ``source``), if any:
-    medium-replay then ends exactly where the medium dataset's policy was taken."""
-    import torch
-
-    path = ASSET_DIR / actor_filename(robot, "medium")
-    if not path.is_file():
-        return None
-    source = Path(torch.load(path, map_location="cpu", weights_only=True)["meta"].get("source", ""))
-    snap = run / "snapshots" / source.name
-    return snap if source.name and snap.is_file() else None
+def _stats(task: str, returns: Sequence[float]) -> dict[str, Any]:
+    r = np.asarray(returns)
+    return {"episodes": len(r), "mean_return": float(r.mean()), "std_return": float(r.std()),
+            "normalized_score": float(normalized_score(task, r.mean()))}
 
 
-def collect_replay_from_run(
-    task: str, run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, upto_step: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> CollectResult:
+def _recipe(t: Task, seed: Any, transitions: int, returns: Sequence[float], segments: list[dict[str, Any]],
+            command: str, generator: str, **timing: float) -> dict[str, Any]:
+    """The attributes a collected file carries: what made it, from what, and the returns it holds."""
+    return {"task": t.name, "robot": t.robot, "level": t.level, "env_id": t.env_id, "seed": seed,
+            "transitions": transitions, **_stats(t.name, returns), "segments": segments,
+            "modzoo_version": _pkg_version("modzoo"), "command": command, "generator": generator,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **timing,
+            "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet")}
+
+
+def collect(task: str, transitions: int | None = None, seed: int = 0, out: str | os.PathLike[str] | None = None,
+            progress: bool = True, behaviour_dir: str | os.PathLike[str] | None = None, reuse: bool = True
+            ) -> CollectResult:
+    """Generate ``task``'s dataset and write it (atomically) to ``out`` or the D4RL cache path.
+
+    With ``reuse``, a medium-expert segment whose standalone file (same seed, size and recipe) is in the
+    cache is read from it rather than simulated again; the result is bit-identical either way.
+    """
+    parsed = bullet_task(task, "modzoo data collect")
+    segments = plan(parsed, transitions, behaviour_dir)
+    total = sum(s.transitions for s in segments)
+    arrays: dict[str, list[np.ndarray]] = {}
+    seg_info, all_returns = [], []
+    t0 = time.time()
+    with progress_bar(total=total, desc=f"collect {parsed}", unit="step", disable=not progress, mininterval=0.5,
+                      unit_scale=True) as bar:
+        for seg in segments:
+            # Each segment starts from the same seeds as the standalone file of its level, so
+            # medium-expert is exactly medium + expert concatenated (D4RL's definition), and a cached
+            # standalone file with the same recipe can be reused instead of simulated again.
+            reused = _reuse_cached(parsed.robot, seg, seed) if (reuse and len(segments) > 1) else None
+            if reused is not None:
+                for k, v in reused.items():
+                    arrays.setdefault(k, []).append(v)
+                rets = list(episode_returns_from_raw(reused["rewards"].astype(np.float64),
+                                                     reused["terminals"] | reused["timeouts"])[0])
+                bar.update(seg.transitions)
+                source = f"reused {dataset_path(f'bullet-{parsed.robot}-{seg.label}-v0')}"
+            else:
+                env = make_env(parsed, seed=seed)
+                rets = _run_segment(env, seg, np.random.default_rng(seed), bar, arrays)
+                env.close()
+                source = "simulated"
+            all_returns += rets
+            seg_info.append({"label": seg.label, "policy": seg.policy_desc, "transitions": seg.transitions,
+                             "noise": "gaussian, clipped to [-1, 1]" if seg.policy is not None else "none",
+                             "sigma_start": seg.sigma_start, "sigma_end": seg.sigma_end,
+                             **_stats(parsed.name, rets), "source": source})
+    wall = time.time() - t0
+    data = {k: np.concatenate(v) for k, v in arrays.items()}
+    attrs = _recipe(parsed, seed, total, all_returns, seg_info,
+                    f"modzoo data collect {parsed} --transitions {total} --seed {seed}", "modzoo data collect",
+                    wall_seconds=round(wall, 1), steps_per_second=round(total / max(wall, 1e-9), 1))
+    path = Path(out).expanduser() if out else dataset_path(parsed)
+    write_d4rl_file(path, data["observations"], data["actions"], data["rewards"], data["terminals"], data["timeouts"],
+                    attrs, data["next_observations"])
+    return CollectResult(path, attrs)
+
+
+def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+                            upto_step: int | None = None) -> CollectResult:
     """D4RL's exact medium-replay recipe from a ``train-behaviour`` run: every transition SAC saw (its
     replay buffer, saved as ``replay/chunk_<step>.npz``) up to the step of the run's medium snapshot
     (or ``upto_step``). No simulation: the file is written from the saved chunks."""
-    import json as _json
-
-
     parsed = bullet_task(task, "modzoo data collect")
-    robot, level, task = parsed.robot, parsed.level, parsed.name
-    if level != "medium-replay":
-        raise DatasetError(f"--from-run builds medium-replay datasets only, not {task}")
+    robot = parsed.robot
+    if parsed.level != "medium-replay":
+        raise DatasetError(f"--from-run builds medium-replay datasets only, not {parsed}")
     run = Path(run_dir)
-    if upto_step is None:
-        snap = _exported_medium_source(robot, run) or snapshot_near(run, D4RL_PYBULLET_MEDIUM_RETURN[robot])
-        upto_step = int(snap.stem.split("_")[1])
-    chunks = sorted((run / "replay").glob("chunk_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
-    chunks = [c for c in chunks if int(c.stem.split("_")[1]) <= upto_step]
-    if not chunks:
+    upto_step, snapshot_return = medium_snapshot(robot, run, upto_step)
+    chunks = {int(c.stem.split("_")[1]): c for c in (run / "replay").glob("chunk_*.npz")}
+    parts = [np.load(chunks[step]) for step in sorted(chunks) if step <= upto_step]
+    if not parts:
         raise DatasetError(f"no replay chunks up to step {upto_step} in {run / 'replay'}: "
                            f"run `modzoo data train-behaviour {robot}` first")
-    parts = [np.load(c) for c in chunks]
     cat = {k: np.concatenate([p[k] for p in parts])
            for k in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")}
-    if _json.loads((run / "config.json").read_text()).get("time_feature"):
+    config = json.loads((run / "config.json").read_text())
+    if config.get("time_feature"):
         # SAC's buffer holds the observation with the time feature appended; the dataset keeps the env's own.
         cat["observations"], cat["next_observations"] = cat["observations"][:, :-1], cat["next_observations"][:, :-1]
     timeouts = cat["timeouts"].astype(bool)
     terminals = cat["dones"].astype(bool) & ~timeouts
     # Episodes cut without a flag: the buffer's end, and a resumed run (SB3 resets the env on load), seen
     # as a row whose stored successor is not the next row's observation. Mark them as timeouts.
-    ends = terminals | timeouts
-    broken = ~ends[:-1] & np.any(cat["next_observations"][:-1] != cat["observations"][1:], axis=1)
+    broken = ~(terminals | timeouts)[:-1] & np.any(cat["next_observations"][:-1] != cat["observations"][1:], axis=1)
     timeouts[:-1] |= broken
     timeouts[-1] = timeouts[-1] or not terminals[-1]
-
     rets, _ = episode_returns_from_raw(cat["rewards"].astype(np.float64), terminals | timeouts)
-    prog = [r for r in read_progress(run) if r["step"] == upto_step]
     n = len(cat["rewards"])
-    attrs: dict[str, Any] = {
-        "task": task, "robot": robot, "level": level, "env_id": parsed.env_id,
-        "seed": _json.loads((run / "config.json").read_text()).get("seed"),
-        "transitions": n, "episodes": len(rets), "mean_return": float(rets.mean()), "std_return": float(rets.std()),
-        "normalized_score": float(normalized_score(task, rets.mean())),
-        "segments": [{"label": "medium-replay", "policy": f"SB3 SAC replay buffer of {run} up to step {upto_step}",
-                      "transitions": n, "noise": "SAC's own exploration (gSDE)", "sigma_start": None, "sigma_end": None,
-                      "episodes": len(rets), "mean_return": float(rets.mean()), "std_return": float(rets.std()),
-                      "normalized_score": float(normalized_score(task, rets.mean())), "source": "replay chunks",
-                      "snapshot_eval_return": prog[0]["eval_mean"] if prog else None}],
-        "modzoo_version": _pkg_version("modzoo"),
-        "command": f"modzoo data collect {task} --from-run {run} --upto-step {upto_step}",
-        "generator": "modzoo data collect --from-run",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet"),
-    }
+    segment = {"label": "medium-replay", "policy": f"SB3 SAC replay buffer of {run} up to step {upto_step}",
+               "transitions": n, "noise": "SAC's own exploration (gSDE)", "sigma_start": None, "sigma_end": None,
+               **_stats(parsed.name, rets), "source": "replay chunks",
+               "snapshot_eval_return": snapshot_return}
+    attrs = _recipe(parsed, config.get("seed"), n, rets, [segment],
+                    f"modzoo data collect {parsed} --from-run {run} --upto-step {upto_step}",
+                    "modzoo data collect --from-run")
     path = Path(out).expanduser() if out else dataset_path(parsed)
     write_d4rl_file(path, cat["observations"], cat["actions"], cat["rewards"], terminals, timeouts, attrs,
                     cat["next_observations"])
-    if log:
-        log(f"wrote {path}: {n} transitions, {len(rets)} episodes, mean return {rets.mean():.1f}")
     return CollectResult(path, attrs)

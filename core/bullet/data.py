@@ -1,16 +1,14 @@
 """D4RL-format datasets: reading, validating, building transitions, writing.
 
-The on-disk layout is D4RL's HDF5 (``observations, actions, rewards, terminals`` and usually
-``timeouts``, optionally ``next_observations``), so files D4RL published, files written by someone else
-with plain h5py, and files ``modzoo data collect`` writes all load the same way. Transitions are built
-exactly like ``d4rl.qlearning_dataset`` (see :func:`qlearning_transitions`), so a critic trained here sees
-the same (s, a, r, s', done) tuples it would see through d4rl.
-
-Every problem a user can fix (missing file, not HDF5, truncated, missing key, wrong lengths, NaN/inf,
-dims not matching the env) raises :class:`~modzoo.errors.DatasetError` with the file named in one line.
+The on-disk layout is D4RL's HDF5 (``observations, actions, rewards, terminals`` and usually ``timeouts``, optionally
+``next_observations``), so files D4RL published, files written with plain h5py and files ``modzoo data collect``
+writes all load the same way. Transitions are built exactly like ``d4rl.qlearning_dataset``
+(:func:`qlearning_transitions`), so a critic trained here sees the (s, a, r, s', done) tuples it would see through
+d4rl. Every problem a user can fix raises :class:`~modzoo.errors.DatasetError` naming the file in one line.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,25 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import gymnasium
 import numpy as np
 
 from ..errors import DatasetError, EnvError
 from . import minari_data
-from .envs import env_dims
-from .minari_data import is_minari_id
-from .scores import DATASET_URLS
+from .envs import env_dims, make_env
+from .scores import DATASET_URLS, REF_MAX_SCORE, REF_MIN_SCORE
 from .tasks import MAX_EPISODE_STEPS, TASKS, Task, task_of
 
 #: Keys every D4RL file has (d4rl's ``get_dataset`` asserts exactly these).
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
-#: Environment variable D4RL itself uses for its download cache.
-DATASET_DIR_ENV = "D4RL_DATASET_DIR"
+#: The transition arrays, in the order the fingerprint hashes them.
+TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
+_FIX = "rebuild it with `modzoo data collect NAME`"
 
 
 def dataset_dir() -> Path:
     """D4RL's cache directory: ``$D4RL_DATASET_DIR`` or ``~/.d4rl/datasets`` (d4rl's default)."""
-    return Path(os.environ.get(DATASET_DIR_ENV, "~/.d4rl/datasets")).expanduser()
+    return Path(os.environ.get("D4RL_DATASET_DIR", "~/.d4rl/datasets")).expanduser()
 
 
 def demo_dir() -> Path:
@@ -48,43 +45,24 @@ def demo_dir() -> Path:
 
 def demo_dataset_path(task: str, transitions: int, directory: str | os.PathLike[str] | None = None) -> Path:
     """The file of ``modzoo demo``'s small dataset of ``task``: ``<task>-demo-<transitions>.hdf5`` in the demo's
-    cache.
-
-    Never D4RL's cache under D4RL's file name: a run or a grid that names the task (``--env`` without
-    ``--dataset``) must get the full dataset or a clear "not found", never 50k demo transitions standing in for
-    D4RL's million. The demo's file is used where it is named (``--dataset PATH``, ``data info PATH``: the demo
-    prints those commands), and the "not found" error for the task points at it.
-    """
+    cache, never D4RL's file: a run that names the task must get the full dataset or a clear "not found" (which
+    points at the demo's file), never 50k demo transitions standing in for D4RL's million."""
     return Path(directory or demo_dir()).expanduser() / f"{task}-demo-{int(transitions)}.hdf5"
-
-
-def demo_datasets(task: str) -> list[Path]:
-    """The demo files of ``task`` in the demo's cache, smallest first."""
-    found = demo_dir().glob(f"{task}-demo-*.hdf5")
-    return sorted(found, key=lambda f: (len(f.name), f.name))
 
 
 def dataset_path(task: str | Task) -> Path:
     """Where D4RL (and modzoo) keep a named dataset: the cache dir + the file name of D4RL's URL
     (``bullet-hopper-medium-v0`` -> ``bullet-hopper_medium.hdf5``), as d4rl's ``filepath_from_url``."""
-
-    t = task_of(task)  # EnvError listing known names for anything else
-    return dataset_dir() / DATASET_URLS[t.name].rsplit("/", 1)[-1]
+    return dataset_dir() / DATASET_URLS[task_of(task).name].rsplit("/", 1)[-1]  # task_of: EnvError naming the tasks
 
 
 def task_from_filename(path: str | os.PathLike[str]) -> str | None:
     """Guess the task from a D4RL file name (``bullet-hopper_medium_replay.hdf5``) or a file named after
     the task (``bullet-hopper-medium-replay-v0.hdf5``); None if it is neither."""
-    stem = Path(path).name
-    stem = re.sub(r"\.(hdf5|h5)$", "", stem)
-    if stem in TASKS:
-        return stem
+    stem = re.sub(r"\.(hdf5|h5)$", "", Path(path).name)
     m = re.fullmatch(r"bullet-([a-z0-9]+)_([a-z_]+)", stem)
-    if m:
-        cand = f"bullet-{m.group(1)}-{m.group(2).replace('_', '-')}-v0"
-        if cand in TASKS:
-            return cand
-    return None
+    name = f"bullet-{m.group(1)}-{m.group(2).replace('_', '-')}-v0" if m else stem
+    return name if name in TASKS else None
 
 
 @dataclass
@@ -128,24 +106,19 @@ class Dataset:
         return self.raw_episode_lengths
 
 
-def fingerprint_arrays(*arrays: np.ndarray) -> str:
-    """Short sha256 (16 hex) over the arrays' float32 bytes and shapes."""
+def fingerprint_of(transitions: Mapping[str, np.ndarray]) -> str:
+    """Short sha256 (16 hex) over the float32 bytes and shapes of the :data:`TRANSITION_KEYS` arrays."""
     h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a, dtype=np.float32)
+    for k in TRANSITION_KEYS:
+        a = np.ascontiguousarray(transitions[k], dtype=np.float32)
         h.update(repr(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
 
 
-def qlearning_transitions(
-    observations: np.ndarray,
-    actions: np.ndarray,
-    rewards: np.ndarray,
-    terminals: np.ndarray,
-    timeouts: np.ndarray | None,
-    max_episode_steps: int = MAX_EPISODE_STEPS,
-) -> dict[str, np.ndarray]:
+def qlearning_transitions(observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminals: np.ndarray,
+                          timeouts: np.ndarray | None, max_episode_steps: int = MAX_EPISODE_STEPS
+                          ) -> dict[str, np.ndarray]:
     """``d4rl.qlearning_dataset`` (``terminate_on_end=False``), vectorized.
 
     d4rl's rule: for ``i`` in ``0 .. N-2`` the transition is ``(obs[i], act[i], rew[i], obs[i+1],
@@ -160,12 +133,9 @@ def qlearning_transitions(
     elif timeouts is not None:
         keep = np.flatnonzero(~timeouts[: n - 1].astype(bool))
     else:
-        done = terminals.astype(bool)
-        kept = []
-        episode_step = 0
+        done, kept, episode_step = terminals.astype(bool), [], 0
         for i in range(n - 1):
-            final = episode_step == max_episode_steps - 1
-            if final:
+            if episode_step == max_episode_steps - 1:  # the episode's last step: d4rl's timeout
                 episode_step = 0
                 continue
             if done[i]:
@@ -215,15 +185,11 @@ def attr_value(v: Any) -> Any:
     """HDF5 attribute -> plain Python (JSON strings written by modzoo come back as dicts/lists)."""
     if isinstance(v, bytes):
         v = v.decode("utf-8", "replace")
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, np.ndarray):
+    if isinstance(v, (np.generic, np.ndarray)):
         v = v.tolist()
     if isinstance(v, str) and v[:1] in "{[":
-        try:
+        with contextlib.suppress(ValueError):
             return json.loads(v)
-        except ValueError:
-            return v
     return v
 
 
@@ -235,121 +201,103 @@ def read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
-            missing = [k for k in REQUIRED_KEYS if k not in keys]
-            if missing:
-                raise DatasetError(
-                    f"dataset file {path} has no key {missing[0]!r}: not a D4RL-format file "
-                    f"(keys: {', '.join(sorted(keys)) or 'none'}); rebuild it with `modzoo data collect NAME`"
-                )
+            for k in REQUIRED_KEYS:
+                if k not in keys:
+                    raise DatasetError(f"dataset file {path} has no key {k!r}: not a D4RL-format file (keys: "
+                                       f"{', '.join(sorted(keys)) or 'none'}); {_FIX}")
             raw: dict[str, np.ndarray] = {}
             for k in (*REQUIRED_KEYS, "timeouts", "next_observations"):
                 if k in keys:
-                    obj = f[k]
-                    if not isinstance(obj, h5py.Dataset):
-                        raise DatasetError(f"dataset file {path}: {k!r} is a group, not an array; not a D4RL-format "
-                                           "file, rebuild it with `modzoo data collect NAME`")
-                    raw[k] = obj[()]
+                    if not isinstance(f[k], h5py.Dataset):
+                        raise _broken(path, f"{k!r} is a group, not an array; not a D4RL-format file")
+                    raw[k] = f[k][()]
             attrs = {str(k): attr_value(v) for k, v in f.attrs.items()}
-    except DatasetError:
-        raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise DatasetError(
-            f"dataset file {path} is unreadable or corrupt ({msg}); the file was left alone: rebuild it with "
-            f"`modzoo data collect NAME --force` or download it again with `modzoo data fetch NAME --force`"
-        ) from exc
+        raise DatasetError(f"dataset file {path} is unreadable or corrupt ({msg}); the file was left alone: rebuild "
+                           "it with `modzoo data collect NAME --force` or download it again with `modzoo data fetch "
+                           "NAME --force`") from exc
     return raw, attrs
 
 
-def _validate(path: Path, raw: dict[str, np.ndarray], task: str | Task) -> None:
-    obs_dim, act_dim = env_dims(task)
-    fix = "rebuild it with `modzoo data collect NAME`"
-    obs, act = raw["observations"], raw["actions"]
-    if obs.ndim != 2 or obs.shape[1] != obs_dim:
-        raise DatasetError(f"dataset file {path}: observations have shape {obs.shape}, but {task} needs "
-                           f"(N, {obs_dim}); wrong task for this file? pass the right task or {fix}")
-    if act.ndim != 2 or act.shape[1] != act_dim:
-        raise DatasetError(f"dataset file {path}: actions have shape {act.shape}, but {task} needs (N, {act_dim}); "
-                           f"wrong task for this file? pass the right task or {fix}")
-    n = obs.shape[0]
+def _first_row(bad: np.ndarray) -> int:
+    return int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
+
+
+def _broken(path: Path, problem: str) -> DatasetError:
+    return DatasetError(f"dataset file {path}: {problem}; {_FIX}")
+
+
+def _validate(path: Path, raw: dict[str, np.ndarray], task: Task) -> None:
+    for k, dim in zip(("observations", "actions"), env_dims(task)):
+        if raw[k].ndim != 2 or raw[k].shape[1] != dim:
+            raise DatasetError(f"dataset file {path}: {k} have shape {raw[k].shape}, but {task} needs (N, {dim}); "
+                               f"wrong task for this file? pass the right task or {_FIX}")
+    n = raw["observations"].shape[0]
     if n == 0:
-        raise DatasetError(f"dataset file {path} holds no transitions: {fix}")
-    for k in ("rewards", "terminals", "timeouts", "next_observations"):
-        if k in raw and raw[k].ndim == 0:
-            raise DatasetError(f"dataset file {path}: {k!r} is a single value, expected one per row ({n}); {fix}")
-    for k in ("actions", "rewards", "terminals", "timeouts", "next_observations"):
-        if k in raw and raw[k].shape[0] != n:
-            raise DatasetError(f"dataset file {path}: {k!r} has {raw[k].shape[0]} rows but observations have {n}; "
-                               f"the file is inconsistent, {fix}")
-    for k in ("rewards", "terminals", "timeouts"):
-        if k in raw and raw[k].ndim != 1:
-            raise DatasetError(f"dataset file {path}: {k!r} has shape {raw[k].shape}, expected ({n},); {fix}")
-    if "next_observations" in raw and raw["next_observations"].shape != obs.shape:
-        raise DatasetError(f"dataset file {path}: next_observations have shape {raw['next_observations'].shape}, "
-                           f"observations {obs.shape}; {fix}")
-    f32_max = float(np.finfo(np.float32).max)
-    for k in ("observations", "actions", "rewards", "next_observations"):
-        if k in raw:
-            a = raw[k]
-            if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-                raise DatasetError(f"dataset file {path}: {k!r} has dtype {a.dtype}, not real numbers; {fix}")
-            bad = ~np.isfinite(a)
-            if bad.any():
-                row = int(np.flatnonzero(bad.reshape(n, -1).any(axis=1))[0])
-                raise DatasetError(f"dataset file {path}: {k!r} contains NaN or inf (first at row {row}); {fix}")
-            if np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 4:
-                big = np.abs(a) > f32_max  # would load as inf: everything trains in float32
-                if big.any():
-                    row = int(np.flatnonzero(big.reshape(n, -1).any(axis=1))[0])
-                    raise DatasetError(f"dataset file {path}: {k!r} holds a value beyond float32 (first at row "
-                                       f"{row}); {fix}")
-    for k in ("terminals", "timeouts"):  # flags: d4rl reads them as booleans, so anything but 0/1 is a broken file
-        if k in raw:
-            a = raw[k]
-            if not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-                raise DatasetError(f"dataset file {path}: {k!r} has dtype {a.dtype}, expected 0/1 flags; {fix}")
+        raise DatasetError(f"dataset file {path} holds no transitions: {_FIX}")
+    for k, a in raw.items():
+        if a.ndim == 0:
+            raise _broken(path, f"{k!r} is a single value, expected one per row ({n})")
+        if a.shape[0] != n:
+            raise _broken(path, f"{k!r} has {a.shape[0]} rows but observations have {n}; the file is inconsistent")
+        if k in ("rewards", "terminals", "timeouts") and a.ndim != 1:
+            raise _broken(path, f"{k!r} has shape {a.shape}, expected ({n},)")
+    if "next_observations" in raw and raw["next_observations"].shape != raw["observations"].shape:
+        raise _broken(path, f"next_observations have shape {raw['next_observations'].shape}, observations "
+                            f"{raw['observations'].shape}")
+    for k, a in raw.items():
+        real = np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
+        if k in ("terminals", "timeouts"):  # d4rl reads flags as booleans: anything but 0/1 is a broken file
+            if not (real or a.dtype == np.bool_):
+                raise _broken(path, f"{k!r} has dtype {a.dtype}, expected 0/1 flags")
             bad = ~np.isin(a.astype(np.float64), (0.0, 1.0))
             if bad.any():
-                row = int(np.flatnonzero(bad)[0])
-                raise DatasetError(f"dataset file {path}: {k!r} holds {a[row]!r} at row {row}; flags must be 0 or 1; "
-                                   f"{fix}")
+                row = _first_row(bad)
+                raise _broken(path, f"{k!r} holds {a[row]!r} at row {row}; flags must be 0 or 1")
+        elif not real:
+            raise _broken(path, f"{k!r} has dtype {a.dtype}, not real numbers")
+        elif (~np.isfinite(a)).any():
+            raise _broken(path, f"{k!r} contains NaN or inf (first at row {_first_row(~np.isfinite(a))})")
+        elif np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 4:
+            big = np.abs(a) > float(np.finfo(np.float32).max)  # would load as inf: everything trains in float32
+            if big.any():
+                raise _broken(path, f"{k!r} holds a value beyond float32 (first at row {_first_row(big)})")
 
 
 def _resolve(name_or_path: str, task: str | None) -> tuple[Path, str]:
     """Path and task for ``load_dataset``'s argument (a file path or a task name)."""
     p = Path(name_or_path).expanduser()
-    looks_like_path = p.suffix in (".hdf5", ".h5") or os.sep in name_or_path or p.exists()
-    if not looks_like_path:
-        try:
-            task_of(name_or_path)
-        except EnvError as exc:
-            raise DatasetError(f"{name_or_path!r} is neither a dataset file nor a known task name; {exc}") from exc
-        t = task or name_or_path
-        path = dataset_path(name_or_path)
-        if not path.exists():
-            raise DatasetError(
-                f"dataset {name_or_path} not found at {path}: build it with `modzoo data collect {name_or_path}` "
-                f"(or `modzoo data fetch {name_or_path}` where D4RL's server is reachable; "
-                f"set ${DATASET_DIR_ENV} to use another directory)"
-                f"{_demo_hint(name_or_path)}"
-            )
-        return path, t
-    return p, task or ""
+    if p.suffix in (".hdf5", ".h5") or os.sep in name_or_path or p.exists():
+        return p, task or ""
+    try:
+        task_of(name_or_path)
+    except EnvError as exc:
+        raise DatasetError(f"{name_or_path!r} is neither a dataset file nor a known task name; {exc}") from exc
+    path = dataset_path(name_or_path)
+    if not path.exists():
+        # the demo's small file is offered by path, never used in the full dataset's place (see demo_dataset_path)
+        demo = max(demo_dir().glob(f"{name_or_path}-demo-*.hdf5"), key=lambda f: (len(f.name), f.name), default=None)
+        hint = (f"; the small dataset `modzoo demo` made is {demo}: pass it by path to use it (--dataset {demo}, or "
+                f"`modzoo data info {demo}`)") if demo else ""
+        raise DatasetError(f"dataset {name_or_path} not found at {path}: build it with `modzoo data collect "
+                           f"{name_or_path}` (or `modzoo data fetch {name_or_path}` where D4RL's server is reachable; "
+                           f"set $D4RL_DATASET_DIR to use another directory){hint}")
+    return path, task or name_or_path
 
 
 def _must_exist(path: Path) -> None:
     if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist: give an existing path or build it with "
                            f"`modzoo data collect NAME --out {path}`")
-    if path.is_dir():
-        # never advise deleting it: a directory given by mistake is usually someone's data
+    if path.is_dir():  # never advise deleting it: a directory given by mistake is usually someone's data
         raise DatasetError(f"dataset {path} is a directory, not a dataset file: give the .hdf5 file itself (e.g. "
                            f"{path / 'NAME.hdf5'}), or a task name or Minari dataset id")
 
 
 def _from_minari(name_or_path: str) -> bool:
     """A Minari dataset id, unless a file of that name is here (a path wins)."""
-    return is_minari_id(name_or_path) and not Path(name_or_path).expanduser().exists()
+    return minari_data.is_minari_id(name_or_path) and not Path(name_or_path).expanduser().exists()
 
 
 def dataset_file(name_or_path: str, task: str | None = None) -> Path | None:
@@ -361,16 +309,6 @@ def dataset_file(name_or_path: str, task: str | None = None) -> Path | None:
     path, _ = _resolve(str(name_or_path), task)
     _must_exist(path)
     return path
-
-
-def _demo_hint(task: str) -> str:
-    """The demo's small file of ``task``, offered by path where the full dataset is missing (never used in its
-    place: it is a fraction of the data, see :func:`demo_dataset_path`)."""
-    found = demo_datasets(task)
-    if not found:
-        return ""
-    return (f"; the small dataset `modzoo demo` made is {found[-1]}: pass it by path to use it (--dataset "
-            f"{found[-1]}, or `modzoo data info {found[-1]}`)")
 
 
 def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
@@ -385,8 +323,7 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
         return _load_minari(str(name_or_path))
     path, t = _resolve(str(name_or_path), task)
     raw, attrs = read_raw(path)
-    if not t:
-        t = str(attrs.get("task") or "") or (task_from_filename(path) or "")
+    t = t or str(attrs.get("task") or "") or (task_from_filename(path) or "")
     if not t:
         raise DatasetError(f"dataset file {path}: cannot tell which task it belongs to (no 'task' attribute, file name "
                            "not D4RL's); pass the task, e.g. load_dataset(path, task='bullet-hopper-medium-v0')")
@@ -394,32 +331,28 @@ def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
         parsed = task_of(t)
     except EnvError as exc:
         raise DatasetError(f"dataset file {path}: task {t!r} unknown; {exc}") from exc
-    if raw["rewards"].ndim == 2 and raw["rewards"].shape[1] == 1:  # some writers store (N, 1); d4rl squeezes
-        raw["rewards"] = raw["rewards"][:, 0]
-    for k in ("terminals", "timeouts"):
+    for k in ("rewards", "terminals", "timeouts"):  # some writers store (N, 1); d4rl squeezes
         if k in raw and raw[k].ndim == 2 and raw[k].shape[1] == 1:
             raw[k] = raw[k][:, 0]
     _validate(path, raw, parsed)
     timeouts = raw.get("timeouts")
     tr = qlearning_transitions(raw["observations"], raw["actions"], raw["rewards"], raw["terminals"], timeouts)
     if len(tr["rewards"]) == 0:
-        raise DatasetError(f"dataset file {path} yields no transitions (every row is an episode's last step); "
-                           "rebuild it with `modzoo data collect NAME`")
+        raise DatasetError(f"dataset file {path} yields no transitions (every row is an episode's last step); {_FIX}")
     rets, lens = episode_returns_from_raw(raw["rewards"].astype(np.float64),
                                           episode_boundaries(raw["terminals"], timeouts))
-    fp = fingerprint_arrays(tr["observations"], tr["actions"], tr["rewards"], tr["next_observations"], tr["terminals"])
-    return Dataset(
-        name=t, path=str(path), attrs=attrs, fingerprint=fp,
-        raw_episode_returns=rets, raw_episode_lengths=lens, **tr,
-    )
+    return Dataset(name=t, path=str(path), attrs=attrs, fingerprint=fingerprint_of(tr),
+                   raw_episode_returns=rets, raw_episode_lengths=lens, **tr)
 
 
 def _load_minari(dataset_id: str) -> Dataset:
-    """A Minari dataset as a :class:`Dataset`, checked against the env it is evaluated on."""
+    """A Minari dataset as a :class:`Dataset`, checked against the env it is evaluated on (built, not stepped)."""
     t = task_of(dataset_id)
     tr = minari_data.episodes(dataset_id)
     rets, lens = tr.pop("episode_returns"), tr.pop("episode_lengths")
-    env_obs, env_act = _env_dims_of(t)
+    env = make_env(t)
+    env_obs, env_act = int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+    env.close()
     if (tr["observations"].shape[1], tr["actions"].shape[1]) != (env_obs, env_act):
         raise DatasetError(f"Minari dataset {dataset_id!r}: its data has observation/action dims "
                            f"{tr['observations'].shape[1]}/{tr['actions'].shape[1]} but its evaluation env "
@@ -427,31 +360,14 @@ def _load_minari(dataset_id: str) -> Dataset:
     if abs(t.act_high - 1.0) > 1e-6:
         raise DatasetError(f"Minari dataset {dataset_id!r}: actions span +-{t.act_high:g}, but modzoo's policies "
                            f"act in [-1, 1] (D4RL's locomotion range); rescale the dataset's actions first")
-    fp = fingerprint_arrays(tr["observations"], tr["actions"], tr["rewards"], tr["next_observations"], tr["terminals"])
     return Dataset(name=dataset_id, path=str(minari_data.datasets_path() / dataset_id),
-                   attrs={"task": dataset_id, "source": "minari", "env_id": t.env_id}, fingerprint=fp,
+                   attrs={"task": dataset_id, "source": "minari", "env_id": t.env_id}, fingerprint=fingerprint_of(tr),
                    raw_episode_returns=rets, raw_episode_lengths=lens, **tr)
 
 
-def _env_dims_of(t: Any) -> tuple[int, int]:
-    """The evaluation env's own observation and action sizes (the env is built, not stepped)."""
-    env = gymnasium.make(t.spec(), disable_env_checker=True)
-    try:
-        return int(env.observation_space.shape[0]), int(env.action_space.shape[0])
-    finally:
-        env.close()
-
-
-def write_d4rl_file(
-    path: str | os.PathLike[str],
-    observations: np.ndarray,
-    actions: np.ndarray,
-    rewards: np.ndarray,
-    terminals: np.ndarray,
-    timeouts: np.ndarray,
-    attrs: Mapping[str, Any] | None = None,
-    next_observations: np.ndarray | None = None,
-) -> Path:
+def write_d4rl_file(path: str | os.PathLike[str], observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                    terminals: np.ndarray, timeouts: np.ndarray, attrs: Mapping[str, Any] | None = None,
+                    next_observations: np.ndarray | None = None) -> Path:
     """Write a D4RL-layout HDF5 file atomically (temp file in the same directory, then ``os.replace``),
     so an interrupted write never leaves a half file under the final name.
 
@@ -481,11 +397,7 @@ def write_d4rl_file(
             for k, a in arrays.items():
                 f.create_dataset(k, data=a)
             for k, v in (attrs or {}).items():
-                if isinstance(v, (dict, list, tuple)):
-                    v = json.dumps(v)
-                elif v is None:
-                    v = ""
-                f.attrs[k] = v
+                f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else "" if v is None else v
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -498,27 +410,22 @@ def raw_episodes(raw: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     ``observations`` (n + 1, the last one the episode's final next observation), ``actions``, ``rewards``,
     ``terminations``, ``truncations`` (n each). A file without ``next_observations`` cannot give an episode's
     last observation, so its last step is dropped."""
-    ends = np.flatnonzero(episode_boundaries(raw["terminals"], raw.get("timeouts")))
-    n_rows, out, start = len(raw["rewards"]), [], 0
-    bounds = [int(e) + 1 for e in ends] + ([n_rows] if not len(ends) or ends[-1] + 1 < n_rows else [])
-    nxt = raw.get("next_observations")
-    for end in bounds:
-        rows = slice(start, end)
-        last = end - 1
+    ends = np.flatnonzero(episode_boundaries(raw["terminals"], raw.get("timeouts"))) + 1
+    n_rows, nxt, out = len(raw["rewards"]), raw.get("next_observations"), []
+    bounds = list(ends) + ([n_rows] if not len(ends) or ends[-1] < n_rows else [])
+    for start, end in zip([0, *bounds[:-1]], bounds):
+        cut = end if nxt is not None else end - 1
+        if cut - start < 1:
+            continue
+        obs = raw["observations"][start:end]
         if nxt is not None:
-            obs = np.concatenate([raw["observations"][rows], nxt[last:last + 1]])
-            cut = end
-        else:
-            obs, cut = raw["observations"][rows], end - 1
-        n = cut - start
-        if n >= 1:
-            term = raw["terminals"][start:cut].astype(bool)
-            trunc = np.zeros(n, dtype=bool)
-            trunc[-1] = not term[-1]  # not a fall: the time limit, the file's end, or a step dropped above
-            out.append({"observations": obs.astype(np.float32), "actions": raw["actions"][start:cut].astype(np.float32),
-                        "rewards": raw["rewards"][start:cut].astype(np.float64).reshape(-1), "terminations": term,
-                        "truncations": trunc})
-        start = end
+            obs = np.concatenate([obs, nxt[end - 1:end]])
+        term = raw["terminals"][start:cut].astype(bool)
+        trunc = np.zeros(cut - start, dtype=bool)
+        trunc[-1] = not term[-1]  # not a fall: the time limit, the file's end, or a step dropped above
+        out.append({"observations": obs.astype(np.float32), "actions": raw["actions"][start:cut].astype(np.float32),
+                    "rewards": raw["rewards"][start:cut].astype(np.float64).reshape(-1), "terminations": term,
+                    "truncations": trunc})
     return out
 
 
@@ -531,14 +438,11 @@ def export_minari(task: str, dataset_id: str | None = None, path: str | os.PathL
         raise DatasetError(f"{task!r} is already a Minari dataset")
     src = Path(path).expanduser() if path else dataset_path(t)
     raw, attrs = read_raw(src)
-    eps = raw_episodes(raw)
     dataset_id = dataset_id or f"modzoo/{t.robot}/{t.level}-v0"
     if not minari_data.is_minari_id(dataset_id):
         raise DatasetError(f"--out {dataset_id!r} is not a Minari id namespace/name-vN (e.g. modzoo/hopper/medium-v0)")
-    from .scores import REF_MAX_SCORE, REF_MIN_SCORE
-
     recipe = {k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))}
-    minari_data.write(dataset_id, eps, env_id=t.env_id, ref_min_score=REF_MIN_SCORE[t.name],
+    minari_data.write(dataset_id, raw_episodes(raw), env_id=t.env_id, ref_min_score=REF_MIN_SCORE[t.name],
                       ref_max_score=REF_MAX_SCORE[t.name], algorithm=str(attrs.get("behaviour") or "modzoo collect"),
                       description=f"modzoo {t.name} ({src.name}); recipe: {json.dumps(recipe, default=str)}")
     return dataset_id

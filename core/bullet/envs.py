@@ -1,18 +1,13 @@
-"""Bullet locomotion environments for the D4RL ``bullet-*`` tasks.
+"""Bullet locomotion environments for the D4RL ``bullet-*`` tasks, registered as ``modzoo/bullet-<robot>-v0``.
 
-D4RL's ``bullet-*`` datasets were recorded on pybullet's ``HopperBulletEnv-v0`` and friends. Legacy
-``pybullet_envs`` no longer imports with current gym, so modzoo builds on the maintained gymnasium port
-(``pybullet_envs_gymnasium``) and registers its own ids ``modzoo/bullet-<robot>-v0``:
+D4RL recorded its ``bullet-*`` data on pybullet's ``HopperBulletEnv-v0`` and friends; legacy ``pybullet_envs`` no
+longer imports with current gym, so modzoo wraps the maintained gymnasium port (``pybullet_envs_gymnasium``):
 
-* ``reset(seed=s)`` is deterministic. The port is not: its very first reset builds the scene and the
-  ant settles differently from every later reset (which restores a saved physics state), so the same seed
-  gave two different first observations. :class:`BulletLocomotionEnv` does one hidden warm-up reset when
-  it creates the physics client so every reset the caller sees goes through the same restore path.
-* ``terminated`` is the robot falling (pybullet's own ``alive < 0`` rule; halfcheetah never falls, as in
-  pybullet); ``truncated`` comes from gymnasium's ``TimeLimit`` at 1000 steps, the D4RL episode length.
-
-Task names (``bullet-hopper-medium-v0``, parsed once into a :class:`~modzoo.bullet.tasks.Task`) map to these env
-ids through :func:`env_id`.
+* ``reset(seed=s)`` is deterministic. The port's very first reset builds the scene, and the ant settles differently
+  there than after later resets (which restore a saved state), so :class:`BulletLocomotionEnv` burns that reset
+  when it creates the physics client.
+* ``terminated`` is the robot falling (pybullet's ``alive < 0``; halfcheetah never falls); ``truncated`` is
+  gymnasium's ``TimeLimit`` at 1000 steps, D4RL's episode length.
 """
 from __future__ import annotations
 
@@ -42,18 +37,15 @@ def env_dims(task_or_robot: str | AnyTask) -> tuple[int, int]:
     """``(obs_dim, act_dim)`` of a task's env, from the static table or the Minari dataset's spaces (no physics
     client is started)."""
     if _is_robot(task_or_robot):
-        _, obs_dim, act_dim = ROBOTS[robot_of(task_or_robot)]
-        return obs_dim, act_dim
+        return ROBOTS[robot_of(task_or_robot)][1:]
     t = task_of(task_or_robot)
     return t.obs_dim, t.act_dim
 
 
 @contextlib.contextmanager
-def _quiet_stdout(stream: Any = None) -> Iterator[None]:
-    """Silence a C-level stream (stdout unless ``stream`` says otherwise): pybullet prints ``argv[0]=`` whenever a
-    physics client connects, and its build time on stderr when it is first imported, which would land in the
-    middle of CLI output and progress bars."""
-    stream = stream or sys.stdout
+def _quiet(stream: Any) -> Iterator[None]:
+    """Silence a C-level stream: pybullet prints ``argv[0]=`` on stdout whenever a physics client connects, and its
+    build time on stderr when it is first imported, which would land in the middle of CLI output and progress bars."""
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # e.g. stdout replaced by a StringIO
@@ -72,11 +64,8 @@ def _quiet_stdout(stream: Any = None) -> Iterator[None]:
 
 
 class BulletLocomotionEnv(gymnasium.Env):
-    """One pybullet locomotion robot behind a clean gymnasium interface (see the module docstring).
-
-    The wrapped ``pybullet_envs_gymnasium`` env is created lazily on the first reset, so building the env
-    (e.g. to read its spaces) starts no physics.
-    """
+    """One pybullet robot behind a clean gymnasium interface (module docstring). The wrapped port's env is created
+    on the first reset, so building this one (e.g. to read its spaces) starts no physics."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 60}
 
@@ -85,8 +74,7 @@ class BulletLocomotionEnv(gymnasium.Env):
             raise unknown_task(robot)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise EnvError(f"render_mode {render_mode!r} is not supported: use 'rgb_array' or None")
-        self.robot = robot
-        self.render_mode = render_mode
+        self.robot, self.render_mode = robot, render_mode
         _, obs_dim, act_dim = ROBOTS[robot]
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
@@ -94,28 +82,23 @@ class BulletLocomotionEnv(gymnasium.Env):
 
     def _ensure_inner(self) -> Any:
         if self._inner is None:
-            with _quiet_stdout(sys.stderr):  # pybullet's "pybullet build time: ..." line, once per process
+            with _quiet(sys.stderr):  # pybullet's "pybullet build time: ..." line, once per process
                 import pybullet_envs_gymnasium.gym_locomotion_envs as loco
 
             cls = getattr(loco, ROBOTS[self.robot][0])
-            with _quiet_stdout():
-                inner = cls(render_mode=self.render_mode)
-                # Warm-up: the first reset loads the scene and takes a different path than all later
-                # ones (which restore a saved state); burn it so equal seeds give equal episodes.
-                inner.reset(seed=0)
-            self._inner = inner
+            with _quiet(sys.stdout):
+                self._inner = cls(render_mode=self.render_mode)
+                self._inner.reset(seed=0)  # the warm-up: burn the first reset (module docstring)
         return self._inner
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         inner = self._ensure_inner()
         if seed is None and inner.np_random is not self.np_random:
             # Continue this env's own random stream rather than the warm-up's (``self.np_random`` is seeded from
             # entropy if this env was never seeded: unseeded envs must not all replay the warm-up's seed 0).
-            inner.np_random = self.np_random
-            inner.robot.np_random = self.np_random
+            inner.np_random = inner.robot.np_random = self.np_random
         obs, info = inner.reset(seed=seed)
         # Share one generator so gymnasium's seeding contract (same seed -> same RNG state) holds.
         self._np_random = inner.np_random
@@ -126,16 +109,12 @@ class BulletLocomotionEnv(gymnasium.Env):
             raise EnvError("step() called before reset(): call env.reset(seed=...) first")
         action = np.asarray(action, dtype=np.float32)
         if action.shape != self.action_space.shape:
-            raise EnvError(
-                f"action of shape {action.shape} for {self.robot}: expected {self.action_space.shape}"
-            )
+            raise EnvError(f"action of shape {action.shape} for {self.robot}: expected {self.action_space.shape}")
         obs, reward, terminated, truncated, info = self._inner.step(action)
         return np.asarray(obs, dtype=np.float32), float(reward), bool(terminated), bool(truncated), dict(info)
 
     def render(self) -> np.ndarray | None:
-        if self._inner is None or self.render_mode is None:
-            return None
-        return self._inner.render()
+        return None if self._inner is None or self.render_mode is None else self._inner.render()
 
     def close(self) -> None:
         if self._inner is not None:
@@ -147,17 +126,11 @@ def register_envs() -> None:
     """Register ``modzoo/bullet-<robot>-v0`` for the four robots, and every Bullet task name
     (``bullet-hopper-medium-v0`` ...) as the env its dataset is evaluated in, so that ``gymnasium.make(task)``
     works as with D4RL; safe to call any number of times."""
-    ids = {f"modzoo/bullet-{robot}-v0": robot for robot in ROBOTS}
-    ids.update({name: robot_of(name) for name in TASKS})
+    ids = {**{f"modzoo/bullet-{robot}-v0": robot for robot in ROBOTS}, **{name: robot_of(name) for name in TASKS}}
     for eid, robot in ids.items():
-        if eid in gymnasium.registry:
-            continue
-        gymnasium.register(
-            id=eid,
-            entry_point="modzoo.bullet.envs:BulletLocomotionEnv",  # a string: the spec serializes (Minari)
-            max_episode_steps=MAX_EPISODE_STEPS,
-            kwargs={"robot": robot},
-        )
+        if eid not in gymnasium.registry:  # entry point as a string: the spec serializes (Minari)
+            gymnasium.register(id=eid, entry_point="modzoo.bullet.envs:BulletLocomotionEnv",
+                               max_episode_steps=MAX_EPISODE_STEPS, kwargs={"robot": robot})
 
 
 def make_env(task: str | AnyTask, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
@@ -170,11 +143,9 @@ def make_env(task: str | AnyTask, seed: int | None = None, render_mode: str | No
     """
     register_envs()
     t = None if _is_robot(task) else task_of(task)
-    if isinstance(t, MinariTask):
-        # the evaluation env recorded in the Minari dataset (e.g. gymnasium's MuJoCo Hopper-v5)
-        env = gymnasium.make(t.spec(), render_mode=render_mode, disable_env_checker=True)
-    else:
-        env = gymnasium.make(env_id(task), render_mode=render_mode, disable_env_checker=True)
+    # a Minari task's env is the evaluation env its dataset records (e.g. gymnasium's MuJoCo Hopper-v5)
+    spec = t.spec() if isinstance(t, MinariTask) else env_id(task)
+    env = gymnasium.make(spec, render_mode=render_mode, disable_env_checker=True)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

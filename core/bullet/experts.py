@@ -1,20 +1,15 @@
-"""The behaviour policies that generate modzoo's Bullet datasets, as collection loads them.
+"""The behaviour policies that generate modzoo's Bullet datasets, usable without TensorFlow or stable-baselines3.
 
-Two kinds, both usable without TensorFlow or stable-baselines3:
+* pybullet's bundled 2017 "enjoy_TF" experts: numpy MLPs whose weights are array literals in
+  ``pybullet_envs/examples/enjoy_TF_*BulletEnv_v0_2017may.py``. Importing those files fails with current gym, so
+  :func:`load_pybullet_expert` reads the literals with :mod:`ast`. Only hopper's and ant's walk on the gymnasium
+  port (halfcheetah and walker2d return about -860 and 150).
+* SAC actors for halfcheetah and walker2d (trained by the lab, ``modzoo data train-behaviour``), shipped as a plain
+  torch state dict of the deterministic actor that loads with ``torch.load(weights_only=True)``.
 
-* pybullet's bundled 2017 "enjoy_TF" experts: small numpy MLPs whose weights are array literals inside
-  ``pybullet_envs/examples/enjoy_TF_*BulletEnv_v0_2017may.py``. Importing those modules (or
-  ``pybullet_envs`` itself) fails with current gym, so :func:`load_pybullet_expert` finds the file by path
-  and reads the literals with :mod:`ast`. The hopper and ant experts work on the gymnasium port; the
-  halfcheetah and walker2d ones do not (returns about -860 and 150).
-* SAC actors for halfcheetah and walker2d (trained by the lab, ``modzoo data train-behaviour``), shipped as a
-  plain torch state dict of the deterministic actor MLP (``tanh(mu(relu-MLP(obs)))``) that loads with
-  ``torch.load(weights_only=True)`` and needs no SB3.
-
-A policy here is a callable ``policy(obs, t=None)``: ``obs (n, obs_dim) float32 -> actions (n, act_dim)`` in
-[-1, 1], where ``t`` (n,) is each row's step index in its episode. Only an actor trained with a time feature
-(rl-baselines3-zoo's ``TimeFeatureWrapper``) reads ``t``; the dataset still records the env's own observation,
-so D4RL's layout is kept whatever the behaviour policy saw.
+A policy is a callable ``policy(obs, t=None)``: ``obs (n, obs_dim) -> actions (n, act_dim)`` in [-1, 1], ``t`` (n,)
+each row's step in its episode, read only by an actor trained with a time feature (rl-baselines3-zoo's
+``TimeFeatureWrapper``); the dataset records the env's own observation whatever the policy saw.
 """
 from __future__ import annotations
 
@@ -35,6 +30,8 @@ Policy = Callable[..., np.ndarray]  # (obs, t=None) -> actions; see the module d
 
 #: pybullet's bundled experts that work on the gymnasium envs (measured, see docs/datasets.md).
 PYBULLET_EXPERTS = {"hopper": "HopperBulletEnv", "ant": "AntBulletEnv"}
+#: Mean episode returns of d4rl-pybullet's medium datasets (takuseno): the target for "medium".
+D4RL_PYBULLET_MEDIUM_RETURN = {"hopper": 1078.4, "halfcheetah": 787.4, "walker2d": 1106.7, "ant": 570.8}
 #: Where committed SAC actors live: package data, flat (``behaviour-<robot>-<which>.pt``) because the
 #: package-data glob ``assets/*`` does not descend into subdirectories.
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
@@ -45,32 +42,14 @@ def actor_filename(robot: str, which: str) -> str:
     return f"behaviour-{robot}-{which}.pt"
 
 
-# ----------------------------------------------------------------------------------------------------
-# pybullet's numpy experts
-# ----------------------------------------------------------------------------------------------------
-def pybullet_examples_dir() -> Path:
-    """Directory of ``pybullet_envs/examples`` in the installed pybullet wheel, found without importing
-    ``pybullet_envs`` (its ``__init__`` needs legacy gym)."""
-    spec = importlib.util.find_spec("pybullet_envs")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModzooError("pybullet_envs is not installed: `pip install pybullet` provides the bundled experts")
-    return Path(list(spec.submodule_search_locations)[0]) / "examples"
-
-
 def _parse_weights(path: Path) -> dict[str, np.ndarray]:
     """Read the module-level ``weights_* = np.array([...])`` assignments of an enjoy_TF file."""
-    tree = ast.parse(path.read_text())
     weights: dict[str, np.ndarray] = {}
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-            and node.targets[0].id.startswith("weights_")
-            and isinstance(node.value, ast.Call)
-            and node.value.args
-        ):
-            weights[node.targets[0].id] = np.asarray(ast.literal_eval(node.value.args[0]), dtype=np.float64)
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and node.value.args:
+            name = node.targets[0].id if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) else ""
+            if name.startswith("weights_"):
+                weights[name] = np.asarray(ast.literal_eval(node.value.args[0]), dtype=np.float64)
     return weights
 
 
@@ -94,18 +73,19 @@ def load_pybullet_expert(robot: str) -> NumpyMLPPolicy:
     """pybullet's bundled 2017 expert for ``robot`` (any robot with an enjoy_TF file; only hopper and ant
     are good on the gymnasium port)."""
     robot = robot_of(robot)
-    cls = ROBOTS[robot][0]
-    path = pybullet_examples_dir() / f"enjoy_TF_{cls}_v0_2017may.py"
+    # found without importing ``pybullet_envs``, whose ``__init__`` needs legacy gym
+    spec = importlib.util.find_spec("pybullet_envs")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModzooError("pybullet_envs is not installed: `pip install pybullet` provides the bundled experts")
+    path = Path(list(spec.submodule_search_locations)[0]) / "examples" / f"enjoy_TF_{ROBOTS[robot][0]}_v0_2017may.py"
     if not path.is_file():
         raise ModzooError(f"pybullet expert file {path} not found: "
                           "reinstall pybullet (`pip install --force-reinstall pybullet`)")
     w = _parse_weights(path)
-    names = ["dense1", "dense2", "final"]
-    missing = [n for n in names if f"weights_{n}_w" not in w or f"weights_{n}_b" not in w]
-    if missing:
-        raise ModzooError(f"pybullet expert file {path} lacks weights for layers {missing}: "
-                          "unexpected pybullet version")
-    layers = [(w[f"weights_{n}_w"], w[f"weights_{n}_b"]) for n in names]
+    try:
+        layers = [(w[f"weights_{n}_w"], w[f"weights_{n}_b"]) for n in ("dense1", "dense2", "final")]
+    except KeyError as exc:
+        raise ModzooError(f"pybullet expert file {path} lacks the weights {exc}: unexpected pybullet version") from None
     obs_dim, act_dim = env_dims(robot)
     if layers[0][0].shape[0] != obs_dim or layers[-1][0].shape[1] != act_dim:
         raise ModzooError(f"pybullet expert {path.name} has shape {layers[0][0].shape[0]}->{layers[-1][0].shape[1]}, "
@@ -113,35 +93,25 @@ def load_pybullet_expert(robot: str) -> NumpyMLPPolicy:
     return NumpyMLPPolicy(layers)
 
 
-# ----------------------------------------------------------------------------------------------------
-# exported SAC actors (torch, no SB3)
-# ----------------------------------------------------------------------------------------------------
 def actor_module(obs_dim: int, act_dim: int, hidden: list[int], clip_mean: float | None) -> Any:
+    """The exported SAC actor's network, ``tanh(clip(mu(relu-MLP(obs))))`` (clip: SB3's ``clip_mean``)."""
     import torch.nn as nn
 
-    layers: list[nn.Module] = []
-    d = obs_dim
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.ReLU()]
-        d = h
-    layers.append(nn.Linear(d, act_dim))
-    if clip_mean:
-        layers.append(nn.Hardtanh(-clip_mean, clip_mean))
-    layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
+    dims = [obs_dim, *hidden]
+    layers = [m for d, h in zip(dims, hidden) for m in (nn.Linear(d, h), nn.ReLU())]
+    clip = [nn.Hardtanh(-clip_mean, clip_mean)] if clip_mean else []
+    return nn.Sequential(*layers, nn.Linear(dims[-1], act_dim), *clip, nn.Tanh())
 
 
 class TorchActorPolicy:
     """Deterministic SAC actor (the squashed mean) loaded from an exported state dict.
 
-    It acts the same on every CPU, so that a dataset collected from it is the same file on any machine. Torch's
-    float32 products differ in their last bits between MKL's code paths (AVX-512 on one CPU, AVX2 or another
-    vendor's kernels on the next), and the simulator turns those bits into other episodes: the re-collected
-    dataset gets another fingerprint, and every finished run of a grid made from it turns stale. Even in float64,
-    MKL's paths moved one action of a million across float32's rounding step. So the forward pass runs in numpy
-    float64 with a fixed summation order (each product and sum is correctly rounded on any CPU, and no BLAS
-    kernel chooses the order), and the action is rounded to float32 once. The one step left to the CPU is numpy's
-    tanh, whose SIMD variants may differ in the last bit of a float64: far below float32's rounding step."""
+    It acts the same on every CPU, so that a dataset collected from it is the same file on any machine (else the
+    re-collected dataset gets another fingerprint and every finished run of a grid made from it turns stale).
+    Torch's float32 products, and even float64 ones, differ in their last bits between MKL's code paths (AVX-512,
+    AVX2, another vendor's kernels), and the simulator turns those bits into other episodes. So the forward pass
+    runs in numpy float64 with a fixed summation order (no BLAS kernel chooses it) and the action is rounded to
+    float32 once; numpy's tanh may differ in a float64's last bit, far below float32's rounding step."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import torch
@@ -159,9 +129,8 @@ class TorchActorPolicy:
         self.meta = dict(meta)
         #: episode length the actor's time feature counts down over (None: the actor sees only obs)
         self.time_feature: int | None = int(meta["time_feature"]) if meta.get("time_feature") else None
-        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
         self._layers = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy())
-                        for m in linears]
+                        for m in net if isinstance(m, torch.nn.Linear)]
         self._clip = float(meta["clip_mean"]) if meta.get("clip_mean") else None
 
     def forward64(self, obs: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
@@ -194,30 +163,36 @@ def time_feature(t: np.ndarray, max_steps: int) -> np.ndarray:
 def read_progress(run_dir: Path) -> list[dict[str, Any]]:
     """The evaluated snapshots of a ``train-behaviour`` run (its ``progress.jsonl``), oldest first."""
     p = run_dir / "progress.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
-def snapshot_near(run_dir: str | os.PathLike[str], target_return: float, max_step: int | None = None) -> Path:
-    """The earliest snapshot whose evaluation return is closest to ``target_return`` (for "medium")."""
-    run_dir = Path(run_dir)
-    progress = [r for r in read_progress(run_dir) if max_step is None or r["step"] <= max_step]
-    if not progress:
-        raise ModzooError(f"no evaluated snapshots in {run_dir}: run `modzoo data train-behaviour` first")
-    best = min(progress, key=lambda r: abs(r["eval_mean"] - target_return))
-    return run_dir / "snapshots" / best["snapshot"]
+def medium_snapshot(robot: str, run: Path, step: int | None = None) -> tuple[int, float | None]:
+    """The step of a ``train-behaviour`` run's medium snapshot (``step`` where given) and its evaluation return
+    (None if unevaluated). The medium snapshot is the one modzoo's exported medium actor came from (its recorded
+    ``source``), so that medium-replay ends where the medium dataset's policy was taken; else the earliest whose
+    evaluation return is closest to d4rl-pybullet's medium return."""
+    progress = read_progress(run)
+    if step is None:
+        import torch
+
+        exported = ASSET_DIR / actor_filename(robot, "medium")
+        meta = torch.load(exported, map_location="cpu", weights_only=True)["meta"] if exported.is_file() else {}
+        name = Path(meta.get("source", "")).name
+        if not (name and (run / "snapshots" / name).is_file()):
+            if not progress:
+                raise ModzooError(f"no evaluated snapshots in {run}: run `modzoo data train-behaviour` first")
+            name = min(progress, key=lambda r: abs(r["eval_mean"] - D4RL_PYBULLET_MEDIUM_RETURN[robot]))["snapshot"]
+        step = int(Path(name).stem.split("_")[1])
+    return step, next((r["eval_mean"] for r in progress if r["step"] == step), None)
 
 
-def committed_actor(robot: str, which: str) -> Path:
-    """Path of a committed SAC actor (``which`` in {"expert", "medium"}) in the package assets."""
+def committed_actor(robot: str, which: str, directory: str | os.PathLike[str] | None = None) -> Path:
+    """Path of an exported SAC actor (``which`` in {"expert", "medium"}) in ``directory`` (default: the package
+    assets), or one line saying how to make it."""
     robot = robot_of(robot)
-    p = ASSET_DIR / actor_filename(robot, which)
+    d = Path(directory) if directory else ASSET_DIR
+    p = d / actor_filename(robot, which)
     if not p.is_file():
-        raise EnvError(f"no committed {which} behaviour policy for {robot} ({p}): "
-                       f"train one with `modzoo data train-behaviour {robot}`")
+        raise EnvError(f"no {which} behaviour policy for {robot} at {p}: train one with `modzoo data train-behaviour "
+                       f"{robot}` and export it (`modzoo data train-behaviour {robot} --export-to {d}`)")
     return p
-
-
-#: Mean episode returns of d4rl-pybullet's medium datasets (takuseno): the target for "medium".
-D4RL_PYBULLET_MEDIUM_RETURN = {"hopper": 1078.4, "halfcheetah": 787.4, "walker2d": 1106.7, "ant": 570.8}

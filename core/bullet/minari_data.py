@@ -1,14 +1,11 @@
 """Minari datasets (the Farama Foundation's offline-RL format) as a second source of tasks and data.
 
-A Minari id (``namespace/name-vN``, e.g. ``mujoco/hopper/medium-v0``) names a dataset in
-``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``). Everything modzoo needs is in the dataset itself: its
-observation and action spaces, the env it was recorded on (``env_spec``) and the one to evaluate on
-(``eval_env_spec``), and, when the creator gave them, the returns that normalize a score to 0 and 100
-(``ref_min_score`` / ``ref_max_score``). Transitions are built as for D4RL files: Minari's ``terminations`` are
-terminals (no bootstrap), its ``truncations`` are not (time limits), and no transition crosses an episode.
-
-``minari`` is an optional dependency (``pip install 'modzoo[minari]'``); without it a Minari id is refused in one
-line. Creating datasets (``modzoo data export-minari``, ``minari.DataCollector``) needs ``minari[create]``.
+A Minari id (``namespace/name-vN``, e.g. ``mujoco/hopper/medium-v0``) names a dataset in ``$MINARI_DATASETS_PATH``
+(default ``~/.minari/datasets``) that holds all modzoo needs: its spaces, the env to evaluate on (``eval_env_spec``,
+else ``env_spec``) and, when its creator gave them, the returns that score 0 and 100 (``ref_min_score`` /
+``ref_max_score``). Transitions are built as for D4RL files: ``terminations`` are terminals, ``truncations`` (time
+limits) are not, and no transition crosses an episode. ``minari`` is optional (``pip install 'modzoo[minari]'``);
+writing datasets needs ``minari[create]``.
 """
 from __future__ import annotations
 
@@ -79,29 +76,22 @@ def metadata(dataset_id: str) -> dict[str, Any]:
 def episodes(dataset_id: str) -> dict[str, np.ndarray]:
     """The dataset's transitions, D4RL-style: observations, actions, rewards, next_observations, terminals (from
     ``terminations``), plus each episode's return and length."""
-    ds = open_dataset(dataset_id)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in
-                                          ("observations", "actions", "rewards", "next_observations", "terminals")}
+    keys = ("observations", "next_observations", "actions", "rewards", "terminals")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     returns, lengths = [], []
-    for ep in ds.iterate_episodes():
-        obs = np.asarray(ep.observations, dtype=np.float32)
-        n = len(ep.actions)
+    for ep in open_dataset(dataset_id).iterate_episodes():
+        obs, n = np.asarray(ep.observations, dtype=np.float32), len(ep.actions)
         if obs.shape[0] != n + 1:
             raise DatasetError(f"Minari dataset {dataset_id!r}: episode {ep.id} has {obs.shape[0]} observations "
                                f"for {n} actions (expected {n + 1})")
-        parts["observations"].append(obs[:-1])
-        parts["next_observations"].append(obs[1:])
-        parts["actions"].append(np.asarray(ep.actions, dtype=np.float32))
-        parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float32))
-        parts["terminals"].append(np.asarray(ep.terminations, dtype=np.float32))
+        for k, v in zip(keys, (obs[:-1], obs[1:], ep.actions, ep.rewards, ep.terminations)):
+            parts[k].append(np.asarray(v, dtype=np.float32))
         returns.append(float(np.sum(ep.rewards)))
         lengths.append(n)
     if not lengths:
         raise DatasetError(f"Minari dataset {dataset_id!r} holds no episodes; nothing to train on")
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    out["episode_returns"] = np.asarray(returns)
-    out["episode_lengths"] = np.asarray(lengths, dtype=np.int64)
-    return out
+    return {**{k: np.concatenate(v) for k, v in parts.items()}, "episode_returns": np.asarray(returns),
+            "episode_lengths": np.asarray(lengths, dtype=np.int64)}
 
 
 def write(dataset_id: str, episodes: list[dict[str, np.ndarray]], env_id: str, ref_min_score: float,
@@ -114,9 +104,7 @@ def write(dataset_id: str, episodes: list[dict[str, np.ndarray]], env_id: str, r
     import gymnasium
     from minari.data_collector import EpisodeBuffer
 
-    buffers = [EpisodeBuffer(id=i, observations=e["observations"], actions=e["actions"], rewards=e["rewards"],
-                             terminations=e["terminations"], truncations=e["truncations"])
-               for i, e in enumerate(episodes)]
+    buffers = [EpisodeBuffer(id=i, **e) for i, e in enumerate(episodes)]  # e: observations, actions, ... truncations
     try:
         minari.create_dataset_from_buffers(
             dataset_id=dataset_id, buffer=buffers, env=gymnasium.spec(env_id), eval_env=gymnasium.spec(env_id),

@@ -1,9 +1,7 @@
 """A benchmark task as a value, parsed once where a name enters modzoo and passed down from there.
 
-A task name (``bullet-hopper-medium-replay-v0``) used to be a string that every layer split again to find its
-robot, level or env dims. :func:`task_of` parses it once into a :class:`Task` (robot, level, dims, env id); the
-functions that take a task accept either form, so a caller holding a ``Task`` never has it re-parsed, and a
-second kind of task source (a Minari dataset id, say) can become another constructor of the same value.
+:func:`task_of` parses a name (``bullet-hopper-medium-replay-v0``, or a Minari dataset id) once into a :class:`Task`
+or :class:`MinariTask` (robot, level, dims, env id); the functions that take a task accept either form.
 """
 from __future__ import annotations
 
@@ -54,10 +52,8 @@ class Task:
         """The gymnasium id modzoo registers for the robot (every level shares it)."""
         return f"modzoo/bullet-{self.robot}-v0"
 
-    @property
-    def max_episode_steps(self) -> int:
-        """The time limit: an evaluation episode shorter than this was terminated by the env (the robot fell)."""
-        return MAX_EPISODE_STEPS
+    #: The time limit: an evaluation episode shorter than this was terminated by the env (the robot fell).
+    max_episode_steps = MAX_EPISODE_STEPS
 
     def __str__(self) -> str:
         return self.name
@@ -98,11 +94,9 @@ AnyTask = Task | MinariTask
 
 def unknown_task(name: str) -> EnvError:
     """The one-line error for a name that is no task or robot, listing the known ones."""
-    return EnvError(
-        f"unknown task or robot {name!r}: use one of the robots {', '.join(ROBOTS)} or a task "
-        f"bullet-<robot>-<level>-v0 with level in {', '.join(LEVELS)} (e.g. bullet-hopper-medium-v0), or a Minari "
-        f"dataset id namespace/name-vN"
-    )
+    return EnvError(f"unknown task or robot {name!r}: use one of the robots {', '.join(ROBOTS)} or a task "
+                    f"bullet-<robot>-<level>-v0 with level in {', '.join(LEVELS)} (e.g. bullet-hopper-medium-v0), "
+                    f"or a Minari dataset id namespace/name-vN")
 
 
 @lru_cache(maxsize=None)
@@ -117,11 +111,8 @@ def _parse(name: str) -> Task | MinariTask:
 
 def task_of(task: str | AnyTask) -> AnyTask:
     """The task value of a task name: a :class:`Task` for a D4RL ``bullet-*`` name, a :class:`MinariTask` for a
-    Minari dataset id (a task value passes through as it is).
-
-    Raises :class:`EnvError` listing the known names for anything else, a
-    :class:`~modzoo.errors.DatasetError` for a Minari id that cannot be read.
-    """
+    Minari dataset id (a task value passes through). Raises :class:`EnvError` listing the known names for anything
+    else, :class:`~modzoo.errors.DatasetError` for a Minari id that cannot be read."""
     return task if isinstance(task, (Task, MinariTask)) else _parse(str(task))
 
 
@@ -137,10 +128,7 @@ def robot_of(task_or_robot: str | Task) -> str:
     """The robot of a task (name or value), an env id (``modzoo/bullet-ant-v0``) or a bare robot name."""
     if isinstance(task_or_robot, Task):
         return task_or_robot.robot
-    if task_or_robot in ROBOTS:
-        return task_or_robot
-    if task_or_robot.startswith("modzoo/bullet-") and task_or_robot.endswith("-v0"):
-        robot = task_or_robot[len("modzoo/bullet-"): -len("-v0")]
-        if robot in ROBOTS:
+    for robot in ROBOTS:
+        if task_or_robot in (robot, f"modzoo/bullet-{robot}-v0"):
             return robot
     return bullet_task(task_or_robot, "a robot").robot
