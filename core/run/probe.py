@@ -1,5 +1,5 @@
-"""The probe before training: a policy whose ``sample`` or ``act`` returns the wrong shape is refused before
-the first step, and the probe leaves no trace in the run."""
+"""Probes that leave no trace in the run: before training, a policy whose ``sample`` or ``act`` returns the wrong
+shape is refused; and the guidance outputs a policy reads are checked for non-finite values."""
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +20,9 @@ PROBE_STATES, PROBE_CANDIDATES = 2, 2
 
 def probe_policy(policy: DiffusionPolicy, guidance: GuidanceModule | None, dataset: Any) -> None:
     """Refuse, before the first step, a policy whose ``sample`` or ``act`` returns the wrong shape: otherwise the
-    run trains every phase and fails in the final evaluation. The probe leaves no trace (:func:`_untouched`), so a
-    run trains to the same numbers with it as without it."""
+    run trains every phase and fails in the final evaluation. When ``act`` fails, a guidance answering NaN (a
+    diverged checkpoint) is more often why than the policy's code: it is named, instead of the torch error from
+    deep inside the selection rule."""
     obs = torch.as_tensor(dataset.observations[:PROBE_STATES], dtype=torch.float32, device=policy.device)
     b, n, a = obs.shape[0], PROBE_CANDIDATES, policy.act_dim
     with _untouched(policy, guidance), torch.no_grad():
@@ -29,25 +30,14 @@ def probe_policy(policy: DiffusionPolicy, guidance: GuidanceModule | None, datas
         try:
             acted = policy.act(obs, guidance)
         except Exception:
-            _refuse_nonfinite_guidance(policy, guidance, obs, dataset)
+            act = torch.as_tensor(dataset.actions[:b], dtype=torch.float32, device=policy.device)
+            found = probe_guidance(guidance, policy, obs, act) if guidance is not None else None
+            if found is not None:
+                raise NonFiniteError(f"{half_label(guidance)} gave a non-finite {found[0]} = {found[1]} on dataset "
+                                     f"states (policy {policy.algorithm!r} reads it) before training; nothing was "
+                                     f"trained: check the guidance (its checkpoint or its plugin's maths)")
             raise
         _expect_shape(policy, "act(obs, guidance)", acted, (b, a), "(states, act_dim)")
-
-
-def _refuse_nonfinite_guidance(policy: DiffusionPolicy, guidance: GuidanceModule | None, obs: torch.Tensor,
-                               dataset: Any) -> None:
-    """When ``act`` failed: a guidance answering NaN (a diverged checkpoint) is why, more often than the policy's
-    code; name it, instead of the torch error from deep inside the selection rule."""
-    if guidance is None:
-        return
-    act = torch.as_tensor(dataset.actions[:len(obs)], dtype=torch.float32, device=policy.device)
-    found = probe_guidance(guidance, policy, obs, act)
-    if found is not None:
-        name, value = found
-        call = "q(obs, act)" if name == "q" else f"{name}(obs)"
-        raise NonFiniteError(f"{half_label(guidance)} gave a non-finite {call} = {value} on dataset states (policy "
-                             f"{policy.algorithm!r} reads it) before training; nothing was trained: check the guidance "
-                             f"(its checkpoint or its plugin's maths)")
 
 
 def _expect_shape(policy: DiffusionPolicy, call: str, out: Any, want: tuple[int, ...], axes: str) -> None:
@@ -90,16 +80,14 @@ def _untouched(*halves: Any) -> Iterator[None]:
 
 def probe_guidance(guidance: GuidanceModule, policy: DiffusionPolicy | None, observations: torch.Tensor,
                    actions: torch.Tensor) -> tuple[str, float] | None:
-    """Which output the policy reads from ``guidance`` is non-finite on these dataset states (``"q"`` or
-    ``"v"``) and its first bad value, or None. Leaves no trace: the noise streams, buffers and modes are put back,
-    so a run trains to the same numbers with the probe as without it."""
-    needs = set(getattr(policy, "needs", ()) or ()) | {"q"}
+    """The first output the policy reads from ``guidance`` (``q(obs, act)``, and ``v(obs)`` where it needs it)
+    that is non-finite on these dataset states, as (that call, its first bad value); None when all are finite."""
+    outputs = {"q(obs, act)": lambda: guidance.q(observations, actions)}
+    if "v" in (getattr(policy, "needs", ()) or ()) and "v" in guidance.provides:
+        outputs["v(obs)"] = lambda: guidance.v(observations)
     with _untouched(guidance, policy), torch.no_grad():
-        outputs = {"q": lambda: guidance.q(observations, actions)}
-        if "v" in needs and "v" in guidance.provides:
-            outputs["v"] = lambda: guidance.v(observations)
-        for name, call in outputs.items():
-            out = call()
+        for call, output in outputs.items():
+            out = output()
             if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
-                return name, float(out[~torch.isfinite(out)].flatten()[0])
+                return call, float(out[~torch.isfinite(out)].flatten()[0])
     return None

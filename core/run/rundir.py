@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..errors import AlreadyFinished, ConfigError, StorageError
-from .checkpoint import atomic_write_text, checkpoint_bytes, existing_parent, remove_stale_temp_files, size_text
+from .checkpoint import atomic_write_text, checkpoint_bytes, existing_parent, size_text
 from .config import config_diff, to_dict
 from .loggers import Sink
 
@@ -127,7 +127,9 @@ def open_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     except OSError as e:
         msg = f"could not make run dir {run_dir} (--out): {e.strerror or e}; choose another --out"
         raise StorageError(msg) from None
-    remove_stale_temp_files(run_dir)
+    for f in run_dir.glob(".*.tmp"):  # never a checkpoint (a save's rename is its last step): only takes space
+        if f.is_file():
+            f.unlink(missing_ok=True)
     if not (run_dir / "config.yaml").exists():
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
 
