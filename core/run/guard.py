@@ -23,6 +23,7 @@ import torch
 
 from ..errors import NonFiniteError
 from .attribution import half_label
+from .probe import probe_guidance
 
 ON_NONFINITE = ("stop", "warn")
 #: dataset states on which the guidance's outputs are probed
@@ -44,10 +45,14 @@ class Bad:
 @dataclass
 class NonFiniteGuard:
     """Collects the metrics of a group's steps on the device and checks them when asked (see the module
-    docstring); each step gives one dict per run of the group (stacked seeds each have their own metrics)."""
+    docstring); each step gives one dict per run of the group (stacked seeds each have their own metrics).
+    ``runs``: the group (:class:`~modzoo.run.training.ActiveRun`), whose halves and saved states a stop names."""
 
+    runs: Sequence[Any] = ()
+    on_nonfinite: str = "stop"
     pending: list[tuple[int, list[tuple[int, str, int]], torch.Tensor]] = field(default_factory=list)
     host_bad: Bad | None = None
+    warned: set[str] = field(default_factory=set)
 
     def observe(self, step: int, metrics: Sequence[dict[str, Any]]) -> None:
         """Record step ``step``'s metrics (one dict per run) without reading them: tensors go into one device
@@ -84,19 +89,44 @@ class NonFiniteGuard:
                     at += n
         return found
 
+    def check(self, phase: str) -> None:
+        """Read the metrics gathered since the last check (one host sync); a non-finite one stops the run or
+        warns, per ``run.on_nonfinite``."""
+        bad = self.first_bad()
+        if bad is not None:
+            run = self.runs[bad.run]
+            half = run.guidance if bad.metric.startswith("guidance/") else run.policy
+            self._react(run, f"{half_label(half)} gave a non-finite {bad.metric} = {bad.value} in the {phase} phase "
+                        f"at step {bad.step}", "lower the learning rate or fix the plugin's loss, or set "
+                        "run.on_nonfinite=warn to train on through it", f"{bad.run}:{bad.metric}")
 
-def nonfinite_message(half: Any, metric: str, value: float, where: str, seed: str = "") -> str:
-    """The line a non-finite value is reported with: the half and its plugin, the metric and its value, and
-    ``where`` (the phase and step)."""
-    return f"{half_label(half)} gave a non-finite {metric} = {value} {where}{seed}"
+    def check_guidance(self, where: str) -> None:
+        """The values each run's policy reads from its guidance (``q``, and ``v`` where it needs it), probed on
+        dataset states: a frozen guidance has no loss left to watch. The halves must be synced."""
+        for run in self.runs:
+            if run.policy is None:
+                continue
+            data = run.buffer.data
+            found = probe_guidance(run.guidance, run.policy, data["observations"][:PROBE_ROWS],
+                                   data["actions"][:PROBE_ROWS])
+            if found is not None:
+                self._react(run, f"{half_label(run.guidance)} gave a non-finite {found[0]} = {found[1]} on dataset "
+                            f"states (policy {run.policy.algorithm!r} reads it) {where}", "check the guidance (its "
+                            "checkpoint or its plugin's maths), or set run.on_nonfinite=warn to go on",
+                            f"guidance:{found[0]}")
 
-
-def react(on_nonfinite: str, message: str, stop_tail: str, warned: set[str], key: str) -> None:
-    """``stop``: raise :class:`NonFiniteError` (``message`` and ``stop_tail``: what was kept and the fix);
-    ``warn``: one warning per run and metric, and the run trains on."""
-    if on_nonfinite == "warn":
-        if key not in warned:
-            warned.add(key)
-            warnings.warn(f"{message}; run.on_nonfinite=warn, so training goes on", stacklevel=3)
-        return
-    raise NonFiniteError(f"{message}; {stop_tail}")
+    def _react(self, run: Any, message: str, fix: str, key: str) -> None:
+        """``stop``: raise :class:`NonFiniteError` with ``message``, what the run kept, and ``fix``; ``warn``: one
+        warning per run and metric (``key``), and the run trains on."""
+        message += f" (seed {run.r.seed})" if len(self.runs) > 1 else ""
+        if self.on_nonfinite == "warn":
+            if key not in self.warned:
+                self.warned.add(key)
+                warnings.warn(f"{message}; run.on_nonfinite=warn, so training goes on", stacklevel=3)
+            return
+        if run.saved_at is None or run.state_path is None:
+            kept = "the run stopped before its first save (nothing to resume) and wrote no score"
+        else:
+            kept = (f"the run stopped, keeping its last good state ({run.saved_at[0]} phase, step "
+                    f"{run.saved_at[1]}, in {run.state_path}), and wrote no score")
+        raise NonFiniteError(f"{message}; {kept}; {fix}")

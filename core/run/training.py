@@ -33,11 +33,11 @@ from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, atomic_write_text, check_guidance_fits, half_payload, save_half
 from .config import RUN_DEFAULTS, apply_preset, build_run_config, derived, frozen, load_preset, task_layers, to_dict
 from .evaluation import evaluate
-from .guard import MAX_PENDING, PROBE_ROWS, NonFiniteGuard, nonfinite_message, react
+from .guard import MAX_PENDING, NonFiniteGuard
 from .halves import build_half, default_config, resolve_device
 from .loggers import open_sinks
 from .pretrained import keep_recorded_guidance, pretrained_guidance
-from .probe import probe_guidance, probe_policy
+from .probe import probe_policy
 from .profiling import PhaseMeter
 from .resume import generator_state, restore
 from .rundir import RunLog, open_run_dir, refuse_changes, saved_config, strict_json, warn_if_short_of_space
@@ -157,7 +157,6 @@ class ActiveRun:
     device: torch.device
     meta: dict[str, Any]
     schedule: str
-    has_policy: bool
     buffer: ReplayBuffer
     guidance: GuidanceModule
     policy: DiffusionPolicy | None
@@ -171,7 +170,7 @@ class ActiveRun:
     # time spent in ``phase`` before an interruption: {"train_s", "eval_s", "evals", "train_cpu_s",
     # "eval_cpu_s"} (empty for a fresh run; no CPU keys in a state saved by older versions)
     phase_time: dict[str, float] = field(default_factory=dict)
-    #: the (phase, step) of the resume state on disk, set by the loop: what a stopped run keeps
+    #: the (phase, step) of the resume state on disk: what a stopped run keeps
     saved_at: tuple[str, int] | None = None
 
     @property
@@ -254,10 +253,11 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
         log.truncate_after(phase, start_step)
     plan = [("guidance", int(r.guidance_steps))] if schedule == "guidance-first" and not guidance.frozen else []
     plan += [("policy", int(r.policy_steps))] if has_policy else []
-    return ActiveRun(cfg=cfg, device=device, meta=meta, schedule=schedule, has_policy=has_policy, buffer=buffer,
-                     guidance=guidance, policy=policy, run_dir=run_dir, state_path=state_path, log=log,
+    return ActiveRun(cfg=cfg, device=device, meta=meta, schedule=schedule, buffer=buffer, guidance=guidance,
+                     policy=policy, run_dir=run_dir, state_path=state_path, log=log,
                      result=RunResult(run_dir, guidance, policy, phases=phases_done), plan=plan, phase=phase,
-                     start_step=start_step, phase_time=phase_time)
+                     start_step=start_step, phase_time=phase_time,
+                     saved_at=(phase, start_step) if phase is not None else None)
 
 
 class Stepper:
@@ -342,57 +342,14 @@ class _Watch:
     def __init__(self, runs: list[ActiveRun], stepper: Stepper) -> None:
         self.runs, self.stepper = runs, stepper
         r = runs[0].r
-        self.on_nonfinite = str(r.get("on_nonfinite") or "stop")  # a config saved before the key: the default
-        self.save_every_s = float(r.get("save_every_s") or 0)     # ... and before this one: no timed saves
-        self.guard = NonFiniteGuard()
-        self.warned: set[str] = set()
+        # a config saved before these keys: the default (stop), and no timed saves
+        self.guard = NonFiniteGuard(runs, str(r.get("on_nonfinite") or "stop"))
+        self.save_every_s = float(r.get("save_every_s") or 0)
         self.last_save = time.monotonic()
-        for run in runs:
-            if run.saved_at is None and run.phase is not None:
-                run.saved_at = (run.phase, run.start_step)  # a resumed run's state on disk
-
-    def _stopped(self, run: ActiveRun, fix: str) -> str:
-        """What a stop for a non-finite value kept of ``run``, and ``fix``."""
-        if run.saved_at is None or run.state_path is None:
-            return f"the run stopped before its first save (nothing to resume) and wrote no score; {fix}"
-        return (f"the run stopped, keeping its last good state ({run.saved_at[0]} phase, step {run.saved_at[1]}, in "
-                f"{run.state_path}), and wrote no score; {fix}")
-
-    def _seed(self, run: ActiveRun) -> str:
-        return f" (seed {run.r.seed})" if len(self.runs) > 1 else ""
-
-    def check(self, phase: str) -> None:
-        """Read the metrics gathered since the last check (one host sync); a non-finite one stops the run or
-        warns, per ``run.on_nonfinite``."""
-        bad = self.guard.first_bad()
-        if bad is None:
-            return
-        run = self.runs[bad.run]
-        half = run.guidance if bad.metric.startswith("guidance/") else run.policy
-        msg = nonfinite_message(half, bad.metric, bad.value, f"in the {phase} phase at step {bad.step}",
-                                self._seed(run))
-        react(self.on_nonfinite, msg, self._stopped(run, "lower the learning rate or fix the plugin's loss, or set "
-              "run.on_nonfinite=warn to train on through it"), self.warned, f"{bad.run}:{bad.metric}")
-
-    def check_guidance(self, where: str) -> None:
-        """The values each run's policy reads from its guidance (``q``, and ``v`` where it needs it), probed on
-        dataset states: a frozen guidance has no loss left to watch. The halves must be synced."""
-        for run in self.runs:
-            if run.policy is None:
-                continue
-            data = run.buffer.data
-            found = probe_guidance(run.guidance, run.policy, data["observations"][:PROBE_ROWS],
-                                   data["actions"][:PROBE_ROWS])
-            if found is not None:
-                call, value = found
-                msg = nonfinite_message(run.guidance, call, value, f"on dataset states (policy "
-                                        f"{run.policy.algorithm!r} reads it) {where}", self._seed(run))
-                react(self.on_nonfinite, msg, self._stopped(run, "check the guidance (its checkpoint or its plugin's "
-                      "maths), or set run.on_nonfinite=warn to go on"), self.warned, f"guidance:{call}")
 
     def save(self, ph: str, phase: str, step: int, clock: _PhaseClock, meter: PhaseMeter) -> None:
         """Every run's resume state at ``step``, written only from finite numbers (checked first)."""
-        self.check(phase)
+        self.guard.check(phase)
         self.stepper.sync()
         for i, run in enumerate(self.runs):
             run.save_state(ph, step, clock.times(i, meter))
@@ -429,12 +386,12 @@ def _blamed(runs: list[ActiveRun], phase: str, step: int) -> Iterator[None]:
 
 
 def _interim_eval(runs: list[ActiveRun], stepper: Stepper, step: int, clock: _PhaseClock,
-                  on_eval: Callable[[int, Any], None] | None, watch: _Watch) -> None:
+                  on_eval: Callable[[int, Any], None] | None, guard: NonFiniteGuard) -> None:
     """Evaluate every run of the group at ``step`` of its policy phase, timed apart from training; never on
     non-finite numbers (a policy over a NaN guidance dies inside torch, naming nothing)."""
     stepper.sync()
-    watch.check("policy")
-    watch.check_guidance(f"before the evaluation at policy step {step}")
+    guard.check("policy")
+    guard.check_guidance(f"before the evaluation at policy step {step}")
     clock.evals += 1
     for i, run in enumerate(runs):
         t_ev, c_ev = time.perf_counter(), time.process_time()
@@ -472,12 +429,13 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
     save_every, log_every = int(r.save_every or 0), max(1, int(r.log_every))
     eval_every = int(r.eval_every or 0)
     delay = int(r.get("guidance_delay", 0) or 0)
-    pbs = int(cfg.policy.batch_size) if lead.has_policy else 0
+    pbs = int(cfg.policy.batch_size) if lead.policy is not None else 0
     gbs = int(cfg.guidance.batch_size) if cfg.guidance and "batch_size" in cfg.guidance else pbs
     order = [p for p, _ in lead.plan]
     phase, start_step = lead.phase, lead.start_step
     tag = f" x{len(runs)} seeds" if len(runs) > 1 else ""
     watch = _Watch(runs, stepper)
+    guard = watch.guard
     with stops.deferred():
         for ph, total in lead.plan:
             if phase in order and order.index(ph) < order.index(phase):
@@ -491,28 +449,28 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
             watch.last_save = time.monotonic()
             with PhaseMeter(label, lead.device) as meter:
                 if ph == "policy":
-                    watch.check_guidance(f"at the start of the {label} phase (step {first})")
+                    guard.check_guidance(f"at the start of the {label} phase (step {first})")
                 bar = progress_bar(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}",
                                    disable=not progress, initial=first, total=total, dynamic_ncols=True)
                 for step in bar:
                     with _blamed(runs, f"the {label} phase", step + 1):
                         ms = _train_step(runs, stepper, ph, joint, step, pbs, gbs, delay)
-                    watch.guard.observe(step + 1, ms)
-                    if len(watch.guard.pending) >= MAX_PENDING:
-                        watch.check(label)  # a long log interval must not hold every step's metrics
+                    guard.observe(step + 1, ms)
+                    if len(guard.pending) >= MAX_PENDING:
+                        guard.check(label)  # a long log interval must not hold every step's metrics
                     if (step + 1) % log_every == 0 or step + 1 == total:
                         for run, m in zip(runs, ms):
                             run.log.log({"phase": ph, "step": step + 1, **{k: float(v) for k, v in m.items()}})
                         bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in list(ms[0].items())[:3]})
-                        watch.check(label)
+                        guard.check(label)
                     if ph == "policy" and eval_every and (step + 1) % eval_every == 0 and step + 1 < total:
-                        _interim_eval(runs, stepper, step + 1, clock, on_eval, watch)
+                        _interim_eval(runs, stepper, step + 1, clock, on_eval, guard)
                     if step + 1 < total and (save_every and (step + 1) % save_every == 0 or watch.save_due()
                                              or stops.pending() is not None):
                         watch.save(ph, label, step + 1, clock, meter)
                         watch.stop_if_asked(ph, step + 1, total)
                 bar.close()
-            watch.check(label)
+            guard.check(label)
             stepper.sync()
             for i, run in enumerate(runs):
                 run.result.phases.append(_phase_record(meter, clock.times(i, meter), total, first, stepper,
@@ -528,7 +486,7 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
             watch.last_save = time.monotonic()
             watch.stop_if_asked(ph, total, total)
             phase, start_step = None, 0
-    return [_finish(run, progress, watch) for run in runs]
+    return [_finish(run, progress, guard) for run in runs]
 
 
 def final_episodes(r: Any) -> int:
@@ -537,13 +495,13 @@ def final_episodes(r: Any) -> int:
     return int(r.eval_episodes if n is None else n)
 
 
-def _finish(run: ActiveRun, progress: bool, watch: _Watch) -> RunResult:
+def _finish(run: ActiveRun, progress: bool, guard: NonFiniteGuard) -> RunResult:
     """Final checkpoints, the final evaluation and ``result.json``; removes the resume state."""
     r, cfg, guidance, policy, run_dir, result = run.r, run.cfg, run.guidance, run.policy, run.run_dir, run.result
     episodes = final_episodes(r)
     evaluates = policy is not None and r.final_eval and episodes > 0
     if evaluates:
-        watch.check_guidance("before the final evaluation")
+        guard.check_guidance("before the final evaluation")
     if run_dir is not None:
         if not (run_dir / "guidance.pt").exists() or run.schedule == "pretrained":
             save_half(guidance, run_dir / "guidance.pt", run.meta)
@@ -557,7 +515,7 @@ def _finish(run: ActiveRun, progress: bool, watch: _Watch) -> RunResult:
                      "normalized_std": result.eval.normalized_std, "return_mean": result.eval.mean})
     if run_dir is not None:
         summary = {"task": r.task, "guidance": cfg.guidance.get("name") if cfg.guidance else None,
-                   "policy": cfg.policy.get("name") if run.has_policy else None, "schedule": run.schedule,
+                   "policy": cfg.policy.get("name") if policy is not None else None, "schedule": run.schedule,
                    "seed": int(r.seed), "dataset": run.meta, "phases": result.phases,
                    "guidance_steps": guidance.steps, "policy_steps": policy.steps if policy else 0,
                    "parameters": {k: sum(p.numel() for p in h.parameters()) if h is not None else 0
