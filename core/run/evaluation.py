@@ -56,17 +56,10 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (lists, floats) for logs and result files."""
-        return {
-            "task": self.task,
-            "episodes": int(len(self.returns)),
-            "returns": [float(x) for x in self.returns],
-            "lengths": [int(x) for x in self.lengths],
-            "normalized": [float(x) for x in self.normalized],
-            "mean": self.mean,
-            "std": self.std,
-            "normalized_mean": self.normalized_mean,
-            "normalized_std": self.normalized_std,
-        }
+        return {"task": self.task, "episodes": int(len(self.returns)), "returns": [float(x) for x in self.returns],
+                "lengths": [int(x) for x in self.lengths], "normalized": [float(x) for x in self.normalized],
+                "mean": self.mean, "std": self.std, "normalized_mean": self.normalized_mean,
+                "normalized_std": self.normalized_std}
 
 
 def _check_actions(acts: Any, n: int, act_dim: int) -> np.ndarray:
@@ -113,13 +106,10 @@ def evaluate_policy(
     return EvalResult(task, returns, lengths, np.asarray(normalized_score(task, returns), dtype=np.float64).reshape(-1))
 
 
-EVAL_SEED_OFFSET = 10_000  # evaluation episodes never share seeds with training noise
-
-
-# Run seed s evaluates episodes with env seeds OFFSET + STRIDE * s + i: the episodes of different seeds start from
-# different states, so episodes pooled across seeds are that many distinct starts (with a stride of 1 the 5
-# seeds x 10 episodes of a grid cell had only 14 distinct starts among 50).
-EVAL_SEED_STRIDE = 100_000
+# Run seed s evaluates episodes with env seeds OFFSET + STRIDE * s + i: never a training seed, and the episodes of
+# different seeds start from different states, so episodes pooled across seeds are that many distinct starts (with
+# a stride of 1 the 5 seeds x 10 episodes of a grid cell had only 14 distinct starts among 50).
+EVAL_SEED_OFFSET, EVAL_SEED_STRIDE = 10_000, 100_000
 
 
 def eval_seed(seed: int) -> int:

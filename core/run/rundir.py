@@ -16,7 +16,6 @@ from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..errors import AlreadyFinished, ConfigError, StorageError
 from .checkpoint import atomic_write_text, checkpoint_bytes, existing_parent, size_text
 from .config import config_diff, to_dict
-from .loggers import Sink
 
 
 def finite_or_null(value: Any) -> Any:
@@ -44,7 +43,7 @@ class RunLog:
     records. A NaN or infinite value is written as null (strict JSON, one object per line); the non-finite guard
     (:mod:`modzoo.run.guard`) names it when it stops or warns."""
 
-    def __init__(self, run_dir: Path | None, sinks: list[Sink] | None = None) -> None:
+    def __init__(self, run_dir: Path | None, sinks: list[Any] | None = None) -> None:
         self.path = run_dir / "metrics.jsonl" if run_dir else None
         self.sinks = list(sinks or [])
 

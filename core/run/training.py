@@ -6,8 +6,8 @@
 
 A run dir holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``guidance.pt``, ``policy.pt``, ``result.json``
 and, while a run is unfinished, ``train_state.pt`` from which ``resume=True`` continues. Beside the loop live the
-run dir (:mod:`.rundir`), the resume state (:mod:`.resume`), a pretrained guidance (:mod:`.pretrained`), the probe
-before training (:mod:`.probe`), and evaluation with its loader (:mod:`.evaluation`).
+run dir (:mod:`.rundir`), the resume state (:mod:`.resume`), a pretrained guidance (:mod:`.pretrained`), the
+non-finite guard and the probes (:mod:`.guard`), and evaluation with its loader (:mod:`.evaluation`).
 """
 from __future__ import annotations
 
@@ -33,11 +33,10 @@ from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, atomic_write_text, check_guidance_fits, half_payload, save_half
 from .config import RUN_DEFAULTS, apply_preset, build_run_config, derived, frozen, load_preset, task_layers, to_dict
 from .evaluation import evaluate
-from .guard import MAX_PENDING, NonFiniteGuard
+from .guard import MAX_PENDING, NonFiniteGuard, probe_policy
 from .halves import build_half, default_config, resolve_device
 from .loggers import open_sinks
 from .pretrained import keep_recorded_guidance, pretrained_guidance
-from .probe import probe_policy
 from .profiling import PhaseMeter
 from .resume import generator_state, restore
 from .rundir import RunLog, open_run_dir, refuse_changes, saved_config, strict_json, warn_if_short_of_space

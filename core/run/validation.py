@@ -139,11 +139,9 @@ def _type_problem(value: Any, default: Any) -> str | None:
         return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "must be a number"
     if isinstance(default, str):
         return None if isinstance(value, (str, os.PathLike)) else "must be a string"
-    if isinstance(default, (list, tuple)):
-        if not isinstance(value, (list, tuple)):
-            return f"must be a list like {list(default)}"
-        if default and any(_type_problem(v, default[0]) for v in value):
-            return f"must be a list like {list(default)}"
+    if isinstance(default, (list, tuple)) and (not isinstance(value, (list, tuple)) or default and any(
+            _type_problem(v, default[0]) for v in value)):
+        return f"must be a list like {list(default)}"
     return None
 
 
