@@ -14,7 +14,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -211,7 +211,7 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
     if payload.get("frozen") and isinstance(module, GuidanceModule):
         module.freeze()
     else:
-        module.load_extra_state(_to_device(payload.get("extra", {}), device))
+        module.load_extra_state(tree_map(lambda ts: ts[0].to(device), [payload.get("extra", {})]))
     module.dataset_meta = dict(payload.get("dataset", {}))  # type: ignore[attr-defined]
     return module
 
@@ -229,14 +229,17 @@ def _complete_config(spec: Any, kind: str, saved: dict[str, Any]) -> dict[str, A
     return {**defaults, **added, **saved}
 
 
-def _to_device(obj: Any, device: torch.device | str) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_device(v, device) for v in obj]
-    return obj
+def tree_map(fn: Callable[[list[torch.Tensor]], Any], values: list[Any]) -> Any:
+    """``fn`` of the tensors at each place of equally shaped state trees (dicts, lists, tuples: one per seed of a
+    stacked step, or one alone); any other value, the same in each (a learning rate), is taken from the first."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return fn(values)
+    if isinstance(first, dict):
+        return {k: tree_map(fn, [v[k] for v in values]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(tree_map(fn, [v[i] for v in values]) for i in range(len(first)))
+    return first
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",

@@ -32,6 +32,7 @@ from ..contract.registry import load_registry
 from ..contract.rng import StackedGenerator
 from ..contract.stages import Stage, clip_per_seed, finish_step
 from ..errors import ConfigError
+from .checkpoint import tree_map
 from .training import ActiveRun, RunResult, Stepper, setup_run, train, train_group
 
 
@@ -53,19 +54,6 @@ def stackable(guidance: type | None, policy: type | None) -> str | None:
 
 
 # ---- moving state between per-seed halves and a twin with a seed axis ----------------------------------------
-def _tree(fn: Callable[[list[torch.Tensor]], torch.Tensor], values: list[Any]) -> Any:
-    """``fn`` of the seeds' tensors at each place of their state trees (dicts, lists, tuples of the same shape);
-    plain values, the same for every seed (a learning rate), are taken from the first."""
-    first = values[0]
-    if isinstance(first, torch.Tensor):
-        return fn(values)
-    if isinstance(first, dict):
-        return {k: _tree(fn, [v[k] for v in values]) for k in first}
-    if isinstance(first, (list, tuple)):
-        return type(first)(_tree(fn, [v[i] for v in values]) for i in range(len(first)))
-    return first
-
-
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
     *path, leaf = name.split(".")
     owner = module.get_submodule(".".join(path)) if path else module
@@ -87,7 +75,7 @@ def make_twin(halves: list[Half]) -> Half:
         twin.freeze()
     else:
         # tensors with a shape gain a leading seed axis; a scalar (a step count) is the same for every seed
-        twin.load_extra_state(_tree(lambda ts: torch.stack(ts) if ts[0].dim() > 0 else ts[0].clone(),
+        twin.load_extra_state(tree_map(lambda ts: torch.stack(ts) if ts[0].dim() > 0 else ts[0].clone(),
                                     [h.extra_state() for h in halves]))
     twin.use_generator(StackedGenerator([h.gen() for h in halves]))
     twin.train(lead.training)
@@ -104,7 +92,7 @@ def unstack_into(twin: Half, halves: list[Half]) -> None:
         for name, t in tensors.items():
             own[name].copy_(t[k])
         if extra is not None:
-            h.load_extra_state(_tree(lambda ts: ts[0][k].clone() if ts[0].dim() > 0 else ts[0].clone(), [extra]))
+            h.load_extra_state(tree_map(lambda ts: ts[0][k].clone() if ts[0].dim() > 0 else ts[0].clone(), [extra]))
 
 
 class _Pair(nn.Module):

@@ -52,10 +52,8 @@ def run_config(guidance: str | None, policy: str | None, task: str, overrides: l
 
     ``guidance`` / ``policy``: plugin names (``modzoo list``; ``policy=None`` trains the guidance alone).
     ``overrides``: ``"section.key=value"`` strings (``"policy.eta=2.0"``). ``run``: the keys of
-    :data:`modzoo.run.config.RUN_DEFAULTS`, each documented there, e.g. ``schedule`` (joint, guidance-first,
-    pretrained), ``guidance_steps``, ``policy_steps``, ``guidance_ckpt``, ``preset``, ``dataset`` (a path),
-    ``eval_every``, ``eval_episodes``, ``seed``, ``device``, ``threads``, ``out`` (the run dir), ``save_every``,
-    ``logger``. ``modzoo config`` prints a run's every key with where its value comes from."""
+    :data:`modzoo.run.config.RUN_DEFAULTS`, each documented there (``schedule``, ``policy_steps``, ``out`` ...).
+    ``modzoo config`` prints a run's every key with where its value comes from."""
     g = default_config("guidance", guidance, task) if guidance else {}
     p = default_config("policy", policy, task) if policy else {}
     run = {k: v for k, v in run.items() if v is not None}
@@ -166,8 +164,7 @@ class ActiveRun:
     plan: list[tuple[str, int]]
     phase: str | None
     start_step: int
-    # time spent in ``phase`` before an interruption: {"train_s", "eval_s", "evals", "train_cpu_s",
-    # "eval_cpu_s"} (empty for a fresh run; no CPU keys in a state saved by older versions)
+    # time spent in ``phase`` before an interruption (_PhaseClock.times; no CPU keys in a state saved by older versions)
     phase_time: dict[str, float] = field(default_factory=dict)
     #: the (phase, step) of the resume state on disk: what a stopped run keeps
     saved_at: tuple[str, int] | None = None
@@ -193,9 +190,9 @@ class ActiveRun:
 
 def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule | None,
               share: ReplayBuffer | None = None) -> ActiveRun:
-    """Validate the config, build or restore the halves and create the run dir (only once the input is known to
-    be good: a refused run leaves no dir behind, and a refused resume changes no file). ``share``: another run's
-    buffer on the same data, whose device tensors this run reuses (seeds trained in one process)."""
+    """Validate the config, build or restore the halves and create the run dir (only once the input is known to be
+    good: a refused run leaves no dir behind, and a refused resume changes no file). ``share``: another run's buffer
+    on the same data, whose device tensors this run reuses (seeds trained in one process)."""
     if not OmegaConf.is_readonly(cfg):  # not from run_config (a loaded config.yaml, a hand-built one): check it here
         validate_config(cfg, guidance_given=guidance is not None)
         cfg = settled(cfg)
