@@ -6,7 +6,7 @@ import pytest
 
 from modzoo.bullet.scores import normalized_score
 from modzoo.errors import ModzooError
-from modzoo.run.evaluation import EvalResult, evaluate_policy, evaluate_sequential
+from modzoo.run.evaluation import EvalResult, evaluate_policy
 
 
 def _linear_policy(obs_dim: int, act_dim: int, seed: int = 0):
@@ -29,9 +29,10 @@ def test_vector_equals_sequential_hopper() -> None:
         return pol(obs)
 
     vec = evaluate_policy(recording, "bullet-hopper-medium-v0", episodes=4, seed=3, max_steps=300)
-    seq = evaluate_sequential(pol, "bullet-hopper-medium-v0", episodes=4, seed=3, max_steps=300)
-    np.testing.assert_array_equal(vec.returns, seq.returns)
-    np.testing.assert_array_equal(vec.lengths, seq.lengths)
+    # the same episodes one at a time (episode i is reset with seed + i)
+    seq = [evaluate_policy(pol, "bullet-hopper-medium-v0", episodes=1, seed=3 + i, max_steps=300) for i in range(4)]
+    np.testing.assert_array_equal(vec.returns, np.concatenate([s.returns for s in seq]))
+    np.testing.assert_array_equal(vec.lengths, np.concatenate([s.lengths for s in seq]))
     assert batch_sizes[0] == 4 and batch_sizes == sorted(batch_sizes, reverse=True)  # finished ones drop out
     assert len(batch_sizes) == vec.lengths.max()
     np.testing.assert_allclose(vec.normalized, normalized_score("bullet-hopper-medium-v0", vec.returns))
@@ -60,4 +61,4 @@ def test_bad_actions_refused() -> None:
     with pytest.raises(ModzooError, match=r"expected \(3, 3\)"):
         evaluate_policy(lambda o: np.zeros((len(o), 2)), "bullet-hopper-medium-v0", episodes=3, max_steps=5)
     with pytest.raises(ModzooError, match="NaN"):
-        evaluate_sequential(lambda o: np.full((len(o), 3), np.nan), "bullet-hopper-medium-v0", episodes=1, max_steps=5)
+        evaluate_policy(lambda o: np.full((len(o), 3), np.nan), "bullet-hopper-medium-v0", episodes=1, max_steps=5)

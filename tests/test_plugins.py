@@ -9,7 +9,6 @@ import torch
 import modzoo
 from modzoo.contract.registry import HalfSpec, load_registry
 from modzoo.errors import ConfigError, PluginError
-from modzoo.run.config import build_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,8 +123,8 @@ def test_task_overrides_apply_per_task():
 
 
 def test_unknown_schedule_is_refused():
-    with pytest.raises(ConfigError, match="joint, guidance-first, pretrained"):
-        build_run_config({}, {}, {"schedule": "sideways"})
+    with pytest.raises(ConfigError, match="unknown schedule 'sideways'; known: joint, guidance-first, pretrained"):
+        modzoo.run_config("idql", "idql", "bullet-hopper-medium-v0", schedule="sideways")
 
 
 def test_make_half_rejects_unknown_kwargs():

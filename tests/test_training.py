@@ -287,7 +287,7 @@ def test_the_shape_probe_leaves_every_random_stream_and_mode_as_it_found_them(sm
     """The probe samples and acts, which draws noise: every stream it touched is put back (a stream made lazily
     by it is dropped again), so a run with the probe trains to the very numbers it did without one."""
     from modzoo.bullet.data import load_dataset
-    from modzoo.run.probe import probe_policy
+    from modzoo.run.guard import probe_policy
     data = load_dataset(str(small_dataset_path), task=TASK)
     policy = modzoo.make_policy("idql", 15, 3, hidden=16, candidates=4)
     guidance = modzoo.make_guidance("idql", 15, 3, hidden=[16, 16]).eval()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata as md
 import traceback
-from types import TracebackType
 from typing import Any, Sequence
 
 from ..contract.interfaces import GuidanceModule
@@ -22,10 +21,6 @@ from ..errors import PluginFailure
 _CORE, _FIRST_PARTY = "modzoo", "modzoo.plugins"
 
 
-def _is_core(module: str) -> bool:
-    return (module == _CORE or module.startswith(_CORE + ".")) and not module.startswith(_FIRST_PARTY)
-
-
 def plugin_modules(half: Any) -> set[str]:
     """The modules whose frames count as ``half``'s code: every class of its MRO defined outside modzoo's core
     and outside the standard library and torch (a first-party plugin: its own module; a third-party one: its
@@ -33,9 +28,9 @@ def plugin_modules(half: Any) -> set[str]:
     out = set()
     for cls in type(half).__mro__:
         module = cls.__module__ or ""
-        if _is_core(module) or module in ("builtins", "abc") or module.startswith(("torch", "typing")):
-            continue
-        out.add(module if module.startswith(_FIRST_PARTY) else module.split(".")[0])
+        core = (module == _CORE or module.startswith(_CORE + ".")) and not module.startswith(_FIRST_PARTY)
+        if not (core or module in ("builtins", "abc") or module.startswith(("torch", "typing"))):
+            out.add(module if module.startswith(_FIRST_PARTY) else module.split(".")[0])
     return out
 
 
@@ -54,54 +49,34 @@ def plugin_dist(half: Any) -> str:
     if dists:
         return dists[0]
     reg = load_registry()
-    spec = (reg.guidances if half_kind(half) == "guidance" else reg.policies).get(half.algorithm)
+    spec = (reg.guidances if isinstance(half, GuidanceModule) else reg.policies).get(half.algorithm)
     return spec.plugin if spec is not None and spec.plugin else module.split(".")[0] or "?"
-
-
-def half_kind(half: Any) -> str:
-    return "guidance" if isinstance(half, GuidanceModule) else "policy"
 
 
 def half_label(half: Any) -> str:
     """``guidance 'idql' (plugin modzoo)``: how every message names a half."""
-    return f"{half_kind(half)} {half.algorithm!r} (plugin {plugin_dist(half)})"
-
-
-def _frames(tb: TracebackType | None) -> list[tuple[str, traceback.FrameSummary]]:
-    """(module name, frame) of each frame of a traceback, outermost first."""
-    out = []
-    for frame, lineno in traceback.walk_tb(tb):
-        summary = traceback.FrameSummary(frame.f_code.co_filename, lineno, frame.f_code.co_name, lookup_line=False)
-        out.append((str(frame.f_globals.get("__name__", "")), summary))
-    return out
-
-
-def culprit(exc: BaseException, halves: Sequence[Any]) -> tuple[Any, traceback.FrameSummary] | None:
-    """The half whose own code raised ``exc`` (the innermost frame that belongs to one) and that frame, or None
-    when no frame of the traceback is a plugin's."""
-    owners = [(h, plugin_modules(h)) for h in halves if h is not None]
-    for module, frame in reversed(_frames(exc.__traceback__)):
-        for half, modules in owners:
-            if module in modules or module.split(".")[0] in modules:
-                return half, frame
-    return None
+    kind = "guidance" if isinstance(half, GuidanceModule) else "policy"
+    return f"{kind} {half.algorithm!r} (plugin {plugin_dist(half)})"
 
 
 def attribute(exc: BaseException, halves: Sequence[Any], phase: str, step: int) -> PluginFailure | None:
-    """``exc`` as a :class:`PluginFailure` naming the half whose code raised it, or None (not a plugin's)."""
-    found = culprit(exc, halves)
-    if found is None:
-        return None
-    half, frame = found
-    lines = str(exc).strip().splitlines()
-    message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    failure = PluginFailure(f"{half_label(half)} failed in {phase} at step {step}: {message}")
-    failure.frame = frame  # type: ignore[attr-defined]
-    return failure
+    """``exc`` as a :class:`PluginFailure` naming the half whose own code raised it (the innermost frame of the
+    traceback that belongs to one; the frame is kept as ``.frame``), or None when no frame is a plugin's."""
+    owners = [(h, plugin_modules(h)) for h in halves if h is not None]
+    for frame, lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        module = str(frame.f_globals.get("__name__", ""))
+        for half, modules in owners:
+            if module in modules or module.split(".")[0] in modules:
+                lines = str(exc).strip().splitlines()
+                message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+                failure = PluginFailure(f"{half_label(half)} failed in {phase} at step {step}: {message}")
+                failure.frame = traceback.FrameSummary(  # type: ignore[attr-defined]
+                    frame.f_code.co_filename, lineno, frame.f_code.co_name, lookup_line=False)
+                return failure
+    return None
 
 
 def frame_text(failure: BaseException) -> str:
     """Where the plugin raised, ``file:line in function`` (empty when unknown)."""
     frame = getattr(failure, "frame", None)
     return f"{frame.filename}:{frame.lineno} in {frame.name}" if frame is not None else ""
-

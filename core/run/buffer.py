@@ -34,27 +34,19 @@ class ReplayBuffer:
 
     def __init__(self, dataset: Any, device: torch.device | str = "cpu", seed: int = 0) -> None:
         self.device = torch.device(device)
-        arrays = {
-            "observations": dataset.observations,
-            "actions": dataset.actions,
-            "rewards": dataset.rewards,
-            "next_observations": dataset.next_observations,
-            "terminals": dataset.terminals,
-        }
+        arrays = {k: getattr(dataset, k) for k in FIELDS if k != "next_actions"}
         arrays["next_actions"] = next_actions(dataset.observations, dataset.actions, dataset.next_observations)
         self.data = {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=self.device)
                      for k, v in arrays.items()}
         self.size = len(dataset.observations)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed))
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
 
     def with_seed(self, seed: int) -> "ReplayBuffer":
         """A buffer over the same device tensors (no copy) with its own generator: several seeds trained in one
         process hold the dataset once."""
         other = object.__new__(ReplayBuffer)
         other.device, other.data, other.size = self.device, self.data, self.size
-        other.generator = torch.Generator(device=self.device)
-        other.generator.manual_seed(int(seed))
+        other.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         return other
 
     def __len__(self) -> int:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -46,7 +45,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) or _is_write_failure(e):
+        # torch's zip writer reports a failed write (no space, an I/O error) as a RuntimeError, not an OSError
+        if isinstance(e, OSError) or isinstance(e, RuntimeError) and any(x in str(e) for x in (
+                "inline_container", "PytorchStreamWriter", "unexpected pos", "file write failed")):
             raise _save_error(path, obj, e) from None
         raise
 
@@ -63,35 +64,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise _save_error(path, text.encode(), e) from None
 
 
-def remove_stale_temp_files(directory: str | Path) -> list[Path]:
-    """Delete the temp files (``.<name>.*.tmp``) of saves that were killed mid-write (kill -9, a power cut);
-    returns them.
-
-    Such a file never became a checkpoint (the rename is the last step), so nothing reads it and it only takes
-    space. Call this only when the run that owns ``directory`` starts, when no save of its own is in flight.
-    """
-    gone = [f for f in Path(directory).glob(".*.tmp") if f.is_file()]
-    for f in gone:
-        f.unlink(missing_ok=True)
-    return gone
-
-
-def _is_write_failure(e: BaseException) -> bool:
-    """torch's zip writer reports a failed write (no space, an I/O error) as a RuntimeError, not an OSError."""
-    text = str(e)
-    return isinstance(e, RuntimeError) and any(x in text for x in ("inline_container", "PytorchStreamWriter",
-                                                                 "unexpected pos", "file write failed"))
-
-
 def payload_bytes(obj: Any) -> int:
     """About the bytes ``torch.save`` writes for ``obj``: its tensors' storages (each once), plus the text and
     numbers around them (a rough allowance, small next to any network's weights)."""
-    seen: dict[int, int] = {}
+    storages: dict[int, int] = {}
 
     def walk(x: Any) -> int:
         if isinstance(x, torch.Tensor):
-            st = x.untyped_storage()
-            seen[st.data_ptr()] = st.nbytes()
+            storages[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
             return 0
         if isinstance(x, dict):
             return sum(walk(k) + walk(v) for k, v in x.items())
@@ -100,8 +80,7 @@ def payload_bytes(obj: Any) -> int:
         if isinstance(x, (bytes, str)):
             return len(x)
         return 16
-    rest = walk(obj)
-    return sum(seen.values()) + rest + 4096
+    return walk(obj) + sum(storages.values()) + 4096
 
 
 #: what ``torch.save`` adds per tensor beside its bytes (the zip record's header and padding, its pickle entry): an
@@ -150,21 +129,11 @@ def existing_parent(path: Path) -> Path:
 
 def half_payload(module: Half, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to rebuild ``module`` in another process."""
-    kind = "guidance" if isinstance(module, GuidanceModule) else "policy"
-    return {
-        "format": FORMAT,
-        "kind": kind,
-        "algorithm": type(module).algorithm,
-        "obs_dim": module.obs_dim,
-        "act_dim": module.act_dim,
-        "config": module.cfg,
-        "steps": module.steps,
-        "frozen": bool(getattr(module, "frozen", False)),
-        "dataset": dict(dataset or {}),
-        "modzoo_version": __version__,
-        "state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-        "extra": module.extra_state(),
-    }
+    return {"format": FORMAT, "kind": "guidance" if isinstance(module, GuidanceModule) else "policy",
+            "algorithm": type(module).algorithm, "obs_dim": module.obs_dim, "act_dim": module.act_dim,
+            "config": module.cfg, "steps": module.steps, "frozen": bool(getattr(module, "frozen", False)),
+            "dataset": dict(dataset or {}), "modzoo_version": __version__,
+            "state": {k: v.detach().cpu() for k, v in module.state_dict().items()}, "extra": module.extra_state()}
 
 
 def save_half(module: Half, path: str | Path, dataset: dict[str, Any] | None = None) -> Path:
@@ -189,27 +158,13 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
     return first[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
 
 
-#: what ``torch.save`` names its archive's first entry (``<archive>/data.pkl``)
-_TORCH_FIRST_ENTRY = b"/data.pkl"
-#: a zip local file header: magic, 5 shorts, 3 longs, then the lengths of the name and the extra field
-_ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-
-
-def _is_truncated_torch_file(path: Path) -> bool:
-    """The file starts as ``torch.save`` writes one but lacks the index a zip ends with: the part of a
-    checkpoint that a save or copy stopped writing, not some other file."""
-    with path.open("rb") as f:
-        head = f.read(_ZIP_LOCAL_HEADER.size + 256)
-    if len(head) < _ZIP_LOCAL_HEADER.size:
-        return False
-    magic, *_, name_len, _extra = _ZIP_LOCAL_HEADER.unpack_from(head)
-    name = head[_ZIP_LOCAL_HEADER.size:_ZIP_LOCAL_HEADER.size + name_len]
-    return magic == b"PK\x03\x04" and name.endswith(_TORCH_FIRST_ENTRY) and not zipfile.is_zipfile(path)
-
-
 def _unreadable(path: Path, e: Exception) -> CheckpointError:
     fix = "re-create it by training again (modzoo train-guidance / modzoo run)"
-    if _is_truncated_torch_file(path):
+    # a truncated torch file: its first zip entry is torch's (``<archive>/data.pkl``), but the index a zip ends
+    # with is missing (the name lies after the 30-byte local header)
+    with path.open("rb") as f:
+        head = f.read(30 + 256)
+    if head.startswith(b"PK\x03\x04") and b"/data.pkl" in head[30:] and not zipfile.is_zipfile(path):
         return CheckpointError(f"checkpoint {path} is truncated: its {path.stat().st_size} bytes are the start of a "
                                f"torch checkpoint whose end is missing, as a save or copy leaves when it stops "
                                f"part-way; copy it again from where it came from, or {fix}")
@@ -256,7 +211,7 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
     if payload.get("frozen") and isinstance(module, GuidanceModule):
         module.freeze()
     else:
-        module.load_extra_state(_to_device(payload.get("extra", {}), device))
+        module.load_extra_state(tree_map(lambda ts: ts[0].to(device), [payload.get("extra", {})]))
     module.dataset_meta = dict(payload.get("dataset", {}))  # type: ignore[attr-defined]
     return module
 
@@ -274,14 +229,17 @@ def _complete_config(spec: Any, kind: str, saved: dict[str, Any]) -> dict[str, A
     return {**defaults, **added, **saved}
 
 
-def _to_device(obj: Any, device: torch.device | str) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_device(v, device) for v in obj]
-    return obj
+def tree_map(fn: Callable[[list[torch.Tensor]], Any], values: list[Any]) -> Any:
+    """``fn`` of the tensors at each place of equally shaped state trees (dicts, lists, tuples: one per seed of a
+    stacked step, or one alone); any other value, the same in each (a learning rate), is taken from the first."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return fn(values)
+    if isinstance(first, dict):
+        return {k: tree_map(fn, [v[k] for v in values]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(tree_map(fn, [v[i] for v in values]) for i in range(len(first)))
+    return first
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
@@ -298,11 +256,11 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
 
 
 def check_guidance_fits(guidance: GuidanceModule, obs_dim: int, act_dim: int, fingerprint: str | None = None,
-                        dataset_name: str | None = None, where: str = "the policy") -> None:
+                        dataset_name: str | None = None) -> None:
     """Refuse a guidance with other dims; warn when it was trained on another dataset."""
     if (guidance.obs_dim, guidance.act_dim) != (obs_dim, act_dim):
         raise CheckpointError(f"guidance {guidance.algorithm!r} was trained for obs/act dims "
-                              f"{guidance.obs_dim}/{guidance.act_dim}, but {where} has {obs_dim}/{act_dim}: use a "
+                              f"{guidance.obs_dim}/{guidance.act_dim}, but the policy has {obs_dim}/{act_dim}: use a "
                               f"guidance trained on the same task")
     meta = getattr(guidance, "dataset_meta", {}) or {}
     theirs = meta.get("fingerprint")

@@ -149,8 +149,6 @@ def build_run_config(guidance: dict[str, Any], policy: dict[str, Any], run: dict
         raise ConfigError(f"unknown config key {key!r}; keys in '{section}': {', '.join(map(str, known))}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"bad config override: {str(e).splitlines()[0]}") from None
-    if cfg.run.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {cfg.run.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     return cfg
 
 
@@ -187,11 +185,8 @@ def config_diff(saved: Mapping[str, Any], now: Mapping[str, Any],
         old, new = renamed_keys(section, saved.get(section) or {}), now.get(section) or {}
         for key in sorted(set(old) | set(new)):
             name = f"{section}.{key}"
-            if key not in old and new.get(key) in (None, ADDED_KEYS.get(name, _ABSENT)):
-                continue
-            if skip(name, old.get(key), new.get(key)):
-                continue
-            if old.get(key) != new.get(key):
+            added = key not in old and new.get(key) in (None, ADDED_KEYS.get(name, _ABSENT))
+            if not added and old.get(key) != new.get(key) and not skip(name, old.get(key), new.get(key)):
                 out.append(f"{name}: {old.get(key)!r} -> {new.get(key)!r}")
     return out
 

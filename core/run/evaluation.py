@@ -2,9 +2,8 @@
 
 A diffusion policy's cost is per *call* (T denoising steps over N candidates), not per state, so
 :func:`evaluate_policy` runs K episodes in K envs in lockstep and queries the policy once per time step
-for all live episodes together; finished episodes drop out of the batch. :func:`evaluate_sequential`
-runs the same episodes one after another (the benchmark's baseline). Episode ``i`` is reset with seed
-``seed + i`` in both, and the envs reset deterministically, so both see identical episodes.
+for all live episodes together; finished episodes drop out of the batch. Episode ``i`` is reset with seed
+``seed + i`` and the envs reset deterministically, so a batch sees the episodes it would one at a time.
 
 :func:`evaluate` is the user's call (a policy and the guidance that ranks its candidates, seeded apart from
 training), and :func:`load_policy_and_guidance` is ``modzoo eval``'s loader of the two checkpoints.
@@ -57,17 +56,10 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (lists, floats) for logs and result files."""
-        return {
-            "task": self.task,
-            "episodes": int(len(self.returns)),
-            "returns": [float(x) for x in self.returns],
-            "lengths": [int(x) for x in self.lengths],
-            "normalized": [float(x) for x in self.normalized],
-            "mean": self.mean,
-            "std": self.std,
-            "normalized_mean": self.normalized_mean,
-            "normalized_std": self.normalized_std,
-        }
+        return {"task": self.task, "episodes": int(len(self.returns)), "returns": [float(x) for x in self.returns],
+                "lengths": [int(x) for x in self.lengths], "normalized": [float(x) for x in self.normalized],
+                "mean": self.mean, "std": self.std, "normalized_mean": self.normalized_mean,
+                "normalized_std": self.normalized_std}
 
 
 def _check_actions(acts: Any, n: int, act_dim: int) -> np.ndarray:
@@ -81,10 +73,6 @@ def _check_actions(acts: Any, n: int, act_dim: int) -> np.ndarray:
     # Our datasets hold actions in [-1, 1] and the env clips torques anyway; clipping keeps the
     # electricity cost (computed from the raw action) consistent with the data.
     return np.clip(a, -1.0, 1.0)
-
-
-def _result(task: str, returns: np.ndarray, lengths: np.ndarray) -> EvalResult:
-    return EvalResult(task, returns, lengths, np.asarray(normalized_score(task, returns), dtype=np.float64).reshape(-1))
 
 
 def evaluate_policy(
@@ -115,41 +103,13 @@ def evaluate_policy(
     finally:
         for env in envs:
             env.close()
-    return _result(task, returns, lengths)
+    return EvalResult(task, returns, lengths, np.asarray(normalized_score(task, returns), dtype=np.float64).reshape(-1))
 
 
-def evaluate_sequential(
-    act_fn: ActFn, task: str, episodes: int = 10, seed: int = 0, max_steps: int = 1000, progress: bool = False
-) -> EvalResult:
-    """Run the same episodes as :func:`evaluate_policy` one after another, one state per ``act_fn`` call."""
-    if episodes < 1:
-        raise ModzooError(f"episodes must be at least 1, got {episodes}")
-    _, act_dim = env_dims(task)
-    env = make_env(task)
-    returns = np.zeros(episodes)
-    lengths = np.zeros(episodes, dtype=np.int64)
-    try:
-        for i in progress_bar(range(episodes), desc=f"eval {task}", unit="ep", disable=not progress):
-            o, _ = env.reset(seed=seed + i)
-            while True:
-                a = _check_actions(act_fn(o[None].astype(np.float32)), 1, act_dim)[0]
-                o, r, term, trunc, _ = env.step(a)
-                returns[i] += r
-                lengths[i] += 1
-                if term or trunc or lengths[i] >= max_steps:
-                    break
-    finally:
-        env.close()
-    return _result(task, returns, lengths)
-
-
-EVAL_SEED_OFFSET = 10_000  # evaluation episodes never share seeds with training noise
-
-
-# Run seed s evaluates episodes with env seeds OFFSET + STRIDE * s + i: the episodes of different seeds start from
-# different states, so episodes pooled across seeds are that many distinct starts (with a stride of 1 the 5
-# seeds x 10 episodes of a grid cell had only 14 distinct starts among 50).
-EVAL_SEED_STRIDE = 100_000
+# Run seed s evaluates episodes with env seeds OFFSET + STRIDE * s + i: never a training seed, and the episodes of
+# different seeds start from different states, so episodes pooled across seeds are that many distinct starts (with
+# a stride of 1 the 5 seeds x 10 episodes of a grid cell had only 14 distinct starts among 50).
+EVAL_SEED_OFFSET, EVAL_SEED_STRIDE = 10_000, 100_000
 
 
 def eval_seed(seed: int) -> int:
@@ -211,8 +171,12 @@ def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path 
         check_policy_fits_env(policy, task)
     gpath = Path(guidance_ckpt) if guidance_ckpt else Path(policy_ckpt).with_name("guidance.pt")
     guidance = None
+    n = int(policy.cfg.get("candidates", 1) or 1)
     if not guidance_ckpt and not gpath.exists():
-        _warn_no_guidance(policy, policy_ckpt, gpath)
+        if n > 1:  # found without its guidance (moved out of its run dir): its score is then not the run's
+            warnings.warn(f"no guidance found for {policy_ckpt} (no --guidance, and no {gpath}): policy "
+                          f"{policy.algorithm!r} acts with one sample per state instead of ranking {n} candidates; "
+                          f"pass --guidance PATH to rank them", stacklevel=2)
     else:
         guidance = load_checkpoint(gpath, device, kind="guidance")
         check_ranking(policy, guidance, str(gpath))
@@ -220,16 +184,6 @@ def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path 
         check_guidance_fits(guidance, policy.obs_dim, policy.act_dim, meta.get("fingerprint"), meta.get("name"))
         guidance.freeze()
     return policy, guidance
-
-
-def _warn_no_guidance(policy: DiffusionPolicy, policy_ckpt: str | Path, looked: Path) -> None:
-    """A policy that ranks candidates, found without its guidance (moved out of its run dir), still evaluates, but
-    as one unranked sample per state: say so, since its score is then not the run's."""
-    n = int(policy.cfg.get("candidates", 1) or 1)
-    if n > 1:
-        warnings.warn(f"no guidance found for {policy_ckpt} (no --guidance, and no {looked}): policy "
-                      f"{policy.algorithm!r} acts with one sample per state instead of ranking {n} candidates; pass "
-                      f"--guidance PATH to rank them", stacklevel=3)
 
 
 def check_ranking(policy: DiffusionPolicy, guidance: GuidanceModule, where: str | None = None) -> None:

@@ -9,19 +9,25 @@ before each evaluation. Only on a failure does the guard look for the first bad 
 
 Why also the guidance's outputs: a frozen guidance (a pretrained checkpoint, the policy phase of guidance-first)
 trains no more, so no loss of it is checked, yet the policy ranks actions by its ``q`` (and ``v``). Those are probed
-on a few dataset states (:func:`modzoo.run.probe.probe_guidance`) when a policy phase starts and before each
-evaluation, leaving no trace in the run.
+on a few dataset states (:func:`probe_guidance`) when a policy phase starts and before each evaluation. Probes,
+like the one that refuses a policy of the wrong shapes before training (:func:`probe_policy`), leave no trace in
+the run: it trains to the same numbers with them as without them.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 
-from ..errors import NonFiniteError
+from ..contract.interfaces import DiffusionPolicy, GuidanceModule
+from ..contract.registry import load_registry
+from ..errors import NonFiniteError, PluginError
 from .attribution import half_label
 
 ON_NONFINITE = ("stop", "warn")
@@ -44,10 +50,14 @@ class Bad:
 @dataclass
 class NonFiniteGuard:
     """Collects the metrics of a group's steps on the device and checks them when asked (see the module
-    docstring); each step gives one dict per run of the group (stacked seeds each have their own metrics)."""
+    docstring); each step gives one dict per run of the group (stacked seeds each have their own metrics).
+    ``runs``: the group (:class:`~modzoo.run.training.ActiveRun`), whose halves and saved states a stop names."""
 
+    runs: Sequence[Any] = ()
+    on_nonfinite: str = "stop"
     pending: list[tuple[int, list[tuple[int, str, int]], torch.Tensor]] = field(default_factory=list)
     host_bad: Bad | None = None
+    warned: set[str] = field(default_factory=set)
 
     def observe(self, step: int, metrics: Sequence[dict[str, Any]]) -> None:
         """Record step ``step``'s metrics (one dict per run) without reading them: tensors go into one device
@@ -84,19 +94,123 @@ class NonFiniteGuard:
                     at += n
         return found
 
+    def check(self, phase: str) -> None:
+        """Read the metrics gathered since the last check (one host sync); a non-finite one stops the run or
+        warns, per ``run.on_nonfinite``."""
+        bad = self.first_bad()
+        if bad is not None:
+            run = self.runs[bad.run]
+            half = run.guidance if bad.metric.startswith("guidance/") else run.policy
+            self._react(run, f"{half_label(half)} gave a non-finite {bad.metric} = {bad.value} in the {phase} phase "
+                        f"at step {bad.step}", "lower the learning rate or fix the plugin's loss, or set "
+                        "run.on_nonfinite=warn to train on through it", f"{bad.run}:{bad.metric}")
 
-def nonfinite_message(half: Any, metric: str, value: float, where: str, seed: str = "") -> str:
-    """The line a non-finite value is reported with: the half and its plugin, the metric and its value, and
-    ``where`` (the phase and step)."""
-    return f"{half_label(half)} gave a non-finite {metric} = {value} {where}{seed}"
+    def check_guidance(self, where: str) -> None:
+        """The values each run's policy reads from its guidance (``q``, and ``v`` where it needs it), probed on
+        dataset states: a frozen guidance has no loss left to watch. The halves must be synced."""
+        for run in self.runs:
+            if run.policy is None:
+                continue
+            data = run.buffer.data
+            found = probe_guidance(run.guidance, run.policy, data["observations"][:PROBE_ROWS],
+                                   data["actions"][:PROBE_ROWS])
+            if found is not None:
+                self._react(run, f"{half_label(run.guidance)} gave a non-finite {found[0]} = {found[1]} on dataset "
+                            f"states (policy {run.policy.algorithm!r} reads it) {where}", "check the guidance (its "
+                            "checkpoint or its plugin's maths), or set run.on_nonfinite=warn to go on",
+                            f"guidance:{found[0]}")
+
+    def _react(self, run: Any, message: str, fix: str, key: str) -> None:
+        """``stop``: raise :class:`NonFiniteError` with ``message``, what the run kept, and ``fix``; ``warn``: one
+        warning per run and metric (``key``), and the run trains on."""
+        message += f" (seed {run.r.seed})" if len(self.runs) > 1 else ""
+        if self.on_nonfinite == "warn":
+            if key not in self.warned:
+                self.warned.add(key)
+                warnings.warn(f"{message}; run.on_nonfinite=warn, so training goes on", stacklevel=3)
+            return
+        if run.saved_at is None or run.state_path is None:
+            kept = "the run stopped before its first save (nothing to resume) and wrote no score"
+        else:
+            kept = (f"the run stopped, keeping its last good state ({run.saved_at[0]} phase, step "
+                    f"{run.saved_at[1]}, in {run.state_path}), and wrote no score")
+        raise NonFiniteError(f"{message}; {kept}; {fix}")
 
 
-def react(on_nonfinite: str, message: str, stop_tail: str, warned: set[str], key: str) -> None:
-    """``stop``: raise :class:`NonFiniteError` (``message`` and ``stop_tail``: what was kept and the fix);
-    ``warn``: one warning per run and metric, and the run trains on."""
-    if on_nonfinite == "warn":
-        if key not in warned:
-            warned.add(key)
-            warnings.warn(f"{message}; run.on_nonfinite=warn, so training goes on", stacklevel=3)
+#: the probe before training: states taken from the dataset, and candidates asked of ``sample``
+PROBE_STATES, PROBE_CANDIDATES = 2, 2
+
+
+def probe_policy(policy: DiffusionPolicy, guidance: GuidanceModule | None, dataset: Any) -> None:
+    """Refuse, before the first step, a policy whose ``sample`` or ``act`` returns the wrong shape: otherwise the
+    run trains every phase and fails in the final evaluation. When ``act`` fails, a guidance answering NaN (a
+    diverged checkpoint) is more often why than the policy's code: it is named, instead of the torch error from
+    deep inside the selection rule."""
+    obs = torch.as_tensor(dataset.observations[:PROBE_STATES], dtype=torch.float32, device=policy.device)
+    b, n, a = obs.shape[0], PROBE_CANDIDATES, policy.act_dim
+    with _untouched(policy, guidance), torch.no_grad():
+        _expect_shape(policy, f"sample(obs, {n})", policy.sample(obs, n), (b, n, a), "(states, n, act_dim)")
+        try:
+            acted = policy.act(obs, guidance)
+        except Exception:
+            act = torch.as_tensor(dataset.actions[:b], dtype=torch.float32, device=policy.device)
+            found = probe_guidance(guidance, policy, obs, act) if guidance is not None else None
+            if found is not None:
+                raise NonFiniteError(f"{half_label(guidance)} gave a non-finite {found[0]} = {found[1]} on dataset "
+                                     f"states (policy {policy.algorithm!r} reads it) before training; nothing was "
+                                     f"trained: check the guidance (its checkpoint or its plugin's maths)")
+            raise
+        _expect_shape(policy, "act(obs, guidance)", acted, (b, a), "(states, act_dim)")
+
+
+def _expect_shape(policy: DiffusionPolicy, call: str, out: Any, want: tuple[int, ...], axes: str) -> None:
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if got == want:
         return
-    raise NonFiniteError(f"{message}; {stop_tail}")
+    spec = load_registry().policies.get(policy.algorithm)
+    plugin = f" (plugin {spec.plugin!r})" if spec is not None else ""
+    what = f"shape {got}" if got is not None else f"a {type(out).__name__}, not a tensor of shape"
+    raise PluginError(f"policy {policy.algorithm!r}{plugin}: {call} on {want[0]} dataset states returned {what}, "
+                      f"expected {want} {axes}; fix the plugin's {call.split('(')[0]} (modzoo.testing.check_policy"
+                      f"({policy.algorithm!r}, checks=['shapes']) checks it). Nothing was trained")
+
+
+@contextlib.contextmanager
+def _untouched(*halves: Any) -> Iterator[None]:
+    """Put back everything a probe's sampling may move: each half's noise stream (one it created lazily is dropped
+    again), its buffers and train/eval modes, and the global torch, numpy and Python RNGs."""
+    kept = [(h, h.generator, h.generator.get_state() if isinstance(h.generator, torch.Generator) else None,
+             [(m, m.training) for m in h.modules()], [x.clone() for x in h.buffers()])
+            for h in halves if h is not None]
+    cuda = sorted({h.device.index or 0 for h in halves if h is not None and h.device.type == "cuda"})
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+            for half, gen, state, modes, buffers in kept:
+                if state is not None:
+                    gen.set_state(state)
+                half.use_generator(gen)
+                for m, mode in modes:
+                    m.training = mode
+                with torch.no_grad():
+                    for x, old in zip(half.buffers(), buffers):
+                        x.copy_(old)
+
+
+def probe_guidance(guidance: GuidanceModule, policy: DiffusionPolicy | None, observations: torch.Tensor,
+                   actions: torch.Tensor) -> tuple[str, float] | None:
+    """The first output the policy reads from ``guidance`` (``q(obs, act)``, and ``v(obs)`` where it needs it)
+    that is non-finite on these dataset states, as (that call, its first bad value); None when all are finite."""
+    outputs = {"q(obs, act)": lambda: guidance.q(observations, actions)}
+    if "v" in (getattr(policy, "needs", ()) or ()) and "v" in guidance.provides:
+        outputs["v(obs)"] = lambda: guidance.v(observations)
+    with _untouched(guidance, policy), torch.no_grad():
+        for call, output in outputs.items():
+            out = output()
+            if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                return call, float(out[~torch.isfinite(out)].flatten()[0])
+    return None

@@ -18,18 +18,14 @@ from .config import half_config
 
 def default_config(kind: str, name: str, task: str | None = None) -> dict[str, Any]:
     """A half's default config (with its task overrides applied) plus its ``name``."""
-    reg = load_registry()
-    spec = reg.half(kind, name)
-    return {"name": name, **half_config(spec.default_config(), task)}
+    return {"name": name, **half_config(load_registry().half(kind, name).default_config(), task)}
 
 
 def build_half(kind: str, cfg: dict[str, Any], obs_dim: int, act_dim: int) -> Any:
     """The ``kind`` half named by ``cfg['name']``, constructed from the rest of ``cfg``."""
-    reg = load_registry()
-    spec = reg.half(kind, cfg["name"])
-    body = {k: v for k, v in cfg.items() if k != "name"}
+    cls, body = load_registry().half(kind, cfg["name"]).cls, {k: v for k, v in cfg.items() if k != "name"}
     try:
-        return spec.cls(obs_dim, act_dim, body)
+        return cls(obs_dim, act_dim, body)
     except ModzooError:
         raise
     # chained, not ``from None``: the CLI prints the one line, and --debug shows the plugin's own frame
@@ -43,22 +39,21 @@ def build_half(kind: str, cfg: dict[str, Any], obs_dim: int, act_dim: int) -> An
 def make_guidance(name: str, obs_dim: int, act_dim: int, task: str | None = None, **overrides: Any
                   ) -> GuidanceModule:
     """Build a guidance half by plugin name with its defaults (for ``task``) and keyword overrides."""
-    cfg = _merge_kwargs(default_config("guidance", name, task), overrides, f"guidance {name!r}")
-    return build_half("guidance", cfg, obs_dim, act_dim)
+    return _make("guidance", name, obs_dim, act_dim, task, overrides)
 
 
 def make_policy(name: str, obs_dim: int, act_dim: int, task: str | None = None, **overrides: Any
                 ) -> DiffusionPolicy:
     """Build a policy half by plugin name with its defaults (for ``task``) and keyword overrides."""
-    cfg = _merge_kwargs(default_config("policy", name, task), overrides, f"policy {name!r}")
-    return build_half("policy", cfg, obs_dim, act_dim)
+    return _make("policy", name, obs_dim, act_dim, task, overrides)
 
 
-def _merge_kwargs(cfg: dict[str, Any], overrides: dict[str, Any], what: str) -> dict[str, Any]:
+def _make(kind: str, name: str, obs_dim: int, act_dim: int, task: str | None, overrides: dict[str, Any]) -> Any:
+    cfg = default_config(kind, name, task)
     unknown = set(overrides) - set(cfg)
     if unknown:
-        raise ConfigError(f"{what} has no config keys {sorted(unknown)}; keys: {', '.join(sorted(cfg))}")
-    return {**cfg, **overrides}
+        raise ConfigError(f"{kind} {name!r} has no config keys {sorted(unknown)}; keys: {', '.join(sorted(cfg))}")
+    return build_half(kind, {**cfg, **overrides}, obs_dim, act_dim)
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -19,15 +19,14 @@ import importlib.util
 import json
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
 from .config import to_dict
 
-SINKS = ("jsonl", "tensorboard", "wandb")
-_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+SINKS = ("jsonl", "tensorboard", "wandb")  # each extra sink's package has its name
 
 
 def logger_names(value: str | None) -> list[str]:
@@ -43,16 +42,9 @@ def logger_names(value: str | None) -> list[str]:
 def check_available(value: str | None) -> None:
     """Refuse, before any work, a sink whose package is not installed (one line naming the extra to install)."""
     for name in logger_names(value):
-        pkg = _PACKAGES.get(name)
-        if pkg and importlib.util.find_spec(pkg) is None:
-            raise ConfigError(f"run.logger={name} needs the {pkg!r} package: pip install 'modzoo[{name}]' "
+        if name != "jsonl" and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"run.logger={name} needs the {name!r} package: pip install 'modzoo[{name}]' "
                               f"(or drop {name} from run.logger)")
-
-
-class Sink(Protocol):
-    def write(self, record: dict[str, Any]) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def _scalars(record: dict[str, Any]) -> tuple[str, int, dict[str, float]]:
@@ -122,15 +114,9 @@ class WandbSink:
         self.run.finish()
 
 
-def open_sinks(run_dir: Path | None, cfg: DictConfig, resumed_at: tuple[str, int] | None = None) -> list[Sink]:
-    """The extra sinks ``cfg.run.logger`` asks for (none without a run dir); ``resumed_at``: the phase and step a
-    resumed run continues from."""
-    if run_dir is None:
-        return []
-    names = logger_names(cfg.run.get("logger"))
-    sinks: list[Sink] = []
-    if "tensorboard" in names:
-        sinks.append(TensorBoardSink(run_dir, cfg, resumed_at))
-    if "wandb" in names:
-        sinks.append(WandbSink(run_dir, cfg))
-    return sinks
+def open_sinks(run_dir: Path | None, cfg: DictConfig, resumed_at: tuple[str, int] | None = None) -> list[Any]:
+    """The extra sinks ``cfg.run.logger`` asks for (none without a run dir), each with ``write(record)`` and
+    ``close()``; ``resumed_at``: the phase and step a resumed run continues from."""
+    names = logger_names(cfg.run.get("logger")) if run_dir is not None else []
+    return ([TensorBoardSink(run_dir, cfg, resumed_at)] if "tensorboard" in names else []) + (
+        [WandbSink(run_dir, cfg)] if "wandb" in names else [])

@@ -22,29 +22,22 @@ def pretrained_guidance(cfg: DictConfig, guidance: GuidanceModule | None, device
     that was checked and labels the run (its default out dir, result.json), so accepting it would make the command
     say one thing and the run do another. The guidance's config, though, is the checkpoint's own, whatever the
     defaults and overrides for that name say: config.yaml and result.json record it, with the checkpoint's path,
-    steps and training data (:func:`record_pretrained`).
+    steps and training data (its dataset fingerprint) under ``guidance_checkpoint``.
     """
-    r = cfg.run
     source = None
     if guidance is None:
-        if not r.guidance_ckpt:
+        if not cfg.run.guidance_ckpt:
             raise ConfigError("schedule 'pretrained' needs --guidance-ckpt PATH (a guidance.pt)")
-        source = str(r.guidance_ckpt)
+        source = str(cfg.run.guidance_ckpt)
         guidance = load_checkpoint(source, device, kind="guidance")
     asked = cfg.guidance.get("name") if cfg.guidance else None
     if asked and asked != guidance.algorithm:
         raise ConfigError(f"--guidance {asked} does not match {source or 'the guidance passed in'}, which holds a "
                           f"{guidance.algorithm!r} guidance: pass --guidance {guidance.algorithm} (or a {asked} "
                           f"guidance.pt)")
-    return guidance, record_pretrained(cfg, guidance, source)
-
-
-def record_pretrained(cfg: DictConfig, guidance: GuidanceModule, source: str | None) -> DictConfig:
-    """``cfg`` with the ``guidance`` section made the loaded guidance's own algorithm and config, and
-    ``guidance_checkpoint`` saying where it came from and on which data it trained (its dataset fingerprint)."""
-    return derived(cfg, guidance={"name": guidance.algorithm, **guidance.cfg},
-                   guidance_checkpoint={"path": source, "algorithm": guidance.algorithm, "steps": guidance.steps,
-                                        "dataset": dict(getattr(guidance, "dataset_meta", {}) or {})})
+    return guidance, derived(cfg, guidance={"name": guidance.algorithm, **guidance.cfg}, guidance_checkpoint={
+        "path": source, "algorithm": guidance.algorithm, "steps": guidance.steps,
+        "dataset": dict(getattr(guidance, "dataset_meta", {}) or {})})
 
 
 def keep_recorded_guidance(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:

@@ -21,9 +21,7 @@ class PhaseMeter:
     def __init__(self, name: str, device: torch.device | str = "cpu", interval: float = 0.05) -> None:
         self.name, self.device, self.interval = name, torch.device(device), interval
         self.result: dict[str, Any] = {}
-        self._proc = psutil.Process()
-        self._stop = threading.Event()
-        self._peak = 0
+        self._proc, self._stop = psutil.Process(), threading.Event()
         self._wall: float | None = None
         self._cpu: float | None = None
 
@@ -32,15 +30,13 @@ class PhaseMeter:
             self._peak = max(self._peak, self._proc.memory_info().rss)
 
     def __enter__(self) -> "PhaseMeter":
-        self._rss0 = self._proc.memory_info().rss
-        self._peak = self._rss0
+        self._rss0 = self._peak = self._proc.memory_info().rss
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
-        self._t0 = time.perf_counter()
-        self._c0 = time.process_time()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
         return self
 
     def elapsed(self) -> float:
@@ -54,13 +50,11 @@ class PhaseMeter:
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        wall = time.perf_counter() - self._t0
-        self._cpu = time.process_time() - self._c0
+        self._wall, self._cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, self._proc.memory_info().rss)
-        self._wall = wall
-        self.result = {"phase": self.name, "wall_s": wall, "cpu_s": self._cpu, "rss_start_mb": self._rss0 / 2**20,
-                       "rss_peak_mb": self._peak / 2**20}
+        self.result = {"phase": self.name, "wall_s": self._wall, "cpu_s": self._cpu,
+                       "rss_start_mb": self._rss0 / 2**20, "rss_peak_mb": self._peak / 2**20}
         if self.device.type == "cuda":
             self.result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20

@@ -14,9 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..errors import AlreadyFinished, ConfigError, StorageError
-from .checkpoint import atomic_write_text, checkpoint_bytes, existing_parent, remove_stale_temp_files, size_text
+from .checkpoint import atomic_write_text, checkpoint_bytes, existing_parent, size_text
 from .config import config_diff, to_dict
-from .loggers import Sink
 
 
 def finite_or_null(value: Any) -> Any:
@@ -44,7 +43,7 @@ class RunLog:
     records. A NaN or infinite value is written as null (strict JSON, one object per line); the non-finite guard
     (:mod:`modzoo.run.guard`) names it when it stops or warns."""
 
-    def __init__(self, run_dir: Path | None, sinks: list[Sink] | None = None) -> None:
+    def __init__(self, run_dir: Path | None, sinks: list[Any] | None = None) -> None:
         self.path = run_dir / "metrics.jsonl" if run_dir else None
         self.sinks = list(sinks or [])
 
@@ -127,7 +126,9 @@ def open_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     except OSError as e:
         msg = f"could not make run dir {run_dir} (--out): {e.strerror or e}; choose another --out"
         raise StorageError(msg) from None
-    remove_stale_temp_files(run_dir)
+    for f in run_dir.glob(".*.tmp"):  # never a checkpoint (a save's rename is its last step): only takes space
+        if f.is_file():
+            f.unlink(missing_ok=True)
     if not (run_dir / "config.yaml").exists():
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
 

@@ -32,6 +32,7 @@ from ..contract.registry import load_registry
 from ..contract.rng import StackedGenerator
 from ..contract.stages import Stage, clip_per_seed, finish_step
 from ..errors import ConfigError
+from .checkpoint import tree_map
 from .training import ActiveRun, RunResult, Stepper, setup_run, train, train_group
 
 
@@ -53,30 +54,6 @@ def stackable(guidance: type | None, policy: type | None) -> str | None:
 
 
 # ---- moving state between per-seed halves and a twin with a seed axis ----------------------------------------
-def _stack_tree(values: list[Any]) -> Any:
-    """Stack per-seed state: tensors with a shape gain a leading seed axis; scalars (a step count) and plain
-    values, the same for every seed, are taken from the first."""
-    first = values[0]
-    if isinstance(first, torch.Tensor):
-        return torch.stack(values) if first.dim() > 0 else first.clone()
-    if isinstance(first, dict):
-        return {k: _stack_tree([v[k] for v in values]) for k in first}
-    if isinstance(first, (list, tuple)):
-        return type(first)(_stack_tree([v[i] for v in values]) for i in range(len(first)))
-    return first
-
-
-def _slice_tree(value: Any, k: int) -> Any:
-    """Seed ``k``'s part of :func:`_stack_tree`'s output."""
-    if isinstance(value, torch.Tensor):
-        return value[k].clone() if value.dim() > 0 else value.clone()
-    if isinstance(value, dict):
-        return {key: _slice_tree(v, k) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_slice_tree(v, k) for v in value)
-    return value
-
-
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
     *path, leaf = name.split(".")
     owner = module.get_submodule(".".join(path)) if path else module
@@ -97,7 +74,9 @@ def make_twin(halves: list[Half]) -> Half:
     if isinstance(lead, GuidanceModule) and lead.frozen:
         twin.freeze()
     else:
-        twin.load_extra_state(_stack_tree([h.extra_state() for h in halves]))
+        # tensors with a shape gain a leading seed axis; a scalar (a step count) is the same for every seed
+        twin.load_extra_state(tree_map(lambda ts: torch.stack(ts) if ts[0].dim() > 0 else ts[0].clone(),
+                                    [h.extra_state() for h in halves]))
     twin.use_generator(StackedGenerator([h.gen() for h in halves]))
     twin.train(lead.training)
     return twin
@@ -113,7 +92,7 @@ def unstack_into(twin: Half, halves: list[Half]) -> None:
         for name, t in tensors.items():
             own[name].copy_(t[k])
         if extra is not None:
-            h.load_extra_state(_slice_tree(extra, k))
+            h.load_extra_state(tree_map(lambda ts: ts[0][k].clone() if ts[0].dim() > 0 else ts[0].clone(), [extra]))
 
 
 class _Pair(nn.Module):
@@ -144,16 +123,10 @@ class StackedStepper(Stepper):
         self.named = list(self.pair.named_parameters()) + list(self.pair.named_buffers())
         self.names = {id(t): n for n, t in self.named}
 
-    # ---- one stage for all seeds ------------------------------------------------------------------------------
     def _stage(self, stage: Stage, batch: dict[str, torch.Tensor], other: Any) -> dict[str, torch.Tensor]:
-        names = self.names
-        trained = {names[id(p)]: p.detach() for p in stage.params()}
+        """One stage for all seeds: each seed's gradient of its own loss, under vmap, then one optimizer step."""
+        trained = {self.names[id(p)]: p.detach() for p in stage.params()}
         rest = {n: t.detach() for n, t in self.named if n not in trained}
-
-        def seed_loss(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
-                      b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            loss, metrics = functional_call(self.pair, (params, state), (stage.loss, b, other))
-            return loss, metrics
 
         def per_seed(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                      b: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -161,7 +134,8 @@ class StackedStepper(Stepper):
             for g in self.gens:
                 g.level = level
             try:
-                return grad(seed_loss, has_aux=True)(params, state, b)
+                return grad(lambda p, s, x: functional_call(self.pair, (p, s), (stage.loss, x, other)),
+                            has_aux=True)(params, state, b)
             finally:
                 for g in self.gens:
                     g.level = None
@@ -170,23 +144,15 @@ class StackedStepper(Stepper):
             grads, metrics = vmap(per_seed, randomness="same")(trained, rest, batch)
         params = stage.params()
         for p in params:
-            p.grad = grads[names[id(p)]]
+            p.grad = grads[self.names[id(p)]]
         if stage.grad_norm and stage.grad_norm > 0:
             clip_per_seed([p.grad for p in params], stage.grad_norm)
         finish_step(stage)
         return metrics
 
-    @staticmethod
-    def _stack(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
-
-    @staticmethod
-    def _split(metrics: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.Tensor]]:
-        return [{name: v[i] for name, v in metrics.items()} for i in range(k)]
-
     def _half_step(self, twin: Half, batches: list[dict[str, torch.Tensor]], other: Any
                    ) -> list[dict[str, torch.Tensor]]:
-        batch = self._stack(batches)
+        batch = {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
         metrics: dict[str, torch.Tensor] = {}
         if isinstance(twin, DiffusionPolicy):
             twin.train()
@@ -196,7 +162,7 @@ class StackedStepper(Stepper):
             twin.count_step()
         else:
             twin._steps += 1
-        return self._split(metrics, len(batches))
+        return [{name: v[i] for name, v in metrics.items()} for i in range(len(batches))]
 
     def guidance_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
         return self._half_step(self.g_twin, batches, None)

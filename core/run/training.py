@@ -5,17 +5,17 @@
 - ``pretrained``: load a saved guidance, freeze it, train the policy.
 
 A run dir holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``guidance.pt``, ``policy.pt``, ``result.json``
-and, while a run is unfinished, ``train_state.pt`` from which ``resume=True`` continues. What is not the loop
-lives beside it: the run dir (:mod:`.rundir`), the resume state (:mod:`.resume`), a pretrained guidance
-(:mod:`.pretrained`), the probe before training (:mod:`.probe`), and evaluation with its loader
-(:mod:`.evaluation`).
+and, while a run is unfinished, ``train_state.pt`` from which ``resume=True`` continues. Beside the loop live the
+run dir (:mod:`.rundir`), the resume state (:mod:`.resume`), a pretrained guidance (:mod:`.pretrained`), the
+non-finite guard and the probes (:mod:`.guard`), and evaluation with its loader (:mod:`.evaluation`).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -33,11 +33,10 @@ from .buffer import ReplayBuffer
 from .checkpoint import atomic_torch_save, atomic_write_text, check_guidance_fits, half_payload, save_half
 from .config import RUN_DEFAULTS, apply_preset, build_run_config, derived, frozen, load_preset, task_layers, to_dict
 from .evaluation import evaluate
-from .guard import MAX_PENDING, PROBE_ROWS, NonFiniteGuard, nonfinite_message, react
+from .guard import MAX_PENDING, NonFiniteGuard, probe_policy
 from .halves import build_half, default_config, resolve_device
 from .loggers import open_sinks
 from .pretrained import keep_recorded_guidance, pretrained_guidance
-from .probe import probe_guidance, probe_policy
 from .profiling import PhaseMeter
 from .resume import generator_state, restore
 from .rundir import RunLog, open_run_dir, refuse_changes, saved_config, strict_json, warn_if_short_of_space
@@ -53,10 +52,8 @@ def run_config(guidance: str | None, policy: str | None, task: str, overrides: l
 
     ``guidance`` / ``policy``: plugin names (``modzoo list``; ``policy=None`` trains the guidance alone).
     ``overrides``: ``"section.key=value"`` strings (``"policy.eta=2.0"``). ``run``: the keys of
-    :data:`modzoo.run.config.RUN_DEFAULTS`, each documented there, e.g. ``schedule`` (joint, guidance-first,
-    pretrained), ``guidance_steps``, ``policy_steps``, ``guidance_ckpt``, ``preset``, ``dataset`` (a path),
-    ``eval_every``, ``eval_episodes``, ``seed``, ``device``, ``threads``, ``out`` (the run dir), ``save_every``,
-    ``logger``. ``modzoo config`` prints a run's every key with where its value comes from."""
+    :data:`modzoo.run.config.RUN_DEFAULTS`, each documented there (``schedule``, ``policy_steps``, ``out`` ...).
+    ``modzoo config`` prints a run's every key with where its value comes from."""
     g = default_config("guidance", guidance, task) if guidance else {}
     p = default_config("policy", policy, task) if policy else {}
     run = {k: v for k, v in run.items() if v is not None}
@@ -70,7 +67,6 @@ def run_config(guidance: str | None, policy: str | None, task: str, overrides: l
     return settled(cfg)
 
 
-
 def config_sources(guidance: str | None, policy: str | None, task: str, overrides: list[str] | tuple[str, ...] = (),
                    **run: Any) -> list[tuple[str, Any, str]]:
     """Every key of :func:`run_config`'s result, its value and the layer that set it, in the order the layers
@@ -80,30 +76,56 @@ def config_sources(guidance: str | None, policy: str | None, task: str, override
     cfg = to_dict(run_config(guidance, policy, task, overrides, **run))
     run = {k: v for k, v in run.items() if v is not None}
     preset = load_preset(str(run["preset"])) if run.get("preset") else {}
+    preset_label = f"preset {preset.get('name', run.get('preset'))}"
     source: dict[str, str] = {}
     for kind, name in (("guidance", guidance), ("policy", policy)):
         if not name:
             continue
         spec = load_registry().half(kind, name)
-        own = spec.own_defaults()
-        layers = [(f"base {k.__name__}", (spec.base_defaults() if i == 0 else {})) for i, k in enumerate(spec.bases())]
-        layers.append((f"plugin {name}", own))
-        merged = spec.default_config()
-        layers += [(f"plugin {name} task_overrides[{p!r}]", v)
-                   for p, v in task_layers(merged.get("task_overrides"), task)]
         values = dict((preset.get(kind) or {}).get(name) or {})
-        layers.append((f"preset {preset.get('name', run.get('preset'))}", values))
+        # base_defaults() holds every base's keys, so the nearest base is named for them all
+        layers = [(f"base {k.__name__}", spec.base_defaults()) for k in spec.bases()[:1]]
+        layers += [(f"plugin {name}", spec.own_defaults())]
+        layers += [(f"plugin {name} task_overrides[{p!r}]", v)
+                   for p, v in task_layers(spec.default_config().get("task_overrides"), task)]
+        layers += [(preset_label, values)]
         layers += [(f"preset task_overrides[{p!r}]", v)
                    for p, v in task_layers(values.pop("task_overrides", None), task)]
         for label, layer in layers:
             source.update({f"{kind}.{k}": label for k in layer if k != "task_overrides"})
         source[f"{kind}.name"] = "argument"
     source.update({f"run.{k}": "run default" for k in RUN_DEFAULTS})
-    source.update({f"run.{k}": f"preset {preset.get('name', run.get('preset'))}" for k in preset.get("run") or {}})
+    source.update({f"run.{k}": preset_label for k in preset.get("run") or {}})
     source.update({f"run.{k}": "argument" for k in ("task", *run)})
     source.update({item.split("=", 1)[0]: "override" for item in overrides})
     return [(f"{section}.{key}", value, source.get(f"{section}.{key}", "?"))
             for section in ("run", "guidance", "policy") for key, value in (cfg.get(section) or {}).items()]
+
+
+def settled(cfg: DictConfig) -> DictConfig:
+    """A frozen copy of a validated ``cfg`` with the settings of the halves that follow from the run: one seed
+    drives both halves' noise streams, an LR decay horizon left null is the length of the phase that half trains
+    in, and a behaviour/actor split given as a fraction becomes a step count."""
+    out = derived(cfg)
+    OmegaConf.set_readonly(out, False)
+    r, (has_policy, schedule) = out.run, _plan_of(out)
+    for section in ("guidance", "policy"):
+        if out[section] and "seed" in out[section]:
+            out[section].seed = int(r.seed)
+    if has_policy and out.policy.get("lr_decay_steps", "absent") is None:
+        out.policy.lr_decay_steps = int(r.policy_steps)
+    if has_policy and isinstance(out.policy.get("behaviour_steps"), float):
+        out.policy.behaviour_steps = behaviour_split(float(out.policy.behaviour_steps), int(r.policy_steps))
+    if out.guidance and out.guidance.get("lr_decay_steps", "absent") is None:
+        out.guidance.lr_decay_steps = int(r.policy_steps if schedule == "joint" else r.guidance_steps)
+    return frozen(out)
+
+
+def _plan_of(cfg: DictConfig) -> tuple[bool, str]:
+    """Whether the run trains a policy, and its schedule (a guidance alone trains as guidance-first)."""
+    has_policy = bool(cfg.policy) and bool(cfg.policy.get("name"))
+    return has_policy, (cfg.run.schedule if has_policy else "guidance-first")
+
 
 # ---- the training loop --------------------------------------------------------------------------------------
 @dataclass
@@ -124,16 +146,6 @@ class RunResult:
         return None if self.eval is None else float(self.eval.normalized_mean)
 
 
-def n_params(module: torch.nn.Module) -> int:
-    """Trainable-architecture size: every parameter of the half (targets and EMA copies included, as they are
-    held in memory), counted once."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def _dataset_meta(dataset: Any) -> dict[str, Any]:
-    return {"name": dataset.name, "fingerprint": dataset.fingerprint, "path": str(dataset.path or "")}
-
-
 @dataclass(kw_only=True)
 class ActiveRun:
     """One seed's run while it trains: its config, halves, data stream, run dir and progress."""
@@ -142,7 +154,6 @@ class ActiveRun:
     device: torch.device
     meta: dict[str, Any]
     schedule: str
-    has_policy: bool
     buffer: ReplayBuffer
     guidance: GuidanceModule
     policy: DiffusionPolicy | None
@@ -153,10 +164,9 @@ class ActiveRun:
     plan: list[tuple[str, int]]
     phase: str | None
     start_step: int
-    # time spent in ``phase`` before an interruption: {"train_s", "eval_s", "evals", "train_cpu_s",
-    # "eval_cpu_s"} (empty for a fresh run; no CPU keys in a state saved by older versions)
+    # time spent in ``phase`` before an interruption (_PhaseClock.times; no CPU keys in a state saved by older versions)
     phase_time: dict[str, float] = field(default_factory=dict)
-    #: the (phase, step) of the resume state on disk, set by the loop: what a stopped run keeps
+    #: the (phase, step) of the resume state on disk: what a stopped run keeps
     saved_at: tuple[str, int] | None = None
 
     @property
@@ -168,42 +178,21 @@ class ActiveRun:
         a resumed run reports the phase's whole cost rather than what ran after the interruption."""
         if self.state_path is None:
             return
+        halves = {"guidance": self.guidance, "policy": self.policy}
         atomic_torch_save({"phase": ph, "step": step, "phase_time": dict(phase_time or {}),
-                           "guidance": half_payload(self.guidance, self.meta),
-                           "policy": half_payload(self.policy, self.meta) if self.policy is not None else None,
+                           **{k: half_payload(h, self.meta) if h is not None else None for k, h in halves.items()},
                            "buffer": self.buffer.state_dict(), "phases": self.result.phases,
                            # the halves' own noise streams: a resumed run draws what the uninterrupted one would
-                           "generators": {k: generator_state(h) for k, h in (("guidance", self.guidance),
-                                                                               ("policy", self.policy))
-                                          if h is not None}}, self.state_path)
+                           "generators": {k: generator_state(h) for k, h in halves.items() if h is not None}},
+                          self.state_path)
         self.saved_at = (ph, step)
 
 
-def _fresh_halves(cfg: DictConfig, schedule: str, guidance: GuidanceModule | None, has_policy: bool, dataset: Any,
-                  device: torch.device) -> tuple[DictConfig, GuidanceModule, DiffusionPolicy | None]:
-    """The halves of a new run, fitted to the data: a saved guidance (frozen) for ``pretrained``, the one passed
-    in, or one built from the config; and the policy. The config comes back as the run records it (a pretrained
-    guidance's own settings)."""
-    obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
-    if schedule == "pretrained":
-        guidance, cfg = pretrained_guidance(cfg, guidance, device)
-        check_guidance_fits(guidance, obs_dim, act_dim, dataset.fingerprint, dataset.name)
-        guidance.freeze()
-    elif guidance is None:
-        guidance = build_half("guidance", to_dict(cfg.guidance), obs_dim, act_dim).to(device)
-        guidance.fit_data(dataset)
-    policy = None
-    if has_policy:
-        policy = build_half("policy", to_dict(cfg.policy), obs_dim, act_dim).to(device)
-        policy.fit_data(dataset)
-    return cfg, guidance, policy
-
-
 def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule | None,
-           share: ReplayBuffer | None = None) -> ActiveRun:
-    """Validate the config, build or restore the halves and create the run dir (only once the input is known to
-    be good: a refused run leaves no dir behind, and a refused resume changes no file). ``share``: another run's
-    buffer on the same data, whose device tensors this run reuses (seeds trained in one process)."""
+              share: ReplayBuffer | None = None) -> ActiveRun:
+    """Validate the config, build or restore the halves and create the run dir (only once the input is known to be
+    good: a refused run leaves no dir behind, and a refused resume changes no file). ``share``: another run's buffer
+    on the same data, whose device tensors this run reuses (seeds trained in one process)."""
     if not OmegaConf.is_readonly(cfg):  # not from run_config (a loaded config.yaml, a hand-built one): check it here
         validate_config(cfg, guidance_given=guidance is not None)
         cfg = settled(cfg)
@@ -221,17 +210,27 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
         refuse_changes(saved, cfg, schedule, run_dir)
     if dataset is None:
         dataset = load_dataset(r.dataset or r.task, task=r.task)
-    meta = _dataset_meta(dataset)
+    meta = {"name": dataset.name, "fingerprint": dataset.fingerprint, "path": str(dataset.path or "")}
     state_path = run_dir / "train_state.pt" if run_dir else None
-
     if share is not None and share.device == device and share.size == len(dataset.observations):
         buffer = share.with_seed(int(r.seed))
     else:
         buffer = ReplayBuffer(dataset, device, seed=int(r.seed))
+
     if resume and state_path is not None and state_path.exists():
         guidance, policy, phase, start_step, phases_done, phase_time = restore(state_path, dataset, device, buffer)
-    else:
-        cfg, guidance, policy = _fresh_halves(cfg, schedule, guidance, has_policy, dataset, device)
+    else:  # fresh halves fitted to the data: a saved guidance (frozen), the one passed in, or one from the config
+        if schedule == "pretrained":
+            guidance, cfg = pretrained_guidance(cfg, guidance, device)  # the config records the checkpoint's own
+            check_guidance_fits(guidance, dataset.obs_dim, dataset.act_dim, dataset.fingerprint, dataset.name)
+            guidance.freeze()
+        elif guidance is None:
+            guidance = build_half("guidance", to_dict(cfg.guidance), dataset.obs_dim, dataset.act_dim).to(device)
+            guidance.fit_data(dataset)
+        policy = None
+        if has_policy:
+            policy = build_half("policy", to_dict(cfg.policy), dataset.obs_dim, dataset.act_dim).to(device)
+            policy.fit_data(dataset)
         phase, start_step, phases_done, phase_time = None, 0, [], {}
     if schedule == "guidance-first" and guidance.requires_policy and not guidance.frozen:
         raise ConfigError(f"guidance {guidance.algorithm!r} with this config samples the policy in its TD target, "
@@ -248,45 +247,13 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
     log = RunLog(run_dir, open_sinks(run_dir, cfg, (phase, start_step) if phase is not None else None))
     if resume:
         log.truncate_after(phase, start_step)
-    plan: list[tuple[str, int]] = []
-    if schedule == "guidance-first" and not guidance.frozen:
-        plan.append(("guidance", int(r.guidance_steps)))
-    if has_policy:
-        plan.append(("policy", int(r.policy_steps)))
-    result = RunResult(run_dir, guidance, policy, phases=phases_done)
-    return ActiveRun(cfg=cfg, device=device, meta=meta, schedule=schedule, has_policy=bool(has_policy), buffer=buffer,
-                     guidance=guidance, policy=policy, run_dir=run_dir, state_path=state_path, log=log, result=result,
-                     plan=plan, phase=phase, start_step=start_step, phase_time=phase_time)
-
-
-def _plan_of(cfg: DictConfig) -> tuple[bool, str]:
-    """Whether the run trains a policy, and its schedule (a guidance alone trains as guidance-first)."""
-    has_policy = bool(cfg.policy) and bool(cfg.policy.get("name"))
-    return has_policy, (cfg.run.schedule if has_policy else "guidance-first")
-
-
-def settled(cfg: DictConfig) -> DictConfig:
-    """A frozen copy of a validated ``cfg`` with the settings of the halves that follow from the run: one seed
-    drives both halves' noise streams, an LR decay horizon left null is the length of the phase that half trains
-    in, and a behaviour/actor split given as a fraction becomes a step count."""
-    out = derived(cfg)
-    OmegaConf.set_readonly(out, False)
-    _fill_from_run(out, *_plan_of(out))
-    return frozen(out)
-
-
-def _fill_from_run(cfg: DictConfig, has_policy: bool, schedule: str) -> None:
-    """:func:`settled`'s settings, written into ``cfg`` (a fresh copy only)."""
-    r = cfg.run
-    for section in ("guidance", "policy"):
-        if cfg[section] and "seed" in cfg[section]:
-            cfg[section].seed = int(r.seed)
-    if has_policy and cfg.policy.get("lr_decay_steps", "absent") is None:
-        cfg.policy.lr_decay_steps = int(r.policy_steps)
-    if has_policy and isinstance(cfg.policy.get("behaviour_steps"), float):
-        cfg.policy.behaviour_steps = behaviour_split(float(cfg.policy.behaviour_steps), int(r.policy_steps))
-    if cfg.guidance and cfg.guidance.get("lr_decay_steps", "absent") is None:
-        cfg.guidance.lr_decay_steps = int(r.policy_steps if schedule == "joint" else r.guidance_steps)
+    plan = [("guidance", int(r.guidance_steps))] if schedule == "guidance-first" and not guidance.frozen else []
+    plan += [("policy", int(r.policy_steps))] if has_policy else []
+    return ActiveRun(cfg=cfg, device=device, meta=meta, schedule=schedule, buffer=buffer, guidance=guidance,
+                     policy=policy, run_dir=run_dir, state_path=state_path, log=log,
+                     result=RunResult(run_dir, guidance, policy, phases=phases_done), plan=plan, phase=phase,
+                     start_step=start_step, phase_time=phase_time,
+                     saved_at=(phase, start_step) if phase is not None else None)
 
 
 class Stepper:
@@ -371,60 +338,14 @@ class _Watch:
     def __init__(self, runs: list[ActiveRun], stepper: Stepper) -> None:
         self.runs, self.stepper = runs, stepper
         r = runs[0].r
-        self.on_nonfinite = str(r.get("on_nonfinite") or "stop")  # a config saved before the key: the default
-        self.save_every_s = float(r.get("save_every_s") or 0)     # ... and before this one: no timed saves
-        self.guard = NonFiniteGuard()
-        self.warned: set[str] = set()
+        # a config saved before these keys: the default (stop), and no timed saves
+        self.guard = NonFiniteGuard(runs, str(r.get("on_nonfinite") or "stop"))
+        self.save_every_s = float(r.get("save_every_s") or 0)
         self.last_save = time.monotonic()
-        for run in runs:
-            if run.saved_at is None and run.phase is not None:
-                run.saved_at = (run.phase, run.start_step)  # a resumed run's state on disk
 
-    def _kept(self, run: ActiveRun) -> str:
-        if run.saved_at is None or run.state_path is None:
-            kept = "the run stopped before its first save (nothing to resume) and wrote no score"
-        else:
-            ph, step = run.saved_at
-            kept = (f"the run stopped, keeping its last good state ({ph} phase, step {step}, in {run.state_path}), "
-                    f"and wrote no score")
-        return kept
-
-    def _seed(self, run: ActiveRun) -> str:
-        return f" (seed {run.r.seed})" if len(self.runs) > 1 else ""
-
-    def check(self, phase: str) -> None:
-        """Read the metrics gathered since the last check (one host sync); a non-finite one stops the run or
-        warns, per ``run.on_nonfinite``."""
-        bad = self.guard.first_bad()
-        if bad is None:
-            return
-        run = self.runs[bad.run]
-        half = run.guidance if bad.metric.startswith("guidance/") else run.policy
-        msg = nonfinite_message(half, bad.metric, bad.value, f"in the {phase} phase at step {bad.step}",
-                                self._seed(run))
-        react(self.on_nonfinite, msg, self._kept(run) + "; lower the learning rate or fix the plugin's loss, or set "
-              "run.on_nonfinite=warn to train on through it", self.warned, f"{bad.run}:{bad.metric}")
-
-    def check_guidance(self, where: str) -> None:
-        """The values each run's policy reads from its guidance (``q``, and ``v`` where it needs it), probed on
-        dataset states: a frozen guidance has no loss left to watch. The halves must be synced."""
-        for run in self.runs:
-            if run.policy is None:
-                continue
-            data = run.buffer.data
-            found = probe_guidance(run.guidance, run.policy, data["observations"][:PROBE_ROWS],
-                                   data["actions"][:PROBE_ROWS])
-            if found is not None:
-                name, value = found
-                call = "q(obs, act)" if name == "q" else f"{name}(obs)"
-                msg = nonfinite_message(run.guidance, call, value, f"on dataset states (policy "
-                                        f"{run.policy.algorithm!r} reads it) {where}", self._seed(run))
-                react(self.on_nonfinite, msg, self._kept(run) + "; check the guidance (its checkpoint or its "
-                      "plugin's maths), or set run.on_nonfinite=warn to go on", self.warned, f"guidance:{name}")
-
-    def save(self, ph: str, phase: str, step: int, clock: "_PhaseClock", meter: PhaseMeter) -> None:
+    def save(self, ph: str, phase: str, step: int, clock: _PhaseClock, meter: PhaseMeter) -> None:
         """Every run's resume state at ``step``, written only from finite numbers (checked first)."""
-        self.check(phase)
+        self.guard.check(phase)
         self.stepper.sync()
         for i, run in enumerate(self.runs):
             run.save_state(ph, step, clock.times(i, meter))
@@ -444,33 +365,34 @@ class _Watch:
                                  f"phase{saved}")
 
 
-def _attributed(exc: Exception, runs: list[ActiveRun], phase: str, step: int) -> Exception:
-    """The exception to end the run with: :class:`~modzoo.errors.PluginFailure` naming the half whose code raised
-    ``exc``, or ``exc`` itself when no plugin code did (a bug of modzoo's keeps its own traceback) or when it is a
-    stop (a second signal lands wherever the step is, a plugin's code included)."""
-    if isinstance(exc, RunStopped):
-        return exc
-    return attribute(exc, [runs[0].guidance, runs[0].policy], phase, step) or exc
+@contextlib.contextmanager
+def _blamed(runs: list[ActiveRun], phase: str, step: int) -> Iterator[None]:
+    """An exception from a plugin's code ends the run as :class:`~modzoo.errors.PluginFailure` naming that half
+    (:mod:`.attribution`); one no plugin code raised (a bug of modzoo's) keeps its own traceback, and a stop (a
+    second signal lands wherever the step is, a plugin's code included) stays a stop."""
+    try:
+        yield
+    except RunStopped:
+        raise
+    except Exception as exc:
+        failure = attribute(exc, [runs[0].guidance, runs[0].policy], phase, step)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 def _interim_eval(runs: list[ActiveRun], stepper: Stepper, step: int, clock: _PhaseClock,
-                  on_eval: Callable[[int, Any], None] | None, watch: _Watch | None = None) -> None:
+                  on_eval: Callable[[int, Any], None] | None, guard: NonFiniteGuard) -> None:
     """Evaluate every run of the group at ``step`` of its policy phase, timed apart from training; never on
     non-finite numbers (a policy over a NaN guidance dies inside torch, naming nothing)."""
     stepper.sync()
-    if watch is not None:
-        watch.check("policy")
-        watch.check_guidance(f"before the evaluation at policy step {step}")
+    guard.check("policy")
+    guard.check_guidance(f"before the evaluation at policy step {step}")
     clock.evals += 1
     for i, run in enumerate(runs):
         t_ev, c_ev = time.perf_counter(), time.process_time()
-        try:
+        with _blamed([run], "the evaluation during the policy phase", step):
             ev = evaluate(run.policy, run.guidance, run.r.task, int(run.r.eval_episodes), int(run.r.seed))
-        except Exception as exc:
-            failure = _attributed(exc, [run], "the evaluation during the policy phase", step)
-            if failure is exc:
-                raise
-            raise failure from exc
         clock.eval_s[i] += time.perf_counter() - t_ev
         clock.eval_cpu[i] += time.process_time() - c_ev
         run.log.log({"phase": "eval", "step": step, "normalized_mean": ev.normalized_mean,
@@ -503,12 +425,13 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
     save_every, log_every = int(r.save_every or 0), max(1, int(r.log_every))
     eval_every = int(r.eval_every or 0)
     delay = int(r.get("guidance_delay", 0) or 0)
-    pbs = int(cfg.policy.batch_size) if lead.has_policy else 0
+    pbs = int(cfg.policy.batch_size) if lead.policy is not None else 0
     gbs = int(cfg.guidance.batch_size) if cfg.guidance and "batch_size" in cfg.guidance else pbs
     order = [p for p, _ in lead.plan]
     phase, start_step = lead.phase, lead.start_step
     tag = f" x{len(runs)} seeds" if len(runs) > 1 else ""
     watch = _Watch(runs, stepper)
+    guard = watch.guard
     with stops.deferred():
         for ph, total in lead.plan:
             if phase in order and order.index(ph) < order.index(phase):
@@ -522,33 +445,28 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
             watch.last_save = time.monotonic()
             with PhaseMeter(label, lead.device) as meter:
                 if ph == "policy":
-                    watch.check_guidance(f"at the start of the {label} phase (step {first})")
+                    guard.check_guidance(f"at the start of the {label} phase (step {first})")
                 bar = progress_bar(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}",
                                    disable=not progress, initial=first, total=total, dynamic_ncols=True)
                 for step in bar:
-                    try:
+                    with _blamed(runs, f"the {label} phase", step + 1):
                         ms = _train_step(runs, stepper, ph, joint, step, pbs, gbs, delay)
-                    except Exception as exc:
-                        failure = _attributed(exc, runs, f"the {label} phase", step + 1)
-                        if failure is exc:
-                            raise
-                        raise failure from exc
-                    watch.guard.observe(step + 1, ms)
-                    if len(watch.guard.pending) >= MAX_PENDING:
-                        watch.check(label)  # a long log interval must not hold every step's metrics
+                    guard.observe(step + 1, ms)
+                    if len(guard.pending) >= MAX_PENDING:
+                        guard.check(label)  # a long log interval must not hold every step's metrics
                     if (step + 1) % log_every == 0 or step + 1 == total:
                         for run, m in zip(runs, ms):
                             run.log.log({"phase": ph, "step": step + 1, **{k: float(v) for k, v in m.items()}})
                         bar.set_postfix({k.split("/")[-1]: f"{float(v):.3g}" for k, v in list(ms[0].items())[:3]})
-                        watch.check(label)
+                        guard.check(label)
                     if ph == "policy" and eval_every and (step + 1) % eval_every == 0 and step + 1 < total:
-                        _interim_eval(runs, stepper, step + 1, clock, on_eval, watch)
+                        _interim_eval(runs, stepper, step + 1, clock, on_eval, guard)
                     if step + 1 < total and (save_every and (step + 1) % save_every == 0 or watch.save_due()
                                              or stops.pending() is not None):
                         watch.save(ph, label, step + 1, clock, meter)
                         watch.stop_if_asked(ph, step + 1, total)
                 bar.close()
-            watch.check(label)
+            guard.check(label)
             stepper.sync()
             for i, run in enumerate(runs):
                 run.result.phases.append(_phase_record(meter, clock.times(i, meter), total, first, stepper,
@@ -564,7 +482,7 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
             watch.last_save = time.monotonic()
             watch.stop_if_asked(ph, total, total)
             phase, start_step = None, 0
-    return [_finish(run, progress, watch) for run in runs]
+    return [_finish(run, progress, guard) for run in runs]
 
 
 def final_episodes(r: Any) -> int:
@@ -573,42 +491,35 @@ def final_episodes(r: Any) -> int:
     return int(r.eval_episodes if n is None else n)
 
 
-def _finish(run: ActiveRun, progress: bool, watch: _Watch | None = None) -> RunResult:
+def _finish(run: ActiveRun, progress: bool, guard: NonFiniteGuard) -> RunResult:
     """Final checkpoints, the final evaluation and ``result.json``; removes the resume state."""
-    r, guidance, policy, run_dir, result = run.r, run.guidance, run.policy, run.run_dir, run.result
+    r, cfg, guidance, policy, run_dir, result = run.r, run.cfg, run.guidance, run.policy, run.run_dir, run.result
     episodes = final_episodes(r)
     evaluates = policy is not None and r.final_eval and episodes > 0
-    if evaluates and watch is not None:
-        watch.check_guidance("before the final evaluation")
+    if evaluates:
+        guard.check_guidance("before the final evaluation")
     if run_dir is not None:
         if not (run_dir / "guidance.pt").exists() or run.schedule == "pretrained":
             save_half(guidance, run_dir / "guidance.pt", run.meta)
         if policy is not None:
             save_half(policy, run_dir / "policy.pt", run.meta)
     if evaluates:
-        with PhaseMeter("eval", run.device) as meter:
-            try:
-                result.eval = evaluate(policy, guidance, r.task, episodes, int(r.seed), progress=progress)
-            except Exception as exc:
-                failure = _attributed(exc, [run], "the final evaluation", int(r.policy_steps))
-                if failure is exc:
-                    raise
-                raise failure from exc
+        with PhaseMeter("eval", run.device) as meter, _blamed([run], "the final evaluation", int(r.policy_steps)):
+            result.eval = evaluate(policy, guidance, r.task, episodes, int(r.seed), progress=progress)
         result.phases.append({**meter.result, "episodes": episodes})
         run.log.log({"phase": "eval", "step": int(r.policy_steps), "normalized_mean": result.eval.normalized_mean,
                      "normalized_std": result.eval.normalized_std, "return_mean": result.eval.mean})
     if run_dir is not None:
-        cfg = run.cfg
         summary = {"task": r.task, "guidance": cfg.guidance.get("name") if cfg.guidance else None,
-                   "policy": cfg.policy.get("name") if run.has_policy else None, "schedule": run.schedule,
+                   "policy": cfg.policy.get("name") if policy is not None else None, "schedule": run.schedule,
                    "seed": int(r.seed), "dataset": run.meta, "phases": result.phases,
                    "guidance_steps": guidance.steps, "policy_steps": policy.steps if policy else 0,
-                   "parameters": {"guidance": n_params(guidance), "policy": n_params(policy) if policy else 0},
+                   "parameters": {k: sum(p.numel() for p in h.parameters()) if h is not None else 0
+                                  for k, h in (("guidance", guidance), ("policy", policy))},
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if cfg.get("guidance_checkpoint"):
-            summary["guidance_checkpoint"] = {**to_dict(cfg.guidance_checkpoint),
-                                              "config": {k: v for k, v in to_dict(cfg.guidance).items()
-                                                         if k != "name"}}
+            summary["guidance_checkpoint"] = {**to_dict(cfg.guidance_checkpoint), "config": {
+                k: v for k, v in to_dict(cfg.guidance).items() if k != "name"}}
         if result.eval is not None:
             summary["eval"] = result.eval.to_dict()
             summary["normalized_score"] = float(result.eval.normalized_mean)

@@ -25,6 +25,7 @@ from ..blocks.selection import RULES
 from ..contract.normalization import OBS_NORMS
 from ..contract.registry import load_registry
 from ..errors import ConfigError
+from .checkpoint import existing_parent
 from .config import RUN_DEFAULTS, SCHEDULES, to_dict
 from .guard import ON_NONFINITE
 from .halves import default_config
@@ -138,11 +139,9 @@ def _type_problem(value: Any, default: Any) -> str | None:
         return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "must be a number"
     if isinstance(default, str):
         return None if isinstance(value, (str, os.PathLike)) else "must be a string"
-    if isinstance(default, (list, tuple)):
-        if not isinstance(value, (list, tuple)):
-            return f"must be a list like {list(default)}"
-        if default and any(_type_problem(v, default[0]) for v in value):
-            return f"must be a list like {list(default)}"
+    if isinstance(default, (list, tuple)) and (not isinstance(value, (list, tuple)) or default and any(
+            _type_problem(v, default[0]) for v in value)):
+        return f"must be a list like {list(default)}"
     return None
 
 
@@ -161,36 +160,26 @@ def _check(key: str, value: Any, default: Any, rule: Rule | None, template: Any 
         raise ConfigError(f"config key {key_name(key)}{why}{hint}")
 
 
-def _check_section(section: str, values: Mapping[str, Any], defaults: Mapping[str, Any],
-                   rules: Mapping[str, Rule]) -> None:
-    for key, value in values.items():
-        if key == "name" or key not in defaults:
-            continue  # a key the defaults do not have: struct mode refused it already, or a saved run's own
-        _check(f"{section}.{key}", value, defaults[key], rules.get(key))
-
-
-def _half_defaults(kind: str, name: str, task: str | None) -> dict[str, Any]:
-    return default_config(kind, name, task)
-
-
 def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
     """Check the pairing (a :class:`~modzoo.errors.PluginError` naming what the policy misses), every value of a
     run config against its default's type and the rule tables, then the budget of each phase that trains; raises
     :class:`ConfigError` naming the first bad key. ``guidance_given``: the trainer was
     handed a built guidance, so no guidance phase needs steps."""
     c = to_dict(cfg)
-    r = c.get("run") or {}
-    _check_pair(c)
+    r, g, p = c.get("run") or {}, c.get("guidance") or {}, c.get("policy") or {}
+    if g.get("name") and p.get("name"):  # before any data or env is loaded: a missing dataset must not hide it
+        load_registry().check_pair(g["name"], p["name"], p)
     for key, value in r.items():
         if key in RUN_DEFAULTS:
             _check(f"run.{key}", value, RUN_DEFAULTS[key], RUN_RULES.get(key), _RUN_TYPE_EXAMPLES.get(key))
-    for kind, rules in (("guidance", GUIDANCE_RULES), ("policy", POLICY_RULES)):
-        section = c.get(kind) or {}
-        if section.get("name"):
-            _check_section(kind, section, _half_defaults(kind, section["name"], r.get("task")), rules)
-    _check_budget(r, bool((c.get("policy") or {}).get("name")), guidance_given)
-    check_sample_steps(c.get("policy") or {})
-    check_behaviour_steps(c.get("policy") or {}, int(r.get("policy_steps") or 0))
+    for kind, section, rules in (("guidance", g, GUIDANCE_RULES), ("policy", p, POLICY_RULES)):
+        defaults = default_config(kind, section["name"], r.get("task")) if section.get("name") else {}
+        for key, value in section.items():
+            if key != "name" and key in defaults:  # any other key: struct mode refused it, or a saved run's own
+                _check(f"{kind}.{key}", value, defaults[key], rules.get(key))
+    _check_budget(r, bool(p.get("name")), guidance_given)
+    check_sample_steps(p)
+    check_behaviour_steps(p, int(r.get("policy_steps") or 0))
     check_available(r.get("logger"))
 
 
@@ -198,8 +187,11 @@ def check_sample_steps(policy: Mapping[str, Any]) -> None:
     """Each sampler solves its own kind of model (a continuous-time one an ODE, a discrete chain its T steps), and
     a chain at inference takes at most the T steps the policy trains with, fewer only with a sampler that can skip
     steps."""
-    if policy.get("noise_schedule") == "vp_sde":
-        _check_sde_samplers(policy)
+    if policy.get("noise_schedule") == "vp_sde":  # an ODE solver, with any number of steps, never a DDPM chain
+        for key in ("sampler", "act_sampler"):
+            if policy.get(key) not in (None, "trained", *SDE_SAMPLERS):
+                raise ConfigError(f"config key policy.{key}={policy.get(key)} is a discrete-chain sampler; with "
+                                  f"policy.noise_schedule=vp_sde use one of {', '.join(SDE_SAMPLERS)}")
         return
     for key in ("sampler", "act_sampler"):
         if policy.get(key) == "dpm_solver++_2s":
@@ -234,23 +226,6 @@ def check_behaviour_steps(policy: Mapping[str, Any], policy_steps: int) -> None:
                           f"to the actor; give fewer, a fraction of the phase such as 0.5, or more --policy-steps")
 
 
-def _check_sde_samplers(policy: Mapping[str, Any]) -> None:
-    """A continuous-time policy is sampled by an ODE solver, with any number of steps, never by a DDPM chain."""
-    for key in ("sampler", "act_sampler"):
-        value = policy.get(key)
-        if value not in (None, "trained", *SDE_SAMPLERS):
-            raise ConfigError(f"config key policy.{key}={value} is a discrete-chain sampler; with "
-                              f"policy.noise_schedule=vp_sde use one of {', '.join(SDE_SAMPLERS)}")
-
-
-def _check_pair(c: Mapping[str, Any]) -> None:
-    """The pairing is refused here, with the settings, so that no dataset or env is loaded for a pair that cannot
-    run (and a missing dataset does not hide the real problem)."""
-    g, p = (c.get("guidance") or {}).get("name"), (c.get("policy") or {}).get("name")
-    if g and p:
-        load_registry().check_pair(g, p, c.get("policy") or {})
-
-
 def _check_budget(r: Mapping[str, Any], has_policy: bool, guidance_given: bool) -> None:
     """A phase that trains needs steps: an untrained half evaluated and reported would look like a result."""
     schedule = r.get("schedule") if has_policy else "guidance-first"
@@ -275,9 +250,7 @@ def check_out_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run dir {path} (--out) is an existing file, not a directory; choose another --out "
                           f"(the file was left alone)")
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = existing_parent(path)
     if not parent.is_dir():
         raise ConfigError(f"run dir {path} (--out) cannot be made: {parent} is a file; choose another --out")
     try:
