@@ -2,33 +2,12 @@
 
 A plugin author calls ``check_plugin("myalgo", workdir=tmp_path)`` in a test (every half the entry point
 ``myalgo`` contributes), or runs ``pytest --modzoo-plugin=myalgo`` without writing one (one test item per check,
-through the ``pytest11`` plugin :mod:`modzoo.testing.pytest_plugin`). The checks (:data:`GUIDANCE_CHECKS`,
-:data:`POLICY_CHECKS`):
-
-- ``construct``: the class subclasses the right base and builds from its YAML defaults, which have a
-  ``batch_size`` (the trainer reads it); a guidance provides ``"q"``; some registered guidance has what a policy
-  ``needs``.
-- ``shapes``: float32 outputs of the documented shapes on the module's device, finite, actions in [-1, 1];
-  ``q`` is differentiable w.r.t. the action, also after ``freeze()`` (a frozen guidance drives Q terms).
-- ``update``: returns a flat dict of finite scalars and advances ``steps`` by one; a policy that says
-  ``uses_guidance_in_training = False`` never queries the guidance in ``update`` (and one that says True does).
-- ``determinism``: the same seed gives identical parameters, metrics and outputs.
-- ``checkpoint``: ``save_half`` -> ``load_checkpoint`` (``weights_only=True``: tensors and plain values only)
-  restores the class, dims, config, step count, every tensor, the optimizer state, and (guidance) the same Q.
-- ``learns``: ``learn_steps`` updates on one fixed batch lower the first ``*loss*`` metric.
-- ``trains``: :data:`TRAIN_STEPS` updates on fresh batches, every metric of every update finite (a failure names
-  both), a guidance's every capability still finite, and the checkpoint still round-trips exactly.
-- ``schedules``: :func:`modzoo.train` runs ``joint``, ``guidance-first`` and ``pretrained`` with a partner half
-  and writes a complete run dir; a policy-dependent guidance must be *refused* by guidance-first.
-- ``pairs`` (policy): a short joint run with every registered guidance that provides what the policy needs
-  under its config (:meth:`~modzoo.contract.interfaces.DiffusionPolicy.needs_for`), each log line finite.
-- ``env`` (policy): ``act`` drives the real Bullet env for a few steps.
-- ``stacked``: only for a half that declares ``stackable = True`` (skipped otherwise, in :attr:`Report.skipped`):
-  two seeds trained together with ``--stack vmap`` log the same losses (to float rounding) as each alone.
-
-A policy under test gets a guidance that answers only what its ``needs`` declare (and ``q``); a call to anything
-else fails the check, naming it, so ``needs`` cannot understate what the policy uses. Checks run on tiny networks
-(:func:`tiny_overrides`) and a synthetic dataset with ``bullet-hopper-medium-v0``'s dims (:func:`synthetic_dataset`).
+through the ``pytest11`` plugin :mod:`modzoo.testing.pytest_plugin`). Each check of :data:`GUIDANCE_CHECKS` and
+:data:`POLICY_CHECKS` is a ``check_<name>`` function below; CONTRIBUTING.md ("Check the contract") tables what
+each asserts. They run on tiny networks (:func:`tiny_overrides`) and a synthetic dataset with the dims of
+``bullet-hopper-medium-v0`` (:func:`synthetic_dataset`). A policy under test gets a guidance that answers only
+what its ``needs`` declare (and ``q``): a call to anything else fails the check, naming it, so ``needs`` cannot
+understate what the policy uses (``modzoo list`` would offer it with a guidance that lacks it).
 """
 from __future__ import annotations
 
@@ -70,10 +49,8 @@ GUIDANCE_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint",
                    "stacked")
 POLICY_CHECKS = ("construct", "shapes", "update", "determinism", "checkpoint", "learns", "trains", "schedules",
                  "pairs", "env", "stacked")
-
 #: what every guidance answers (``construct`` checks it), so a policy may use it without declaring it in ``needs``
 GUARANTEED = frozenset({"q"})
-
 #: what :func:`tiny_overrides` shrinks widths, batch sizes and per-state sample counts to
 TINY_WIDTH, TINY_BATCH, TINY_CANDIDATES = 32, 64, 4
 
@@ -86,15 +63,11 @@ class _Skip(Exception):
     """A check that does not apply to this half (what it does not claim); its message says why."""
 
 
-# ---- inputs --------------------------------------------------------------------------------------------------
 def synthetic_dataset(path: str | Path, transitions: int = 2000, seed: int = 0, task: str = TASK,
                       episode_len: int = 50) -> Path:
-    """Write a small, learnable D4RL-format file for ``task``'s dims (no simulator needed).
-
-    Actions follow a fixed smooth function of the state plus noise (so behaviour cloning has something to fit),
-    rewards favour actions near it, and episodes are consecutive rows ending in a timeout, so next-state and
-    next-action chains are as in a real file.
-    """
+    """Write a small, learnable D4RL-format file for ``task``'s dims (no simulator needed): actions a fixed smooth
+    function of the state plus noise (behaviour cloning has something to fit), rewards favouring actions near it,
+    episodes of consecutive rows ending in a timeout (next-state and next-action chains as in a real file)."""
     obs_dim, act_dim = env_dims(task)
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(obs_dim, act_dim)) / math.sqrt(obs_dim)
@@ -149,8 +122,8 @@ class _FixedPolicy(DiffusionPolicy):
 
     def __init__(self, obs_dim: int, act_dim: int) -> None:
         super().__init__(obs_dim, act_dim, {})
-        g = torch.Generator().manual_seed(1)
-        self.register_buffer("w", torch.randn(obs_dim, act_dim, generator=g) / math.sqrt(obs_dim))
+        w = torch.randn(obs_dim, act_dim, generator=torch.Generator().manual_seed(1)) / math.sqrt(obs_dim)
+        self.register_buffer("w", w)
 
     def update(self, batch, guidance=None):  # pragma: no cover - never trained
         return {}
@@ -165,8 +138,7 @@ class _FixedPolicy(DiffusionPolicy):
 class _Spy(GuidanceModule):
     """The guidance a policy under test gets: a real one that answers only the capabilities the policy declares
     in ``needs`` and those every guidance has (:data:`GUARANTEED`), ``provides`` saying exactly those, and counts
-    the calls (for ``uses_guidance_in_training``). Against a guidance with more (IQL's V), a policy using what it
-    does not declare would pass here, then fail at run time with a guidance ``modzoo list`` offers it."""
+    the calls (for ``uses_guidance_in_training``)."""
 
     def __init__(self, inner: GuidanceModule, allowed: frozenset[str]) -> None:
         super().__init__(inner.obs_dim, inner.act_dim, {})
@@ -199,7 +171,6 @@ class _Spy(GuidanceModule):
         return self._ask("v", "v", obs)
 
 
-# ---- the suite -----------------------------------------------------------------------------------------------
 @dataclass
 class Report:
     """What ran for one half: passed checks, skipped ones (with why)."""
@@ -213,9 +184,7 @@ class Report:
 def _scalar(v: Any) -> float | None:
     if isinstance(v, torch.Tensor):
         return float(v.detach()) if v.numel() == 1 else None
-    if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-        return float(v)
-    return None
+    return float(v) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else None
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -227,9 +196,7 @@ def _equal(a: Any, b: Any) -> bool:
         return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def _state_diff(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
@@ -261,9 +228,7 @@ class _Harness:
         self.meta = {"name": TASK, "fingerprint": self.dataset.fingerprint, "path": str(self.data_path)}
 
     def defaults_of(self, kind: str, name: str) -> dict[str, Any]:
-        d = self.reg.half(kind, name).default_config()
-        d.pop("task_overrides", None)
-        return d
+        return {k: v for k, v in self.reg.half(kind, name).default_config().items() if k != "task_overrides"}
 
     def overrides_of(self, kind: str, name: str) -> dict[str, Any]:
         """The half under test: the tiny settings and the caller's overrides; a partner: the tiny settings."""
@@ -310,8 +275,7 @@ class _Harness:
         """A registered policy this guidance can drive (its own plugin's first, then the BC baseline)."""
         ok = [p for p, s in sorted(self.reg.policies.items()) if s.capabilities <= self.spec.capabilities]
         own = [p for p in ok if self.reg.policies[p].plugin == self.spec.plugin]
-        prefer = own + [p for p in ("bc", "idql") if p in ok] + ok
-        return prefer[0] if prefer else None
+        return next(iter(own + [p for p in ("bc", "idql") if p in ok] + ok), None)
 
     def frozen_partner(self) -> _Spy | None:
         """A trained-a-little, frozen guidance for policy checks, answering only what the policy needs (None if
@@ -552,7 +516,7 @@ def check_trains(h: _Harness) -> None:
         if bad:
             raise ConformanceError(f"after {TRAIN_STEPS} updates {bad} answer non-finite values")
     save_half(m, h.workdir / "trained.pt", h.meta)
-    h.reload(m, h.workdir / "trained.pt", f" of the half trained {TRAIN_STEPS} updates")
+    h.reload(m, h.workdir / "trained.pt", f" (after {TRAIN_STEPS} updates)")
 
 
 def check_pairs(h: _Harness) -> None:
@@ -652,10 +616,8 @@ def check_env(h: _Harness) -> None:
         raise ConformanceError("non-finite return")
 
 
-CHECKS: dict[str, Callable[[_Harness], None]] = {
-    "construct": check_construct, "shapes": check_shapes, "update": check_update, "determinism": check_determinism,
-    "checkpoint": check_checkpoint, "learns": check_learns, "trains": check_trains, "pairs": check_pairs,
-    "stacked": check_stacked, "schedules": check_schedules, "env": check_env}
+#: each check's function, ``check_<name>`` above (POLICY_CHECKS names every check)
+CHECKS: dict[str, Callable[[_Harness], None]] = {name: globals()[f"check_{name}"] for name in POLICY_CHECKS}
 
 
 # ---- public API ------------------------------------------------------------------------------------------------
@@ -749,9 +711,7 @@ def check_plugin(plugin: str, **kwargs: Any) -> dict[str, Report]:
     """Run every check on every half of ``plugin``; returns ``{"guidance:NAME": Report, "policy:NAME": ...}``.
 
     Raises :class:`ConformanceError` listing the failures of all halves."""
-    reports: dict[str, Report] = {}
-    failures: list[str] = []
-    base = kwargs.pop("workdir", None)
+    reports, failures, base = {}, [], kwargs.pop("workdir", None)
     for kind, name in plugin_halves(plugin):
         try:
             reports[f"{kind}:{name}"] = _check(kind, name, workdir=Path(base) / f"{kind}-{name}" if base else None,

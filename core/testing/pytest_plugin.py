@@ -1,8 +1,7 @@
-"""pytest plugin: ``pytest --modzoo-plugin=NAME`` runs modzoo's conformance suite for the plugin NAME (repeatable).
+"""pytest plugin: ``pytest --modzoo-plugin=NAME`` (repeatable) runs modzoo's conformance suite for the plugin NAME.
 
-Registered under ``pytest11``, it loads in every pytest run where modzoo is installed and does nothing (imports
-nothing heavy: :mod:`modzoo.testing` and torch are imported in the hooks) unless the option is given; with
-``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``, add ``-p modzoo.testing.pytest_plugin``. Each (half, check) is one item,
+Registered under ``pytest11`` (add ``-p modzoo.testing.pytest_plugin`` where autoloading is off), it does nothing
+without the option (:mod:`modzoo.testing`, and torch, are imported in the hooks). Each (half, check) is one item,
 ``modzoo[<kind>:<half>:<check>]``, so ``-k`` selects checks (``-k "policy and learns"``) and a failure names the
 check and what broke. A plugin that fails to load (import, hook, a HalfSpec's YAML) is one failed item,
 ``modzoo[plugin:<name>:load]``, with the error and its traceback; a name nothing registers is a usage error.
@@ -27,8 +26,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 class ConformanceItem(pytest.Item):
     """One check of one half, ``case = (kind, half, check)``; or, with ``broken`` (the error), a plugin that failed
-    to load, ``case = ("plugin", name, "load")``: one failed item with the error and its traceback, rather than an
-    INTERNALERROR from collection that hides which plugin and why."""
+    to load, ``("plugin", name, "load")``: a failed item, not an INTERNALERROR that hides which plugin and why."""
 
     def __init__(self, *, case: tuple[str, str, str], broken: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
