@@ -1,15 +1,10 @@
-"""pytest plugin: ``pytest --modzoo-plugin=NAME`` runs modzoo's conformance suite for the plugin NAME.
+"""pytest plugin: ``pytest --modzoo-plugin=NAME`` (repeatable) runs modzoo's conformance suite for the plugin NAME.
 
-modzoo registers this module under the ``pytest11`` entry-point group, so it is active in every pytest run of
-an environment where modzoo is installed (it does nothing unless the option is given). Where entry-point
-autoloading is off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``), load it by hand: ``pytest -p modzoo.testing.pytest_plugin
---modzoo-plugin=NAME``.
-
-Each (half, check) pair of :mod:`modzoo.testing` becomes one test item named
-``modzoo[<kind>:<half>:<check>]``, so ``-k`` selects checks (``-k "policy and learns"``) and a failure names
-the check and what broke. A plugin that fails to load (import, hook, a HalfSpec's YAML) is one failed item,
-``modzoo[plugin:<name>:load]``, with the error and its traceback; a name nothing registers is a usage error. The
-option can be repeated to check several plugins.
+Registered under ``pytest11`` (add ``-p modzoo.testing.pytest_plugin`` where autoloading is off), it does nothing
+without the option (:mod:`modzoo.testing`, and torch, are imported in the hooks). Each (half, check) is one item,
+``modzoo[<kind>:<half>:<check>]``, so ``-k`` selects checks (``-k "policy and learns"``) and a failure names the
+check and what broke. A plugin that fails to load (import, hook, a HalfSpec's YAML) is one failed item,
+``modzoo[plugin:<name>:load]``, with the error and its traceback; a name nothing registers is a usage error.
 """
 from __future__ import annotations
 
@@ -30,19 +25,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 class ConformanceItem(pytest.Item):
-    """One check of one half."""
+    """One check of one half, ``case = (kind, half, check)``; or, with ``broken`` (the error), a plugin that failed
+    to load, ``("plugin", name, "load")``: a failed item, not an INTERNALERROR that hides which plugin and why."""
 
-    def __init__(self, *, kind: str, half: str, check: str, **kwargs: Any) -> None:
+    def __init__(self, *, case: tuple[str, str, str], broken: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.kind, self.half, self.check = kind, half, check
+        self.case, self.broken = case, broken
 
     def runtest(self) -> None:
-        from modzoo.testing import run_case
-        with tempfile.TemporaryDirectory(prefix=f"modzoo-{self.half}-{self.check}-") as tmp:
-            report = run_case(self.kind, self.half, self.check, Path(tmp),
-                              device=self.config.getoption("modzoo_device"))
-        if self.check in report.skipped:  # a check that does not apply must not read as passed
-            pytest.skip(report.skipped[self.check])
+        from modzoo.testing import ConformanceError, run_case
+        if self.broken is not None:
+            raise ConformanceError(self.broken)
+        kind, half, check = self.case
+        with tempfile.TemporaryDirectory(prefix=f"modzoo-{half}-{check}-") as tmp:
+            report = run_case(kind, half, check, Path(tmp), device=self.config.getoption("modzoo_device"))
+        if check in report.skipped:  # a check that does not apply must not read as passed
+            pytest.skip(report.skipped[check])
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         from modzoo.testing import ConformanceError
@@ -51,26 +49,9 @@ class ConformanceItem(pytest.Item):
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"modzoo conformance: {self.kind} {self.half!r}, check {self.check}"
-
-
-class BrokenPluginItem(pytest.Item):
-    """A plugin that failed to load (import, hook or YAML): one failed item with the error and its traceback,
-    rather than an INTERNALERROR from collection that hides which plugin and why."""
-
-    def __init__(self, *, plugin: str, message: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.plugin, self.message = plugin, message
-
-    def runtest(self) -> None:
-        from modzoo.testing import ConformanceError
-        raise ConformanceError(self.message)
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        return self.message
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"modzoo conformance: loading plugin {self.plugin!r}"
+        kind, half, check = self.case
+        what = f"loading plugin {half!r}" if self.broken is not None else f"{kind} {half!r}, check {check}"
+        return self.path, None, f"modzoo conformance: {what}"
 
 
 def _plugin_items(session: pytest.Session, plugin: str) -> list[pytest.Item]:
@@ -79,16 +60,14 @@ def _plugin_items(session: pytest.Session, plugin: str) -> list[pytest.Item]:
     from modzoo.contract.registry import load_registry
     from modzoo.testing import ConformanceError, cases
     try:
-        found = cases(plugin)
+        found, broken = cases(plugin), None
     except ConformanceError as e:
-        broken = {b.name: b for b in load_registry().broken}
-        if plugin not in broken:
+        detail = {b.name: b.detail for b in load_registry().broken}
+        if plugin not in detail:
             raise pytest.UsageError(f"--modzoo-plugin={plugin}: {e}") from None
-        message = f"{e}\n\n{broken[plugin].detail}".rstrip()
-        return [BrokenPluginItem.from_parent(session, name=f"modzoo[plugin:{plugin}:load]", plugin=plugin,
-                                            message=message)]
-    return [ConformanceItem.from_parent(session, name=f"modzoo[{kind}:{half}:{check}]", kind=kind, half=half,
-                                        check=check) for kind, half, check in found]
+        found, broken = [("plugin", plugin, "load")], f"{e}\n\n{detail[plugin]}".rstrip()
+    return [ConformanceItem.from_parent(session, name=f"modzoo[{':'.join(case)}]", case=case, broken=broken)
+            for case in found]
 
 
 @pytest.hookimpl(tryfirst=True)
