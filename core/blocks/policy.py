@@ -70,7 +70,7 @@ class CandidatePolicy(DiffusionPolicy):
 
     @torch.inference_mode()  # actions for an environment never enter a graph: no autograd bookkeeping at all
     def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
-        """One of ``candidates`` samples per state chosen by ``selection`` (without a guidance: the first)."""
+        """One of ``candidates`` samples per state chosen by ``selection`` (no guidance or n = 1: the first)."""
         n = int(n or self.cfg["candidates"])
         cands = self.candidates(obs, n)
         if guidance is None or n == 1:
@@ -130,8 +130,8 @@ class DDPMPolicy(CandidatePolicy):
         self.ema.step(self.ema_diffusion, self.diffusion, self._host_steps())
 
     def sampling_guide(self, diffusion: GaussianDiffusion, obs: torch.Tensor):
-        """A ``guide(x_t, t, obs) -> eps`` for :meth:`GaussianDiffusion.sample` (classifier-free guidance mixes two
-        predictions here), or None for the plain denoiser; ``diffusion`` is the model sampled (EMA or live)."""
+        """Override to steer sampling: a ``guide(x_t, t, obs) -> eps`` for :meth:`GaussianDiffusion.sample`, or None;
+        ``diffusion`` is the model sampled (EMA or live), ``obs`` the repeated states (CFG mixes two predictions)."""
         return None
 
     @torch.no_grad()
@@ -166,8 +166,8 @@ class DDPMPolicy(CandidatePolicy):
 
 
 class BehaviourFirstPolicy(DDPMPolicy):
-    """Two stages: :class:`DDPMPolicy`'s own update of its diffusion (a behaviour model) for ``behaviour_steps``,
-    then, on that model frozen, :meth:`second_stage` (SRPO's actor, QGPO's energy model)."""
+    """Two stages: :class:`DDPMPolicy`'s own update (a behaviour model; it never asks the guidance) for
+    ``behaviour_steps``, then, on that model frozen, :meth:`second_stage` (SRPO's actor, QGPO's energy model)."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
