@@ -1,21 +1,13 @@
 """A faster Mish for the CPU, equal to ``torch.nn.functional.mish`` to float32 rounding (tests/test_activations.py).
 
-Why: both papers' networks use Mish, and on a CPU ``F.mish`` (``x * tanh(log1p(exp(x)))``) and its slower backward
-are the most expensive ops of a training step, more than the matmuls of the 3x256 MLP they sit in (about 390 us on
-a 256x256 tensor against 30 us for ``torch.sigmoid``, 1 thread; docs/performance.md). Rewritten with the sigmoid,
-which torch vectorizes well:
+Why: on a CPU ``F.mish`` and its backward cost more than the matmuls of the 3x256 MLP they sit in (docs/performance.md).
+Rewritten with the sigmoid, which torch vectorizes well (no exp to overflow; w ~ 2 s keeps precision for x << 0):
 
-    s = sigmoid(x),   w = s (2 - s) = 1 - (1 - s)^2,   tanh(softplus(x)) = w / (2 - w),   mish(x) = x w / (2 - w)
+    s = sigmoid(x),   w = s (2 - s),   tanh(softplus(x)) = w / (2 - w),   mish(x) = x w / (2 - w)
+    mish'(x) = tanh(sp) + x s sech^2(sp),   sech^2(sp) = 4 (1 - s)^2 / (2 - w)^2  (no cancellation for x > ~8)
 
-(with n = e^x (e^x + 2): tanh(softplus x) = n / (n + 2), and w = n / (n + 1)). No exp can overflow, so no clamp
-is needed for large x, and for very negative x, w ~ 2 s keeps full relative precision. The backward is analytic,
-in the right-hand form, which has no cancellation where tanh(sp) rounds to 1 (x > ~8):
-
-    mish'(x) = tanh(sp) + x sigmoid(x) sech^2(sp),   sech^2(sp) = 1 - (w / (2 - w))^2 = 4 (1 - s)^2 / (2 - w)^2
-
-The fast path is taken only on CPU float32/float64 tensors (elsewhere, e.g. CUDA where ``F.mish`` is one fused
-kernel, ``mish`` is ``F.mish``). It works under ``torch.func`` transforms (vmap, grad, jacrev, hessian), with
-``create_graph=True`` and in forward-mode AD: higher derivatives are rebuilt from differentiable ops.
+Only CPU float32/float64 take it (CUDA's ``F.mish`` is one fused kernel). It works under ``torch.func`` transforms,
+with ``create_graph=True`` and in forward-mode AD: higher derivatives are rebuilt from differentiable ops.
 """
 from __future__ import annotations
 
@@ -31,8 +23,7 @@ _CONSTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor
 
 
 def _consts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """0-dim tensors 1 and 2 of x's dtype and device: a Python number in an op is wrapped into a tensor and
-    converted on every call, a cached tensor is not (docs/performance.md, "Each change kept")."""
+    """Cached 0-dim 1 and 2 of x's dtype and device: a Python number is converted per call (docs/performance.md)."""
     key = (x.dtype, x.device)
     c = _CONSTS.get(key)
     if c is None:
@@ -51,10 +42,8 @@ def _parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return s, d, w.div_(d)
 
 
-# Tensors of more than _SLICE_ABOVE elements are processed in slices of _CHUNK: each of the formula's passes
-# then works on operands that stay in the L2 cache (64k float32 = 256 KB), and no full-size temporaries are
-# allocated. That pays on the many-candidate selection's large activations and not below the threshold, so
-# smaller tensors keep the plain path (docs/performance.md, "Mish on its own" and "Each change kept").
+# Tensors above _SLICE_ABOVE elements go in _CHUNK slices that stay in L2 (256 KB of float32): it pays on the
+# many-candidate selection's activations only (docs/performance.md, "Mish on its own" and "Each change kept").
 _CHUNK = 1 << 16
 _SLICE_ABOVE = 1 << 18
 
@@ -95,9 +84,8 @@ _first_order = threading.local()  # .active: inside first_order() on this thread
 
 @contextlib.contextmanager
 def first_order() -> Iterator[None]:
-    """Within this block Mish's backward is never differentiated again, even under ``torch.func.grad`` (which
-    runs every backward with grad mode on): its gradient then reuses the forward's saved terms (about 3x less
-    elementwise work than recomputing a differentiable derivative)."""
+    """Promise that Mish's backward is not differentiated again in this block, even under ``torch.func.grad``
+    (which runs backwards with grad mode on): it then reuses the forward's terms (about 3x less work)."""
     prev, _first_order.active = getattr(_first_order, "active", False), True
     try:
         yield
@@ -108,9 +96,7 @@ def first_order() -> Iterator[None]:
 def _backward(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, d: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """g mish'(x) from the forward's s, 2 - w and tanh(softplus) (flat, sliced, when x is large)."""
     if torch.is_grad_enabled() and not getattr(_first_order, "active", False):
-        # create_graph=True: keep the graph of the derivative itself, for a higher derivative. torch.func.grad
-        # always runs its backward this way, so a caller that only ever takes first derivatives under it (the
-        # stacked-seed trainer) says so with ``first_order()`` and gets the fast formula.
+        # create_graph=True (also every torch.func.grad backward, unless under first_order()): differentiable
         return g * _derivative(x)
     one = _consts(x)[0]
     if x.numel() <= _SLICE_ABOVE or _functorch_active():  # (slicing into ``out=`` does not compose with vmap)
@@ -126,9 +112,7 @@ def _backward(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, d: torch.Tensor
 
 
 class _MishEager(torch.autograd.Function):
-    """Mish with a hand-written backward, in torch's classic Function style: cheaper per forward+backward than
-    the ``setup_context`` style below (docs/performance.md, "Each change kept"), so it is the one used whenever no
-    torch.func transform is active."""
+    """Mish in the classic Function style, cheaper than ``setup_context`` (docs/performance.md): outside torch.func."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def, override]
@@ -155,14 +139,12 @@ class _MishEager(torch.autograd.Function):
         return _backward(g, *ctx.saved_tensors)
 
 
-# torch's own check whether a torch.func transform (vmap, grad, ...) is running; without it, always take the
-# transform-safe Function.
+# is a torch.func transform running? (a torch without the check always takes the transform-safe Function)
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
 class _MishFunction(torch.autograd.Function):
-    """Mish with a hand-written backward. ``forward`` also returns s, 2 - w and tanh(softplus) (marked
-    non-differentiable) so that the backward reuses them; ``setup_context`` style so torch.func can vmap it."""
+    """Mish for torch.func (``setup_context`` style); ``forward`` also returns :func:`_parts` for the backward."""
 
     @staticmethod
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -171,8 +153,7 @@ class _MishFunction(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, x):  # type: ignore[no-untyped-def, override]
-        """Elementwise, so a batched call is one call on the whole stacked tensor (stacked seeds: one pass over
-        all seeds' activations, with the in-place fast formula, instead of functorch's generic rule)."""
+        """Elementwise: one call on the stacked tensor (all stacked seeds in one pass), not functorch's rule."""
         return _MishFunction.apply(x), (in_dims[0],) * 4
 
     @staticmethod

@@ -23,8 +23,8 @@ def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
 class TwinCriticGuidance(GuidanceModule):
     """Guidance built on E critics Q_i(s, a) (default 2) with a Polyak-averaged target copy.
 
-    Subclasses implement :meth:`td_target`; the update is then one stage (``stages``): sum_i MSE(Q_i, target),
-    then the Polyak target update. Subclasses whose update has more stages (IQL's V step) extend ``stages``.
+    Subclasses implement :meth:`td_target`; the update is one stage, sum_i MSE(Q_i, target) then the Polyak
+    update; an update with more stages (IQL's V step) extends ``stages``.
     """
 
     config_defaults = Path(__file__).with_name("critics.yaml")
@@ -94,8 +94,7 @@ class TwinCriticGuidance(GuidanceModule):
             polyak_update(self.critic_target, self.critic, self.polyak)
 
     def updates_now(self) -> bool:
-        """False on the calls that ``update_every`` > 1 skips: then the call only counts a step, and the LR
-        schedule does not move (CleanDiffuser's IDQL pipeline trains its critic on every second step)."""
+        """False on calls ``update_every`` > 1 skips (CleanDiffuser's IDQL trains its critic every second step)."""
         every = int(self.cfg["update_every"] or 1)
         return every == 1 or self.steps % every == 0
 

@@ -1,26 +1,12 @@
 """DDPM over actions, conditioned on the state: noise schedules, the training loss and the reverse sampler.
 
-Both IDQL and Diffusion-QL use epsilon prediction with T=5 and the VP schedule, but their samplers differ in one
-detail, kept here as two named variants so that each plugin reproduces its paper:
-
-- ``"posterior"`` (Diffusion-QL): predict x0 from eps, clip x0 to [-1, 1], step with the DDPM posterior mean and
-  the (clipped-log) posterior variance.
-- ``"eps_clip"`` (IDQL): x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z, then
-  clip x_{t-1} to [-1, 1] at every step.
-
-At inference a policy may sample with fewer steps than it was trained with (``sample(..., sampler=, steps=)``),
-on a subsequence of the T training steps:
-
-- ``"ddim"`` (Song, Meng, Ermon 2021): x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps' + sigma z with
-  sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s), x0 clipped to the action range and eps'
-  re-derived from it. eta = 1 on all T steps is the ``"posterior"`` sampler step for step; eta = 0 is
-  deterministic given x_T.
-- ``"dpm_solver++"`` (Lu et al. 2022, arXiv:2211.01095): the second-order multistep solver in data prediction
-  (2M), on the grid's log-SNR lambda = log(sqrt(abar) / sqrt(1 - abar)); first order on its first step; x0
-  predictions clipped to the action range (thresholding).
-
-Both end as the DDPM chains do, at the x0 predicted from the last grid point (t = 0). Schedule constants are
-precomputed once as buffers, so a step is a handful of fused tensor ops with no host sync.
+IDQL and Diffusion-QL both predict eps with T=5 on the VP schedule; their samplers differ, so both are kept:
+``"posterior"`` (Diffusion-QL: x0 from eps clipped to [-1, 1], then the DDPM posterior mean and clipped-log
+variance) and ``"eps_clip"`` (IDQL: x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sqrt(beta_t)
+z, clipped to [-1, 1] at every step). At inference a policy may sample on a subsequence of the T steps with
+``"ddim"`` (Song, Meng, Ermon 2021; eta = 1 on all T steps is the posterior sampler, eta = 0 is deterministic) or
+``"dpm_solver++"`` (Lu et al. 2022, arXiv:2211.01095: 2M in data prediction on the log-SNR, first order on its
+first step), both with x0 clipped to the action range and ending at the x0 predicted at the last grid point.
 """
 from __future__ import annotations
 
@@ -34,7 +20,6 @@ from ..contract import rng
 from .nets import Denoiser
 
 SAMPLERS = ("posterior", "eps_clip")
-#: samplers for inference on a subsequence of the training steps (see the module docstring)
 FAST_SAMPLERS = ("ddim", "dpm_solver++")
 
 
@@ -48,10 +33,8 @@ def step_grid(T: int, steps: int) -> list[int]:
 
 
 def vp_beta_schedule(T: int, b_min: float = 0.1, b_max: float = 10.0) -> torch.Tensor:
-    """Variance-preserving schedule of Song et al. as discretized in IDQL/Diffusion-QL.
-
-    beta_t = 1 - exp(-b_min / T - (b_max - b_min) (2t - 1) / (2 T^2)),  t = 1..T.
-    """
+    """Song et al.'s VP schedule as IDQL/Diffusion-QL discretize it: beta_t = 1 - exp(-b_min / T - (b_max - b_min)
+    (2t - 1) / (2 T^2)), t = 1..T."""
     t = torch.arange(1, T + 1, dtype=torch.float64)
     alpha = torch.exp(-b_min / T - 0.5 * (b_max - b_min) * (2 * t - 1) / T**2)
     return (1 - alpha).float()
@@ -71,8 +54,7 @@ def cosine_beta_schedule(T: int, s: float = 0.008) -> torch.Tensor:
 
 
 def linear_scaled_beta_schedule(T: int) -> torch.Tensor:
-    """Ho et al.'s linear schedule rescaled to T steps (guided-diffusion's ``get_named_beta_schedule('linear')``,
-    which EDP uses): betas from 1e-4 * 1000/T to 0.02 * 1000/T, so abar_T is near 0 for any T."""
+    """EDP's (guided-diffusion's ``get_named_beta_schedule('linear')``): 1e-4 .. 0.02 times 1000/T, abar_T ~ 0."""
     scale = 1000.0 / T
     if scale * 2e-2 >= 1:
         raise ValueError(f"schedule linear_scaled needs T > 20 (its last beta is 20/T), got T={T}; use vp for "
@@ -85,20 +67,15 @@ SCHEDULES = {"vp": vp_beta_schedule, "linear": linear_beta_schedule, "cosine": c
 
 
 class ActionDiffusion(nn.Module):
-    """What the discrete DDPM and the VP SDE (:class:`~modzoo.blocks.sde.VPSDEDiffusion`) share: an
-    eps-predicting denoiser of (x_t, t, s), trained by the simple loss of Ho et al. on one noising draw.
-    Subclasses say how t is drawn (``draw_t``) and how x0 is noised (``q_sample``)."""
+    """The DDPM's and the VP SDE's shared part: an eps-predicting denoiser of (x_t, t, s) trained by Ho et al.'s
+    simple loss. Subclasses say how t is drawn (``draw_t``) and how x0 is noised (``q_sample``)."""
 
     model: Denoiser
 
     def training_terms(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
                        **model_kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One noising draw and the denoiser's prediction: ``t``, ``noise``, ``x_t`` and ``eps``.
-
-        The pieces a loss is made of, for plugins whose loss uses more than the epsilon MSE (EDP reads the
-        one-step action approximation off the same prediction; classifier-free guidance passes ``cond``/``keep``
-        through ``model_kwargs``).
-        """
+        """One noising draw and the denoiser's prediction (``t``, ``noise``, ``x_t``, ``eps``): for losses beyond
+        the eps MSE (EDP's one-step action; classifier-free guidance passes ``cond``/``keep`` in ``model_kwargs``)."""
         t = self.draw_t(x0.shape[0], generator, x0.device)
         noise = rng.randn(x0.shape, generator, x0.device)
         x_t = self.q_sample(x0, t, noise)
@@ -106,19 +83,15 @@ class ActionDiffusion(nn.Module):
 
     def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None,
              reduce: bool = True) -> torch.Tensor:
-        """The unweighted epsilon MSE on one draw, the behaviour-cloning loss of the papers: a scalar, or per
-        sample (averaged over action dims) when ``reduce`` is False."""
+        """The papers' BC loss, the eps MSE on one draw: a scalar, or per sample (mean over action dims)."""
         terms = self.training_terms(x0, obs, generator)
         err = (terms["eps"] - terms["noise"]) ** 2
         return err.mean() if reduce else err.mean(-1)
 
 
 class GaussianDiffusion(ActionDiffusion):
-    """A conditional DDPM p(a | s) around an epsilon-predicting denoiser.
-
-    ``loss`` is the simple (unweighted) epsilon-MSE of Ho et al.; ``sample`` runs the whole reverse chain and is
-    differentiable when called under grad mode (Diffusion-QL backpropagates its Q term through it).
-    """
+    """A conditional DDPM p(a | s); ``sample`` is differentiable under grad mode (Diffusion-QL backpropagates its
+    Q term through the chain). Schedule constants are buffers, so a step has no host sync."""
 
     def __init__(self, denoiser: Denoiser, act_dim: int, T: int = 5, schedule: str = "vp",
                  sampler: str = "posterior", max_action: float = 1.0) -> None:
@@ -127,32 +100,23 @@ class GaussianDiffusion(ActionDiffusion):
             raise ValueError(f"unknown noise schedule {schedule!r}; known: {sorted(SCHEDULES)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; known: {list(SAMPLERS)}")
-        self.model = denoiser
-        self.act_dim, self.T, self.sampler, self.max_action = act_dim, T, sampler, max_action
+        self.model, self.act_dim, self.T, self.sampler, self.max_action = denoiser, act_dim, T, sampler, max_action
         betas = SCHEDULES[schedule](T).double()
         alphas = 1 - betas
         abar = torch.cumprod(alphas, 0)
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
         post_var = betas * (1 - abar_prev) / (1 - abar)
         consts = {
-            "betas": betas,
-            "alphas": alphas,
-            "alphas_cumprod": abar,
-            "sqrt_abar": abar.sqrt(),
-            "sqrt_one_minus_abar": (1 - abar).sqrt(),
-            "sqrt_recip_abar": (1 / abar).sqrt(),
-            "sqrt_recipm1_abar": (1 / abar - 1).sqrt(),
-            "post_coef1": betas * abar_prev.sqrt() / (1 - abar),
+            "betas": betas, "alphas": alphas, "alphas_cumprod": abar, "sqrt_abar": abar.sqrt(),
+            "sqrt_one_minus_abar": (1 - abar).sqrt(), "sqrt_recip_abar": (1 / abar).sqrt(),
+            "sqrt_recipm1_abar": (1 / abar - 1).sqrt(), "post_coef1": betas * abar_prev.sqrt() / (1 - abar),
             "post_coef2": (1 - abar_prev) * alphas.sqrt() / (1 - abar),
-            "post_std": (0.5 * torch.log(post_var.clamp(min=1e-20))).exp(),
-            "eps_coef": betas / (1 - abar).sqrt(),
-            "sqrt_recip_alpha": (1 / alphas).sqrt(),
-            "sqrt_beta": betas.sqrt(),
+            "post_std": (0.5 * torch.log(post_var.clamp(min=1e-20))).exp(), "eps_coef": betas / (1 - abar).sqrt(),
+            "sqrt_recip_alpha": (1 / alphas).sqrt(), "sqrt_beta": betas.sqrt(),
         }
         for k, v in consts.items():
             self.register_buffer(k, v.float(), persistent=False)
 
-    # ---- training -------------------------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
         return self.sqrt_abar[t, None] * x0 + self.sqrt_one_minus_abar[t, None] * noise
@@ -162,20 +126,17 @@ class GaussianDiffusion(ActionDiffusion):
         return rng.randint(self.T, (b,), generator, device)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
-        """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) per row (``t``: (B,) step indices), clipped to the
-        action range by default: the x0 the posterior sampler steps towards, and EDP's action approximation."""
+        """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) per row, clipped by default (EDP's action estimate)."""
         x0 = self.sqrt_recip_abar[t, None] * x_t - self.sqrt_recipm1_abar[t, None] * eps
         return x0.clamp(-self.max_action, self.max_action) if clip else x0
 
-    # ---- sampling -------------------------------------------------------------------------------------------
     def p_step(self, x: torch.Tensor, t: int, obs: torch.Tensor, noise: torch.Tensor | None,
                eps: torch.Tensor | None = None) -> torch.Tensor:
         """One reverse step x_t -> x_{t-1} (``noise`` is ignored at t = 0, as in DDPM)."""
         if eps is None:
             eps = self.model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), obs)
         if self.sampler == "posterior":
-            x0 = (self.sqrt_recip_abar[t] * x - self.sqrt_recipm1_abar[t] * eps).clamp(-self.max_action,
-                                                                                     self.max_action)
+            x0 = self.predict_x0(x, t, eps)  # (1,)-shaped constants for an int t: the same elementwise ops
             mean = self.post_coef1[t] * x0 + self.post_coef2[t] * x
             return mean + self.post_std[t] * noise if (t > 0 and noise is not None) else mean
         x = self.sqrt_recip_alpha[t] * (x - self.eps_coef[t] * eps)
@@ -185,14 +146,10 @@ class GaussianDiffusion(ActionDiffusion):
 
     def sample(self, obs: torch.Tensor, generator: rng.Gen = None, guide: Any = None, init_scale: float = 1.0,
                sampler: str | None = None, steps: int | None = None, eta: float = 0.0) -> torch.Tensor:
-        """Run the reverse chain from N(0, init_scale^2 I) for each row of ``obs``: returns (B, act_dim).
-
-        ``guide``, if given, maps (x_t, t, obs) -> eps and replaces the plain denoiser call (classifier-free or
-        energy guidance plug in here without a second sampler). ``init_scale`` < 1 starts the chain nearer the
-        mode (CleanDiffuser's sampling ``temperature``: it scales x_T only, not the noise of each step).
-        ``sampler`` / ``steps`` / ``eta``: another sampler than the trained one (:data:`FAST_SAMPLERS`) on
-        ``steps`` of the T steps (None: all), DDIM's ``eta``; unset, the chain is the trained one.
-        """
+        """The reverse chain from N(0, init_scale^2 I) per row of ``obs``: (B, act_dim). ``guide(x_t, t, obs) ->
+        eps`` replaces the denoiser call (classifier-free or energy guidance). ``init_scale`` < 1 starts nearer the
+        mode (CleanDiffuser's ``temperature``: x_T only, not each step's noise). ``sampler``/``steps``/``eta``: a
+        :data:`FAST_SAMPLERS` sampler on ``steps`` of the T steps, DDIM's eta; unset, the trained chain."""
         fast = sampler is not None and (sampler != self.sampler or (steps or self.T) != self.T)
         if fast and sampler == "posterior":
             sampler, eta = "ddim", 1.0  # the posterior step on a sub-grid is DDIM's eta = 1 step
@@ -201,13 +158,9 @@ class GaussianDiffusion(ActionDiffusion):
                              f"one of {', '.join(FAST_SAMPLERS)} (or posterior)")
         grid = step_grid(self.T, steps or self.T) if fast else None
         b = obs.shape[0]
-        # A denoiser may precompute what the T steps share (the state's part of its first layer, the T time
-        # embeddings): see MLPDenoiser.chain_context. Same function, less work per step.
-        chain_context = getattr(self.model, "chain_context", None) if guide is None else None
-        ctx = chain_context(obs, self.T) if chain_context is not None else None
-        x = rng.randn((b, self.act_dim), generator, obs.device)
-        if init_scale != 1.0:
-            x = x * init_scale
+        # a denoiser may precompute what the T steps share (MLPDenoiser.chain_context)
+        ctx = self.model.chain_context(obs, self.T) if guide is None and hasattr(self.model, "chain_context") else None
+        x = rng.randn((b, self.act_dim), generator, obs.device) * init_scale  # x * 1.0 is x, bit for bit
         if grid is not None:
             return self._sample_fast(x, obs, generator, guide, ctx, sampler, grid, eta)
         for t in reversed(range(self.T)):

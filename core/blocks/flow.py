@@ -1,9 +1,5 @@
-"""Flow matching for policies: the linear path, the Euler sampler, the velocity MLP and ``FlowPolicy``.
-
-As in FQL's reference code (seohongpark/fql, agents/fql.py): a velocity field v(s, x, t) is fit on the straight
-path from noise x0 ~ N(0, I) to a data action x1 (``flow_matching_loss``), and sampled by Euler steps at the left
-end points t = i/K, clipped to [-1, 1] once, after the last step (``euler``). ``FlowPolicy`` is the
-``DiffusionPolicy`` base for such a model, as ``DDPMPolicy`` is for a DDPM: plugins write ``loss``.
+"""Flow matching for policies as in FQL (seohongpark/fql, agents/fql.py): the linear path from noise to a data
+action, the Euler sampler, the velocity MLP, and ``FlowPolicy``, the base plugins write ``loss`` for.
 """
 from __future__ import annotations
 
@@ -51,9 +47,8 @@ def euler(velocity: Velocity, obs: torch.Tensor, noise: torch.Tensor, steps: int
 
 
 class FlowMLP(nn.Module):
-    """FQL's ``ActorVectorField`` (utils/networks.py:197-232): MLP([s, x, t]) with the raw scalar t (no time
-    embedding), or MLP([s, z]) without t (the one-step policy); GELU (tanh), Glorot-uniform weights, zero biases
-    (``init_(..., 'flax')``), LayerNorm after the activation when ``layer_norm`` is ``post``."""
+    """FQL's ``ActorVectorField`` (utils/networks.py:197-232): MLP([s, x, t]) with the raw scalar t, or MLP([s, z])
+    (the one-step policy); GELU (tanh), flax init (``init_``), LayerNorm after the act if ``layer_norm: post``."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], act: str = "gelu_tanh",
                  layer_norm: bool | str = False, time: bool = True, obs_norm: bool = False) -> None:
@@ -70,16 +65,14 @@ class FlowMLP(nn.Module):
 
 
 def flow_net(obs_dim: int, act_dim: int, cfg: dict[str, Any], time: bool = True) -> FlowMLP:
-    """A :class:`FlowMLP` from a policy's keys: ``depth`` layers of width ``hidden`` (a policy's widths, as
-    ``DDPMPolicy``'s), ``activation``, ``layer_norm``, ``obs_norm``."""
+    """A :class:`FlowMLP` from a policy's ``depth``, ``hidden``, ``activation``, ``layer_norm``, ``obs_norm``."""
     return FlowMLP(obs_dim, act_dim, [int(cfg["hidden"])] * int(cfg["depth"]), act=cfg["activation"],
                    layer_norm=cfg["layer_norm"], time=time, obs_norm=obs_norm_enabled(cfg))
 
 
 def polyak_from(stage: Stage, when: str) -> Stage:
-    """Run ``stage``'s target update (its ``after``) from the pre-update critic (``pre_update``: FQL's
-    ``target_update`` reads ``self.network``, fql.py:113-120,130-131) or the post-update one (``post_update``:
-    :class:`~modzoo.blocks.critics.TwinCriticGuidance`'s and most ports')."""
+    """Run ``stage``'s target update (``after``) from the pre-update critic (``pre_update``: FQL's ``target_update``,
+    fql.py:113-120,130-131) or the post-update one (``post_update``: ``TwinCriticGuidance``'s, most ports')."""
     if when == "pre_update":
         stage.before, stage.after = stage.after, None
     elif when != "post_update":
@@ -88,9 +81,8 @@ def polyak_from(stage: Stage, when: str) -> Stage:
 
 
 class FlowPolicy(CandidatePolicy):
-    """A flow-matching actor: a velocity MLP, an optional EMA copy, one Adam over every trained net, candidate
-    selection with any guidance. Subclasses write :meth:`loss`; :meth:`extra_nets` adds nets the same optimizer
-    trains (FQL's one-step policy); :meth:`sample` is what acting, candidates and TD targets draw from."""
+    """A flow-matching actor (velocity MLP, optional EMA copy, one Adam over every trained net). Subclasses write
+    :meth:`loss`; :meth:`extra_nets` adds nets the optimizer trains too (FQL's one-step policy)."""
 
     config_defaults = Path(__file__).with_name("flow.yaml")
 
@@ -100,8 +92,7 @@ class FlowPolicy(CandidatePolicy):
         for name, net in self.extra_nets().items():
             setattr(self, name, net)
         trained = [p for p in self.parameters() if p.requires_grad]
-        # ema_decay 0: no EMA model (FQL and IFQL act with the live nets); the EMA copy is made after the
-        # optimizer's parameter list, so it is never trained
+        # ema_decay 0: no EMA model (FQL, IFQL act with the live nets); made after ``trained``, so never trained
         self.ema_flow = frozen_copy(self.flow) if cfg["ema_decay"] else None
         self.ema = EMA(cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"])
         self.opt = make_optimizer(trained, cfg["optimizer"], cfg["lr"])
@@ -112,7 +103,6 @@ class FlowPolicy(CandidatePolicy):
         """Nets besides the flow, built before the optimizer so that it trains them too."""
         return {}
 
-    # ---- training --------------------------------------------------------------------------------------------
     def bc_loss(self, batch: Batch) -> torch.Tensor:
         """The flow-matching loss of the live flow on the batch's actions."""
         return flow_matching_loss(self.flow, batch["observations"], batch["actions"], self.gen())
@@ -128,11 +118,9 @@ class FlowPolicy(CandidatePolicy):
     def _ema_step(self) -> None:
         self.ema.step(self.ema_flow, self.flow, self._host_steps())
 
-    # ---- sampling ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, n: int = 1) -> torch.Tensor:
-        """n flow samples per state from fresh noise: (B, n, act_dim), Euler with ``flow_steps`` steps through the
-        EMA flow when there is one."""
+        """n Euler samples (``flow_steps``) per state, through the EMA flow if any: (B, n, act_dim)."""
         rep = obs.repeat_interleave(n, dim=0)
         noise = rng.randn((rep.shape[0], self.act_dim), self.gen(), obs.device)
         flow = self.ema_flow if self.ema_flow is not None else self.flow

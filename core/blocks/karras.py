@@ -1,17 +1,13 @@
-"""EDM diffusion (Karras, Aittala, Aila, Laine 2022): the third diffusion formulation here, besides the discrete
-DDPM (:mod:`modzoo.blocks.diffusion`) and the VP SDE (:mod:`modzoo.blocks.sde`). DTQL trains its behaviour model
-this way and uses it only as a loss: its trust-region term is the same denoising loss evaluated on the one-step
-policy's actions, so nothing here samples from the model.
+"""EDM diffusion (Karras, Aittala, Aila, Laine 2022), as DTQL trains its behaviour model and uses it only as a loss
+(its trust-region term is this loss on the one-step policy's actions), so nothing here samples.
 
-The noisy action is x = a + sigma eps (variance exploding, no scaling of a), and the denoiser's raw output F is
-preconditioned so that its input and target have unit variance at every noise level:
+x = a + sigma eps (variance exploding), and the raw output F is preconditioned to unit variance at every level:
 
     c_skip = sd^2 / (sigma^2 + sd^2),   c_out = sigma sd / sqrt(sigma^2 + sd^2),   c_in = 1 / sqrt(sigma^2 + sd^2),
     c_noise = ln(sigma) / 4,            D(x, sigma, s) = c_skip x + c_out F(c_in x, c_noise, s)
 
-(sd: ``sigma_data``). The loss weights the squared error of D by 1 / c_out^2, which without clipping equals the
-plain MSE of F against its target (a - c_skip x) / c_out. Training noise levels follow a log-logistic
-distribution truncated to [sigma_min, sigma_max] (location ln sd, scale 0.5 in DTQL), drawn by inverting its CDF.
+(sd: ``sigma_data``). The loss weights D's squared error by 1 / c_out^2 (unclipped: F's MSE against (a - c_skip x)
+/ c_out). Training sigmas are log-logistic (location ln sd, scale 0.5 in DTQL) truncated to [sigma_min, sigma_max].
 """
 from __future__ import annotations
 
@@ -35,11 +31,7 @@ def c_noise(sigma: torch.Tensor) -> torch.Tensor:
 
 
 class KarrasDiffusion(nn.Module):
-    """An EDM-preconditioned conditional denoiser D(x, sigma, s) over actions and its training loss.
-
-    ``denoiser(x, c_noise, obs)`` is the raw network F; ``clip`` bounds D (DTQL clamps to the action range, 1)
-    or is None for no clamp.
-    """
+    """D(x, sigma, s) around the raw network F = ``denoiser(x, c_noise, obs)``, clamped to ``clip`` (None: not)."""
 
     def __init__(self, denoiser: nn.Module, act_dim: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
                  sigma_data: float = 0.5, sigma_scale: float = 0.5, clip: float | None = 1.0) -> None:
@@ -55,10 +47,9 @@ class KarrasDiffusion(nn.Module):
 
     def draw_sigma(self, batch: int, generator: rng.Gen = None, device: torch.device | None = None
                    ) -> torch.Tensor:
-        """(batch,) float32 noise levels sigma = exp(loc + scale logit(u)), u ~ U(F(sigma_min), F(sigma_max)) with F
-        the logistic CDF of ln sigma (location ln sigma_data). u comes from :func:`modzoo.contract.rng.rand` (float32,
-        so that stacked seeds draw it too); the inversion runs in float64, where F(sigma_max) = 1 - 4e-5 and float32
-        would round the largest draws."""
+        """(batch,) float32 sigma = exp(loc + scale logit(u)), u ~ U(F(sigma_min), F(sigma_max)), F the logistic CDF
+        of ln sigma; u is float32 (:func:`modzoo.contract.rng.rand`, so stacked seeds draw it too), the inversion
+        float64 (F(sigma_max) = 1 - 4e-5: float32 would round the largest draws)."""
         loc, scale = self.sigma_loc, self.sigma_scale
         lo = 1 / (1 + math.exp(-(math.log(self.sigma_min) - loc) / scale))
         hi = 1 / (1 + math.exp(-(math.log(self.sigma_max) - loc) / scale))
@@ -66,17 +57,15 @@ class KarrasDiffusion(nn.Module):
         return (torch.logit(u) * scale + loc).exp().clamp(self.sigma_min, self.sigma_max).float()
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """D(x, sigma, s): the estimate of the clean action from x at noise level ``sigma`` (B,), clamped to
-        [-clip, clip]."""
+        """D(x, sigma, s): the clean action estimated from x at noise level ``sigma`` (B,), clamped to ``clip``."""
         c_skip, c_out, c_in = (c[:, None] for c in edm_scalings(sigma, self.sigma_data))
         d = c_skip * x + c_out * self.model(c_in * x, c_noise(sigma), obs)
         return d if self.clip is None else d.clamp(-self.clip, self.clip)
 
     def loss(self, x0: torch.Tensor, obs: torch.Tensor, generator: rng.Gen = None, reduce: bool = True
              ) -> torch.Tensor:
-        """E[ || (D(x0 + sigma eps, sigma, s) - x0) / c_out ||^2 ] with sigma and eps drawn here (in that order):
-        the mean over batch and action dims, or per sample (B,) (mean over action dims) with ``reduce=False``.
-        Differentiable w.r.t. ``x0`` as well as the denoiser (DTQL's trust-region term backpropagates into it)."""
+        """E[ || (D(x0 + sigma eps, sigma, s) - x0) / c_out ||^2 ], sigma then eps drawn here: a scalar, or per
+        sample (B,) with ``reduce=False``. Differentiable w.r.t. ``x0`` (DTQL's trust-region term needs it)."""
         sigma = self.draw_sigma(x0.shape[0], generator, x0.device)
         noise = rng.randn(x0.shape, generator, x0.device)
         c_out = edm_scalings(sigma, self.sigma_data)[1][:, None]

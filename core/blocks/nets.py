@@ -1,8 +1,5 @@
-"""Networks shared by every plugin: denoisers, value nets, time embeddings.
-
-They live once here so that a plugin file only names which net it uses and with which widths, as the paper's
-algorithm box does. Twin/ensemble critics are one module with batched weights (one ``baddbmm`` per layer), so
-a twin Q costs one forward instead of two.
+"""Networks shared by every plugin (denoisers, value nets, time embeddings): a plugin names a net and its widths.
+Ensemble critics are one module with batched weights, so a twin Q costs one forward (one ``baddbmm`` per layer).
 """
 from __future__ import annotations
 
@@ -38,8 +35,7 @@ def activation(name: str) -> nn.Module:
 
 
 def _maybe_norm(obs_dim: int, enabled: bool) -> ObsNorm | None:
-    # None rather than an identity module: a net without normalization keeps its parameter names and state
-    # dict exactly, so checkpoints written before obs_norm existed still load.
+    # None, not an identity module: the state dict stays as before obs_norm existed, so old checkpoints load
     return ObsNorm(obs_dim) if enabled else None
 
 
@@ -48,16 +44,11 @@ def _normed(net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
     return obs if net.obs_norm is None else net.obs_norm(obs)
 
 
-#: ``layer_norm: post``: LayerNorm after the activation with flax's eps, as FQL's ``MLP`` (utils/networks.py:53-57)
-POST_LN_EPS = 1e-6
-
-
 def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, act: str = "mish",
         layer_norm: bool | str = False, linear: Callable[..., nn.Module] = nn.Linear,
         norm: Callable[..., nn.Module] = nn.LayerNorm) -> nn.Sequential:
-    """Plain MLP: Linear (+LayerNorm) + act for each hidden width, then a linear head. ``layer_norm``: False, True
-    (LayerNorm before the activation) or ``"post"`` (after it, eps 1e-6: FQL's networks). ``linear(in, out)`` and
-    ``norm(dim, eps=)`` make the layers (:class:`EnsembleMLP` passes its batched ones)."""
+    """Linear (+LayerNorm) + act per hidden width, then a linear head. ``layer_norm``: False, True (before the
+    act) or ``"post"`` (after it, eps 1e-6: FQL). ``linear``/``norm`` make the layers (EnsembleMLP's are batched)."""
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
@@ -66,7 +57,7 @@ def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, act: str
             layers.append(norm(h))
         layers.append(activation(act))
         if layer_norm == "post":
-            layers.append(norm(h, eps=POST_LN_EPS))
+            layers.append(norm(h, eps=1e-6))  # flax's eps, as FQL's ``MLP`` (utils/networks.py:53-57)
         d = h
     layers.append(linear(d, out_dim))
     return nn.Sequential(*layers)
@@ -87,8 +78,7 @@ class SinusoidalPosEmb(nn.Module):
 
 
 class FourierFeatures(nn.Module):
-    """Fourier features of the diffusion time: learnable with std 0.2 (IDQL's embedding of the step index), or
-    fixed with std 30 (the Gaussian Fourier projection SfBC, QGPO and SRPO use on continuous t in (0, 1])."""
+    """Fourier features of t: learnable, std 0.2 (IDQL), or fixed, std 30 (SfBC/QGPO/SRPO's Gaussian projection)."""
 
     def __init__(self, out_dim: int, std: float = 0.2, learnable: bool = True) -> None:
         super().__init__()
@@ -100,20 +90,15 @@ class FourierFeatures(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """Interface of an epsilon-predicting denoiser: ``eps = net(x_t, t, obs)``; denoisers built with
-    ``cond_dim`` > 0 also take ``cond`` and ``keep`` keywords (classifier-free guidance)."""
+    """``eps = net(x_t, t, obs)``; with ``cond_dim`` > 0 also ``cond`` and ``keep`` (classifier-free guidance)."""
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
 class ConditionEmbedding(nn.Module):
-    """Embeds an extra condition c (e.g. a value label) for classifier-free guidance, with a learned null token.
-
-    ``forward(cond, keep)``: rows where ``keep`` is False (or every row when ``cond`` is None) get the null
-    embedding, a parameter of its own, so "no condition" is never confused with any value of c (zeroing c, or
-    its embedding, would make c = 0 and "unconditional" the same input). Shape (B, emb_dim).
-    """
+    """Embeds a condition c (e.g. a value label) for classifier-free guidance: (B, emb_dim). Rows where ``keep``
+    is False (all when ``cond`` is None) get a learned null token, so "unconditional" is never c = 0."""
 
     def __init__(self, cond_dim: int, emb_dim: int = 32, act: str = "mish") -> None:
         super().__init__()
@@ -132,15 +117,9 @@ class ConditionEmbedding(nn.Module):
 
 
 class MLPDenoiser(Denoiser):
-    """Diffusion-QL's denoiser: input [a_t, emb(t), s] -> 3x256 Mish -> eps.
-
-    Time embedding: sinusoidal(t_dim) -> Linear(t_dim, 2 t_dim) -> Mish -> Linear(2 t_dim, t_dim), as in the
-    reference ``MLP`` of Diffusion-QL (t_dim 16).
-
-    ``cond_dim`` > 0 adds a :class:`ConditionEmbedding` of an extra condition (classifier-free guidance): the
-    input becomes [a_t, emb(t), s, emb(c)] and ``forward`` takes ``cond`` (B, cond_dim) and ``keep`` (B,) bool.
-    With ``cond_dim`` = 0 (the default) the module is exactly Diffusion-QL's, parameter names included.
-    """
+    """Diffusion-QL's ``MLP``: [a_t, emb(t), s] -> 3x256 Mish -> eps, emb(t) = sinusoidal(t_dim) -> Linear -> Mish
+    -> Linear (t_dim 16). ``cond_dim`` > 0 appends a :class:`ConditionEmbedding` (``forward``'s ``cond``, ``keep``);
+    with 0 the module is exactly Diffusion-QL's, parameter names included."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, depth: int = 3, t_dim: int = 16,
                  act: str = "mish", cond_dim: int = 0, cond_emb: int = 32, obs_norm: bool = False) -> None:
@@ -160,13 +139,9 @@ class MLPDenoiser(Denoiser):
         return self.net(torch.cat(parts, dim=-1))
 
     def chain_context(self, obs: torch.Tensor, T: int) -> tuple[torch.Tensor, ...] | None:
-        """The state's and each step's share of the first layer, computed once for a whole reverse chain.
-
-        W [a; e_t; s] + b = W_a a + W_e e_t + (W_s s + b): the T steps of a chain share s, and e_t takes only T
-        values, so :meth:`chain_step` multiplies only the act_dim action columns per step and the time MLP runs
-        on T rows instead of T x B. The same function (float rounding of the split sum aside); gradients reach
-        every weight as through ``forward``. None with a condition input (that path keeps ``forward``).
-        """
+        """The state's and the T steps' shares of the first layer, once per reverse chain: W [a; e_t; s] + b =
+        W_a a + W_e e_t + (W_s s + b), so :meth:`chain_step` multiplies only the action columns and the time MLP
+        runs on T rows, not T x B (same function up to rounding). None with a condition input."""
         if hasattr(self, "label_emb"):
             return None
         obs, first, t_dim = _normed(self, obs), self.net[0], self.time_mlp[-1].out_features
@@ -198,8 +173,7 @@ class ResidualBlock(nn.Module):
         return x + self.fc2(self.act(self.fc1(self.norm(self.dropout(x)))))
 
 
-#: the LN-ResNet's time embeddings: IDQL's learnable features of the step index, or the fixed Gaussian Fourier
-#: projection (``GaussianFourierProjection(embed_dim, scale=30)``) of continuous-time score models
+#: the LN-ResNet's time embeddings: IDQL's, or continuous-time codes' ``GaussianFourierProjection(scale=30)``
 TIME_EMBEDS: dict[str, dict[str, float | bool]] = {"learned": {"std": 0.2, "learnable": True},
                                                    "gaussian": {"std": 30.0, "learnable": False}}
 
@@ -233,8 +207,7 @@ class LNResNetDenoiser(Denoiser):
         return self.out(self.act(self.blocks(h)))
 
     def chain_context(self, obs: torch.Tensor, T: int) -> tuple[torch.Tensor, ...] | None:
-        """As :meth:`MLPDenoiser.chain_context`: the time encoder on T rows, the state's share of the input
-        layer once per chain."""
+        """As :meth:`MLPDenoiser.chain_context`."""
         if hasattr(self, "label_emb"):
             return None
         obs = _normed(self, obs)
@@ -284,7 +257,6 @@ class EnsembleMLP(nn.Module):
                  act: str = "mish", layer_norm: bool | str = False) -> None:
         super().__init__()
         self.ensemble = ensemble
-        # LayerNorms with affine parameters per member, as E separate LayerNorms
         self.net = mlp(in_dim, hidden, out_dim, act, layer_norm, functools.partial(EnsembleLinear, ensemble),
                        functools.partial(_EnsembleLayerNorm, ensemble))
 
@@ -294,9 +266,7 @@ class EnsembleMLP(nn.Module):
         return self.net(x)
 
     def forward_members(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """``forward(x)[idx]`` for a 1-D index tensor, computing only those members: a loss that uses some
-        members (Diffusion-QL's Q term differentiates one critic) pays neither the others' forward nor their
-        backward. Indexing stays on the device (no host sync). Input (B, in); output (len(idx), B, out)."""
+        """``forward(x)[idx]`` computing only those members, with no host sync (Diffusion-QL's Q term uses one)."""
         x = x.unsqueeze(0).expand(idx.shape[0], -1, -1)
         for layer in self.net:
             if isinstance(layer, EnsembleLinear):
@@ -355,19 +325,10 @@ _TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]: f
 
 
 def init_(module: nn.Module, scheme: str = "torch") -> nn.Module:
-    """Re-initialise ``module``'s linear layers (in place) the way the method's own code does.
-
-    - ``torch``: leave torch's defaults, U(+-1/sqrt(fan_in)) for weights and biases (Diffusion-QL is a torch code).
-    - ``flax``: IDQL's jaxrl5 networks: xavier-uniform weights and zero biases for the MLPs, the critic and value
-      heads and the LN-ResNet's input and output layers; flax's default, a truncated lecun-normal, with zero biases
-      for the two layers inside each ResNet block.
-
-    Why it matters: a JAX method rebuilt in torch otherwise starts from another distribution (for a 256 -> 3
-    head xavier's bound, sqrt(6 / 259) = 0.152, is 2.4x torch's 1 / sqrt(256); the lecun-normal block layers have
-    1.7x the std of torch's uniform; torch's biases are not zero), which changes what the first thousands of
-    steps do: on the README demo (revisions 3f60b39 and 8baeba4), IDQL at 1000 policy steps scores 0.8 with
-    this init against 22.0 with torch's, and both reach about 120-130 by 4000.
-    """
+    """Re-initialise ``module``'s linear layers in place as the method's own code does: ``torch`` keeps torch's
+    U(+-1/sqrt(fan_in)) (Diffusion-QL); ``flax`` is IDQL's jaxrl5: xavier-uniform weights, zero biases, and flax's
+    truncated lecun-normal inside each ResNet block. A JAX method rebuilt with torch's init starts elsewhere (a
+    256 -> 3 head's xavier bound is 2.4x torch's) and trains differently at first (docs/algorithms.md, "Shared")."""
     if scheme == "torch":
         return module
     if scheme != "flax":

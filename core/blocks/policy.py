@@ -1,9 +1,5 @@
-"""``DDPMPolicy``: the machinery every diffusion policy here shares, so plugins only write their loss.
-
-It builds the denoiser named in the config (``mlp``: Diffusion-QL's 3x256 Mish MLP; ``ln_resnet``: IDQL's
-LN-ResNet), wraps it in :class:`~modzoo.blocks.diffusion.GaussianDiffusion`, keeps an EMA copy for sampling, owns the
-optimizer and LR schedule, and implements ``sample``/``act`` (candidates from the EMA model, one chosen with any
-guidance by the configured rule).
+"""``DDPMPolicy``: the machinery every diffusion policy shares (denoiser, diffusion, EMA copy, optimizer and LR
+schedule, ``sample``/``act`` choosing among candidates with any guidance), so plugins only write their loss.
 """
 from __future__ import annotations
 
@@ -23,8 +19,7 @@ from .utils import DEFAULT_DECAY_STEPS, EMA, frozen_copy, load_optim_state, make
 
 
 def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:
-    """Denoiser from ``cfg['denoiser']`` (``mlp`` or ``ln_resnet``) and its widths; ``cond_dim`` > 0 adds a
-    condition input with a null token (classifier-free guidance, e.g. the cfg plugin)."""
+    """``cfg['denoiser']`` (``mlp``: Diffusion-QL's; ``ln_resnet``: IDQL's), with a CFG condition if ``cond_dim``."""
     common = {"hidden": cfg["hidden"], "t_dim": cfg["t_dim"], "act": cfg["activation"],
               "cond_dim": int(cfg["cond_dim"]), "cond_emb": int(cfg["cond_emb"]), "obs_norm": obs_norm_enabled(cfg)}
     if cfg["denoiser"] == "mlp":
@@ -36,17 +31,14 @@ def build_denoiser(obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> torch.nn.
 
 
 def behaviour_split(fraction: float, policy_steps: int) -> int:
-    """The steps a two-stage policy (a behaviour model first, then what is trained on it: SRPO's actor, QGPO's
-    energy model) gives its behaviour model when ``behaviour_steps`` is a fraction of the policy phase; at least
-    one step is left to the second stage whenever the phase has two. The trainer resolves the fraction against
-    the run's policy steps before training and records the count in the run's config."""
+    """A two-stage policy's behaviour-model steps for ``behaviour_steps`` given as a fraction of the policy phase,
+    leaving the second stage at least one step of two or more (the trainer records the count in the config)."""
     return max(0, min(round(fraction * policy_steps), policy_steps - 1))
 
 
 class CandidatePolicy(DiffusionPolicy):
-    """What :class:`DDPMPolicy` and :class:`~modzoo.blocks.flow.FlowPolicy` share: the update (the subclass's
-    ``stages``, then the step count, kept on the host for the EMA schedule), acting by choosing one of
-    ``candidates`` with the guidance by the configured rule, and the checkpointed ``opt`` and ``sched``."""
+    """What :class:`DDPMPolicy` and :class:`~modzoo.blocks.flow.FlowPolicy` share: the update (``stages``, then
+    the step count), acting by ``selection`` among ``candidates``, and the checkpointed ``opt`` and ``sched``."""
 
     config_needs = {"selection": RULE_NEEDS}  # ranking candidates by expectile weights reads V
     opt: torch.optim.Optimizer
@@ -65,9 +57,8 @@ class CandidatePolicy(DiffusionPolicy):
         self._host_count = (step + 1, self._steps, self._steps._version)
 
     def _host_steps(self) -> int:
-        """``steps`` for the EMA schedule without reading the device counter at every step (a host sync on a
-        GPU): read once, then counted on the host. It is read again whenever the buffer was replaced or written
-        elsewhere (a loaded state dict, a device move, ``fill_``), which its identity and version counter show."""
+        """``steps`` for the EMA schedule without a host sync per step: read again only when the buffer's identity
+        or version counter shows it was replaced or written (a loaded state dict, a device move, ``fill_``)."""
         count = getattr(self, "_host_count", None)
         if count is None or count[1] is not self._steps or count[2] != self._steps._version:
             return self.steps
@@ -79,8 +70,7 @@ class CandidatePolicy(DiffusionPolicy):
 
     @torch.inference_mode()  # actions for an environment never enter a graph: no autograd bookkeeping at all
     def act(self, obs: torch.Tensor, guidance: GuidanceModule | None = None, n: int | None = None) -> torch.Tensor:
-        """One of ``candidates`` samples per state, chosen by ``selection`` with the guidance, all states in one
-        batch; without a guidance or with one candidate, the first sample."""
+        """One of ``candidates`` samples per state chosen by ``selection`` (no guidance or n = 1: the first)."""
         n = int(n or self.cfg["candidates"])
         cands = self.candidates(obs, n)
         if guidance is None or n == 1:
@@ -104,7 +94,6 @@ class DDPMPolicy(CandidatePolicy):
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)
         denoiser = init_(build_denoiser(obs_dim, act_dim, cfg), cfg["init"])
-        # a discrete DDPM of T steps, or (vp_sde) the continuous-time VP SDE, whose T is its solver steps when sampling
         if cfg["noise_schedule"] == "vp_sde":
             self.diffusion = VPSDEDiffusion(denoiser, act_dim, steps=cfg["T"], sampler=cfg["sampler"])
         else:
@@ -119,10 +108,8 @@ class DDPMPolicy(CandidatePolicy):
         if type(self).act is CandidatePolicy.act:  # the keys of the candidate selection below (SfBC has its own)
             self.require("candidates", "selection", "temperature", "tau")
 
-    # ---- helpers for subclasses ------------------------------------------------------------------------------
     def bc_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The diffusion behaviour-cloning loss (epsilon MSE), reduced over action dims by ``loss_reduce``
-        (IDQL sums, Diffusion-QL averages)."""
+        """The eps-MSE BC loss, reduced over action dims by ``loss_reduce`` (IDQL sums, Diffusion-QL averages)."""
         per = self.diffusion.loss(batch["actions"], batch["observations"], generator=self.gen(), reduce=False)
         if self.cfg["loss_reduce"] == "sum":
             per = per * self.act_dim
@@ -143,21 +130,16 @@ class DDPMPolicy(CandidatePolicy):
         self.ema.step(self.ema_diffusion, self.diffusion, self._host_steps())
 
     def sampling_guide(self, diffusion: GaussianDiffusion, obs: torch.Tensor):
-        """A ``guide(x_t, t, obs) -> eps`` for :meth:`GaussianDiffusion.sample`, or None for the plain denoiser.
-
-        Override to steer sampling (classifier-free guidance combines a conditional and an unconditional
-        prediction here); ``diffusion`` is the model being sampled (EMA or live), ``obs`` the repeated states.
-        """
+        """Override to steer sampling: a ``guide(x_t, t, obs) -> eps`` for :meth:`GaussianDiffusion.sample`, or None;
+        ``diffusion`` is the model sampled (EMA or live), ``obs`` the repeated states (CFG mixes two predictions)."""
         return None
 
-    # ---- DiffusionPolicy -------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, n: int = 1, model: str | None = None, init_scale: float = 1.0,
                sampler: str | None = None, steps: int | None = None, eta: float = 0.0) -> torch.Tensor:
         """Candidates from the model named by ``model`` or ``cfg['act_model']``: ``ema`` (IDQL acts with its
         EMA score model) or ``live`` (Diffusion-QL's ``sample_action`` uses the live actor). ``init_scale``,
         ``sampler``, ``steps``, ``eta``: see :meth:`GaussianDiffusion.sample`."""
-        b = obs.shape[0]
         rep = obs.repeat_interleave(n, dim=0)
         diffusion = self.ema_diffusion if (model or self.cfg["act_model"]) == "ema" else self.diffusion
         was_training = diffusion.training
@@ -165,15 +147,14 @@ class DDPMPolicy(CandidatePolicy):
         out = diffusion.sample(rep, generator=self.gen(), guide=self.sampling_guide(diffusion, rep),
                                init_scale=init_scale, sampler=sampler, steps=steps, eta=eta)
         diffusion.train(was_training)
-        return out.reshape(b, n, self.act_dim)
+        return out.reshape(obs.shape[0], n, self.act_dim)
 
     def candidates(self, obs: torch.Tensor, n: int) -> torch.Tensor:
         """The n actions per state that acting chooses among: (B, n, act_dim). Only acting starts the chain at
         ``act_temperature``; the samples inside losses and TD targets keep N(0, I), as in the GFDT authors'
         pipelines (temperature 1.0 there, the config's temperature at inference)."""
         sampler, steps = self.cfg["act_sampler"], int(self.cfg["sample_steps"])
-        # the inference sampler's arguments only when one is asked for: a subclass that overrides ``sample`` with
-        # the older signature keeps acting as it did
+        # the sampler's arguments only when asked for, so a subclass's ``sample`` with the older signature still acts
         fast = {} if sampler == "trained" and not steps else {
             "sampler": None if sampler == "trained" else sampler, "steps": steps or None,
             "eta": float(self.cfg["ddim_eta"])}
@@ -185,10 +166,8 @@ class DDPMPolicy(CandidatePolicy):
 
 
 class BehaviourFirstPolicy(DDPMPolicy):
-    """A policy trained in two stages: its diffusion, a behaviour model of the data, for the first
-    ``behaviour_steps`` updates; then, with that model frozen, what the method builds on it (SRPO's actor, QGPO's
-    energy model), one stage that subclasses return from :meth:`second_stage`. The behaviour stage is
-    :class:`DDPMPolicy`'s own (its optimizer, schedule and EMA) and never asks the guidance."""
+    """Two stages: :class:`DDPMPolicy`'s own update (a behaviour model; it never asks the guidance) for
+    ``behaviour_steps``, then, on that model frozen, :meth:`second_stage` (SRPO's actor, QGPO's energy model)."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)

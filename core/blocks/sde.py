@@ -1,25 +1,12 @@
 """Continuous-time diffusion over actions: the VP SDE of Song et al. (2021), as SfBC, QGPO and SRPO train it.
 
-The forward process is x_t = alpha_t x_0 + sigma_t eps for t in (0, 1], with the linear-beta VP SDE
-
-    log alpha_t = -1/4 t^2 (beta_1 - beta_0) - 1/2 t beta_0,      sigma_t = sqrt(1 - alpha_t^2),
-
-beta_0 = 0.1 and beta_1 = 20 (their ``marginal_prob_std``). The denoiser predicts eps from (x_t, t, s) with t a
-real number, so a time embedding that takes real inputs is needed (the LN-ResNet's ``time_embed: gaussian``, the
-fixed Gaussian Fourier features of those codes). Training draws t ~ U(t_min, 1).
-
-Sampling solves the probability-flow ODE with DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095) in data
-prediction, on a grid uniform in t from 1 to t_min (DPM-Solver's ``time_uniform``):
-
-- ``"dpm_solver++_2s"``: the singlestep second-order solver as QGPO's copy of ``dpm_solver_pytorch`` runs it
-  (``order=2``, ``method='singlestep'``): ``steps`` model calls on a grid of ``steps`` intervals, two intervals
-  per second-order step, the last one or two steps first order;
-- ``"dpm_solver++"``: the multistep second-order solver (2M), first order on its first step;
-- ``"ddim"``: DDIM's first-order step (eta > 0 adds its stochastic part).
-
-The class has :class:`~modzoo.blocks.diffusion.GaussianDiffusion`'s interface (``training_terms``, ``loss``,
-``predict_x0``, ``sample`` with a ``guide(x_t, t, obs) -> eps`` hook), so :class:`~modzoo.blocks.policy.DDPMPolicy`
-and its candidate selection serve either; there ``T`` is the default number of solver steps.
+x_t = alpha_t x_0 + sigma_t eps for t in (0, 1], log alpha_t = -1/4 t^2 (beta_1 - beta_0) - 1/2 t beta_0,
+sigma_t = sqrt(1 - alpha_t^2), beta_0 = 0.1, beta_1 = 20 (their ``marginal_prob_std``); t is real, so the denoiser
+needs a real-input time embedding (the LN-ResNet's ``time_embed: gaussian``). Training draws t ~ U(t_min, 1).
+Sampling solves the probability-flow ODE in data prediction on a grid uniform in t from 1 to t_min (DPM-Solver's
+``time_uniform``; Lu et al. 2022, arXiv:2211.01095) with :data:`SDE_SAMPLERS`: ``"dpm_solver++_2s"`` (singlestep,
+as QGPO's ``dpm_solver_pytorch``), ``"dpm_solver++"`` (2M) or ``"ddim"``. It has ``GaussianDiffusion``'s interface,
+so ``DDPMPolicy`` serves either, with ``T`` the default number of solver steps.
 """
 from __future__ import annotations
 
@@ -31,12 +18,11 @@ from ..contract import rng
 from .diffusion import ActionDiffusion
 from .nets import Denoiser
 
-#: the solvers :meth:`VPSDEDiffusion.sample` has (see the module docstring)
 SDE_SAMPLERS = ("dpm_solver++_2s", "dpm_solver++", "ddim")
 
 
 class VPSDE:
-    """The linear-beta VP SDE's marginals and log-SNR (closed forms)."""
+    """The linear-beta VP SDE's marginals and log-SNR in closed form."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         self.b0, self.b1 = float(beta_min), float(beta_max)
@@ -67,7 +53,6 @@ class VPSDEDiffusion(ActionDiffusion):
         self.model, self.act_dim, self.T, self.sampler = denoiser, act_dim, int(steps), sampler
         self.sde, self.t_min, self.max_action = VPSDE(beta_min, beta_max), float(t_min), max_action
 
-    # ---- training -------------------------------------------------------------------------------------------
     def draw_t(self, b: int, generator: rng.Gen, device: torch.device) -> torch.Tensor:
         """t ~ U(t_min, 1) per row."""
         return self.t_min + (1.0 - self.t_min) * rng.rand((b,), generator, device)
@@ -85,7 +70,6 @@ class VPSDEDiffusion(ActionDiffusion):
         x0 = (x_t - s[:, None] * eps) / a[:, None]
         return x0.clamp(-self.max_action, self.max_action) if clip else x0
 
-    # ---- sampling -------------------------------------------------------------------------------------------
     def _x0(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, guide: Any) -> torch.Tensor:
         tt = t.expand(x.shape[0])
         eps = guide(x, tt, obs) if guide is not None else self.model(x, tt, obs)
@@ -93,15 +77,13 @@ class VPSDEDiffusion(ActionDiffusion):
 
     def sample(self, obs: torch.Tensor, generator: rng.Gen = None, guide: Any = None, init_scale: float = 1.0,
                sampler: str | None = None, steps: int | None = None, eta: float = 0.0) -> torch.Tensor:
-        """Solve from x_1 ~ N(0, init_scale^2 I) to t_min with ``sampler`` (default: the configured one) in
-        ``steps`` model calls (default ``T``); returns (B, act_dim) clipped to the action range. ``guide`` maps
-        (x_t, t, obs) -> eps and replaces the plain denoiser (QGPO's energy guidance plugs in here)."""
+        """Solve from x_1 ~ N(0, init_scale^2 I) to t_min with ``sampler`` (default: the configured one) in ``steps``
+        model calls (default ``T``): (B, act_dim), clipped; ``guide`` as in ``GaussianDiffusion.sample`` (QGPO's)."""
         sampler = sampler or self.sampler
         if sampler not in SDE_SAMPLERS:
             raise ValueError(f"sampler {sampler!r} does not solve the VP SDE; use one of {', '.join(SDE_SAMPLERS)}")
         n = int(steps or self.T)
-        b, dev = obs.shape[0], obs.device
-        x = rng.randn((b, self.act_dim), generator, dev) * init_scale
+        x = rng.randn((obs.shape[0], self.act_dim), generator, obs.device) * init_scale
         if sampler == "dpm_solver++_2s":
             x = self._singlestep(x, obs, guide, n)
         else:
@@ -109,10 +91,9 @@ class VPSDEDiffusion(ActionDiffusion):
         return x.clamp(-self.max_action, self.max_action)
 
     def _singlestep(self, x: torch.Tensor, obs: torch.Tensor, guide: Any, n: int) -> torch.Tensor:
-        """DPM-Solver++(2S) as QGPO's ``dpm_solver_pytorch`` runs it (``method='singlestep'``, ``order=2``): the n
-        model calls lie on an n-interval grid; each second-order step spans two intervals, its intermediate point
-        the grid point between them (r1 the log-SNR fraction there), and the orders are 2, ..., 2, 1 for odd n and
-        2, ..., 2, 1, 1 for even n (``get_orders_for_singlestep_solver``)."""
+        """DPM-Solver++(2S) as QGPO's ``dpm_solver_pytorch`` runs it (``method='singlestep'``, ``order=2``): n model
+        calls on an n-interval grid, a second-order step spanning two intervals (its midpoint the grid point between),
+        orders 2, ..., 2, 1 for odd n and 2, ..., 2, 1, 1 for even n (``get_orders_for_singlestep_solver``)."""
         k = n // 2
         orders = [2] * k + [1] if n % 2 else [2] * (k - 1) + [1, 1]
         grid, sde = torch.linspace(1.0, self.t_min, n + 1, device=x.device), self.sde

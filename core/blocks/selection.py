@@ -1,11 +1,6 @@
-"""Choosing one action among a policy's candidates with a guidance's values.
-
-The three rules of the papers, written once so every policy and every guidance can use any of them:
-
-- ``argmax``: the highest Q (IDQL's default ``eval_actions``).
-- ``softmax``: sample i ~ softmax(temperature * Q) (Diffusion-QL: temperature 1 on raw Q; the GFDT authors'
-  code uses per-task temperatures).
-- ``expectile``: IDQL's implicit-policy weights w_i = tau if Q_i - V > 0 else 1 - tau, sample i ~ w / sum w.
+"""Choosing one of a policy's candidates with a guidance's values, by the papers' three rules: ``argmax`` (IDQL's
+``eval_actions``), ``softmax`` (i ~ softmax(temperature Q): Diffusion-QL's temperature 1, the GFDT authors'
+per-task ones) and ``expectile`` (IDQL's implicit policy: i ~ w / sum w, w_i = tau if Q_i > V else 1 - tau).
 """
 from __future__ import annotations
 
@@ -20,8 +15,7 @@ RULE_NEEDS: dict[str, frozenset[str]] = {"expectile": frozenset({"v"})}
 
 def selection_probs(rule: str, q: torch.Tensor, v: torch.Tensor | None = None, *, temperature: float = 1.0,
                     tau: float = 0.7) -> torch.Tensor:
-    """The distribution over the candidates that ``rule`` draws from, (B, N) (argmax: one-hot); what a
-    diagnostic reads to see how greedy a selection is."""
+    """The (B, N) distribution ``rule`` draws from (argmax: one-hot): how greedy a selection is."""
     if rule == "argmax":
         return torch.nn.functional.one_hot(q.argmax(dim=1), q.shape[1]).to(q.dtype)
     if rule == "softmax":
@@ -53,9 +47,8 @@ def candidate_q(candidates: torch.Tensor, obs: torch.Tensor, guidance) -> torch.
 def select_with_guidance(candidates: torch.Tensor, obs: torch.Tensor, guidance, rule: str, *,
                          temperature: float = 1.0, tau: float = 0.7,
                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """Score (B, N, A) candidates with ``guidance`` and pick one per state with ``rule``: (B, A). A rule the
-    guidance cannot drive (``expectile`` without V) is refused, not replaced by another while the config records
-    this one."""
+    """One of (B, N, A) candidates per state by ``rule``: (B, A). A rule the guidance cannot drive (``expectile``
+    without V) is refused, not silently replaced while the config records it."""
     missing = RULE_NEEDS.get(rule, frozenset()) - frozenset(guidance.provides)
     if missing:
         raise ConfigError(f"selection {rule!r} needs {sorted(missing)} from the guidance, which "

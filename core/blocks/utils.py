@@ -33,12 +33,8 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 class EMA:
-    """Exponential moving average of a model, updated every ``every`` steps after ``start`` steps.
-
-    Diffusion-QL: decay 0.995, every 5 steps, from step 1000; before that the EMA model is left as it was
-    initialised (the reference ``step_ema`` returns early), so early TD targets come from the initial actor.
-    IDQL: decay 0.999 (``actor_tau`` 0.001) every step from the start.
-    """
+    """EMA of a model, updated every ``every`` steps from step ``start``: Diffusion-QL's 0.995 every 5 from 1000
+    (before, the EMA model keeps its initial weights, as ``step_ema`` returns early), IDQL's 0.999 every step."""
 
     def __init__(self, decay: float, every: int = 1, start: int = 0) -> None:
         self.decay, self.every, self.start = decay, every, start
@@ -53,12 +49,8 @@ class EMA:
 
 def make_optimizer(params: Iterable[torch.Tensor], name: str = "adam", lr: float = 3e-4,
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam or AdamW by config name, with torch's fused kernel where this torch has one for the device.
-
-    The fused step is the same algorithm in one kernel over all tensors instead of a loop over them, which pays
-    for the many small tensors of a critic or a denoiser (docs/performance.md, "Each change kept"); it equals the
-    loop up to float rounding (tests/test_speed_paths.py).
-    """
+    """Adam or AdamW by config name, fused where torch has the kernel: one kernel for the many small tensors
+    (docs/performance.md, "Each change kept"), equal to the loop up to rounding (tests/test_speed_paths.py)."""
     params = list(params)
     if name not in ("adam", "adamw"):
         raise ValueError(f"unknown optimizer {name!r}; known: adam, adamw")
@@ -76,8 +68,7 @@ DEFAULT_DECAY_STEPS = 2_000_000  # Diffusion-QL's 2000 epochs x 1000 steps; trai
 
 def make_scheduler(opt: torch.optim.Optimizer, schedule: str | None, total_steps: int | None
                    ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """``cosine``: lr * (1 + cos(pi * min(k, K) / K)) / 2, reaching 0 at K = ``total_steps`` and staying there
-    (``CosineAnnealingLR`` would climb back up past K); ``none``: constant."""
+    """``cosine``: lr (1 + cos(pi min(k, K) / K)) / 2, 0 from K = ``total_steps`` on (unlike CosineAnnealingLR)."""
     if schedule in (None, "none", "constant"):
         return None
     if schedule == "cosine":
