@@ -15,14 +15,12 @@ from .config import derived
 
 def pretrained_guidance(cfg: DictConfig, guidance: GuidanceModule | None, device: torch.device
                         ) -> tuple[GuidanceModule, DictConfig]:
-    """The frozen guidance of a ``pretrained`` run (loaded from ``run.guidance_ckpt`` unless passed in), and the
-    run config that records it.
+    """The frozen guidance of a ``pretrained`` run (from ``run.guidance_ckpt`` unless passed in), and the config
+    that records it.
 
-    A checkpoint of another algorithm than ``--guidance`` is refused, not renamed: that name chose the pairing
-    that was checked and labels the run (its default out dir, result.json), so accepting it would make the command
-    say one thing and the run do another. The guidance's config, though, is the checkpoint's own, whatever the
-    defaults and overrides for that name say: config.yaml and result.json record it, with the checkpoint's path,
-    steps and training data (its dataset fingerprint) under ``guidance_checkpoint``.
+    A checkpoint of another algorithm than ``--guidance`` is refused, not renamed: that name chose the checked
+    pairing and labels the run. Its config, though, is the checkpoint's own, whatever the defaults say: config.yaml
+    and result.json record it, with the checkpoint's path, steps and dataset under ``guidance_checkpoint``.
     """
     source = None
     if guidance is None:
@@ -41,7 +39,6 @@ def pretrained_guidance(cfg: DictConfig, guidance: GuidanceModule | None, device
 
 
 def keep_recorded_guidance(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
-    """On resume, a ``pretrained`` run keeps the guidance its config.yaml records (the checkpoint is not read
-    again: the resume state holds the guidance), so result.json says the same."""
+    """On resume, a ``pretrained`` run keeps the guidance its config.yaml records (the resume state holds it)."""
     kept = {"guidance_checkpoint": saved["guidance_checkpoint"]} if saved.get("guidance_checkpoint") else {}
     return derived(cfg, guidance=saved.get("guidance") or {}, **kept)

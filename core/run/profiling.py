@@ -10,13 +10,9 @@ import torch
 
 
 class PhaseMeter:
-    """Context manager: wall time, process CPU time, peak process RSS (sampled every ``interval`` s) and, on CUDA,
-    peak allocated.
-
-    RSS includes the dataset and Python itself, so compare phases of the same process, or baseline-subtract
-    ``rss_start``; the CUDA figure counts only tensors. CPU time (all the process's threads) is what the phase
-    cost when the machine is shared: other work on the cores stretches wall time, hardly CPU time.
-    """
+    """Context manager: wall time, process CPU time, peak RSS (sampled every ``interval`` s) and, on CUDA, peak
+    allocated. RSS includes the dataset and Python (compare within a process, or subtract ``rss_start``); CPU time
+    is the phase's cost on a shared machine, where other work stretches wall time."""
 
     def __init__(self, name: str, device: torch.device | str = "cpu", interval: float = 0.05) -> None:
         self.name, self.device, self.interval = name, torch.device(device), interval
