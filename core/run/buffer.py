@@ -8,8 +8,6 @@ from typing import Any
 import numpy as np
 import torch
 
-FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "next_actions")
-
 
 def next_actions(observations: np.ndarray, actions: np.ndarray, next_observations: np.ndarray) -> np.ndarray:
     """The dataset's next action a'_i = a_{i+1} where row i+1 continues row i's episode (s'_i == s_{i+1}).
@@ -30,7 +28,8 @@ class ReplayBuffer:
 
     def __init__(self, dataset: Any, device: torch.device | str = "cpu", seed: int = 0) -> None:
         self.device = torch.device(device)
-        arrays = {k: getattr(dataset, k) for k in FIELDS if k != "next_actions"}
+        arrays = {k: getattr(dataset, k) for k in ("observations", "actions", "rewards", "next_observations",
+                                                   "terminals")}
         arrays["next_actions"] = next_actions(dataset.observations, dataset.actions, dataset.next_observations)
         self.data = {k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=self.device)
                      for k, v in arrays.items()}

@@ -25,10 +25,10 @@ FORMAT = "modzoo.half/1"
 REQUIRED = ("format", "kind", "algorithm", "obs_dim", "act_dim", "config", "state")
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write a temp file beside ``path``, then rename: a crash or full disk never harms the file at ``path``. A
-    failure is one :class:`StorageError` naming the file and the space needed (torch's ``unexpected pos`` says
-    neither)."""
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` (a ``str`` as text, else with ``torch.save``) to a temp file beside ``path``, then rename: a
+    crash or full disk never harms the file at ``path``. A failure is one :class:`StorageError` naming the file and
+    the space needed (torch's ``unexpected pos`` says neither)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise _save_error(path, obj, e) from None
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        if isinstance(obj, str):
+            Path(tmp).write_text(obj)
+        else:
+            torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -46,18 +49,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
                 "inline_container", "PytorchStreamWriter", "unexpected pos", "file write failed")):
             raise _save_error(path, obj, e) from None
         raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_torch_save` for a run dir's text files (``result.json``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _save_error(path, text.encode(), e) from None
 
 
 def payload_bytes(obj: Any) -> int:
@@ -99,7 +90,7 @@ def size_text(n: float) -> str:
 
 
 def _save_error(path: Path, obj: Any, e: BaseException) -> StorageError:
-    need = payload_bytes(obj) if not isinstance(obj, bytes) else len(obj)
+    need = len(obj.encode()) if isinstance(obj, str) else payload_bytes(obj)
     if isinstance(e, OSError):
         reason = e.strerror or _first_line(e)
     else:
@@ -133,7 +124,7 @@ def save_half(module: Half, path: str | Path, dataset: dict[str, Any] | None = N
     """Write a trained half to ``path`` as one file that :func:`load_checkpoint` rebuilds without executing code:
     kind, algorithm, dims, config, step count, weights, optimizer state and ``dataset`` (``{"name", "fingerprint",
     "path"}`` of its training data, which a later pairing is checked against). Atomic: a crash keeps the old file."""
-    atomic_torch_save(half_payload(module, dataset), path)
+    atomic_save(half_payload(module, dataset), path)
     return Path(path)
 
 

@@ -23,8 +23,6 @@ from ..progress import progress_bar
 from .checkpoint import check_guidance_fits, load_checkpoint
 from .halves import resolve_device
 
-ActFn = Callable[[np.ndarray], np.ndarray]
-
 
 @dataclass
 class EvalResult:
@@ -71,9 +69,8 @@ def _check_actions(acts: Any, n: int, act_dim: int) -> np.ndarray:
     return np.clip(a, -1.0, 1.0)
 
 
-def evaluate_policy(
-    act_fn: ActFn, task: str, episodes: int = 10, seed: int = 0, max_steps: int = 1000, progress: bool = False
-) -> EvalResult:
+def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], task: str, episodes: int = 10, seed: int = 0,
+                    max_steps: int = 1000, progress: bool = False) -> EvalResult:
     """Run ``episodes`` episodes in lockstep, one batched ``act_fn`` call per time step."""
     if episodes < 1:
         raise ModzooError(f"episodes must be at least 1, got {episodes}")
@@ -102,15 +99,11 @@ def evaluate_policy(
     return EvalResult(task, returns, lengths, np.asarray(normalized_score(task, returns), dtype=np.float64).reshape(-1))
 
 
-# Run seed s evaluates with env seeds OFFSET + STRIDE * s + i: never a training seed, and distinct starts across seeds
-# (with a stride of 1 a grid cell's 5 seeds x 10 episodes had only 14 distinct starts among 50).
-EVAL_SEED_OFFSET, EVAL_SEED_STRIDE = 10_000, 100_000
-
-
 def eval_seed(seed: int) -> int:
     """The first env seed (and sampling seed) of a run's evaluations: one formula, so that code scored "on the same
-    episodes" (lab/benchmarks/reference_score.py) really is."""
-    return EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * seed
+    episodes" (lab/benchmarks/reference_score.py) really is. Never a training seed, and distinct starts across
+    seeds (with a stride of 1 a grid cell's 5 seeds x 10 episodes had only 14 distinct starts among 50)."""
+    return 10_000 + 100_000 * seed
 
 
 def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, task: str | None = None,

@@ -1,12 +1,9 @@
 """The non-finite guard: a NaN or Inf in any update's metrics, or in what the policy reads from its guidance, stops
 the run (``run.on_nonfinite: stop``) or is reported once (``warn``).
 
-A host sync per step would cost a GPU run most of its speed, so a step only gathers its metrics into one device
-vector (no sync); they are read when the run logs, before each save (the last checkpoint on disk is then the last
-good one) and before each evaluation. A frozen guidance has no loss to watch, yet the policy ranks actions by its
-``q`` (and ``v``): those are probed on dataset states (:func:`probe_guidance`) when a policy phase starts and before
-each evaluation. Probes (also :func:`probe_policy`, of a policy's shapes) leave no trace: the run's numbers are the
-same with them as without.
+A host sync per step would cost a GPU run most of its speed, so metrics are gathered on the device and read when the
+run logs, saves (the last checkpoint is then the last good one) or evaluates. A frozen guidance has no loss, so what
+the policy reads of it is probed (:func:`probe_guidance`); probes leave no trace in the run's numbers.
 """
 from __future__ import annotations
 

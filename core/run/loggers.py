@@ -1,11 +1,5 @@
-"""Where a run's scalars go besides ``metrics.jsonl`` (always written; resume and reports read it): TensorBoard and
-Weights & Biases, named comma-separated by ``run.logger``, each fed the jsonl's very records.
-
-Steps restart at every phase, so each sink keys a scalar by its phase: TensorBoard gives every tag its own steps;
-W&B, whose global step must only grow, plots ``guidance/*`` against ``guidance_step`` and ``policy/*``, ``eval/*``
-against ``policy_step``. Both packages are optional extras (``modzoo[tensorboard]``, ``modzoo[wandb]``), checked
-before training. W&B works offline with ``WANDB_MODE=offline``; a resumed run continues the same W&B run (the steps
-after its last save then appear twice there: W&B cannot purge them).
+"""Where a run's scalars go besides ``metrics.jsonl``: TensorBoard and W&B, named by ``run.logger``, each fed the
+jsonl's very records and keyed by phase, since steps restart at every phase (docs/runs.md, "Where the curves go").
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..errors import AlreadyFinished, ConfigError, StorageError
-from .checkpoint import atomic_write_text, checkpoint_bytes, existing_parent, size_text
+from .checkpoint import atomic_save, checkpoint_bytes, existing_parent, size_text
 from .config import config_diff, to_dict
 
 
@@ -58,7 +58,7 @@ class RunLog:
                 if ph != phase or rec.get("step", 0) <= step:
                     if not (phase == "guidance" and ph == "policy"):
                         keep.append(line)
-        atomic_write_text(self.path, "".join(x + "\n" for x in keep))
+        atomic_save("".join(x + "\n" for x in keep), self.path)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.path is None:
@@ -122,7 +122,7 @@ def open_run_dir(run_dir: Path, cfg: DictConfig) -> None:
         if f.is_file():
             f.unlink(missing_ok=True)
     if not (run_dir / "config.yaml").exists():
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        atomic_save(OmegaConf.to_yaml(cfg), run_dir / "config.yaml")
 
 
 def checkpoints_need(run_dir: Path, guidance: GuidanceModule, policy: DiffusionPolicy | None) -> int:

@@ -1,15 +1,7 @@
-"""Several seeds of one arm trained together as one stacked ensemble, with the maths of separate runs.
-
-Each seed keeps its own parameters, optimizer state, data order, noise generators, run dir, log and checkpoints.
-Only the step is shared: each stage's loss (:mod:`modzoo.contract.stages`) runs once for all K seeds under
-``vmap(grad(loss))`` on *twin* halves whose every tensor has a leading seed axis; the optimizer, LR schedule and
-Polyak/EMA updates are elementwise, so one call on the stacked tensors is each seed's own update (only the grad-norm
-clip needs a per-seed norm). Each seed draws from its own generators in a lone run's order (:mod:`modzoo.contract.rng`),
-so a stacked seed matches the seed run alone to float rounding (``tests/test_stacked.py``).
-
-Why: the papers' nets are small, so on a GPU a step is mostly kernel-launch latency, and K seeds cost about one
-seed's launches; on a CPU it must merely be no slower (docs/performance.md). The per-seed halves stay the truth
-outside the step: :meth:`StackedStepper.sync` copies the twins back into them before an evaluation or a checkpoint.
+"""Several seeds of one arm trained in one process; with ``vmap``, as one stacked ensemble with the maths of separate
+runs: each stage's loss runs once for all K seeds under ``vmap(grad(loss))`` on *twin* halves whose every tensor has
+a leading seed axis (how and why: docs/performance.md, "Many seeds in one process"). The per-seed halves stay the
+truth outside the step: :meth:`StackedStepper.sync` copies the twins back before an evaluation or a checkpoint.
 """
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""Stops that lose nothing: SIGINT and SIGTERM (preemption, a closed terminal) become a save at the next step.
-
-Inside :func:`stop_on_signals` (the CLI's ``run`` and ``train-guidance``) the first signal only sets a flag; the
-training loop reads it after each step (:func:`pending`, no system call), saves every run's resume state and raises
-:class:`~modzoo.errors.RunStopped`. Outside the loop everything is already saved, so a signal stops at once, as
-does a second signal (for a step that hangs). Library calls install nothing: Ctrl-C stays a ``KeyboardInterrupt``.
+"""Stops that lose nothing (docs/runs.md): inside :func:`stop_on_signals` (the CLI's ``run``, ``train-guidance``) a
+first SIGINT/SIGTERM sets a flag that the loop reads after each step (:func:`pending`), saving and raising
+:class:`~modzoo.errors.RunStopped`; outside the loop, or a second signal, stops at once. Library calls install
+nothing: Ctrl-C stays a ``KeyboardInterrupt``.
 """
 from __future__ import annotations
 

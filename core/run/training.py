@@ -26,7 +26,7 @@ from ..progress import progress_bar
 from . import stops
 from .attribution import attribute
 from .buffer import ReplayBuffer
-from .checkpoint import atomic_torch_save, atomic_write_text, check_guidance_fits, half_payload, save_half
+from .checkpoint import atomic_save, check_guidance_fits, half_payload, save_half
 from .config import RUN_DEFAULTS, apply_preset, build_run_config, derived, frozen, load_preset, task_layers, to_dict
 from .evaluation import evaluate
 from .guard import MAX_PENDING, NonFiniteGuard, probe_policy
@@ -167,7 +167,7 @@ class ActiveRun:
         if self.state_path is None:
             return
         halves = {"guidance": self.guidance, "policy": self.policy}
-        atomic_torch_save({"phase": ph, "step": step, "phase_time": dict(phase_time or {}),
+        atomic_save({"phase": ph, "step": step, "phase_time": dict(phase_time or {}),
                            **{k: half_payload(h, self.meta) if h is not None else None for k, h in halves.items()},
                            "buffer": self.buffer.state_dict(), "phases": self.result.phases,
                            # the halves' own noise streams: a resumed run draws what the uninterrupted one would
@@ -497,7 +497,7 @@ def _finish(run: ActiveRun, progress: bool, guard: NonFiniteGuard) -> RunResult:
         if result.eval is not None:
             summary["eval"] = result.eval.to_dict()
             summary["normalized_score"] = float(result.eval.normalized_mean)
-        atomic_write_text(run_dir / "result.json", strict_json(summary, indent=2))
+        atomic_save(strict_json(summary, indent=2), run_dir / "result.json")
         if run.state_path is not None:
             run.state_path.unlink(missing_ok=True)
     run.log.close()

@@ -51,13 +51,12 @@ class Rule:
             return f" must be a number, got {value!r}"
         too_low = self.low is not None and (value < self.low or (self.low_open and value == self.low))
         too_high = self.high is not None and (value > self.high or (self.high_open and value == self.high))
-        return f" {self._range()}, got {value!r}" if too_low or too_high else None
-
-    def _range(self) -> str:
+        if not (too_low or too_high):
+            return None
         if self.high is None:
-            return f"must be {'>' if self.low_open else '>='} {_num(self.low)}"
-        return (f"must be in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
-                f"{')' if self.high_open else ']'}")
+            return f" must be {'>' if self.low_open else '>='} {_num(self.low)}, got {value!r}"
+        return (f" must be in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
+                f"{')' if self.high_open else ']'}, got {value!r}")
 
 
 def _num(x: float | None) -> str:
@@ -173,7 +172,18 @@ def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
         for key, value in section.items():
             if key != "name" and key in defaults:  # any other key: struct mode refused it, or a saved run's own
                 _check(f"{kind}.{key}", value, defaults[key], rules.get(key))
-    _check_budget(r, bool(p.get("name")), guidance_given)
+    # a phase that trains needs steps: an untrained half evaluated and reported would look like a result
+    has_policy = bool(p.get("name"))
+    schedule = r.get("schedule") if has_policy else "guidance-first"
+    if has_policy and int(r.get("policy_steps", 0)) < 1:
+        raise ConfigError(f"config key {key_name('run.policy_steps')} must be > 0 (the policy trains in this run), "
+                          f"got {r.get('policy_steps')!r}")
+    if schedule == "guidance-first" and not guidance_given and int(r.get("guidance_steps", 0)) < 1:
+        raise ConfigError(f"config key {key_name('run.guidance_steps')} must be > 0 (the guidance trains first in "
+                          f"this run), got {r.get('guidance_steps')!r}")
+    if has_policy and int(r.get("eval_every") or 0) > 0 and int(r.get("eval_episodes", 0)) < 1:
+        raise ConfigError(f"config key {key_name('run.eval_episodes')} must be > 0 when run.eval_every is set (each "
+                          f"interim evaluation plays that many episodes), got {r.get('eval_episodes')!r}")
     check_sample_steps(p)
     check_behaviour_steps(p, int(r.get("policy_steps") or 0))
     check_available(r.get("logger"))
@@ -219,20 +229,6 @@ def check_behaviour_steps(policy: Mapping[str, Any], policy_steps: int) -> None:
     if isinstance(b, int) and policy_steps and b >= policy_steps:
         raise ConfigError(f"config key policy.behaviour_steps={b} leaves none of the {policy_steps} policy steps "
                           f"to the actor; give fewer, a fraction of the phase such as 0.5, or more --policy-steps")
-
-
-def _check_budget(r: Mapping[str, Any], has_policy: bool, guidance_given: bool) -> None:
-    """A phase that trains needs steps: an untrained half evaluated and reported would look like a result."""
-    schedule = r.get("schedule") if has_policy else "guidance-first"
-    if has_policy and int(r.get("policy_steps", 0)) < 1:
-        raise ConfigError(f"config key {key_name('run.policy_steps')} must be > 0 (the policy trains in this run), "
-                          f"got {r.get('policy_steps')!r}")
-    if schedule == "guidance-first" and not guidance_given and int(r.get("guidance_steps", 0)) < 1:
-        raise ConfigError(f"config key {key_name('run.guidance_steps')} must be > 0 (the guidance trains first in "
-                          f"this run), got {r.get('guidance_steps')!r}")
-    if has_policy and int(r.get("eval_every") or 0) > 0 and int(r.get("eval_episodes", 0)) < 1:
-        raise ConfigError(f"config key {key_name('run.eval_episodes')} must be > 0 when run.eval_every is set (each "
-                          f"interim evaluation plays that many episodes), got {r.get('eval_episodes')!r}")
 
 
 def check_out_dir(path: Path) -> None:
