@@ -1,9 +1,6 @@
-"""Policy evaluation on the Bullet tasks, batched across episodes.
-
-A diffusion policy's cost is per *call* (T denoising steps over N candidates), not per state, so
-:func:`evaluate_policy` steps K envs in lockstep with one policy query per time step for the live episodes.
-Episode ``i`` is reset with seed ``seed + i`` (deterministic resets), so a batch sees the episodes it would one at
-a time. :func:`load_policy_and_guidance` is ``modzoo eval``'s loader of the two checkpoints.
+"""Policy evaluation on the Bullet tasks, batched across episodes: a diffusion policy's cost is per *call* (T
+denoising steps over N candidates), not per state, so K envs step in lockstep with one policy query per time step.
+Episode ``i`` is reset with seed ``seed + i`` (deterministic resets): a batch sees the episodes it would one by one.
 """
 from __future__ import annotations
 

@@ -16,12 +16,9 @@ from .config import derived
 def pretrained_guidance(cfg: DictConfig, guidance: GuidanceModule | None, device: torch.device
                         ) -> tuple[GuidanceModule, DictConfig]:
     """The frozen guidance of a ``pretrained`` run (from ``run.guidance_ckpt`` unless passed in), and the config
-    that records it.
-
-    A checkpoint of another algorithm than ``--guidance`` is refused, not renamed: that name chose the checked
-    pairing and labels the run. Its config, though, is the checkpoint's own, whatever the defaults say: config.yaml
-    and result.json record it, with the checkpoint's path, steps and dataset under ``guidance_checkpoint``.
-    """
+    that records it. A checkpoint of another algorithm than ``--guidance`` is refused, not renamed: that name chose
+    the checked pairing and labels the run. Its config, though, is the checkpoint's own, recorded with its path,
+    steps and dataset under ``guidance_checkpoint``."""
     source = None
     if guidance is None:
         if not cfg.run.guidance_ckpt:

@@ -32,11 +32,6 @@ def finite_or_null(value: Any) -> Any:
     return value
 
 
-def strict_json(value: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of ``value`` with non-finite numbers as null (:func:`finite_or_null`)."""
-    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
-
-
 class RunLog:
     """``metrics.jsonl`` (when there is a run dir) and the extra sinks of ``run.logger``, fed the same records;
     non-finite values are written as null (the guard names them)."""

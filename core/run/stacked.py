@@ -175,22 +175,17 @@ def train_seeds(cfgs: list[Any], dataset: Any = None, *, mode: str = "auto", pro
         raise ConfigError(f"unknown stack mode {mode!r}; known: {', '.join(STACK_MODES)}")
     if not cfgs:
         return []
-    say = log or (lambda _msg: None)
-    r0 = cfgs[0].run
+    say, c0 = log or (lambda _msg: None), cfgs[0]
     if dataset is None:
-        dataset = load_dataset(r0.dataset or r0.task, task=r0.task)
+        dataset = load_dataset(c0.run.dataset or c0.run.task, task=c0.run.task)
     if mode == "off" or len(cfgs) == 1:
         return [train(cfg, dataset, progress=progress, resume=resume) for cfg in cfgs]
-    reg = load_registry()
-    c0 = cfgs[0]
-    why = stackable(*(reg.half(kind, c0[kind].name).cls if c0[kind] and c0[kind].get("name") else None
+    why = stackable(*(load_registry().half(kind, c0[kind].name).cls if c0[kind] and c0[kind].get("name") else None
                       for kind in ("guidance", "policy")))
     if mode == "vmap" and why:  # refused before any run dir is made
         raise ConfigError(f"cannot stack seeds with vmap: {why}; use --stack lockstep or off")
-    runs: list[ActiveRun] = []
-    for cfg in cfgs:
-        runs.append(setup_run(cfg, dataset, resume, None, share=runs[0].buffer if runs else None))
-    lead = runs[0]
+    lead = setup_run(c0, dataset, resume, None)
+    runs = [lead] + [setup_run(cfg, dataset, resume, None, share=lead.buffer) for cfg in cfgs[1:]]
     apart = [run for run in runs[1:] if (run.plan, run.phase, run.start_step) !=
              (lead.plan, lead.phase, lead.start_step)]
     if apart:

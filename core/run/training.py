@@ -1,13 +1,13 @@
 """The run loop (core, not plugin, code) for one run or a group of seeds, in three schedules: ``joint`` (both
 halves every step, guidance first, as the original algorithms do), ``guidance-first`` (GFDT: the guidance for N
-steps, frozen, then the policy for M) and ``pretrained`` (a saved guidance, frozen; the policy trains).
-
-A run dir holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``guidance.pt``, ``policy.pt``, ``result.json`` and,
-while unfinished, ``train_state.pt``, from which ``resume=True`` continues.
+steps, frozen, then the policy for M) and ``pretrained`` (a saved guidance, frozen; the policy trains). A run dir
+holds ``config.yaml``, ``metrics.jsonl``, ``guidance.pt``, ``policy.pt``, ``result.json`` and, while unfinished,
+``train_state.pt``, from which ``resume=True`` continues.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from .loggers import open_sinks
 from .pretrained import keep_recorded_guidance, pretrained_guidance
 from .profiling import PhaseMeter
 from .resume import generator_state, restore
-from .rundir import RunLog, open_run_dir, refuse_changes, saved_config, strict_json, warn_if_short_of_space
+from .rundir import RunLog, finite_or_null, open_run_dir, refuse_changes, saved_config, warn_if_short_of_space
 from .validation import check_out_dir, validate_config
 
 
@@ -168,11 +168,11 @@ class ActiveRun:
             return
         halves = {"guidance": self.guidance, "policy": self.policy}
         atomic_save({"phase": ph, "step": step, "phase_time": dict(phase_time or {}),
-                           **{k: half_payload(h, self.meta) if h is not None else None for k, h in halves.items()},
-                           "buffer": self.buffer.state_dict(), "phases": self.result.phases,
-                           # the halves' own noise streams: a resumed run draws what the uninterrupted one would
-                           "generators": {k: generator_state(h) for k, h in halves.items() if h is not None}},
-                          self.state_path)
+                     **{k: half_payload(h, self.meta) if h is not None else None for k, h in halves.items()},
+                     "buffer": self.buffer.state_dict(), "phases": self.result.phases,
+                     # the halves' own noise streams: a resumed run draws what the uninterrupted one would
+                     "generators": {k: generator_state(h) for k, h in halves.items() if h is not None}},
+                    self.state_path)
         self.saved_at = (ph, step)
 
 
@@ -282,13 +282,13 @@ class _PhaseClock:
         return cls(meter, [run.phase_time if resumed else {} for run in runs], [0.0] * len(runs), [0.0] * len(runs))
 
     def times(self, i: int) -> dict[str, float]:
-        prior = self.prior[i]
-        t = {"train_s": prior.get("train_s", 0.0) + self.meter.elapsed() - sum(self.eval_s),
+        prior, (wall, cpu) = self.prior[i], self.meter.elapsed()
+        t = {"train_s": prior.get("train_s", 0.0) + wall - sum(self.eval_s),
              "eval_s": prior.get("eval_s", 0.0) + self.eval_s[i],
              "evals": prior.get("evals", 0) + self.evals}
         # a state saved without CPU time cannot give the whole phase's: then none rather than a part
         if not prior or "train_cpu_s" in prior:
-            t["train_cpu_s"] = prior.get("train_cpu_s", 0.0) + self.meter.cpu_elapsed() - sum(self.eval_cpu)
+            t["train_cpu_s"] = prior.get("train_cpu_s", 0.0) + cpu - sum(self.eval_cpu)
             t["eval_cpu_s"] = prior.get("eval_cpu_s", 0.0) + self.eval_cpu[i]
         return t
 
@@ -497,7 +497,7 @@ def _finish(run: ActiveRun, progress: bool, guard: NonFiniteGuard) -> RunResult:
         if result.eval is not None:
             summary["eval"] = result.eval.to_dict()
             summary["normalized_score"] = float(result.eval.normalized_mean)
-        atomic_save(strict_json(summary, indent=2), run_dir / "result.json")
+        atomic_save(json.dumps(finite_or_null(summary), allow_nan=False, indent=2), run_dir / "result.json")
         if run.state_path is not None:
             run.state_path.unlink(missing_ok=True)
     run.log.close()

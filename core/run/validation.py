@@ -1,10 +1,7 @@
-"""One check of a run's inputs before any work: every config value's type and range, and the run dir.
-
-A bad value must stop a run in seconds with one line naming the key and the fix, not after training (a misspelt
-selection rule is read only in the final evaluation) nor from deep inside a net (``policy.T=abc``). Types come from
-the halves' YAML defaults, so every plugin's keys are checked without plugin code; ranges and choices from the tables
-below, for keys core machinery reads. Choices only a plugin knows stay with its constructor (also run before the
-run dir is made).
+"""One check of a run's inputs before any work: every config value's type and range, and the run dir. A bad value
+must stop a run in seconds with one line naming the key and the fix, not after training nor from deep inside a net.
+Types come from the halves' YAML defaults (so no plugin code is needed), ranges and choices from the tables below;
+choices only a plugin knows stay with its constructor (also run before the run dir is made).
 """
 from __future__ import annotations
 
