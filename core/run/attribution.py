@@ -1,6 +1,5 @@
-"""Errors attributed to the plugin that raised them: ``<kind> '<name>' (plugin <dist>)``, so a user mixing halves of
-several packages knows whom to ask. :func:`attribute` names the half whose own code holds the innermost frame of the
-traceback; an exception with no plugin frame is a bug of modzoo's and is left as it is.
+"""Errors attributed to the plugin that raised them, ``<kind> '<name>' (plugin <dist>)``, so a user mixing packages
+knows whom to ask: the half whose code holds the innermost traceback frame (none: a bug of modzoo's, left as it is).
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Run configuration with omegaconf: plugin defaults, per-task overrides, a named preset, then ``key=value``.
-
-Struct mode makes a misspelt key an error naming the keys that exist. The resolved config is saved as the run
-dir's ``config.yaml``, from which alone the run can be repeated or resumed.
+"""Run configuration with omegaconf: plugin defaults, per-task overrides, a named preset, then ``key=value``. Struct
+mode makes a misspelt key an error naming the keys that exist; the resolved config (``config.yaml``) alone repeats or
+resumes the run.
 """
 from __future__ import annotations
 
@@ -35,15 +34,13 @@ RUN_DEFAULTS: dict[str, Any] = {
     "final_eval": True,
     "seed": 0,
     "device": "auto",
-    "threads": 1,             # torch intra-op threads (null: one per core); one is fastest for these small nets
-                              # (docs/performance.md, "The threads pitfall": up to 50x slower on shared cores)
+    "threads": 1,             # torch threads (null: one per core); one is fastest (docs/performance.md, "threads")
     "out": None,
     "log_every": 100,
     "logger": "jsonl",        # extra sinks besides metrics.jsonl, comma-separated: tensorboard, wandb (.loggers)
     "wandb_project": "modzoo",  # the W&B project of run.logger=wandb
     "save_every": 0,          # also save the resume state every N steps (0: by save_every_s and at phase ends)
-    "save_every_s": 600,      # also save it every this many seconds (0: never): what a hard kill (kill -9) can
-                              # cost; SIGTERM/SIGINT save anyway
+    "save_every_s": 600,      # and every this many seconds (0: never): what a kill -9 can cost (docs/runs.md)
     "on_nonfinite": "stop",   # a NaN/Inf loss or guidance value: stop (keeping the last good state) or warn
 }
 

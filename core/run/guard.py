@@ -1,9 +1,8 @@
 """The non-finite guard: a NaN or Inf in any update's metrics, or in what the policy reads from its guidance, stops
-the run (``run.on_nonfinite: stop``) or is reported once (``warn``).
-
-A host sync per step would cost a GPU run most of its speed, so metrics are gathered on the device and read when the
-run logs, saves (the last checkpoint is then the last good one) or evaluates. A frozen guidance has no loss, so what
-the policy reads of it is probed (:func:`probe_guidance`); probes leave no trace in the run's numbers.
+the run (``run.on_nonfinite: stop``) or is reported once (``warn``). A host sync per step would cost a GPU run most
+of its speed, so metrics are gathered on the device and read when the run logs, saves (the last checkpoint is then
+the last good one) or evaluates. A frozen guidance has no loss, so what the policy reads of it is probed
+(:func:`probe_guidance`); probes leave no trace in the run's numbers.
 """
 from __future__ import annotations
 
@@ -52,8 +51,7 @@ class NonFiniteGuard:
 
     def observe(self, step: int, metrics: Sequence[dict[str, Any]]) -> None:
         """Keep step ``step``'s tensors in one device vector, unread; plain numbers are checked on the spot."""
-        parts, where = [], []
-        device = None
+        parts, where, device = [], [], None
         for i, m in enumerate(metrics):
             for k, v in m.items():
                 if isinstance(v, torch.Tensor):
@@ -74,8 +72,7 @@ class NonFiniteGuard:
         found, self.host_bad = self.host_bad, None
         if pending and not bool(torch.isfinite(torch.cat([p[2].float() for p in pending])).all()):
             for step, where, vec in pending:
-                values = vec.tolist()
-                at = 0
+                values, at = vec.tolist(), 0
                 for i, key, n in where:
                     for x in values[at:at + n]:
                         if not math.isfinite(x):

@@ -50,19 +50,17 @@ class RunLog:
             for line in self.path.read_text().splitlines():
                 rec = json.loads(line)
                 ph = "policy" if rec.get("phase") == "eval" else rec.get("phase")
-                if ph != phase or rec.get("step", 0) <= step:
-                    if not (phase == "guidance" and ph == "policy"):
-                        keep.append(line)
+                if (ph != phase or rec.get("step", 0) <= step) and not (phase == "guidance" and ph == "policy"):
+                    keep.append(line)
         atomic_save("".join(x + "\n" for x in keep), self.path)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
         clean = finite_or_null(record)
-        line = json.dumps(clean, allow_nan=False) + "\n"
         try:
             with self.path.open("a") as f:
-                f.write(line)
+                f.write(json.dumps(clean, allow_nan=False) + "\n")
         except OSError as e:
             raise StorageError(f"could not append to {self.path}: {e.strerror or e}; free space (or fix the "
                                f"directory) and resume with --resume") from None

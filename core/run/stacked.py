@@ -39,7 +39,6 @@ def stackable(guidance: type | None, policy: type | None) -> str | None:
     return None
 
 
-# ---- moving state between per-seed halves and a twin with a seed axis ----------------------------------------
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
     *path, leaf = name.split(".")
     owner = module.get_submodule(".".join(path)) if path else module
@@ -164,13 +163,10 @@ STACK_MODES = ("auto", "vmap", "lockstep", "off")
 
 def train_seeds(cfgs: list[Any], dataset: Any = None, *, mode: str = "auto", progress: bool = True,
                 resume: bool = False, log: Callable[[str], None] | None = None) -> list[RunResult]:
-    """Train ``cfgs`` (one per seed, equal but for ``run.seed`` and ``run.out``) in one process; each run dir ends
-    up as :func:`modzoo.train` would write it for that seed alone.
-
-    ``mode``: ``vmap`` steps all seeds at once (:class:`StackedStepper`); ``lockstep`` steps them in turn (one
-    dataset copy, the work of separate runs); ``off`` trains them one after another; ``auto``: ``vmap`` on a GPU,
-    else (a CPU, where ``vmap`` is slower, or halves that cannot stack) ``lockstep``.
-    """
+    """Train ``cfgs`` (one per seed, equal but for ``run.seed`` and ``run.out``) in one process, each run dir as
+    :func:`modzoo.train` would write it. ``mode``: ``vmap`` steps all seeds at once (:class:`StackedStepper`);
+    ``lockstep`` in turn (one dataset copy); ``off`` one run after another; ``auto``: ``vmap`` on a GPU, else (a CPU,
+    where ``vmap`` is slower, or halves that cannot stack) ``lockstep``."""
     if mode not in STACK_MODES:
         raise ConfigError(f"unknown stack mode {mode!r}; known: {', '.join(STACK_MODES)}")
     if not cfgs:

@@ -1,7 +1,6 @@
 """Stops that lose nothing (docs/runs.md): inside :func:`stop_on_signals` (the CLI's ``run``, ``train-guidance``) a
-first SIGINT/SIGTERM sets a flag that the loop reads after each step (:func:`pending`), saving and raising
-:class:`~modzoo.errors.RunStopped`; outside the loop, or a second signal, stops at once. Library calls install
-nothing: Ctrl-C stays a ``KeyboardInterrupt``.
+first SIGINT/SIGTERM sets a flag the loop reads after each step (:func:`pending`), saving and raising
+:class:`~modzoo.errors.RunStopped`; outside the loop, or a second signal, stops at once. Library calls install none.
 """
 from __future__ import annotations
 

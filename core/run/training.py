@@ -118,7 +118,6 @@ def _plan_of(cfg: DictConfig) -> tuple[bool, str]:
     return has_policy, (cfg.run.schedule if has_policy else "guidance-first")
 
 
-# ---- the training loop --------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
     """What :func:`train` returns: the run dir (None without ``run.out``), the trained halves, the final

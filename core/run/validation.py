@@ -102,8 +102,7 @@ POLICY_RULES: dict[str, Rule] = {
     "candidates": at_least(1), "selection": one_of(*RULES), "tau": UNIT, "temperature": at_least(0),
     "act_temperature": at_least(0), "act_sampler": one_of("trained", "posterior", *FAST_SAMPLERS, *SDE_SAMPLERS),
     "sample_steps": at_least(0), "ddim_eta": UNIT, "ema_decay": UNIT, "ema_every": at_least(1),
-    "ema_start": at_least(0),
-    "depth": at_least(1), "blocks": at_least(1), "t_dim": at_least(1),
+    "ema_start": at_least(0), "depth": at_least(1), "blocks": at_least(1), "t_dim": at_least(1),
     "dropout": Rule(low=0, high=1, high_open=True), "cond_dim": at_least(0), "cond_emb": at_least(1),
     "behaviour_steps": at_least(0),
 }
