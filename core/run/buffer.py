@@ -11,11 +11,9 @@ import torch
 
 def next_actions(observations: np.ndarray, actions: np.ndarray, next_observations: np.ndarray) -> np.ndarray:
     """The dataset's next action a'_i = a_{i+1} where row i+1 continues row i's episode (s'_i == s_{i+1}).
-
     Elsewhere a_i is repeated: a truncated episode's last row, whose next action is not in the data (SARSA-style
     critics then bootstrap from (s', a_i), a one-row approximation). A terminal row gets the next episode's first
-    action, as d4rl's ``qlearning_transitions`` gives it that s'; (1 - d) zeroes the target, so it is never used.
-    """
+    action, as d4rl's ``qlearning_transitions`` gives it that s'; (1 - d) zeroes the target, so it is never used."""
     nxt = actions.copy()
     if len(actions) > 1:
         cont = np.all(np.isclose(next_observations[:-1], observations[1:], atol=1e-6), axis=1)
@@ -42,9 +40,6 @@ class ReplayBuffer:
         other.device, other.data, other.size = self.device, self.data, self.size
         other.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         return other
-
-    def __len__(self) -> int:
-        return self.size
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)

@@ -1,6 +1,5 @@
-"""Checkpoints of one half: metadata + state, written atomically, read with ``weights_only=True`` (no pickled code,
-so loading one runs nothing). The metadata (kind, algorithm, dims, dataset fingerprint, config, steps) lets a saved
-guidance be paired with another policy safely: dims must match; another dataset gets a warning.
+"""Checkpoints of one half: metadata + state, written atomically, read with ``weights_only=True`` (loading runs no
+code). The metadata lets a saved guidance pair with another policy safely: dims must match, another dataset warns.
 """
 from __future__ import annotations
 
@@ -26,9 +25,8 @@ REQUIRED = ("format", "kind", "algorithm", "obs_dim", "act_dim", "config", "stat
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` (a ``str`` as text, else with ``torch.save``) to a temp file beside ``path``, then rename: a
-    crash or full disk never harms the file at ``path``. A failure is one :class:`StorageError` naming the file and
-    the space needed (torch's ``unexpected pos`` says neither)."""
+    """Write ``obj`` (a ``str`` as text, else ``torch.save``) beside ``path``, then rename: a crash or full disk never
+    harms ``path``; a failure is one :class:`StorageError` naming the space needed (torch's message does not)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,19 +138,6 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
     return first[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
 
 
-def _unreadable(path: Path, e: Exception) -> CheckpointError:
-    fix = "re-create it by training again (modzoo train-guidance / modzoo run)"
-    # a truncated torch file: torch's first zip entry (``<archive>/data.pkl``, after the 30-byte header) but no index
-    with path.open("rb") as f:
-        head = f.read(30 + 256)
-    if head.startswith(b"PK\x03\x04") and b"/data.pkl" in head[30:] and not zipfile.is_zipfile(path):
-        return CheckpointError(f"checkpoint {path} is truncated: its {path.stat().st_size} bytes are the start of a "
-                               f"torch checkpoint whose end is missing, as a save or copy leaves when it stops "
-                               f"part-way; copy it again from where it came from, or {fix}")
-    return CheckpointError(f"checkpoint {path} is corrupt or not a modzoo checkpoint ({type(e).__name__}: "
-                           f"{_first_line(e)}); {fix}")
-
-
 def read_payload(path: str | Path) -> dict[str, Any]:
     """Load and validate a checkpoint file's payload, with one clear error for every way it can be wrong."""
     path = Path(path)
@@ -165,7 +150,16 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise _unreadable(path, e) from None
+        fix = "re-create it by training again (modzoo train-guidance / modzoo run)"
+        # a truncated torch file: torch's first zip entry (``<archive>/data.pkl``, after the 30-byte header), no index
+        with path.open("rb") as f:
+            head = f.read(30 + 256)
+        if head.startswith(b"PK\x03\x04") and b"/data.pkl" in head[30:] and not zipfile.is_zipfile(path):
+            raise CheckpointError(f"checkpoint {path} is truncated: its {path.stat().st_size} bytes are the start of "
+                                  f"a torch checkpoint whose end is missing, as a save or copy leaves when it stops "
+                                  f"part-way; copy it again from where it came from, or {fix}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a modzoo checkpoint ({type(e).__name__}: "
+                              f"{_first_line(e)}); {fix}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a modzoo half checkpoint (format "
                               f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r},"
@@ -198,9 +192,8 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
 
 
 def _complete_config(spec: Any, kind: str, saved: dict[str, Any]) -> dict[str, Any]:
-    """The config to rebuild a saved half with. Halves read ``cfg[key]``, so a key newer than the checkpoint gets
-    the value that keeps the old behaviour (:data:`~modzoo.run.config.ADDED_KEYS`), else the current default. Saved
-    keys win (under their current names), and a key the plugin lacks is not added."""
+    """The config to rebuild a saved half with: saved keys (renamed to now), and for newer keys (halves read
+    ``cfg[key]``) the value that keeps the old behaviour (:data:`~modzoo.run.config.ADDED_KEYS`), else the default."""
     saved = renamed_keys(kind, saved)
     defaults = half_config(spec.default_config())
     added = {name: v for k, v in ADDED_KEYS.items() if k.startswith(f"{kind}.")

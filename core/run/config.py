@@ -122,9 +122,8 @@ def parse_overrides(items: Iterable[str]) -> list[str]:
 
 def build_run_config(guidance: dict[str, Any], policy: dict[str, Any], run: dict[str, Any],
                      overrides: Iterable[str] = ()) -> DictConfig:
-    """Merge the three sections and the dotted overrides in struct mode. An unknown ``run`` key is refused like a
-    misspelt override: merged in, it would be recorded while the run used the default (``polcy_steps: 50000``
-    trained 1000 steps)."""
+    """Merge the sections and dotted overrides in struct mode. An unknown ``run`` key is refused: merged in, it would
+    be recorded while the run used the default (``polcy_steps: 50000`` trained 1000 steps)."""
     unknown = [k for k in run if k not in RUN_DEFAULTS]
     if unknown:
         raise ConfigError(f"unknown config key 'run.{unknown[0]}'; keys in 'run': {', '.join(RUN_DEFAULTS)}")

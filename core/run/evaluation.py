@@ -97,9 +97,8 @@ def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], task: str, episo
 
 
 def eval_seed(seed: int) -> int:
-    """The first env seed (and sampling seed) of a run's evaluations: one formula, so that code scored "on the same
-    episodes" (lab/benchmarks/reference_score.py) really is. Never a training seed, and distinct starts across
-    seeds (with a stride of 1 a grid cell's 5 seeds x 10 episodes had only 14 distinct starts among 50)."""
+    """The first env (and sampling) seed of a run's evaluations, one formula (lab/benchmarks/reference_score.py too):
+    never a training seed, and distinct starts across seeds (a stride of 1 gave 5 seeds x 10 episodes 14 starts)."""
     return 10_000 + 100_000 * seed
 
 

@@ -127,9 +127,8 @@ PROBE_STATES, PROBE_CANDIDATES = 2, 2
 
 
 def probe_policy(policy: DiffusionPolicy, guidance: GuidanceModule | None, dataset: Any) -> None:
-    """Refuse, before the first step, a policy whose ``sample`` or ``act`` returns the wrong shape (else the run
-    fails only in its final evaluation). When ``act`` fails, a NaN guidance (a diverged checkpoint) is the likelier
-    cause, so it is named instead of a torch error from inside the selection rule."""
+    """Refuse, before the first step, a policy whose ``sample`` or ``act`` returns the wrong shape (else only the final
+    evaluation fails); when ``act`` fails, a NaN guidance, the likelier cause, is named instead of torch's error."""
     obs = torch.as_tensor(dataset.observations[:PROBE_STATES], dtype=torch.float32, device=policy.device)
     b, n, a = obs.shape[0], PROBE_CANDIDATES, policy.act_dim
     with _untouched(policy, guidance), torch.no_grad():

@@ -15,10 +15,9 @@ from .config import derived
 
 def pretrained_guidance(cfg: DictConfig, guidance: GuidanceModule | None, device: torch.device
                         ) -> tuple[GuidanceModule, DictConfig]:
-    """The frozen guidance of a ``pretrained`` run (from ``run.guidance_ckpt`` unless passed in), and the config
-    that records it. A checkpoint of another algorithm than ``--guidance`` is refused, not renamed: that name chose
-    the checked pairing and labels the run. Its config, though, is the checkpoint's own, recorded with its path,
-    steps and dataset under ``guidance_checkpoint``."""
+    """The frozen guidance of a ``pretrained`` run (``run.guidance_ckpt`` unless passed in) and the config recording
+    it (its own config, path, steps and dataset). Another algorithm than ``--guidance`` is refused, not renamed: that
+    name chose the checked pairing and labels the run."""
     source = None
     if guidance is None:
         if not cfg.run.guidance_ckpt:

@@ -10,9 +10,8 @@ import torch
 
 
 class PhaseMeter:
-    """Context manager: wall time, process CPU time, peak RSS (sampled every ``interval`` s) and, on CUDA, peak
-    allocated. RSS includes the dataset and Python (compare within a process, or subtract ``rss_start``); CPU time
-    is the phase's cost on a shared machine, where other work stretches wall time."""
+    """Context manager: wall and CPU time (a shared machine stretches only wall), peak RSS (sampled every ``interval``
+    s; it includes the dataset and Python: compare within a process) and, on CUDA, peak allocated."""
 
     def __init__(self, name: str, device: torch.device | str = "cpu", interval: float = 0.05) -> None:
         self.name, self.device, self.interval = name, torch.device(device), interval

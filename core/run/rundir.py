@@ -93,9 +93,8 @@ def saved_config(run_dir: Path, resume: bool) -> dict[str, Any] | None:
 
 
 def refuse_changes(saved: dict[str, Any], cfg: DictConfig, schedule: str, run_dir: Path) -> None:
-    """Refuse a resume under another config than ``config.yaml`` (the rest would train under values no record
-    shows), naming what differs; except :data:`RESUME_MAY_CHANGE` and a ``pretrained`` run's guidance settings,
-    which its checkpoint fixed."""
+    """Refuse, naming what differs, a resume under another config than ``config.yaml`` (beyond
+    :data:`RESUME_MAY_CHANGE` and a ``pretrained`` guidance's settings): no record would show what the rest trained."""
     diff = config_diff(saved, to_dict(cfg), lambda name, old, new: name in RESUME_MAY_CHANGE or (
         schedule == "pretrained" and name.startswith("guidance.") and name != "guidance.name"))
     if diff:

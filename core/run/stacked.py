@@ -163,10 +163,9 @@ STACK_MODES = ("auto", "vmap", "lockstep", "off")
 
 def train_seeds(cfgs: list[Any], dataset: Any = None, *, mode: str = "auto", progress: bool = True,
                 resume: bool = False, log: Callable[[str], None] | None = None) -> list[RunResult]:
-    """Train ``cfgs`` (one per seed, equal but for ``run.seed`` and ``run.out``) in one process, each run dir as
-    :func:`modzoo.train` would write it. ``mode``: ``vmap`` steps all seeds at once (:class:`StackedStepper`);
-    ``lockstep`` in turn (one dataset copy); ``off`` one run after another; ``auto``: ``vmap`` on a GPU, else (a CPU,
-    where ``vmap`` is slower, or halves that cannot stack) ``lockstep``."""
+    """Train ``cfgs`` (equal but for ``run.seed`` and ``run.out``) in one process, each run dir as a lone run writes
+    it. ``mode``: ``vmap`` (:class:`StackedStepper`), ``lockstep`` (in turn, one dataset copy), ``off`` (one run
+    after another), ``auto``: ``vmap`` on a GPU, else (slower on a CPU, or halves that cannot stack) ``lockstep``."""
     if mode not in STACK_MODES:
         raise ConfigError(f"unknown stack mode {mode!r}; known: {', '.join(STACK_MODES)}")
     if not cfgs:

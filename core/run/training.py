@@ -276,10 +276,6 @@ class _PhaseClock:
     eval_cpu: list[float]
     evals: int = 0
 
-    @classmethod
-    def start(cls, meter: PhaseMeter, runs: list[ActiveRun], resumed: bool) -> "_PhaseClock":
-        return cls(meter, [run.phase_time if resumed else {} for run in runs], [0.0] * len(runs), [0.0] * len(runs))
-
     def times(self, i: int) -> dict[str, float]:
         prior, (wall, cpu) = self.prior[i], self.meter.elapsed()
         t = {"train_s": prior.get("train_s", 0.0) + wall - sum(self.eval_s),
@@ -417,7 +413,8 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
             label = "joint" if joint else ph
             watch.last_save = time.monotonic()
             with PhaseMeter(label, lead.device) as meter:
-                clock = _PhaseClock.start(meter, runs, resumed=ph == phase)
+                clock = _PhaseClock(meter, [run.phase_time if ph == phase else {} for run in runs],
+                                    [0.0] * len(runs), [0.0] * len(runs))
                 if ph == "policy":
                     guard.check_guidance(f"at the start of the {label} phase (step {first})")
                 bar = progress_bar(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}",
@@ -504,15 +501,14 @@ def _finish(run: ActiveRun, progress: bool, guard: NonFiniteGuard) -> RunResult:
 
 
 def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume: bool = False,
-          guidance: GuidanceModule | None = None,
-          on_eval: Callable[[int, Any], None] | None = None) -> RunResult:
+          guidance: GuidanceModule | None = None, on_eval: Callable[[int, Any], None] | None = None) -> RunResult:
     """Train per ``cfg`` (see :func:`run_config`) and, if ``run.out`` is set, write the run dir.
 
     ``dataset`` defaults to ``run.dataset`` (a path) or the task's file in the D4RL cache. ``guidance``: one already
     built (library use of the ``pretrained`` schedule). ``resume`` continues the unfinished run in ``run.out`` under
     its ``config.yaml``: a ``cfg`` that differs is refused with the difference, and a finished run raises
-    :class:`~modzoo.errors.AlreadyFinished` with no file changed.
-    """
+    :class:`~modzoo.errors.AlreadyFinished` with no file changed. ``on_eval(step, result)``: called after each
+    interim evaluation."""
     run = setup_run(cfg, dataset, resume, guidance)
     try:
         return train_group([run], Stepper([run]), progress, on_eval)[0]

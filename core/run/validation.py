@@ -153,9 +153,8 @@ def _check(key: str, value: Any, default: Any, rule: Rule | None, template: Any 
 
 
 def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
-    """Check the pairing (:class:`~modzoo.errors.PluginError`), every value against its default's type and the rule
-    tables, then each training phase's budget; :class:`ConfigError` names the first bad key. ``guidance_given``: a
-    built guidance was handed in, so no guidance phase needs steps."""
+    """Check the pairing, every value against its default's type and the rule tables, and each phase's budget; the
+    first bad key raises. ``guidance_given``: a built guidance was handed in (no guidance phase needs steps)."""
     c = to_dict(cfg)
     r, g, p = c.get("run") or {}, c.get("guidance") or {}, c.get("policy") or {}
     if g.get("name") and p.get("name"):  # before any data or env is loaded: a missing dataset must not hide it
