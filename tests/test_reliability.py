@@ -286,13 +286,13 @@ def test_a_write_that_stops_part_way_in_torchs_writer_is_one_line(tmp_path):
     RuntimeError (``unexpected pos``), as on a full disk; the message names the file and the space needed."""
     script = textwrap.dedent(f"""
         import resource, signal, torch
-        from modzoo.run.checkpoint import atomic_torch_save
+        from modzoo.run.checkpoint import atomic_save
         from modzoo.errors import StorageError
-        atomic_torch_save({{"w": torch.zeros(100)}}, {str(tmp_path / "c.pt")!r})
+        atomic_save({{"w": torch.zeros(100)}}, {str(tmp_path / "c.pt")!r})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing us
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
         try:
-            atomic_torch_save({{"w": torch.zeros(1_000_000)}}, {str(tmp_path / "c.pt")!r})
+            atomic_save({{"w": torch.zeros(1_000_000)}}, {str(tmp_path / "c.pt")!r})
         except StorageError as e:
             print(e)
     """)

@@ -150,17 +150,17 @@ def test_an_interrupted_stacked_group_resumes_stacked_and_ends_as_if_never_stopp
 
     def cfgs(tag: str) -> list[Any]:
         return [_cfg("dql-joint", small_dataset_path, s, tmp_path / f"{tag}{s}", save_every=3) for s in SEEDS]
-    real, calls = StackedStepper.policy_step, []
+    real, calls = StackedStepper.step, []
 
-    def interrupted(self, batches):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 5:  # after 4 steps: the resume state of every seed is at step 3
+    def interrupted(self, kind, batches):  # type: ignore[no-untyped-def]
+        calls.append(kind)
+        if calls.count("policy") == 5:  # after 4 steps: the resume state of every seed is at step 3
             raise KeyboardInterrupt
-        return real(self, batches)
-    monkeypatch.setattr(StackedStepper, "policy_step", interrupted)
+        return real(self, kind, batches)
+    monkeypatch.setattr(StackedStepper, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_seeds(cfgs("r"), mode="vmap", progress=False)
-    monkeypatch.setattr(StackedStepper, "policy_step", real)
+    monkeypatch.setattr(StackedStepper, "step", real)
     assert all((tmp_path / f"r{s}" / "train_state.pt").exists() for s in SEEDS)
     train_seeds(cfgs("r"), mode="vmap", progress=False, resume=True)
     for s in SEEDS:

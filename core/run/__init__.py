@@ -1,3 +1,1 @@
-"""One run from config to run dir: configs and presets, validation, the training loop and its schedules,
-evaluation, checkpoints, resume, seeds trained as a stacked ensemble.
-"""
+"""One run from config to run dir: config, validation, the training loop, evaluation, checkpoints, resume, seeds."""

@@ -1,10 +1,5 @@
-"""Errors attributed to the plugin that raised them: ``<kind> '<name>' (plugin <dist>)``.
-
-An exception from a plugin's ``loss`` or ``td_target`` used to end a run as a raw traceback naming no plugin, half,
-phase or step; a user mixing halves of several packages could not tell whom to ask. The training loop hands such an
-exception to :func:`attribute`, which finds the innermost frame of the traceback that runs one of the halves'
-own code (a module of the plugin, not modzoo's core) and names that half; an exception with no plugin frame is a
-bug of modzoo's and is left as it is.
+"""Errors attributed to the plugin that raised them, ``<kind> '<name>' (plugin <dist>)``, so a user mixing packages
+knows whom to ask: the half whose code holds the innermost traceback frame (none: a bug of modzoo's, left as it is).
 """
 from __future__ import annotations
 
@@ -22,9 +17,8 @@ _CORE, _FIRST_PARTY = "modzoo", "modzoo.plugins"
 
 
 def plugin_modules(half: Any) -> set[str]:
-    """The modules whose frames count as ``half``'s code: every class of its MRO defined outside modzoo's core
-    and outside the standard library and torch (a first-party plugin: its own module; a third-party one: its
-    whole top-level package, so its helper modules count too)."""
+    """The modules whose frames are ``half``'s code: those of its MRO outside modzoo's core, builtins and torch (a
+    first-party plugin's own module; a third-party one's whole top-level package)."""
     out = set()
     for cls in type(half).__mro__:
         module = cls.__module__ or ""
@@ -40,8 +34,8 @@ def _distributions() -> dict[str, list[str]]:
 
 
 def plugin_dist(half: Any) -> str:
-    """The distribution that installed ``half``'s plugin (``modzoo`` for a first-party one), else the plugin's
-    registered name (one registered in-process, from a file on ``sys.path``)."""
+    """The distribution that installed ``half``'s plugin (``modzoo`` for a first-party one), else its registered
+    plugin name."""
     module = type(half).__module__ or ""
     if module.startswith(_FIRST_PARTY):
         return _CORE
@@ -60,8 +54,8 @@ def half_label(half: Any) -> str:
 
 
 def attribute(exc: BaseException, halves: Sequence[Any], phase: str, step: int) -> PluginFailure | None:
-    """``exc`` as a :class:`PluginFailure` naming the half whose own code raised it (the innermost frame of the
-    traceback that belongs to one; the frame is kept as ``.frame``), or None when no frame is a plugin's."""
+    """``exc`` as a :class:`PluginFailure` naming the half whose code raised it (that frame kept as ``.frame``), or
+    None when no frame is a plugin's."""
     owners = [(h, plugin_modules(h)) for h in halves if h is not None]
     for frame, lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
         module = str(frame.f_globals.get("__name__", ""))

@@ -1,9 +1,5 @@
-"""Checkpoints of one half: metadata + state, written atomically, read with ``weights_only=True``.
-
-A checkpoint never holds pickled code: only tensors and plain values, so loading one cannot run anything. Its
-metadata (kind, algorithm, dims, dataset fingerprint, config, steps) is what lets a saved guidance be plugged
-into another policy safely: dims must match; a different dataset fingerprint gets a warning, because the
-swap result holds only on the same data distribution.
+"""Checkpoints of one half: metadata + state, written atomically, read with ``weights_only=True`` (loading runs no
+code). The metadata lets a saved guidance pair with another policy safely: dims must match, another dataset warns.
 """
 from __future__ import annotations
 
@@ -28,11 +24,9 @@ FORMAT = "modzoo.half/1"
 REQUIRED = ("format", "kind", "algorithm", "obs_dim", "act_dim", "config", "state")
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temp file in the same directory, then rename: a crash never leaves a half-written file, and a
-    failed write (a full disk) never touches the file already at ``path``. A failure is one
-    :class:`StorageError` line that names the file and the space the payload needs, because torch's own message for
-    a full disk (``[enforce fail at inline_container.cc] . unexpected pos``) says neither."""
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` (a ``str`` as text, else ``torch.save``) beside ``path``, then rename: a crash or full disk never
+    harms ``path``; a failure is one :class:`StorageError` naming the space needed (torch's message does not)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +35,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise _save_error(path, obj, e) from None
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        if isinstance(obj, str):
+            Path(tmp).write_text(obj)
+        else:
+            torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -52,21 +49,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Text files of a run dir (``result.json``) the same way as checkpoints: temp file, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _save_error(path, text.encode(), e) from None
-
-
 def payload_bytes(obj: Any) -> int:
-    """About the bytes ``torch.save`` writes for ``obj``: its tensors' storages (each once), plus the text and
-    numbers around them (a rough allowance, small next to any network's weights)."""
+    """About the bytes ``torch.save`` writes for ``obj``: its tensors' storages (each once) plus a rough allowance."""
     storages: dict[int, int] = {}
 
     def walk(x: Any) -> int:
@@ -83,15 +67,13 @@ def payload_bytes(obj: Any) -> int:
     return walk(obj) + sum(storages.values()) + 4096
 
 
-#: what ``torch.save`` adds per tensor beside its bytes (the zip record's header and padding, its pickle entry): an
-#: allowance, which only small nets notice
+#: what ``torch.save`` adds per tensor (zip header, padding, pickle entry): an allowance only small nets notice
 TENSOR_RECORD_BYTES = 300
 
 
 def checkpoint_bytes(module: torch.nn.Module) -> int:
-    """About the bytes of ``module``'s checkpoint once it has trained, known before the first step: its state
-    (targets and EMA copies included) plus Adam's two moments for each trainable parameter, which the optimizers
-    only allocate at their first step (so the payload as it is at setup would leave them out)."""
+    """About the bytes of ``module``'s trained checkpoint, before the first step: its state plus Adam's two moments
+    per trainable parameter (allocated only at the first step)."""
     state = list(module.state_dict().values())
     trainable = [p for p in module.parameters() if p.requires_grad]
     data = sum(t.numel() * t.element_size() for t in state) + 2 * sum(p.numel() * p.element_size() for p in trainable)
@@ -106,7 +88,7 @@ def size_text(n: float) -> str:
 
 
 def _save_error(path: Path, obj: Any, e: BaseException) -> StorageError:
-    need = payload_bytes(obj) if not isinstance(obj, bytes) else len(obj)
+    need = len(obj.encode()) if isinstance(obj, str) else payload_bytes(obj)
     if isinstance(e, OSError):
         reason = e.strerror or _first_line(e)
     else:
@@ -137,18 +119,16 @@ def half_payload(module: Half, dataset: dict[str, Any] | None = None) -> dict[st
 
 
 def save_half(module: Half, path: str | Path, dataset: dict[str, Any] | None = None) -> Path:
-    """Write a trained half to ``path`` as one file that :func:`load_checkpoint` rebuilds without executing code
-    (tensors and plain data, read with ``weights_only=True``): its kind, algorithm, dims, config, step count,
-    weights and optimizer state, and ``dataset`` (``{"name", "fingerprint", "path"}`` of the data it trained on,
-    which a later pairing is checked against). Written atomically: a crash leaves the previous file whole."""
-    atomic_torch_save(half_payload(module, dataset), path)
+    """Write a trained half to ``path`` as one file that :func:`load_checkpoint` rebuilds without executing code:
+    kind, algorithm, dims, config, step count, weights, optimizer state and ``dataset`` (``{"name", "fingerprint",
+    "path"}`` of its training data, which a later pairing is checked against). Atomic: a crash keeps the old file."""
+    atomic_save(half_payload(module, dataset), path)
     return Path(path)
 
 
 def _first_line(e: BaseException, limit: int = 160) -> str:
-    """An exception's message reduced to what fits inside another sentence: its first sentence, never cut in the
-    middle of one (torch's reader explains itself in several), or only its first words and "..." where even that
-    sentence is longer than ``limit``."""
+    """An exception's first sentence (torch's reader writes several), or its first words and "..." past
+    ``limit``: what fits inside another sentence."""
     lines = str(e).strip().splitlines()
     if not lines:
         return "no message"
@@ -156,20 +136,6 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
     if len(first) <= limit:
         return first
     return first[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
-
-
-def _unreadable(path: Path, e: Exception) -> CheckpointError:
-    fix = "re-create it by training again (modzoo train-guidance / modzoo run)"
-    # a truncated torch file: its first zip entry is torch's (``<archive>/data.pkl``), but the index a zip ends
-    # with is missing (the name lies after the 30-byte local header)
-    with path.open("rb") as f:
-        head = f.read(30 + 256)
-    if head.startswith(b"PK\x03\x04") and b"/data.pkl" in head[30:] and not zipfile.is_zipfile(path):
-        return CheckpointError(f"checkpoint {path} is truncated: its {path.stat().st_size} bytes are the start of a "
-                               f"torch checkpoint whose end is missing, as a save or copy leaves when it stops "
-                               f"part-way; copy it again from where it came from, or {fix}")
-    return CheckpointError(f"checkpoint {path} is corrupt or not a modzoo checkpoint ({type(e).__name__}: "
-                           f"{_first_line(e)}); {fix}")
 
 
 def read_payload(path: str | Path) -> dict[str, Any]:
@@ -184,7 +150,16 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise _unreadable(path, e) from None
+        fix = "re-create it by training again (modzoo train-guidance / modzoo run)"
+        # a truncated torch file: torch's first zip entry (``<archive>/data.pkl``, after the 30-byte header), no index
+        with path.open("rb") as f:
+            head = f.read(30 + 256)
+        if head.startswith(b"PK\x03\x04") and b"/data.pkl" in head[30:] and not zipfile.is_zipfile(path):
+            raise CheckpointError(f"checkpoint {path} is truncated: its {path.stat().st_size} bytes are the start of "
+                                  f"a torch checkpoint whose end is missing, as a save or copy leaves when it stops "
+                                  f"part-way; copy it again from where it came from, or {fix}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a modzoo checkpoint ({type(e).__name__}: "
+                              f"{_first_line(e)}); {fix}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a modzoo half checkpoint (format "
                               f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r},"
@@ -217,11 +192,8 @@ def build_from_payload(payload: dict[str, Any], path: str | Path = "<memory>",
 
 
 def _complete_config(spec: Any, kind: str, saved: dict[str, Any]) -> dict[str, Any]:
-    """The config to rebuild a saved half with. Halves read every key as ``cfg[key]``, so a checkpoint written
-    before a key existed gets one: the value that keeps its old behaviour (:data:`~modzoo.run.config.ADDED_KEYS`),
-    else the plugin's current default. Keys the checkpoint has always win (under their current names: a checkpoint
-    saved before a key was renamed says ``schedule`` for ``noise_schedule``), and a key the plugin's config does not
-    have (``time_embed`` of a half without an LN-ResNet) is not added."""
+    """The config to rebuild a saved half with: saved keys (renamed to now), and for newer keys (halves read
+    ``cfg[key]``) the value that keeps the old behaviour (:data:`~modzoo.run.config.ADDED_KEYS`), else the default."""
     saved = renamed_keys(kind, saved)
     defaults = half_config(spec.default_config())
     added = {name: v for k, v in ADDED_KEYS.items() if k.startswith(f"{kind}.")
@@ -230,8 +202,8 @@ def _complete_config(spec: Any, kind: str, saved: dict[str, Any]) -> dict[str, A
 
 
 def tree_map(fn: Callable[[list[torch.Tensor]], Any], values: list[Any]) -> Any:
-    """``fn`` of the tensors at each place of equally shaped state trees (dicts, lists, tuples: one per seed of a
-    stacked step, or one alone); any other value, the same in each (a learning rate), is taken from the first."""
+    """``fn`` of the tensors at each place of equally shaped state trees (one per stacked seed, or one alone); any
+    other value (a learning rate) is taken from the first."""
     first = values[0]
     if isinstance(first, torch.Tensor):
         return fn(values)
@@ -244,10 +216,9 @@ def tree_map(fn: Callable[[list[torch.Tensor]], Any], values: list[Any]) -> Any:
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
                     kind: str | None = None) -> GuidanceModule | DiffusionPolicy:
-    """Rebuild a guidance or policy from a :func:`save_half` file, on ``device``, with the weights, step count and
-    optimizer state it was saved with; its plugin must be installed (the file names it, and the half is built by
-    that plugin's class, so no code is read from the file). ``kind`` ("guidance" or "policy") refuses the other
-    kind with one line."""
+    """Rebuild a guidance or policy from a :func:`save_half` file on ``device``, with its weights, step count and
+    optimizer state; its plugin must be installed (the file names it; no code is read from the file). ``kind``
+    ("guidance" or "policy") refuses the other kind with one line."""
     payload = read_payload(path)
     if kind is not None and payload["kind"] != kind:
         raise CheckpointError(f"checkpoint {path} holds a {payload['kind']} ({payload['algorithm']}), "

@@ -1,8 +1,6 @@
-"""Run configuration with omegaconf: plugin defaults, per-task overrides, a named preset, then the user's
-``key=value``.
-
-Struct mode makes a misspelt key an error that names the key and the keys that do exist. The resolved config of
-a run is saved as ``config.yaml`` in its run dir, so the run can be repeated or resumed from it alone.
+"""Run configuration with omegaconf: plugin defaults, per-task overrides, a named preset, then ``key=value``. Struct
+mode makes a misspelt key an error naming the keys that exist; the resolved config (``config.yaml``) alone repeats or
+resumes the run.
 """
 from __future__ import annotations
 
@@ -29,32 +27,26 @@ RUN_DEFAULTS: dict[str, Any] = {
     "guidance_ckpt": None,    # for schedule=pretrained
     "guidance_steps": 1000,   # guidance-first: steps before freezing
     "policy_steps": 1000,     # policy steps (joint: steps of both halves)
-    "guidance_delay": 0,      # joint only: keep the critic frozen at its random init for the first K steps
-                              # (the GFDT paper's "random guidance" necessity variant)
+    "guidance_delay": 0,      # joint only: critic frozen at its random init for K steps (GFDT's "random guidance")
     "eval_every": 0,          # evaluate every E policy steps (0: only at the end)
     "eval_episodes": 10,      # episodes of each interim evaluation (and of the final one unless set below)
     "final_eval_episodes": None,  # episodes of the final evaluation; null: eval_episodes
     "final_eval": True,
     "seed": 0,
     "device": "auto",
-    "threads": 1,             # torch intra-op threads (null: torch's default, one per core). One is the fastest
-                              # measured for these small nets (docs/performance.md, "The threads pitfall"); a
-                              # spinning pool on shared cores slowed a step down up to 50x.
+    "threads": 1,             # torch threads (null: one per core); one is fastest (docs/performance.md, "threads")
     "out": None,
     "log_every": 100,
-    "logger": "jsonl",        # where scalars go besides metrics.jsonl (always written): jsonl, tensorboard, wandb,
-                              # comma-separated (modzoo.run.loggers)
+    "logger": "jsonl",        # extra sinks besides metrics.jsonl, comma-separated: tensorboard, wandb (.loggers)
     "wandb_project": "modzoo",  # the W&B project of run.logger=wandb
     "save_every": 0,          # also save the resume state every N steps (0: by save_every_s and at phase ends)
-    "save_every_s": 600,      # also save it once this many seconds have passed since the last save (0: never by
-                              # time): what a hard kill (kill -9, a node lost) can cost; SIGTERM/SIGINT save anyway
+    "save_every_s": 600,      # and every this many seconds (0: never): what a kill -9 can cost (docs/runs.md)
     "on_nonfinite": "stop",   # a NaN/Inf loss or guidance value: stop (keeping the last good state) or warn
 }
 
 
 def task_layers(task_overrides: dict[str, Any] | None, task: str | None) -> list[tuple[str, dict[str, Any]]]:
-    """The ``task_overrides`` entries whose pattern (fnmatch syntax) matches ``task``, in file order: what a
-    plugin YAML and a preset both apply over their base values."""
+    """The ``task_overrides`` entries (of a plugin YAML or a preset) whose fnmatch pattern matches ``task``."""
     return [(pattern, values) for pattern, values in (task_overrides or {}).items()
             if task and fnmatch.fnmatch(str(task), pattern)]
 
@@ -79,8 +71,8 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """A preset by name (``gfdt-authors``) or path to a YAML file of the same form: optional ``run:`` values and,
-    under ``guidance:`` and ``policy:``, values per plugin name (each may carry ``task_overrides``)."""
+    """A preset by name (``gfdt-authors``) or YAML path: optional ``run:`` values and, under ``guidance:`` and
+    ``policy:``, values per plugin name (each may carry ``task_overrides``)."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(preset_names()) or 'none'} (or a path to a "
@@ -97,8 +89,8 @@ def load_preset(name: str) -> dict[str, Any]:
 
 def apply_preset(cfg: dict[str, Any], preset: dict[str, Any], kind: str, name: str | None, task: str | None
                  ) -> dict[str, Any]:
-    """``cfg`` (a half's defaults, task overrides applied) with the preset's values for plugin ``name`` and their
-    task overrides for ``task``. A key the half does not have is an error that names the preset and the key."""
+    """``cfg`` (a half's defaults) with the preset's values for plugin ``name`` and their task overrides; a key the
+    half lacks is an error naming the preset and the key."""
     values = dict(((preset.get(kind) or {}).get(name) or {}) if name else {})
     if not values:
         return cfg
@@ -115,8 +107,8 @@ def apply_preset(cfg: dict[str, Any], preset: dict[str, Any], kind: str, name: s
 
 
 def parse_overrides(items: Iterable[str]) -> list[str]:
-    """Check ``key=value`` items (the value is parsed by omegaconf as YAML: numbers, lists, null ...); a renamed
-    key (:data:`~modzoo.contract.registry.RENAMED_KEYS`) is read under its new name, with a notice."""
+    """Check ``key=value`` items (values parsed as YAML); a renamed key
+    (:data:`~modzoo.contract.registry.RENAMED_KEYS`) is read under its new name, with a notice."""
     out = []
     for item in items:
         if "=" not in item or item.startswith("="):
@@ -130,11 +122,8 @@ def parse_overrides(items: Iterable[str]) -> list[str]:
 
 def build_run_config(guidance: dict[str, Any], policy: dict[str, Any], run: dict[str, Any],
                      overrides: Iterable[str] = ()) -> DictConfig:
-    """Merge the three sections and the user's dotted overrides in struct mode.
-
-    A ``run`` key the defaults do not have is refused like a misspelt override: merged in, it would widen the
-    struct and be recorded in ``config.yaml`` while the run trained with the default it meant to replace (an
-    experiment's ``budget: {polcy_steps: 50000}`` trained 1000 steps)."""
+    """Merge the sections and dotted overrides in struct mode. An unknown ``run`` key is refused: merged in, it would
+    be recorded while the run used the default (``polcy_steps: 50000`` trained 1000 steps)."""
     unknown = [k for k in run if k not in RUN_DEFAULTS]
     if unknown:
         raise ConfigError(f"unknown config key 'run.{unknown[0]}'; keys in 'run': {', '.join(RUN_DEFAULTS)}")
@@ -156,18 +145,15 @@ def to_dict(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
-# Keys added to the plugin YAMLs after runs had been made, each with the value that reproduces what the code did
-# before the key existed (it then read ``cfg.get(key, value)`` or had no such setting). A saved config without the
-# key matches a current one holding that value; any other value is a difference. Add a key here only together with
-# that guarantee: a new key whose default changes behaviour must make old runs differ.
+# Keys added after runs had been made, each with the value that reproduces the code from before the key: a saved
+# config without the key matches one holding that value. Add a key here only with that guarantee.
 ADDED_KEYS: dict[str, Any] = {
     "guidance.obs_norm": "none", "policy.obs_norm": "none", "policy.act_temperature": 1.0,
     "guidance.target_every": 1, "guidance.update_every": 1, "guidance.init": "torch", "policy.init": "torch",
     "policy.cond_dim": 0, "policy.cond_emb": 32, "run.logger": "jsonl", "run.wandb_project": "modzoo",
     "policy.act_sampler": "trained", "policy.sample_steps": 0, "policy.ddim_eta": 0.0,
     "policy.time_embed": "learned",
-    # a run saved before these: no timed saves, no guard (the closest is warn); neither changes a trained number,
-    # so a resume may change them (rundir.RESUME_MAY_CHANGE) and a grid does not compare them
+    # before these: no timed saves, no guard (closest: warn); neither changes a trained number (RESUME_MAY_CHANGE)
     "run.save_every_s": 0, "run.on_nonfinite": "warn",
 }
 
@@ -176,10 +162,9 @@ _ABSENT = object()
 
 def config_diff(saved: Mapping[str, Any], now: Mapping[str, Any],
                 skip: Callable[[str, Any, Any], bool] = lambda name, old, new: False) -> list[str]:
-    """How config ``now`` differs from ``saved`` (both plain dicts of run/guidance/policy), as
-    ``"policy.lr: 0.0003 -> 0.001"`` lines; ``skip(name, old, new)`` leaves a key out. A key ``saved`` lacks is no
-    difference when ``now`` holds the value that reproduces the behaviour from before the key existed
-    (:data:`ADDED_KEYS`, or null)."""
+    """How config ``now`` differs from ``saved`` (plain dicts), as ``"policy.lr: 0.0003 -> 0.001"`` lines;
+    ``skip(name, old, new)`` leaves a key out. A key ``saved`` lacks is no difference when ``now`` holds its
+    :data:`ADDED_KEYS` value or null."""
     out = []
     for section in ("run", "guidance", "policy"):
         old, new = renamed_keys(section, saved.get(section) or {}), now.get(section) or {}
@@ -192,16 +177,14 @@ def config_diff(saved: Mapping[str, Any], now: Mapping[str, Any],
 
 
 def frozen(cfg: DictConfig) -> DictConfig:
-    """``cfg`` made read-only: what a run trains with and records, which nothing may edit afterwards (a setting
-    changed in place after validation would run unchecked, and a recorded config could say another thing than the
-    run did). Derive a changed one with :func:`derived`."""
+    """``cfg`` made read-only: a setting changed after validation would run unchecked, and the record could say
+    another thing than the run did. Derive a changed one with :func:`derived`."""
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
 
 def derived(cfg: DictConfig, **sections: Any) -> DictConfig:
-    """A frozen copy of ``cfg`` with whole top-level ``sections`` replaced or added (a pretrained run's recorded
-    guidance); ``cfg`` itself is left as it is."""
+    """A frozen copy of ``cfg`` with top-level ``sections`` replaced or added (a pretrained run's guidance)."""
     out = copy.deepcopy(cfg)
     OmegaConf.set_readonly(out, False)
     with open_dict(out):

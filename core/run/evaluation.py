@@ -1,12 +1,6 @@
-"""Policy evaluation on the Bullet tasks, batched across episodes.
-
-A diffusion policy's cost is per *call* (T denoising steps over N candidates), not per state, so
-:func:`evaluate_policy` runs K episodes in K envs in lockstep and queries the policy once per time step
-for all live episodes together; finished episodes drop out of the batch. Episode ``i`` is reset with seed
-``seed + i`` and the envs reset deterministically, so a batch sees the episodes it would one at a time.
-
-:func:`evaluate` is the user's call (a policy and the guidance that ranks its candidates, seeded apart from
-training), and :func:`load_policy_and_guidance` is ``modzoo eval``'s loader of the two checkpoints.
+"""Policy evaluation on the Bullet tasks, batched across episodes: a diffusion policy's cost is per *call* (T
+denoising steps over N candidates), not per state, so K envs step in lockstep with one policy query per time step.
+Episode ``i`` is reset with seed ``seed + i`` (deterministic resets): a batch sees the episodes it would one by one.
 """
 from __future__ import annotations
 
@@ -25,8 +19,6 @@ from ..errors import CheckpointError, ConfigError, ModzooError
 from ..progress import progress_bar
 from .checkpoint import check_guidance_fits, load_checkpoint
 from .halves import resolve_device
-
-ActFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -70,14 +62,12 @@ def _check_actions(acts: Any, n: int, act_dim: int) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ModzooError("policy returned NaN or inf actions: the checkpoint is likely diverged; "
                           "evaluate an earlier one")
-    # Our datasets hold actions in [-1, 1] and the env clips torques anyway; clipping keeps the
-    # electricity cost (computed from the raw action) consistent with the data.
+    # the data's actions are in [-1, 1]; the env clips torques anyway, but its electricity cost reads the raw action
     return np.clip(a, -1.0, 1.0)
 
 
-def evaluate_policy(
-    act_fn: ActFn, task: str, episodes: int = 10, seed: int = 0, max_steps: int = 1000, progress: bool = False
-) -> EvalResult:
+def evaluate_policy(act_fn: Callable[[np.ndarray], np.ndarray], task: str, episodes: int = 10, seed: int = 0,
+                    max_steps: int = 1000, progress: bool = False) -> EvalResult:
     """Run ``episodes`` episodes in lockstep, one batched ``act_fn`` call per time step."""
     if episodes < 1:
         raise ModzooError(f"episodes must be at least 1, got {episodes}")
@@ -106,16 +96,10 @@ def evaluate_policy(
     return EvalResult(task, returns, lengths, np.asarray(normalized_score(task, returns), dtype=np.float64).reshape(-1))
 
 
-# Run seed s evaluates episodes with env seeds OFFSET + STRIDE * s + i: never a training seed, and the episodes of
-# different seeds start from different states, so episodes pooled across seeds are that many distinct starts (with
-# a stride of 1 the 5 seeds x 10 episodes of a grid cell had only 14 distinct starts among 50).
-EVAL_SEED_OFFSET, EVAL_SEED_STRIDE = 10_000, 100_000
-
-
 def eval_seed(seed: int) -> int:
-    """The first env seed of a run's evaluations (and of its sampling generator there): one formula, so that
-    another code scored "on the same episodes" (lab/benchmarks/reference_score.py) really is."""
-    return EVAL_SEED_OFFSET + EVAL_SEED_STRIDE * seed
+    """The first env (and sampling) seed of a run's evaluations, one formula (lab/benchmarks/reference_score.py too):
+    never a training seed, and distinct starts across seeds (a stride of 1 gave 5 seeds x 10 episodes 14 starts)."""
+    return 10_000 + 100_000 * seed
 
 
 def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, task: str | None = None,
@@ -135,9 +119,8 @@ def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, ta
             return policy.act(o, guidance, n=candidates).cpu().numpy()
 
     base = eval_seed(seed)
-    # The policy samples its candidates (and picks among them) from a generator seeded like the episodes, not
-    # from its training stream: an evaluation is then reproducible, and how often a run evaluates does not
-    # change the noise its training draws.
+    # sampled from a generator seeded like the episodes, not the training stream: an evaluation is reproducible, and
+    # how often a run evaluates does not change its training noise
     training_gen = policy.generator
     policy.use_generator(torch.Generator(device=device).manual_seed(base))
     try:
@@ -147,8 +130,7 @@ def evaluate(policy: DiffusionPolicy, guidance: GuidanceModule | None = None, ta
 
 
 def check_policy_fits_env(policy: DiffusionPolicy, task: str) -> None:
-    """Refuse to act in an env of other dims with one line naming both, rather than a matmul shape error from
-    the policy's first layer: a checkpoint knows its dims and the task it was trained on."""
+    """Refuse an env of other dims in one line naming both, not a matmul shape error from the first layer."""
     obs_dim, act_dim = env_dims(task)
     if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
         trained = getattr(policy, "dataset_meta", {}).get("name") or "another task"
@@ -160,11 +142,8 @@ def check_policy_fits_env(policy: DiffusionPolicy, task: str) -> None:
 def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path | None = None,
                              device: str | torch.device = "cpu", task: str | None = None
                              ) -> tuple[DiffusionPolicy, GuidanceModule | None]:
-    """For ``modzoo eval``: a policy checkpoint and the guidance that ranks its candidates.
-
-    Without ``guidance_ckpt`` the run's own ``guidance.pt`` beside the policy is used when present. ``task``: the
-    env it will act in, checked against the policy's dims before anything else is loaded.
-    """
+    """For ``modzoo eval``: a policy checkpoint and the guidance that ranks its candidates (without
+    ``guidance_ckpt``: the ``guidance.pt`` beside it, if any). ``task``: the env, checked against the policy first."""
     device = resolve_device(str(device))
     policy = load_checkpoint(policy_ckpt, device, kind="policy")
     if task:
@@ -187,8 +166,8 @@ def load_policy_and_guidance(policy_ckpt: str | Path, guidance_ckpt: str | Path 
 
 
 def check_ranking(policy: DiffusionPolicy, guidance: GuidanceModule, where: str | None = None) -> None:
-    """Refuse, before any episode, a guidance that lacks what the policy needs under its current settings (its
-    ``needs``, and what a setting adds: an expectile selection needs V), naming the setting to change."""
+    """Refuse, before any episode, a guidance lacking what the policy needs under its settings (an expectile
+    selection needs V), naming the setting to change."""
     missing = {cap: why for cap, why in policy.needs_for(policy.cfg).items() if cap not in guidance.provides}
     if not missing:
         return

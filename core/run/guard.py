@@ -1,17 +1,8 @@
 """The non-finite guard: a NaN or Inf in any update's metrics, or in what the policy reads from its guidance, stops
-the run (``run.on_nonfinite: stop``) or is reported once (``warn``).
-
-Why cheap: a host sync per step (reading a loss) would cost a GPU run most of its speed, so a step only gathers its
-metrics into one device vector (:meth:`NonFiniteGuard.observe`, a single ``cat``, no sync); the vectors are read
-together at the points where the run reads the device anyway or must not go on blind: when it logs, before each
-save (so that a checkpoint is written only from finite numbers, and the last one on disk is the last good one) and
-before each evaluation. Only on a failure does the guard look for the first bad step and metric.
-
-Why also the guidance's outputs: a frozen guidance (a pretrained checkpoint, the policy phase of guidance-first)
-trains no more, so no loss of it is checked, yet the policy ranks actions by its ``q`` (and ``v``). Those are probed
-on a few dataset states (:func:`probe_guidance`) when a policy phase starts and before each evaluation. Probes,
-like the one that refuses a policy of the wrong shapes before training (:func:`probe_policy`), leave no trace in
-the run: it trains to the same numbers with them as without them.
+the run (``run.on_nonfinite: stop``) or is reported once (``warn``). A host sync per step would cost a GPU run most
+of its speed, so metrics are gathered on the device and read when the run logs, saves (the last checkpoint is then
+the last good one) or evaluates. A frozen guidance has no loss, so what the policy reads of it is probed
+(:func:`probe_guidance`); probes leave no trace in the run's numbers.
 """
 from __future__ import annotations
 
@@ -49,9 +40,8 @@ class Bad:
 
 @dataclass
 class NonFiniteGuard:
-    """Collects the metrics of a group's steps on the device and checks them when asked (see the module
-    docstring); each step gives one dict per run of the group (stacked seeds each have their own metrics).
-    ``runs``: the group (:class:`~modzoo.run.training.ActiveRun`), whose halves and saved states a stop names."""
+    """Gathers a group's step metrics (one dict per run) on the device and checks them when asked. ``runs``: the
+    group (:class:`~modzoo.run.training.ActiveRun`), whose halves and saved states a stop names."""
 
     runs: Sequence[Any] = ()
     on_nonfinite: str = "stop"
@@ -60,10 +50,8 @@ class NonFiniteGuard:
     warned: set[str] = field(default_factory=set)
 
     def observe(self, step: int, metrics: Sequence[dict[str, Any]]) -> None:
-        """Record step ``step``'s metrics (one dict per run) without reading them: tensors go into one device
-        vector, plain numbers are checked on the spot."""
-        parts, where = [], []
-        device = None
+        """Keep step ``step``'s tensors in one device vector, unread; plain numbers are checked on the spot."""
+        parts, where, device = [], [], None
         for i, m in enumerate(metrics):
             for k, v in m.items():
                 if isinstance(v, torch.Tensor):
@@ -84,8 +72,7 @@ class NonFiniteGuard:
         found, self.host_bad = self.host_bad, None
         if pending and not bool(torch.isfinite(torch.cat([p[2].float() for p in pending])).all()):
             for step, where, vec in pending:
-                values = vec.tolist()
-                at = 0
+                values, at = vec.tolist(), 0
                 for i, key, n in where:
                     for x in values[at:at + n]:
                         if not math.isfinite(x):
@@ -95,8 +82,7 @@ class NonFiniteGuard:
         return found
 
     def check(self, phase: str) -> None:
-        """Read the metrics gathered since the last check (one host sync); a non-finite one stops the run or
-        warns, per ``run.on_nonfinite``."""
+        """Read what was gathered (one host sync); a non-finite value stops or warns per ``run.on_nonfinite``."""
         bad = self.first_bad()
         if bad is not None:
             run = self.runs[bad.run]
@@ -106,8 +92,7 @@ class NonFiniteGuard:
                         "run.on_nonfinite=warn to train on through it", f"{bad.run}:{bad.metric}")
 
     def check_guidance(self, where: str) -> None:
-        """The values each run's policy reads from its guidance (``q``, and ``v`` where it needs it), probed on
-        dataset states: a frozen guidance has no loss left to watch. The halves must be synced."""
+        """Probe what each run's policy reads from its guidance on dataset states (halves synced)."""
         for run in self.runs:
             if run.policy is None:
                 continue
@@ -121,8 +106,8 @@ class NonFiniteGuard:
                             f"guidance:{found[0]}")
 
     def _react(self, run: Any, message: str, fix: str, key: str) -> None:
-        """``stop``: raise :class:`NonFiniteError` with ``message``, what the run kept, and ``fix``; ``warn``: one
-        warning per run and metric (``key``), and the run trains on."""
+        """``stop``: raise :class:`NonFiniteError` saying what the run kept and ``fix``; ``warn``: warn once per
+        ``key`` and train on."""
         message += f" (seed {run.r.seed})" if len(self.runs) > 1 else ""
         if self.on_nonfinite == "warn":
             if key not in self.warned:
@@ -142,10 +127,8 @@ PROBE_STATES, PROBE_CANDIDATES = 2, 2
 
 
 def probe_policy(policy: DiffusionPolicy, guidance: GuidanceModule | None, dataset: Any) -> None:
-    """Refuse, before the first step, a policy whose ``sample`` or ``act`` returns the wrong shape: otherwise the
-    run trains every phase and fails in the final evaluation. When ``act`` fails, a guidance answering NaN (a
-    diverged checkpoint) is more often why than the policy's code: it is named, instead of the torch error from
-    deep inside the selection rule."""
+    """Refuse, before the first step, a policy whose ``sample`` or ``act`` returns the wrong shape (else only the final
+    evaluation fails); when ``act`` fails, a NaN guidance, the likelier cause, is named instead of torch's error."""
     obs = torch.as_tensor(dataset.observations[:PROBE_STATES], dtype=torch.float32, device=policy.device)
     b, n, a = obs.shape[0], PROBE_CANDIDATES, policy.act_dim
     with _untouched(policy, guidance), torch.no_grad():
@@ -177,8 +160,8 @@ def _expect_shape(policy: DiffusionPolicy, call: str, out: Any, want: tuple[int,
 
 @contextlib.contextmanager
 def _untouched(*halves: Any) -> Iterator[None]:
-    """Put back everything a probe's sampling may move: each half's noise stream (one it created lazily is dropped
-    again), its buffers and train/eval modes, and the global torch, numpy and Python RNGs."""
+    """Put back what a probe may move: each half's noise stream (a lazily created one is dropped), buffers and
+    train/eval modes, and the global torch, numpy and Python RNGs."""
     kept = [(h, h.generator, h.generator.get_state() if isinstance(h.generator, torch.Generator) else None,
              [(m, m.training) for m in h.modules()], [x.clone() for x in h.buffers()])
             for h in halves if h is not None]
@@ -203,8 +186,8 @@ def _untouched(*halves: Any) -> Iterator[None]:
 
 def probe_guidance(guidance: GuidanceModule, policy: DiffusionPolicy | None, observations: torch.Tensor,
                    actions: torch.Tensor) -> tuple[str, float] | None:
-    """The first output the policy reads from ``guidance`` (``q(obs, act)``, and ``v(obs)`` where it needs it)
-    that is non-finite on these dataset states, as (that call, its first bad value); None when all are finite."""
+    """The first non-finite output the policy reads from ``guidance`` on these states (``q(obs, act)``, and
+    ``v(obs)`` where it needs it), as (call, first bad value); None when all are finite."""
     outputs = {"q(obs, act)": lambda: guidance.q(observations, actions)}
     if "v" in (getattr(policy, "needs", ()) or ()) and "v" in guidance.provides:
         outputs["v(obs)"] = lambda: guidance.v(observations)

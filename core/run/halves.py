@@ -1,7 +1,4 @@
-"""Halves built by plugin name: a half's default config for a task, the half made from a resolved config, and
-the device it goes on.
-
-Every layer that needs a half (training, validation, the conformance kit, benchmarks) builds it here, so a
+"""Halves built by plugin name (default config, construction, device), for every layer that needs one, so a
 plugin's constructor errors become one :class:`~modzoo.errors.ConfigError` line in one place.
 """
 from __future__ import annotations

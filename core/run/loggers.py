@@ -1,17 +1,5 @@
-"""Where a run's scalars go besides ``metrics.jsonl``: TensorBoard and Weights & Biases (``run.logger``).
-
-``metrics.jsonl`` is always written: resume, the grid's summaries and the reports read it. ``run.logger`` names
-extra sinks, comma-separated (``tensorboard``, ``wandb``, or both); each receives the very records the jsonl gets,
-so the curves agree step for step. Steps restart at every phase (a guidance-first run logs its guidance phase at
-steps 1..N, then its policy phase at 1..M), so each sink keys a scalar by its phase: TensorBoard gives every tag
-its own steps, and W&B plots ``guidance/*`` against ``guidance_step`` and ``policy/*``, ``eval/*`` against
-``policy_step`` (its ``define_metric``), since one W&B run's global step must only grow.
-
-Both packages are optional extras (``pip install modzoo[tensorboard]``, ``modzoo[wandb]``); asking for a sink
-whose package is missing is refused before training starts. W&B runs offline with ``WANDB_MODE=offline`` (no
-account, no network); its files go under the run dir's ``wandb/``, and a resumed run continues the same W&B run
-(the steps between its last saved state and the interruption then appear twice there: W&B cannot purge them,
-TensorBoard and the jsonl do).
+"""Where a run's scalars go besides ``metrics.jsonl``: TensorBoard and W&B, named by ``run.logger``, each fed the
+jsonl's very records and keyed by phase, since steps restart at every phase (docs/runs.md, "Where the curves go").
 """
 from __future__ import annotations
 
@@ -48,8 +36,7 @@ def check_available(value: str | None) -> None:
 
 
 def _scalars(record: dict[str, Any]) -> tuple[str, int, dict[str, float]]:
-    """(phase, step, {tag: value}) of a metrics record; an evaluation's numbers are tagged ``eval/...`` and
-    belong to the policy phase."""
+    """(phase, step, {tag: value}) of a record; an evaluation's are ``eval/...`` of the policy phase."""
     phase, step = str(record.get("phase")), int(record.get("step", 0))
     values = {k: float(v) for k, v in record.items() if k not in ("phase", "step") and isinstance(v, (int, float))}
     if phase == "eval":
@@ -58,9 +45,8 @@ def _scalars(record: dict[str, Any]) -> tuple[str, int, dict[str, float]]:
 
 
 class TensorBoardSink:
-    """Scalars to ``<run dir>/tensorboard/<phase>`` (torch's ``SummaryWriter``, one event stream per phase), the
-    run's config as text. A resumed run purges its restored phase's events after the step it resumes from, as
-    ``metrics.jsonl`` drops its lines: they are logged again, and TensorBoard then shows each step once."""
+    """Scalars to ``<run dir>/tensorboard/<phase>``, the config as text. A resumed run purges its phase's events
+    after the step it resumes from, as ``metrics.jsonl`` drops its lines, so each step shows once."""
 
     def __init__(self, run_dir: Path, cfg: DictConfig, resumed_at: tuple[str, int] | None = None) -> None:
         self.root, self.cfg, self.resumed_at = run_dir / "tensorboard", cfg, resumed_at
@@ -88,8 +74,7 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """Scalars to a W&B run (project ``run.wandb_project``) with the run's config; the W&B run id is kept in the
-    run dir so a resumed modzoo run continues it."""
+    """Scalars to a W&B run (``run.wandb_project``); its id is kept in the run dir for a resume to continue."""
 
     def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
         import wandb
@@ -115,8 +100,7 @@ class WandbSink:
 
 
 def open_sinks(run_dir: Path | None, cfg: DictConfig, resumed_at: tuple[str, int] | None = None) -> list[Any]:
-    """The extra sinks ``cfg.run.logger`` asks for (none without a run dir), each with ``write(record)`` and
-    ``close()``; ``resumed_at``: the phase and step a resumed run continues from."""
+    """The extra sinks of ``run.logger`` (none without a run dir); ``resumed_at``: a resume's (phase, step)."""
     names = logger_names(cfg.run.get("logger")) if run_dir is not None else []
     return ([TensorBoardSink(run_dir, cfg, resumed_at)] if "tensorboard" in names else []) + (
         [WandbSink(run_dir, cfg)] if "wandb" in names else [])

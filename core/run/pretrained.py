@@ -15,15 +15,9 @@ from .config import derived
 
 def pretrained_guidance(cfg: DictConfig, guidance: GuidanceModule | None, device: torch.device
                         ) -> tuple[GuidanceModule, DictConfig]:
-    """The frozen guidance of a ``pretrained`` run (loaded from ``run.guidance_ckpt`` unless passed in), and the
-    run config that records it.
-
-    A checkpoint of another algorithm than ``--guidance`` is refused, not renamed: that name chose the pairing
-    that was checked and labels the run (its default out dir, result.json), so accepting it would make the command
-    say one thing and the run do another. The guidance's config, though, is the checkpoint's own, whatever the
-    defaults and overrides for that name say: config.yaml and result.json record it, with the checkpoint's path,
-    steps and training data (its dataset fingerprint) under ``guidance_checkpoint``.
-    """
+    """The frozen guidance of a ``pretrained`` run (``run.guidance_ckpt`` unless passed in) and the config recording
+    it (its own config, path, steps and dataset). Another algorithm than ``--guidance`` is refused, not renamed: that
+    name chose the checked pairing and labels the run."""
     source = None
     if guidance is None:
         if not cfg.run.guidance_ckpt:
@@ -41,7 +35,6 @@ def pretrained_guidance(cfg: DictConfig, guidance: GuidanceModule | None, device
 
 
 def keep_recorded_guidance(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
-    """On resume, a ``pretrained`` run keeps the guidance its config.yaml records (the checkpoint is not read
-    again: the resume state holds the guidance), so result.json says the same."""
+    """On resume, a ``pretrained`` run keeps the guidance its config.yaml records (the resume state holds it)."""
     kept = {"guidance_checkpoint": saved["guidance_checkpoint"]} if saved.get("guidance_checkpoint") else {}
     return derived(cfg, guidance=saved.get("guidance") or {}, **kept)

@@ -10,20 +10,14 @@ import torch
 
 
 class PhaseMeter:
-    """Context manager: wall time, process CPU time, peak process RSS (sampled every ``interval`` s) and, on CUDA,
-    peak allocated.
-
-    RSS includes the dataset and Python itself, so compare phases of the same process, or baseline-subtract
-    ``rss_start``; the CUDA figure counts only tensors. CPU time (all the process's threads) is what the phase
-    cost when the machine is shared: other work on the cores stretches wall time, hardly CPU time.
-    """
+    """Context manager: wall and CPU time (a shared machine stretches only wall), peak RSS (sampled every ``interval``
+    s; it includes the dataset and Python: compare within a process) and, on CUDA, peak allocated."""
 
     def __init__(self, name: str, device: torch.device | str = "cpu", interval: float = 0.05) -> None:
         self.name, self.device, self.interval = name, torch.device(device), interval
         self.result: dict[str, Any] = {}
         self._proc, self._stop = psutil.Process(), threading.Event()
-        self._wall: float | None = None
-        self._cpu: float | None = None
+        self._ended: tuple[float, float] | None = None  # (wall, CPU) seconds, once the phase has ended
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
@@ -39,22 +33,18 @@ class PhaseMeter:
         self._t0, self._c0 = time.perf_counter(), time.process_time()
         return self
 
-    def elapsed(self) -> float:
-        """Seconds since the phase began; once it has ended, its wall time."""
-        return self._wall if self._wall is not None else time.perf_counter() - self._t0
-
-    def cpu_elapsed(self) -> float:
-        """CPU seconds of this process since the phase began; once it has ended, the phase's CPU time."""
-        return self._cpu if self._cpu is not None else time.process_time() - self._c0
+    def elapsed(self) -> tuple[float, float]:
+        """(wall, process CPU) seconds since the phase began; once it has ended, the phase's."""
+        return self._ended or (time.perf_counter() - self._t0, time.process_time() - self._c0)
 
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self._wall, self._cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
+        self._ended = (time.perf_counter() - self._t0, time.process_time() - self._c0)
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, self._proc.memory_info().rss)
-        self.result = {"phase": self.name, "wall_s": self._wall, "cpu_s": self._cpu,
+        self.result = {"phase": self.name, "wall_s": self._ended[0], "cpu_s": self._ended[1],
                        "rss_start_mb": self._rss0 / 2**20, "rss_peak_mb": self._peak / 2**20}
         if self.device.type == "cuda":
             self.result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20

@@ -22,9 +22,8 @@ def generator_state(half: Any) -> torch.Tensor:
 
 def restore(state_path: Path, dataset: Any, device: torch.device, buffer: ReplayBuffer) -> tuple[
         GuidanceModule, DiffusionPolicy | None, str | None, int, list[dict[str, Any]], dict[str, float]]:
-    """An interrupted run as its last ``train_state.pt`` left it: both halves, the phase and step where it
-    stopped, the records of its finished phases and the time the phase in progress had taken; the buffer's
-    sampling state and the halves' noise streams are set as they were."""
+    """An interrupted run as ``train_state.pt`` left it: both halves, its phase and step, finished phases' records
+    and the time spent in the current phase; the buffer's and halves' generators are set as they were."""
     st = torch.load(state_path, map_location="cpu", weights_only=True)
     was = (st["guidance"].get("dataset") or {}).get("fingerprint")
     if was and was != dataset.fingerprint:

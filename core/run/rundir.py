@@ -14,14 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..contract.interfaces import DiffusionPolicy, GuidanceModule
 from ..errors import AlreadyFinished, ConfigError, StorageError
-from .checkpoint import atomic_write_text, checkpoint_bytes, existing_parent, size_text
+from .checkpoint import atomic_save, checkpoint_bytes, existing_parent, size_text
 from .config import config_diff, to_dict
 
 
 def finite_or_null(value: Any) -> Any:
-    """``value`` with every NaN and infinity (in nested dicts and lists too) replaced by None: what
-    ``metrics.jsonl`` and ``result.json`` write for them, so both stay strict JSON (Python's ``json`` would write
-    bare ``NaN``, which no other JSON reader accepts)."""
+    """``value`` with every NaN and infinity (nested too) as None, so ``metrics.jsonl`` and ``result.json`` stay
+    strict JSON (Python's bare ``NaN`` no other reader accepts)."""
     if isinstance(value, torch.Tensor):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -33,24 +32,17 @@ def finite_or_null(value: Any) -> Any:
     return value
 
 
-def strict_json(value: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of ``value`` with non-finite numbers as null (:func:`finite_or_null`)."""
-    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
-
-
 class RunLog:
-    """``metrics.jsonl`` (always, when there is a run dir) and the extra sinks of ``run.logger``, fed the same
-    records. A NaN or infinite value is written as null (strict JSON, one object per line); the non-finite guard
-    (:mod:`modzoo.run.guard`) names it when it stops or warns."""
+    """``metrics.jsonl`` (when there is a run dir) and the extra sinks of ``run.logger``, fed the same records;
+    non-finite values are written as null (the guard names them)."""
 
     def __init__(self, run_dir: Path | None, sinks: list[Any] | None = None) -> None:
         self.path = run_dir / "metrics.jsonl" if run_dir else None
         self.sinks = list(sinks or [])
 
     def truncate_after(self, phase: str | None, step: int) -> None:
-        """On resume, drop what was logged after the restored state (it will be logged again), so the curve
-        has no duplicate steps: everything when nothing was restored, else the restored phase's later steps
-        (evaluations belong to the policy phase)."""
+        """On resume, drop what was logged after the restored state (it is logged again): everything when nothing
+        was restored, else the restored phase's later steps (evaluations belong to the policy phase)."""
         if self.path is None or not self.path.exists():
             return
         keep = []
@@ -58,19 +50,17 @@ class RunLog:
             for line in self.path.read_text().splitlines():
                 rec = json.loads(line)
                 ph = "policy" if rec.get("phase") == "eval" else rec.get("phase")
-                if ph != phase or rec.get("step", 0) <= step:
-                    if not (phase == "guidance" and ph == "policy"):
-                        keep.append(line)
-        atomic_write_text(self.path, "".join(x + "\n" for x in keep))
+                if (ph != phase or rec.get("step", 0) <= step) and not (phase == "guidance" and ph == "policy"):
+                    keep.append(line)
+        atomic_save("".join(x + "\n" for x in keep), self.path)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
         clean = finite_or_null(record)
-        line = json.dumps(clean, allow_nan=False) + "\n"
         try:
             with self.path.open("a") as f:
-                f.write(line)
+                f.write(json.dumps(clean, allow_nan=False) + "\n")
         except OSError as e:
             raise StorageError(f"could not append to {self.path}: {e.strerror or e}; free space (or fix the "
                                f"directory) and resume with --resume") from None
@@ -83,17 +73,13 @@ class RunLog:
         self.sinks = []
 
 
-#: run keys a resume may change: where the run dir is named from, the process's thread count, how often it saves
-#: by wall time and what it does on a non-finite value (none of them changes a number the run trains)
+#: run keys a resume may change: none changes a number the run trains
 RESUME_MAY_CHANGE = ("run.out", "run.threads", "run.save_every_s", "run.on_nonfinite")
 
 
 def saved_config(run_dir: Path, resume: bool) -> dict[str, Any] | None:
-    """The saved config of the run ``resume`` continues in ``run_dir`` (None: nothing saved there yet).
-
-    A finished run is refused with :class:`AlreadyFinished` before anything is read or written: resuming it
-    used to train it again from step 0 over its own results.
-    """
+    """The saved config of the run ``resume`` continues in ``run_dir`` (None: none yet). A finished run is refused
+    with :class:`AlreadyFinished` before anything is touched (a resume once retrained it over its results)."""
     if resume and (run_dir / "result.json").exists():
         raise AlreadyFinished(f"run dir {run_dir} holds a finished run (its result.json): --resume has nothing to "
                               f"continue, and no file was changed")
@@ -107,10 +93,8 @@ def saved_config(run_dir: Path, resume: bool) -> dict[str, Any] | None:
 
 
 def refuse_changes(saved: dict[str, Any], cfg: DictConfig, schedule: str, run_dir: Path) -> None:
-    """A resume continues the run its ``config.yaml`` describes, so any other setting is refused with what
-    differs: resuming under it would train the rest of the run under values no record shows. Left out: the keys
-    of :data:`RESUME_MAY_CHANGE`, and a ``pretrained`` run's guidance settings, which its checkpoint fixed (the
-    record holds the checkpoint's own; the overrides never built it)."""
+    """Refuse, naming what differs, a resume under another config than ``config.yaml`` (beyond
+    :data:`RESUME_MAY_CHANGE` and a ``pretrained`` guidance's settings): no record would show what the rest trained."""
     diff = config_diff(saved, to_dict(cfg), lambda name, old, new: name in RESUME_MAY_CHANGE or (
         schedule == "pretrained" and name.startswith("guidance.") and name != "guidance.name"))
     if diff:
@@ -119,8 +103,8 @@ def refuse_changes(saved: dict[str, Any], cfg: DictConfig, schedule: str, run_di
 
 
 def open_run_dir(run_dir: Path, cfg: DictConfig) -> None:
-    """Make the run dir, drop the temp files of saves killed mid-write in an earlier start, and write the config
-    (once: a resumed run keeps the record it started with, which the resume was checked against)."""
+    """Make the run dir, drop temp files of saves killed mid-write, and write the config once (a resumed run keeps
+    the record it was checked against)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -130,13 +114,12 @@ def open_run_dir(run_dir: Path, cfg: DictConfig) -> None:
         if f.is_file():
             f.unlink(missing_ok=True)
     if not (run_dir / "config.yaml").exists():
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        atomic_save(OmegaConf.to_yaml(cfg), run_dir / "config.yaml")
 
 
 def checkpoints_need(run_dir: Path, guidance: GuidanceModule, policy: DiffusionPolicy | None) -> int:
-    """About the free bytes the checkpoints of a run in ``run_dir`` will take: guidance.pt, policy.pt and
-    train_state.pt (both halves again) at their trained size, plus the temp copy of the largest, which a save
-    writes beside the file it replaces. Files a resumed run already holds count as space it has."""
+    """About the free bytes the run's checkpoints will take (guidance.pt, policy.pt, train_state.pt, and a save's
+    temp copy of the largest), less the files a resumed run already holds."""
     g = checkpoint_bytes(guidance)
     p = checkpoint_bytes(policy) if policy is not None else 0
     files = {"guidance.pt": g, "policy.pt": p, "train_state.pt": g + p}
@@ -145,9 +128,8 @@ def checkpoints_need(run_dir: Path, guidance: GuidanceModule, policy: DiffusionP
 
 
 def warn_if_short_of_space(run_dir: Path, guidance: GuidanceModule, policy: DiffusionPolicy | None) -> None:
-    """One warning line, before training, when the run dir's file system has less free space than the run's
-    checkpoints need: a full disk found only at the first save costs the training before it. A warning, not an
-    error: the estimate is rough, other files come and go, and a failed save keeps what is on disk and says so."""
+    """Warn before training when the run dir's disk has less free space than the checkpoints need (a full disk
+    found at the first save costs the training before it); not an error: the estimate is rough."""
     need = checkpoints_need(run_dir, guidance, policy)
     try:
         free = shutil.disk_usage(existing_parent(run_dir)).free

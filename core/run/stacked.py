@@ -1,21 +1,7 @@
-"""Several seeds of one arm trained together as one stacked ensemble, with the maths of separate runs.
-
-Each seed keeps its own parameters, optimizer state, data order (its own replay-buffer generator) and noise (its own
-generators), and its own run dir, log and checkpoints, written exactly as a lone run writes them. What is shared is
-the step: for every stage of an update (:mod:`modzoo.contract.stages`) the loss of all K seeds is computed once,
-under ``torch.func.vmap(grad(loss))`` over a seed axis, on *twin* halves whose every parameter and buffer carries
-that axis (``(K, ...)``). The optimizer, the LR schedule and the Polyak/EMA updates then run once on the stacked
-tensors: they are elementwise, so this is each seed's own update; only the gradient-norm clip needs a per-seed norm
-(:func:`modzoo.contract.stages.clip_per_seed`). Random numbers come from each seed's own generators in the order a
-lone run draws them (:mod:`modzoo.contract.rng`), so a stacked seed and the same seed run alone agree to float
-rounding (``tests/test_stacked.py``).
-
-Why: the papers' networks are small, so on a GPU one seed's step is mostly kernel-launch latency; K seeds in one
-batched step cost about one seed's launches. On a CPU the matmuls and elementwise work scale with K either way;
-there stacking has to be no slower than K separate runs (docs/performance.md has the measurements).
-
-The per-seed halves stay the source of truth for everything outside the step: :meth:`StackedStepper.sync`
-copies the twins' state (modules and optimizer state) back into them before an evaluation or a checkpoint.
+"""Several seeds of one arm trained in one process; with ``vmap``, as one stacked ensemble with the maths of separate
+runs: each stage's loss runs once for all K seeds under ``vmap(grad(loss))`` on *twin* halves whose every tensor has
+a leading seed axis (how and why: docs/performance.md, "Many seeds in one process"). The per-seed halves stay the
+truth outside the step: :meth:`StackedStepper.sync` copies the twins back before an evaluation or a checkpoint.
 """
 from __future__ import annotations
 
@@ -53,7 +39,6 @@ def stackable(guidance: type | None, policy: type | None) -> str | None:
     return None
 
 
-# ---- moving state between per-seed halves and a twin with a seed axis ----------------------------------------
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
     *path, leaf = name.split(".")
     owner = module.get_submodule(".".join(path)) if path else module
@@ -64,8 +49,8 @@ def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def make_twin(halves: list[Half]) -> Half:
-    """A half of the same class and config as ``halves[0]`` whose every parameter and buffer is the K seeds'
-    values stacked, with the optimizer state stacked the same way and each seed's generator kept."""
+    """A half like ``halves[0]`` whose every parameter, buffer and optimizer state is the K seeds' stacked, keeping
+    each seed's generator."""
     lead = halves[0]
     twin = type(lead)(lead.obs_dim, lead.act_dim, lead.cfg).to(lead.device)
     per_seed = [dict(h.named_parameters()) | dict(h.named_buffers()) for h in halves]
@@ -118,8 +103,7 @@ class StackedStepper(Stepper):
         self.p_twin = make_twin([run.policy for run in runs]) if runs[0].policy is not None else None
         self.pair = _Pair(self.g_twin, self.p_twin)
         self.gens = [t.generator for t in (self.g_twin, self.p_twin) if t is not None]
-        # Every stacked tensor keeps its identity for the whole run (steps write into it), so its name is looked up
-        # once, not per stage.
+        # every stacked tensor keeps its identity for the whole run, so its name is looked up once, not per stage
         self.named = list(self.pair.named_parameters()) + list(self.pair.named_buffers())
         self.names = {id(t): n for n, t in self.named}
 
@@ -150,8 +134,9 @@ class StackedStepper(Stepper):
         finish_step(stage)
         return metrics
 
-    def _half_step(self, twin: Half, batches: list[dict[str, torch.Tensor]], other: Any
-                   ) -> list[dict[str, torch.Tensor]]:
+    def step(self, kind: str, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        twin, other = ((self.p_twin, self.g_twin) if kind == "policy"
+                       else (self.g_twin, self.p_twin if kind == "joint" else None))
         batch = {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
         metrics: dict[str, torch.Tensor] = {}
         if isinstance(twin, DiffusionPolicy):
@@ -163,15 +148,6 @@ class StackedStepper(Stepper):
         else:
             twin._steps += 1
         return [{name: v[i] for name, v in metrics.items()} for i in range(len(batches))]
-
-    def guidance_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
-        return self._half_step(self.g_twin, batches, None)
-
-    def joint_guidance_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
-        return self._half_step(self.g_twin, batches, self.p_twin)
-
-    def policy_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
-        return self._half_step(self.p_twin, batches, self.g_twin)
 
     def sync(self) -> None:
         unstack_into(self.g_twin, [run.guidance for run in self.runs])
@@ -187,34 +163,24 @@ STACK_MODES = ("auto", "vmap", "lockstep", "off")
 
 def train_seeds(cfgs: list[Any], dataset: Any = None, *, mode: str = "auto", progress: bool = True,
                 resume: bool = False, log: Callable[[str], None] | None = None) -> list[RunResult]:
-    """Train the runs ``cfgs`` (one config per seed, equal but for ``run.seed`` and ``run.out``) in one process;
-    each run dir ends up as :func:`modzoo.train` would write it for that seed alone.
-
-    ``mode``: ``vmap`` takes each step for all seeds at once (:class:`StackedStepper`); ``lockstep`` steps the
-    seeds in turn (one dataset copy in memory, the same work as separate runs); ``off`` trains them one after
-    another; ``auto`` (default) is ``vmap`` on a GPU and ``lockstep`` on a CPU, where ``vmap`` is slower
-    (docs/performance.md), and ``lockstep`` where the halves cannot stack.
-    """
+    """Train ``cfgs`` (equal but for ``run.seed`` and ``run.out``) in one process, each run dir as a lone run writes
+    it. ``mode``: ``vmap`` (:class:`StackedStepper`), ``lockstep`` (in turn, one dataset copy), ``off`` (one run
+    after another), ``auto``: ``vmap`` on a GPU, else (slower on a CPU, or halves that cannot stack) ``lockstep``."""
     if mode not in STACK_MODES:
         raise ConfigError(f"unknown stack mode {mode!r}; known: {', '.join(STACK_MODES)}")
     if not cfgs:
         return []
-    say = log or (lambda _msg: None)
-    r0 = cfgs[0].run
+    say, c0 = log or (lambda _msg: None), cfgs[0]
     if dataset is None:
-        dataset = load_dataset(r0.dataset or r0.task, task=r0.task)
+        dataset = load_dataset(c0.run.dataset or c0.run.task, task=c0.run.task)
     if mode == "off" or len(cfgs) == 1:
         return [train(cfg, dataset, progress=progress, resume=resume) for cfg in cfgs]
-    reg = load_registry()
-    c0 = cfgs[0]
-    why = stackable(*(reg.half(kind, c0[kind].name).cls if c0[kind] and c0[kind].get("name") else None
+    why = stackable(*(load_registry().half(kind, c0[kind].name).cls if c0[kind] and c0[kind].get("name") else None
                       for kind in ("guidance", "policy")))
     if mode == "vmap" and why:  # refused before any run dir is made
         raise ConfigError(f"cannot stack seeds with vmap: {why}; use --stack lockstep or off")
-    runs: list[ActiveRun] = []
-    for cfg in cfgs:
-        runs.append(setup_run(cfg, dataset, resume, None, share=runs[0].buffer if runs else None))
-    lead = runs[0]
+    lead = setup_run(c0, dataset, resume, None)
+    runs = [lead] + [setup_run(cfg, dataset, resume, None, share=lead.buffer) for cfg in cfgs[1:]]
     apart = [run for run in runs[1:] if (run.plan, run.phase, run.start_step) !=
              (lead.plan, lead.phase, lead.start_step)]
     if apart:

@@ -1,14 +1,6 @@
-"""Stops that lose nothing: SIGINT and SIGTERM turned into a save at the next step boundary.
-
-A scheduler's preemption (SIGTERM) or a closed terminal (SIGINT) used to end a run wherever it was, losing every
-step since the last save, and with ``run.save_every: 0`` the whole phase in progress. Inside
-:func:`stop_on_signals` (the CLI wraps ``modzoo run`` and ``train-guidance`` in it) the first signal only sets a
-flag; the training loop reads it after each step (:func:`pending`: one attribute read, no system call), saves every
-run's resume state there and raises :class:`~modzoo.errors.RunStopped`. Outside the loop (loading data, the final
-evaluation) there is no step to finish, and everything that matters is already saved, so the signal stops the run
-at once with the same exception. A second signal does not wait: it stops at once too, for a step that hangs.
-
-Library calls (``modzoo.train`` from Python) install nothing: a notebook's Ctrl-C stays a ``KeyboardInterrupt``.
+"""Stops that lose nothing (docs/runs.md): inside :func:`stop_on_signals` (the CLI's ``run``, ``train-guidance``) a
+first SIGINT/SIGTERM sets a flag the loop reads after each step (:func:`pending`), saving and raising
+:class:`~modzoo.errors.RunStopped`; outside the loop, or a second signal, stops at once. Library calls install none.
 """
 from __future__ import annotations
 

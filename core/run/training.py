@@ -1,17 +1,13 @@
-"""The run loop: training schedules (core, not plugin, code) for one run or a group of seeds.
-
-- ``joint``: both halves updated every step, guidance first, as the original algorithms do.
-- ``guidance-first`` (GFDT): train the guidance for N steps, freeze it, then train the policy for M steps with it.
-- ``pretrained``: load a saved guidance, freeze it, train the policy.
-
-A run dir holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``guidance.pt``, ``policy.pt``, ``result.json``
-and, while a run is unfinished, ``train_state.pt`` from which ``resume=True`` continues. Beside the loop live the
-run dir (:mod:`.rundir`), the resume state (:mod:`.resume`), a pretrained guidance (:mod:`.pretrained`), the
-non-finite guard and the probes (:mod:`.guard`), and evaluation with its loader (:mod:`.evaluation`).
+"""The run loop (core, not plugin, code) for one run or a group of seeds, in three schedules: ``joint`` (both
+halves every step, guidance first, as the original algorithms do), ``guidance-first`` (GFDT: the guidance for N
+steps, frozen, then the policy for M) and ``pretrained`` (a saved guidance, frozen; the policy trains). A run dir
+holds ``config.yaml``, ``metrics.jsonl``, ``guidance.pt``, ``policy.pt``, ``result.json`` and, while unfinished,
+``train_state.pt``, from which ``resume=True`` continues.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +26,7 @@ from ..progress import progress_bar
 from . import stops
 from .attribution import attribute
 from .buffer import ReplayBuffer
-from .checkpoint import atomic_torch_save, atomic_write_text, check_guidance_fits, half_payload, save_half
+from .checkpoint import atomic_save, check_guidance_fits, half_payload, save_half
 from .config import RUN_DEFAULTS, apply_preset, build_run_config, derived, frozen, load_preset, task_layers, to_dict
 from .evaluation import evaluate
 from .guard import MAX_PENDING, NonFiniteGuard, probe_policy
@@ -39,21 +35,19 @@ from .loggers import open_sinks
 from .pretrained import keep_recorded_guidance, pretrained_guidance
 from .profiling import PhaseMeter
 from .resume import generator_state, restore
-from .rundir import RunLog, open_run_dir, refuse_changes, saved_config, strict_json, warn_if_short_of_space
+from .rundir import RunLog, finite_or_null, open_run_dir, refuse_changes, saved_config, warn_if_short_of_space
 from .validation import check_out_dir, validate_config
 
 
 def run_config(guidance: str | None, policy: str | None, task: str, overrides: list[str] | tuple[str, ...] = (),
                **run: Any) -> DictConfig:
-    """The full config of a run: both halves' defaults for ``task``, the preset named by ``run['preset']`` (if
-    any), ``run`` settings, then ``overrides``; validated, with the settings that follow from the run filled in
-    (:func:`settled`), and frozen: what :func:`train` runs and records. Pass every setting here; a changed config
-    is another call (or :func:`modzoo.run.config.derived`).
+    """The full config of a run: both halves' defaults for ``task``, the preset ``run['preset']`` (if any), ``run``
+    settings, then ``overrides``; validated, completed (:func:`settled`) and frozen: what :func:`train` runs and
+    records. A changed config is another call (or :func:`modzoo.run.config.derived`).
 
     ``guidance`` / ``policy``: plugin names (``modzoo list``; ``policy=None`` trains the guidance alone).
     ``overrides``: ``"section.key=value"`` strings (``"policy.eta=2.0"``). ``run``: the keys of
-    :data:`modzoo.run.config.RUN_DEFAULTS`, each documented there (``schedule``, ``policy_steps``, ``out`` ...).
-    ``modzoo config`` prints a run's every key with where its value comes from."""
+    :data:`modzoo.run.config.RUN_DEFAULTS`, documented there. ``modzoo config`` shows where each value comes from."""
     g = default_config("guidance", guidance, task) if guidance else {}
     p = default_config("policy", policy, task) if policy else {}
     run = {k: v for k, v in run.items() if v is not None}
@@ -69,10 +63,8 @@ def run_config(guidance: str | None, policy: str | None, task: str, overrides: l
 
 def config_sources(guidance: str | None, policy: str | None, task: str, overrides: list[str] | tuple[str, ...] = (),
                    **run: Any) -> list[tuple[str, Any, str]]:
-    """Every key of :func:`run_config`'s result, its value and the layer that set it, in the order the layers
-    apply: a base class's machinery defaults, the plugin's YAML, its task override, a preset and its task override,
-    the run defaults, a run setting, an override. (A run then derives the halves' ``seed`` from ``run.seed`` and an
-    unset ``lr_decay_steps`` from its steps.)"""
+    """Every key of :func:`run_config`'s result, its value and the layer that set it (base class, plugin YAML, its
+    task override, preset, its task override, run default, run setting, override: the order they apply)."""
     cfg = to_dict(run_config(guidance, policy, task, overrides, **run))
     run = {k: v for k, v in run.items() if v is not None}
     preset = load_preset(str(run["preset"])) if run.get("preset") else {}
@@ -103,9 +95,8 @@ def config_sources(guidance: str | None, policy: str | None, task: str, override
 
 
 def settled(cfg: DictConfig) -> DictConfig:
-    """A frozen copy of a validated ``cfg`` with the settings of the halves that follow from the run: one seed
-    drives both halves' noise streams, an LR decay horizon left null is the length of the phase that half trains
-    in, and a behaviour/actor split given as a fraction becomes a step count."""
+    """A frozen copy of a validated ``cfg`` with what follows from the run: ``run.seed`` seeds both halves, a null
+    LR decay horizon is the half's phase length, a behaviour/actor split fraction becomes a step count."""
     out = derived(cfg)
     OmegaConf.set_readonly(out, False)
     r, (has_policy, schedule) = out.run, _plan_of(out)
@@ -127,12 +118,10 @@ def _plan_of(cfg: DictConfig) -> tuple[bool, str]:
     return has_policy, (cfg.run.schedule if has_policy else "guidance-first")
 
 
-# ---- the training loop --------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
     """What :func:`train` returns: the run dir (None without ``run.out``), the trained halves, the final
-    evaluation (an :class:`~modzoo.run.evaluation.EvalResult`, None when evaluation is off) and one record per
-    phase (steps, wall and CPU time, peak memory), as ``result.json`` holds them."""
+    :class:`~modzoo.run.evaluation.EvalResult` (None when evaluation is off) and ``result.json``'s phase records."""
 
     run_dir: Path | None
     guidance: GuidanceModule
@@ -164,8 +153,7 @@ class ActiveRun:
     plan: list[tuple[str, int]]
     phase: str | None
     start_step: int
-    # time spent in ``phase`` before an interruption (_PhaseClock.times; no CPU keys in a state saved by older versions)
-    phase_time: dict[str, float] = field(default_factory=dict)
+    phase_time: dict[str, float] = field(default_factory=dict)  # spent in ``phase`` before an interruption
     #: the (phase, step) of the resume state on disk: what a stopped run keeps
     saved_at: tuple[str, int] | None = None
 
@@ -174,25 +162,23 @@ class ActiveRun:
         return self.cfg.run
 
     def save_state(self, ph: str, step: int, phase_time: dict[str, float] | None = None) -> None:
-        """``phase_time``: the time spent so far in ``ph`` (training and interim evaluation, kept apart), so that
-        a resumed run reports the phase's whole cost rather than what ran after the interruption."""
+        """``phase_time``: the time spent so far in ``ph``, so a resumed run reports the phase's whole cost."""
         if self.state_path is None:
             return
         halves = {"guidance": self.guidance, "policy": self.policy}
-        atomic_torch_save({"phase": ph, "step": step, "phase_time": dict(phase_time or {}),
-                           **{k: half_payload(h, self.meta) if h is not None else None for k, h in halves.items()},
-                           "buffer": self.buffer.state_dict(), "phases": self.result.phases,
-                           # the halves' own noise streams: a resumed run draws what the uninterrupted one would
-                           "generators": {k: generator_state(h) for k, h in halves.items() if h is not None}},
-                          self.state_path)
+        atomic_save({"phase": ph, "step": step, "phase_time": dict(phase_time or {}),
+                     **{k: half_payload(h, self.meta) if h is not None else None for k, h in halves.items()},
+                     "buffer": self.buffer.state_dict(), "phases": self.result.phases,
+                     # the halves' own noise streams: a resumed run draws what the uninterrupted one would
+                     "generators": {k: generator_state(h) for k, h in halves.items() if h is not None}},
+                    self.state_path)
         self.saved_at = (ph, step)
 
 
 def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceModule | None,
               share: ReplayBuffer | None = None) -> ActiveRun:
-    """Validate the config, build or restore the halves and create the run dir (only once the input is known to be
-    good: a refused run leaves no dir behind, and a refused resume changes no file). ``share``: another run's buffer
-    on the same data, whose device tensors this run reuses (seeds trained in one process)."""
+    """Validate, build or restore the halves, then create the run dir (last: a refused run leaves no dir, a refused
+    resume changes no file). ``share``: another seed's buffer on the same data, whose device tensors are reused."""
     if not OmegaConf.is_readonly(cfg):  # not from run_config (a loaded config.yaml, a hand-built one): check it here
         validate_config(cfg, guidance_given=guidance is not None)
         cfg = settled(cfg)
@@ -257,105 +243,104 @@ def setup_run(cfg: DictConfig, dataset: Any, resume: bool, guidance: GuidanceMod
 
 
 class Stepper:
-    """How a group of runs takes one training step. This one: each run alone, one after another (a group of one
-    is a plain run); :class:`modzoo.run.stacked.StackedStepper` takes the step for all seeds at once."""
+    """How a group of runs takes one step: here each run in turn (a group of one is a plain run);
+    :class:`modzoo.run.stacked.StackedStepper` takes it for all seeds at once."""
 
     mode = "lockstep"
 
     def __init__(self, runs: list[ActiveRun]) -> None:
         self.runs = runs
 
-    def guidance_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
-        return [run.guidance.update(b) for run, b in zip(self.runs, batches)]
-
-    def joint_guidance_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
-        return [run.guidance.update(b, run.policy) for run, b in zip(self.runs, batches)]
-
-    def policy_step(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
-        return [run.policy.update(b, run.guidance) for run, b in zip(self.runs, batches)]
+    def step(self, kind: str, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        """One update of each run's ``kind`` half: ``guidance`` (alone), ``joint`` (the guidance, given the
+        policy) or ``policy``; one metrics dict per run."""
+        if kind == "policy":
+            return [run.policy.update(b, run.guidance) for run, b in zip(self.runs, batches)]
+        return [run.guidance.update(b, run.policy if kind == "joint" else None) for run, b in zip(self.runs, batches)]
 
     def sync(self) -> None:
-        """Bring each run's own halves up to date (a no-op here: they are the ones being trained)."""
+        """Bring each run's own halves up to date (here they are the ones trained)."""
 
     def frozen_guidance(self) -> None:
-        """The guidance phase ended and each run's guidance was frozen."""
+        """Called once each run's guidance is frozen."""
 
 
 @dataclass
 class _PhaseClock:
-    """Time spent in a phase, per run. Interim evaluations run inside the phase but are not training: their time
-    is kept apart, so that a phase's wall_s is the cost of its updates (an IDQL evaluation can take as long as
-    2500 steps). ``prior``: what a resumed phase had already spent."""
+    """Time spent in a phase, per run, with interim evaluations kept apart: a phase's wall_s is the cost of its
+    updates (an IDQL evaluation can take as long as 2500 steps). ``prior``: what a resumed phase had spent."""
 
+    meter: PhaseMeter
     prior: list[dict[str, float]]
     eval_s: list[float]
     eval_cpu: list[float]
     evals: int = 0
 
-    @classmethod
-    def start(cls, runs: list[ActiveRun], resumed: bool) -> "_PhaseClock":
-        return cls([run.phase_time if resumed else {} for run in runs], [0.0] * len(runs), [0.0] * len(runs))
-
-    def times(self, i: int, meter: PhaseMeter) -> dict[str, float]:
-        prior = self.prior[i]
-        t = {"train_s": prior.get("train_s", 0.0) + meter.elapsed() - sum(self.eval_s),
+    def times(self, i: int) -> dict[str, float]:
+        prior, (wall, cpu) = self.prior[i], self.meter.elapsed()
+        t = {"train_s": prior.get("train_s", 0.0) + wall - sum(self.eval_s),
              "eval_s": prior.get("eval_s", 0.0) + self.eval_s[i],
              "evals": prior.get("evals", 0) + self.evals}
         # a state saved without CPU time cannot give the whole phase's: then none rather than a part
         if not prior or "train_cpu_s" in prior:
-            t["train_cpu_s"] = prior.get("train_cpu_s", 0.0) + meter.cpu_elapsed() - sum(self.eval_cpu)
+            t["train_cpu_s"] = prior.get("train_cpu_s", 0.0) + cpu - sum(self.eval_cpu)
             t["eval_cpu_s"] = prior.get("eval_cpu_s", 0.0) + self.eval_cpu[i]
         return t
+
+    def record(self, i: int, total: int, first: int, stepper: Stepper) -> dict[str, Any]:
+        """What ``result.json`` says about run ``i``'s finished phase."""
+        t, n = self.times(i), len(self.prior)
+        cpu = {"cpu_s": t["train_cpu_s"], "eval_cpu_s": t["eval_cpu_s"]} if "train_cpu_s" in t else {}
+        return {**{k: v for k, v in self.meter.result.items() if k != "cpu_s"}, **cpu,
+                "wall_s": t["train_s"], "eval_wall_s": t["eval_s"], "evals": int(t["evals"]), "steps": total,
+                **({"resumed_at": first} if first else {}),
+                **({"seeds_together": n, "stack": stepper.mode} if n > 1 else {})}
 
 
 def _train_step(runs: list[ActiveRun], stepper: Stepper, ph: str, joint: bool, step: int, pbs: int, gbs: int,
                 delay: int) -> list[dict[str, Any]]:
-    """One update of every run of the group, its metrics keyed ``guidance/...`` and ``policy/...``: the
-    guidance alone in its own phase; in a joint policy phase the guidance first (after ``guidance_delay`` steps),
-    then the policy."""
+    """One update of every run, metrics keyed ``guidance/...`` and ``policy/...``; in a joint phase the guidance
+    first (after ``guidance_delay`` steps), then the policy."""
     if ph == "guidance":
-        gm = stepper.guidance_step([run.buffer.sample(gbs) for run in runs])
+        gm = stepper.step("guidance", [run.buffer.sample(gbs) for run in runs])
         return [{f"guidance/{k}": v for k, v in m.items()} for m in gm]
     ms: list[dict[str, Any]] = [{} for _ in runs]
     batches = [run.buffer.sample(max(pbs, gbs) if joint else pbs) for run in runs]
     if joint and not runs[0].guidance.frozen and step >= delay:
         # one batch per step; the critic takes its first gbs rows (IDQL slices 512 -> 256)
         gbatches = [b if gbs >= len(b["rewards"]) else {k: v[:gbs] for k, v in b.items()} for b in batches]
-        for m, gm in zip(ms, stepper.joint_guidance_step(gbatches)):
+        for m, gm in zip(ms, stepper.step("joint", gbatches)):
             m.update({f"guidance/{k}": v for k, v in gm.items()})
         if pbs < gbs:
             batches = [{k: v[:pbs] for k, v in b.items()} for b in batches]
-    for m, pm in zip(ms, stepper.policy_step(batches)):
+    for m, pm in zip(ms, stepper.step("policy", batches)):
         m.update({f"policy/{k}": v for k, v in pm.items()})
     return ms
 
 
 class _Watch:
-    """What the loop checks between steps for a group of runs: non-finite values (:mod:`.guard`), a signal to stop
-    at this step boundary (:mod:`.stops`), and the wall-time save interval (``run.save_every_s``) that bounds what
-    a hard kill, which no handler sees, can lose."""
+    """What the loop checks between steps: non-finite values (:mod:`.guard`), a stop signal (:mod:`.stops`), and
+    the timed save (``run.save_every_s``) that bounds what a hard kill, which no handler sees, can lose."""
 
     def __init__(self, runs: list[ActiveRun], stepper: Stepper) -> None:
         self.runs, self.stepper = runs, stepper
-        r = runs[0].r
-        # a config saved before these keys: the default (stop), and no timed saves
+        r = runs[0].r  # a config saved before these keys: stop, and no timed saves
         self.guard = NonFiniteGuard(runs, str(r.get("on_nonfinite") or "stop"))
         self.save_every_s = float(r.get("save_every_s") or 0)
         self.last_save = time.monotonic()
 
-    def save(self, ph: str, phase: str, step: int, clock: _PhaseClock, meter: PhaseMeter) -> None:
-        """Every run's resume state at ``step``, written only from finite numbers (checked first)."""
+    def save(self, ph: str, phase: str, step: int, clock: _PhaseClock) -> None:
+        """Every run's resume state at ``step``, only from finite numbers."""
         self.guard.check(phase)
         self.stepper.sync()
         for i, run in enumerate(self.runs):
-            run.save_state(ph, step, clock.times(i, meter))
+            run.save_state(ph, step, clock.times(i))
         self.last_save = time.monotonic()
 
     def save_due(self) -> bool:
         return bool(self.save_every_s) and time.monotonic() - self.last_save >= self.save_every_s
 
     def stop_if_asked(self, ph: str, step: int, total: int) -> None:
-        """After a save at this boundary: stop for the signal received since the last step, if any."""
         signum = stops.pending()
         if signum is None:
             return
@@ -367,9 +352,8 @@ class _Watch:
 
 @contextlib.contextmanager
 def _blamed(runs: list[ActiveRun], phase: str, step: int) -> Iterator[None]:
-    """An exception from a plugin's code ends the run as :class:`~modzoo.errors.PluginFailure` naming that half
-    (:mod:`.attribution`); one no plugin code raised (a bug of modzoo's) keeps its own traceback, and a stop (a
-    second signal lands wherever the step is, a plugin's code included) stays a stop."""
+    """A plugin's exception becomes a :class:`~modzoo.errors.PluginFailure` naming its half (:mod:`.attribution`);
+    modzoo's own keeps its traceback; a stop (a second signal lands anywhere) stays a stop."""
     try:
         yield
     except RunStopped:
@@ -383,8 +367,8 @@ def _blamed(runs: list[ActiveRun], phase: str, step: int) -> Iterator[None]:
 
 def _interim_eval(runs: list[ActiveRun], stepper: Stepper, step: int, clock: _PhaseClock,
                   on_eval: Callable[[int, Any], None] | None, guard: NonFiniteGuard) -> None:
-    """Evaluate every run of the group at ``step`` of its policy phase, timed apart from training; never on
-    non-finite numbers (a policy over a NaN guidance dies inside torch, naming nothing)."""
+    """Evaluate every run at ``step``, timed apart from training; never on non-finite numbers (a policy over a NaN
+    guidance dies inside torch, naming nothing)."""
     stepper.sync()
     guard.check("policy")
     guard.check_guidance(f"before the evaluation at policy step {step}")
@@ -401,25 +385,11 @@ def _interim_eval(runs: list[ActiveRun], stepper: Stepper, step: int, clock: _Ph
             on_eval(step, ev)
 
 
-def _phase_record(meter: PhaseMeter, t: dict[str, float], total: int, first: int, stepper: Stepper,
-                  n_runs: int) -> dict[str, Any]:
-    """What ``result.json`` says about one finished phase of one run."""
-    cpu = {"cpu_s": t["train_cpu_s"], "eval_cpu_s": t["eval_cpu_s"]} if "train_cpu_s" in t else {}
-    return {**{k: v for k, v in meter.result.items() if k != "cpu_s"}, **cpu,
-            "wall_s": t["train_s"], "eval_wall_s": t["eval_s"], "evals": int(t["evals"]), "steps": total,
-            **({"resumed_at": first} if first else {}),
-            **({"seeds_together": n_runs, "stack": stepper.mode} if n_runs > 1 else {})}
-
-
 def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
                 on_eval: Callable[[int, Any], None] | None = None) -> list[RunResult]:
-    """The training loop for runs that share a config but their seeds (a lone run is a group of one).
-
-    Every run keeps its own run dir, log, checkpoints and evaluation; only the step itself goes through
-    ``stepper``. Before anything reads a run's halves (evaluation, a checkpoint) the stepper syncs them. Between
-    steps the loop watches (:class:`_Watch`) for non-finite numbers, a stop signal and the timed save; an exception
-    from a plugin's code ends the run attributed to that plugin (:mod:`.attribution`).
-    """
+    """The training loop for runs that differ only in their seed (a lone run is a group of one). Each run keeps its
+    own run dir, log, checkpoints and evaluation; only the step goes through ``stepper``, which syncs the halves
+    before anything reads them. Between steps :class:`_Watch` checks; a plugin's exception is attributed to it."""
     lead = runs[0]
     r, cfg, schedule = lead.r, lead.cfg, lead.schedule
     save_every, log_every = int(r.save_every or 0), max(1, int(r.log_every))
@@ -441,9 +411,10 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
                 continue  # finished before the interruption (which came after it); its record is in the phases
             joint = ph == "policy" and schedule == "joint"
             label = "joint" if joint else ph
-            clock = _PhaseClock.start(runs, resumed=ph == phase)
             watch.last_save = time.monotonic()
             with PhaseMeter(label, lead.device) as meter:
+                clock = _PhaseClock(meter, [run.phase_time if ph == phase else {} for run in runs],
+                                    [0.0] * len(runs), [0.0] * len(runs))
                 if ph == "policy":
                     guard.check_guidance(f"at the start of the {label} phase (step {first})")
                 bar = progress_bar(range(first, total), desc=f"{ph}{' (joint)' if joint else ''}{tag}",
@@ -463,14 +434,13 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
                         _interim_eval(runs, stepper, step + 1, clock, on_eval, guard)
                     if step + 1 < total and (save_every and (step + 1) % save_every == 0 or watch.save_due()
                                              or stops.pending() is not None):
-                        watch.save(ph, label, step + 1, clock, meter)
+                        watch.save(ph, label, step + 1, clock)
                         watch.stop_if_asked(ph, step + 1, total)
                 bar.close()
             guard.check(label)
             stepper.sync()
             for i, run in enumerate(runs):
-                run.result.phases.append(_phase_record(meter, clock.times(i, meter), total, first, stepper,
-                                                       len(runs)))
+                run.result.phases.append(clock.record(i, total, first, stepper))
                 if (ph == "guidance" or joint) and run.run_dir is not None:
                     save_half(run.guidance, run.run_dir / "guidance.pt", run.meta)
                 if ph == "guidance":
@@ -486,7 +456,7 @@ def train_group(runs: list[ActiveRun], stepper: Stepper, progress: bool,
 
 
 def final_episodes(r: Any) -> int:
-    """Episodes of a run's final evaluation: ``final_eval_episodes``, or ``eval_episodes`` when that is unset."""
+    """``final_eval_episodes``, or ``eval_episodes`` when that is unset."""
     n = r.get("final_eval_episodes")
     return int(r.eval_episodes if n is None else n)
 
@@ -523,7 +493,7 @@ def _finish(run: ActiveRun, progress: bool, guard: NonFiniteGuard) -> RunResult:
         if result.eval is not None:
             summary["eval"] = result.eval.to_dict()
             summary["normalized_score"] = float(result.eval.normalized_mean)
-        atomic_write_text(run_dir / "result.json", strict_json(summary, indent=2))
+        atomic_save(json.dumps(finite_or_null(summary), allow_nan=False, indent=2), run_dir / "result.json")
         if run.state_path is not None:
             run.state_path.unlink(missing_ok=True)
     run.log.close()
@@ -531,15 +501,14 @@ def _finish(run: ActiveRun, progress: bool, guard: NonFiniteGuard) -> RunResult:
 
 
 def train(cfg: DictConfig, dataset: Any = None, *, progress: bool = True, resume: bool = False,
-          guidance: GuidanceModule | None = None,
-          on_eval: Callable[[int, Any], None] | None = None) -> RunResult:
+          guidance: GuidanceModule | None = None, on_eval: Callable[[int, Any], None] | None = None) -> RunResult:
     """Train per ``cfg`` (see :func:`run_config`) and, if ``run.out`` is set, write the run dir.
 
-    ``dataset`` defaults to ``run.dataset`` (a path) or the task's file in the D4RL cache. ``guidance`` may be
-    passed in already built (library use of the ``pretrained`` schedule). ``resume`` continues the unfinished run
-    in ``run.out`` under the config its ``config.yaml`` records: a ``cfg`` that differs is refused with the
-    difference, and a finished run raises :class:`~modzoo.errors.AlreadyFinished` with no file changed.
-    """
+    ``dataset`` defaults to ``run.dataset`` (a path) or the task's file in the D4RL cache. ``guidance``: one already
+    built (library use of the ``pretrained`` schedule). ``resume`` continues the unfinished run in ``run.out`` under
+    its ``config.yaml``: a ``cfg`` that differs is refused with the difference, and a finished run raises
+    :class:`~modzoo.errors.AlreadyFinished` with no file changed. ``on_eval(step, result)``: called after each
+    interim evaluation."""
     run = setup_run(cfg, dataset, resume, guidance)
     try:
         return train_group([run], Stepper([run]), progress, on_eval)[0]

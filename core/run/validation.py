@@ -1,11 +1,7 @@
-"""One check of a run's inputs before any work: every config value's type and range, and the run dir.
-
-A bad value must stop a run in seconds with one line naming the key and the fix, not after training (a misspelt
-selection rule is read only when the policy first acts, in the final evaluation) nor as an error from deep inside a
-net that names no key (``policy.T=abc``). Types come from the halves' own YAML defaults (a key whose default is an
-int takes an int), so every plugin's keys are checked without plugin code; ranges and choices come from the tables
-below, for the keys core machinery reads whichever plugin's config they sit in. Choices only a plugin knows (dql's
-``target_actions`` ...) stay with its constructor, which also runs before the run dir is made.
+"""One check of a run's inputs before any work: every config value's type and range, and the run dir. A bad value
+must stop a run in seconds with one line naming the key and the fix, not after training nor from deep inside a net.
+Types come from the halves' YAML defaults (so no plugin code is needed), ranges and choices from the tables below;
+choices only a plugin knows stay with its constructor (also run before the run dir is made).
 """
 from __future__ import annotations
 
@@ -34,7 +30,7 @@ from .loggers import check_available
 
 @dataclass(frozen=True)
 class Rule:
-    """The values a key accepts: an interval (each end closed or open, or absent), or a set of names."""
+    """The values a key accepts: an interval (each end closed, open or absent), or a set of names."""
 
     low: float | None = None
     high: float | None = None
@@ -43,9 +39,7 @@ class Rule:
     choices: tuple[str, ...] | None = None
 
     def problem(self, value: Any, name: str) -> str | None:
-        """What follows ``config key K`` in the refusal of ``value`` for the key named ``name`` (None: accepted);
-        lists are checked element by element (``hidden``). An unknown name is said the way the nets and samplers
-        themselves say it (``unknown obs_norm 'zscore'; known: ...``)."""
+        """What follows ``config key K`` in refusing ``value`` (None: accepted); lists are checked per element."""
         if isinstance(value, (list, tuple)):
             return next((p for p in (self.problem(v, name) for v in value) if p), None)
         if self.choices is not None:
@@ -54,13 +48,12 @@ class Rule:
             return f" must be a number, got {value!r}"
         too_low = self.low is not None and (value < self.low or (self.low_open and value == self.low))
         too_high = self.high is not None and (value > self.high or (self.high_open and value == self.high))
-        return f" {self._range()}, got {value!r}" if too_low or too_high else None
-
-    def _range(self) -> str:
+        if not (too_low or too_high):
+            return None
         if self.high is None:
-            return f"must be {'>' if self.low_open else '>='} {_num(self.low)}"
-        return (f"must be in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
-                f"{')' if self.high_open else ']'}")
+            return f" must be {'>' if self.low_open else '>='} {_num(self.low)}, got {value!r}"
+        return (f" must be in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
+                f"{')' if self.high_open else ']'}, got {value!r}")
 
 
 def _num(x: float | None) -> str:
@@ -109,8 +102,7 @@ POLICY_RULES: dict[str, Rule] = {
     "candidates": at_least(1), "selection": one_of(*RULES), "tau": UNIT, "temperature": at_least(0),
     "act_temperature": at_least(0), "act_sampler": one_of("trained", "posterior", *FAST_SAMPLERS, *SDE_SAMPLERS),
     "sample_steps": at_least(0), "ddim_eta": UNIT, "ema_decay": UNIT, "ema_every": at_least(1),
-    "ema_start": at_least(0),
-    "depth": at_least(1), "blocks": at_least(1), "t_dim": at_least(1),
+    "ema_start": at_least(0), "depth": at_least(1), "blocks": at_least(1), "t_dim": at_least(1),
     "dropout": Rule(low=0, high=1, high_open=True), "cond_dim": at_least(0), "cond_emb": at_least(1),
     "behaviour_steps": at_least(0),
 }
@@ -146,8 +138,8 @@ def _type_problem(value: Any, default: Any) -> str | None:
 
 
 def _check(key: str, value: Any, default: Any, rule: Rule | None, template: Any = None) -> None:
-    """Refuse ``value`` with one line: the key, what it must be, what it got and the default to go back to.
-    ``template``: a value of the key's type where its default (null) has none."""
+    """Refuse ``value`` in one line: key, what it must be, what it got, the default. ``template``: a value of the
+    key's type where its default is null."""
     if value is None:
         why = None if default is None else f" must be set, got {value!r}"
     else:
@@ -161,10 +153,8 @@ def _check(key: str, value: Any, default: Any, rule: Rule | None, template: Any 
 
 
 def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
-    """Check the pairing (a :class:`~modzoo.errors.PluginError` naming what the policy misses), every value of a
-    run config against its default's type and the rule tables, then the budget of each phase that trains; raises
-    :class:`ConfigError` naming the first bad key. ``guidance_given``: the trainer was
-    handed a built guidance, so no guidance phase needs steps."""
+    """Check the pairing, every value against its default's type and the rule tables, and each phase's budget; the
+    first bad key raises. ``guidance_given``: a built guidance was handed in (no guidance phase needs steps)."""
     c = to_dict(cfg)
     r, g, p = c.get("run") or {}, c.get("guidance") or {}, c.get("policy") or {}
     if g.get("name") and p.get("name"):  # before any data or env is loaded: a missing dataset must not hide it
@@ -177,16 +167,26 @@ def validate_config(cfg: DictConfig, guidance_given: bool = False) -> None:
         for key, value in section.items():
             if key != "name" and key in defaults:  # any other key: struct mode refused it, or a saved run's own
                 _check(f"{kind}.{key}", value, defaults[key], rules.get(key))
-    _check_budget(r, bool(p.get("name")), guidance_given)
+    # a phase that trains needs steps: an untrained half evaluated and reported would look like a result
+    has_policy = bool(p.get("name"))
+    schedule = r.get("schedule") if has_policy else "guidance-first"
+    if has_policy and int(r.get("policy_steps", 0)) < 1:
+        raise ConfigError(f"config key {key_name('run.policy_steps')} must be > 0 (the policy trains in this run), "
+                          f"got {r.get('policy_steps')!r}")
+    if schedule == "guidance-first" and not guidance_given and int(r.get("guidance_steps", 0)) < 1:
+        raise ConfigError(f"config key {key_name('run.guidance_steps')} must be > 0 (the guidance trains first in "
+                          f"this run), got {r.get('guidance_steps')!r}")
+    if has_policy and int(r.get("eval_every") or 0) > 0 and int(r.get("eval_episodes", 0)) < 1:
+        raise ConfigError(f"config key {key_name('run.eval_episodes')} must be > 0 when run.eval_every is set (each "
+                          f"interim evaluation plays that many episodes), got {r.get('eval_episodes')!r}")
     check_sample_steps(p)
     check_behaviour_steps(p, int(r.get("policy_steps") or 0))
     check_available(r.get("logger"))
 
 
 def check_sample_steps(policy: Mapping[str, Any]) -> None:
-    """Each sampler solves its own kind of model (a continuous-time one an ODE, a discrete chain its T steps), and
-    a chain at inference takes at most the T steps the policy trains with, fewer only with a sampler that can skip
-    steps."""
+    """Each sampler solves its own kind of model (an ODE, or a discrete chain of T steps); a chain takes at most T
+    steps at inference, fewer only with a sampler that skips steps."""
     if policy.get("noise_schedule") == "vp_sde":  # an ODE solver, with any number of steps, never a DDPM chain
         for key in ("sampler", "act_sampler"):
             if policy.get(key) not in (None, "trained", *SDE_SAMPLERS):
@@ -214,7 +214,7 @@ def check_sample_steps(policy: Mapping[str, Any]) -> None:
 
 def check_behaviour_steps(policy: Mapping[str, Any], policy_steps: int) -> None:
     """A two-stage policy's ``behaviour_steps``: a fraction in [0, 1) of the policy phase, or a step count that
-    leaves the actor some of the phase (else the run would train no actor and evaluate an untrained one)."""
+    leaves the actor some steps (else an untrained actor is evaluated)."""
     b = policy.get("behaviour_steps")
     if b is None or isinstance(b, bool):
         return
@@ -226,27 +226,9 @@ def check_behaviour_steps(policy: Mapping[str, Any], policy_steps: int) -> None:
                           f"to the actor; give fewer, a fraction of the phase such as 0.5, or more --policy-steps")
 
 
-def _check_budget(r: Mapping[str, Any], has_policy: bool, guidance_given: bool) -> None:
-    """A phase that trains needs steps: an untrained half evaluated and reported would look like a result."""
-    schedule = r.get("schedule") if has_policy else "guidance-first"
-    if has_policy and int(r.get("policy_steps", 0)) < 1:
-        raise ConfigError(f"config key {key_name('run.policy_steps')} must be > 0 (the policy trains in this run), "
-                          f"got {r.get('policy_steps')!r}")
-    if schedule == "guidance-first" and not guidance_given and int(r.get("guidance_steps", 0)) < 1:
-        raise ConfigError(f"config key {key_name('run.guidance_steps')} must be > 0 (the guidance trains first in "
-                          f"this run), got {r.get('guidance_steps')!r}")
-    if has_policy and int(r.get("eval_every") or 0) > 0 and int(r.get("eval_episodes", 0)) < 1:
-        raise ConfigError(f"config key {key_name('run.eval_episodes')} must be > 0 when run.eval_every is set (each "
-                          f"interim evaluation plays that many episodes), got {r.get('eval_episodes')!r}")
-
-
 def check_out_dir(path: Path) -> None:
-    """Refuse a run dir that cannot be made or written, before anything is trained into it.
-
-    Permissions alone cannot tell (root passes ``os.access`` on a read-only file system, and ``/proc`` says it is
-    writable), so a directory is made and removed again in the nearest folder that exists: exactly what the run
-    is about to do.
-    """
+    """Refuse a run dir that cannot be made or written, before training. Permissions cannot tell (root passes
+    ``os.access`` on a read-only file system), so a directory is made and removed in the nearest existing folder."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run dir {path} (--out) is an existing file, not a directory; choose another --out "
                           f"(the file was left alone)")

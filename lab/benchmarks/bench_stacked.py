@@ -49,8 +49,8 @@ def make_steps(arm: str = "dql", k: int = 5, device: str = "cpu") -> dict[str, C
     def step(stepper: Any) -> Callable[[], None]:
         def run() -> None:
             batches = [r.buffer.sample(n) for r in runs]
-            stepper.joint_guidance_step([{k_: v[:gbs] for k_, v in b.items()} for b in batches])
-            stepper.policy_step([{k_: v[:pbs] for k_, v in b.items()} for b in batches])
+            stepper.step("joint", [{k_: v[:gbs] for k_, v in b.items()} for b in batches])
+            stepper.step("policy", [{k_: v[:pbs] for k_, v in b.items()} for b in batches])
             if device == "cuda":
                 torch.cuda.synchronize()
         return run
