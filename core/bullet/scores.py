@@ -1,8 +1,7 @@
 """D4RL reference scores and dataset URLs for the ``bullet-*`` tasks.
 
-The numbers are copied from d4rl 1.1's ``d4rl/infos.py`` (the wheel on PyPI), for every name starting with
-``bullet-``; ``tests/test_scores.py`` checks them against an installed d4rl's file. modzoo carries them because d4rl
-cannot be imported without MuJoCo binaries.
+Copied from d4rl 1.1's ``d4rl/infos.py`` (PyPI wheel), every ``bullet-`` name, because d4rl does not import without
+MuJoCo binaries; ``tests/test_scores.py`` checks them against an installed d4rl's file.
 """
 from __future__ import annotations
 
@@ -40,8 +39,7 @@ _WARNED_RAW: set[str] = set()
 
 
 def _refs(name: str | AnyTask) -> tuple[float | None, float | None]:
-    """The returns that score 0 and 100 for a task (name or value), a robot or env id (a robot's levels share
-    them), or a Minari dataset (its own, which it may lack)."""
+    """The returns scoring 0 and 100 of a task, robot or env id (a robot's levels share them), or Minari dataset."""
     if isinstance(name, MinariTask) or (isinstance(name, str) and is_minari_id(name)):
         t = task_of(name)
         if (t.ref_min_score is None or t.ref_max_score is None) and t.name not in _WARNED_RAW:
@@ -62,9 +60,8 @@ def _refs(name: str | AnyTask) -> tuple[float | None, float | None]:
 def normalized_score(name: str | AnyTask, raw_return: Any) -> Any:
     """D4RL normalized score x 100 (as papers report): ``100 * (R - min) / (max - min)``.
 
-    ``raw_return`` may be a number or an array; a float comes back for a scalar, an array otherwise. A Minari
-    task normalizes with its dataset's ``ref_min_score`` / ``ref_max_score``; one without them gives the raw
-    returns back, and says so once.
+    ``raw_return`` is a number (a float comes back) or an array. A Minari task uses its dataset's ``ref_min_score``
+    / ``ref_max_score``; without them the raw returns come back, with one warning.
     """
     lo, hi = _refs(name)
     out = np.asarray(raw_return, dtype=np.float64)
