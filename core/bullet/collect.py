@@ -1,17 +1,12 @@
 """``modzoo data collect``: generate D4RL-format Bullet datasets with recorded recipes.
 
 D4RL's ``bullet-*`` files cannot be downloaded here, so modzoo regenerates them as close to D4RL's recipe as the
-available policies allow (docs/datasets.md lists every difference):
-
-* ``random``: uniform actions in [-1, 1]. ``expert``: the expert with noise ``EXPERT_SIGMA`` (D4RL sampled SAC).
-* ``medium``: hopper/ant: the expert with noise ``MEDIUM_SIGMA`` (measured to hit d4rl-pybullet's medium returns);
-  halfcheetah/walker2d: a SAC snapshot taken near that return (D4RL's "SAC stopped early") with the expert's noise.
-* ``medium-expert``: medium then expert, half each (D4RL concatenates the two files).
-* ``medium-replay``: the medium policy, noise falling from ``REPLAY_SIGMA_START`` (near random) to the medium one,
-  imitating a learning run's replay buffer (D4RL stores SAC's own).
-
-Every file records its recipe (policy, noise, seed, returns, score, version, command) in its HDF5 attributes;
-:func:`collect` is deterministic given (task, transitions, seed).
+available policies allow (docs/datasets.md: each task's recipe, every difference). ``random``: uniform actions;
+``expert``: the expert with noise (D4RL sampled SAC); ``medium``: a noisier expert (hopper/ant) or a SAC snapshot
+near d4rl-pybullet's medium return (halfcheetah/walker2d: D4RL's "SAC stopped early"); ``medium-expert``: the two
+concatenated, as D4RL does; ``medium-replay``: the medium policy under noise falling from near random, imitating
+SAC's replay buffer that D4RL stores. Each file records its recipe (policy, noise, seed, returns, version, command)
+in its HDF5 attributes; :func:`collect` is deterministic given (task, transitions, seed).
 """
 from __future__ import annotations
 
@@ -66,8 +61,7 @@ class CollectResult:
 
 
 def behaviour_policy(robot: str, which: str, behaviour_dir: str | os.PathLike[str] | None = None) -> tuple[Policy, str]:
-    """The ``expert`` or ``medium`` base policy of ``robot`` and its description for the recipe: pybullet's expert
-    for hopper/ant (medium adds noise), else the exported SAC actor in ``behaviour_dir`` (default: the assets)."""
+    """``robot``'s expert or medium policy and its recipe line: pybullet's expert or a SAC actor (``behaviour_dir``)."""
     if robot in PYBULLET_EXPERTS:
         return (load_pybullet_expert(robot),
                 f"pybullet enjoy_TF_{PYBULLET_EXPERTS[robot]}_v0_2017may expert (numpy MLP 128-64)")
@@ -225,16 +219,15 @@ def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str
     """D4RL's exact medium-replay recipe, unsimulated: every transition a ``train-behaviour`` run's SAC saw
     (``replay/chunk_<step>.npz``) up to its medium snapshot's step (or ``upto_step``)."""
     parsed = bullet_task(task, "modzoo data collect")
-    robot = parsed.robot
     if parsed.level != "medium-replay":
         raise DatasetError(f"--from-run builds medium-replay datasets only, not {parsed}")
     run = Path(run_dir)
-    upto_step, snapshot_return = medium_snapshot(robot, run, upto_step)
+    upto_step, snapshot_return = medium_snapshot(parsed.robot, run, upto_step)
     chunks = {int(c.stem.split("_")[1]): c for c in (run / "replay").glob("chunk_*.npz")}
     parts = [np.load(chunks[step]) for step in sorted(chunks) if step <= upto_step]
     if not parts:
         raise DatasetError(f"no replay chunks up to step {upto_step} in {run / 'replay'}: "
-                           f"run `modzoo data train-behaviour {robot}` first")
+                           f"run `modzoo data train-behaviour {parsed.robot}` first")
     cat = {k: np.concatenate([p[k] for p in parts])
            for k in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")}
     config = json.loads((run / "config.json").read_text())

@@ -1,8 +1,6 @@
-"""D4RL-format datasets: reading, validating, building transitions, writing.
-
-The layout is D4RL's HDF5 (``observations, actions, rewards, terminals``, usually ``timeouts``, optionally
-``next_observations``), so D4RL's files, plain h5py files and ``modzoo data collect``'s load alike; transitions are
-built exactly as ``d4rl.qlearning_dataset`` builds them. A fixable problem is a one-line DatasetError naming the file.
+"""D4RL-format datasets: reading, validating, building transitions, writing. The layout is D4RL's HDF5, so D4RL's
+files, plain h5py files and ``modzoo data collect``'s load alike; transitions are built exactly as
+``d4rl.qlearning_dataset`` builds them. A fixable problem is a one-line DatasetError naming the file.
 """
 from __future__ import annotations
 
@@ -280,8 +278,7 @@ def _from_minari(name_or_path: str) -> bool:
 
 
 def dataset_file(name_or_path: str, task: str | None = None) -> Path | None:
-    """The file :func:`load_dataset` would read (None for a Minari id), or its one-line error for a missing file:
-    a grid checks every dataset before its first run starts."""
+    """The file :func:`load_dataset` would read (None for a Minari id) or its error: a grid checks all up front."""
     if _from_minari(str(name_or_path)):
         return None
     path, _ = _resolve(str(name_or_path), task)
@@ -398,8 +395,7 @@ def raw_episodes(raw: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
 
 
 def export_minari(task: str, dataset_id: str | None = None, path: str | os.PathLike[str] | None = None) -> str:
-    """``modzoo data export-minari``: a Bullet dataset as a Minari one (for d3rlpy, torchrl) on modzoo's env spec,
-    with D4RL's reference scores and the file's recipe in its description."""
+    """``modzoo data export-minari``: a Bullet dataset as a Minari one (for d3rlpy, torchrl), with D4RL's scores."""
     t = task_of(task)
     if not isinstance(t, Task):
         raise DatasetError(f"{task!r} is already a Minari dataset")

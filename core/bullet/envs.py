@@ -40,8 +40,7 @@ def env_dims(task_or_robot: str | AnyTask) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _quiet(stream: Any) -> Iterator[None]:
-    """Silence a C-level stream: pybullet's ``argv[0]=`` (stdout, each client) and build time (stderr, first import)
-    would land in the middle of CLI output and progress bars."""
+    """Silence a C-level stream: pybullet's ``argv[0]=`` and build time would land amid CLI output and progress bars."""
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # e.g. stdout replaced by a StringIO
@@ -60,8 +59,7 @@ def _quiet(stream: Any) -> Iterator[None]:
 
 
 class BulletLocomotionEnv(gymnasium.Env):
-    """One pybullet robot behind gymnasium's interface; the port's env is made on the first reset, so building this
-    one (e.g. to read its spaces) starts no physics."""
+    """One pybullet robot behind gymnasium's interface; no physics starts before the first reset (spaces are free)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 60}
 
@@ -118,8 +116,7 @@ class BulletLocomotionEnv(gymnasium.Env):
 
 
 def register_envs() -> None:
-    """Register ``modzoo/bullet-<robot>-v0`` and every Bullet task name as its evaluation env, so that
-    ``gymnasium.make(task)`` works as with D4RL; idempotent."""
+    """Register ``modzoo/bullet-<robot>-v0`` and each task name (``gymnasium.make(task)`` as with D4RL); idempotent."""
     ids = {**{f"modzoo/bullet-{robot}-v0": robot for robot in ROBOTS}, **{name: robot_of(name) for name in TASKS}}
     for eid, robot in ids.items():
         if eid not in gymnasium.registry:  # entry point as a string: the spec serializes (Minari)
@@ -128,9 +125,8 @@ def register_envs() -> None:
 
 
 def make_env(task: str | AnyTask, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
-    """Make the env of a task (or robot), with the 1000-step limit; a Minari task's is the evaluation env its
-    dataset records (e.g. MuJoCo Hopper-v5). ``seed`` resets it and seeds its action space, so later unseeded
-    resets continue a reproducible stream. No passive checker: the tests check the env, and it slows collection."""
+    """A task's (or robot's) env with the 1000-step limit (a Minari task's: its recorded evaluation env). ``seed``
+    resets it and seeds its action space (later resets stay reproducible); no passive checker (slow; tests check)."""
     register_envs()
     t = None if _is_robot(task) else task_of(task)
     spec = t.spec() if isinstance(t, MinariTask) else env_id(task)

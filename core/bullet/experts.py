@@ -1,10 +1,7 @@
-"""The behaviour policies that generate modzoo's Bullet datasets, usable without TensorFlow or stable-baselines3.
-
-* pybullet's 2017 "enjoy_TF" experts, numpy MLPs whose weights are literals in
-  ``pybullet_envs/examples/enjoy_TF_*BulletEnv_v0_2017may.py``, read with :mod:`ast` (importing them fails with
-  current gym). Only hopper's and ant's walk on the gymnasium port (halfcheetah, walker2d: about -860 and 150).
-* SAC actors for halfcheetah and walker2d (``modzoo data train-behaviour``): plain torch state dicts of the
-  deterministic actor, loaded with ``torch.load(weights_only=True)``.
+"""The behaviour policies that generate modzoo's Bullet datasets, usable without TensorFlow or stable-baselines3:
+pybullet's 2017 "enjoy_TF" numpy experts, whose weight literals are read with :mod:`ast` (importing their files fails
+with current gym; only hopper's and ant's walk on the gymnasium port), and SAC actors for halfcheetah and walker2d
+(``modzoo data train-behaviour``) as plain torch state dicts, loaded with ``torch.load(weights_only=True)``.
 
 A policy is ``policy(obs (n, obs_dim), t=None) -> actions (n, act_dim)`` in [-1, 1]; ``t`` (each row's episode step)
 is read only by an actor trained with rl-baselines3-zoo's ``TimeFeatureWrapper``. Datasets record the env's own obs.
@@ -38,20 +35,8 @@ def actor_filename(robot: str, which: str) -> str:
     return f"behaviour-{robot}-{which}.pt"
 
 
-def _parse_weights(path: Path) -> dict[str, np.ndarray]:
-    """Read the module-level ``weights_* = np.array([...])`` assignments of an enjoy_TF file."""
-    weights: dict[str, np.ndarray] = {}
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and node.value.args:
-            name = node.targets[0].id if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) else ""
-            if name.startswith("weights_"):
-                weights[name] = np.asarray(ast.literal_eval(node.value.args[0]), dtype=np.float64)
-    return weights
-
-
 class NumpyMLPPolicy:
-    """pybullet's ``SmallReactivePolicy``: relu(128) -> relu(64) -> linear, clipped to [-1, 1] (datasets must hold
-    actions inside the action space, though the env clips torques anyway)."""
+    """pybullet's ``SmallReactivePolicy``, relu(128) -> relu(64) -> linear, clipped so datasets stay in the space."""
 
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.layers = layers
@@ -76,7 +61,11 @@ def load_pybullet_expert(robot: str) -> NumpyMLPPolicy:
     if not path.is_file():
         raise ModzooError(f"pybullet expert file {path} not found: "
                           "reinstall pybullet (`pip install --force-reinstall pybullet`)")
-    w = _parse_weights(path)
+    # the file's module-level ``weights_* = np.array([...])`` assignments
+    w = {a.targets[0].id: np.asarray(ast.literal_eval(a.value.args[0]), dtype=np.float64)
+         for a in ast.parse(path.read_text()).body
+         if isinstance(a, ast.Assign) and isinstance(a.value, ast.Call) and a.value.args and len(a.targets) == 1
+         and isinstance(a.targets[0], ast.Name) and a.targets[0].id.startswith("weights_")}
     try:
         layers = [(w[f"weights_{n}_w"], w[f"weights_{n}_b"]) for n in ("dense1", "dense2", "final")]
     except KeyError as exc:
@@ -100,11 +89,10 @@ def actor_module(obs_dim: int, act_dim: int, hidden: list[int], clip_mean: float
 
 class TorchActorPolicy:
     """Deterministic SAC actor (the squashed mean) from an exported state dict, acting the same on every CPU so a
-    collected dataset (and its fingerprint, which every finished grid run records) is the same on any machine.
-
-    Torch's products, even in float64, differ in their last bits between MKL's code paths (AVX-512, AVX2, other
-    vendors), and the simulator turns those bits into other episodes; so the forward pass runs in numpy float64 in
-    a fixed summation order (no BLAS) and is rounded to float32 once (tanh's last-bit noise is far below that)."""
+    collected dataset (and the fingerprint every grid run records) is the same on any machine: torch's products,
+    even float64, differ in their last bits between MKL's code paths, and the simulator turns those bits into other
+    episodes. So it runs in numpy float64 in a fixed summation order (no BLAS), rounded to float32 once (numpy's
+    tanh may differ in a float64's last bit, far below float32's step)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import torch
@@ -148,8 +136,7 @@ class TorchActorPolicy:
 
 
 def time_feature(t: np.ndarray, max_steps: int) -> np.ndarray:
-    """sb3-contrib's ``TimeFeatureWrapper`` feature, 1 at reset falling to 0 at the time limit, so a value function
-    tells a timeout from a fall; only the behaviour actor sees it."""
+    """sb3-contrib's ``TimeFeatureWrapper``: 1 at reset to 0 at the limit, so the critic tells a timeout from a fall."""
     return (1.0 - np.asarray(t, dtype=np.float32) / float(max_steps)).astype(np.float32)
 
 
@@ -160,9 +147,8 @@ def read_progress(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def medium_snapshot(robot: str, run: Path, step: int | None = None) -> tuple[int, float | None]:
-    """The step (``step`` where given) and eval return (None if unevaluated) of a ``train-behaviour`` run's medium
-    snapshot: the exported medium actor's recorded ``source``, so medium-replay ends where the medium policy was
-    taken; else the earliest whose return is closest to d4rl-pybullet's medium return."""
+    """Step (``step`` where given) and eval return (None if unevaluated) of a run's medium snapshot: the medium actor's
+    recorded ``source`` (medium-replay ends where it was taken), else the earliest closest to d4rl-pybullet's medium."""
     progress = read_progress(run)
     if step is None:
         import torch

@@ -65,10 +65,9 @@ def metadata(dataset_id: str) -> dict[str, Any]:
     if not spec:
         raise DatasetError(f"Minari dataset {dataset_id!r} records no env spec to evaluate on")
     env_spec = json.loads(spec) if isinstance(spec, str) else spec
-    lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
     return {"obs_dim": int(obs_space.shape[0]), "act_dim": int(act_space.shape[0]),
             "act_high": float(np.max(np.abs(act_space.high))), "env_spec": json.dumps(env_spec),
-            "ref_min_score": None if lo is None else float(lo), "ref_max_score": None if hi is None else float(hi)}
+            **{k: None if meta.get(k) is None else float(meta[k]) for k in ("ref_min_score", "ref_max_score")}}
 
 
 def episodes(dataset_id: str) -> dict[str, np.ndarray]:

@@ -17,11 +17,8 @@ from . import minari_data
 
 #: robot -> (pybullet_envs_gymnasium class, obs_dim, act_dim): fixed sizes, tested against the live spaces.
 ROBOTS: dict[str, tuple[str, int, int]] = {
-    "hopper": ("HopperBulletEnv", 15, 3),
-    "halfcheetah": ("HalfCheetahBulletEnv", 26, 6),
-    "walker2d": ("Walker2DBulletEnv", 22, 6),
-    "ant": ("AntBulletEnv", 28, 8),
-}
+    "hopper": ("HopperBulletEnv", 15, 3), "halfcheetah": ("HalfCheetahBulletEnv", 26, 6),
+    "walker2d": ("Walker2DBulletEnv", 22, 6), "ant": ("AntBulletEnv", 28, 8)}
 #: D4RL's dataset levels, in D4RL's order.
 LEVELS: tuple[str, ...] = ("random", "medium", "expert", "medium-expert", "medium-replay")
 #: Every D4RL ``bullet-*`` task name.
@@ -124,9 +121,7 @@ def bullet_task(task: str | AnyTask, what: str) -> Task:
 
 def robot_of(task_or_robot: str | Task) -> str:
     """The robot of a task (name or value), an env id (``modzoo/bullet-ant-v0``) or a bare robot name."""
-    if isinstance(task_or_robot, Task):
-        return task_or_robot.robot
-    for robot in ROBOTS:
+    for robot in ROBOTS:  # a Task value matches no string here and passes through bullet_task
         if task_or_robot in (robot, f"modzoo/bullet-{robot}-v0"):
             return robot
     return bullet_task(task_or_robot, "a robot").robot
