@@ -1,8 +1,6 @@
-"""The benchmark: PyBullet locomotion envs, D4RL-format datasets and their collection, reference scores and
-the behaviour policies that generate the data.
-
-Depends on :mod:`modzoo.contract` only; training knows it through datasets and envs. Importing it registers the
-envs with gymnasium (as gymnasium's own env packages do), so ``gymnasium.make("modzoo/bullet-hopper-v0")`` works.
+"""The benchmark: PyBullet locomotion envs, D4RL-format datasets and their collection, reference scores, behaviour
+policies. Depends on :mod:`modzoo.contract` only; training knows it through datasets and envs. Importing it registers
+the envs with gymnasium (as gymnasium's env packages do), so ``gymnasium.make("modzoo/bullet-hopper-v0")`` works.
 """
 try:
     from .envs import register_envs

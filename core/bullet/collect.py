@@ -1,20 +1,12 @@
 """``modzoo data collect``: generate D4RL-format Bullet datasets with recorded recipes.
 
-D4RL's own ``bullet-*`` files cannot be downloaded here, so modzoo regenerates them as close to D4RL's recipe as the
-available policies allow (docs/datasets.md lists every difference):
-
-* ``random``: uniform random actions in [-1, 1].
-* ``expert``: the expert (:mod:`~modzoo.bullet.experts`) with Gaussian action noise ``EXPERT_SIGMA``, standing in
-  for the stochastic SAC actor D4RL sampled from.
-* ``medium``: hopper/ant: the expert with noise ``MEDIUM_SIGMA`` (measured so the mean return is near
-  d4rl-pybullet's medium returns); halfcheetah/walker2d: a SAC snapshot taken when its evaluation return was near
-  that level (D4RL's "SAC stopped early") with the expert's small noise.
-* ``medium-expert``: the first half like ``medium``, the second like ``expert`` (D4RL concatenates the two files).
-* ``medium-replay``: the medium policy with noise falling linearly from ``REPLAY_SIGMA_START`` (close to random) to
-  the medium noise, imitating a learning run's replay buffer (D4RL stores SAC's actual one).
-
-Every file carries its recipe (policy, noise, seed, returns, normalized score, modzoo version, command) in its HDF5
-attributes, and :func:`collect` is deterministic given (task, transitions, seed).
+D4RL's ``bullet-*`` files cannot be downloaded here, so modzoo regenerates them as close to D4RL's recipe as the
+available policies allow (docs/datasets.md: each task's recipe, every difference). ``random``: uniform actions;
+``expert``: the expert with noise (D4RL sampled SAC); ``medium``: a noisier expert (hopper/ant) or a SAC snapshot
+near d4rl-pybullet's medium return (halfcheetah/walker2d: D4RL's "SAC stopped early"); ``medium-expert``: the two
+concatenated, as D4RL does; ``medium-replay``: the medium policy under noise falling from near random, imitating
+SAC's replay buffer that D4RL stores. Each file records its recipe (policy, noise, seed, returns, version, command)
+in its HDF5 attributes; :func:`collect` is deterministic given (task, transitions, seed).
 """
 from __future__ import annotations
 
@@ -37,18 +29,15 @@ from .experts import PYBULLET_EXPERTS, Policy, TorchActorPolicy, committed_actor
 from .scores import normalized_score
 from .tasks import Task, bullet_task
 
-#: Default sizes: D4RL's (1M for random/medium/expert, medium+expert concatenated = 2M). D4RL's
-#: medium-replay size is whatever SAC's buffer held at "medium"; 200k is of that order for bullet.
+#: D4RL's sizes; its medium-replay holds what SAC's buffer held at "medium", of the order of 200k for bullet.
 DEFAULT_TRANSITIONS = {"random": 1_000_000, "medium": 1_000_000, "expert": 1_000_000, "medium-expert": 2_000_000,
                        "medium-replay": 200_000}
-#: Gaussian action-noise sigma of the medium policy, chosen by measurement (docs/datasets.md). For
-#: hopper/ant it degrades pybullet's expert; for the SAC robots the medium snapshot itself is the
-#: medium policy and only the expert-level jitter is added.
+#: Action-noise sigma of the medium policy, measured (docs/datasets.md): for hopper/ant it degrades the expert; the
+#: SAC robots' medium snapshot is itself the medium policy, so they get only the expert-level jitter.
 MEDIUM_SIGMA = {"hopper": 0.3, "ant": 1.0, "halfcheetah": 0.1, "walker2d": 0.1}
 #: Noise on expert actions (a stand-in for sampling a stochastic SAC actor, as D4RL did).
 EXPERT_SIGMA = 0.1
-#: Noise at the start of the medium-replay ladder (actions then are close to random); ant's medium noise
-#: is already 1.0, so its ladder starts higher.
+#: Noise at the start of the medium-replay ladder (near random); ant's medium noise is already 1.0, so it starts higher.
 REPLAY_SIGMA_START = {"hopper": 1.0, "ant": 2.0, "halfcheetah": 1.0, "walker2d": 1.0}
 _ARRAY_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -72,12 +61,7 @@ class CollectResult:
 
 
 def behaviour_policy(robot: str, which: str, behaviour_dir: str | os.PathLike[str] | None = None) -> tuple[Policy, str]:
-    """The ``expert`` or ``medium`` base policy of ``robot`` and a description for the recipe.
-
-    hopper/ant use pybullet's bundled expert for both (medium adds noise); halfcheetah/walker2d load
-    exported SAC actors ``behaviour-<robot>-<which>.pt`` from ``behaviour_dir`` (default: the committed
-    assets in ``modzoo/assets``).
-    """
+    """``robot``'s expert or medium policy and its recipe line: pybullet's expert or a SAC actor (``behaviour_dir``)."""
     if robot in PYBULLET_EXPERTS:
         return (load_pybullet_expert(robot),
                 f"pybullet enjoy_TF_{PYBULLET_EXPERTS[robot]}_v0_2017may expert (numpy MLP 128-64)")
@@ -113,8 +97,7 @@ def plan(task: str | Task, transitions: int | None = None,
 
 def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any,
                  out: dict[str, list[np.ndarray]]) -> list[float]:
-    """Roll ``seg.transitions`` steps into ``out``; an episode cut by the segment's end is marked as a
-    timeout (it was truncated, not terminated). Returns the segment's complete-or-cut episode returns."""
+    """Roll ``seg.transitions`` steps into ``out`` (an episode cut by the segment's end is a timeout); its returns."""
     obs_dim, act_dim, n = env.observation_space.shape[0], env.action_space.shape[0], seg.transitions
     OBS, A, NO = (np.empty((n, d), np.float32) for d in (obs_dim, act_dim, obs_dim))
     R, T, TO = np.empty(n, np.float32), np.zeros(n, bool), np.zeros(n, bool)
@@ -150,8 +133,7 @@ def _run_segment(env: Any, seg: Segment, rng: np.random.Generator, bar: Any,
 
 
 def _reuse_cached(robot: str, seg: Segment, seed: int) -> dict[str, np.ndarray] | None:
-    """Arrays of the cached standalone ``bullet-<robot>-<seg.label>-v0`` file if it was collected with
-    exactly this segment's recipe (seed, size, policy, noise); None otherwise."""
+    """The cached standalone ``bullet-<robot>-<label>-v0`` file's arrays if made by exactly this recipe, else None."""
     import h5py
 
     try:
@@ -178,24 +160,26 @@ def _stats(task: str, returns: Sequence[float]) -> dict[str, Any]:
             "normalized_score": float(normalized_score(task, r.mean()))}
 
 
-def _recipe(t: Task, seed: Any, transitions: int, returns: Sequence[float], segments: list[dict[str, Any]],
-            command: str, generator: str, **timing: float) -> dict[str, Any]:
-    """The attributes a collected file carries: what made it, from what, and the returns it holds."""
-    return {"task": t.name, "robot": t.robot, "level": t.level, "env_id": t.env_id, "seed": seed,
-            "transitions": transitions, **_stats(t.name, returns), "segments": segments,
-            "modzoo_version": _pkg_version("modzoo"), "command": command, "generator": generator,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **timing,
-            "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet")}
+def _write(t: Task, out: str | os.PathLike[str] | None, arrays: dict[str, np.ndarray], seed: Any,
+           returns: Sequence[float], segments: list[dict[str, Any]], command: str, generator: str,
+           **timing: float) -> CollectResult:
+    """Write the file with its recipe: what made it, from what, and the returns it holds."""
+    attrs = {"task": t.name, "robot": t.robot, "level": t.level, "env_id": t.env_id, "seed": seed,
+             "transitions": len(arrays["rewards"]), **_stats(t.name, returns), "segments": segments,
+             "modzoo_version": _pkg_version("modzoo"), "command": command, "generator": generator,
+             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **timing,
+             "pybullet_envs_gymnasium": _pkg_version("pybullet_envs_gymnasium"), "pybullet": _pkg_version("pybullet")}
+    path = Path(out).expanduser() if out else dataset_path(t)
+    write_d4rl_file(path, *(arrays[k] for k in ("observations", "actions", "rewards", "terminals", "timeouts")),
+                    attrs, arrays["next_observations"])
+    return CollectResult(path, attrs)
 
 
 def collect(task: str, transitions: int | None = None, seed: int = 0, out: str | os.PathLike[str] | None = None,
             progress: bool = True, behaviour_dir: str | os.PathLike[str] | None = None, reuse: bool = True
             ) -> CollectResult:
-    """Generate ``task``'s dataset and write it (atomically) to ``out`` or the D4RL cache path.
-
-    With ``reuse``, a medium-expert segment whose standalone file (same seed, size and recipe) is in the
-    cache is read from it rather than simulated again; the result is bit-identical either way.
-    """
+    """Generate ``task``'s dataset and write it (atomically) to ``out`` or the D4RL cache path. With ``reuse``, a
+    medium-expert segment whose standalone file (same recipe) is cached is read, not simulated: the same bits."""
     parsed = bullet_task(task, "modzoo data collect")
     segments = plan(parsed, transitions, behaviour_dir)
     total = sum(s.transitions for s in segments)
@@ -205,9 +189,7 @@ def collect(task: str, transitions: int | None = None, seed: int = 0, out: str |
     with progress_bar(total=total, desc=f"collect {parsed}", unit="step", disable=not progress, mininterval=0.5,
                       unit_scale=True) as bar:
         for seg in segments:
-            # Each segment starts from the same seeds as the standalone file of its level, so
-            # medium-expert is exactly medium + expert concatenated (D4RL's definition), and a cached
-            # standalone file with the same recipe can be reused instead of simulated again.
+            # Seeded as its level's standalone file: medium-expert is exactly medium + expert (D4RL), so reusable.
             reused = _reuse_cached(parsed.robot, seg, seed) if (reuse and len(segments) > 1) else None
             if reused is not None:
                 for k, v in reused.items():
@@ -227,32 +209,25 @@ def collect(task: str, transitions: int | None = None, seed: int = 0, out: str |
                              "sigma_start": seg.sigma_start, "sigma_end": seg.sigma_end,
                              **_stats(parsed.name, rets), "source": source})
     wall = time.time() - t0
-    data = {k: np.concatenate(v) for k, v in arrays.items()}
-    attrs = _recipe(parsed, seed, total, all_returns, seg_info,
-                    f"modzoo data collect {parsed} --transitions {total} --seed {seed}", "modzoo data collect",
-                    wall_seconds=round(wall, 1), steps_per_second=round(total / max(wall, 1e-9), 1))
-    path = Path(out).expanduser() if out else dataset_path(parsed)
-    write_d4rl_file(path, data["observations"], data["actions"], data["rewards"], data["terminals"], data["timeouts"],
-                    attrs, data["next_observations"])
-    return CollectResult(path, attrs)
+    return _write(parsed, out, {k: np.concatenate(v) for k, v in arrays.items()}, seed, all_returns, seg_info,
+                  f"modzoo data collect {parsed} --transitions {total} --seed {seed}", "modzoo data collect",
+                  wall_seconds=round(wall, 1), steps_per_second=round(total / max(wall, 1e-9), 1))
 
 
 def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
                             upto_step: int | None = None) -> CollectResult:
-    """D4RL's exact medium-replay recipe from a ``train-behaviour`` run: every transition SAC saw (its
-    replay buffer, saved as ``replay/chunk_<step>.npz``) up to the step of the run's medium snapshot
-    (or ``upto_step``). No simulation: the file is written from the saved chunks."""
+    """D4RL's exact medium-replay recipe, unsimulated: every transition a ``train-behaviour`` run's SAC saw
+    (``replay/chunk_<step>.npz``) up to its medium snapshot's step (or ``upto_step``)."""
     parsed = bullet_task(task, "modzoo data collect")
-    robot = parsed.robot
     if parsed.level != "medium-replay":
         raise DatasetError(f"--from-run builds medium-replay datasets only, not {parsed}")
     run = Path(run_dir)
-    upto_step, snapshot_return = medium_snapshot(robot, run, upto_step)
+    upto_step, snapshot_return = medium_snapshot(parsed.robot, run, upto_step)
     chunks = {int(c.stem.split("_")[1]): c for c in (run / "replay").glob("chunk_*.npz")}
     parts = [np.load(chunks[step]) for step in sorted(chunks) if step <= upto_step]
     if not parts:
         raise DatasetError(f"no replay chunks up to step {upto_step} in {run / 'replay'}: "
-                           f"run `modzoo data train-behaviour {robot}` first")
+                           f"run `modzoo data train-behaviour {parsed.robot}` first")
     cat = {k: np.concatenate([p[k] for p in parts])
            for k in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts")}
     config = json.loads((run / "config.json").read_text())
@@ -261,8 +236,7 @@ def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str
         cat["observations"], cat["next_observations"] = cat["observations"][:, :-1], cat["next_observations"][:, :-1]
     timeouts = cat["timeouts"].astype(bool)
     terminals = cat["dones"].astype(bool) & ~timeouts
-    # Episodes cut without a flag: the buffer's end, and a resumed run (SB3 resets the env on load), seen
-    # as a row whose stored successor is not the next row's observation. Mark them as timeouts.
+    # Unflagged cuts become timeouts: the buffer's end, and a resume (SB3 resets the env), whose successor differs.
     broken = ~(terminals | timeouts)[:-1] & np.any(cat["next_observations"][:-1] != cat["observations"][1:], axis=1)
     timeouts[:-1] |= broken
     timeouts[-1] = timeouts[-1] or not terminals[-1]
@@ -270,12 +244,7 @@ def collect_replay_from_run(task: str, run_dir: str | os.PathLike[str], out: str
     n = len(cat["rewards"])
     segment = {"label": "medium-replay", "policy": f"SB3 SAC replay buffer of {run} up to step {upto_step}",
                "transitions": n, "noise": "SAC's own exploration (gSDE)", "sigma_start": None, "sigma_end": None,
-               **_stats(parsed.name, rets), "source": "replay chunks",
-               "snapshot_eval_return": snapshot_return}
-    attrs = _recipe(parsed, config.get("seed"), n, rets, [segment],
-                    f"modzoo data collect {parsed} --from-run {run} --upto-step {upto_step}",
-                    "modzoo data collect --from-run")
-    path = Path(out).expanduser() if out else dataset_path(parsed)
-    write_d4rl_file(path, cat["observations"], cat["actions"], cat["rewards"], terminals, timeouts, attrs,
-                    cat["next_observations"])
-    return CollectResult(path, attrs)
+               **_stats(parsed.name, rets), "source": "replay chunks", "snapshot_eval_return": snapshot_return}
+    return _write(parsed, out, {**cat, "terminals": terminals, "timeouts": timeouts}, config.get("seed"), rets,
+                  [segment], f"modzoo data collect {parsed} --from-run {run} --upto-step {upto_step}",
+                  "modzoo data collect --from-run")

@@ -1,10 +1,6 @@
-"""D4RL-format datasets: reading, validating, building transitions, writing.
-
-The on-disk layout is D4RL's HDF5 (``observations, actions, rewards, terminals`` and usually ``timeouts``, optionally
-``next_observations``), so files D4RL published, files written with plain h5py and files ``modzoo data collect``
-writes all load the same way. Transitions are built exactly like ``d4rl.qlearning_dataset``
-(:func:`qlearning_transitions`), so a critic trained here sees the (s, a, r, s', done) tuples it would see through
-d4rl. Every problem a user can fix raises :class:`~modzoo.errors.DatasetError` naming the file in one line.
+"""D4RL-format datasets: reading, validating, building transitions, writing. The layout is D4RL's HDF5, so D4RL's
+files, plain h5py files and ``modzoo data collect``'s load alike; transitions are built exactly as
+``d4rl.qlearning_dataset`` builds them. A fixable problem is a one-line DatasetError naming the file.
 """
 from __future__ import annotations
 
@@ -38,27 +34,23 @@ def dataset_dir() -> Path:
 
 
 def demo_dir() -> Path:
-    """Where ``modzoo demo`` keeps the small datasets it collects: its own cache (``$XDG_CACHE_HOME/modzoo``,
-    default ``~/.cache/modzoo``), not D4RL's (see :func:`demo_dataset_path`)."""
+    """``modzoo demo``'s own cache (``$XDG_CACHE_HOME/modzoo``, default ``~/.cache/modzoo``), not D4RL's."""
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "modzoo"
 
 
 def demo_dataset_path(task: str, transitions: int, directory: str | os.PathLike[str] | None = None) -> Path:
-    """The file of ``modzoo demo``'s small dataset of ``task``: ``<task>-demo-<transitions>.hdf5`` in the demo's
-    cache, never D4RL's file: a run that names the task must get the full dataset or a clear "not found" (which
-    points at the demo's file), never 50k demo transitions standing in for D4RL's million."""
+    """``modzoo demo``'s small dataset of ``task``, never at D4RL's path: a run naming the task must get the full
+    dataset or a "not found" pointing here, never 50k demo transitions standing in for D4RL's million."""
     return Path(directory or demo_dir()).expanduser() / f"{task}-demo-{int(transitions)}.hdf5"
 
 
 def dataset_path(task: str | Task) -> Path:
-    """Where D4RL (and modzoo) keep a named dataset: the cache dir + the file name of D4RL's URL
-    (``bullet-hopper-medium-v0`` -> ``bullet-hopper_medium.hdf5``), as d4rl's ``filepath_from_url``."""
+    """The cache dir + the file name of D4RL's URL (``bullet-hopper_medium.hdf5``), as d4rl's ``filepath_from_url``."""
     return dataset_dir() / DATASET_URLS[task_of(task).name].rsplit("/", 1)[-1]  # task_of: EnvError naming the tasks
 
 
 def task_from_filename(path: str | os.PathLike[str]) -> str | None:
-    """Guess the task from a D4RL file name (``bullet-hopper_medium_replay.hdf5``) or a file named after
-    the task (``bullet-hopper-medium-replay-v0.hdf5``); None if it is neither."""
+    """The task of a D4RL file name (``bullet-hopper_medium_replay.hdf5``) or ``<task>.hdf5``, else None."""
     stem = re.sub(r"\.(hdf5|h5)$", "", Path(path).name)
     m = re.fullmatch(r"bullet-([a-z0-9]+)_([a-z_]+)", stem)
     name = f"bullet-{m.group(1)}-{m.group(2).replace('_', '-')}-v0" if m else stem
@@ -67,11 +59,8 @@ def task_from_filename(path: str | os.PathLike[str]) -> str | None:
 
 @dataclass
 class Dataset:
-    """Transitions of one dataset, built like ``d4rl.qlearning_dataset``.
-
-    ``fingerprint`` hashes the transition arrays: two datasets with equal fingerprints are the same data
-    distribution, which is what decides whether a frozen guidance and a policy can be mixed.
-    """
+    """Transitions of one dataset, built like ``d4rl.qlearning_dataset``. Equal ``fingerprint``s (a hash of the
+    transitions) mean the same data, which decides whether a frozen guidance and a policy can be mixed."""
 
     name: str
     path: str | None
@@ -97,8 +86,7 @@ class Dataset:
         return int(self.rewards.shape[0])
 
     def episode_returns(self) -> np.ndarray:
-        """Undiscounted returns of the raw file's episodes (split at ``terminals | timeouts``; a trailing
-        unfinished segment counts as an episode, as it is data the agent sees)."""
+        """Undiscounted returns of the raw episodes (split at ``terminals | timeouts``; a trailing cut one counts)."""
         return self.raw_episode_returns
 
     def episode_lengths(self) -> np.ndarray:
@@ -119,14 +107,9 @@ def fingerprint_of(transitions: Mapping[str, np.ndarray]) -> str:
 def qlearning_transitions(observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminals: np.ndarray,
                           timeouts: np.ndarray | None, max_episode_steps: int = MAX_EPISODE_STEPS
                           ) -> dict[str, np.ndarray]:
-    """``d4rl.qlearning_dataset`` (``terminate_on_end=False``), vectorized.
-
-    d4rl's rule: for ``i`` in ``0 .. N-2`` the transition is ``(obs[i], act[i], rew[i], obs[i+1],
-    terminals[i])``, except that rows where ``timeouts[i]`` is set are dropped (their successor is the next
-    episode's first observation; a timeout is not a terminal). The file's last row is always dropped (no
-    successor). Without a ``timeouts`` key d4rl counts steps and treats step ``max_episode_steps - 1``
-    of each episode as the timeout. Any ``next_observations`` key is ignored, as d4rl does.
-    """
+    """``d4rl.qlearning_dataset`` (``terminate_on_end=False``), vectorized: row ``i < N-1`` gives ``(obs[i], act[i],
+    rew[i], obs[i+1], terminals[i])`` unless ``timeouts[i]`` (its successor starts the next episode); without
+    ``timeouts``, step ``max_episode_steps - 1`` of each episode is the timeout. ``next_observations`` is ignored."""
     n = int(rewards.shape[0])
     if n < 2:
         keep = np.zeros(0, dtype=np.int64)
@@ -143,19 +126,14 @@ def qlearning_transitions(observations: np.ndarray, actions: np.ndarray, rewards
             kept.append(i)
             episode_step += 1  # d4rl increments even right after a terminal (its quirk, kept)
         keep = np.asarray(kept, dtype=np.int64)
-    return {
-        "observations": observations[keep].astype(np.float32),
-        "actions": actions[keep].astype(np.float32),
-        "rewards": rewards[keep].astype(np.float32),
-        "next_observations": observations[keep + 1].astype(np.float32),
-        "terminals": terminals[keep].astype(np.float32),
-    }
+    return {"observations": observations[keep].astype(np.float32), "actions": actions[keep].astype(np.float32),
+            "rewards": rewards[keep].astype(np.float32), "next_observations": observations[keep + 1].astype(np.float32),
+            "terminals": terminals[keep].astype(np.float32)}
 
 
 def episode_boundaries(terminals: np.ndarray, timeouts: np.ndarray | None,
                        max_episode_steps: int = MAX_EPISODE_STEPS) -> np.ndarray:
-    """Boolean per row: the row ends an episode (terminal or timeout; without timeouts, every
-    ``max_episode_steps``-th step since the last end, d4rl's fallback)."""
+    """Per row: it ends an episode (terminal or timeout; without timeouts, d4rl's every ``max_episode_steps``)."""
     ends = terminals.astype(bool).copy()
     if timeouts is not None:
         return ends | timeouts.astype(bool)
@@ -201,10 +179,9 @@ def read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
-            for k in REQUIRED_KEYS:
-                if k not in keys:
-                    raise DatasetError(f"dataset file {path} has no key {k!r}: not a D4RL-format file (keys: "
-                                       f"{', '.join(sorted(keys)) or 'none'}); {_FIX}")
+            if missing := [k for k in REQUIRED_KEYS if k not in keys]:
+                raise DatasetError(f"dataset file {path} has no key {missing[0]!r}: not a D4RL-format file (keys: "
+                                   f"{', '.join(sorted(keys)) or 'none'}); {_FIX}")
             raw: dict[str, np.ndarray] = {}
             for k in (*REQUIRED_KEYS, "timeouts", "next_observations"):
                 if k in keys:
@@ -301,9 +278,7 @@ def _from_minari(name_or_path: str) -> bool:
 
 
 def dataset_file(name_or_path: str, task: str | None = None) -> Path | None:
-    """The file :func:`load_dataset` would read, without reading it, or the one line it would fail with on a
-    missing file: a grid checks every dataset its runs need before the first of them starts. None for a Minari
-    id, whose data Minari finds."""
+    """The file :func:`load_dataset` would read (None for a Minari id) or its error: a grid checks all up front."""
     if _from_minari(str(name_or_path)):
         return None
     path, _ = _resolve(str(name_or_path), task)
@@ -312,12 +287,11 @@ def dataset_file(name_or_path: str, task: str | None = None) -> Path | None:
 
 
 def load_dataset(name_or_path: str, task: str | None = None) -> Dataset:
-    """Load and validate a D4RL-format dataset by task name (from :func:`dataset_dir`), by path, or by Minari id;
-    the result holds the transitions as numpy arrays, the file's recipe (``attrs``) and a ``fingerprint`` that
-    every run records.
+    """Load and validate a D4RL-format dataset by task name (from :func:`dataset_dir`), path or Minari id: its
+    transitions as numpy arrays, the file's recipe (``attrs``) and the ``fingerprint`` every run records.
 
-    The task (which env the data belongs to) is, in order: the ``task`` argument, the file's ``task``
-    attribute, or the file name (D4RL's ``bullet-hopper_medium.hdf5`` or ``bullet-hopper-medium-v0.hdf5``).
+    The task (whose env the data belongs to) is the ``task`` argument, else the file's ``task`` attribute, else
+    the file name (D4RL's ``bullet-hopper_medium.hdf5`` or ``bullet-hopper-medium-v0.hdf5``).
     """
     if _from_minari(str(name_or_path)):
         return _load_minari(str(name_or_path))
@@ -368,24 +342,17 @@ def _load_minari(dataset_id: str) -> Dataset:
 def write_d4rl_file(path: str | os.PathLike[str], observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                     terminals: np.ndarray, timeouts: np.ndarray, attrs: Mapping[str, Any] | None = None,
                     next_observations: np.ndarray | None = None) -> Path:
-    """Write a D4RL-layout HDF5 file atomically (temp file in the same directory, then ``os.replace``),
-    so an interrupted write never leaves a half file under the final name.
-
-    dtypes follow D4RL's files: float32 arrays, bool terminals/timeouts. Attribute values that are dicts or
-    lists are stored as JSON strings (HDF5 attributes hold no nested structures); None is stored as "".
-    """
+    """Write a D4RL-layout HDF5 file atomically (temp file, then ``os.replace``: never a half file under the name),
+    with D4RL's dtypes (float32, bool flags); dict/list attributes as JSON strings (HDF5 nests none), None as ""."""
     import h5py
 
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     n = len(rewards)
-    arrays: dict[str, np.ndarray] = {
-        "observations": np.asarray(observations, dtype=np.float32),
-        "actions": np.asarray(actions, dtype=np.float32),
-        "rewards": np.asarray(rewards, dtype=np.float32).reshape(n),
-        "terminals": np.asarray(terminals).astype(bool).reshape(n),
-        "timeouts": np.asarray(timeouts).astype(bool).reshape(n),
-    }
+    arrays = {"observations": np.asarray(observations, dtype=np.float32), "actions": np.asarray(actions, np.float32),
+              "rewards": np.asarray(rewards, dtype=np.float32).reshape(n),
+              "terminals": np.asarray(terminals).astype(bool).reshape(n),
+              "timeouts": np.asarray(timeouts).astype(bool).reshape(n)}
     if next_observations is not None:
         arrays["next_observations"] = np.asarray(next_observations, dtype=np.float32)
     for k, a in arrays.items():
@@ -406,10 +373,8 @@ def write_d4rl_file(path: str | os.PathLike[str], observations: np.ndarray, acti
 
 
 def raw_episodes(raw: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """A D4RL-layout file's rows split into episodes (at ``terminals | timeouts``), each as Minari stores one:
-    ``observations`` (n + 1, the last one the episode's final next observation), ``actions``, ``rewards``,
-    ``terminations``, ``truncations`` (n each). A file without ``next_observations`` cannot give an episode's
-    last observation, so its last step is dropped."""
+    """A D4RL-layout file's rows as Minari episodes (n + 1 ``observations``; ``actions``, ``rewards``,
+    ``terminations``, ``truncations`` n each); without ``next_observations`` each episode's last step is dropped."""
     ends = np.flatnonzero(episode_boundaries(raw["terminals"], raw.get("timeouts"))) + 1
     n_rows, nxt, out = len(raw["rewards"]), raw.get("next_observations"), []
     bounds = list(ends) + ([n_rows] if not len(ends) or ends[-1] < n_rows else [])
@@ -430,9 +395,7 @@ def raw_episodes(raw: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
 
 
 def export_minari(task: str, dataset_id: str | None = None, path: str | os.PathLike[str] | None = None) -> str:
-    """Write a modzoo Bullet dataset as a Minari dataset (``modzoo data export-minari``), so Minari readers
-    (d3rlpy, torchrl) can train on it; its env spec is modzoo's ``modzoo/bullet-<robot>-v0``, its reference scores
-    D4RL's, and the file's recipe attributes go into the description."""
+    """``modzoo data export-minari``: a Bullet dataset as a Minari one (for d3rlpy, torchrl), with D4RL's scores."""
     t = task_of(task)
     if not isinstance(t, Task):
         raise DatasetError(f"{task!r} is already a Minari dataset")

@@ -1,13 +1,10 @@
 """Bullet locomotion environments for the D4RL ``bullet-*`` tasks, registered as ``modzoo/bullet-<robot>-v0``.
 
-D4RL recorded its ``bullet-*`` data on pybullet's ``HopperBulletEnv-v0`` and friends; legacy ``pybullet_envs`` no
-longer imports with current gym, so modzoo wraps the maintained gymnasium port (``pybullet_envs_gymnasium``):
-
-* ``reset(seed=s)`` is deterministic. The port's very first reset builds the scene, and the ant settles differently
-  there than after later resets (which restore a saved state), so :class:`BulletLocomotionEnv` burns that reset
-  when it creates the physics client.
-* ``terminated`` is the robot falling (pybullet's ``alive < 0``; halfcheetah never falls); ``truncated`` is
-  gymnasium's ``TimeLimit`` at 1000 steps, D4RL's episode length.
+D4RL recorded on pybullet's ``HopperBulletEnv-v0`` and friends, whose legacy ``pybullet_envs`` no longer imports with
+current gym, so modzoo wraps the gymnasium port (``pybullet_envs_gymnasium``). ``reset(seed=s)`` is deterministic:
+the port's first reset builds the scene and the ant settles differently there than after later resets (which
+restore a saved state), so that reset is burnt. ``terminated`` is a fall (pybullet's ``alive < 0``; halfcheetah
+never falls); ``truncated`` is gymnasium's ``TimeLimit`` at D4RL's 1000 steps.
 """
 from __future__ import annotations
 
@@ -34,8 +31,7 @@ def _is_robot(task_or_robot: str | AnyTask) -> bool:
 
 
 def env_dims(task_or_robot: str | AnyTask) -> tuple[int, int]:
-    """``(obs_dim, act_dim)`` of a task's env, from the static table or the Minari dataset's spaces (no physics
-    client is started)."""
+    """``(obs_dim, act_dim)`` of a task's env, from the static table or the Minari dataset's spaces (no physics)."""
     if _is_robot(task_or_robot):
         return ROBOTS[robot_of(task_or_robot)][1:]
     t = task_of(task_or_robot)
@@ -44,8 +40,7 @@ def env_dims(task_or_robot: str | AnyTask) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _quiet(stream: Any) -> Iterator[None]:
-    """Silence a C-level stream: pybullet prints ``argv[0]=`` on stdout whenever a physics client connects, and its
-    build time on stderr when it is first imported, which would land in the middle of CLI output and progress bars."""
+    """Silence a C-level stream: pybullet's ``argv[0]=`` and build time would land amid CLI output and progress bars."""
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # e.g. stdout replaced by a StringIO
@@ -64,8 +59,7 @@ def _quiet(stream: Any) -> Iterator[None]:
 
 
 class BulletLocomotionEnv(gymnasium.Env):
-    """One pybullet robot behind a clean gymnasium interface (module docstring). The wrapped port's env is created
-    on the first reset, so building this one (e.g. to read its spaces) starts no physics."""
+    """One pybullet robot behind gymnasium's interface; no physics starts before the first reset (spaces are free)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 60}
 
@@ -96,8 +90,7 @@ class BulletLocomotionEnv(gymnasium.Env):
         super().reset(seed=seed)
         inner = self._ensure_inner()
         if seed is None and inner.np_random is not self.np_random:
-            # Continue this env's own random stream rather than the warm-up's (``self.np_random`` is seeded from
-            # entropy if this env was never seeded: unseeded envs must not all replay the warm-up's seed 0).
+            # This env's own stream (entropy-seeded if never seeded): unseeded envs must not replay the warm-up's 0.
             inner.np_random = inner.robot.np_random = self.np_random
         obs, info = inner.reset(seed=seed)
         # Share one generator so gymnasium's seeding contract (same seed -> same RNG state) holds.
@@ -123,9 +116,7 @@ class BulletLocomotionEnv(gymnasium.Env):
 
 
 def register_envs() -> None:
-    """Register ``modzoo/bullet-<robot>-v0`` for the four robots, and every Bullet task name
-    (``bullet-hopper-medium-v0`` ...) as the env its dataset is evaluated in, so that ``gymnasium.make(task)``
-    works as with D4RL; safe to call any number of times."""
+    """Register ``modzoo/bullet-<robot>-v0`` and each task name (``gymnasium.make(task)`` as with D4RL); idempotent."""
     ids = {**{f"modzoo/bullet-{robot}-v0": robot for robot in ROBOTS}, **{name: robot_of(name) for name in TASKS}}
     for eid, robot in ids.items():
         if eid not in gymnasium.registry:  # entry point as a string: the spec serializes (Minari)
@@ -134,16 +125,10 @@ def register_envs() -> None:
 
 
 def make_env(task: str | AnyTask, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
-    """Make the env of a task (or robot), with the 1000-step time limit; a Minari task's is the evaluation env
-    its dataset records.
-
-    With ``seed`` the env is reset once with it and its action space seeded, so a following ``reset()``
-    without a seed continues a reproducible stream. gymnasium's passive checker is left off: the env is
-    checked by the test suite, and the checker costs time on every step of data collection.
-    """
+    """A task's (or robot's) env with the 1000-step limit (a Minari task's: its recorded evaluation env). ``seed``
+    resets it and seeds its action space (later resets stay reproducible); no passive checker (slow; tests check)."""
     register_envs()
     t = None if _is_robot(task) else task_of(task)
-    # a Minari task's env is the evaluation env its dataset records (e.g. gymnasium's MuJoCo Hopper-v5)
     spec = t.spec() if isinstance(t, MinariTask) else env_id(task)
     env = gymnasium.make(spec, render_mode=render_mode, disable_env_checker=True)
     if seed is not None:

@@ -1,15 +1,10 @@
-"""The behaviour policies that generate modzoo's Bullet datasets, usable without TensorFlow or stable-baselines3.
+"""The behaviour policies that generate modzoo's Bullet datasets, usable without TensorFlow or stable-baselines3:
+pybullet's 2017 "enjoy_TF" numpy experts, whose weight literals are read with :mod:`ast` (importing their files fails
+with current gym; only hopper's and ant's walk on the gymnasium port), and SAC actors for halfcheetah and walker2d
+(``modzoo data train-behaviour``) as plain torch state dicts, loaded with ``torch.load(weights_only=True)``.
 
-* pybullet's bundled 2017 "enjoy_TF" experts: numpy MLPs whose weights are array literals in
-  ``pybullet_envs/examples/enjoy_TF_*BulletEnv_v0_2017may.py``. Importing those files fails with current gym, so
-  :func:`load_pybullet_expert` reads the literals with :mod:`ast`. Only hopper's and ant's walk on the gymnasium
-  port (halfcheetah and walker2d return about -860 and 150).
-* SAC actors for halfcheetah and walker2d (trained by the lab, ``modzoo data train-behaviour``), shipped as a plain
-  torch state dict of the deterministic actor that loads with ``torch.load(weights_only=True)``.
-
-A policy is a callable ``policy(obs, t=None)``: ``obs (n, obs_dim) -> actions (n, act_dim)`` in [-1, 1], ``t`` (n,)
-each row's step in its episode, read only by an actor trained with a time feature (rl-baselines3-zoo's
-``TimeFeatureWrapper``); the dataset records the env's own observation whatever the policy saw.
+A policy is ``policy(obs (n, obs_dim), t=None) -> actions (n, act_dim)`` in [-1, 1]; ``t`` (each row's episode step)
+is read only by an actor trained with rl-baselines3-zoo's ``TimeFeatureWrapper``. Datasets record the env's own obs.
 """
 from __future__ import annotations
 
@@ -32,30 +27,16 @@ Policy = Callable[..., np.ndarray]  # (obs, t=None) -> actions; see the module d
 PYBULLET_EXPERTS = {"hopper": "HopperBulletEnv", "ant": "AntBulletEnv"}
 #: Mean episode returns of d4rl-pybullet's medium datasets (takuseno): the target for "medium".
 D4RL_PYBULLET_MEDIUM_RETURN = {"hopper": 1078.4, "halfcheetah": 787.4, "walker2d": 1106.7, "ant": 570.8}
-#: Where committed SAC actors live: package data, flat (``behaviour-<robot>-<which>.pt``) because the
-#: package-data glob ``assets/*`` does not descend into subdirectories.
+#: Committed SAC actors, flat (``behaviour-<robot>-<which>.pt``): the package-data glob ``assets/*`` is not recursive.
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 
 
 def actor_filename(robot: str, which: str) -> str:
-    """File name of an exported actor, in the assets and in any ``--behaviour-dir``/``--export-to``."""
     return f"behaviour-{robot}-{which}.pt"
 
 
-def _parse_weights(path: Path) -> dict[str, np.ndarray]:
-    """Read the module-level ``weights_* = np.array([...])`` assignments of an enjoy_TF file."""
-    weights: dict[str, np.ndarray] = {}
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and node.value.args:
-            name = node.targets[0].id if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) else ""
-            if name.startswith("weights_"):
-                weights[name] = np.asarray(ast.literal_eval(node.value.args[0]), dtype=np.float64)
-    return weights
-
-
 class NumpyMLPPolicy:
-    """pybullet's ``SmallReactivePolicy``: relu(128) -> relu(64) -> linear, outputs clipped to [-1, 1]
-    (the env clips torques anyway; datasets must hold actions inside the action space)."""
+    """pybullet's ``SmallReactivePolicy``, relu(128) -> relu(64) -> linear, clipped so datasets stay in the space."""
 
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.layers = layers
@@ -70,8 +51,7 @@ class NumpyMLPPolicy:
 
 
 def load_pybullet_expert(robot: str) -> NumpyMLPPolicy:
-    """pybullet's bundled 2017 expert for ``robot`` (any robot with an enjoy_TF file; only hopper and ant
-    are good on the gymnasium port)."""
+    """pybullet's bundled 2017 expert for ``robot`` (only hopper's and ant's are good on the gymnasium port)."""
     robot = robot_of(robot)
     # found without importing ``pybullet_envs``, whose ``__init__`` needs legacy gym
     spec = importlib.util.find_spec("pybullet_envs")
@@ -81,7 +61,11 @@ def load_pybullet_expert(robot: str) -> NumpyMLPPolicy:
     if not path.is_file():
         raise ModzooError(f"pybullet expert file {path} not found: "
                           "reinstall pybullet (`pip install --force-reinstall pybullet`)")
-    w = _parse_weights(path)
+    # the file's module-level ``weights_* = np.array([...])`` assignments
+    w = {a.targets[0].id: np.asarray(ast.literal_eval(a.value.args[0]), dtype=np.float64)
+         for a in ast.parse(path.read_text()).body
+         if isinstance(a, ast.Assign) and isinstance(a.value, ast.Call) and a.value.args and len(a.targets) == 1
+         and isinstance(a.targets[0], ast.Name) and a.targets[0].id.startswith("weights_")}
     try:
         layers = [(w[f"weights_{n}_w"], w[f"weights_{n}_b"]) for n in ("dense1", "dense2", "final")]
     except KeyError as exc:
@@ -104,14 +88,11 @@ def actor_module(obs_dim: int, act_dim: int, hidden: list[int], clip_mean: float
 
 
 class TorchActorPolicy:
-    """Deterministic SAC actor (the squashed mean) loaded from an exported state dict.
-
-    It acts the same on every CPU, so that a dataset collected from it is the same file on any machine (else the
-    re-collected dataset gets another fingerprint and every finished run of a grid made from it turns stale).
-    Torch's float32 products, and even float64 ones, differ in their last bits between MKL's code paths (AVX-512,
-    AVX2, another vendor's kernels), and the simulator turns those bits into other episodes. So the forward pass
-    runs in numpy float64 with a fixed summation order (no BLAS kernel chooses it) and the action is rounded to
-    float32 once; numpy's tanh may differ in a float64's last bit, far below float32's rounding step."""
+    """Deterministic SAC actor (the squashed mean) from an exported state dict, acting the same on every CPU so a
+    collected dataset (and the fingerprint every grid run records) is the same on any machine: torch's products,
+    even float64, differ in their last bits between MKL's code paths, and the simulator turns those bits into other
+    episodes. So it runs in numpy float64 in a fixed summation order (no BLAS), rounded to float32 once (numpy's
+    tanh may differ in a float64's last bit, far below float32's step)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import torch
@@ -155,8 +136,7 @@ class TorchActorPolicy:
 
 
 def time_feature(t: np.ndarray, max_steps: int) -> np.ndarray:
-    """rl-baselines3-zoo's time feature (sb3-contrib ``TimeFeatureWrapper``): 1 at reset, falling linearly to 0
-    at the time limit. It lets a value function tell a timeout from a fall; only the behaviour actor sees it."""
+    """sb3-contrib's ``TimeFeatureWrapper``: 1 at reset to 0 at the limit, so the critic tells a timeout from a fall."""
     return (1.0 - np.asarray(t, dtype=np.float32) / float(max_steps)).astype(np.float32)
 
 
@@ -167,10 +147,8 @@ def read_progress(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def medium_snapshot(robot: str, run: Path, step: int | None = None) -> tuple[int, float | None]:
-    """The step of a ``train-behaviour`` run's medium snapshot (``step`` where given) and its evaluation return
-    (None if unevaluated). The medium snapshot is the one modzoo's exported medium actor came from (its recorded
-    ``source``), so that medium-replay ends where the medium dataset's policy was taken; else the earliest whose
-    evaluation return is closest to d4rl-pybullet's medium return."""
+    """Step (``step`` where given) and eval return (None if unevaluated) of a run's medium snapshot: the medium actor's
+    recorded ``source`` (medium-replay ends where it was taken), else the earliest closest to d4rl-pybullet's medium."""
     progress = read_progress(run)
     if step is None:
         import torch
@@ -187,8 +165,7 @@ def medium_snapshot(robot: str, run: Path, step: int | None = None) -> tuple[int
 
 
 def committed_actor(robot: str, which: str, directory: str | os.PathLike[str] | None = None) -> Path:
-    """Path of an exported SAC actor (``which`` in {"expert", "medium"}) in ``directory`` (default: the package
-    assets), or one line saying how to make it."""
+    """An exported SAC actor (``which``: expert or medium) in ``directory`` (default: the assets), or how to make it."""
     robot = robot_of(robot)
     d = Path(directory) if directory else ASSET_DIR
     p = d / actor_filename(robot, which)

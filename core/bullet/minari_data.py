@@ -1,11 +1,9 @@
 """Minari datasets (the Farama Foundation's offline-RL format) as a second source of tasks and data.
 
 A Minari id (``namespace/name-vN``, e.g. ``mujoco/hopper/medium-v0``) names a dataset in ``$MINARI_DATASETS_PATH``
-(default ``~/.minari/datasets``) that holds all modzoo needs: its spaces, the env to evaluate on (``eval_env_spec``,
-else ``env_spec``) and, when its creator gave them, the returns that score 0 and 100 (``ref_min_score`` /
-``ref_max_score``). Transitions are built as for D4RL files: ``terminations`` are terminals, ``truncations`` (time
-limits) are not, and no transition crosses an episode. ``minari`` is optional (``pip install 'modzoo[minari]'``);
-writing datasets needs ``minari[create]``.
+(default ``~/.minari/datasets``) holding its spaces, the env to evaluate on (``eval_env_spec``, else ``env_spec``)
+and maybe the returns that score 0 and 100 (``ref_min_score``, ``ref_max_score``). ``terminations`` are terminals,
+``truncations`` are not, no transition crosses an episode. Optional: ``modzoo[minari]``; writing: ``minari[create]``.
 """
 from __future__ import annotations
 
@@ -54,7 +52,7 @@ def open_dataset(dataset_id: str) -> Any:
 
 
 def metadata(dataset_id: str) -> dict[str, Any]:
-    """What a task needs from a dataset: dims, the evaluation env's spec (JSON) and the reference scores."""
+    """A task's fields from its dataset: dims, the evaluation env's spec (JSON), the reference scores."""
     ds = open_dataset(dataset_id)
     meta = ds.storage.metadata
     if not meta.get("total_episodes"):
@@ -67,15 +65,13 @@ def metadata(dataset_id: str) -> dict[str, Any]:
     if not spec:
         raise DatasetError(f"Minari dataset {dataset_id!r} records no env spec to evaluate on")
     env_spec = json.loads(spec) if isinstance(spec, str) else spec
-    lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
     return {"obs_dim": int(obs_space.shape[0]), "act_dim": int(act_space.shape[0]),
             "act_high": float(np.max(np.abs(act_space.high))), "env_spec": json.dumps(env_spec),
-            "ref_min_score": None if lo is None else float(lo), "ref_max_score": None if hi is None else float(hi)}
+            **{k: None if meta.get(k) is None else float(meta[k]) for k in ("ref_min_score", "ref_max_score")}}
 
 
 def episodes(dataset_id: str) -> dict[str, np.ndarray]:
-    """The dataset's transitions, D4RL-style: observations, actions, rewards, next_observations, terminals (from
-    ``terminations``), plus each episode's return and length."""
+    """The dataset's transitions, D4RL-style (terminals from ``terminations``), and each episode's return, length."""
     keys = ("observations", "next_observations", "actions", "rewards", "terminals")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     returns, lengths = [], []

@@ -1,7 +1,7 @@
 """A benchmark task as a value, parsed once where a name enters modzoo and passed down from there.
 
-:func:`task_of` parses a name (``bullet-hopper-medium-replay-v0``, or a Minari dataset id) once into a :class:`Task`
-or :class:`MinariTask` (robot, level, dims, env id); the functions that take a task accept either form.
+:func:`task_of` parses a name (``bullet-hopper-medium-v0`` or a Minari id) into a :class:`Task` or :class:`MinariTask`;
+functions that take a task accept either form.
 """
 from __future__ import annotations
 
@@ -15,14 +15,10 @@ import gymnasium
 from ..errors import EnvError
 from . import minari_data
 
-#: robot -> (pybullet_envs_gymnasium class name, obs_dim, act_dim). The dims are the pybullet robots'
-#: fixed sizes; tests check them against the live spaces, so no physics client is needed to know them.
+#: robot -> (pybullet_envs_gymnasium class, obs_dim, act_dim): fixed sizes, tested against the live spaces.
 ROBOTS: dict[str, tuple[str, int, int]] = {
-    "hopper": ("HopperBulletEnv", 15, 3),
-    "halfcheetah": ("HalfCheetahBulletEnv", 26, 6),
-    "walker2d": ("Walker2DBulletEnv", 22, 6),
-    "ant": ("AntBulletEnv", 28, 8),
-}
+    "hopper": ("HopperBulletEnv", 15, 3), "halfcheetah": ("HalfCheetahBulletEnv", 26, 6),
+    "walker2d": ("Walker2DBulletEnv", 22, 6), "ant": ("AntBulletEnv", 28, 8)}
 #: D4RL's dataset levels, in D4RL's order.
 LEVELS: tuple[str, ...] = ("random", "medium", "expert", "medium-expert", "medium-replay")
 #: Every D4RL ``bullet-*`` task name.
@@ -110,9 +106,8 @@ def _parse(name: str) -> Task | MinariTask:
 
 
 def task_of(task: str | AnyTask) -> AnyTask:
-    """The task value of a task name: a :class:`Task` for a D4RL ``bullet-*`` name, a :class:`MinariTask` for a
-    Minari dataset id (a task value passes through). Raises :class:`EnvError` listing the known names for anything
-    else, :class:`~modzoo.errors.DatasetError` for a Minari id that cannot be read."""
+    """A :class:`Task` for a ``bullet-*`` name, a :class:`MinariTask` for a Minari id (a value passes through);
+    :class:`EnvError` listing the known names otherwise, DatasetError for an unreadable Minari id."""
     return task if isinstance(task, (Task, MinariTask)) else _parse(str(task))
 
 
@@ -126,9 +121,7 @@ def bullet_task(task: str | AnyTask, what: str) -> Task:
 
 def robot_of(task_or_robot: str | Task) -> str:
     """The robot of a task (name or value), an env id (``modzoo/bullet-ant-v0``) or a bare robot name."""
-    if isinstance(task_or_robot, Task):
-        return task_or_robot.robot
-    for robot in ROBOTS:
+    for robot in ROBOTS:  # a Task value matches no string here and passes through bullet_task
         if task_or_robot in (robot, f"modzoo/bullet-{robot}-v0"):
             return robot
     return bullet_task(task_or_robot, "a robot").robot
