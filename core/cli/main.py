@@ -325,21 +325,10 @@ def _flags(p: argparse.ArgumentParser, *names: str) -> None:
             p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0 guidance.expectile=0.9")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="modzoo", description="Offline RL with diffusion policies, as a plugin zoo.")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = ap.add_subparsers(dest="command", required=True)
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """``run``, ``config`` (what a run would train with) and ``train-guidance``."""
     task_help = "task name, e.g. bullet-hopper-medium-v0"
     schedules = ["joint", "guidance-first", "pretrained"]
-
-    sub.add_parser("list", help="the registered guidance and policy halves").set_defaults(func=cmd_list)
-
-    p = sub.add_parser("registry", help="print, write or check registry.yaml")
-    p.add_argument("--write", action="store_true")
-    p.add_argument("--check", action="store_true")
-    p.add_argument("--path", default="registry.yaml")
-    p.set_defaults(func=cmd_registry)
-
     p = sub.add_parser("run", help="train a guidance + policy pair and evaluate it")
     p.add_argument("--guidance", required=True)
     p.add_argument("--policy", required=True)
@@ -382,6 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the unfinished run in --out, with the same arguments")
     _flags(p, "common", "overrides")
     p.set_defaults(func=cmd_train_guidance)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="modzoo", description="Offline RL with diffusion policies, as a plugin zoo.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the registered guidance and policy halves").set_defaults(func=cmd_list)
+    p = sub.add_parser("registry", help="print, write or check registry.yaml")
+    p.add_argument("--write", action="store_true")
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--path", default="registry.yaml")
+    p.set_defaults(func=cmd_registry)
+    _add_training_commands(sub)
 
     p = sub.add_parser("eval", help="evaluate a saved policy, ranked by its own or another guidance")
     p.add_argument("--policy", required=True, help="policy.pt")
