@@ -6,6 +6,7 @@ Every user error (a :class:`~modzoo.errors.ModzooError`) is printed as one line 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -66,8 +67,7 @@ def registry_yaml_text() -> str:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    text = registry_yaml_text()
-    path = Path(args.path)
+    text, path = registry_yaml_text(), Path(args.path)
     if args.write:
         if not path.parent.is_dir():
             raise ConfigError(f"cannot write {path}: its folder {path.parent} does not exist; create it or give "
@@ -90,17 +90,13 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 # ---- run / train-guidance / eval ---------------------------------------------------------------------------
 def _default_out(kind: str, task: str, parts: Sequence[str], seed: int) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / task / f"{kind}-{'+'.join(p for p in parts if p)}-s{seed}-{stamp}")
+    return str(Path("runs", task, f"{kind}-{'+'.join(p for p in parts if p)}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
 def _run_dirs(args: argparse.Namespace, kind: str, parts: Sequence[str], seeds: Sequence[int]) -> list[str]:
-    """Each seed's run dir (``<out>/seed<k>`` with several, exactly as if each had been run alone), setting
-    ``args.out`` (the resume command printed on a stop names it).
-
-    ``--resume`` where no run was ever started is refused in one line: it used to start a fresh run in a misspelt or
-    wrong ``--out`` and say nothing. A run exists once its ``config.yaml`` is written (before the first step); with
-    several seeds one started run is enough (the others resume from step 0)."""
+    """Each seed's run dir (``<out>/seed<k>`` with several, as if each ran alone); sets ``args.out``, which the
+    resume command printed on a stop names. ``--resume`` where no run was started (no ``config.yaml``, written before
+    the first step; with several seeds, none) is refused: a misspelt ``--out`` would silently start a fresh run."""
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR, the run dir to continue")
     args.out = args.out or _default_out(kind, args.env, parts, seeds[0])
@@ -241,40 +237,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                      seed=args.seed, device=args.device, threads=args.threads, out=out)
     dataset = load_dataset(str(data), task=DEMO_TASK)
     started = time.perf_counter()
-    result = train(cfg, dataset, progress=not args.no_progress, on_eval=_print_interim)
-    _report(result)
+    # the curve as it is drawn: a short demo's point is that the score rises past the data's
+    _report(train(cfg, dataset, progress=not args.no_progress, on_eval=lambda step, ev: print(
+        f"policy step {step}: normalized score {ev.normalized_mean:.1f} +- {ev.normalized_std:.1f}", flush=True)))
     rets = dataset.episode_returns()
     norm = normalized_score(dataset.name, rets)
     print(f"the data's own episodes: normalized {float(norm.mean()):.1f} +- {float(norm.std()):.1f} (return "
           f"{rets.mean():.1f}) over {len(rets)} episodes")
     print(f"training and evaluation took {time.perf_counter() - started:.0f} s")
-    _print_next_steps(args, data, Path(out))
-    return 0
-
-
-def _print_interim(step: int, ev: Any) -> None:
-    """The curve as it is drawn: a short demo's point is that the score rises past the data's."""
-    print(f"policy step {step}: normalized score {ev.normalized_mean:.1f} +- {ev.normalized_std:.1f}", flush=True)
-
-
-def _program() -> str:
-    """``modzoo`` as the user started it (``.venv/bin/modzoo`` after the README's set-up, where it is not on PATH),
-    so that printed commands run as printed."""
-    exe = Path(sys.argv[0])
-    if exe.name != "modzoo":
-        return "modzoo"
-    on_path = shutil.which("modzoo")
-    if on_path and Path(on_path).resolve() == exe.resolve():
-        return "modzoo"
-    try:
-        return os.path.relpath(exe) if not exe.is_absolute() or exe.resolve().is_relative_to(Path.cwd()) else str(exe)
-    except ValueError:  # another drive
-        return str(exe)
-
-
-def _print_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> None:
-    """What to try after the demo, on the data it made and the halves it trained."""
-    prog = _program()
+    # what to try next, on the data it made and the halves it trained
+    prog, run_dir = _program(), Path(out)
     threads = ["--threads", str(args.threads)] if args.threads else []
     steps = [
         ("the demo's dataset", ["data", "info", str(data)]),
@@ -289,6 +261,19 @@ def _print_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> No
           f"reads the full dataset, which `{prog} data collect {DEMO_TASK}` makes):")
     for why, argv in steps:
         print(f"  # {why}\n  {prog} {shlex.join(argv)}")
+    return 0
+
+
+def _program() -> str:
+    """``modzoo`` as the user started it (``.venv/bin/modzoo`` after the README's set-up, where it is not on PATH),
+    so that printed commands run as printed."""
+    exe, on_path = Path(sys.argv[0]), shutil.which("modzoo")
+    if exe.name != "modzoo" or (on_path and Path(on_path).resolve() == exe.resolve()):
+        return "modzoo"
+    try:
+        return os.path.relpath(exe) if not exe.is_absolute() or exe.resolve().is_relative_to(Path.cwd()) else str(exe)
+    except ValueError:  # another drive
+        return str(exe)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -306,7 +291,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 # ---- parser -----------------------------------------------------------------------------------------------
 def _flags(p: argparse.ArgumentParser, *names: str) -> None:
     """Add flags several commands share, each written once: ``common`` (seed, device, threads, progress),
-    ``preset``, ``logger``, ``overrides``."""
+    ``training`` (what ``run`` and ``train-guidance`` share: dataset, preset, logger, out, resume), ``preset``,
+    ``overrides``."""
     for name in names:
         if name == "common":
             p.add_argument("--seed", type=int, default=0)
@@ -315,12 +301,18 @@ def _flags(p: argparse.ArgumentParser, *names: str) -> None:
                            help="torch CPU threads (default 1, measured fastest for these small nets; more may pay "
                                 "on a large idle machine)")
             p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        elif name == "training":
+            p.add_argument("--dataset", help="D4RL-format HDF5 file (default: the task's file in $D4RL_DATASET_DIR)")
+            _flags(p, "preset")
+            p.add_argument("--logger", help="also log to tensorboard and/or wandb, comma-separated (metrics.jsonl is "
+                                            "always written; run.logger)")
+            p.add_argument("--out", help="run dir (default: a new one under runs/<task>/)")
+            p.add_argument("--resume", action="store_true",
+                           help="continue the unfinished run in --out, with the same arguments (another setting is "
+                                "refused, a finished run is left as it is)")
         elif name == "preset":
             p.add_argument("--preset", help=f"settings merged over the halves' defaults, before the key=value "
                                             f"overrides ({', '.join(preset_names())}; see core/run/presets/)")
-        elif name == "logger":
-            p.add_argument("--logger", help="also log to tensorboard and/or wandb, comma-separated (metrics.jsonl is "
-                                            "always written; run.logger)")
         elif name == "overrides":
             p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0 guidance.expectile=0.9")
 
@@ -333,16 +325,11 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", required=True)
     p.add_argument("--policy", required=True)
     p.add_argument("--env", required=True, help=task_help)
-    p.add_argument("--dataset", help="D4RL-format HDF5 file (default: the task's file in $D4RL_DATASET_DIR)")
+    _flags(p, "training")
     p.add_argument("--schedule", default="joint", choices=schedules)
     p.add_argument("--guidance-ckpt", help="guidance.pt for --schedule pretrained")
     for flag in ("--guidance-steps", "--policy-steps", "--eval-episodes", "--eval-every"):
         p.add_argument(flag, type=int, default=None)
-    _flags(p, "preset", "logger")
-    p.add_argument("--out", help="run dir (default: runs/<task>/run-...)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the unfinished run in --out, with the same arguments (another setting is refused, "
-                        "a finished run is left as it is)")
     p.add_argument("--seeds", help="several seeds, e.g. 0,1,2,3,4: one run dir each under --out (seed<k>), "
                                    "trained in one process (see --stack)")
     p.add_argument("--stack", default="auto", choices=["auto", "vmap", "lockstep", "off"],
@@ -363,12 +350,8 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-guidance", help="train a guidance alone and save it for reuse")
     p.add_argument("--guidance", required=True)
     p.add_argument("--env", required=True, help=task_help)
-    p.add_argument("--dataset")
+    _flags(p, "training")
     p.add_argument("--steps", type=int, default=None)
-    _flags(p, "preset", "logger")
-    p.add_argument("--out")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the unfinished run in --out, with the same arguments")
     _flags(p, "common", "overrides")
     p.set_defaults(func=cmd_train_guidance)
 
@@ -474,10 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         try:
-            if args.command in ("run", "train-guidance"):  # the commands that train: they save and stop on a signal
-                with stop_on_signals():
-                    return int(args.func(args) or 0)
-            return int(args.func(args) or 0)
+            # the commands that train save and stop on SIGINT/SIGTERM
+            with stop_on_signals() if args.command in ("run", "train-guidance") else contextlib.nullcontext():
+                return int(args.func(args) or 0)
         except AlreadyFinished as e:  # nothing to do is not a failure
             print(e)
             return 0

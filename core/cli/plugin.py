@@ -1,16 +1,7 @@
-"""``modzoo plugin new NAME``: scaffold a plugin package that installs with ``pip install -e`` and passes
-:mod:`modzoo.testing` as generated, so an author starts from green and changes one loss at a time.
-
-The package (``modzoo-NAME/``)::
-
-    pyproject.toml               [project.entry-points.modzoo] NAME = "modzoo_NAME.plugin", YAML as package data
-    README.md                    install, conformance, train/eval commands
-    src/modzoo_NAME/__init__.py
-    src/modzoo_NAME/plugin.py    the halves (a fitted-Q guidance and/or a diffusion-BC policy) and their hooks
-    src/modzoo_NAME/NAME.yaml    every hyperparameter with its default
-    tests/test_NAME.py           check_plugin("NAME")
-
-Templates live in ``modzoo/cli/templates`` (package data) and are filled with :class:`string.Template`.
+"""``modzoo plugin new NAME``: scaffold a plugin package (``modzoo-NAME/``: its pyproject with the entry point, the
+halves and their hooks, their YAML, a conformance test, a README) that installs with ``pip install -e`` and passes
+:mod:`modzoo.testing` as generated, so an author starts from green and changes one loss at a time (CONTRIBUTING.md,
+"Writing a plugin in your own package"). The files are ``modzoo/cli/templates``, filled by :class:`string.Template`.
 """
 from __future__ import annotations
 

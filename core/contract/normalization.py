@@ -27,10 +27,9 @@ def obs_norm_enabled(cfg: dict) -> bool:
 class ObsNorm(nn.Module):
     """z-scores observations with the dataset's mean and std (CleanDiffuser's ``GaussianNormalizer``).
 
-    It sits inside every network that reads a state, so a half always takes the env's raw observation: the
-    statistics travel in the half's own state dict (its checkpoint), training batches, TD targets, candidate
-    ranking and evaluation all see the same numbers, and two halves trained on differently normalized inputs
-    can be paired without any re-mapping, each applying its own. Filled by :func:`fit_obs_norm`.
+    It sits inside every network that reads a state, so a half always takes the env's raw observation: training,
+    TD targets, ranking and evaluation all see the same numbers, and two halves normalized differently pair
+    without any re-mapping, each applying its own statistics. Filled by :func:`fit_obs_norm`.
     """
 
     def __init__(self, obs_dim: int) -> None:
