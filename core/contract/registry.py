@@ -32,13 +32,11 @@ RENAMED_KEYS: dict[tuple[str, str], str] = {("policy", "schedule"): "noise_sched
 def renamed_keys(kind: str, section: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
     """``section`` (a half's config) with old key names replaced by the new ones, in place of the old key; with
     ``where``, one warning line saying where the old name was read (records and checkpoints pass none)."""
-    out: dict[str, Any] = {}
-    for key, value in section.items():
-        new = RENAMED_KEYS.get((kind, key))
-        if new is not None and where is not None:
-            warnings.warn(f"{where}: {kind}.{key} is now {kind}.{new}; read as such (rename it there)", stacklevel=3)
-        out[new or key] = value
-    return out
+    renamed = {key: RENAMED_KEYS.get((kind, key), key) for key in section}
+    for old, new in renamed.items():
+        if new != old and where is not None:
+            warnings.warn(f"{where}: {kind}.{old} is now {kind}.{new}; read as such (rename it there)", stacklevel=3)
+    return {renamed[key]: value for key, value in section.items()}
 
 
 @dataclass
