@@ -239,14 +239,14 @@ def recipe_rows(task: str, segments: list[dict[str, Any]] | None) -> list[tuple[
                      f"return {own:.1f} at that step (its training's evaluation)" if own is not None
                      else "as its description above says (SAC actors: their evaluation return when exported); "
                           "not recorded for pybullet's bundled experts (docs/datasets.md measures them)"))
-        if s.get("sigma_start") is None:
+        start, end = s.get("sigma_start"), s.get("sigma_end")
+        if start is None:
             noise = str(s.get("noise", "none recorded"))
-        elif s["sigma_start"] == s["sigma_end"] == 0:
+        elif start == end == 0:
             noise = "none"
         else:
-            sig = (f"sigma {s['sigma_start']}" if s["sigma_start"] == s["sigma_end"]
-                   else f"sigma {s['sigma_start']} falling to {s['sigma_end']} across the segment")
-            noise = f"{s.get('noise', 'gaussian')}, {sig}"
+            falling = "" if start == end else f" falling to {end} across the segment"
+            noise = f"{s.get('noise', 'gaussian')}, sigma {start}{falling}"
         rows.append((f"{name}: action noise", noise))
         rows.append((f"{name}: size", f"{s['transitions']:,} steps, {s.get('episodes', 'n/a')} episodes"))
         if "std_return" in s:
