@@ -32,35 +32,31 @@ class EnvError(ModzooError):
 
 
 class StorageError(ModzooError, OSError):
-    """Writing a run's files failed (a full disk, an I/O error, a read-only file system): what was being written,
-    why, and how much space it needed, with the files already on disk left as they were. Also an ``OSError``, so
-    code that handles failed writes as such still does."""
+    """Writing a run's files failed (a full disk, an I/O error, a read-only file system); the files already on disk
+    are left as they were. Also an ``OSError``, so code that handles failed writes as such still does."""
 
 
 class AlreadyFinished(ModzooError):
-    """``resume`` found a finished run (its ``result.json`` exists): there is nothing to continue, and nothing was
-    changed. An exception rather than a silent return, because a caller asked for training that did not happen;
-    the CLI reports it as a notice and exits 0."""
+    """``resume`` found a finished run (its ``result.json``): nothing to continue, nothing changed. An exception, not
+    a silent return, because a caller asked for training that did not happen; the CLI prints it and exits 0."""
 
 
 class PluginFailure(PluginError):
-    """An exception raised inside a plugin's own code while a run trained or evaluated, attributed: which half,
-    which plugin (and the distribution that installed it), which phase and step. The original exception is its
-    ``__cause__`` (``--debug`` shows both tracebacks). A user can act on the line alone: the plugin to report to
-    and the step to reproduce it at."""
+    """An exception raised inside a plugin's own code while a run trained or evaluated, attributed (half, plugin and
+    the distribution that installed it, phase, step) so that a user knows whom to report it to and where it
+    reproduces. The original exception is its ``__cause__`` (``--debug`` shows both tracebacks)."""
 
 
 class NonFiniteError(ModzooError):
-    """A training metric (a half's loss) or a value the policy reads from its guidance was NaN or infinite, and
-    ``run.on_nonfinite`` is ``stop``: the run stopped before saving anything past its last good state, and wrote
-    no score. A user error in the sense that the fix is theirs (a learning rate, a plugin's maths), not modzoo's."""
+    """A half's loss or a value the policy reads from its guidance was NaN or infinite with ``run.on_nonfinite:
+    stop``: the run stopped, saving nothing past its last good state. The fix is the user's (a learning rate, a
+    plugin's maths)."""
 
 
 class RunStopped(ModzooError):
-    """SIGINT or SIGTERM reached ``modzoo run`` / ``train-guidance``: the run saved its resume state at the next
-    step boundary (``saved``) and stopped, so that a preemption or a closed terminal costs no training. The CLI
-    prints one line with the resume command and exits ``128 + signum`` (130, 143), as a shell reports a process
-    ended by that signal, so that schedulers see a stop, not a success."""
+    """SIGINT or SIGTERM reached a training run: it saved its resume state at the next step boundary (``saved``)
+    and stopped, so that a preemption costs no training. The CLI prints the resume command and exits
+    ``128 + signum``, as a shell reports a process ended by that signal, so that schedulers see a stop."""
 
     def __init__(self, signum: int, where: str = "", saved: bool = True) -> None:
         self.signum, self.where, self.saved = int(signum), where, saved

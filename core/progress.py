@@ -8,42 +8,28 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Iterable, Iterator, TextIO
-
-PLAIN_LINES = 10  # plain lines per bar, about (one per tenth)
-
-
-def interactive(stream: TextIO | None = None) -> bool:
-    """Whether ``stream`` (default stderr, where bars go) redraws a bar in place: a terminal or a notebook."""
-    stream = stream or sys.stderr
-    try:
-        if stream.isatty():
-            return True
-    except (AttributeError, ValueError):
-        return False
-    return "ipykernel" in sys.modules
+from typing import Any, Iterable, Iterator
 
 
 class PlainProgress:
     """The part of tqdm's interface the trainer, the evaluation and the data commands use, as plain lines."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | float | None = None, desc: str = "",
-                 initial: int = 0, unit: str = "it", disable: bool = False, stream: TextIO | None = None,
-                 **_ignored: Any) -> None:
+                 initial: int = 0, unit: str = "it", disable: bool = False, **_ignored: Any) -> None:
         self.iterable, self.desc, self.unit, self.disable = iterable, desc, unit, disable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = initial + len(iterable)  # type: ignore[arg-type]
         self.total, self.n, self.start_n = total, initial, initial
-        self.stream = stream or sys.stderr
         self.postfix = ""
         self.t0 = time.perf_counter()
         self.next_mark = self._mark_after(initial)
         self.closed = False
 
     def _mark_after(self, n: float) -> float:
+        """The count at which the next line is due: the next tenth of the total (none without a total)."""
         if not self.total:
             return float("inf")
-        step = max(self.total / PLAIN_LINES, 1)
+        step = max(self.total / 10, 1)
         return (n // step + 1) * step
 
     def __iter__(self) -> Iterator[Any]:
@@ -73,7 +59,7 @@ class PlainProgress:
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         extra = f", {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {done} {self.unit}{pct}, {time.perf_counter() - self.t0:.0f} s{extra}",
-              file=self.stream, flush=True)
+              file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if not self.closed and self.n > self.start_n:
@@ -82,8 +68,13 @@ class PlainProgress:
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> Any:
-    """``tqdm(iterable, **kwargs)`` on a terminal, :class:`PlainProgress` with the same arguments elsewhere."""
-    if interactive():
+    """``tqdm(iterable, **kwargs)`` where stderr (where bars go) redraws a bar in place, a terminal or a notebook;
+    :class:`PlainProgress` with the same arguments elsewhere."""
+    try:
+        redraws = sys.stderr.isatty() or "ipykernel" in sys.modules
+    except (AttributeError, ValueError):  # a closed or replaced stderr
+        redraws = False
+    if redraws:
         from tqdm.auto import tqdm
         return tqdm(iterable, **kwargs)
     return PlainProgress(iterable, **kwargs)

@@ -9,7 +9,7 @@ import torch
 
 import modzoo
 from modzoo.bullet.data import load_dataset
-from modzoo.contract.normalization import fit_obs_norm, gaussian_stats, obs_stats
+from modzoo.contract.normalization import ObsNorm, fit_obs_norm, gaussian_stats
 from modzoo.errors import ConfigError
 from modzoo.run.checkpoint import load_checkpoint
 from modzoo.run.config import PRESET_DIR, load_preset
@@ -25,6 +25,12 @@ def cfg(g, p, data, out=None, overrides=(), **run):
     run = {"policy_steps": 12, "guidance_steps": 10, "eval_episodes": 1, "device": "cpu", "dataset": str(data),
            "out": str(out) if out else None, **run}
     return modzoo.run_config(g, p, TASK, [*TINY, *overrides], **run)
+
+
+def obs_stats(half: torch.nn.Module) -> dict[str, list[float]] | None:
+    """The statistics a half normalizes with (None when it reads raw observations)."""
+    layers = [m for m in half.modules() if isinstance(m, ObsNorm)]
+    return {"mean": layers[0].mean.tolist(), "std": layers[0].std.tolist()} if layers else None
 
 
 def test_gaussian_stats_are_cleandiffusers_and_keep_constant_dims_finite() -> None:

@@ -1,9 +1,5 @@
-"""The ``modzoo data`` command: ``fetch``, ``collect``, ``info``, ``export-minari``.
-
-:func:`add_data_commands` adds it to the main parser's subparsers; every leaf sets ``func`` to a handler
-that takes the parsed namespace and returns an exit code. Handlers raise :class:`~modzoo.errors.ModzooError`
-subclasses for user errors; the main CLI prints them as one line.
-"""
+"""The ``modzoo data`` command (``fetch``, ``collect``, ``info``, ``export-minari``), which
+:func:`add_data_commands` adds to the main parser."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +8,6 @@ import http.client
 import json
 import os
 import socket
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,7 +21,7 @@ from ..bullet.data import dataset_path, export_minari, load_dataset
 from ..bullet.minari_data import is_minari_id
 from ..bullet.scores import DATASET_URLS, normalized_score
 from ..bullet.tasks import bullet_task, task_of
-from ..errors import DatasetError, EnvError, ModzooError
+from ..errors import DatasetError, EnvError
 from ..progress import progress_bar
 
 
@@ -35,9 +30,8 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     data = subparsers.add_parser("data", help="fetch, collect, inspect Bullet D4RL datasets",
                                  description="Bullet D4RL datasets: D4RL's HDF5 layout, cached in $D4RL_DATASET_DIR "
                                              "(default ~/.d4rl/datasets).")
-    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     data.commands = sub  # where another package adds a subcommand (the lab's train-behaviour)
-    sub.required = True
 
     p = sub.add_parser("fetch", help="download a dataset from D4RL's server, or a Minari id through Minari (network)")
     p.add_argument("name", metavar="NAME", help="task name, e.g. bullet-hopper-medium-v0, or a Minari id such as "
@@ -101,7 +95,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         ds = load_dataset(args.name)
         print(f"fetched {args.name} to {where}: {len(ds)} transitions, {len(ds.episode_returns())} episodes")
         return 0
-
     try:
         task_of(args.name)
     except EnvError as exc:
@@ -111,16 +104,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     _refuse_overwrite(out, args.force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
+    build = f"`modzoo data collect {args.name}`"
     h = hashlib.sha256()
     try:
         try:
             resp = urllib.request.urlopen(url, timeout=args.timeout)
         except (urllib.error.URLError, socket.timeout, OSError, ValueError) as exc:  # ValueError: a malformed URL
-            reason = getattr(exc, "reason", exc)
-            raise DatasetError(
-                f"cannot download {args.name} from {url} ({reason}); without network build it locally with "
-                f"`modzoo data collect {args.name}`"
-            ) from exc
+            raise DatasetError(f"cannot download {args.name} from {url} ({getattr(exc, 'reason', exc)}); without "
+                               f"network build it locally with {build}") from exc
         total = int(resp.headers.get("Content-Length") or 0) or None
         with resp, open(tmp, "wb") as f, progress_bar(total=total, unit="B", unit_scale=True,
                                                       desc=f"fetch {args.name}") as bar:
@@ -128,8 +119,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 try:
                     chunk = resp.read(1 << 20)
                 except (socket.timeout, OSError, http.client.HTTPException) as exc:  # IncompleteRead is the latter
-                    raise DatasetError(f"download of {url} broke off ({exc}); retry, or build it with "
-                                       f"`modzoo data collect {args.name}`") from exc
+                    raise DatasetError(f"download of {url} broke off ({exc}); retry, or build it with {build}") from exc
                 if not chunk:
                     break
                 f.write(chunk)
@@ -138,7 +128,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         got = tmp.stat().st_size
         if total is not None and got != total:
             raise DatasetError(f"download of {url} is incomplete ({got} of {total} bytes), nothing was written to "
-                               f"{out}; retry, or build it with `modzoo data collect {args.name}`")
+                               f"{out}; retry, or build it with {build}")
         digest = h.hexdigest()
         if args.sha256 and digest != args.sha256.lower():
             raise DatasetError(f"download of {url} has sha256 {digest}, not the expected {args.sha256}; nothing was "
@@ -148,10 +138,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         try:
             ds = load_dataset(str(tmp), task=args.name)
         except DatasetError as exc:
-            raise DatasetError(
-                f"the download from {url} is not a valid {args.name} dataset, nothing was written to {out} ({exc}); "
-                f"retry later or build it with `modzoo data collect {args.name}`"
-            ) from exc
+            raise DatasetError(f"the download from {url} is not a valid {args.name} dataset, nothing was written to "
+                               f"{out} ({exc}); retry later or build it with {build}") from exc
         os.replace(tmp, out)
         out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
     finally:
@@ -170,7 +158,6 @@ def _refuse_overwrite(out: Path, force: bool) -> None:
 # ---------------------------------------------------------------------------------------------- collect
 def cmd_collect(args: argparse.Namespace) -> int:
     import torch
-
     if args.threads < 1:
         raise DatasetError(f"--threads {args.threads}: give at least 1")
     torch.set_num_threads(args.threads)
@@ -180,7 +167,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise DatasetError(str(exc)) from exc
     _refuse_overwrite(Path(args.out).expanduser() if args.out else dataset_path(args.name), args.force)
     if args.from_run:
-
         res = collect_replay_from_run(args.name, args.from_run, out=args.out, upto_step=args.upto_step)
         a = res.attrs
         print(f"wrote {res.path}: {a['transitions']} transitions, {a['episodes']} episodes, "
@@ -192,41 +178,32 @@ def cmd_collect(args: argparse.Namespace) -> int:
     print(f"wrote {res.path}: {a['transitions']} transitions, {a['episodes']} episodes, mean return "
           f"{a['mean_return']:.1f} ± {a['std_return']:.1f} (normalized {a['normalized_score']:.1f}), "
           f"{a['steps_per_second']:.0f} steps/s")
-    for s in a["segments"]:
-        if len(a["segments"]) > 1:
-            print(f"  {s['label']}: {s['transitions']} transitions, mean return {s['mean_return']:.1f} "
-                  f"(normalized {s['normalized_score']:.1f})")
+    for s in a["segments"] if len(a["segments"]) > 1 else []:
+        print(f"  {s['label']}: {s['transitions']} transitions, mean return {s['mean_return']:.1f} "
+              f"(normalized {s['normalized_score']:.1f})")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------- info
-def dataset_summary(target: str, task: str | None = None) -> dict[str, Any]:
-    """What ``modzoo data info`` shows, as a dict."""
-
-    ds = load_dataset(target, task=task)
+def cmd_info(args: argparse.Namespace) -> int:
+    ds = load_dataset(args.target, task=args.task)
     rets = ds.episode_returns()
     norm = np.asarray(normalized_score(ds.name, rets)).reshape(-1)
     recipe = {k: ds.attrs[k] for k in ("command", "seed", "modzoo_version", "generator", "created") if k in ds.attrs}
-    return {
+    info = {
         "path": ds.path, "task": ds.name, "transitions": len(ds), "episodes": int(len(rets)),
         "obs_dim": ds.obs_dim, "act_dim": ds.act_dim, "terminals": int(ds.terminals.sum()),
         "return_mean": float(rets.mean()), "return_std": float(rets.std()),
         "return_min": float(rets.min()), "return_max": float(rets.max()),
         "normalized_mean": float(norm.mean()), "normalized_std": float(norm.std()),
         "episode_length_mean": float(ds.episode_lengths().mean()),
-        "fingerprint": ds.fingerprint, "recipe": recipe,
-        "segments": ds.attrs.get("segments"),
+        "fingerprint": ds.fingerprint, "recipe": recipe, "segments": ds.attrs.get("segments"),
     }
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    info = dataset_summary(args.target, args.task)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
     from rich.console import Console
     from rich.table import Table
-
     t = Table(title=f"{info['task']}  ({info['path']})", show_header=False)
     t.add_row("transitions (q-learning)", f"{info['transitions']:,}")
     t.add_row("episodes",
@@ -238,7 +215,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     t.add_row("fingerprint", info["fingerprint"])
     for k, v in info["recipe"].items():
         t.add_row(k, str(v))
-    for label, text in recipe_rows(info["task"], info.get("segments")):
+    for label, text in recipe_rows(info["task"], info["segments"]):
         t.add_row(label, text)
     Console().print(t)
     return 0
@@ -262,14 +239,14 @@ def recipe_rows(task: str, segments: list[dict[str, Any]] | None) -> list[tuple[
                      f"return {own:.1f} at that step (its training's evaluation)" if own is not None
                      else "as its description above says (SAC actors: their evaluation return when exported); "
                           "not recorded for pybullet's bundled experts (docs/datasets.md measures them)"))
-        if s.get("sigma_start") is None:
+        start, end = s.get("sigma_start"), s.get("sigma_end")
+        if start is None:
             noise = str(s.get("noise", "none recorded"))
-        elif s["sigma_start"] == s["sigma_end"] == 0:
+        elif start == end == 0:
             noise = "none"
         else:
-            sig = (f"sigma {s['sigma_start']}" if s["sigma_start"] == s["sigma_end"]
-                   else f"sigma {s['sigma_start']} falling to {s['sigma_end']} across the segment")
-            noise = f"{s.get('noise', 'gaussian')}, {sig}"
+            falling = "" if start == end else f" falling to {end} across the segment"
+            noise = f"{s.get('noise', 'gaussian')}, sigma {start}{falling}"
         rows.append((f"{name}: action noise", noise))
         rows.append((f"{name}: size", f"{s['transitions']:,} steps, {s.get('episodes', 'n/a')} episodes"))
         if "std_return" in s:
@@ -281,19 +258,3 @@ def recipe_rows(task: str, segments: list[dict[str, Any]] | None) -> list[tuple[
         else:
             rows.append((f"{name}: data's own score", f"return {s['mean_return']:.1f} (spread not recorded)"))
     return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m modzoo.cli.data data ...``) until the main CLI wires ``data`` in."""
-    parser = argparse.ArgumentParser(prog="modzoo")
-    add_data_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ModzooError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

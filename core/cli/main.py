@@ -6,11 +6,15 @@ Every user error (a :class:`~modzoo.errors.ModzooError`) is printed as one line 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shlex
+import shutil
 import sys
 import time
 import warnings
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,27 +36,20 @@ from .plugin import add_plugin_commands
 DEMO_TASK = "bullet-hopper-medium-v0"
 
 
-def _print_table(rows: list[list[str]], header: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(*header, show_lines=False)
-    for r in rows:
-        t.add_row(*r)
-    Console(width=160).print(t)
-
-
 # ---- list / registry --------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
     reg = load_registry()
-    rows = []
+    table = Table("half", "name", "plugin", "pairs with", "description", show_lines=False)
     for name, s in sorted(reg.guidances.items()):
-        rows.append(["guidance", name, s.plugin, "provides " + ",".join(sorted(s.capabilities)), s.description])
+        table.add_row("guidance", name, s.plugin, "provides " + ",".join(sorted(s.capabilities)), s.description)
     for name, s in sorted(reg.policies.items()):
         extra = "".join(f"; {key}={value} needs {','.join(sorted(caps))}"
-                        for key, table in s.cls.needs_by_setting().items() for value, caps in table.items())
-        rows.append(["policy", name, s.plugin, "guidance: " + (", ".join(reg.compatible(name)) or "none") + extra,
-                     s.description])
-    _print_table(rows, ["half", "name", "plugin", "pairs with", "description"])
+                        for key, by_value in s.cls.needs_by_setting().items() for value, caps in by_value.items())
+        table.add_row("policy", name, s.plugin, "guidance: " + (", ".join(reg.compatible(name)) or "none") + extra,
+                      s.description)
+    Console(width=160).print(table)
     for b in reg.broken:
         print(f"broken plugin {b.name}: {b.error}")
     return 0
@@ -70,16 +67,14 @@ def registry_yaml_text() -> str:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    text = registry_yaml_text()
-    path = Path(args.path)
+    text, path = registry_yaml_text(), Path(args.path)
     if args.write:
         if not path.parent.is_dir():
             raise ConfigError(f"cannot write {path}: its folder {path.parent} does not exist; create it or give "
                               f"another --path")
         path.write_text(text)
         print(f"wrote {path}")
-        return 0
-    if args.check:
+    elif args.check:
         if not path.is_file():
             raise ConfigError(f"{path} does not exist; give the registry file's --path or create it with "
                               f"`modzoo registry --write --path {path}`")
@@ -88,15 +83,29 @@ def cmd_registry(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         print(f"{path} is current")
-        return 0
-    print(text, end="")
+    else:
+        print(text, end="")
     return 0
 
 
 # ---- run / train-guidance / eval ---------------------------------------------------------------------------
 def _default_out(kind: str, task: str, parts: Sequence[str], seed: int) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / task / f"{kind}-{'+'.join(p for p in parts if p)}-s{seed}-{stamp}")
+    return str(Path("runs", task, f"{kind}-{'+'.join(p for p in parts if p)}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+
+def _run_dirs(args: argparse.Namespace, kind: str, parts: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    """Each seed's run dir (``<out>/seed<k>`` with several, as if each ran alone); sets ``args.out``, which the
+    resume command printed on a stop names. ``--resume`` where no run was started (no ``config.yaml``, written before
+    the first step; with several seeds, none) is refused: a misspelt ``--out`` would silently start a fresh run."""
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR, the run dir to continue")
+    args.out = args.out or _default_out(kind, args.env, parts, seeds[0])
+    outs = [str(Path(args.out) / f"seed{seed}") if len(seeds) > 1 else args.out for seed in seeds]
+    if args.resume and not any((Path(out) / "config.yaml").is_file() for out in outs):
+        why = "does not exist" if not Path(args.out).exists() else "holds no run (no config.yaml)"
+        raise ConfigError(f"--resume: run dir {Path(args.out)} (--out) {why}, so there is nothing to resume; check "
+                          f"--out, or drop --resume to start a new run there")
+    return outs
 
 
 def _report(result: Any) -> None:
@@ -113,10 +122,8 @@ def _report(result: Any) -> None:
 
 
 def _parse_seeds(text: str | None, default: int) -> list[int]:
-    if not text:
-        return [default]
     try:
-        seeds = [int(x) for x in text.split(",") if x.strip()]
+        seeds = [int(x) for x in text.split(",") if x.strip()] if text else [default]
     except ValueError:
         raise ConfigError(f"--seeds {text!r} is not a comma-separated list of integers (e.g. --seeds 0,1,2)") from None
     if len(set(seeds)) != len(seeds) or not seeds:
@@ -124,47 +131,15 @@ def _parse_seeds(text: str | None, default: int) -> list[int]:
     return seeds
 
 
-def _check_resumable(outs: Sequence[str]) -> None:
-    """``--resume`` where no run was ever started is refused in one line: it used to start a fresh run in a
-    misspelt or wrong ``--out`` and say nothing. A run exists once its ``config.yaml`` is written (before the
-    first step); with several seeds one started run is enough (the others resume from step 0)."""
-    if any((Path(out) / "config.yaml").is_file() for out in outs):
-        return
-    out = Path(outs[0]).parent if len(outs) > 1 else Path(outs[0])
-    why = "does not exist" if not out.exists() else "holds no run (no config.yaml)"
-    raise ConfigError(f"--resume: run dir {out} (--out) {why}, so there is nothing to resume; check --out, or "
-                      f"drop --resume to start a new run there")
-
-
-def _say_if_no_evaluation(args: argparse.Namespace, cfg: Any) -> None:
-    """One line when the run will play no episode: a run that ends without a score should not look like one
-    whose evaluation went missing."""
-    r = cfg.run
-    if r.final_eval and final_episodes(r) > 0:
-        return
-    how = "--eval-episodes 0" if args.eval_episodes == 0 else "run.final_eval_episodes=0"
-    print(f"evaluation is off ({how}): the run trains and saves policy.pt but plays no episode and reports no "
-          f"score; score it later with `modzoo eval --policy {Path(r.out) / 'policy.pt'}`")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    task = args.env
     seeds = _parse_seeds(args.seeds, args.seed)
-    if args.resume and not args.out:
-        raise ConfigError("--resume needs --out DIR, the run dir to continue")
-    base = args.out or _default_out("run", task, [args.guidance, args.policy, args.schedule], seeds[0])
-    args.out = base  # the resume command printed on a stop names it
-    outs = [str(Path(base) / f"seed{seed}") if len(seeds) > 1 else base for seed in seeds]
-    if args.resume:
-        _check_resumable(outs)
     cfgs = []
-    for seed, out in zip(seeds, outs):
-        # several seeds: one run dir each, <out>/seed<k>, exactly as if each had been run alone
+    for seed, out in zip(seeds, _run_dirs(args, "run", [args.guidance, args.policy, args.schedule], seeds)):
         if args.resume and (Path(out) / "result.json").exists():
             print(f"run dir {out} holds a finished run (its result.json): nothing to resume, no file was changed")
             continue
         # a resumed run is built from the same arguments and checked against its config.yaml when it starts
-        cfgs.append(run_config(args.guidance, args.policy, task, args.overrides, dataset=args.dataset,
+        cfgs.append(run_config(args.guidance, args.policy, args.env, args.overrides, dataset=args.dataset,
                                schedule=args.schedule, guidance_ckpt=args.guidance_ckpt,
                                guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
                                eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=seed,
@@ -172,7 +147,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                                logger=args.logger))
     if not cfgs:
         return 0
-    _say_if_no_evaluation(args, cfgs[0])
+    r = cfgs[0].run
+    if not (r.final_eval and final_episodes(r) > 0):
+        # a run that ends without a score should not look like one whose evaluation went missing
+        how = "--eval-episodes 0" if args.eval_episodes == 0 else "run.final_eval_episodes=0"
+        print(f"evaluation is off ({how}): the run trains and saves policy.pt but plays no episode and reports no "
+              f"score; score it later with `modzoo eval --policy {Path(r.out) / 'policy.pt'}`")
     if len(cfgs) == 1:
         _report(train(cfgs[0], progress=not args.no_progress, resume=args.resume))
         return 0
@@ -184,17 +164,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train_guidance(args: argparse.Namespace) -> int:
-    if args.resume and not args.out:
-        raise ConfigError("--resume needs --out DIR, the run dir to continue")
-    out = args.out or _default_out("guidance", args.env, [args.guidance], args.seed)
-    args.out = out  # the resume command printed on a stop names it
-    if args.resume:
-        _check_resumable([out])
+    [out] = _run_dirs(args, "guidance", [args.guidance], [args.seed])
     cfg = run_config(args.guidance, None, args.env, args.overrides, dataset=args.dataset, schedule="guidance-first",
                      guidance_steps=args.steps, seed=args.seed, device=args.device, threads=args.threads,
                      out=out, preset=args.preset, logger=args.logger)
-    result = train(cfg, progress=not args.no_progress, resume=args.resume)
-    _report(result)
+    _report(train(cfg, progress=not args.no_progress, resume=args.resume))
     print(f"guidance checkpoint: {Path(out) / 'guidance.pt'}")
     return 0
 
@@ -211,12 +185,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policy, guidance = load_policy_and_guidance(args.policy, args.guidance, args.device, task=args.env)
     if args.selection:
         policy.cfg["selection"] = args.selection
-    if args.temperature is not None:
-        if policy.cfg.get("selection") != "softmax":
-            raise ConfigError(f"--temperature sets the softmax selection's temperature, but this policy selects by "
-                              f"{policy.cfg.get('selection')!r}: add --selection softmax")
-        policy.cfg["temperature"] = args.temperature
-    for key, value in (("act_sampler", args.sampler), ("sample_steps", args.sample_steps), ("ddim_eta", args.ddim_eta)):
+    if args.temperature is not None and policy.cfg.get("selection") != "softmax":
+        raise ConfigError(f"--temperature sets the softmax selection's temperature, but this policy selects by "
+                          f"{policy.cfg.get('selection')!r}: add --selection softmax")
+    for key, value in (("temperature", args.temperature), ("act_sampler", args.sampler),
+                       ("sample_steps", args.sample_steps), ("ddim_eta", args.ddim_eta)):
         if value is not None:
             policy.cfg[key] = value
     check_sample_steps(policy.cfg)
@@ -258,54 +231,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"collecting {args.transitions} transitions of {DEMO_TASK} into {data} (offline, once)")
         collect(DEMO_TASK, transitions=args.transitions, seed=0, out=data, progress=not args.no_progress)
     out = args.out or _default_out("demo", DEMO_TASK, [args.guidance, args.policy, "guidance-first"], args.seed)
-    overrides = demo_overrides(args.policy, args.overrides)
-    cfg = run_config(args.guidance, args.policy, DEMO_TASK, overrides, dataset=str(data),
-                     schedule="guidance-first", guidance_steps=args.guidance_steps, policy_steps=args.policy_steps,
-                     eval_episodes=args.eval_episodes, eval_every=args.eval_every, seed=args.seed,
-                     device=args.device, threads=args.threads, out=out)
+    cfg = run_config(args.guidance, args.policy, DEMO_TASK, demo_overrides(args.policy, args.overrides),
+                     dataset=str(data), schedule="guidance-first", guidance_steps=args.guidance_steps,
+                     policy_steps=args.policy_steps, eval_episodes=args.eval_episodes, eval_every=args.eval_every,
+                     seed=args.seed, device=args.device, threads=args.threads, out=out)
     dataset = load_dataset(str(data), task=DEMO_TASK)
     started = time.perf_counter()
-    result = train(cfg, dataset, progress=not args.no_progress, on_eval=_print_interim)
-    _report(result)
-    print(f"the data's own episodes: {_data_score(dataset)}")
-    print(f"training and evaluation took {time.perf_counter() - started:.0f} s")
-    _print_next_steps(args, data, Path(out))
-    return 0
-
-
-def _print_interim(step: int, ev: Any) -> None:
-    """The curve as it is drawn: a short demo's point is that the score rises past the data's."""
-    print(f"policy step {step}: normalized score {ev.normalized_mean:.1f} +- {ev.normalized_std:.1f}", flush=True)
-
-
-def _data_score(dataset: Any) -> str:
+    # the curve as it is drawn: a short demo's point is that the score rises past the data's
+    _report(train(cfg, dataset, progress=not args.no_progress, on_eval=lambda step, ev: print(
+        f"policy step {step}: normalized score {ev.normalized_mean:.1f} +- {ev.normalized_std:.1f}", flush=True)))
     rets = dataset.episode_returns()
     norm = normalized_score(dataset.name, rets)
-    return (f"normalized {float(norm.mean()):.1f} +- {float(norm.std()):.1f} (return {rets.mean():.1f}) over "
-            f"{len(rets)} episodes")
-
-
-def _program() -> str:
-    """``modzoo`` as the user started it (``.venv/bin/modzoo`` after the README's set-up, where it is not on PATH),
-    so that printed commands run as printed."""
-    import os
-    import shutil
-    exe = Path(sys.argv[0])
-    if exe.name != "modzoo":
-        return "modzoo"
-    on_path = shutil.which("modzoo")
-    if on_path and Path(on_path).resolve() == exe.resolve():
-        return "modzoo"
-    try:
-        return os.path.relpath(exe) if not exe.is_absolute() or exe.resolve().is_relative_to(Path.cwd()) else str(exe)
-    except ValueError:  # another drive
-        return str(exe)
-
-
-def demo_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> list[tuple[str, list[str]]]:
-    """What to try after the demo, on the data it made and the halves it trained: (why, argv after ``modzoo``)."""
+    print(f"the data's own episodes: normalized {float(norm.mean()):.1f} +- {float(norm.std()):.1f} (return "
+          f"{rets.mean():.1f}) over {len(rets)} episodes")
+    print(f"training and evaluation took {time.perf_counter() - started:.0f} s")
+    # what to try next, on the data it made and the halves it trained
+    prog, run_dir = _program(), Path(out)
     threads = ["--threads", str(args.threads)] if args.threads else []
-    return [
+    steps = [
         ("the demo's dataset", ["data", "info", str(data)]),
         ("its policy again, on 10 other episodes", ["eval", "--policy", str(run_dir / "policy.pt"), "--episodes",
                                                      "10", "--seed", "1", *threads]),
@@ -314,15 +257,23 @@ def demo_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> list
           "--schedule", "pretrained", "--guidance-ckpt", str(run_dir / "guidance.pt"), "--policy-steps", "4000",
           *threads]),
     ]
-
-
-def _print_next_steps(args: argparse.Namespace, data: Path, run_dir: Path) -> None:
-    import shlex
-    prog = _program()
     print(f"\nnext, on the {args.transitions} transitions this demo collected (a command that names only the task "
           f"reads the full dataset, which `{prog} data collect {DEMO_TASK}` makes):")
-    for why, argv in demo_next_steps(args, data, run_dir):
+    for why, argv in steps:
         print(f"  # {why}\n  {prog} {shlex.join(argv)}")
+    return 0
+
+
+def _program() -> str:
+    """``modzoo`` as the user started it (``.venv/bin/modzoo`` after the README's set-up, where it is not on PATH),
+    so that printed commands run as printed."""
+    exe, on_path = Path(sys.argv[0]), shutil.which("modzoo")
+    if exe.name != "modzoo" or (on_path and Path(on_path).resolve() == exe.resolve()):
+        return "modzoo"
+    try:
+        return os.path.relpath(exe) if not exe.is_absolute() or exe.resolve().is_relative_to(Path.cwd()) else str(exe)
+    except ValueError:  # another drive
+        return str(exe)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -338,95 +289,85 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 # ---- parser -----------------------------------------------------------------------------------------------
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default 1, measured fastest for these small nets; more may pay on a "
-                        "large idle machine)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+def _flags(p: argparse.ArgumentParser, *names: str) -> None:
+    """Add flags several commands share, each written once: ``common`` (seed, device, threads, progress),
+    ``training`` (what ``run`` and ``train-guidance`` share: dataset, preset, logger, out, resume), ``preset``,
+    ``overrides``."""
+    for name in names:
+        if name == "common":
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+            p.add_argument("--threads", type=int, default=None,
+                           help="torch CPU threads (default 1, measured fastest for these small nets; more may pay "
+                                "on a large idle machine)")
+            p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        elif name == "training":
+            p.add_argument("--dataset", help="D4RL-format HDF5 file (default: the task's file in $D4RL_DATASET_DIR)")
+            _flags(p, "preset")
+            p.add_argument("--logger", help="also log to tensorboard and/or wandb, comma-separated (metrics.jsonl is "
+                                            "always written; run.logger)")
+            p.add_argument("--out", help="run dir (default: a new one under runs/<task>/)")
+            p.add_argument("--resume", action="store_true",
+                           help="continue the unfinished run in --out, with the same arguments (another setting is "
+                                "refused, a finished run is left as it is)")
+        elif name == "preset":
+            p.add_argument("--preset", help=f"settings merged over the halves' defaults, before the key=value "
+                                            f"overrides ({', '.join(preset_names())}; see core/run/presets/)")
+        elif name == "overrides":
+            p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0 guidance.expectile=0.9")
 
 
-def _logger_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--logger", help="also log to tensorboard and/or wandb, comma-separated (metrics.jsonl is always "
-                                    "written; run.logger)")
-
-
-def _preset_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help=f"settings merged over the halves' defaults, before the key=value overrides "
-                                    f"({', '.join(preset_names())}; see core/run/presets/)")
-
-
-def _add_list(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="the registered guidance and policy halves")
-    p.set_defaults(func=cmd_list)
-
-
-def _add_registry(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("registry", help="print, write or check registry.yaml")
-    p.add_argument("--write", action="store_true")
-    p.add_argument("--check", action="store_true")
-    p.add_argument("--path", default="registry.yaml")
-    p.set_defaults(func=cmd_registry)
-
-
-def _add_run(sub: argparse._SubParsersAction) -> None:
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """``run``, ``config`` (what a run would train with) and ``train-guidance``."""
+    task_help = "task name, e.g. bullet-hopper-medium-v0"
+    schedules = ["joint", "guidance-first", "pretrained"]
     p = sub.add_parser("run", help="train a guidance + policy pair and evaluate it")
     p.add_argument("--guidance", required=True)
     p.add_argument("--policy", required=True)
-    p.add_argument("--env", required=True, help="task name, e.g. bullet-hopper-medium-v0")
-    p.add_argument("--dataset", help="D4RL-format HDF5 file (default: the task's file in $D4RL_DATASET_DIR)")
-    p.add_argument("--schedule", default="joint", choices=["joint", "guidance-first", "pretrained"])
+    p.add_argument("--env", required=True, help=task_help)
+    _flags(p, "training")
+    p.add_argument("--schedule", default="joint", choices=schedules)
     p.add_argument("--guidance-ckpt", help="guidance.pt for --schedule pretrained")
-    p.add_argument("--guidance-steps", type=int, default=None)
-    p.add_argument("--policy-steps", type=int, default=None)
-    p.add_argument("--eval-episodes", type=int, default=None)
-    p.add_argument("--eval-every", type=int, default=None)
-    _preset_arg(p)
-    _logger_arg(p)
-    p.add_argument("--out", help="run dir (default: runs/<task>/run-...)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the unfinished run in --out, with the same arguments (another setting is refused, "
-                        "a finished run is left as it is)")
+    for flag in ("--guidance-steps", "--policy-steps", "--eval-episodes", "--eval-every"):
+        p.add_argument(flag, type=int, default=None)
     p.add_argument("--seeds", help="several seeds, e.g. 0,1,2,3,4: one run dir each under --out (seed<k>), "
                                    "trained in one process (see --stack)")
     p.add_argument("--stack", default="auto", choices=["auto", "vmap", "lockstep", "off"],
                    help="how --seeds train together: vmap = one batched step for all seeds (torch.func); "
                         "lockstep = seeds step in turn sharing one dataset copy; off = one after another; "
                         "auto = vmap on a GPU, lockstep on a CPU (default)")
-    _common(p)
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0 guidance.expectile=0.9")
+    _flags(p, "common", "overrides")
     p.set_defaults(func=cmd_run)
 
-
-def _add_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="print a run's resolved config with where each value comes from")
     p.add_argument("--guidance")
     p.add_argument("--policy")
-    p.add_argument("--env", required=True, help="task name, e.g. bullet-hopper-medium-v0")
-    p.add_argument("--schedule", default="joint", choices=["joint", "guidance-first", "pretrained"])
-    _preset_arg(p)
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. policy.eta=2.0")
+    p.add_argument("--env", required=True, help=task_help)
+    p.add_argument("--schedule", default="joint", choices=schedules)
+    _flags(p, "preset", "overrides")
     p.set_defaults(func=cmd_config)
 
-
-def _add_train_guidance(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-guidance", help="train a guidance alone and save it for reuse")
     p.add_argument("--guidance", required=True)
-    p.add_argument("--env", required=True)
-    p.add_argument("--dataset")
+    p.add_argument("--env", required=True, help=task_help)
+    _flags(p, "training")
     p.add_argument("--steps", type=int, default=None)
-    _preset_arg(p)
-    _logger_arg(p)
-    p.add_argument("--out")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the unfinished run in --out, with the same arguments")
-    _common(p)
-    p.add_argument("overrides", nargs="*")
+    _flags(p, "common", "overrides")
     p.set_defaults(func=cmd_train_guidance)
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="modzoo", description="Offline RL with diffusion policies, as a plugin zoo.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the registered guidance and policy halves").set_defaults(func=cmd_list)
+    p = sub.add_parser("registry", help="print, write or check registry.yaml")
+    p.add_argument("--write", action="store_true")
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--path", default="registry.yaml")
+    p.set_defaults(func=cmd_registry)
+    _add_training_commands(sub)
+
     p = sub.add_parser("eval", help="evaluate a saved policy, ranked by its own or another guidance")
     p.add_argument("--policy", required=True, help="policy.pt")
     p.add_argument("--guidance", help="guidance.pt (default: the one in the policy's run dir)")
@@ -445,11 +386,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="grid points of that chain (0: all T); fewer than T needs ddim, dpm_solver++ or posterior")
     p.add_argument("--ddim-eta", type=float, default=None, help="DDIM's eta (0: deterministic given x_T)")
     p.add_argument("--json", help="also write per-episode results here")
-    _common(p)
+    _flags(p, "common")
     p.set_defaults(func=cmd_eval)
 
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="offline end-to-end demo: small hopper dataset, short training, a real score")
     p.add_argument("--guidance", default="idql")
     p.add_argument("--policy", default="idql")
@@ -463,38 +402,20 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="where the demo's dataset is kept (default: $XDG_CACHE_HOME/modzoo, "
                                       "~/.cache/modzoo)")
     p.add_argument("--out")
-    _common(p)
-    p.add_argument("overrides", nargs="*")
+    _flags(p, "common", "overrides")
     p.set_defaults(func=cmd_demo)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="modzoo", description="Offline RL with diffusion policies, as a plugin zoo.")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = ap.add_subparsers(dest="command", required=True)
-    _add_list(sub)
-    _add_registry(sub)
-    _add_run(sub)
-    _add_config(sub)
-    _add_train_guidance(sub)
-    _add_eval(sub)
-    _add_demo(sub)
     add_data_commands(sub)
     add_plugin_commands(sub)
-    add_installed_commands(sub)
-    return ap
-
-
-def add_installed_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands other packages add through the ``modzoo.commands`` entry-point group: each entry is a callable
-    ``add(subparsers)`` (modzoo's lab adds ``experiment`` and ``data train-behaviour`` this way). One that fails to
-    load is named in one line and left out; the library's own commands still work."""
-    from importlib.metadata import entry_points
+    # Commands other packages add through the ``modzoo.commands`` entry-point group, each entry a callable
+    # ``add(subparsers)`` (modzoo's lab adds ``experiment`` and ``data train-behaviour`` this way). One that fails
+    # to load is named in one line and left out; the library's own commands still work.
     for ep in entry_points(group="modzoo.commands"):
         try:
             ep.load()(sub)
         except Exception as e:  # a broken extension must not take the library's CLI down with it
             print(f"warning: commands from {ep.value} not loaded ({type(e).__name__}: {e})", file=sys.stderr)
+    return ap
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -509,33 +430,22 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     return args
 
 
-#: the commands that train, and so save and stop on SIGINT/SIGTERM (:mod:`modzoo.run.stops`)
-TRAINING_COMMANDS = ("run", "train-guidance")
-
-
-def resume_command(argv: Sequence[str], args: argparse.Namespace) -> str:
-    """The command that continues a stopped run: the one the user typed, with ``--out`` (a default run dir has a
-    time stamp that only this process knows) and ``--resume``, right after the command's name."""
-    argv = list(argv)
-    at = argv.index(args.command) + 1 if args.command in argv else len(argv)
-    added = []
-    if not any(a == "--out" or a.startswith("--out=") for a in argv):
-        added += ["--out", str(args.out)]
-    if "--resume" not in argv:
-        added.append("--resume")
-    return shlex.join([_program(), *argv[:at], *added, *argv[at:]])
-
-
 def _stopped(e: RunStopped, argv: Sequence[str], args: argparse.Namespace) -> int:
     """One line for a run stopped by a signal, with the command that continues it; the exit status a shell gives a
-    process ended by that signal (130 for SIGINT, 143 for SIGTERM)."""
-    started = args.out is not None and any(Path(args.out).glob("**/config.yaml"))
-    if not started:
-        print(f"{e.where or 'stopped'} before training started, so there is nothing to resume; start it again with: "
+    process ended by that signal (130 for SIGINT, 143 for SIGTERM).
+
+    The resume command is the one the user typed, with ``--out`` (a default run dir has a time stamp that only this
+    process knows) and ``--resume``, right after the command's name."""
+    where = e.where or "stopped"
+    if args.out is None or not any(Path(args.out).glob("**/config.yaml")):
+        print(f"{where} before training started, so there is nothing to resume; start it again with: "
               f"{shlex.join([_program(), *argv])}", file=sys.stderr)
-    else:
-        lost = "" if e.saved else " (the steps since its last save are lost)"
-        print(f"{e.where or 'stopped'}{lost}; resume with: {resume_command(argv, args)}", file=sys.stderr)
+        return 128 + e.signum
+    at = argv.index(args.command) + 1 if args.command in argv else len(argv)
+    added = [] if any(a == "--out" or a.startswith("--out=") for a in argv) else ["--out", str(args.out)]
+    added += [] if "--resume" in argv else ["--resume"]
+    lost = "" if e.saved else " (the steps since its last save are lost)"
+    print(f"{where}{lost}; resume with: {shlex.join([_program(), *argv[:at], *added, *argv[at:]])}", file=sys.stderr)
     return 128 + e.signum
 
 
@@ -547,10 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         try:
-            if args.command in TRAINING_COMMANDS:
-                with stop_on_signals():
-                    return int(args.func(args) or 0)
-            return int(args.func(args) or 0)
+            # the commands that train save and stop on SIGINT/SIGTERM
+            with stop_on_signals() if args.command in ("run", "train-guidance") else contextlib.nullcontext():
+                return int(args.func(args) or 0)
         except AlreadyFinished as e:  # nothing to do is not a failure
             print(e)
             return 0

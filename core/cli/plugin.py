@@ -1,16 +1,7 @@
-"""``modzoo plugin new NAME``: scaffold a plugin package that installs with ``pip install -e`` and passes
-:mod:`modzoo.testing` as generated, so an author starts from green and changes one loss at a time.
-
-The package (``modzoo-NAME/``)::
-
-    pyproject.toml               [project.entry-points.modzoo] NAME = "modzoo_NAME.plugin", YAML as package data
-    README.md                    install, conformance, train/eval commands
-    src/modzoo_NAME/__init__.py
-    src/modzoo_NAME/plugin.py    the halves (a fitted-Q guidance and/or a diffusion-BC policy) and their hooks
-    src/modzoo_NAME/NAME.yaml    every hyperparameter with its default
-    tests/test_NAME.py           check_plugin("NAME")
-
-Templates live in ``modzoo/cli/templates`` (package data) and are filled with :class:`string.Template`.
+"""``modzoo plugin new NAME``: scaffold a plugin package (``modzoo-NAME/``: its pyproject with the entry point, the
+halves and their hooks, their YAML, a conformance test, a README) that installs with ``pip install -e`` and passes
+:mod:`modzoo.testing` as generated, so an author starts from green and changes one loss at a time (CONTRIBUTING.md,
+"Writing a plugin in your own package"). The files are ``modzoo/cli/templates``, filled by :class:`string.Template`.
 """
 from __future__ import annotations
 
@@ -27,14 +18,6 @@ from ..version import __version__
 
 KINDS = ("guidance", "policy", "both")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def _template(name: str) -> Template:
-    return Template(resources.files("modzoo.cli").joinpath("templates", name).read_text())
-
-
-def _class_name(name: str) -> str:
-    return "".join(part.capitalize() for part in name.split("_") if part) or name.capitalize()
 
 
 def check_name(name: str) -> None:
@@ -65,26 +48,25 @@ def new_plugin(name: str, directory: str | Path = ".", kind: str = "both", force
              + (["DDPMPolicy", "GuidanceModule", "Metrics"] if has_p else []))
     imports = ["import torch", "", f"from modzoo import {', '.join(sorted(names))}, hookimpl"]
     fields = {
-        "name": name, "package": package, "Class": _class_name(name), "modzoo_version": __version__,
-        "kinds": {"both": "guidance + policy"}.get(kind, kind), "imports": "\n".join(imports),
-        "example_guidance": name if has_g else "idql", "example_policy": name if has_p else "idql",
+        "name": name, "package": package, "Class": "".join(part.capitalize() for part in name.split("_") if part),
+        "modzoo_version": __version__, "kinds": {"both": "guidance + policy"}.get(kind, kind),
+        "imports": "\n".join(imports), "example_guidance": name if has_g else "idql",
+        "example_policy": name if has_p else "idql",
     }
-    code = _template("plugin_head.py.tmpl").substitute(fields)
-    config = _template("config_head.yaml.tmpl").substitute(fields)
+
+    def fill(template: str) -> str:
+        return Template(resources.files("modzoo.cli").joinpath("templates", template).read_text()).substitute(fields)
+
+    code, config = fill("plugin_head.py.tmpl"), fill("config_head.yaml.tmpl")
     if has_g:
-        code += _template("plugin_guidance.py.tmpl").substitute(fields)
-        config += _template("config_guidance.yaml.tmpl").substitute(fields)
+        code += fill("plugin_guidance.py.tmpl")
+        config += fill("config_guidance.yaml.tmpl")
     if has_p:
-        code += _template("plugin_policy.py.tmpl").substitute(fields)
-        config += ("\n" if has_g else "") + _template("config_policy.yaml.tmpl").substitute(fields)
-    files = {
-        "pyproject.toml": _template("pyproject.toml.tmpl").substitute(fields),
-        "README.md": _template("README.md.tmpl").substitute(fields),
-        f"src/{package}/__init__.py": _template("init.py.tmpl").substitute(fields),
-        f"src/{package}/plugin.py": code,
-        f"src/{package}/{name}.yaml": config,
-        f"tests/test_{name}.py": _template("test_plugin.py.tmpl").substitute(fields),
-    }
+        code += fill("plugin_policy.py.tmpl")
+        config += ("\n" if has_g else "") + fill("config_policy.yaml.tmpl")
+    files = {"pyproject.toml": fill("pyproject.toml.tmpl"), "README.md": fill("README.md.tmpl"),
+             f"src/{package}/__init__.py": fill("init.py.tmpl"), f"src/{package}/plugin.py": code,
+             f"src/{package}/{name}.yaml": config, f"tests/test_{name}.py": fill("test_plugin.py.tmpl")}
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -143,14 +143,12 @@ class GuidanceModule(Half, ABC):
         """Every online critic member's Q(s, a): (E, B), the ensemble on axis 0. Differentiable w.r.t. ``act``."""
 
     def target_q_ensemble(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """Every *target* critic member's Q(s, a): (E, B), differentiable w.r.t. ``act``. A policy whose authors
-        differentiate the target network rather than the online one (SRPO's ``q0_target``) reads this. A guidance
-        without a target network has none to offer: its online members are its target, the default here."""
+        """Every *target* critic member's Q(s, a): (E, B), differentiable w.r.t. ``act`` (SRPO's ``q0_target``). A
+        guidance without a target network has none: its online members are its target, the default here."""
         return self.q_ensemble(obs, act)
 
     def q(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """The value used to rank candidates: ensemble minimum, (B,). Critics with a target network answer with
-        the target (both IDQL's ``eval_actions`` and Diffusion-QL's ``sample_action`` rank with it)."""
+        """The value that ranks candidates, (B,): the minimum over members (a critic with a target ranks by it)."""
         return self.q_ensemble(obs, act).min(0).values
 
     def v(self, obs: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,7 @@
-"""Observation normalization, a property of the data that both halves carry.
-
-With ``obs_norm: gaussian`` in a half's config its networks z-score every observation they read with the
-dataset's per-dimension mean and standard deviation (the GFDT authors' CleanDiffuser pipelines do this through
-``GaussianNormalizer``). The statistics are computed once from the training data, kept as buffers inside the
-networks (:class:`ObsNorm`) and so saved in the half's checkpoint. A half therefore always takes raw
-env observations: a guidance and a policy normalized differently (or one of them not at all) pair correctly,
-each applying its own statistics, whether they meet in training, at ``modzoo eval`` or in a swap.
+"""Observation normalization, a property of the data that both halves carry: with ``obs_norm: gaussian`` in a
+half's config its networks z-score every observation they read with the dataset's per-dimension statistics (the
+GFDT authors' CleanDiffuser pipelines do this through ``GaussianNormalizer``), computed once from the training data
+(:func:`fit_obs_norm`) and kept inside the networks (:class:`ObsNorm`), hence in the half's checkpoint.
 """
 from __future__ import annotations
 
@@ -31,10 +27,9 @@ def obs_norm_enabled(cfg: dict) -> bool:
 class ObsNorm(nn.Module):
     """z-scores observations with the dataset's mean and std (CleanDiffuser's ``GaussianNormalizer``).
 
-    It sits inside every network that reads a state, so a half always takes the env's raw observation: the
-    statistics travel in the half's own state dict (its checkpoint), training batches, TD targets, candidate
-    ranking and evaluation all see the same numbers, and two halves trained on differently normalized inputs
-    can be paired without any re-mapping, each applying its own. Filled by :func:`fit_obs_norm`.
+    It sits inside every network that reads a state, so a half always takes the env's raw observation: training,
+    TD targets, ranking and evaluation all see the same numbers, and two halves normalized differently pair
+    without any re-mapping, each applying its own statistics. Filled by :func:`fit_obs_norm`.
     """
 
     def __init__(self, obs_dim: int) -> None:
@@ -55,36 +50,22 @@ def gaussian_stats(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def norm_layers(half: torch.nn.Module) -> list[ObsNorm]:
-    """Every :class:`ObsNorm` inside ``half`` (its target and EMA copies included)."""
-    return [m for m in half.modules() if isinstance(m, ObsNorm)]
+def fit_obs_norm(half: Any, observations: np.ndarray) -> None:
+    """Fill every :class:`ObsNorm` in ``half`` (target and EMA copies included) with the statistics of
+    ``observations`` when its config asks for them.
 
-
-def fit_obs_norm(half: Any, observations: np.ndarray) -> bool:
-    """Fill ``half``'s normalizers with the statistics of ``observations`` when its config asks for them.
-
-    Returns whether it did. A half whose config asks for ``obs_norm: gaussian`` but whose networks have no
-    :class:`ObsNorm` (a plugin that builds its own nets) is refused: it would silently train on raw inputs.
+    A half whose config asks for ``obs_norm: gaussian`` but whose networks have no :class:`ObsNorm` (a plugin that
+    builds its own nets) is refused: it would silently train on raw inputs.
     """
     if not obs_norm_enabled(half.cfg):
-        return False
-    layers = norm_layers(half)
+        return
+    layers = [m for m in half.modules() if isinstance(m, ObsNorm)]
     if not layers:
         raise ConfigError(f"{type(half).algorithm or type(half).__name__!r} does not support obs_norm=gaussian: its "
                           f"networks have no modzoo.contract.normalization.ObsNorm (build them with "
-                          f"obs_norm=obs_norm_enabled(cfg)); "
-                          f"set obs_norm=none for it")
+                          f"obs_norm=obs_norm_enabled(cfg)); set obs_norm=none for it")
     mean, std = gaussian_stats(observations)
     with torch.no_grad():
         for m in layers:
             m.mean.copy_(torch.as_tensor(mean, device=m.mean.device))
             m.std.copy_(torch.as_tensor(std, device=m.std.device))
-    return True
-
-
-def obs_stats(half: torch.nn.Module) -> dict[str, list[float]] | None:
-    """The statistics a half normalizes with (None when it reads raw observations): for run records."""
-    layers = norm_layers(half)
-    if not layers:
-        return None
-    return {"mean": layers[0].mean.tolist(), "std": layers[0].std.tolist()}

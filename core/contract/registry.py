@@ -23,11 +23,6 @@ from ..errors import ConfigError, PluginError
 from . import hookspecs
 from .interfaces import DiffusionPolicy, GuidanceModule
 
-ENTRY_POINT_GROUP = "modzoo"
-#: where first-party plugins live: the halves ``registry.yaml`` describes (others are a user's, listed live)
-FIRST_PARTY_PACKAGE = "modzoo.plugins"
-
-
 #: keys renamed since runs, checkpoints and plugin YAMLs were written with the old name: ``(kind, old) -> new``.
 #: "schedule" meant three things; a policy's noise schedule is ``noise_schedule`` now (``--schedule`` is the
 #: training plan, ``lr_schedule`` the learning rate's).
@@ -37,13 +32,11 @@ RENAMED_KEYS: dict[tuple[str, str], str] = {("policy", "schedule"): "noise_sched
 def renamed_keys(kind: str, section: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
     """``section`` (a half's config) with old key names replaced by the new ones, in place of the old key; with
     ``where``, one warning line saying where the old name was read (records and checkpoints pass none)."""
-    out: dict[str, Any] = {}
-    for key, value in section.items():
-        new = RENAMED_KEYS.get((kind, key))
-        if new is not None and where is not None:
-            warnings.warn(f"{where}: {kind}.{key} is now {kind}.{new}; read as such (rename it there)", stacklevel=3)
-        out[new or key] = value
-    return out
+    renamed = {key: RENAMED_KEYS.get((kind, key), key) for key in section}
+    for old, new in renamed.items():
+        if new != old and where is not None:
+            warnings.warn(f"{where}: {kind}.{old} is now {kind}.{new}; read as such (rename it there)", stacklevel=3)
+    return {renamed[key]: value for key, value in section.items()}
 
 
 @dataclass
@@ -65,21 +58,21 @@ class HalfSpec:
     plugin: str = ""  # filled in by the registry: the entry-point name that contributed it
 
     def __post_init__(self) -> None:
-        if self.kind is None:
-            self.kind = _kind_of(self.cls)
+        if self.kind is None:  # "" for a class that is no half: the registry then refuses it
+            bases = getattr(self.cls, "__mro__", ())
+            self.kind = "guidance" if GuidanceModule in bases else "policy" if DiffusionPolicy in bases else ""
         if self.description is None:
             doc = (getattr(self.cls, "__doc__", None) or "").strip()
-            self.description = doc.split("\n\n")[0].replace("\n", " ").strip() if doc else ""
+            self.description = doc.split("\n\n")[0].replace("\n", " ").strip()
 
     def default_config(self) -> dict[str, Any]:
         """The ``guidance:`` or ``policy:`` section of the plugin's YAML (task overrides included), over the
         machinery defaults of the base classes it is built on
         (:attr:`~modzoo.contract.interfaces.Half.config_defaults`): the plugin's keys in its own order, then the
         base's keys it does not state."""
-        merged = self.own_defaults()
-        for key, value in self.base_defaults().items():
-            merged.setdefault(key, value)
-        return copy.deepcopy(merged)  # a caller's edits must reach neither the cache nor the plugin's dict
+        own = self.own_defaults()
+        base = {key: value for key, value in self.base_defaults().items() if key not in own}
+        return copy.deepcopy({**own, **base})  # a caller's edits must reach neither the cache nor the plugin's dict
 
     def own_defaults(self) -> dict[str, Any]:
         """The section as the plugin's YAML (or dict) writes it, without the base's machinery."""
@@ -93,9 +86,8 @@ class HalfSpec:
         """The machinery defaults of the classes the half is built on, the nearest base's winning."""
         out: dict[str, Any] = {}
         for klass in self.bases():
-            for key, value in ((_parsed_yaml(Path(klass.config_defaults).read_text()) or {}).get(self.kind)
-                               or {}).items():
-                out.setdefault(key, value)
+            section = (_parsed_yaml(Path(klass.config_defaults).read_text()) or {}).get(self.kind) or {}
+            out.update({key: value for key, value in section.items() if key not in out})
         return out
 
     def bases(self) -> list[type]:
@@ -116,15 +108,6 @@ def _parsed_yaml(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def _kind_of(cls: Any) -> str:
-    """``guidance`` or ``policy`` from the class's base; "" for anything else (the registry then refuses it)."""
-    if isinstance(cls, type) and issubclass(cls, GuidanceModule):
-        return "guidance"
-    if isinstance(cls, type) and issubclass(cls, DiffusionPolicy):
-        return "policy"
-    return ""
-
-
 @dataclass
 class BrokenPlugin:
     name: str
@@ -140,27 +123,22 @@ class Registry:
     #: plugin name -> the module it was loaded from (its entry point's, or the registered object's name)
     modules: dict[str, str] = field(default_factory=dict)
 
-    # ---- lookups ---------------------------------------------------------------------------------------------
+    def half(self, kind: str, name: str) -> HalfSpec:
+        """The ``kind`` ("guidance" or "policy") half called ``name``; an unknown name is refused in one line
+        listing the known ones and any plugin that failed to load (perhaps the one that would have had it)."""
+        table = self.guidances if kind == "guidance" else self.policies
+        if name not in table:
+            known = f"known {'guidances' if kind == 'guidance' else 'policies'}: {', '.join(sorted(table))}"
+            broken = ", ".join(f"{b.name}: {b.error}" for b in self.broken)
+            raise PluginError(f"unknown {kind} {name!r}; {known}" + (f" (plugins that failed to load: {broken})"
+                                                                      if broken else ""))
+        return table[name]
+
     def guidance(self, name: str) -> HalfSpec:
-        if name not in self.guidances:
-            raise PluginError(f"unknown guidance {name!r}; known guidances: {', '.join(sorted(self.guidances))}"
-                              + self._broken_hint())
-        return self.guidances[name]
+        return self.half("guidance", name)
 
     def policy(self, name: str) -> HalfSpec:
-        if name not in self.policies:
-            raise PluginError(f"unknown policy {name!r}; known policies: {', '.join(sorted(self.policies))}"
-                              + self._broken_hint())
-        return self.policies[name]
-
-    def half(self, kind: str, name: str) -> HalfSpec:
-        """``guidance(name)`` or ``policy(name)`` by ``kind``."""
-        return self.guidance(name) if kind == "guidance" else self.policy(name)
-
-    def _broken_hint(self) -> str:
-        if not self.broken:
-            return ""
-        return " (plugins that failed to load: " + ", ".join(f"{b.name}: {b.error}" for b in self.broken) + ")"
+        return self.half("policy", name)
 
     def compatible(self, policy: str) -> list[str]:
         """Guidance names that provide everything ``policy`` needs."""
@@ -191,18 +169,16 @@ class Registry:
         """Only the halves of plugins under ``modzoo.plugins``: what ``registry.yaml`` describes, so that the
         committed file stays current whatever third-party plugins a user has installed."""
         def own(spec: HalfSpec) -> bool:
-            module = self.modules.get(spec.plugin, "")
-            return module == FIRST_PARTY_PACKAGE or module.startswith(FIRST_PARTY_PACKAGE + ".")
+            return (self.modules.get(spec.plugin, "") + ".").startswith("modzoo.plugins.")
         return Registry({n: s for n, s in self.guidances.items() if own(s)},
                         {n: s for n, s in self.policies.items() if own(s)}, modules=dict(self.modules))
 
     def as_table(self) -> dict[str, Any]:
         """The registry as plain data: what ``registry.yaml`` holds and ``modzoo list`` prints."""
         def spec_row(s: HalfSpec) -> dict[str, Any]:
-            cfg = s.config if isinstance(s.config, (str, Path)) else "<inline>"
             row = {"plugin": s.plugin, "class": f"{s.cls.__module__}.{s.cls.__qualname__}",
-                   "config": Path(cfg).name if cfg != "<inline>" else cfg, "description": s.description,
-                   "paper": s.paper}
+                   "config": Path(s.config).name if isinstance(s.config, (str, Path)) else "<inline>",
+                   "description": s.description, "paper": s.paper}
             if s.kind == "guidance":
                 row["provides"] = sorted(s.capabilities)
             else:
@@ -231,7 +207,7 @@ def unregister_plugin(name: str) -> None:
 
 
 def _entry_points() -> list[md.EntryPoint]:
-    return sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    return sorted(md.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name)
 
 
 def load_registry(refresh: bool = False) -> Registry:
@@ -240,12 +216,10 @@ def load_registry(refresh: bool = False) -> Registry:
     if _REGISTRY is not None and not refresh:
         return _REGISTRY
     reg = Registry()
-    seen: set[str] = set()
     candidates: list[tuple[str, Any]] = []
     for ep in _entry_points():
-        if ep.name in seen:
+        if ep.name in reg.modules:  # the same plugin installed twice: the first is kept
             continue
-        seen.add(ep.name)
         reg.modules[ep.name] = ep.module
         try:
             candidates.append((ep.name, ep.load()))
@@ -260,8 +234,7 @@ def load_registry(refresh: bool = False) -> Registry:
         pm.add_hookspecs(hookspecs)
         try:
             pm.register(obj, name=name)
-            halves = [*(s for lst in pm.hook.modzoo_guidances() for s in lst),
-                      *(s for lst in pm.hook.modzoo_policies() for s in lst)]
+            halves = [s for hook in (pm.hook.modzoo_guidances, pm.hook.modzoo_policies) for lst in hook() for s in lst]
             for spec in halves:
                 _check_spec(spec)
         except Exception as e:

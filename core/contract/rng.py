@@ -36,9 +36,6 @@ class StackedGenerator:
     def device(self) -> torch.device:
         return self.generators[0].device
 
-    def __len__(self) -> int:
-        return len(self.generators)
-
     def draw(self, fn: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
         """``fn(g)`` for every seed's generator, as one tensor batched along the seed axis."""
         if self.level is None:
@@ -58,12 +55,10 @@ def _draw(generator: Gen, fn: Callable[[torch.Generator | None], torch.Tensor]) 
 
 
 def randn(shape: Shape, generator: Gen = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """Standard normal samples of ``shape``."""
     return _draw(generator, lambda g: torch.randn(tuple(shape), device=device, generator=g))
 
 
 def rand(shape: Shape, generator: Gen = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """Uniform [0, 1) samples of ``shape``."""
     return _draw(generator, lambda g: torch.rand(tuple(shape), device=device, generator=g))
 
 
@@ -74,7 +69,6 @@ def randint(high: int, shape: Shape, generator: Gen = None, device: torch.device
 
 
 def randperm(n: int, generator: Gen = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """A random permutation of 0..n-1."""
     return _draw(generator, lambda g: torch.randperm(n, device=device, generator=g))
 
 

@@ -48,18 +48,6 @@ class Stage:
         return [p for p in self.module.parameters() if p.requires_grad]
 
 
-def step_stage(stage: Stage, loss: torch.Tensor) -> torch.Tensor | None:
-    """Backward (for the stage's parameters only), clip, step, schedule, ``after``; returns the pre-clip norm."""
-    params = stage.params()
-    stage.opt.zero_grad(set_to_none=True)
-    # Gradients only for the parameters this stage steps: a Diffusion-QL actor's Q term backpropagates through
-    # the critic, whose weight gradients would be computed only to be discarded.
-    loss.backward(inputs=params)
-    norm = clip_grad(params, stage.grad_norm)
-    finish_step(stage)
-    return norm
-
-
 def finish_step(stage: Stage) -> None:
     """Everything after the gradients are in place: ``before``, optimizer, LR schedule, ``after``."""
     if stage.before is not None:
@@ -72,11 +60,18 @@ def finish_step(stage: Stage) -> None:
 
 
 def run_stages(stages: list[Stage], batch: dict[str, torch.Tensor], other: Any) -> dict[str, Any]:
-    """One seed: each stage's loss and step in order (a later stage sees the earlier ones' new parameters)."""
+    """One seed: each stage's loss, backward, clip and step in order (a later stage sees the earlier ones' new
+    parameters)."""
     metrics: dict[str, Any] = {}
     for stage in stages:
         loss, m = stage.loss(batch, other)
-        step_stage(stage, loss)
+        params = stage.params()
+        stage.opt.zero_grad(set_to_none=True)
+        # Gradients only for the parameters this stage steps: a Diffusion-QL actor's Q term backpropagates through
+        # the critic, whose weight gradients would be computed only to be discarded.
+        loss.backward(inputs=params)
+        clip_grad(params, stage.grad_norm)
+        finish_step(stage)
         metrics.update(m)
     return metrics
 
@@ -88,8 +83,7 @@ def clip_per_seed(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     Same rule as torch's: coef = min(1, max_norm / (norm + 1e-6)), norm over all of one seed's gradients.
     """
     k = grads[0].shape[0]
-    sq = torch.stack([g.reshape(k, -1).square().sum(1) for g in grads]).sum(0)
-    norms = sq.sqrt()
+    norms = torch.stack([g.reshape(k, -1).square().sum(1) for g in grads]).sum(0).sqrt()
     coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(coef.view(k, *([1] * (g.dim() - 1))))
