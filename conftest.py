@@ -1,6 +1,7 @@
 """Shared fixtures: a small real dataset collected once per test session."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,38 @@ import torch
 # thread pool spins (README, "Threads on a shared CPU"); a tiny linear layer measured 11 ms with 2 threads and
 # 0.02 ms with 1 on this loaded 2-core machine.
 torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (addopts): a worker per CPU this process may use, at most 4 (each imports torch and holds up to
+    about 1 GB at its peak; past 4 the suite's few long tests set its length anyway); on one CPU none, the tests
+    run in this process. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still overrides."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cpus, 4) if cpus > 1 else 0
+
+
+# Modules whose tests read one expensive module-scoped fixture (the gpu_check run; an uninterrupted training run):
+# under pytest-xdist each goes whole to one worker, so the fixture is made once. Done here rather than with
+# ``pytest.mark.xdist_group``, which does not group under pytest 9.2 (pytest-xdist 3.8 renames ``item._nodeid``,
+# an attribute pytest 9.2 no longer reads).
+ONE_WORKER_MODULES = ("lab/tests/test_gpu_check.py", "tests/test_stops.py")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadgroup`` (addopts): tests handed out one at a time as workers free up, but a module of
+    ``ONE_WORKER_MODULES`` as one unit (such units are handed out first, the larger first)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Scheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else super()._split_scope(nodeid)
+
+    return Scheduling(config, log)
 
 
 @pytest.fixture(scope="session")
