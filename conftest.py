@@ -24,28 +24,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return min(cpus, 4) if cpus > 1 else 0
 
 
-# Modules whose tests read one expensive module-scoped fixture (the gpu_check run; an uninterrupted training run):
-# under pytest-xdist each goes whole to one worker, so the fixture is made once. Done here rather than with
-# ``pytest.mark.xdist_group``, which does not group under pytest 9.2 (pytest-xdist 3.8 renames ``item._nodeid``,
-# an attribute pytest 9.2 no longer reads).
-ONE_WORKER_MODULES = ("lab/tests/test_gpu_check.py", "tests/test_stops.py")
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """``--dist loadgroup`` (addopts): tests handed out one at a time as workers free up, but a module of
-    ``ONE_WORKER_MODULES`` as one unit (such units are handed out first, the larger first)."""
-    if config.getoption("dist") != "loadgroup":
-        return None
-    from xdist.scheduler import LoadGroupScheduling
-
-    class Scheduling(LoadGroupScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return module if module in ONE_WORKER_MODULES else super()._split_scope(nodeid)
-
-    return Scheduling(config, log)
-
-
 @pytest.fixture(scope="session")
 def small_dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ~5k-transition bullet-hopper-medium file made by ``modzoo data collect`` (about 3 s).
