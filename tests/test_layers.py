@@ -184,6 +184,17 @@ def test_no_function_is_longer_than_the_limit() -> None:
     assert not long, "split these (or add them to LONG_OK with the reason):\n" + "\n".join(long)
 
 
+#: The library's size budget (issue #40: a core a newcomer reads in an afternoon). Raise it only on purpose.
+CORE_MAX_LINES = 8000
+
+
+def test_the_core_stays_within_its_line_budget() -> None:
+    """Every line of ``core/``'s Python, as ``find core -name '*.py' | xargs cat | wc -l`` counts them."""
+    n = sum(len(path.read_text().splitlines()) for path in SOURCES)
+    assert n <= CORE_MAX_LINES, (f"core/ is {n} lines, over its budget of {CORE_MAX_LINES}: move lab code to lab/, "
+                                 "tighten, or raise CORE_MAX_LINES in tests/test_layers.py on purpose")
+
+
 def test_the_library_never_imports_the_lab() -> None:
     """``core/`` and ``plugins/`` are what a user installs: an import of ``modzoo_lab`` anywhere in them, at module
     level or inside a function, would make the library need the lab."""
