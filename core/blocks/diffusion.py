@@ -125,7 +125,8 @@ class GaussianDiffusion(ActionDiffusion):
         """t ~ U{0..T-1} per row."""
         return rng.randint(self.T, (b,), generator, device)
 
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor,
+                   clip: bool = True) -> torch.Tensor:
         """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) per row, clipped by default (EDP's action estimate)."""
         x0 = self.sqrt_recip_abar[t, None] * x_t - self.sqrt_recipm1_abar[t, None] * eps
         return x0.clamp(-self.max_action, self.max_action) if clip else x0
