@@ -789,6 +789,43 @@ def test_beside_puts_another_grids_scores_next_to_this_ones_and_flags_a_rebuilt_
     assert _beside(load_experiment(str(old)), []) == []  # no `beside`: no section
 
 
+def test_beside_at_steps_puts_every_arm_of_both_grids_at_the_steps_both_evaluated(tmp_path):
+    from modzoo_lab.grid.plan import load_experiment
+    from modzoo_lab.grid.report import _beside, load_summaries
+
+    task = "bullet-hopper-medium-v0"
+
+    def grid(name: str, steps: int, every: int, arms: dict, curves: dict[tuple[str, int], dict[int, float]],
+             **extra):
+        root = tmp_path / name
+        for (arm, seed), curve in curves.items():
+            d = root / "summaries" / task / arm / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(json.dumps({"normalized_score": curve[max(curve)]}))
+            (d / "curve.csv").write_text("step,normalized_mean\n" + "".join(f"{s},{v}\n" for s, v in curve.items()))
+        cfg = {"name": name, "out": str(root / "runs"), "summaries": str(root / "summaries"), "report": "r.md",
+               "tasks": [task], "seeds": [0, 1], "arms": arms, **extra,
+               "budget": {"policy_steps": steps, "eval_every": every, "eval_episodes": 10, "final_eval_episodes": 20}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        return tmp_path / f"{name}.yaml"
+
+    old = grid("old", 40, 10, {"dql-joint": {"guidance": "dql", "policy": "dql",
+                                             "run": {"eval_episodes": 3, "final_eval_episodes": 50}}},
+               {("dql-joint", 0): {10: 10.0, 20: 30.0, 30: 0.0, 40: 0.0},
+                ("dql-joint", 1): {10: 20.0, 20: 50.0, 30: 0.0, 40: 0.0}})
+    new = grid("new", 20, 5, {"fql": {"guidance": "idql", "policy": "idql"}},
+               {("fql", 0): {5: 1.0, 10: 2.0, 15: 3.0, 20: 4.0}},
+               beside={"experiment": str(old), "at_steps": True})
+    exp = load_experiment(str(new))
+    lines = _beside(exp, load_summaries(exp.summaries))
+    assert lines[0].startswith("## Beside experiment `old`")  # no arm in common: the section still has its heading
+    assert "| grid | arm | 10 steps | 20 steps |" in lines  # 5 and 15 (only here), 30 and 40 (only there): left out
+    assert "| new | fql | 2.0 ± n/a (1; 10) | 4.0 ± n/a (1; 20) |" in lines  # 20 is this grid's final evaluation
+    assert "| old | dql-joint | 15.0 ± 5.0 (2; 3) | 40.0 ± 10.0 (2; 3) |" in lines  # the arm's own interim count
+    exp.beside.at_steps = False
+    assert _beside(exp, load_summaries(exp.summaries)) == []  # no arm in common and no steps asked for: nothing
+
+
 def test_a_resumed_phases_peak_rss_is_left_out_of_the_memory_mean():
     from modzoo_lab.grid.report import RunSummary, arm_stats
 

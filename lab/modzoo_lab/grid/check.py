@@ -23,7 +23,7 @@ KEYS: dict[str, str] = {
     "out": "run dirs (checkpoints)", "summaries": "per-run summaries the report reads", "report": "the report's path",
     "findings": "a markdown file spliced into the report",
     "reference": "{dir, arm, code} or a list of them: the authors' code beside an arm",
-    "beside": "{experiment: NAME}: another grid's scores next to these", "backend": "local or ray",
+    "beside": "{experiment: NAME, at_steps: BOOL}: another grid's scores next to these", "backend": "local or ray",
     "workers": "runs in parallel", "isolate_runs": "a fresh process per run", "tasks": "task names",
     "seeds": "integer seeds", "budget": "run settings shared by every arm", "arms": "name -> {guidance, policy, ...}",
     "swaps": "inference-time swaps", "gfdt_pairs": "GFDT arm -> joint arm", "ray": "Ray backend settings",
@@ -111,8 +111,10 @@ def check_structure(exp: DictConfig, source: Path | str) -> None:
         if ref.get("code", "dql") not in REFERENCE_CODES:
             fail(f"reference.code: {ref.get('code')!r} is not one of {', '.join(REFERENCE_CODES)}")
     beside = c.get("beside")
-    if beside is not None and (not isinstance(beside, dict) or set(beside) != {"experiment"}):
-        fail(f"'beside' must be {{experiment: NAME}}, got {beside!r}")
+    if beside is not None and (not isinstance(beside, dict) or "experiment" not in beside
+                               or set(beside) - {"experiment", "at_steps"}
+                               or not isinstance(beside.get("at_steps", False), bool)):
+        fail(f"'beside' must be {{experiment: NAME, at_steps: true|false}}, got {beside!r}")
     if c.get("backend", "local") not in ("local", "ray"):
         fail(f"backend: {c['backend']!r} is not local or ray")
     workers = c.get("workers", 1)

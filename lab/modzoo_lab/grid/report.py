@@ -639,7 +639,8 @@ def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
     """This grid's final scores next to another experiment's (``beside: {experiment: NAME}``) for each task and
     arm both ran, e.g. the 50k grid beside the 5k one: what more training changed. The other grid's stale runs are
     left out as its own report leaves them out; a task whose two grids read different dataset files says so (the
-    fingerprints in the summaries), since then the rows are not the same problem."""
+    fingerprints in the summaries), since then the rows are not the same problem. ``at_steps: true`` adds every
+    arm of both grids at the policy steps both evaluated (:func:`_at_steps`)."""
     other_name = (exp.get("beside") or {}).get("experiment")
     if not other_name:
         return []
@@ -659,8 +660,9 @@ def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
         same = "yes" if prints[0] == prints[1] and len(prints[0]) == 1 else "no"
         rows.append(f"| {task} | {arm} | {_fmt(a['mean'])} ± {_fmt(a['std'])} ({a['n']}) | "
                     f"{_fmt(b['mean'])} ± {_fmt(b['std'])} ({b['n']}) | {same} |")
-    if not rows:
-        return []
+    at_steps = _at_steps(exp, other, runs, theirs) if (exp.get("beside") or {}).get("at_steps") else []
+    if not rows:  # no arm in common (flow arms beside diffusion ones): the steps in common only
+        return [f"## Beside experiment `{other.name}` ({other.get('report', '')})", "", *at_steps] if at_steps else []
     steps = [f"{e.budget.get('policy_steps')}" for e in (exp, other)]
     ours_set, settings = ([x for x in _arm_settings(e) if x.split("`")[1] in shown] for e in (exp, other))
     return [f"## Beside experiment `{other.name}` ({other.get('report', '')})", "",
@@ -670,7 +672,54 @@ def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
             f"(docs/datasets.md lists the replaced files), so the row compares two problems. The arms' settings "
             f"differ too: here {'; '.join(ours_set) or 'the plugin defaults'}; there "
             f"{'; '.join(settings) or 'the plugin defaults'}. Command: `modzoo experiment {exp.name} --report-only`.",
-            "", f"| task | arm | {exp.name} | {other.name} | same data |", "|---|---|---|---|---|", *rows, ""]
+            "", f"| task | arm | {exp.name} | {other.name} | same data |", "|---|---|---|---|---|", *rows, "",
+            *at_steps]
+
+
+def _episodes_at(exp: DictConfig, arm: str, step: int) -> int:
+    """How many episodes ``arm``'s evaluation at ``step`` ran: the final count at the last policy step, the interim
+    one before it (the budget's, or the arm's ``run`` override)."""
+    run = ((exp.get("arms") or {}).get(arm) or {}).get("run") or {}
+    final = step >= int(exp.budget.get("policy_steps", 0))
+    key = "final_eval_episodes" if final else "eval_episodes"
+    return int(run.get(key, exp.budget.get(key, 0)))
+
+
+def _at_steps(exp: DictConfig, other: DictConfig, ours: list[RunSummary], theirs: list[RunSummary]) -> list[str]:
+    """Every arm of both grids at the policy steps both evaluated (``beside: {at_steps: true}``), read from the
+    runs' curves: for grids whose arms differ (flow policies beside diffusion ones), the same step is the only
+    common ground. Per task both grids ran, a row per grid and arm: mean ± std across seeds (seeds in brackets)
+    and the episodes behind each seed's point, since interim evaluations are smaller than final ones."""
+    lines = []
+    for task in sorted({r.task for r in ours} & {r.task for r in theirs}):
+        by_arm: dict[tuple[str, str], list[RunSummary]] = {}
+        for e, rs in ((exp, ours), (other, theirs)):
+            for r in rs:
+                if r.task == task:
+                    by_arm.setdefault((e.name, r.arm), []).append(r)
+        per_grid = [{s for (g, _), rs in by_arm.items() if g == e.name for r in rs for s, _ in r.curve}
+                    for e in (exp, other)]
+        steps = sorted(per_grid[0] & per_grid[1])
+        if not steps:
+            continue
+        rows = []
+        for (grid, arm), rs in by_arm.items():
+            e = exp if grid == exp.name else other
+            cells = []
+            for step in steps:
+                vals = [dict(r.curve)[step] for r in rs if step in dict(r.curve)]
+                sp = spread(vals) if vals else None
+                cells.append(f"{_fmt(sp['mean'])} ± {_fmt(sp['std'])} ({sp['n']}; {_episodes_at(e, arm, step)})"
+                             if sp else "n/a")
+            rows.append(f"| {grid} | {arm} | " + " | ".join(cells) + " |")
+        lines += [f"### {task}: every arm at the steps both grids evaluated", "",
+                  f"Normalized score at each policy step that both `{exp.name}` and `{other.name}` evaluated on this "
+                  f"task, from the runs' curves (`curve.csv`): mean ± std across seeds, then in brackets the seeds "
+                  f"and the episodes of each seed's evaluation at that step (interim evaluations are smaller than "
+                  f"final ones, so their points are noisier). Command: `modzoo experiment {exp.name} --report-only`.",
+                  "", "| grid | arm | " + " | ".join(f"{s} steps" for s in steps) + " |",
+                  "|---|---|" + "---|" * len(steps), *rows, ""]
+    return lines
 
 
 def _arm_preset(exp: DictConfig, arm: str) -> str:
