@@ -97,6 +97,9 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path):
     (lambda e: e.update(gfdt_pairs={"idql-gf": "idql-jont"}), "gfdt_pairs: 'idql-jont' is not an arm"),
     (lambda e: e.update(reference={"dir": "x", "arm": "dql-joint"}), "reference.arm: 'dql-joint' is not an arm"),
     (lambda e: e.update(beside={"experiment": "no-such-grid"}), "beside: unknown experiment 'no-such-grid'"),
+    (lambda e: e.update(beside={"experiment": "gfdt-50k", "at_steps": "yes"}), "'beside' must be {experiment: NAME, "
+                                                                           "at_steps: true|false}"),
+    (lambda e: e.update(beside={"experiment": "gfdt-50k", "at_step": True}), "'beside' must be {experiment: NAME, "),
     (lambda e: e.update(workers=0), "workers: 0 must be a whole number"),
 ])
 def test_a_bad_key_or_shape_is_one_line_naming_it(tmp_path, edit, expected):
