@@ -107,6 +107,18 @@ def test_runs_are_reproducible_under_a_seed(small_dataset_path):
     assert any(not torch.equal(x, y) for x, y in zip(a.policy.parameters(), c.policy.parameters()))
 
 
+@pytest.mark.parametrize("g, p, schedule", [("dql", "dql", "joint"), ("idql", "fql", "guidance-first")])
+def test_interim_evaluations_leave_training_bit_for_bit_unchanged(small_dataset_path, g, p, schedule):
+    """A grid may evaluate more often than another it is compared with (every 5k against every 10k) only if the
+    evaluations draw on nothing the updates draw on: both halves' parameters end the same to the bit."""
+    runs = [modzoo.train(cfg(g, p, small_dataset_path, schedule=schedule, eval_every=every, eval_episodes=2,
+                             final_eval=False), progress=False) for every in (0, 4)]
+    assert [ph.get("evals", 0) for ph in runs[1].phases if ph["phase"] != "guidance"] == [2]  # at 4 and 8
+    for half in ("guidance", "policy"):
+        for x, y in zip(getattr(runs[0], half).state_dict().values(), getattr(runs[1], half).state_dict().values()):
+            assert torch.equal(x, y)
+
+
 def test_phase_time_leaves_out_interim_evaluations_and_survives_a_resume(small_dataset_path, tmp_path,
                                                                          monkeypatch):
     """A phase's wall_s is the cost of its updates: interim evaluations are timed apart (eval_wall_s, evals), and

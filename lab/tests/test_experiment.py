@@ -943,19 +943,24 @@ def test_the_50k_grid_runs_every_arm_under_the_authors_preset():
 
 def test_the_preset_v2_grid_compares_with_the_50k_grids_hopper_cells():
     """gfdt-50k-preset-v2 (issue #41 item 3) measures the corrected preset: 6 runs, idql-gf and dql-joint on hopper,
-    each arm as gfdt-50k's of the same name but for the preset, with that grid's budget and swaps, so its cells
-    compare with gfdt-50k's hopper cells; its summaries are its own, never mixed with v1's."""
+    each arm as gfdt-50k's of the same name but for the preset, with that grid's budget (interim evaluations more
+    often) and swaps, so its cells compare with gfdt-50k's hopper cells; its summaries are its own, never mixed
+    with v1's."""
     import modzoo
     v2, v1 = load_experiment("gfdt-50k-preset-v2"), load_experiment("gfdt-50k")
     specs = plan(v2)
     assert sorted(s.key for s in specs) == sorted(f"{TASK}/{arm}/seed{seed}" for arm in ("idql-gf", "dql-joint")
                                                   for seed in (0, 1, 2))
-    assert v2.workers == 1 and v2.budget == v1.budget and v2.summaries != v1.summaries and v2.out != v1.out
+    assert v2.workers == 1 and v2.summaries != v1.summaries and v2.out != v1.out
+    # the budget is v1's but for interim evaluations twice as often (issue #41 item 5), at every step v1 evaluated
+    assert {**v2.budget, "eval_every": v1.budget.eval_every} == v1.budget
+    assert v1.budget.eval_every % v2.budget.eval_every == 0
     old = {s.key: s for s in plan(v1)}
     for s in specs:
         o = old[s.key]
         assert (s.guidance, s.policy, s.schedule, s.overrides) == (o.guidance, o.policy, o.schedule, o.overrides)
-        assert {**o.run, "preset": "gfdt-authors-v2"} == s.run and o.run["preset"] == "gfdt-authors"
+        assert {**o.run, "preset": "gfdt-authors-v2", "eval_every": v2.budget.eval_every} == s.run
+        assert o.run["preset"] == "gfdt-authors"
         c = modzoo.run_config(s.guidance, s.policy, s.task, s.overrides, schedule=s.schedule, seed=s.seed, **s.run)
         assert c.run.preset == "gfdt-authors-v2" and c.run.policy_steps == 50000
         assert (c.policy.optimizer, c.policy.weight_decay) == ("adamw", 0.01)
