@@ -661,11 +661,12 @@ def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
         rows.append(f"| {task} | {arm} | {_fmt(a['mean'])} ± {_fmt(a['std'])} ({a['n']}) | "
                     f"{_fmt(b['mean'])} ± {_fmt(b['std'])} ({b['n']}) | {same} |")
     at_steps = _at_steps(exp, other, runs, theirs) if (exp.get("beside") or {}).get("at_steps") else []
+    heading = [f"## Beside experiment `{other.name}` ({other.get('report', '')})", ""]
     if not rows:  # no arm in common (flow arms beside diffusion ones): the steps in common only
-        return [f"## Beside experiment `{other.name}` ({other.get('report', '')})", "", *at_steps] if at_steps else []
+        return [*heading, *at_steps] if at_steps else []
     steps = [f"{e.budget.get('policy_steps')}" for e in (exp, other)]
     ours_set, settings = ([x for x in _arm_settings(e) if x.split("`")[1] in shown] for e in (exp, other))
-    return [f"## Beside experiment `{other.name}` ({other.get('report', '')})", "",
+    return [*heading,
             f"Final normalized score per task and arm, mean ± std across seeds (seeds in brackets): this grid at "
             f"{steps[0]} policy steps, `{other.name}` at {steps[1]}. `same data`: both grids' runs of the task read "
             f"the same dataset file (its fingerprint); `no` means the task's dataset was rebuilt in between "
@@ -676,13 +677,12 @@ def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
             *at_steps]
 
 
-def _episodes_at(exp: DictConfig, arm: str, step: int) -> int:
-    """How many episodes ``arm``'s evaluation at ``step`` ran: the final count at the last policy step, the interim
-    one before it (the budget's, or the arm's ``run`` override)."""
-    run = ((exp.get("arms") or {}).get(arm) or {}).get("run") or {}
-    final = step >= int(exp.budget.get("policy_steps", 0))
-    key = "final_eval_episodes" if final else "eval_episodes"
-    return int(run.get(key, exp.budget.get(key, 0)))
+def _episodes_at(run: dict[str, Any], step: int) -> Any:
+    """How many episodes the evaluation at ``step`` of a run with these settings (a :func:`plan` spec's ``run``)
+    ran: the final count at the last policy step (the interim one where none is set), the interim one before."""
+    if step >= int(run.get("policy_steps", 0)):
+        return run.get("final_eval_episodes") or run.get("eval_episodes")
+    return run.get("eval_episodes")
 
 
 def _at_steps(exp: DictConfig, other: DictConfig, ours: list[RunSummary], theirs: list[RunSummary]) -> list[str]:
@@ -690,6 +690,7 @@ def _at_steps(exp: DictConfig, other: DictConfig, ours: list[RunSummary], theirs
     runs' curves: for grids whose arms differ (flow policies beside diffusion ones), the same step is the only
     common ground. Per task both grids ran, a row per grid and arm: mean ± std across seeds (seeds in brackets)
     and the episodes behind each seed's point, since interim evaluations are smaller than final ones."""
+    settings = {e.name: {spec.arm: spec.run for spec in plan(e)} for e in (exp, other)}  # budget + arm's run
     lines = []
     for task in sorted({r.task for r in ours} & {r.task for r in theirs}):
         by_arm: dict[tuple[str, str], list[RunSummary]] = {}
@@ -704,13 +705,12 @@ def _at_steps(exp: DictConfig, other: DictConfig, ours: list[RunSummary], theirs
             continue
         rows = []
         for (grid, arm), rs in by_arm.items():
-            e = exp if grid == exp.name else other
-            cells = []
+            curves, cells = [dict(r.curve) for r in rs], []
             for step in steps:
-                vals = [dict(r.curve)[step] for r in rs if step in dict(r.curve)]
+                vals = [c[step] for c in curves if step in c]
                 sp = spread(vals) if vals else None
-                cells.append(f"{_fmt(sp['mean'])} ± {_fmt(sp['std'])} ({sp['n']}; {_episodes_at(e, arm, step)})"
-                             if sp else "n/a")
+                cells.append(f"{_fmt(sp['mean'])} ± {_fmt(sp['std'])} ({sp['n']}; "
+                             f"{_episodes_at(settings[grid][arm], step)})" if sp else "n/a")
             rows.append(f"| {grid} | {arm} | " + " | ".join(cells) + " |")
         lines += [f"### {task}: every arm at the steps both grids evaluated", "",
                   f"Normalized score at each policy step that both `{exp.name}` and `{other.name}` evaluated on this "
