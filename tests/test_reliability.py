@@ -94,6 +94,22 @@ def test_a_bad_config_value_is_one_line_naming_its_key_before_training(capsys, s
     assert not (tmp_path / "r").exists()  # a refused run leaves nothing behind
 
 
+@pytest.mark.parametrize("guidance, policy, extra, key", [
+    ("fql", "fql", ["policy.flow_steps=0"], "policy.flow_steps"),  # zero Euler steps: the policy would act on noise
+    ("fql", "fql", ["policy.alpha=-1"], "policy.alpha"),  # a negative weight pushes the student off its teacher
+    ("idql", "fbc", ["policy.flow_steps=-2"], "policy.flow_steps"),
+    ("dql", "dql", ["policy.eta=-1"], "policy.eta"),
+    ("qgpo", "qgpo", ["guidance.support_actions=0"], "guidance.support_actions"),
+    ("idql", "sfbc", ["policy.alpha=-1"], "policy.alpha"),  # a negative inverse temperature picks the worst
+])
+def test_a_plugins_own_key_out_of_range_is_one_line_before_training(capsys, small_dataset_path, tmp_path,
+                                                                    no_training, guidance, policy, extra, key):
+    msg = one_line_error(capsys, *run_args(small_dataset_path, tmp_path / "r", "--policy-steps", "4", *extra,
+                                           guidance=guidance, policy=policy))
+    assert f"config key {key}" in msg
+    assert not (tmp_path / "r").exists()
+
+
 def test_guidance_first_needs_guidance_steps(capsys, small_dataset_path, tmp_path, no_training):
     msg = one_line_error(capsys, *run_args(small_dataset_path, tmp_path / "r", "--schedule", "guidance-first",
                                            "--guidance-steps", "0", "--policy-steps", "4"))

@@ -92,7 +92,7 @@ _HALF_RULES: dict[str, Rule] = {
 GUIDANCE_RULES: dict[str, Rule] = {
     **_HALF_RULES, "num_q": at_least(1), "gamma": UNIT, "polyak": UNIT, "value_lr": POSITIVE,
     "expectile": Rule(low=0, high=1, low_open=True, high_open=True), "target_every": at_least(1),
-    "update_every": at_least(1),
+    "update_every": at_least(1), "support_actions": at_least(1), "q_alpha": at_least(0),
 }
 
 POLICY_RULES: dict[str, Rule] = {
@@ -104,7 +104,13 @@ POLICY_RULES: dict[str, Rule] = {
     "sample_steps": at_least(0), "ddim_eta": UNIT, "ema_decay": UNIT, "ema_every": at_least(1),
     "ema_start": at_least(0), "depth": at_least(1), "blocks": at_least(1), "t_dim": at_least(1),
     "dropout": Rule(low=0, high=1, high_open=True), "cond_dim": at_least(0), "cond_emb": at_least(1),
-    "behaviour_steps": at_least(0),
+    "behaviour_steps": at_least(0), "flow_steps": at_least(1), "alpha": at_least(0), "beta": at_least(0),
+    "eta": at_least(0), "gamma": at_least(0), "guidance_scale": at_least(0), "support_actions": at_least(1),
+    "support_steps": at_least(1), "pretrain_steps": at_least(0), "actor_lr": POSITIVE, "energy_lr": POSITIVE,
+    "actor_batch_size": at_least(1), "energy_batch_size": at_least(1), "actor_depth": at_least(1),
+    "cond_hidden": at_least(1), "energy_t_dim": at_least(1), "sigma_min": POSITIVE, "sigma_max": POSITIVE,
+    "sigma_data": POSITIVE, "sigma_scale": POSITIVE, "reg_t_min": UNIT, "reg_t_max": UNIT, "p_uncond": UNIT,
+    "target_quantile": UNIT, "stats_momentum": UNIT,
 }
 
 #: the CLI flag that sets a run key, so a message names what the user typed
