@@ -123,6 +123,15 @@ def test_eval_refuses_zero_candidates(capsys, tmp_path):
     assert "--candidates" in msg
 
 
+
+@pytest.mark.parametrize("flag", [["--sampler", "ddim"], ["--sample-steps", "3"], ["--ddim-eta", "0.5"]])
+def test_eval_refuses_a_chain_flag_on_a_flow_policy(capsys, tmp_path, flag):
+    """A flow policy has no reverse chain: the flag used to be ignored and a score printed as if it had applied."""
+    save_half(modzoo.make_policy("fql", 15, 3, hidden=16), tmp_path / "policy.pt", {"name": TASK})
+    msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), *flag, "--no-progress",
+                         "--device", "cpu")
+    assert flag[0] in msg and "'fql'" in msg
+
 # ---- --out problems --------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
 def test_out_under_proc_is_one_line(capsys, small_dataset_path, no_training):
