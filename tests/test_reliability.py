@@ -132,6 +132,14 @@ def test_eval_refuses_a_chain_flag_on_a_flow_policy(capsys, tmp_path, flag):
                          "--device", "cpu")
     assert flag[0] in msg and "'fql'" in msg
 
+
+def test_eval_refuses_a_selection_with_one_candidate(capsys, tmp_path):
+    """With one candidate per state a selection rule has nothing to choose: it used to print the unranked score."""
+    save_half(modzoo.make_policy("fql", 15, 3, hidden=16), tmp_path / "policy.pt", {"name": TASK})
+    msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--selection", "softmax",
+                         "--no-progress", "--device", "cpu")
+    assert "--selection" in msg and "--candidates" in msg
+
 # ---- --out problems --------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
 def test_out_under_proc_is_one_line(capsys, small_dataset_path, no_training):

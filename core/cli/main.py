@@ -183,6 +183,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.temperature is not None and not (0 < args.temperature < float("inf")):
         raise ConfigError(f"--temperature must be a positive number (softmax(temperature * Q)), got {args.temperature}")
     policy, guidance = load_policy_and_guidance(args.policy, args.guidance, args.device, task=args.env)
+    n = args.candidates if args.candidates is not None else int(policy.cfg.get("candidates", 1) or 1)
+    if args.selection and n == 1:  # one candidate per state: no rule has anything to choose among
+        raise ConfigError(f"--selection ranks candidates, but policy {policy.algorithm!r} acts with one per state "
+                          f"(policy.candidates=1): add --candidates N with N > 1")
     if args.selection:
         policy.cfg["selection"] = args.selection
     if args.temperature is not None and policy.cfg.get("selection") != "softmax":
