@@ -192,13 +192,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.temperature is not None and policy.cfg.get("selection") != "softmax":
         raise ConfigError(f"--temperature sets the softmax selection's temperature, but this policy selects by "
                           f"{policy.cfg.get('selection')!r}: add --selection softmax")
-    for key, value, flag in (("temperature", args.temperature, "--temperature"),
-                             ("act_sampler", args.sampler, "--sampler"),
-                             ("sample_steps", args.sample_steps, "--sample-steps"),
-                             ("ddim_eta", args.ddim_eta, "--ddim-eta")):
+    chain = {"act_sampler": (args.sampler, "--sampler"), "sample_steps": (args.sample_steps, "--sample-steps"),
+             "ddim_eta": (args.ddim_eta, "--ddim-eta")}
+    for key, (value, flag) in chain.items():
         if value is not None and key not in policy.cfg:  # set anyway, it would be ignored and the score misread
             raise ConfigError(f"{flag} has no effect on policy {policy.algorithm!r} (its config has no {key}: it "
                               f"acts without a denoising chain); drop {flag}")
+    for key, value in (("temperature", args.temperature), *((k, v) for k, (v, _) in chain.items())):
         if value is not None:
             policy.cfg[key] = value
     check_sample_steps(policy.cfg)
