@@ -140,6 +140,14 @@ def test_eval_refuses_a_selection_with_one_candidate(capsys, tmp_path):
                          "--no-progress", "--device", "cpu")
     assert "--selection" in msg and "--candidates" in msg
 
+
+def test_eval_refuses_candidates_for_a_policy_that_has_none(capsys, tmp_path):
+    """SRPO acts with its deterministic actor and has no candidates setting: --candidates 8 used to be ignored."""
+    save_half(modzoo.make_policy("srpo", 15, 3, hidden=16), tmp_path / "policy.pt", {"name": TASK})
+    msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--candidates", "8",
+                         "--no-progress", "--device", "cpu")
+    assert "--candidates has no effect on policy 'srpo'" in msg
+
 # ---- --out problems --------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
 def test_out_under_proc_is_one_line(capsys, small_dataset_path, no_training):

@@ -183,22 +183,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.temperature is not None and not (0 < args.temperature < float("inf")):
         raise ConfigError(f"--temperature must be a positive number (softmax(temperature * Q)), got {args.temperature}")
     policy, guidance = load_policy_and_guidance(args.policy, args.guidance, args.device, task=args.env)
+    given = {"candidates": (args.candidates, "--candidates"), "selection": (args.selection, "--selection"),
+             "act_sampler": (args.sampler, "--sampler"), "sample_steps": (args.sample_steps, "--sample-steps"),
+             "ddim_eta": (args.ddim_eta, "--ddim-eta")}
+    for key, (value, flag) in given.items():
+        if value is not None and key not in policy.cfg:  # set anyway, it would be ignored and the score misread
+            how = "one action per state" if key in ("candidates", "selection") else "no denoising chain"
+            raise ConfigError(f"{flag} has no effect on policy {policy.algorithm!r}: it has no {key} setting (it "
+                              f"acts with {how}); drop {flag}")
     n = args.candidates if args.candidates is not None else int(policy.cfg.get("candidates", 1) or 1)
     if args.selection and n == 1:  # one candidate per state: no rule has anything to choose among
         raise ConfigError(f"--selection ranks candidates, but policy {policy.algorithm!r} acts with one per state "
                           f"(policy.candidates=1): add --candidates N with N > 1")
-    if args.selection:
-        policy.cfg["selection"] = args.selection
-    if args.temperature is not None and policy.cfg.get("selection") != "softmax":
+    if args.temperature is not None and (args.selection or policy.cfg.get("selection")) != "softmax":
         raise ConfigError(f"--temperature sets the softmax selection's temperature, but this policy selects by "
-                          f"{policy.cfg.get('selection')!r}: add --selection softmax")
-    chain = {"act_sampler": (args.sampler, "--sampler"), "sample_steps": (args.sample_steps, "--sample-steps"),
-             "ddim_eta": (args.ddim_eta, "--ddim-eta")}
-    for key, (value, flag) in chain.items():
-        if value is not None and key not in policy.cfg:  # set anyway, it would be ignored and the score misread
-            raise ConfigError(f"{flag} has no effect on policy {policy.algorithm!r} (its config has no {key}: it "
-                              f"acts without a denoising chain); drop {flag}")
-    for key, value in (("temperature", args.temperature), *((k, v) for k, (v, _) in chain.items())):
+                          f"{args.selection or policy.cfg.get('selection')!r}: add --selection softmax")
+    for key, value in (("selection", args.selection), ("temperature", args.temperature), ("act_sampler", args.sampler),
+                       ("sample_steps", args.sample_steps), ("ddim_eta", args.ddim_eta)):
         if value is not None:
             policy.cfg[key] = value
     check_sample_steps(policy.cfg)
