@@ -644,6 +644,25 @@ def test_the_report_aggregates_arms_over_the_tasks_every_arm_ran(tmp_path):
     assert lines[head + 3] == "| joint | 2 | 3 | 40.0 | 40.0 | n/a (one run on a task) |"
 
 
+
+def test_a_one_task_report_gives_the_gfdt_pairs_probability_of_improvement_without_a_pooled_table(tmp_path):
+    from omegaconf import OmegaConf
+
+    from modzoo_lab.grid.report import RunSummary, render
+    task = "bullet-hopper-medium-v0"
+    exp = OmegaConf.create({"name": "one", "summaries": "s", "budget": {"guidance_steps": 1, "policy_steps": 1},
+                            "tasks": [task], "seeds": [0, 1, 2], "arms": {"gf": {}, "joint": {}},
+                            "gfdt_pairs": {"gf": "joint"}})
+    runs = [RunSummary(task, a, i, {"normalized_score": x, "eval": {"normalized": [x]}})
+            for a, xs in (("gf", [10.0, 30.0, 50.0]), ("joint", [20.0, 40.0, 60.0])) for i, x in enumerate(xs)]
+    lines = render(exp, runs, tmp_path / "img", "img").splitlines()
+    assert "## Across tasks" not in lines and "## GFDT against joint" in lines
+    pair = lines.index("| GFDT arm | joint arm | P(GFDT > joint) | 95% interval | IQM difference | 95% interval |")
+    assert lines[pair + 2].startswith("| gf | joint | 0.33 | ")  # 3 of the 9 pairs won (10<20<30<40<50<60)
+    assert lines[pair + 2].split(" | ")[4] == "-10.0"
+    exp.gfdt_pairs = {}
+    assert "## GFDT against joint" not in render(exp, runs, tmp_path / "img", "img")
+
 def test_the_report_states_what_the_finished_runs_cost():
     from modzoo_lab.grid.report import RunSummary, _grid_cost
     phases = [{"phase": "joint", "wall_s": 3000.0, "eval_wall_s": 600.0}, {"phase": "eval", "wall_s": 0.0}]

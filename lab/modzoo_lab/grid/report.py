@@ -796,34 +796,39 @@ def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], 
     """Each arm's runs pooled across the tasks every arm has finished runs on: IQM with its stratified-bootstrap
     interval, and the probability that the GFDT arm of each ``gfdt_pairs`` entry beats its joint arm
     (:mod:`modzoo_lab.grid.aggregate`). Tasks some arm lacks are left out, so that every arm is read on the same
-    tasks."""
+    tasks. A grid of one task has no pooled table (its task section says the same), only the pairs."""
     arms = sorted({a for t in groups for a in groups[t]})
     tasks = [t for t in sorted(groups) if all(groups[t].get(a) for a in arms)]
-    if len(tasks) < 2:
-        return []
     scores = {a: {t: [r.final_score for r in groups[t][a]] for t in tasks} for a in arms}
-    short = ", ".join(t.removeprefix("bullet-").removesuffix("-v0") for t in tasks)
-    out = ["## Across tasks", "",
-           f"Each arm's final normalized scores pooled over {short} (the tasks on which every arm has finished "
-           "runs): the mean, and the interquartile mean (IQM: the mean of the middle half of the runs, which one "
-           "collapsed seed moves far less) with its 95% interval from a stratified bootstrap (each task's runs "
-           f"resampled within that task, {REPS} resamples, fixed seed; Agarwal et al. 2021, the method of "
-           f"`rliable`). Command: `{rep}`.", "",
-           "| arm | tasks | runs | mean | IQM | IQM 95% interval |", "|---|---|---|---|---|---|"]
-    for a in arms:
-        pooled = [x for t in tasks for x in scores[a][t]]
-        point, lo, hi = iqm_interval(scores[a])
-        out.append(f"| {a} | {len(tasks)} | {len(pooled)} | {_fmt(float(np.mean(pooled)))} | {_fmt(point)} | "
-                   f"{_between(lo, hi, scores[a])} |")
     pairs = [(g, j) for g, j in (exp.get("gfdt_pairs", {}) or {}).items() if g in scores and j in scores]
+    if not tasks or (len(tasks) < 2 and not pairs):
+        return []
+    short = ", ".join(t.removeprefix("bullet-").removesuffix("-v0") for t in tasks)
+    out = ["## GFDT against joint", ""]
+    if len(tasks) > 1:
+        out = ["## Across tasks", "",
+               f"Each arm's final normalized scores pooled over {short} (the tasks on which every arm has finished "
+               "runs): the mean, and the interquartile mean (IQM: the mean of the middle half of the runs, which "
+               "one collapsed seed moves far less) with its 95% interval from a stratified bootstrap (each task's "
+               f"runs resampled within that task, {REPS} resamples, fixed seed; Agarwal et al. 2021, the method of "
+               f"`rliable`). Command: `{rep}`.", "",
+               "| arm | tasks | runs | mean | IQM | IQM 95% interval |", "|---|---|---|---|---|---|"]
+        for a in arms:
+            pooled = [x for t in tasks for x in scores[a][t]]
+            point, lo, hi = iqm_interval(scores[a])
+            out.append(f"| {a} | {len(tasks)} | {len(pooled)} | {_fmt(float(np.mean(pooled)))} | {_fmt(point)} | "
+                       f"{_between(lo, hi, scores[a])} |")
+        out.append("")
     if pairs:
-        out += ["", "Probability of improvement: the chance that a run of the GFDT arm scores above a run of its "
-                "joint arm on the same task (ties count half), averaged over the tasks above, with its 95% "
+        over = "averaged over the tasks above" if len(tasks) > 1 else f"here {short} alone"
+        out += ["Probability of improvement: the chance that a run of the GFDT arm scores above a run of its "
+                f"joint arm on the same task (ties count half), {over}, with its 95% "
                 "stratified-bootstrap interval; 0.5 is a tie, and an interval that holds 0.5 does not tell the "
                 "two apart. It counts wins, not their size: a task where both arms fail by a hair's difference "
                 "weighs as much as one where one arm wins by far, so read it beside the per-task scores. The "
                 "IQM difference (the GFDT arm's IQM less the joint arm's, in normalized points, with its interval "
-                "from the same stratified bootstrap) says by how much.", "",
+                "from the same stratified bootstrap) says by how much."
+                + ("" if len(tasks) > 1 else f" Command: `{rep}`."), "",
                 "| GFDT arm | joint arm | P(GFDT > joint) | 95% interval | IQM difference | 95% interval |",
                 "|---|---|---|---|---|---|"]
         for g, j in pairs:
@@ -831,7 +836,8 @@ def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], 
             d, dlo, dhi = iqm_difference(scores[g], scores[j])
             out.append(f"| {g} | {j} | {_fmt(p, 2)} | {_between(lo, hi, scores[g], scores[j], digits=2)} | "
                        f"{_fmt(d)} | {_between(dlo, dhi, scores[g], scores[j])} |")
-    return out + [""]
+        out.append("")
+    return out
 
 
 def _between(lo: float, hi: float, *scores: dict[str, list[float]], digits: int = 1) -> str:
