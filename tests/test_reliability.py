@@ -123,7 +123,6 @@ def test_eval_refuses_zero_candidates(capsys, tmp_path):
     assert "--candidates" in msg
 
 
-
 @pytest.mark.parametrize("flag", [["--sampler", "ddim"], ["--sample-steps", "3"], ["--ddim-eta", "0.5"]])
 def test_eval_refuses_a_chain_flag_on_a_flow_policy(capsys, tmp_path, flag):
     """A flow policy has no reverse chain: the flag used to be ignored and a score printed as if it had applied."""
@@ -147,6 +146,7 @@ def test_eval_refuses_candidates_for_a_policy_that_has_none(capsys, tmp_path):
     msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--candidates", "8",
                          "--no-progress", "--device", "cpu")
     assert "--candidates has no effect on policy 'srpo'" in msg
+
 
 # ---- --out problems --------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
