@@ -51,6 +51,7 @@ class SRPOPolicy(BehaviourFirstPolicy):
 
     needs = frozenset({"q"})
     uses_guidance_in_training = True
+    acts_by_chain = False  # the behaviour diffusion is only a regularizer; its sampler settings never act
     # every draw (t, z, the behaviour stage's noise) goes through modzoo.contract.rng, and grad_a Q is a
     # torch.func.grad, so the stacked trainer's vmap(grad(...)) runs both stages
     stackable = True

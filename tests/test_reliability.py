@@ -146,6 +146,10 @@ def test_eval_refuses_candidates_for_a_policy_that_has_none(capsys, tmp_path):
     msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--candidates", "8",
                          "--no-progress", "--device", "cpu")
     assert "--candidates has no effect on policy 'srpo'" in msg
+    # its behaviour diffusion keeps the chain's settings, but never acts with them
+    msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--sampler", "ddim",
+                         "--no-progress", "--device", "cpu")
+    assert "--sampler has no effect on policy 'srpo'" in msg
 
 
 # ---- --out problems --------------------------------------------------------------------------------------------

@@ -187,10 +187,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
              "act_sampler": (args.sampler, "--sampler"), "sample_steps": (args.sample_steps, "--sample-steps"),
              "ddim_eta": (args.ddim_eta, "--ddim-eta")}
     for key, (value, flag) in given.items():
-        if value is not None and key not in policy.cfg:  # set anyway, it would be ignored and the score misread
-            how = "one action per state" if key in ("candidates", "selection") else "no denoising chain"
-            raise ConfigError(f"{flag} has no effect on policy {policy.algorithm!r}: it has no {key} setting (it "
-                              f"acts with {how}); drop {flag}")
+        chain = key not in ("candidates", "selection")
+        if value is not None and (key not in policy.cfg or (chain and not getattr(policy, "acts_by_chain", False))):
+            how = "no denoising chain" if chain else "one action per state"  # set anyway, it would be ignored
+            raise ConfigError(f"{flag} has no effect on policy {policy.algorithm!r}: it acts with {how}; drop {flag}")
     n = args.candidates if args.candidates is not None else int(policy.cfg.get("candidates", 1) or 1)
     if args.selection and n == 1:  # one candidate per state: no rule has anything to choose among
         raise ConfigError(f"--selection ranks candidates, but policy {policy.algorithm!r} acts with one per state "
