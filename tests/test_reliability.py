@@ -116,39 +116,36 @@ def test_guidance_first_needs_guidance_steps(capsys, small_dataset_path, tmp_pat
     assert "run.guidance_steps" in msg and "> 0" in msg
 
 
+def eval_refusal(capsys: pytest.CaptureFixture[str], tmp_path: Path, algorithm: str, *flags: str) -> str:
+    """The one-line error of ``modzoo eval`` on a small untrained ``algorithm`` policy with ``flags``."""
+    save_half(modzoo.make_policy(algorithm, 15, 3, hidden=16), tmp_path / "policy.pt", {"name": TASK})
+    return one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), *flags, "--no-progress",
+                          "--device", "cpu")
+
+
 def test_eval_refuses_zero_candidates(capsys, tmp_path):
-    save_half(modzoo.make_policy("idql", 15, 3, hidden=16), tmp_path / "policy.pt", {"name": TASK})
-    msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--candidates", "0",
-                         "--no-progress", "--device", "cpu")
-    assert "--candidates" in msg
+    assert "--candidates" in eval_refusal(capsys, tmp_path, "idql", "--candidates", "0")
 
 
 @pytest.mark.parametrize("flag", [["--sampler", "ddim"], ["--sample-steps", "3"], ["--ddim-eta", "0.5"]])
 def test_eval_refuses_a_chain_flag_on_a_flow_policy(capsys, tmp_path, flag):
     """A flow policy has no reverse chain: the flag used to be ignored and a score printed as if it had applied."""
-    save_half(modzoo.make_policy("fql", 15, 3, hidden=16), tmp_path / "policy.pt", {"name": TASK})
-    msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), *flag, "--no-progress",
-                         "--device", "cpu")
+    msg = eval_refusal(capsys, tmp_path, "fql", *flag)
     assert flag[0] in msg and "'fql'" in msg
 
 
 def test_eval_refuses_a_selection_with_one_candidate(capsys, tmp_path):
     """With one candidate per state a selection rule has nothing to choose: it used to print the unranked score."""
-    save_half(modzoo.make_policy("fql", 15, 3, hidden=16), tmp_path / "policy.pt", {"name": TASK})
-    msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--selection", "softmax",
-                         "--no-progress", "--device", "cpu")
+    msg = eval_refusal(capsys, tmp_path, "fql", "--selection", "softmax")
     assert "--selection" in msg and "--candidates" in msg
 
 
 def test_eval_refuses_candidates_for_a_policy_that_has_none(capsys, tmp_path):
     """SRPO acts with its deterministic actor and has no candidates setting: --candidates 8 used to be ignored."""
-    save_half(modzoo.make_policy("srpo", 15, 3, hidden=16), tmp_path / "policy.pt", {"name": TASK})
-    msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--candidates", "8",
-                         "--no-progress", "--device", "cpu")
+    msg = eval_refusal(capsys, tmp_path, "srpo", "--candidates", "8")
     assert "--candidates has no effect on policy 'srpo'" in msg
     # its behaviour diffusion keeps the chain's settings, but never acts with them
-    msg = one_line_error(capsys, "eval", "--policy", str(tmp_path / "policy.pt"), "--sampler", "ddim",
-                         "--no-progress", "--device", "cpu")
+    msg = eval_refusal(capsys, tmp_path, "srpo", "--sampler", "ddim")
     assert "--sampler has no effect on policy 'srpo'" in msg
 
 

@@ -90,9 +90,7 @@ class DDPMPolicy(CandidatePolicy):
     algorithm's actor loss, and get the update (optimizer step, grad-norm clip, LR schedule, EMA) from here."""
 
     config_defaults = Path(__file__).with_name("policy.yaml")
-    #: acting runs the reverse chain, so its keys (act_sampler, sample_steps, ddim_eta) apply; a subclass that acts
-    #: another way (SRPO's actor) says False, and ``modzoo eval`` then refuses those flags instead of ignoring them
-    acts_by_chain: bool = True
+    acts_by_chain = True  # a subclass acting another way (SRPO's actor) says False
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__(obs_dim, act_dim, cfg)

@@ -188,7 +188,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
              "ddim_eta": (args.ddim_eta, "--ddim-eta")}
     for key, (value, flag) in given.items():
         chain = key not in ("candidates", "selection")
-        if value is not None and (key not in policy.cfg or (chain and not getattr(policy, "acts_by_chain", False))):
+        if value is not None and (key not in policy.cfg or (chain and not policy.acts_by_chain)):
             how = "no denoising chain" if chain else "one action per state"  # set anyway, it would be ignored
             raise ConfigError(f"{flag} has no effect on policy {policy.algorithm!r}: it acts with {how}; drop {flag}")
     n = args.candidates if args.candidates is not None else int(policy.cfg.get("candidates", 1) or 1)
@@ -198,9 +198,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.temperature is not None and (args.selection or policy.cfg.get("selection")) != "softmax":
         raise ConfigError(f"--temperature sets the softmax selection's temperature, but this policy selects by "
                           f"{args.selection or policy.cfg.get('selection')!r}: add --selection softmax")
-    for key, value in (("selection", args.selection), ("temperature", args.temperature), ("act_sampler", args.sampler),
-                       ("sample_steps", args.sample_steps), ("ddim_eta", args.ddim_eta)):
-        if value is not None:
+    for key, (value, _) in {**given, "temperature": (args.temperature, "--temperature")}.items():
+        if value is not None and key != "candidates":  # candidates go to evaluate() for this evaluation only
             policy.cfg[key] = value
     check_sample_steps(policy.cfg)
     if guidance is not None:

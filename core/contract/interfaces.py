@@ -186,6 +186,9 @@ class DiffusionPolicy(Half, ABC):
     config_needs: ClassVar[dict[str, dict[Any, frozenset[str]]]] = {}
     #: True when ``update`` uses the guidance (Diffusion-QL's Q term); False when only ``act`` does (IDQL).
     uses_guidance_in_training: ClassVar[bool] = False
+    #: True when ``act`` runs a reverse chain whose ``act_sampler``, ``sample_steps`` and ``ddim_eta`` apply
+    #: (``DDPMPolicy``); ``modzoo eval`` refuses those flags on any other policy instead of ignoring them.
+    acts_by_chain: ClassVar[bool] = False
 
     @classmethod
     def needs_by_setting(cls) -> dict[str, dict[Any, frozenset[str]]]:

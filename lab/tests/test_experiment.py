@@ -644,7 +644,6 @@ def test_the_report_aggregates_arms_over_the_tasks_every_arm_ran(tmp_path):
     assert lines[head + 3] == "| joint | 2 | 3 | 40.0 | 40.0 | n/a (one run on a task) |"
 
 
-
 def test_a_one_task_report_gives_the_gfdt_pairs_probability_of_improvement_without_a_pooled_table(tmp_path):
     from omegaconf import OmegaConf
 
@@ -662,6 +661,7 @@ def test_a_one_task_report_gives_the_gfdt_pairs_probability_of_improvement_witho
     assert lines[pair + 2].split(" | ")[4] == "-10.0"
     exp.gfdt_pairs = {}
     assert "## GFDT against joint" not in render(exp, runs, tmp_path / "img", "img")
+
 
 def test_the_report_states_what_the_finished_runs_cost():
     from modzoo_lab.grid.report import RunSummary, _grid_cost

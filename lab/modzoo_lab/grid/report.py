@@ -804,8 +804,9 @@ def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], 
     if not tasks or (len(tasks) < 2 and not pairs):
         return []
     short = ", ".join(t.removeprefix("bullet-").removesuffix("-v0") for t in tasks)
-    out = ["## GFDT against joint", ""]
-    if len(tasks) > 1:
+    if len(tasks) == 1:
+        out = ["## GFDT against joint", ""]
+    else:
         out = ["## Across tasks", "",
                f"Each arm's final normalized scores pooled over {short} (the tasks on which every arm has finished "
                "runs): the mean, and the interquartile mean (IQM: the mean of the middle half of the runs, which "
