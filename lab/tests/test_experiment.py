@@ -845,6 +845,44 @@ def test_beside_at_steps_puts_every_arm_of_both_grids_at_the_steps_both_evaluate
     assert _beside(exp, load_summaries(exp.summaries)) == []  # no arm in common and no steps asked for: nothing
 
 
+def test_a_gfdt_arm_pairs_with_the_joint_arm_of_the_grid_beside_it_at_the_steps_both_evaluated(tmp_path):
+    """``gfdt_pairs: {gf: old/dql-joint}``: a grid that adds one GFDT arm is scored against the joint arm another
+    grid already ran (same task and seeds), and a curve evaluated every 5 steps is read at the other's every 10."""
+    from modzoo_lab.grid.plan import load_experiment
+    from modzoo_lab.grid.report import _aggregate, _efficiency, _with_beside_arms, load_summaries
+
+    task = "bullet-hopper-medium-v0"
+
+    def grid(name: str, every: int, arm: str, curves: dict[int, dict[int, float]], **extra):
+        root = tmp_path / name
+        for seed, curve in curves.items():
+            d = root / "summaries" / task / arm / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(json.dumps({"normalized_score": curve[max(curve)]}))
+            (d / "curve.csv").write_text("step,normalized_mean\n" + "".join(f"{s},{v}\n" for s, v in curve.items()))
+        cfg = {"name": name, "out": str(root / "runs"), "summaries": str(root / "summaries"), "report": "r.md",
+               "tasks": [task], "seeds": [0, 1], "arms": {arm: {"guidance": "dql", "policy": "dql"}}, **extra,
+               "budget": {"policy_steps": 20, "eval_every": every, "eval_episodes": 10}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        return tmp_path / f"{name}.yaml"
+
+    grid("old", 10, "dql-joint", {0: {10: 50.0, 20: 100.0}, 1: {10: 100.0, 20: 100.0}})
+    # seed 0 dips to 0 at steps 5 and 15, which the old grid never evaluated: read at 10 and 20 it is flat at 100
+    new = grid("new", 5, "gf", {0: {5: 0.0, 10: 100.0, 15: 0.0, 20: 100.0}, 1: {5: 0.0, 10: 0.0, 15: 0.0, 20: 100.0}},
+               beside={"experiment": str(tmp_path / "old.yaml")}, gfdt_pairs={"gf": "old/dql-joint"})
+    exp = load_experiment(str(new))
+    groups = _with_beside_arms(exp, {task: {"gf": load_summaries(exp.summaries)}})
+    assert sorted(groups[task]) == ["gf", "old/dql-joint"]
+    text = "\n".join(_efficiency(exp, groups, "CMD", tmp_path, "img"))
+    gf = next(line for line in text.splitlines() if line.startswith(f"| {task} | gf |"))
+    assert "| 10.0, 20.0 | 15 |" in gf and "| 100.0, 50.0 | 75.0 |" in gf
+    diff = next(line for line in text.splitlines() if line.startswith(f"| {task} | gf - old/dql-joint |"))
+    assert "| 2 | 0 | 1 / 1 | 25.0, -50.0 |" in diff  # seed 0 there 10 steps sooner (10 vs 20), seed 1 10 later
+    assert "`old/dql-joint`" in text  # the table says where the joint arm comes from
+    pairs = "\n".join(_aggregate(exp, groups, "CMD"))
+    assert "| gf | old/dql-joint | 0.50 |" in pairs  # final scores 100 and 100 on both sides: a tie
+
+
 def test_a_resumed_phases_peak_rss_is_left_out_of_the_memory_mean():
     from modzoo_lab.grid.report import RunSummary, arm_stats
 

@@ -42,6 +42,10 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
 
 def test_the_valid_experiment_loads(tmp_path):
     assert load_experiment(str(_write(tmp_path, _exp(tmp_path)))).name == "chk"
+    # a GFDT arm paired with the joint arm of the grid it is shown beside, written GRID/ARM
+    exp = _exp(tmp_path)
+    exp.update(gfdt_pairs={"idql-gf": "gfdt-50k/dql-joint"}, beside={"experiment": "gfdt-50k"})
+    assert load_experiment(str(_write(tmp_path, exp))).gfdt_pairs["idql-gf"] == "gfdt-50k/dql-joint"
 
 
 def test_a_path_that_is_no_experiment_file_says_so_not_unknown_name(tmp_path):
@@ -95,6 +99,11 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path):
     (lambda e: e["arms"]["idql-gf"].update(overrides="policy.hidden=8"), "arms.idql-gf.overrides must be a list"),
     (lambda e: e["swaps"].update(other_seeds=["idql-gf"]), "swaps: unknown key 'other_seeds'"),
     (lambda e: e.update(gfdt_pairs={"idql-gf": "idql-jont"}), "gfdt_pairs: 'idql-jont' is not an arm"),
+    (lambda e: e.update(gfdt_pairs={"idql-gf": "gfdt-50k/dql-joint"}),
+     "gfdt_pairs: 'gfdt-50k/dql-joint' names another grid's arm; only the `beside` experiment's can be paired, as "
+     "NAME/ARM with beside: {experiment: NAME}"),
+    (lambda e: e.update(gfdt_pairs={"idql-gf": "gfdt-5k/dql-joint"}, beside={"experiment": "gfdt-50k"}),
+     "as 'gfdt-50k/ARM'"),
     (lambda e: e.update(reference={"dir": "x", "arm": "dql-joint"}), "reference.arm: 'dql-joint' is not an arm"),
     (lambda e: e.update(beside={"experiment": "no-such-grid"}), "beside: unknown experiment 'no-such-grid'"),
     (lambda e: e.update(beside={"experiment": "gfdt-50k", "at_steps": "yes"}), "'beside' must be {experiment: NAME, "

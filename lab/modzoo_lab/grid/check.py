@@ -26,7 +26,8 @@ KEYS: dict[str, str] = {
     "beside": "{experiment: NAME, at_steps: BOOL}: another grid's scores next to these", "backend": "local or ray",
     "workers": "runs in parallel", "isolate_runs": "a fresh process per run", "tasks": "task names",
     "seeds": "integer seeds", "budget": "run settings shared by every arm", "arms": "name -> {guidance, policy, ...}",
-    "swaps": "inference-time swaps", "gfdt_pairs": "GFDT arm -> joint arm", "ray": "Ray backend settings",
+    "swaps": "inference-time swaps", "gfdt_pairs": "GFDT arm -> joint arm (or BESIDE_GRID/ARM)",
+    "ray": "Ray backend settings",
 }
 REQUIRED = ("name", "out", "summaries", "report", "tasks", "seeds", "budget", "arms")
 ARM_KEYS = ("guidance", "policy", "schedule", "preset", "overrides", "run", "guidance_from")
@@ -96,9 +97,16 @@ def check_structure(exp: DictConfig, source: Path | str) -> None:
     pairs = c.get("gfdt_pairs") or {}
     if not isinstance(pairs, dict):
         fail(f"'gfdt_pairs' must map a GFDT arm to its joint arm, e.g. {{idql-gf: idql-joint}}, got {pairs!r}")
+    beside_name = c["beside"].get("experiment") if isinstance(c.get("beside"), dict) else None
     for g, j in pairs.items():
+        if isinstance(j, str) and "/" in j:  # the joint arm of the `beside` grid, written OTHER/ARM
+            other = Path(str(beside_name)).stem if beside_name else None
+            if j.rsplit("/", 1)[0] != other:
+                fail(f"gfdt_pairs: {j!r} names another grid's arm; only the `beside` experiment's can be paired, as "
+                     + (f"'{other}/ARM'" if other else "NAME/ARM with beside: {experiment: NAME}"))
+            j = None
         for a in (g, j):
-            if a not in arms:
+            if a is not None and a not in arms:
                 fail(f"gfdt_pairs: {a!r} is not an arm of this experiment; its arms: {', '.join(arms)}")
     refs = c.get("reference")
     for ref in ([] if refs is None else refs if isinstance(refs, list) else [refs]):

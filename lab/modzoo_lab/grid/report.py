@@ -231,8 +231,9 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
     if not groups:
         lines += ["No finished runs yet.", ""]
     lines += _overview(groups, rep)
-    lines += _aggregate(exp, groups, rep)
-    lines += _efficiency(exp, groups, rep, img_dir, img_rel)
+    paired = _with_beside_arms(exp, groups)
+    lines += _aggregate(exp, paired, rep)
+    lines += _efficiency(exp, paired, rep, img_dir, img_rel)
     for task, arms in sorted(groups.items()):
         limit = time_limit(task)
         limit_words = f"{limit}-step time limit" if limit else "time limit (n/a: none known for this task)"
@@ -412,20 +413,48 @@ def _per_seed(values: list[float]) -> str:
     return ", ".join(_fmt(v, 0) if abs(v) >= 1000 else _fmt(v) for v in values) if values else "n/a"
 
 
+def _with_beside_arms(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]]
+                      ) -> dict[str, dict[str, list[RunSummary]]]:
+    """``groups`` plus, for each ``gfdt_pairs`` joint arm written ``OTHER/ARM``, the ``beside`` grid's runs of that
+    arm under that name: a grid that adds one GFDT arm (``dql-gf-sarsa``) is compared with the joint arm another
+    grid already ran on the same tasks and seeds, not with a copy trained again."""
+    named = {str(j) for j in (exp.get("gfdt_pairs", {}) or {}).values() if "/" in str(j)}
+    if not named:
+        return groups
+    other = load_experiment(str(exp.beside.experiment))
+    theirs, _ = split_stale(other, load_summaries(other.summaries))
+    out = {task: dict(arms) for task, arms in groups.items()}
+    for r in theirs:
+        label = f"{other.name}/{r.arm}"
+        if label in named and r.task in out:
+            out[r.task].setdefault(label, []).append(r)
+    return out
+
+
+def _on_steps(curve: list[tuple[int, float]], steps: set[int]) -> list[tuple[int, float]]:
+    return [(s, v) for s, v in curve if s in steps]
+
+
 def _efficiency(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], rep: str, img_dir: Path,
                 img_rel: str) -> list[str]:
     """Sample efficiency of each ``gfdt_pairs`` pair, per task, from the runs' curves
     (:mod:`modzoo_lab.grid.efficiency`): the paper claims guidance-first training is more sample efficient, which
-    a final score cannot show. Per seed, then the mean with its between-seed spread, and a figure."""
+    a final score cannot show. Per seed, then the mean with its between-seed spread, and a figure.
+
+    Both arms of a pair are read at the steps every run of the pair evaluated, so that a pair across two grids
+    with different evaluation grids (every 5k against every 10k) compares like with like; within one grid this
+    keeps every step."""
     pairs = [(str(g), str(j)) for g, j in (exp.get("gfdt_pairs", {}) or {}).items()]
     rows, diffs, fig = [], [], {}
     for task, arms in sorted(groups.items()):
         for g, j in pairs:
             if not arms.get(g) or not arms.get(j) or not any(r.curve for r in arms[g] + arms[j]):
                 continue
+            common = set.intersection(*({s for s, _ in r.curve} for r in arms[g] + arms[j] if r.curve))
             per: dict[str, dict[int, tuple[float, float]]] = {}
             for a in (g, j):
-                per[a] = {r.seed: (steps_to_fraction(r.curve, r.final_score), normalized_auc(r.curve))
+                per[a] = {r.seed: (steps_to_fraction(_on_steps(r.curve, common), r.final_score),
+                                   normalized_auc(_on_steps(r.curve, common)))
                           for r in sorted(arms[a], key=lambda r: r.seed) if r.curve}
                 st = [v[0] for v in per[a].values()]
                 auc = [v[1] for v in per[a].values()]
@@ -449,6 +478,10 @@ def _efficiency(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]],
     if not rows:
         return []
     b = exp.budget
+    cross = sorted({j for _, j in pairs if "/" in j})
+    across = (f" A joint arm written `GRID/ARM` ({', '.join(f'`{j}`' for j in cross)}) is that grid's runs of the "
+              "arm on the same task and seeds; each pair is read at the policy steps every run of both arms "
+              "evaluated, so that two evaluation grids compare at the same points.") if cross else ""
     out = ["## Sample efficiency", "",
            f"From each run's curve (`curve.csv`: an evaluation every {b.get('eval_every')} policy steps, the last "
            "one the final evaluation): *steps to 90%*, the first evaluated step at which the run scores at least "
@@ -459,7 +492,7 @@ def _efficiency(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]],
            f"interval of the mean from a bootstrap over seeds ({REPS} resamples, fixed seed; {_FEW_SEEDS}). "
            "Interim evaluations "
            "are as many episodes as the budget and arm settings above give (fewer than the final one), so a curve "
-           f"point is noisier than the final score. Command: `{rep}` "
+           f"point is noisier than the final score.{across} Command: `{rep}` "
            "(`modzoo_lab.grid.efficiency`).", "",
            "| task | arm | seeds | steps to 90% per seed | mean | min-max | AUC per seed | AUC mean | IQR | "
            "min-max | mean 95% interval |", "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
