@@ -849,16 +849,19 @@ def test_a_gfdt_arm_pairs_with_the_joint_arm_of_the_grid_beside_it_at_the_steps_
     """``gfdt_pairs: {gf: old/dql-joint}``: a grid that adds one GFDT arm is scored against the joint arm another
     grid already ran (same task and seeds), and a curve evaluated every 5 steps is read at the other's every 10."""
     from modzoo_lab.grid.plan import load_experiment
-    from modzoo_lab.grid.report import _aggregate, _efficiency, _with_beside_arms, load_summaries
+    from modzoo_lab.grid.report import _aggregate, _efficiency, _with_beside_arms, load_summaries, render
 
     task = "bullet-hopper-medium-v0"
 
-    def grid(name: str, every: int, arm: str, curves: dict[int, dict[int, float]], **extra):
+    def grid(name: str, every: int, arm: str, curves: dict[int, dict[int, float]], phases: dict[str, float],
+             **extra):
         root = tmp_path / name
         for seed, curve in curves.items():
             d = root / "summaries" / task / arm / f"seed{seed}"
             d.mkdir(parents=True)
-            (d / "result.json").write_text(json.dumps({"normalized_score": curve[max(curve)]}))
+            (d / "result.json").write_text(json.dumps({"normalized_score": curve[max(curve)], "phases": [
+                {"phase": ph, "wall_s": cpu, "cpu_s": cpu, "rss_peak_mb": 100.0, "steps": 20}
+                for ph, cpu in phases.items()]}))
             (d / "curve.csv").write_text("step,normalized_mean\n" + "".join(f"{s},{v}\n" for s, v in curve.items()))
         cfg = {"name": name, "out": str(root / "runs"), "summaries": str(root / "summaries"), "report": "r.md",
                "tasks": [task], "seeds": [0, 1], "arms": {arm: {"guidance": "dql", "policy": "dql"}}, **extra,
@@ -866,10 +869,10 @@ def test_a_gfdt_arm_pairs_with_the_joint_arm_of_the_grid_beside_it_at_the_steps_
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         return tmp_path / f"{name}.yaml"
 
-    grid("old", 10, "dql-joint", {0: {10: 50.0, 20: 100.0}, 1: {10: 100.0, 20: 100.0}})
+    grid("old", 10, "dql-joint", {0: {10: 50.0, 20: 100.0}, 1: {10: 100.0, 20: 100.0}}, {"joint": 60.0})
     # seed 0 dips to 0 at steps 5 and 15, which the old grid never evaluated: read at 10 and 20 it is flat at 100
     new = grid("new", 5, "gf", {0: {5: 0.0, 10: 100.0, 15: 0.0, 20: 100.0}, 1: {5: 0.0, 10: 0.0, 15: 0.0, 20: 100.0}},
-               beside={"experiment": str(tmp_path / "old.yaml")}, gfdt_pairs={"gf": "old/dql-joint"})
+               {"guidance": 10.0, "policy": 20.0}, beside={"experiment": str(tmp_path / "old.yaml")}, gfdt_pairs={"gf": "old/dql-joint"})
     exp = load_experiment(str(new))
     groups = _with_beside_arms(exp, {task: {"gf": load_summaries(exp.summaries)}})
     assert sorted(groups[task]) == ["gf", "old/dql-joint"]
@@ -881,6 +884,11 @@ def test_a_gfdt_arm_pairs_with_the_joint_arm_of_the_grid_beside_it_at_the_steps_
     assert "`old/dql-joint`" in text  # the table says where the joint arm comes from
     pairs = "\n".join(_aggregate(exp, groups, "CMD"))
     assert "| gf | old/dql-joint | 0.50 |" in pairs  # final scores 100 and 100 on both sides: a tie
+    # the report's cost table: the GFDT arm's guidance and policy (30 s of CPU) against the other grid's joint (60 s)
+    report = render(exp, load_summaries(exp.summaries), tmp_path / "img", "img")
+    assert "| gf | old/dql-joint | 2 / 2 | 0.50 | 0.50 | 0.50 | 1.00 |" in report
+    # the other grid's arm has no row of its own in the task tables (its scores and costs are that grid's report's)
+    assert not any(line.startswith("| old/dql-joint |") for line in report.splitlines())
 
 
 def test_a_resumed_phases_peak_rss_is_left_out_of_the_memory_mean():
