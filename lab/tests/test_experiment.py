@@ -872,7 +872,8 @@ def test_a_gfdt_arm_pairs_with_the_joint_arm_of_the_grid_beside_it_at_the_steps_
     grid("old", 10, "dql-joint", {0: {10: 50.0, 20: 100.0}, 1: {10: 100.0, 20: 100.0}}, {"joint": 60.0})
     # seed 0 dips to 0 at steps 5 and 15, which the old grid never evaluated: read at 10 and 20 it is flat at 100
     new = grid("new", 5, "gf", {0: {5: 0.0, 10: 100.0, 15: 0.0, 20: 100.0}, 1: {5: 0.0, 10: 0.0, 15: 0.0, 20: 100.0}},
-               {"guidance": 10.0, "policy": 20.0}, beside={"experiment": str(tmp_path / "old.yaml")}, gfdt_pairs={"gf": "old/dql-joint"})
+               {"guidance": 10.0, "policy": 20.0}, beside={"experiment": str(tmp_path / "old.yaml")},
+               gfdt_pairs={"gf": "old/dql-joint"})
     exp = load_experiment(str(new))
     groups = _with_beside_arms(exp, {task: {"gf": load_summaries(exp.summaries)}})
     assert sorted(groups[task]) == ["gf", "old/dql-joint"]
