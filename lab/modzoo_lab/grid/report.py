@@ -483,10 +483,10 @@ def _efficiency(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]],
         return []
     b = exp.budget
     cross = sorted({j for _, j in pairs if "/" in j})
-    across = (f" A joint arm written `GRID/ARM` ({', '.join(f'`{j}`' for j in cross)}) is that grid's runs of the "
-              "arm on the same task (the differences pair the same seeds); each pair is read at the policy steps "
-              "every run of both arms evaluated, so that two evaluation grids compare at the same points.") if cross \
-        else ""
+    across = "" if not cross else (
+        f" A joint arm written `GRID/ARM` ({', '.join(f'`{j}`' for j in cross)}) is that grid's runs of the arm on "
+        "the same task (the differences pair the same seeds); each pair is read at the policy steps every run of "
+        "both arms evaluated, so that two evaluation grids compare at the same points.")
     out = ["## Sample efficiency", "",
            f"From each run's curve (`curve.csv`: an evaluation every {b.get('eval_every')} policy steps, the last "
            "one the final evaluation): *steps to 90%*, the first evaluated step at which the run scores at least "
