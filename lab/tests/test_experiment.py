@@ -779,7 +779,7 @@ def test_the_reference_check_pairs_the_authors_code_with_the_same_seed_and_step(
 
 def test_beside_puts_another_grids_scores_next_to_this_ones_and_flags_a_rebuilt_dataset(tmp_path):
     from modzoo_lab.grid.plan import load_experiment
-    from modzoo_lab.grid.report import _beside, load_summaries
+    from modzoo_lab.grid.report import _beside, _beside_grid, load_summaries
 
     a, b = "bullet-hopper-medium-v0", "bullet-walker2d-medium-v0"  # real tasks and preset: the grid is checked
 
@@ -800,17 +800,18 @@ def test_beside_puts_another_grids_scores_next_to_this_ones_and_flags_a_rebuilt_
     new = grid("new", 50, {(a, "x", 0): (30.0, "f1"), (b, "x", 0): (2.0, "new-b"),
                            (a, "only-here", 0): (5.0, "f1")}, beside={"experiment": str(old)})
     exp = load_experiment(str(new))
-    lines = _beside(exp, load_summaries(exp.summaries))
+    lines = _beside(exp, load_summaries(exp.summaries), _beside_grid(exp))
     assert f"| {a} | x | 30.0 ± n/a (1) | 15.0 ± 5.0 (2) | yes |" in lines
     assert f"| {b} | x | 2.0 ± n/a (1) | 1.0 ± n/a (1) | no |" in lines  # its dataset was rebuilt in between
     assert not any("only-here" in line for line in lines)  # an arm the other grid did not run has no row
     assert "this grid at 50 policy steps, `old` at 5" in " ".join(lines)
-    assert _beside(load_experiment(str(old)), []) == []  # no `beside`: no section
+    assert _beside_grid(load_experiment(str(old))) is None  # no `beside`: nothing to read, no section
+    assert _beside(load_experiment(str(old)), [], None) == []
 
 
 def test_beside_at_steps_puts_every_arm_of_both_grids_at_the_steps_both_evaluated(tmp_path):
     from modzoo_lab.grid.plan import load_experiment
-    from modzoo_lab.grid.report import _beside, load_summaries
+    from modzoo_lab.grid.report import _beside, _beside_grid, load_summaries
 
     task = "bullet-hopper-medium-v0"
 
@@ -836,20 +837,21 @@ def test_beside_at_steps_puts_every_arm_of_both_grids_at_the_steps_both_evaluate
                {("fql", 0): {5: 1.0, 10: 2.0, 15: 3.0, 20: 4.0}},
                beside={"experiment": str(old), "at_steps": True})
     exp = load_experiment(str(new))
-    lines = _beside(exp, load_summaries(exp.summaries))
+    lines = _beside(exp, load_summaries(exp.summaries), _beside_grid(exp))
     assert lines[0].startswith("## Beside experiment `old`")  # no arm in common: the section still has its heading
     assert "| grid | arm | 10 steps | 20 steps |" in lines  # 5 and 15 (only here), 30 and 40 (only there): left out
     assert "| new | fql | 2.0 ± n/a (1; 10) | 4.0 ± n/a (1; 20) |" in lines  # 20 is this grid's final evaluation
     assert "| old | dql-joint | 15.0 ± 5.0 (2; 3) | 40.0 ± 10.0 (2; 3) |" in lines  # the arm's own interim count
     exp.beside.at_steps = False
-    assert _beside(exp, load_summaries(exp.summaries)) == []  # no arm in common and no steps asked for: nothing
+    # no arm in common and no steps asked for: nothing
+    assert _beside(exp, load_summaries(exp.summaries), _beside_grid(exp)) == []
 
 
 def test_a_gfdt_arm_pairs_with_the_joint_arm_of_the_grid_beside_it_at_the_steps_both_evaluated(tmp_path):
     """``gfdt_pairs: {gf: old/dql-joint}``: a grid that adds one GFDT arm is scored against the joint arm another
     grid already ran (same task and seeds), and a curve evaluated every 5 steps is read at the other's every 10."""
     from modzoo_lab.grid.plan import load_experiment
-    from modzoo_lab.grid.report import _aggregate, _efficiency, _with_beside_arms, load_summaries, render
+    from modzoo_lab.grid.report import _aggregate, _beside_grid, _efficiency, _with_beside_arms, load_summaries, render
 
     task = "bullet-hopper-medium-v0"
 
@@ -875,7 +877,7 @@ def test_a_gfdt_arm_pairs_with_the_joint_arm_of_the_grid_beside_it_at_the_steps_
                {"guidance": 10.0, "policy": 20.0}, beside={"experiment": str(tmp_path / "old.yaml")},
                gfdt_pairs={"gf": "old/dql-joint"})
     exp = load_experiment(str(new))
-    groups = _with_beside_arms(exp, {task: {"gf": load_summaries(exp.summaries)}})
+    groups = _with_beside_arms(exp, {task: {"gf": load_summaries(exp.summaries)}}, _beside_grid(exp))
     assert sorted(groups[task]) == ["gf", "old/dql-joint"]
     text = "\n".join(_efficiency(exp, groups, "CMD", tmp_path, "img"))
     gf = next(line for line in text.splitlines() if line.startswith(f"| {task} | gf |"))

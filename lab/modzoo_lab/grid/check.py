@@ -98,9 +98,9 @@ def check_structure(exp: DictConfig, source: Path | str) -> None:
     if not isinstance(pairs, dict):
         fail(f"'gfdt_pairs' must map a GFDT arm to its joint arm, e.g. {{idql-gf: idql-joint}}, got {pairs!r}")
     beside_name = c["beside"].get("experiment") if isinstance(c.get("beside"), dict) else None
+    other = Path(str(beside_name)).stem if beside_name else None  # how a pair names the beside grid: OTHER/ARM
     for g, j in pairs.items():
-        if isinstance(j, str) and "/" in j:  # the joint arm of the `beside` grid, written OTHER/ARM
-            other = Path(str(beside_name)).stem if beside_name else None
+        if isinstance(j, str) and "/" in j:  # the joint arm of the `beside` grid
             if j.rsplit("/", 1)[0] != other:
                 fail(f"gfdt_pairs: {j!r} names another grid's arm; only the `beside` experiment's can be paired, as "
                      + (f"'{other}/ARM'" if other else "NAME/ARM with beside: {experiment: NAME}"))

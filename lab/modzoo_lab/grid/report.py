@@ -231,7 +231,8 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
     if not groups:
         lines += ["No finished runs yet.", ""]
     lines += _overview(groups, rep)
-    paired = _with_beside_arms(exp, groups)
+    beside = _beside_grid(exp)  # read once: the pairs, the cost ratios and the beside section all use it
+    paired = _with_beside_arms(exp, groups, beside)
     lines += _aggregate(exp, paired, rep)
     lines += _efficiency(exp, paired, rep, img_dir, img_rel)
     for task, arms in sorted(groups.items()):
@@ -316,7 +317,7 @@ def render(exp: DictConfig, runs: list[RunSummary], img_dir: Path, img_rel: str,
             lines += ["", f"![{name}]({img_rel}/{name})", "", f"(`{rep}` regenerates this plot.)"]
         lines.append("")
     lines += _reference_check(exp, runs)
-    lines += _beside(exp, runs)
+    lines += _beside(exp, runs, beside)
     findings = Path(str(exp.get("findings", "") or ""))
     lines += ["## Findings", ""]
     if findings.is_file():
@@ -417,16 +418,26 @@ def _per_seed(values: list[float]) -> str:
     return ", ".join(_fmt(v, 0) if abs(v) >= 1000 else _fmt(v) for v in values) if values else "n/a"
 
 
-def _with_beside_arms(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]]
+def _beside_grid(exp: DictConfig) -> tuple[DictConfig, list[RunSummary]] | None:
+    """The ``beside`` experiment and its finished runs, its stale ones left out as its own report leaves them out
+    (None when this grid names no ``beside``)."""
+    name = (exp.get("beside") or {}).get("experiment")
+    if not name:
+        return None
+    other = load_experiment(str(name))
+    return other, split_stale(other, load_summaries(other.summaries))[0]
+
+
+def _with_beside_arms(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]],
+                      beside: tuple[DictConfig, list[RunSummary]] | None
                       ) -> dict[str, dict[str, list[RunSummary]]]:
     """``groups`` plus, for each ``gfdt_pairs`` joint arm written ``OTHER/ARM``, the ``beside`` grid's runs of that
     arm under that name: a grid that adds one GFDT arm (``dql-gf-sarsa``) is compared with the joint arm another
     grid already ran on the same tasks and seeds, not with a copy trained again."""
     named = {str(j) for j in (exp.get("gfdt_pairs", {}) or {}).values() if "/" in str(j)}
-    if not named:
+    if not named or beside is None:
         return groups
-    other = load_experiment(str(exp.beside.experiment))
-    theirs, _ = split_stale(other, load_summaries(other.summaries))
+    other, theirs = beside
     out = {task: dict(arms) for task, arms in groups.items()}
     for r in theirs:
         label = f"{other.name}/{r.arm}"
@@ -673,17 +684,16 @@ def _one_reference(exp: DictConfig, runs: list[RunSummary], ref: Any) -> list[st
             *rows, ""]
 
 
-def _beside(exp: DictConfig, runs: list[RunSummary]) -> list[str]:
+def _beside(exp: DictConfig, runs: list[RunSummary], beside: tuple[DictConfig, list[RunSummary]] | None
+            ) -> list[str]:
     """This grid's final scores next to another experiment's (``beside: {experiment: NAME}``) for each task and
     arm both ran, e.g. the 50k grid beside the 5k one: what more training changed. The other grid's stale runs are
     left out as its own report leaves them out; a task whose two grids read different dataset files says so (the
     fingerprints in the summaries), since then the rows are not the same problem. ``at_steps: true`` adds every
-    arm of both grids at the policy steps both evaluated (:func:`_at_steps`)."""
-    other_name = (exp.get("beside") or {}).get("experiment")
-    if not other_name:
+    arm of both grids at the policy steps both evaluated (:func:`_at_steps`). ``beside``: :func:`_beside_grid`."""
+    if beside is None:
         return []
-    other = load_experiment(str(other_name))
-    theirs, _ = split_stale(other, load_summaries(other.summaries))
+    other, theirs = beside
     cells: dict[tuple[str, str], tuple[list[RunSummary], list[RunSummary]]] = {}
     for side, rs in ((0, runs), (1, theirs)):
         for r in rs:
