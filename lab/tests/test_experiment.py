@@ -638,10 +638,14 @@ def test_the_report_aggregates_arms_over_the_tasks_every_arm_ran(tmp_path):
     pair = lines.index("| GFDT arm | joint arm | P(GFDT > joint) | 95% interval | IQM difference | 95% interval |")
     assert lines[pair + 2].startswith("| gf | joint | 0.25 | ")  # one of the four pairs won on each task
     assert lines[pair + 2].split(" | ")[4] == "-10.0"  # IQM 40 against 50 over the two shared tasks
+    assert not any(line.startswith("The arms hold different numbers of runs") for line in lines)
     runs = [r for r in runs if not (r.arm == "joint" and r.task == tasks[1] and r.seed == 1)]
     lines = render(exp, runs, tmp_path / "img", "img").splitlines()
     head = lines.index("| arm | tasks | runs | mean | IQM | IQM 95% interval |")
     assert lines[head + 3] == "| joint | 2 | 3 | 40.0 | 40.0 | n/a (one run on a task) |"
+    # joint's pool is now one walker2d run short, so its IQM leans toward hopper: the report says so
+    assert lines[head + 5].startswith("The arms hold different numbers of runs per task (gf: hopper-medium 2, "
+                                      "walker2d-medium 2; joint: hopper-medium 2, walker2d-medium 1).")
 
 
 def test_a_one_task_report_gives_the_gfdt_pairs_probability_of_improvement_without_a_pooled_table(tmp_path):

@@ -867,7 +867,7 @@ def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], 
             point, lo, hi = iqm_interval(scores[a])
             out.append(f"| {a} | {len(tasks)} | {len(pooled)} | {_fmt(float(np.mean(pooled)))} | {_fmt(point)} | "
                        f"{_between(lo, hi, scores[a])} |")
-        out.append("")
+        out += ["", *_uneven_note(scores, tasks)]
     if pairs:
         over = "averaged over the tasks above" if len(tasks) > 1 else f"here {short} alone"
         out += ["Probability of improvement: the chance that a run of the GFDT arm scores above a run of its "
@@ -887,6 +887,20 @@ def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], 
                        f"{_fmt(d)} | {_between(dlo, dhi, scores[g], scores[j])} |")
         out.append("")
     return out
+
+
+def _uneven_note(scores: dict[str, dict[str, list[float]]], tasks: list[str]) -> list[str]:
+    """A warning where the arms hold different numbers of runs per task: a pooled IQM weighs each task by its runs,
+    so while one arm has more seeds of a high-scoring task than another, their IQMs (and the IQM difference) differ
+    by the mix of tasks as well as by the arms. The probability of improvement averages tasks equally."""
+    counts = {a: tuple(len(scores[a][t]) for t in tasks) for a in scores}
+    if len(set(counts.values())) < 2:
+        return []
+    short = [t.removeprefix("bullet-").removesuffix("-v0") for t in tasks]
+    each = "; ".join(f"{a}: " + ", ".join(f"{s} {n}" for s, n in zip(short, c)) for a, c in counts.items())
+    return [f"The arms hold different numbers of runs per task ({each}). The pooled IQM weighs each task by its "
+            "runs, so until the counts match, the IQMs above (and an IQM difference between two arms) lean toward "
+            "the tasks with more runs; the probability of improvement averages the tasks equally and does not.", ""]
 
 
 def _between(lo: float, hi: float, *scores: dict[str, list[float]], digits: int = 1) -> str:
