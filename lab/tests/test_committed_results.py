@@ -38,3 +38,38 @@ def test_no_committed_summary_is_stale_and_the_committed_report_is_regenerated(p
     assert report.is_file() and report.read_text() == text, (
         f"{report} is not what `modzoo experiment {exp.name} --report-only` writes from the committed summaries "
         "and findings under the current code: regenerate it and commit it")
+
+
+# The README quotes the 50k reports' "All tasks" table: which report each of its rows comes from.
+README_ROWS = {"idql-joint": "docs/results-50k.md", "idql-gf": "docs/results-50k.md",
+               "dql-joint": "docs/results-50k.md", "dql-gf-iql": "docs/results-50k.md",
+               "dql-gf-sarsa": "docs/results-50k-sarsa.md"}
+
+
+def _all_tasks_cells(report: Path) -> dict[str, list[str]]:
+    """Each arm's cells of a report's "All tasks" table, the seed counts in brackets dropped."""
+    lines = report.read_text().splitlines()
+    start = lines.index("## All tasks")
+    head = next(i for i in range(start, len(lines)) if lines[i].startswith("| arm |"))
+    rows: dict[str, list[str]] = {}
+    for line in lines[head + 2:]:
+        if not line.startswith("|"):
+            break
+        arm, *cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[arm] = [c.split(" (")[0] for c in cells]
+    return rows
+
+
+def test_the_readmes_results_table_quotes_the_committed_reports():
+    """A regenerated report (new runs collected, a stale run dropped) must not leave the README quoting old numbers."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    quoted = {}
+    for line in readme:
+        if line.startswith("| `") and "`:" in line:
+            arm = line.split("`")[1]
+            if arm in README_ROWS:
+                quoted[arm] = [c.strip() for c in line.strip("|").split("|")[1:]]
+    assert set(quoted) == set(README_ROWS), f"README rows missing: {sorted(set(README_ROWS) - set(quoted))}"
+    for arm, doc in README_ROWS.items():
+        assert quoted[arm] == _all_tasks_cells(ROOT / doc)[arm], (
+            f"README's `{arm}` row is not {doc}'s: copy the report's cells into README.md")
