@@ -40,24 +40,32 @@ def test_no_committed_summary_is_stale_and_the_committed_report_is_regenerated(p
         "and findings under the current code: regenerate it and commit it")
 
 
-# The README quotes the 50k reports' "All tasks" table: which report each of its rows comes from.
+# The README's results tables quote the reports' final scores: which report each of its rows comes from.
 README_ROWS = {"idql-joint": "docs/results-50k.md", "idql-gf": "docs/results-50k.md",
                "dql-joint": "docs/results-50k.md", "dql-gf-iql": "docs/results-50k.md",
-               "dql-gf-sarsa": "docs/results-50k-sarsa.md"}
+               "dql-gf-sarsa": "docs/results-50k-sarsa.md",
+               "fql-joint": "docs/results-flow-pilot.md", "fql-gf-iql": "docs/results-flow-pilot.md"}
 
 
-def _all_tasks_cells(report: Path) -> dict[str, list[str]]:
-    """Each arm's cells of a report's "All tasks" table, the seed counts in brackets dropped."""
-    lines = report.read_text().splitlines()
-    start = lines.index("## All tasks")
-    head = next(i for i in range(start, len(lines)) if lines[i].startswith("| arm |"))
-    rows: dict[str, list[str]] = {}
+def _table(lines: list[str], head: int) -> list[list[str]]:
+    rows = []
     for line in lines[head + 2:]:
         if not line.startswith("|"):
             break
-        arm, *cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[arm] = [c.split(" (")[0] for c in cells]
+        rows.append([c.strip() for c in line.strip("|").split("|")])
     return rows
+
+
+def _final_scores(report: Path) -> dict[str, list[str]]:
+    """Each arm's "mean ± std" per task: a several-task report's "All tasks" table (the seed counts in brackets
+    dropped), or a one-task report's score table (its across-seeds mean and std)."""
+    lines = report.read_text().splitlines()
+    if "## All tasks" in lines:
+        start = lines.index("## All tasks")
+        head = next(i for i in range(start, len(lines)) if lines[i].startswith("| arm |"))
+        return {arm: [c.split(" (")[0] for c in cells] for arm, *cells in _table(lines, head)}
+    head = next(i for i, line in enumerate(lines) if line.startswith("| arm | guidance | policy | schedule |"))
+    return {r[0]: [f"{r[5]} ± {r[6]}"] for r in _table(lines, head)}
 
 
 def test_the_readmes_results_table_quotes_the_committed_reports():
@@ -71,5 +79,5 @@ def test_the_readmes_results_table_quotes_the_committed_reports():
                 quoted[arm] = [c.strip() for c in line.strip("|").split("|")[1:]]
     assert set(quoted) == set(README_ROWS), f"README rows missing: {sorted(set(README_ROWS) - set(quoted))}"
     for arm, doc in README_ROWS.items():
-        assert quoted[arm] == _all_tasks_cells(ROOT / doc)[arm], (
+        assert quoted[arm] == _final_scores(ROOT / doc)[arm], (
             f"README's `{arm}` row is not {doc}'s: copy the report's cells into README.md")
