@@ -26,6 +26,9 @@ def test_steps_to_90_percent_is_the_first_evaluation_at_or_above_the_target():
     # no positive final score, no target: 90% of -10 is -9, above the score itself
     assert math.isnan(steps_to_fraction([(10, -20.0), (20, -10.0)], -10.0))
     assert math.isnan(steps_to_fraction([(10, 0.0)], 0.0))
+    # a run that never learned (the literal recipe's hopper: about 0.1 throughout) is not "at 90% from the start"
+    assert math.isnan(steps_to_fraction([(5000, 2.2), (10000, 1.3), (50000, 0.06)], 0.06))
+    assert steps_to_fraction([(10, 4.0), (20, 5.0)], 5.0) == 20.0  # from MIN_FINAL on, the target counts
 
 
 def test_auc_is_the_trapezoid_area_over_the_evaluated_span():

@@ -6,8 +6,10 @@ say so; the curves the grids record (an evaluation every ``eval_every`` policy s
 
 - **steps to 90%**: the first evaluated step at which the run scores at least 90% of its own final score. It is
   read off the evaluation grid, so its resolution is ``eval_every`` (a run that gets there between two
-  evaluations is counted at the later one). A run whose final score is not positive has no such target (90% of a
-  negative score lies above it): n/a.
+  evaluations is counted at the later one). A run whose final score is below ``MIN_FINAL`` normalized points has
+  no such target: it ended near a random policy's score (0), where 90% of the final score is reached by noise
+  (a hopper that falls at once scores about 0.1 at every evaluation, "at 90% from the first") and where 90% of a
+  negative score lies above it: n/a.
 - **AUC**: the area under the curve by the trapezoid rule, from the first evaluation to the last, divided by the
   steps between them: the curve's mean score over training, in normalized points, comparable between runs of
   the same evaluation grid. It rewards getting high early and staying there, which steps to 90% does not see.
@@ -22,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 FRACTION = 0.9
+MIN_FINAL = 5.0  # normalized points: a final score below it is a run that did not learn, with no "steps to 90%"
 
 
 def _points(curve: Sequence[tuple[int, float]], final: float | None = None,
@@ -36,9 +39,9 @@ def _points(curve: Sequence[tuple[int, float]], final: float | None = None,
 
 def steps_to_fraction(curve: Sequence[tuple[int, float]], final: float, fraction: float = FRACTION,
                       final_step: int | None = None) -> float:
-    """The first step of ``curve`` whose score is at least ``fraction`` of ``final`` (nan when ``final`` is not
-    positive, or no point reaches it)."""
-    if not final > 0:
+    """The first step of ``curve`` whose score is at least ``fraction`` of ``final`` (nan when ``final`` is below
+    ``MIN_FINAL``, or no point reaches it)."""
+    if not final >= MIN_FINAL:
         return float("nan")
     target = fraction * final
     return next((float(s) for s, v in _points(curve, final, final_step) if v >= target), float("nan"))

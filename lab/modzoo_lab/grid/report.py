@@ -28,7 +28,7 @@ from modzoo.errors import ModzooError
 
 from .aggregate import REPS, between_seeds, iqm_difference, iqm_interval, probability_of_improvement
 from .check import REFERENCE_ARM
-from .efficiency import FRACTION, normalized_auc, steps_to_fraction
+from .efficiency import FRACTION, MIN_FINAL, normalized_auc, steps_to_fraction
 from .plan import config_drift, load_experiment, plan
 
 
@@ -502,7 +502,7 @@ def _efficiency(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]],
            f"From each run's curve (`curve.csv`: an evaluation every {b.get('eval_every')} policy steps, the last "
            "one the final evaluation): *steps to 90%*, the first evaluated step at which the run scores at least "
            f"{FRACTION:.0%} of its own final score (its resolution is the evaluation grid; n/a where the final score "
-           "is not positive); *AUC*, the area under the curve by the trapezoid rule from the first evaluation to "
+           f"is below {MIN_FINAL:g}, near a random policy's 0: a run that did not learn); *AUC*, the area under the curve by the trapezoid rule from the first evaluation to "
            "the last, divided by the steps between them: the mean normalized score over training. Per seed (in "
            "the order of `seeds`), then the mean over seeds with the between-seed spread: IQR, min-max and the 95% "
            f"interval of the mean from a bootstrap over seeds ({REPS} resamples, fixed seed; {_FEW_SEEDS}). "
