@@ -47,12 +47,16 @@ README_ROWS = {"idql-joint": "docs/results-50k.md", "idql-gf": "docs/results-50k
                "fql-joint": "docs/results-flow-pilot.md", "fql-gf-iql": "docs/results-flow-pilot.md"}
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def _table(lines: list[str], head: int) -> list[list[str]]:
     rows = []
     for line in lines[head + 2:]:
         if not line.startswith("|"):
             break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
+        rows.append(_cells(line))
     return rows
 
 
@@ -76,7 +80,7 @@ def test_the_readmes_results_table_quotes_the_committed_reports():
         if line.startswith("| `") and "`:" in line:
             arm = line.split("`")[1]
             if arm in README_ROWS:
-                quoted[arm] = [c.strip() for c in line.strip("|").split("|")[1:]]
+                quoted[arm] = _cells(line)[1:]
     assert set(quoted) == set(README_ROWS), f"README rows missing: {sorted(set(README_ROWS) - set(quoted))}"
     for arm, doc in README_ROWS.items():
         assert quoted[arm] == _final_scores(ROOT / doc)[arm], (

@@ -142,6 +142,11 @@ def arm_stats(runs: list[RunSummary]) -> dict[str, Any]:
             "parameters": runs[0].result.get("parameters", {}) if runs else {}}
 
 
+def _short(task: str) -> str:
+    """A task's name in a table heading: ``bullet-hopper-medium-v0`` -> ``hopper-medium``."""
+    return task.removeprefix("bullet-").removesuffix("-v0")
+
+
 def _fmt(x: float, digits: int = 1) -> str:
     return "n/a" if x != x else f"{x:.{digits}f}"
 
@@ -546,7 +551,7 @@ def _efficiency_plot(fig_data: dict[str, dict[str, tuple[list[float], list[float
             ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=7)
             ax.set_ylabel(label, fontsize=8)
             if row == 0:
-                ax.set_title(task.removeprefix("bullet-").removesuffix("-v0"), fontsize=9)
+                ax.set_title(_short(task), fontsize=9)
     fig.suptitle("GFDT vs joint: bar = mean over seeds, dots = seeds", fontsize=9)
     fig.tight_layout()
     name = "sample_efficiency.png"
@@ -828,7 +833,7 @@ def _overview(groups: dict[str, dict[str, list[RunSummary]]], rep: str) -> list[
         return []
     tasks = sorted(groups)
     arms = sorted({a for t in tasks for a in groups[t]})
-    short = [t.removeprefix("bullet-").removesuffix("-v0") for t in tasks]
+    short = [_short(t) for t in tasks]
     out = ["## All tasks", "", "Final D4RL-normalized score per arm and task: mean ± std across seeds (population "
            f"std), seeds in brackets. Command: `{rep}`.", "",
            "| arm | " + " | ".join(short) + " |", "|---|" + "---|" * len(tasks)]
@@ -852,7 +857,7 @@ def _aggregate(exp: DictConfig, groups: dict[str, dict[str, list[RunSummary]]], 
     pairs = [(g, j) for g, j in (exp.get("gfdt_pairs", {}) or {}).items() if g in scores and j in scores]
     if not tasks or (len(tasks) < 2 and not pairs):
         return []
-    short = ", ".join(t.removeprefix("bullet-").removesuffix("-v0") for t in tasks)
+    short = ", ".join(_short(t) for t in tasks)
     if len(tasks) == 1:
         out = ["## GFDT against joint", ""]
     else:
@@ -897,8 +902,7 @@ def _uneven_note(scores: dict[str, dict[str, list[float]]], tasks: list[str]) ->
     counts = {a: tuple(len(scores[a][t]) for t in tasks) for a in scores}
     if len(set(counts.values())) < 2:
         return []
-    short = [t.removeprefix("bullet-").removesuffix("-v0") for t in tasks]
-    each = "; ".join(f"{a}: " + ", ".join(f"{s} {n}" for s, n in zip(short, c)) for a, c in counts.items())
+    each = "; ".join(f"{a}: " + ", ".join(f"{_short(t)} {n}" for t, n in zip(tasks, c)) for a, c in counts.items())
     return [f"The arms hold different numbers of runs per task ({each}). The pooled IQM weighs each task by its "
             "runs, so until the counts match, the IQMs above (and an IQM difference between two arms) lean toward "
             "the tasks with more runs; the probability of improvement averages the tasks equally and does not.", ""]
